@@ -1,0 +1,198 @@
+//! Splitting SQL text into statements, and Freshet's own statements.
+
+use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::ObjectName;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+
+use freshet_common::{FreshetError, Result};
+
+use crate::dialect::FreshetDialect;
+
+/// One parsed statement and the text it was parsed from.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    /// The statement.
+    pub statement: FreshetStatement,
+    /// Its text, as written (without the terminating `;`).
+    pub text: String,
+    /// Line (1-based) where it starts in the input.
+    pub line: u64,
+}
+
+/// A statement: DataFusion's, or one of Freshet's own.
+#[derive(Debug, Clone)]
+pub enum FreshetStatement {
+    /// Anything DataFusion's parser understands.
+    DataFusion(Box<DFStatement>),
+    /// `ALTER TABLE name COMPACT`: rewrite a table's live rows into fewer files.
+    Compact {
+        /// The table.
+        table: ObjectName,
+    },
+    /// `VACUUM [name] [RETAIN n VERSIONS]`: remove old versions and unused files.
+    Vacuum {
+        /// One table, or all when absent.
+        table: Option<ObjectName>,
+        /// Versions to keep per table (default 1: only the newest).
+        retain: Option<u64>,
+    },
+}
+
+/// Parses SQL text holding any number of statements separated by `;`.
+pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>> {
+    let dialect = FreshetDialect::default();
+    let mut parser = DFParserBuilder::new(sql)
+        .with_dialect(&dialect)
+        .build()
+        .map_err(FreshetError::from)?;
+    let mut out = Vec::new();
+    loop {
+        while parser.parser.consume_token(&Token::SemiColon) {}
+        let first = parser.parser.peek_token_ref();
+        if first.token == Token::EOF {
+            break;
+        }
+        let start = first.span.start;
+        let statement = parse_one(&mut parser)?;
+        let end = parser.parser.get_current_token().span.end;
+        let next = parser.parser.peek_token_ref();
+        if next.token != Token::EOF && next.token != Token::SemiColon {
+            return Err(FreshetError::InvalidStatement(format!(
+                "SQL error: expected end of statement, found {} at line {}, column {}",
+                next.token, next.span.start.line, next.span.start.column
+            )));
+        }
+        out.push(ParsedStatement {
+            statement,
+            text: slice(sql, start, end).trim().to_string(),
+            line: start.line,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_one(parser: &mut DFParser<'_>) -> Result<FreshetStatement> {
+    let p = &mut parser.parser;
+    if p.peek_keyword(Keyword::VACUUM) {
+        p.next_token();
+        let table = if matches!(p.peek_token_ref().token, Token::Word(ref w) if w.keyword != Keyword::RETAIN) {
+            Some(p.parse_object_name(false).map_err(parse_error)?)
+        } else {
+            None
+        };
+        let retain = if p.parse_keyword(Keyword::RETAIN) {
+            let n = p.parse_literal_uint().map_err(parse_error)?;
+            if !p.parse_keyword(Keyword::VERSIONS) && !p.parse_keyword(Keyword::VERSION) {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "SQL error: expected VERSIONS after RETAIN {n}, found {}",
+                    p.peek_token_ref().token
+                )));
+            }
+            Some(n)
+        } else {
+            None
+        };
+        return Ok(FreshetStatement::Vacuum { table, retain });
+    }
+    if is_compact(parser) {
+        let p = &mut parser.parser;
+        p.next_token(); // ALTER
+        p.next_token(); // TABLE
+        let table = p.parse_object_name(false).map_err(parse_error)?;
+        p.next_token(); // COMPACT
+        return Ok(FreshetStatement::Compact { table });
+    }
+    Ok(FreshetStatement::DataFusion(Box::new(parser.parse_statement()?)))
+}
+
+/// `ALTER TABLE <name> COMPACT`, looking ahead without consuming.
+fn is_compact(parser: &DFParser<'_>) -> bool {
+    let p = &parser.parser;
+    let word = |n: usize| match p.peek_nth_token_ref(n).token {
+        Token::Word(ref w) => Some((w.keyword, w.value.to_ascii_uppercase())),
+        _ => None,
+    };
+    if word(0).map(|w| w.0) != Some(Keyword::ALTER) || word(1).map(|w| w.0) != Some(Keyword::TABLE) {
+        return false;
+    }
+    // The name may be qualified: name, schema.name or catalog.schema.name.
+    let mut n = 2;
+    loop {
+        if word(n).is_none() {
+            return false;
+        }
+        n += 1;
+        if p.peek_nth_token_ref(n).token == Token::Period {
+            n += 1;
+            continue;
+        }
+        return word(n).map(|w| w.1) == Some("COMPACT".into());
+    }
+}
+
+fn parse_error(e: datafusion::sql::sqlparser::parser::ParserError) -> FreshetError {
+    FreshetError::InvalidStatement(format!("SQL error: {e}"))
+}
+
+/// The text between two token locations (1-based lines and columns, in characters).
+fn slice(sql: &str, start: Location, end: Location) -> &str {
+    let from = offset(sql, start).unwrap_or(0);
+    let to = offset(sql, end).unwrap_or(sql.len());
+    sql.get(from..to.max(from)).unwrap_or(sql)
+}
+
+fn offset(sql: &str, location: Location) -> Option<usize> {
+    if location.line == 0 {
+        return None;
+    }
+    let mut line = 1;
+    let mut column = 1;
+    for (index, ch) in sql.char_indices() {
+        if line == location.line && column == location.column {
+            return Some(index);
+        }
+        if ch == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    Some(sql.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_keeps_their_text() {
+        let parsed = parse_statements("SELECT 1; ;\nSELECT 'a;b' AS x;").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].text, "SELECT 1");
+        assert_eq!(parsed[1].text, "SELECT 'a;b' AS x");
+        assert_eq!(parsed[1].line, 2);
+    }
+
+    #[test]
+    fn parses_freshet_statements() {
+        let parsed = parse_statements("ALTER TABLE s.t COMPACT; VACUUM t RETAIN 3 VERSIONS; VACUUM").unwrap();
+        assert!(matches!(&parsed[0].statement, FreshetStatement::Compact { table } if table.to_string() == "s.t"));
+        assert!(matches!(&parsed[1].statement, FreshetStatement::Vacuum { table: Some(_), retain: Some(3) }));
+        assert!(matches!(&parsed[2].statement, FreshetStatement::Vacuum { table: None, retain: None }));
+    }
+
+    #[test]
+    fn parses_time_travel() {
+        let parsed = parse_statements("SELECT * FROM t FOR SYSTEM_TIME AS OF 3; SELECT * FROM t VERSION AS OF 2").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert!(parsed[1].text.contains("VERSION AS OF 2"));
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_position() {
+        let err = parse_statements("SELECT 1 garbage garbage").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

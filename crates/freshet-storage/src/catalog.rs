@@ -1,0 +1,328 @@
+//! The catalog: which tables exist, persisted as numbered versions like a table's manifests.
+//! A DDL statement commits by creating the next catalog version; a table's directory that no
+//! catalog version names is invisible (and removed by VACUUM).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use freshet_common::{FreshetError, Result};
+
+use crate::layout::{catalog_dir, table_dir};
+use crate::location::Location;
+use crate::log::{Created, VersionLog};
+use crate::maintenance::VacuumReport;
+use crate::manifest::FORMAT_VERSION;
+use crate::table::{Table, WriteOptions, now_ms};
+
+/// One version of the catalog, as stored in `_freshet/catalog/<version>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CatalogManifest {
+    /// Format version.
+    pub format: u32,
+    /// This catalog version's number; 0 is the empty catalog of a new location (never written).
+    pub version: u64,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub committed_at_ms: i64,
+    /// The objects, by name.
+    pub entries: BTreeMap<String, CatalogEntry>,
+}
+
+/// A named object of the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CatalogEntry {
+    /// A table stored by Freshet in `tables/<id>/`.
+    Table {
+        /// The table's directory name.
+        id: String,
+    },
+    /// An object defined by a statement that the engine re-runs on open (an external table
+    /// over files); Freshet stores only the definition.
+    Definition {
+        /// What kind of object (`external_table`, ...).
+        object: String,
+        /// The statement that defines it.
+        sql: String,
+    },
+}
+
+/// A table that could not be opened: the error is reported when it is used; other tables work.
+#[derive(Debug, Clone)]
+pub enum TableSlot {
+    /// The table, opened.
+    Open(Arc<Table>),
+    /// Opening failed with this message (naming the file).
+    Broken(Arc<FreshetError>),
+}
+
+/// The catalog of a location, and the tables it names.
+#[derive(Debug)]
+pub struct Catalog {
+    location: Arc<Location>,
+    log: VersionLog,
+    current: RwLock<Arc<CatalogManifest>>,
+    tables: RwLock<HashMap<String, TableSlot>>,
+    /// Serializes DDL: one catalog commit at a time.
+    ddl: Mutex<()>,
+    options: WriteOptions,
+}
+
+impl Catalog {
+    /// Opens the catalog of a location and every table it names.
+    pub async fn open(location: Arc<Location>, options: WriteOptions) -> Result<Self> {
+        let log = VersionLog::new(location.store().clone(), catalog_dir(location.root()));
+        let manifest = match log.latest().await? {
+            Some(version) => log
+                .read::<CatalogManifest>(version)
+                .await?
+                .ok_or_else(|| FreshetError::corrupt(log.path(version), "the catalog disappeared while opening"))?,
+            None => CatalogManifest {
+                format: FORMAT_VERSION,
+                ..Default::default()
+            },
+        };
+        if manifest.format > FORMAT_VERSION {
+            return Err(FreshetError::corrupt(
+                log.path(manifest.version),
+                format!(
+                    "written in format {}, newer than this build's {FORMAT_VERSION}",
+                    manifest.format
+                ),
+            ));
+        }
+        let mut tables = HashMap::new();
+        for (name, entry) in &manifest.entries {
+            if let CatalogEntry::Table { id } = entry {
+                let slot = match Table::open(
+                    location.store().clone(),
+                    location.root(),
+                    id.clone(),
+                    name.clone(),
+                    options.clone(),
+                )
+                .await
+                {
+                    Ok(table) => TableSlot::Open(table),
+                    Err(e) => {
+                        tracing::warn!(table = %name, error = %e, "table cannot be opened");
+                        TableSlot::Broken(Arc::new(e))
+                    }
+                };
+                tables.insert(name.clone(), slot);
+            }
+        }
+        Ok(Self {
+            location,
+            log,
+            current: RwLock::new(Arc::new(manifest)),
+            tables: RwLock::new(tables),
+            ddl: Mutex::new(()),
+            options,
+        })
+    }
+
+    /// The location.
+    pub fn location(&self) -> &Arc<Location> {
+        &self.location
+    }
+
+    /// The newest catalog version.
+    pub fn manifest(&self) -> Arc<CatalogManifest> {
+        read_lock(&self.current).clone()
+    }
+
+    /// A table by name.
+    pub fn table(&self, name: &str) -> Result<Arc<Table>> {
+        match read_lock(&self.tables).get(name) {
+            Some(TableSlot::Open(table)) => Ok(table.clone()),
+            Some(TableSlot::Broken(e)) => Err(FreshetError::InvalidStatement(format!(
+                "table \"{name}\" cannot be read: {e}"
+            ))),
+            None => Err(FreshetError::TableNotFound { name: name.into() }),
+        }
+    }
+
+    /// Whether an object of any kind has this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.manifest().entries.contains_key(name)
+    }
+
+    /// Creates a table. `fill` may write the table's first rows (CREATE TABLE ... AS SELECT)
+    /// before the catalog names it, so that readers see the table only complete.
+    pub async fn create_table<F, Fut>(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        primary_key: Vec<String>,
+        fill: F,
+    ) -> Result<Arc<Table>>
+    where
+        F: FnOnce(Arc<Table>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let _ddl = self.ddl.lock().await;
+        if self.contains(name) {
+            return Err(FreshetError::TableExists { name: name.into() });
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let table = Table::create(
+            self.location.store().clone(),
+            self.location.root(),
+            id.clone(),
+            name.into(),
+            schema,
+            primary_key,
+            self.options.clone(),
+        )
+        .await?;
+        fill(table.clone()).await?;
+        self.commit(|entries| {
+            entries.insert(name.into(), CatalogEntry::Table { id });
+        })
+        .await?;
+        write_lock(&self.tables).insert(name.into(), TableSlot::Open(table.clone()));
+        Ok(table)
+    }
+
+    /// Records an object defined by a statement.
+    pub async fn create_definition(&self, name: &str, object: &str, sql: &str) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        if self.contains(name) {
+            return Err(FreshetError::TableExists { name: name.into() });
+        }
+        self.commit(|entries| {
+            entries.insert(
+                name.into(),
+                CatalogEntry::Definition {
+                    object: object.into(),
+                    sql: sql.into(),
+                },
+            );
+        })
+        .await
+    }
+
+    /// Removes an object. A dropped table's files stay until VACUUM, so that reads already
+    /// running finish.
+    pub async fn drop_entry(&self, name: &str) -> Result<CatalogEntry> {
+        let _ddl = self.ddl.lock().await;
+        let entry = self
+            .manifest()
+            .entries
+            .get(name)
+            .cloned()
+            .ok_or_else(|| FreshetError::TableNotFound { name: name.into() })?;
+        self.commit(|entries| {
+            entries.remove(name);
+        })
+        .await?;
+        write_lock(&self.tables).remove(name);
+        Ok(entry)
+    }
+
+    async fn commit(&self, change: impl FnOnce(&mut BTreeMap<String, CatalogEntry>)) -> Result<()> {
+        let current = self.manifest();
+        let mut next = (*current).clone();
+        change(&mut next.entries);
+        next.format = FORMAT_VERSION;
+        next.version = current.version + 1;
+        next.committed_at_ms = now_ms().max(current.committed_at_ms);
+        match self.log.create(next.version, &next).await? {
+            Created::Yes => {
+                *write_lock(&self.current) = Arc::new(next);
+                Ok(())
+            }
+            Created::AlreadyExists => Err(FreshetError::Locked {
+                location: self.location.display().into(),
+                detail: format!(
+                    "catalog version {} was committed by another engine; reopen to see its changes",
+                    next.version
+                ),
+            }),
+        }
+    }
+
+    /// Opened tables, by name.
+    pub fn tables(&self) -> Vec<(String, Arc<Table>)> {
+        let mut out: Vec<_> = read_lock(&self.tables)
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                TableSlot::Open(t) => Some((name.clone(), t.clone())),
+                TableSlot::Broken(_) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Removes old catalog versions and the directories of dropped tables, then vacuums every
+    /// table keeping its newest `retain` versions.
+    pub async fn vacuum(&self, retain: u64) -> Result<VacuumReport> {
+        let mut report = VacuumReport::default();
+        for (_, table) in self.tables() {
+            report += table.vacuum(retain).await?;
+        }
+        let _ddl = self.ddl.lock().await;
+        let current = self.manifest();
+        for version in self.log.versions().await? {
+            if version < current.version {
+                self.log.remove(version).await?;
+            }
+        }
+        let live: HashSet<&str> = current
+            .entries
+            .values()
+            .filter_map(|e| match e {
+                CatalogEntry::Table { id } => Some(id.as_str()),
+                CatalogEntry::Definition { .. } => None,
+            })
+            .collect();
+        let store = self.location.store();
+        let tables_dir = self.location.root().clone().join("tables");
+        let listing = store
+            .list_with_delimiter(Some(&tables_dir))
+            .await
+            .map_err(|e| FreshetError::storage(&tables_dir, e))?;
+        for dir in listing.common_prefixes {
+            let Some(id) = dir.filename() else { continue };
+            if live.contains(id) {
+                continue;
+            }
+            report += remove_tree(store, &table_dir(self.location.root(), id)).await?;
+        }
+        Ok(report)
+    }
+}
+
+async fn remove_tree(store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<VacuumReport> {
+    let objects: Vec<_> = store
+        .list(Some(dir))
+        .try_collect()
+        .await
+        .map_err(|e| FreshetError::storage(dir, e))?;
+    let mut report = VacuumReport::default();
+    for object in objects {
+        match datafusion::object_store::ObjectStoreExt::delete(store.as_ref(), &object.location).await {
+            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(FreshetError::storage(&object.location, e)),
+        }
+        report.files_removed += 1;
+        report.bytes_removed += object.size;
+    }
+    Ok(report)
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

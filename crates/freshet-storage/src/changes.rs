@@ -1,0 +1,126 @@
+//! Change reads: the rows inserted and deleted between two versions, as change batches, read
+//! from the change files of the versions in between — never from the table's other files.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
+
+use crate::files::{FileRead, read_file};
+use crate::layout::table_file;
+use crate::table::Table;
+
+/// The change files between two versions, ready to be read.
+#[derive(Debug)]
+pub struct ChangeSet {
+    table: Arc<Table>,
+    schema: SchemaRef,
+    /// (file, weight) in version order.
+    files: Vec<(FileRead, i64)>,
+    /// Bytes of change files to read.
+    bytes: u64,
+}
+
+impl ChangeSet {
+    /// The schema of the data columns (without the weight).
+    pub fn data_schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Total size of the change files that will be read.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Number of change files.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Streams the changes as they are stored: every insert and every delete of every version,
+    /// in version order. A row inserted and deleted in the range appears twice, with +1 and -1.
+    pub fn stream(&self) -> BoxStream<'static, Result<ChangeBatch>> {
+        let store = self.table.files.store.clone();
+        futures::stream::iter(self.files.clone())
+            .then(move |(read, weight)| {
+                let store = store.clone();
+                async move {
+                    let batches = read_file(store, read).await?;
+                    Ok::<_, FreshetError>(batches.map(move |b| ChangeBatch::with_weight(&b?, weight)))
+                }
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// The net changes: equal rows merged, rows whose weights cancel dropped.
+    pub async fn consolidated(&self) -> Result<Option<ChangeBatch>> {
+        let batches: Vec<ChangeBatch> = self.stream().try_collect().await?;
+        consolidate(&self.schema, &batches)
+    }
+}
+
+impl Table {
+    /// The changes made by versions `from + 1 ..= to`. `from` may be 0, the empty table before
+    /// its creation. Both versions must be retained.
+    pub async fn changes(self: &Arc<Self>, from: u64, to: u64) -> Result<ChangeSet> {
+        let newest = self.snapshot().version();
+        if from > to {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{}\": changes from version {from} to version {to}: the start is after the end",
+                self.name()
+            )));
+        }
+        if to > newest {
+            return Err(FreshetError::VersionNotFound {
+                table: self.name().into(),
+                version: to,
+                reason: format!("the newest version is {newest}"),
+            });
+        }
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        let mut schema = None;
+        for version in from + 1..=to {
+            let manifest = self.read_manifest(version).await?;
+            let version_schema = match &schema {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let s = manifest.schema.to_arrow(self.log.path(version).as_ref())?;
+                    schema = Some(s.clone());
+                    s
+                }
+            };
+            let changes = manifest.changes;
+            for (list, weight) in [(changes.inserted, 1), (changes.retracted, -1)] {
+                for file in list {
+                    bytes += file.bytes;
+                    files.push((
+                        FileRead {
+                            path: table_file(&self.files.dir, &file.path),
+                            bytes: file.bytes,
+                            projection: None,
+                            schema: version_schema.clone(),
+                            deletes: None,
+                            positions: None,
+                        },
+                        weight,
+                    ));
+                }
+            }
+        }
+        let schema = match schema {
+            Some(s) => s,
+            None => self.snapshot().schema().clone(),
+        };
+        Ok(ChangeSet {
+            table: self.clone(),
+            schema,
+            files,
+            bytes,
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! Primary-key enforcement: the set of keys of the newest version, kept in memory once built,
+//! and the changes a transaction makes to it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::arrow::util::display::array_value_to_string;
+use futures::TryStreamExt;
+
+use freshet_common::{FreshetError, Result};
+
+use crate::snapshot::Snapshot;
+
+/// The keys of one version of a table.
+#[derive(Debug)]
+pub(crate) struct KeyIndex {
+    pub version: u64,
+    keys: HashSet<OwnedRow>,
+}
+
+/// Encodes key columns of batches into comparable rows.
+pub(crate) struct KeyEncoder {
+    indices: Vec<usize>,
+    converter: RowConverter,
+}
+
+impl KeyEncoder {
+    pub(crate) fn new(snapshot: &Snapshot) -> Result<Self> {
+        let indices = snapshot.primary_key_indices();
+        let fields = indices
+            .iter()
+            .map(|&i| SortField::new(snapshot.schema().field(i).data_type().clone()))
+            .collect();
+        let converter =
+            RowConverter::new(fields).map_err(|e| FreshetError::Internal(format!("cannot index primary keys: {e}")))?;
+        Ok(Self { indices, converter })
+    }
+
+    /// The key rows of `batch`, whose first columns are the table's columns.
+    pub(crate) fn encode(&self, batch: &RecordBatch) -> Result<Rows> {
+        let columns: Vec<ArrayRef> = self.indices.iter().map(|&i| batch.column(i).clone()).collect();
+        self.encode_columns(&columns)
+    }
+
+    /// The key rows of the key columns alone, in key order.
+    pub(crate) fn encode_columns(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        self.converter
+            .convert_columns(columns)
+            .map_err(|e| FreshetError::Internal(format!("cannot encode primary keys: {e}")))
+    }
+
+    /// The key of row `row` of `batch` as SQL literals, for error messages.
+    pub(crate) fn render(&self, batch: &RecordBatch, row: usize) -> String {
+        self.indices
+            .iter()
+            .map(|&i| render_value(batch.column(i), row))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn render_value(column: &ArrayRef, row: usize) -> String {
+    if column.is_null(row) {
+        return "NULL".into();
+    }
+    let text = array_value_to_string(column, row).unwrap_or_else(|_| "?".into());
+    match column.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            format!("'{}'", text.replace('\'', "''"))
+        }
+        _ => text,
+    }
+}
+
+impl KeyIndex {
+    /// Reads the keys of a snapshot.
+    pub(crate) async fn build(snapshot: &Arc<Snapshot>, encoder: &KeyEncoder) -> Result<Self> {
+        let mut keys = HashSet::with_capacity(snapshot.num_rows() as usize);
+        let projection = Some(snapshot.primary_key_indices());
+        let mut stream = snapshot.scan(projection, false);
+        while let Some(batch) = stream.try_next().await? {
+            // The projected batches hold only the key columns, in key order.
+            let rows = encoder.encode_columns(batch.columns())?;
+            keys.extend(rows.iter().map(|r| r.owned()));
+        }
+        Ok(Self {
+            version: snapshot.version(),
+            keys,
+        })
+    }
+
+    /// Applies a committed transaction's key changes.
+    pub(crate) fn apply(&mut self, delta: KeyDelta, version: u64) {
+        for key in delta.removed {
+            self.keys.remove(&key);
+        }
+        self.keys.extend(delta.added);
+        self.version = version;
+    }
+}
+
+/// Keys a transaction removed and added, on top of its base version's keys.
+#[derive(Debug, Default)]
+pub(crate) struct KeyDelta {
+    removed: HashSet<OwnedRow>,
+    added: HashSet<OwnedRow>,
+}
+
+impl KeyDelta {
+    /// Records deleted rows' keys.
+    pub(crate) fn remove(&mut self, rows: &Rows) {
+        for row in rows.iter() {
+            let owned = row.owned();
+            if !self.added.remove(&owned) {
+                self.removed.insert(owned);
+            }
+        }
+    }
+
+    /// Records inserted rows' keys; returns the row index of the first key that already exists.
+    pub(crate) fn add(&mut self, base: &KeyIndex, rows: &Rows) -> Option<usize> {
+        for (i, row) in rows.iter().enumerate() {
+            let owned = row.owned();
+            let in_base = base.keys.contains(&owned) && !self.removed.contains(&owned);
+            if in_base || self.added.contains(&owned) {
+                return Some(i);
+            }
+            self.added.insert(owned);
+        }
+        None
+    }
+
+    /// Whether a key exists in the base version and was not removed or was added since.
+    pub(crate) fn contains(&self, base: &KeyIndex, key: &OwnedRow) -> bool {
+        self.added.contains(key) || (base.keys.contains(key) && !self.removed.contains(key))
+    }
+}

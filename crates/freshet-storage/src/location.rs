@@ -1,0 +1,118 @@
+//! Where an engine keeps its data: an object store, a root path in it, and (for local
+//! directories) an exclusive lock that keeps a second engine out.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::local::LocalFileSystem;
+use datafusion::object_store::memory::InMemory;
+use datafusion::object_store::path::Path;
+
+use freshet_common::{FreshetError, Result};
+
+/// An opened location.
+#[derive(Debug)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    display: String,
+    /// Held for the lifetime of the location; the OS releases it if the process dies.
+    _lock: Option<File>,
+}
+
+impl Location {
+    /// Opens a location given as a local directory path, `file:///dir`, or `memory://`.
+    /// Other URL schemes need a store built by the caller ([`Location::from_store`]).
+    pub fn open(location: &str) -> Result<Self> {
+        if let Some(rest) = location.strip_prefix("memory://") {
+            if !rest.is_empty() {
+                return Err(FreshetError::InvalidLocation {
+                    location: location.into(),
+                    reason: "an in-memory location takes no path: use \"memory://\"".into(),
+                });
+            }
+            return Ok(Self::from_store(Arc::new(InMemory::new()), Path::default(), location));
+        }
+        let dir = match location.split_once("://") {
+            Some(("file", path)) => path,
+            Some((scheme, _)) => {
+                return Err(FreshetError::InvalidLocation {
+                    location: location.into(),
+                    reason: format!(
+                        "the scheme \"{scheme}\" needs an object store: build one and open the engine with it"
+                    ),
+                });
+            }
+            None => location,
+        };
+        Self::open_local(dir)
+    }
+
+    fn open_local(dir: &str) -> Result<Self> {
+        let invalid = |reason: String| FreshetError::InvalidLocation {
+            location: dir.into(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
+        let dir_path = std::fs::canonicalize(dir).map_err(|e| invalid(e.to_string()))?;
+        let lock_dir = dir_path.join("_freshet");
+        std::fs::create_dir_all(&lock_dir)
+            .map_err(|e| invalid(format!("cannot create {}: {e}", lock_dir.display())))?;
+        let lock_path = lock_dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| invalid(format!("cannot open {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(FreshetError::Locked {
+                    location: dir_path.display().to_string(),
+                    detail: format!("{} is locked", lock_path.display()),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(invalid(format!("cannot lock {}: {e}", lock_path.display())));
+            }
+        }
+        let store = LocalFileSystem::new_with_prefix(&dir_path)
+            .map_err(|e| invalid(e.to_string()))?
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            store: Arc::new(store),
+            root: Path::default(),
+            display: dir_path.display().to_string(),
+            _lock: Some(lock),
+        })
+    }
+
+    /// Uses a store built by the caller (S3, GCS, a test wrapper, ...) with `root` as the
+    /// location's top directory. No lock is taken: two engines on one such location are kept
+    /// from corrupting it by conditional puts, and the second to commit gets an error.
+    pub fn from_store(store: Arc<dyn ObjectStore>, root: Path, display: &str) -> Self {
+        Self {
+            store,
+            root,
+            display: display.into(),
+            _lock: None,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The top directory inside the store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The location as the user gave it.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}

@@ -1,0 +1,203 @@
+//! The JSON documents of the format: table manifests and the schema they carry.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use freshet_common::{FreshetError, Result};
+
+/// Version of the manifest format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One committed version of a table: which files make up its rows, and which files hold the
+/// changes this version made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version; readers refuse formats newer than theirs.
+    pub format: u32,
+    /// The table's identifier (its directory under `tables/`).
+    pub table_id: String,
+    /// This version's number. Version 1 is the table's creation; versions only grow by one.
+    pub version: u64,
+    /// Commit time, milliseconds since the Unix epoch; never less than the parent's.
+    pub committed_at_ms: i64,
+    /// What made this version: `CREATE`, `INSERT`, `UPDATE`, `DELETE`, `COMPACT`, ...
+    pub operation: String,
+    /// The table's columns.
+    pub schema: SchemaDef,
+    /// Names of the primary-key columns, in key order; empty when the table has none.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// The data files whose live rows are the table's contents at this version.
+    pub files: Vec<DataFile>,
+    /// The changes this version made relative to its parent.
+    pub changes: Changes,
+}
+
+impl Manifest {
+    /// Number of rows of the table at this version.
+    pub fn live_rows(&self) -> u64 {
+        self.files.iter().map(DataFile::live_rows).sum()
+    }
+}
+
+/// A Parquet data file and the rows of it that are deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataFile {
+    /// Path relative to the table directory, e.g. `data/<uuid>.parquet`.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// The deletion vector, if any row of the file is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<DeletionVector>,
+}
+
+impl DataFile {
+    /// Rows of the file that are not deleted.
+    pub fn live_rows(&self) -> u64 {
+        self.rows - self.deletes.as_ref().map_or(0, |d| d.count)
+    }
+}
+
+/// A file holding the positions (0-based row numbers) of deleted rows of one data file, as a
+/// portable serialized 64-bit Roaring bitmap.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeletionVector {
+    /// Path relative to the table directory, e.g. `deletes/<uuid>.roaring`.
+    pub path: String,
+    /// Number of deleted positions.
+    pub count: u64,
+}
+
+/// The files that hold one version's changes. Reading them costs in proportion to the change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Changes {
+    /// Data files added by this version whose rows are all new (weight +1). Compaction adds data
+    /// files that are not changes; they are not listed here.
+    #[serde(default)]
+    pub inserted: Vec<ChangeFile>,
+    /// Files holding the rows this version deleted (weight -1).
+    #[serde(default)]
+    pub retracted: Vec<ChangeFile>,
+}
+
+impl Changes {
+    /// Whether the version changed no row.
+    pub fn is_empty(&self) -> bool {
+        self.inserted.is_empty() && self.retracted.is_empty()
+    }
+}
+
+/// A Parquet file of changed rows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChangeFile {
+    /// Path relative to the table directory.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// A table's columns as stored: Arrow types written as Arrow's own type names
+/// (`Int64`, `Utf8`, `Decimal128(10, 2)`, `Timestamp(µs, "UTC")`), readable by hand.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SchemaDef {
+    /// The columns, in order.
+    pub columns: Vec<ColumnDef>,
+}
+
+/// One column.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnDef {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, as Arrow displays it.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+impl SchemaDef {
+    /// Describes an Arrow schema.
+    pub fn from_arrow(schema: &Schema) -> Self {
+        Self {
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| ColumnDef {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                    nullable: f.is_nullable(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The Arrow schema described; `origin` names the file for the error message.
+    pub fn to_arrow(&self, origin: &str) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                let data_type = DataType::from_str(&c.data_type).map_err(|e| {
+                    FreshetError::corrupt(
+                        origin,
+                        format!("column \"{}\" has unknown type \"{}\": {e}", c.name, c.data_type),
+                    )
+                })?;
+                Ok(Field::new(&c.name, data_type, c.nullable))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
+
+    #[test]
+    fn every_common_type_round_trips_through_its_name() {
+        let types = vec![
+            DataType::Boolean,
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt64,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Decimal128(38, 10),
+            DataType::Decimal128(10, 2),
+            DataType::Utf8,
+            DataType::Utf8View,
+            DataType::LargeUtf8,
+            DataType::Binary,
+            DataType::Date32,
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            DataType::Interval(IntervalUnit::MonthDayNano),
+            DataType::new_list(DataType::Int64, true),
+        ];
+        let schema = Schema::new(
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("c{i}"), t.clone(), i % 2 == 0))
+                .collect::<Vec<_>>(),
+        );
+        let def = SchemaDef::from_arrow(&schema);
+        let json = serde_json::to_string(&def).unwrap();
+        let back: SchemaDef = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_arrow("test").unwrap().as_ref(), &schema);
+    }
+}

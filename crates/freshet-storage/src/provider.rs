@@ -1,0 +1,422 @@
+//! Tables as DataFusion sees them: a provider over one snapshot, its scan, and its insert sink.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Constraint, Constraints, DataFusionError};
+use datafusion::datasource::TableType;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use freshet_common::{FreshetError, Result};
+
+use crate::snapshot::Snapshot;
+use crate::table::Table;
+use crate::transaction::Transaction;
+
+type DfResult<T> = datafusion::error::Result<T>;
+
+/// A table at one version, for DataFusion. Providers of the newest version also accept inserts.
+#[derive(Debug)]
+pub struct SnapshotTable {
+    table: Arc<Table>,
+    snapshot: Arc<Snapshot>,
+    with_positions: bool,
+    writable: bool,
+    schema: SchemaRef,
+    constraints: Option<Constraints>,
+}
+
+impl SnapshotTable {
+    /// The newest version of `table`; inserts go to the table.
+    pub fn current(table: Arc<Table>) -> Self {
+        let snapshot = table.snapshot();
+        Self::new(table, snapshot, false, true)
+    }
+
+    /// A retained older version, read-only.
+    pub fn at(table: Arc<Table>, snapshot: Arc<Snapshot>) -> Self {
+        Self::new(table, snapshot, false, false)
+    }
+
+    /// A version with two more columns, each row's data-file index and position, used to
+    /// find the rows an UPDATE or DELETE changes.
+    pub fn with_positions(table: Arc<Table>, snapshot: Arc<Snapshot>) -> Self {
+        Self::new(table, snapshot, true, false)
+    }
+
+    fn new(table: Arc<Table>, snapshot: Arc<Snapshot>, with_positions: bool, writable: bool) -> Self {
+        let schema = snapshot.scan_schema(None, with_positions);
+        let key = snapshot.primary_key_indices();
+        let constraints = (!key.is_empty()).then(|| Constraints::new_unverified(vec![Constraint::PrimaryKey(key)]));
+        Self {
+            table,
+            snapshot,
+            with_positions,
+            writable,
+            schema,
+            constraints,
+        }
+    }
+
+    /// The snapshot read.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.constraints.as_ref()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let data_columns = self.snapshot.schema().fields().len();
+        // Position columns are not in the files: project the data columns, then re-append.
+        let (file_projection, schema) = match projection {
+            None => (None, self.schema.clone()),
+            Some(indices) => {
+                let data: Vec<usize> = indices.iter().copied().filter(|&i| i < data_columns).collect();
+                let needs_positions = self.with_positions;
+                let schema = Arc::new(self.schema.project(indices)?);
+                if needs_positions && data.len() + 2 != indices.len() {
+                    // The position columns are always scanned; project the rest away above.
+                    return Err(DataFusionError::Internal(
+                        "a position scan must keep its position columns".into(),
+                    ));
+                }
+                (Some(data), schema)
+            }
+        };
+        let files = self.snapshot.manifest().files.len();
+        let partitions = state.config().target_partitions().clamp(1, files.max(1));
+        let mut assignment = vec![Vec::new(); partitions];
+        for index in 0..files {
+            assignment[index % partitions].push(index);
+        }
+        Ok(Arc::new(SnapshotScanExec::new(
+            self.snapshot.clone(),
+            file_projection,
+            self.with_positions,
+            schema,
+            assignment,
+            limit,
+        )))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if !self.writable {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{}\": an older version cannot be written",
+                self.table.name()
+            ))
+            .into());
+        }
+        let sink = InsertSink {
+            table: self.table.clone(),
+            op: insert_op,
+            schema: self.snapshot.schema().clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Scans the data files of a snapshot, a list of files per partition.
+#[derive(Debug)]
+pub struct SnapshotScanExec {
+    snapshot: Arc<Snapshot>,
+    projection: Option<Vec<usize>>,
+    with_positions: bool,
+    schema: SchemaRef,
+    partitions: Vec<Vec<usize>>,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl SnapshotScanExec {
+    fn new(
+        snapshot: Arc<Snapshot>,
+        projection: Option<Vec<usize>>,
+        with_positions: bool,
+        schema: SchemaRef,
+        partitions: Vec<Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            snapshot,
+            projection,
+            with_positions,
+            schema,
+            partitions,
+            limit,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for SnapshotScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "FreshetScan: table={}, version={}, files={}",
+            self.snapshot.table_name(),
+            self.snapshot.version(),
+            self.snapshot.manifest().files.len()
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for SnapshotScanExec {
+    fn name(&self) -> &str {
+        "FreshetScan"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("FreshetScan has no children".into()))
+        }
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let files = self
+            .partitions
+            .get(partition)
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal(format!("FreshetScan has no partition {partition}")))?;
+        let stream = self
+            .snapshot
+            .scan_files(files, self.projection.clone(), self.with_positions)
+            .map_err(DataFusionError::from);
+        let schema = self.schema.clone();
+        let stream = stream.map(move |batch| {
+            let batch = batch?;
+            // The schema of a projected scan may differ in field order only when positions
+            // are projected; rebuild with the declared schema.
+            RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(DataFusionError::from)
+        });
+        let stream: futures::stream::BoxStream<'static, DfResult<RecordBatch>> = match self.limit {
+            Some(limit) => limit_rows(stream.boxed(), limit),
+            None => stream.boxed(),
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+    }
+}
+
+fn limit_rows(
+    stream: futures::stream::BoxStream<'static, DfResult<RecordBatch>>,
+    limit: usize,
+) -> futures::stream::BoxStream<'static, DfResult<RecordBatch>> {
+    stream
+        .scan(limit, |remaining, batch| {
+            let out = match batch {
+                Err(e) => Some(Err(e)),
+                Ok(_) if *remaining == 0 => None,
+                Ok(b) => {
+                    let take = b.num_rows().min(*remaining);
+                    *remaining -= take;
+                    Some(Ok(b.slice(0, take)))
+                }
+            };
+            futures::future::ready(out)
+        })
+        .boxed()
+}
+
+/// Writes the rows of an INSERT as one version.
+#[derive(Debug)]
+struct InsertSink {
+    table: Arc<Table>,
+    op: InsertOp,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for InsertSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "FreshetInsert: table={}, op={}", self.table.name(), self.op)
+    }
+}
+
+#[async_trait]
+impl DataSink for InsertSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(&self, data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
+        let operation = match self.op {
+            InsertOp::Append => "INSERT",
+            InsertOp::Overwrite => "INSERT OVERWRITE",
+            InsertOp::Replace => "UPSERT",
+        };
+        let mut txn = self.table.begin(operation).await?;
+        let count = match self.op {
+            InsertOp::Append => append(&mut txn, data).await?,
+            InsertOp::Overwrite => {
+                delete_matching(&mut txn, |_| Ok(None)).await?;
+                append(&mut txn, data).await?
+            }
+            InsertOp::Replace => replace(&mut txn, data).await?,
+        };
+        txn.commit().await?;
+        Ok(count)
+    }
+}
+
+async fn append(txn: &mut Transaction, mut data: SendableRecordBatchStream) -> Result<u64> {
+    let mut count = 0;
+    while let Some(batch) = data.try_next().await? {
+        count += batch.num_rows() as u64;
+        txn.insert(&batch).await?;
+    }
+    Ok(count)
+}
+
+/// Upsert: rows whose primary key exists replace the existing rows.
+async fn replace(txn: &mut Transaction, data: SendableRecordBatchStream) -> Result<u64> {
+    let base = txn.base().clone();
+    if base.primary_key().is_empty() {
+        return Err(FreshetError::InvalidStatement(format!(
+            "table \"{}\" has no primary key, so rows cannot be replaced by key",
+            base.table_name()
+        )));
+    }
+    let batches: Vec<RecordBatch> = data.try_collect().await?;
+    let encoder = crate::keys::KeyEncoder::new(&base)?;
+    let mut incoming = HashSet::new();
+    for batch in &batches {
+        for row in encoder.encode(batch)?.iter() {
+            incoming.insert(row.owned());
+        }
+    }
+    delete_matching(txn, |batch| {
+        let rows = encoder.encode(batch)?;
+        Ok(Some(rows.iter().map(|r| Some(incoming.contains(&r.owned()))).collect()))
+    })
+    .await?;
+    let mut count = 0;
+    for batch in &batches {
+        count += batch.num_rows() as u64;
+        txn.insert(batch).await?;
+    }
+    Ok(count)
+}
+
+/// Deletes the rows of the transaction's base version that `select` picks (`None`: all rows).
+pub async fn delete_matching(
+    txn: &mut Transaction,
+    mut select: impl FnMut(&RecordBatch) -> Result<Option<BooleanArray>>,
+) -> Result<u64> {
+    let base = txn.base().clone();
+    let columns = base.schema().fields().len();
+    let mut rows = base.scan(None, true);
+    let mut deleted = 0;
+    while let Some(batch) = rows.try_next().await? {
+        let data = batch.project(&(0..columns).collect::<Vec<_>>()).map_err(internal)?;
+        let picked = match select(&data)? {
+            Some(mask) => filter_record_batch(&batch, &mask).map_err(internal)?,
+            None => batch,
+        };
+        deleted += delete_positioned(txn, &picked, columns).await?;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the rows of a position-scan batch: the table's columns followed by the file index
+/// and position columns at `columns` and `columns + 1`.
+pub async fn delete_positioned(txn: &mut Transaction, batch: &RecordBatch, columns: usize) -> Result<u64> {
+    if batch.num_rows() == 0 {
+        return Ok(0);
+    }
+    let files = batch
+        .column(columns)
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .ok_or_else(|| FreshetError::Internal("file index column is not UInt32".into()))?;
+    let positions = batch
+        .column(columns + 1)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or_else(|| FreshetError::Internal("position column is not UInt64".into()))?;
+    let data = batch.project(&(0..columns).collect::<Vec<_>>()).map_err(internal)?;
+    let mut distinct: Vec<u32> = files.values().to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for file in distinct {
+        let mask: BooleanArray = files.values().iter().map(|&f| Some(f == file)).collect();
+        let rows = filter_record_batch(&data, &mask).map_err(internal)?;
+        let positions = datafusion::arrow::compute::filter(positions, &mask).map_err(internal)?;
+        let positions = positions
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| FreshetError::Internal("position column is not UInt64".into()))?;
+        txn.delete(file as usize, positions, &rows).await?;
+    }
+    Ok(batch.num_rows() as u64)
+}
+
+fn internal(e: impl fmt::Display) -> FreshetError {
+    FreshetError::Internal(e.to_string())
+}

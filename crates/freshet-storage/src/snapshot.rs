@@ -1,0 +1,159 @@
+//! One version of a table, readable for as long as it is retained.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use roaring::RoaringTreemap;
+use tokio::sync::OnceCell;
+
+use freshet_common::Result;
+
+use crate::files::{FileRead, read_deletes, read_file};
+use crate::layout::table_file;
+use crate::manifest::Manifest;
+
+/// Name of the column holding a row's data-file index in position scans.
+pub const FILE_COLUMN: &str = "__freshet_file";
+/// Name of the column holding a row's position in its data file in position scans.
+pub const POSITION_COLUMN: &str = "__freshet_pos";
+
+/// The parts of a table that do not change between versions.
+#[derive(Debug)]
+pub(crate) struct TableFiles {
+    pub store: Arc<dyn ObjectStore>,
+    pub dir: Path,
+    pub name: String,
+}
+
+/// A committed version of a table.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) files: Arc<TableFiles>,
+    manifest: Arc<Manifest>,
+    schema: SchemaRef,
+    /// Deletion vectors, loaded on first use and shared by every scan of this version.
+    deletes: Vec<OnceCell<Option<Arc<RoaringTreemap>>>>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(files: Arc<TableFiles>, manifest: Arc<Manifest>, schema: SchemaRef) -> Self {
+        let deletes = manifest.files.iter().map(|_| OnceCell::new()).collect();
+        Self {
+            files,
+            manifest,
+            schema,
+            deletes,
+        }
+    }
+
+    /// The version number.
+    pub fn version(&self) -> u64 {
+        self.manifest.version
+    }
+
+    /// The manifest of this version.
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+
+    /// The table's columns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The table's name.
+    pub fn table_name(&self) -> &str {
+        &self.files.name
+    }
+
+    /// Primary-key column names.
+    pub fn primary_key(&self) -> &[String] {
+        &self.manifest.primary_key
+    }
+
+    /// Indices of the primary-key columns in the schema.
+    pub fn primary_key_indices(&self) -> Vec<usize> {
+        self.manifest
+            .primary_key
+            .iter()
+            .filter_map(|name| self.schema.index_of(name).ok())
+            .collect()
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> u64 {
+        self.manifest.live_rows()
+    }
+
+    /// The schema of a scan with `projection`, with position columns when `with_positions`.
+    pub fn scan_schema(&self, projection: Option<&[usize]>, with_positions: bool) -> SchemaRef {
+        let mut fields: Vec<Arc<Field>> = match projection {
+            Some(indices) => indices.iter().map(|&i| self.schema.fields()[i].clone()).collect(),
+            None => self.schema.fields().iter().cloned().collect(),
+        };
+        if with_positions {
+            fields.push(Arc::new(Field::new(FILE_COLUMN, DataType::UInt32, false)));
+            fields.push(Arc::new(Field::new(POSITION_COLUMN, DataType::UInt64, false)));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Streams the live rows of some data files (indices into the manifest's file list).
+    pub fn scan_files(
+        self: &Arc<Self>,
+        file_indices: Vec<usize>,
+        projection: Option<Vec<usize>>,
+        with_positions: bool,
+    ) -> BoxStream<'static, Result<RecordBatch>> {
+        let schema = self.scan_schema(projection.as_deref(), with_positions);
+        let snapshot = self.clone();
+        futures::stream::iter(file_indices)
+            .then(move |index| {
+                let snapshot = snapshot.clone();
+                let projection = projection.clone();
+                let schema = schema.clone();
+                async move {
+                    let file = &snapshot.manifest.files[index];
+                    let read = FileRead {
+                        path: table_file(&snapshot.files.dir, &file.path),
+                        bytes: file.bytes,
+                        projection,
+                        schema,
+                        deletes: snapshot.deletes_of(index).await?,
+                        positions: with_positions.then_some(index as u32),
+                    };
+                    read_file(snapshot.files.store.clone(), read).await
+                }
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// Streams all live rows.
+    pub fn scan(
+        self: &Arc<Self>,
+        projection: Option<Vec<usize>>,
+        with_positions: bool,
+    ) -> BoxStream<'static, Result<RecordBatch>> {
+        self.scan_files((0..self.manifest.files.len()).collect(), projection, with_positions)
+    }
+
+    /// The deletion vector of a data file, loaded once.
+    pub(crate) async fn deletes_of(&self, index: usize) -> Result<Option<Arc<RoaringTreemap>>> {
+        let Some(dv) = self.manifest.files.get(index).and_then(|f| f.deletes.clone()) else {
+            return Ok(None);
+        };
+        self.deletes[index]
+            .get_or_try_init(|| async {
+                let path = table_file(&self.files.dir, &dv.path);
+                Ok(Some(Arc::new(read_deletes(&self.files.store, &path).await?)))
+            })
+            .await
+            .cloned()
+    }
+}

@@ -1,0 +1,272 @@
+//! A table handle: its newest snapshot, its version history, and its single writer.
+
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path;
+use datafusion::parquet::file::properties::WriterProperties;
+use tokio::sync::Mutex;
+
+use freshet_common::{FreshetError, Result};
+
+use crate::keys::KeyIndex;
+use crate::layout::{manifest_dir, table_dir};
+use crate::log::{Created, VersionLog};
+use crate::manifest::{Changes, FORMAT_VERSION, Manifest, SchemaDef};
+use crate::snapshot::{Snapshot, TableFiles};
+use crate::transaction::Transaction;
+
+/// How a table writes its files.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Parquet writer settings.
+    pub parquet: WriterProperties,
+    /// Rows per data file before a new file is started.
+    pub max_file_rows: usize,
+    /// Live data files above which a commit asks for compaction.
+    pub compact_min_files: usize,
+    /// Fraction of deleted rows above which a commit asks for compaction.
+    pub compact_deleted_fraction: f64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            parquet: WriterProperties::default(),
+            max_file_rows: 1 << 20,
+            compact_min_files: 32,
+            compact_deleted_fraction: 0.25,
+        }
+    }
+}
+
+/// State only the writer touches.
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    /// Keys of the newest version, built on the first write that needs them.
+    pub keys: Option<KeyIndex>,
+}
+
+/// A durable, versioned table.
+#[derive(Debug)]
+pub struct Table {
+    pub(crate) files: Arc<TableFiles>,
+    pub(crate) id: String,
+    pub(crate) log: VersionLog,
+    current: RwLock<Arc<Snapshot>>,
+    pub(crate) writer: Arc<Mutex<WriterState>>,
+    /// Held by compaction and vacuum, so that vacuum never removes the files of a compaction
+    /// that has not committed yet.
+    pub(crate) maintenance: Mutex<()>,
+    pub(crate) options: WriteOptions,
+}
+
+impl Table {
+    /// Creates a new, empty table (version 1) in its own directory.
+    pub(crate) async fn create(
+        store: Arc<dyn ObjectStore>,
+        root: &Path,
+        id: String,
+        name: String,
+        schema: SchemaRef,
+        primary_key: Vec<String>,
+        options: WriteOptions,
+    ) -> Result<Arc<Self>> {
+        let dir = table_dir(root, &id);
+        let log = VersionLog::new(store.clone(), manifest_dir(&dir));
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            table_id: id.clone(),
+            version: 1,
+            committed_at_ms: now_ms(),
+            operation: "CREATE".into(),
+            schema: SchemaDef::from_arrow(&schema),
+            primary_key,
+            files: Vec::new(),
+            changes: Changes::default(),
+        };
+        if let Created::AlreadyExists = log.create(1, &manifest).await? {
+            return Err(FreshetError::Internal(format!("table directory {dir} already exists")));
+        }
+        let files = Arc::new(TableFiles { store, dir, name });
+        Ok(Arc::new(Self::from_parts(files, id, log, manifest, schema, options)))
+    }
+
+    /// Opens an existing table at its newest version.
+    pub(crate) async fn open(
+        store: Arc<dyn ObjectStore>,
+        root: &Path,
+        id: String,
+        name: String,
+        options: WriteOptions,
+    ) -> Result<Arc<Self>> {
+        let dir = table_dir(root, &id);
+        let log = VersionLog::new(store.clone(), manifest_dir(&dir));
+        let latest = log
+            .latest()
+            .await?
+            .ok_or_else(|| FreshetError::corrupt(manifest_dir(&dir), "the table has no manifest"))?;
+        let manifest: Manifest = log
+            .read(latest)
+            .await?
+            .ok_or_else(|| FreshetError::corrupt(log.path(latest), "the manifest disappeared while opening"))?;
+        check_manifest(&log.path(latest), &manifest, &id, latest)?;
+        let schema = manifest.schema.to_arrow(log.path(latest).as_ref())?;
+        let files = Arc::new(TableFiles { store, dir, name });
+        Ok(Arc::new(Self::from_parts(files, id, log, manifest, schema, options)))
+    }
+
+    fn from_parts(
+        files: Arc<TableFiles>,
+        id: String,
+        log: VersionLog,
+        manifest: Manifest,
+        schema: SchemaRef,
+        options: WriteOptions,
+    ) -> Self {
+        let snapshot = Arc::new(Snapshot::new(files.clone(), Arc::new(manifest), schema));
+        Self {
+            files,
+            id,
+            log,
+            current: RwLock::new(snapshot),
+            writer: Arc::new(Mutex::new(WriterState::default())),
+            maintenance: Mutex::new(()),
+            options,
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.files.name
+    }
+
+    /// The table's identifier, which names its directory.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The table's directory in the store.
+    pub fn dir(&self) -> &Path {
+        &self.files.dir
+    }
+
+    /// The newest committed version.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+    }
+
+    /// The table's columns.
+    pub fn schema(&self) -> SchemaRef {
+        self.snapshot().schema().clone()
+    }
+
+    /// A retained version.
+    pub async fn snapshot_at(&self, version: u64) -> Result<Arc<Snapshot>> {
+        let current = self.snapshot();
+        if version == current.version() {
+            return Ok(current);
+        }
+        if version > current.version() {
+            return Err(FreshetError::VersionNotFound {
+                table: self.name().into(),
+                version,
+                reason: format!("the newest version is {}", current.version()),
+            });
+        }
+        let manifest = self.read_manifest(version).await?;
+        let schema = manifest.schema.to_arrow(self.log.path(version).as_ref())?;
+        Ok(Arc::new(Snapshot::new(self.files.clone(), Arc::new(manifest), schema)))
+    }
+
+    /// Reads the manifest of a retained version.
+    pub(crate) async fn read_manifest(&self, version: u64) -> Result<Manifest> {
+        let manifest: Manifest = self
+            .log
+            .read(version)
+            .await?
+            .ok_or_else(|| FreshetError::VersionNotFound {
+                table: self.name().into(),
+                version,
+                reason: "it was never committed or was removed by VACUUM".into(),
+            })?;
+        check_manifest(&self.log.path(version), &manifest, &self.id, version)?;
+        Ok(manifest)
+    }
+
+    /// The newest version committed at or before `at_ms` (milliseconds since the Unix epoch).
+    pub async fn version_at(&self, at_ms: i64) -> Result<u64> {
+        let versions = self.log.versions().await?;
+        // Commit times never decrease with the version, so a binary search finds the boundary.
+        let (mut lo, mut hi) = (0usize, versions.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let manifest = self.read_manifest(versions[mid]).await?;
+            if manifest.committed_at_ms <= at_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        match lo.checked_sub(1) {
+            Some(index) => Ok(versions[index]),
+            None => Err(FreshetError::InvalidStatement(format!(
+                "table \"{}\" has no retained version committed at or before that time",
+                self.name()
+            ))),
+        }
+    }
+
+    /// The manifests of all retained versions, oldest first.
+    pub async fn history(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for version in self.log.versions().await? {
+            out.push(self.read_manifest(version).await?);
+        }
+        Ok(out)
+    }
+
+    /// Starts a transaction, waiting for any other writer of this table to finish.
+    pub async fn begin(self: &Arc<Self>, operation: &str) -> Result<Transaction> {
+        let guard = self.writer.clone().lock_owned().await;
+        Ok(Transaction::new(self.clone(), guard, self.snapshot(), operation))
+    }
+}
+
+fn check_manifest(path: &Path, manifest: &Manifest, id: &str, version: u64) -> Result<()> {
+    if manifest.format > FORMAT_VERSION {
+        return Err(FreshetError::corrupt(
+            path,
+            format!(
+                "written in format {}, newer than this build's {FORMAT_VERSION}",
+                manifest.format
+            ),
+        ));
+    }
+    if manifest.table_id != id || manifest.version != version {
+        return Err(FreshetError::corrupt(
+            path,
+            format!(
+                "names table {} version {}, expected table {id} version {version}",
+                manifest.table_id, manifest.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

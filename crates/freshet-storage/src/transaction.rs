@@ -1,0 +1,356 @@
+//! A write to one table: rows inserted, rows deleted by position, committed as one version.
+//!
+//! The protocol: data, retraction and deletion-vector files are written first, each under a new
+//! unique name; then the manifest of the next version is created with a conditional put. The
+//! manifest is the commit point: until it exists, no reader can see any of the new files, and a
+//! failure (or a crash) before it leaves only unreferenced files that VACUUM removes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use roaring::RoaringTreemap;
+use tokio::sync::OwnedMutexGuard;
+
+use freshet_common::{FreshetError, Result};
+
+use crate::files::{RollingWriter, write_deletes};
+use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
+use crate::layout::FileKind;
+use crate::log::Created;
+use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
+use crate::snapshot::Snapshot;
+use crate::table::{Table, WriterState, now_ms};
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The version committed, or the unchanged current version when nothing changed.
+    pub version: u64,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+}
+
+/// An open write to a table. Dropping it without [`Transaction::commit`] abandons it: nothing
+/// becomes visible.
+pub struct Transaction {
+    table: Arc<Table>,
+    writer: OwnedMutexGuard<WriterState>,
+    base: Arc<Snapshot>,
+    operation: String,
+    inserts: Option<RollingWriter>,
+    retractions: Option<RollingWriter>,
+    deletes: BTreeMap<usize, RoaringTreemap>,
+    keys: Option<(KeyEncoder, KeyDelta)>,
+    inserted: u64,
+    deleted: u64,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("table", &self.table.name())
+            .field("base", &self.base.version())
+            .field("operation", &self.operation)
+            .finish()
+    }
+}
+
+impl Transaction {
+    pub(crate) fn new(
+        table: Arc<Table>,
+        writer: OwnedMutexGuard<WriterState>,
+        base: Arc<Snapshot>,
+        operation: &str,
+    ) -> Self {
+        Self {
+            table,
+            writer,
+            base,
+            operation: operation.into(),
+            inserts: None,
+            retractions: None,
+            deletes: BTreeMap::new(),
+            keys: None,
+            inserted: 0,
+            deleted: 0,
+        }
+    }
+
+    /// The version this transaction writes on top of. No other writer can commit while the
+    /// transaction is open, so positions read from this snapshot stay valid.
+    pub fn base(&self) -> &Arc<Snapshot> {
+        &self.base
+    }
+
+    /// Inserts rows. The batch's columns must match the table's; NOT NULL columns and the primary
+    /// key are checked here.
+    pub async fn insert(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = self.conform(batch)?;
+        for (field, column) in self.base.schema().fields().iter().zip(batch.columns()) {
+            if !field.is_nullable() && column.null_count() > 0 {
+                return Err(FreshetError::NullViolation {
+                    table: self.table.name().into(),
+                    column: field.name().clone(),
+                });
+            }
+        }
+        if !self.base.primary_key().is_empty() {
+            self.ensure_key_index().await?;
+            let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
+            let index = self.writer.keys.as_ref().ok_or_else(missing_index)?;
+            let rows = encoder.encode(&batch)?;
+            if let Some(row) = delta.add(index, &rows) {
+                return Err(FreshetError::DuplicateKey {
+                    table: self.table.name().into(),
+                    columns: self.base.primary_key().join(", "),
+                    key: encoder.render(&batch, row),
+                });
+            }
+        }
+        let writer = self.inserts.get_or_insert_with(|| {
+            RollingWriter::new(
+                self.table.files.store.clone(),
+                self.table.files.dir.clone(),
+                FileKind::Data,
+                self.base.schema().clone(),
+                self.table.options.parquet.clone(),
+                self.table.options.max_file_rows,
+            )
+        });
+        writer.write(&batch).await?;
+        self.inserted += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Deletes rows of the base version by position. `rows` are the deleted rows' values (the
+    /// table's columns), which become the version's retractions.
+    pub async fn delete(&mut self, file: usize, positions: &UInt64Array, rows: &RecordBatch) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let rows = self.conform(rows)?;
+        let data_file = self.base.manifest().files.get(file).ok_or_else(|| {
+            FreshetError::Internal(format!(
+                "delete names data file {file} of a {}-file version",
+                self.base.manifest().files.len()
+            ))
+        })?;
+        let existing = self.base.deletes_of(file).await?;
+        let rows_in_file = data_file.rows;
+        let set = self.deletes.entry(file).or_default();
+        for position in positions.values().iter().copied() {
+            let already = existing.as_ref().is_some_and(|d| d.contains(position));
+            if position >= rows_in_file || already {
+                return Err(FreshetError::Internal(format!(
+                    "delete of row {position} of {} which is not a live row",
+                    data_file.path
+                )));
+            }
+            if !set.insert(position) {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "table \"{}\": the statement changes the same row more than once",
+                    self.table.name()
+                )));
+            }
+        }
+        if !self.base.primary_key().is_empty() {
+            self.ensure_key_index().await?;
+            let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
+            delta.remove(&encoder.encode(&rows)?);
+        }
+        let writer = self.retractions.get_or_insert_with(|| {
+            RollingWriter::new(
+                self.table.files.store.clone(),
+                self.table.files.dir.clone(),
+                FileKind::Retraction,
+                self.base.schema().clone(),
+                self.table.options.parquet.clone(),
+                self.table.options.max_file_rows,
+            )
+        });
+        writer.write(&rows).await?;
+        self.deleted += positions.len() as u64;
+        Ok(())
+    }
+
+    /// Whether a primary key of `batch` (row `row`) exists in the table as this transaction
+    /// leaves it.
+    pub async fn key_exists(&mut self, batch: &RecordBatch, row: usize) -> Result<bool> {
+        if self.base.primary_key().is_empty() {
+            return Ok(false);
+        }
+        self.ensure_key_index().await?;
+        let (encoder, delta) = self.keys.as_ref().ok_or_else(missing_index)?;
+        let index = self.writer.keys.as_ref().ok_or_else(missing_index)?;
+        let rows = encoder.encode(&batch.slice(row, 1))?;
+        Ok(delta.contains(index, &rows.row(0).owned()))
+    }
+
+    /// Commits the transaction as the next version. A transaction that changed nothing commits
+    /// nothing and reports the base version.
+    pub async fn commit(mut self) -> Result<CommitInfo> {
+        if self.inserted == 0 && self.deleted == 0 {
+            return Ok(CommitInfo {
+                version: self.base.version(),
+                inserted: 0,
+                deleted: 0,
+            });
+        }
+        let inserted_files = match self.inserts.take() {
+            Some(writer) => writer.finish().await?,
+            None => Vec::new(),
+        };
+        let retracted_files = match self.retractions.take() {
+            Some(writer) => writer.finish().await?,
+            None => Vec::new(),
+        };
+        let mut files = Vec::with_capacity(self.base.manifest().files.len() + inserted_files.len());
+        for (index, file) in self.base.manifest().files.iter().enumerate() {
+            let Some(new) = self.deletes.get(&index) else {
+                files.push(file.clone());
+                continue;
+            };
+            let mut all = match self.base.deletes_of(index).await? {
+                Some(existing) => (*existing).clone(),
+                None => RoaringTreemap::new(),
+            };
+            all |= new;
+            if all.len() == file.rows {
+                // Every row is gone: the file leaves the version.
+                continue;
+            }
+            let path = write_deletes(&self.table.files.store, &self.table.files.dir, &all).await?;
+            files.push(DataFile {
+                deletes: Some(DeletionVector { path, count: all.len() }),
+                ..file.clone()
+            });
+        }
+        files.extend(inserted_files.iter().map(|f| DataFile {
+            path: f.path.clone(),
+            rows: f.rows,
+            bytes: f.bytes,
+            deletes: None,
+        }));
+        let base_manifest = self.base.manifest();
+        let version = base_manifest.version + 1;
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            table_id: self.table.id.clone(),
+            version,
+            committed_at_ms: now_ms().max(base_manifest.committed_at_ms),
+            operation: self.operation.clone(),
+            schema: base_manifest.schema.clone(),
+            primary_key: base_manifest.primary_key.clone(),
+            files,
+            changes: Changes {
+                inserted: inserted_files,
+                retracted: retracted_files,
+            },
+        };
+        self.table.commit_manifest(manifest, self.base.schema().clone()).await?;
+        if let Some((_, delta)) = self.keys.take()
+            && let Some(index) = self.writer.keys.as_mut()
+        {
+            index.apply(delta, version);
+        }
+        Ok(CommitInfo {
+            version,
+            inserted: self.inserted,
+            deleted: self.deleted,
+        })
+    }
+
+    async fn ensure_key_index(&mut self) -> Result<()> {
+        if self.keys.is_none() {
+            self.keys = Some((KeyEncoder::new(&self.base)?, KeyDelta::default()));
+        }
+        let current = self
+            .writer
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.version == self.base.version());
+        if !current {
+            let (encoder, _) = self.keys.as_ref().ok_or_else(missing_index)?;
+            self.writer.keys = Some(KeyIndex::build(&self.base, encoder).await?);
+        }
+        Ok(())
+    }
+
+    /// Gives a batch the table's exact schema (names and nullability), checking the types.
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let schema = self.base.schema();
+        if batch.num_columns() != schema.fields().len() {
+            return Err(FreshetError::Internal(format!(
+                "table \"{}\" has {} columns, a write gave {}",
+                self.table.name(),
+                schema.fields().len(),
+                batch.num_columns()
+            )));
+        }
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            if field.data_type() != column.data_type() {
+                return Err(FreshetError::Internal(format!(
+                    "table \"{}\": column \"{}\" is {}, a write gave {}",
+                    self.table.name(),
+                    field.name(),
+                    field.data_type(),
+                    column.data_type()
+                )));
+            }
+        }
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            batch.columns().to_vec(),
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )
+        .map_err(|e| match e {
+            datafusion::arrow::error::ArrowError::InvalidArgumentError(_) => {
+                // Nullability: find the column for a clear error.
+                let column = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
+                    .map(|(f, _)| f.name().clone())
+                    .unwrap_or_default();
+                FreshetError::NullViolation {
+                    table: self.table.name().into(),
+                    column,
+                }
+            }
+            other => FreshetError::Internal(other.to_string()),
+        })
+    }
+}
+
+fn missing_index() -> FreshetError {
+    FreshetError::Internal("primary-key index missing".into())
+}
+
+impl Table {
+    /// Creates the manifest of a new version and makes it the newest snapshot.
+    pub(crate) async fn commit_manifest(
+        &self,
+        manifest: Manifest,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+    ) -> Result<()> {
+        let version = manifest.version;
+        match self.log.create(version, &manifest).await? {
+            Created::Yes => {}
+            Created::AlreadyExists => {
+                return Err(FreshetError::ConcurrentCommit {
+                    table: self.name().into(),
+                    version,
+                });
+            }
+        }
+        self.publish(Arc::new(Snapshot::new(self.files.clone(), Arc::new(manifest), schema)));
+        Ok(())
+    }
+}
