@@ -179,13 +179,26 @@ mod tests {
     fn parses_freshet_statements() {
         let parsed = parse_statements("ALTER TABLE s.t COMPACT; VACUUM t RETAIN 3 VERSIONS; VACUUM").unwrap();
         assert!(matches!(&parsed[0].statement, FreshetStatement::Compact { table } if table.to_string() == "s.t"));
-        assert!(matches!(&parsed[1].statement, FreshetStatement::Vacuum { table: Some(_), retain: Some(3) }));
-        assert!(matches!(&parsed[2].statement, FreshetStatement::Vacuum { table: None, retain: None }));
+        assert!(matches!(
+            &parsed[1].statement,
+            FreshetStatement::Vacuum {
+                table: Some(_),
+                retain: Some(3)
+            }
+        ));
+        assert!(matches!(
+            &parsed[2].statement,
+            FreshetStatement::Vacuum {
+                table: None,
+                retain: None
+            }
+        ));
     }
 
     #[test]
     fn parses_time_travel() {
-        let parsed = parse_statements("SELECT * FROM t FOR SYSTEM_TIME AS OF 3; SELECT * FROM t VERSION AS OF 2").unwrap();
+        let parsed =
+            parse_statements("SELECT * FROM t FOR SYSTEM_TIME AS OF 3; SELECT * FROM t VERSION AS OF 2").unwrap();
         assert_eq!(parsed.len(), 2);
         assert!(parsed[1].text.contains("VERSION AS OF 2"));
     }

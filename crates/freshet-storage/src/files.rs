@@ -3,17 +3,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{BooleanArray, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::object_store::buffered::BufWriter;
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use datafusion::object_store::buffered::BufWriter;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use datafusion::parquet::arrow::{AsyncArrowWriter, ProjectionMask};
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
-use datafusion::parquet::arrow::{AsyncArrowWriter, ProjectionMask};
 use datafusion::parquet::file::properties::WriterProperties;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -199,7 +199,8 @@ fn shape_batch(read: &FileRead, batch: RecordBatch, first: u64) -> Result<Record
             first..first + batch.num_rows() as u64,
         )));
     }
-    let shaped = RecordBatch::try_new(read.schema.clone(), columns)
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let shaped = RecordBatch::try_new_with_options(read.schema.clone(), columns, &options)
         .map_err(|e| FreshetError::corrupt(&read.path, format!("columns do not match the table: {e}")))?;
     match &read.deletes {
         Some(deletes) if deletes.range_cardinality(first..first + batch.num_rows() as u64) > 0 => {

@@ -22,7 +22,8 @@ pub(crate) fn manifest_dir(table_dir: &Path) -> Path {
 
 /// The file name of a version in a versioned directory.
 pub(crate) fn version_file(dir: &Path, version: u64) -> Path {
-    dir.clone().join(format!("{version:0width$}.json", width = VERSION_DIGITS))
+    dir.clone()
+        .join(format!("{version:0width$}.json", width = VERSION_DIGITS))
 }
 
 /// Parses the version out of a manifest file name; `None` for anything else in the directory.

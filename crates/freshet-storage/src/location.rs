@@ -101,6 +101,12 @@ impl Location {
         }
     }
 
+    /// Puts a layer around the store (metrics, caching, failure injection in tests).
+    pub fn layer(mut self, layer: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Self {
+        self.store = layer(self.store);
+        self
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

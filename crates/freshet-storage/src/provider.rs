@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
@@ -255,7 +255,9 @@ impl ExecutionPlan for SnapshotScanExec {
             let batch = batch?;
             // The schema of a projected scan may differ in field order only when positions
             // are projected; rebuild with the declared schema.
-            RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(DataFusionError::from)
+            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
+                .map_err(DataFusionError::from)
         });
         let stream: futures::stream::BoxStream<'static, DfResult<RecordBatch>> = match self.limit {
             Some(limit) => limit_rows(stream.boxed(), limit),

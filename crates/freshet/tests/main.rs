@@ -1,1 +1,4 @@
-//! tests
+//! Integration tests of the engine: one test binary (link time matters on small machines).
+
+mod api;
+mod slt;

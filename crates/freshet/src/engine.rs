@@ -1,0 +1,279 @@
+//! The engine handle and its builder.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::config::TableParquetOptions;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path;
+use datafusion::parquet::file::properties::WriterPropertiesBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::TryStreamExt;
+
+use freshet_common::{FreshetError, Result};
+use freshet_sql::parse_statements;
+use freshet_storage::{Catalog, CatalogEntry, ChangeSet, Location, Table, WriteOptions};
+
+use crate::functions;
+use crate::schema::{CATALOG_NAME, FreshetCatalog, FreshetSchema, SCHEMA_NAME};
+
+/// Where an engine keeps its data when none is given.
+pub const DEFAULT_LOCATION: &str = "./freshet-data";
+
+/// Builds an [`Engine`].
+#[derive(Default)]
+pub struct EngineBuilder {
+    location: Option<String>,
+    layer: Option<StoreLayer>,
+    store: Option<(Arc<dyn ObjectStore>, Path, String)>,
+    target_partitions: Option<usize>,
+    max_file_rows: Option<usize>,
+    compact_min_files: Option<usize>,
+}
+
+/// A function wrapping the engine's object store.
+type StoreLayer = Box<dyn FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + Send>;
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("location", &self.location)
+            .field("layered", &self.layer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Wraps the location's object store in a layer of the caller's (metrics, caching, or
+    /// failure injection in tests); the location's lock is kept.
+    pub fn store_layer(
+        mut self,
+        layer: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + Send + 'static,
+    ) -> Self {
+        self.layer = Some(Box::new(layer));
+        self
+    }
+
+    /// The location: a local directory (the default, `./freshet-data`), `file:///dir`, or
+    /// `memory://` for a store that lives as long as the engine.
+    pub fn location(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
+        self
+    }
+
+    /// Any object store (S3, GCS, Azure, a test wrapper ...), with `root` as the top directory
+    /// inside it. `name` is how the location is shown in messages.
+    pub fn object_store(mut self, store: Arc<dyn ObjectStore>, root: Path, name: impl Into<String>) -> Self {
+        self.store = Some((store, root, name.into()));
+        self
+    }
+
+    /// How many partitions queries run with (default: the number of cores).
+    pub fn target_partitions(mut self, partitions: usize) -> Self {
+        self.target_partitions = Some(partitions.max(1));
+        self
+    }
+
+    /// Rows per data file before a new one is started (default 1,048,576).
+    pub fn max_file_rows(mut self, rows: usize) -> Self {
+        self.max_file_rows = Some(rows.max(1));
+        self
+    }
+
+    /// Number of data files above which a table is compacted in the background (default 32).
+    pub fn compact_min_files(mut self, files: usize) -> Self {
+        self.compact_min_files = Some(files.max(1));
+        self
+    }
+
+    /// Opens the engine: takes the location, reads its catalog and opens its tables. A table
+    /// that cannot be opened is reported when used; the others work.
+    pub async fn open(self) -> Result<Engine> {
+        let location = match self.store {
+            Some((store, root, name)) => Location::from_store(store, root, &name),
+            None => Location::open(self.location.as_deref().unwrap_or(DEFAULT_LOCATION))?,
+        };
+        let location = match self.layer {
+            Some(layer) => location.layer(layer),
+            None => location,
+        };
+        let location = Arc::new(location);
+
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
+        if let Some(partitions) = self.target_partitions {
+            config = config.with_target_partitions(partitions);
+        }
+        // Files are written with the same Parquet settings DataFusion uses for its own writes.
+        let mut parquet_options = TableParquetOptions {
+            global: config.options().execution.parquet.clone(),
+            ..Default::default()
+        };
+        // The Arrow writer embeds the Arrow schema itself; DataFusion's own check for it
+        // applies to its writers only.
+        parquet_options.global.skip_arrow_metadata = true;
+        let parquet = WriterPropertiesBuilder::try_from(&parquet_options)
+            .map_err(FreshetError::from)?
+            .build();
+        let defaults = WriteOptions::default();
+        let options = WriteOptions {
+            parquet,
+            max_file_rows: self.max_file_rows.unwrap_or(defaults.max_file_rows),
+            compact_min_files: self.compact_min_files.unwrap_or(defaults.compact_min_files),
+            ..defaults
+        };
+        let catalog = Arc::new(Catalog::open(location.clone(), options).await?);
+        let schema = Arc::new(FreshetSchema::new(catalog.clone()));
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_catalog(CATALOG_NAME, Arc::new(FreshetCatalog::new(schema.clone())));
+        let engine = Engine {
+            inner: Arc::new(EngineInner {
+                ctx,
+                catalog,
+                schema,
+                location,
+            }),
+        };
+        functions::register(&engine);
+        engine.restore_definitions().await;
+        Ok(engine)
+    }
+}
+
+/// An embedded Freshet engine. Cheap to clone; every clone is the same engine and may be used
+/// from many tasks at once.
+///
+/// ```
+/// # async fn demo() -> freshet::Result<()> {
+/// let engine = freshet::Engine::builder().location("memory://").open().await?;
+/// engine.sql("CREATE TABLE t (id INT PRIMARY KEY, name TEXT)").await?;
+/// engine.sql("INSERT INTO t VALUES (1, 'one'), (2, 'two')").await?;
+/// let batches = engine.sql("SELECT count(*) FROM t").await?;
+/// assert_eq!(batches[0].num_rows(), 1);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub ctx: SessionContext,
+    pub catalog: Arc<Catalog>,
+    pub schema: Arc<FreshetSchema>,
+    pub location: Arc<Location>,
+}
+
+impl std::fmt::Debug for EngineInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("location", &self.location.display())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A builder with the default settings.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Runs one or more statements, separated by `;`, in order, and returns the rows of the
+    /// last one. Statements before a failing one stay committed; the failing one commits
+    /// nothing.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let stream = self.sql_stream(sql).await?;
+        stream.try_collect().await.map_err(FreshetError::from)
+    }
+
+    /// Like [`Engine::sql`], but streams the rows of the last statement instead of collecting
+    /// them: for large results.
+    pub async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let statements = parse_statements(sql)?;
+        let Some((last, first)) = statements.split_last() else {
+            return Err(FreshetError::InvalidStatement("no statement to run".into()));
+        };
+        for statement in first {
+            let stream = self.run(statement).await?;
+            let _: Vec<RecordBatch> = stream.try_collect().await.map_err(FreshetError::from)?;
+        }
+        self.run(last).await
+    }
+
+    /// Runs each statement and returns the result of every one, for callers that show them
+    /// all (a shell). Stops at the first error, which names the statement.
+    pub async fn sql_each(&self, sql: &str) -> Result<Vec<StatementResult>> {
+        let mut results = Vec::new();
+        for statement in parse_statements(sql)? {
+            let stream = self.run(&statement).await?;
+            let schema = stream.schema();
+            let batches = stream.try_collect().await.map_err(FreshetError::from)?;
+            results.push(StatementResult {
+                sql: statement.text,
+                schema,
+                batches,
+            });
+        }
+        Ok(results)
+    }
+
+    /// A table by name, for reading its versions and changes directly.
+    pub fn table(&self, name: &str) -> Result<Arc<Table>> {
+        self.inner.catalog.table(name)
+    }
+
+    /// The changes to table `name` made by versions `from + 1 ..= to`, as change batches
+    /// (the table's columns and an Int64 weight: +1 inserted, -1 deleted). Costs in proportion
+    /// to the change, not the table.
+    pub async fn changes(&self, name: &str, from: u64, to: u64) -> Result<ChangeSet> {
+        self.table(name)?.changes(from, to).await
+    }
+
+    /// The DataFusion session the engine plans with (its tables are the engine's tables).
+    pub fn session(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    /// Where the engine keeps its data.
+    pub fn location(&self) -> &str {
+        self.inner.location.display()
+    }
+
+    /// Re-creates external tables and views from their stored definitions. One that fails
+    /// (its files are gone) is marked broken and reported when used.
+    async fn restore_definitions(&self) {
+        let manifest = self.inner.catalog.manifest();
+        for (name, entry) in &manifest.entries {
+            let CatalogEntry::Definition { sql, .. } = entry else {
+                continue;
+            };
+            if let Err(e) = self.define(sql).await {
+                tracing::warn!(object = %name, error = %e, "stored definition cannot be restored");
+                self.inner.schema.mark_broken(name, e);
+            }
+        }
+    }
+
+    /// Runs a defining statement through DataFusion only (it registers the provider).
+    pub(crate) async fn define(&self, sql: &str) -> Result<()> {
+        let ctx = &self.inner.ctx;
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        ctx.execute_logical_plan(plan).await?.collect().await?;
+        Ok(())
+    }
+}
+
+/// The result of one statement.
+#[derive(Debug, Clone)]
+pub struct StatementResult {
+    /// The statement's text.
+    pub sql: String,
+    /// The schema of its rows.
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    /// Its rows.
+    pub batches: Vec<RecordBatch>,
+}

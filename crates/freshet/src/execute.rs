@@ -1,0 +1,331 @@
+//! Running one statement: Freshet's own statements and DDL are handled here; everything else is
+//! planned and run by DataFusion over the engine's tables.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Constraint, TableReference};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, Statement};
+use futures::TryStreamExt;
+
+use freshet_common::{FreshetError, Result};
+use freshet_sql::{FreshetStatement, ParsedStatement};
+use freshet_storage::CatalogEntry;
+
+use crate::engine::Engine;
+use crate::schema::{CATALOG_NAME, SCHEMA_NAME};
+use crate::time_travel;
+
+/// Versions VACUUM keeps when no RETAIN clause is given.
+const DEFAULT_RETAIN_VERSIONS: u64 = 1;
+
+impl Engine {
+    /// Runs one statement. Errors say which statement failed when the text holds several.
+    pub(crate) async fn run(&self, parsed: &ParsedStatement) -> Result<SendableRecordBatchStream> {
+        self.run_statement(parsed).await
+    }
+
+    async fn run_statement(&self, parsed: &ParsedStatement) -> Result<SendableRecordBatchStream> {
+        match &parsed.statement {
+            FreshetStatement::Compact { table } => {
+                let name = self.resolve_name(table)?;
+                let table = self.table(&name)?;
+                let version = match table.compact().await? {
+                    Some(v) => v,
+                    None => table.snapshot().version(),
+                };
+                single_count("version", version)
+            }
+            FreshetStatement::Vacuum { table, retain } => {
+                let retain = retain.unwrap_or(DEFAULT_RETAIN_VERSIONS);
+                let report = match table {
+                    Some(name) => self.table(&self.resolve_name(name)?)?.vacuum(retain).await?,
+                    None => self.inner.catalog.vacuum(retain).await?,
+                };
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("versions_removed", DataType::UInt64, false),
+                    Field::new("files_removed", DataType::UInt64, false),
+                    Field::new("bytes_removed", DataType::UInt64, false),
+                ]));
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(UInt64Array::from(vec![report.versions_removed])),
+                        Arc::new(UInt64Array::from(vec![report.files_removed])),
+                        Arc::new(UInt64Array::from(vec![report.bytes_removed])),
+                    ],
+                )
+                .map_err(|e| FreshetError::Internal(e.to_string()))?;
+                batches_stream(schema, vec![batch])
+            }
+            FreshetStatement::DataFusion(statement) => self.run_datafusion(parsed, statement).await,
+        }
+    }
+
+    async fn run_datafusion(
+        &self,
+        parsed: &ParsedStatement,
+        statement: &DFStatement,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut statement = statement.clone();
+        if let DFStatement::Statement(inner) = &statement {
+            match inner.as_ref() {
+                Statement::Update(update) => return self.update(update).await,
+                Statement::Delete(delete) => return self.delete(delete).await,
+                Statement::Drop {
+                    object_type,
+                    if_exists,
+                    names,
+                    ..
+                } if matches!(object_type, ObjectType::Table | ObjectType::View) => {
+                    for name in names {
+                        self.drop_object(name, *if_exists).await?;
+                    }
+                    return empty_stream();
+                }
+                _ => {}
+            }
+        }
+        if let DFStatement::CreateExternalTable(create) = &statement {
+            let name = self.resolve_name(&create.name)?;
+            if self.inner.catalog.contains(&name) {
+                if create.if_not_exists {
+                    return empty_stream();
+                }
+                return Err(FreshetError::TableExists { name });
+            }
+            self.define(&parsed.text).await?;
+            if let Err(e) = self
+                .inner
+                .catalog
+                .create_definition(&name, "external_table", &parsed.text)
+                .await
+            {
+                self.inner.schema.forget(&name);
+                return Err(e);
+            }
+            return empty_stream();
+        }
+        time_travel::rewrite(self, &mut statement).await?;
+
+        let state = self.inner.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+                self.create_table(create).await?;
+                empty_stream()
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateView(view)) => {
+                let name = self.resolve_reference(view.name.clone())?;
+                if self.inner.catalog.contains(&name) {
+                    if view.or_replace {
+                        return Err(FreshetError::Unsupported("CREATE OR REPLACE VIEW".into()));
+                    }
+                    return Err(FreshetError::TableExists { name });
+                }
+                if view.temporary {
+                    return Err(FreshetError::Unsupported("temporary views".into()));
+                }
+                self.inner
+                    .ctx
+                    .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateView(view)))
+                    .await?;
+                if let Err(e) = self.inner.catalog.create_definition(&name, "view", &parsed.text).await {
+                    self.inner.schema.forget(&name);
+                    return Err(e);
+                }
+                empty_stream()
+            }
+            LogicalPlan::Ddl(
+                DdlStatement::CreateCatalog(_)
+                | DdlStatement::CreateCatalogSchema(_)
+                | DdlStatement::DropCatalogSchema(_)
+                | DdlStatement::CreateIndex(_)
+                | DdlStatement::CreateFunction(_)
+                | DdlStatement::DropFunction(_),
+            ) => Err(FreshetError::Unsupported(format!(
+                "{} (Freshet has one schema, \"{SCHEMA_NAME}\")",
+                first_words(&parsed.text)
+            ))),
+            plan => {
+                let frame = self.inner.ctx.execute_logical_plan(plan).await?;
+                Ok(frame.execute_stream().await?)
+            }
+        }
+    }
+
+    async fn create_table(&self, create: datafusion::logical_expr::CreateMemoryTable) -> Result<()> {
+        let name = self.resolve_reference(create.name.clone())?;
+        if create.temporary {
+            return Err(FreshetError::Unsupported("temporary tables".into()));
+        }
+        if create.or_replace {
+            return Err(FreshetError::Unsupported(
+                "CREATE OR REPLACE TABLE: drop the table first".into(),
+            ));
+        }
+        if !create.column_defaults.is_empty() {
+            return Err(FreshetError::Unsupported(format!(
+                "table \"{name}\": column DEFAULT values (column \"{}\")",
+                create.column_defaults[0].0
+            )));
+        }
+        if self.inner.catalog.contains(&name) {
+            if create.if_not_exists {
+                return Ok(());
+            }
+            return Err(FreshetError::TableExists { name });
+        }
+        let input_schema: SchemaRef = Arc::new(create.input.schema().as_arrow().clone());
+        let mut key = Vec::new();
+        for constraint in create.constraints.iter() {
+            match constraint {
+                Constraint::PrimaryKey(indices) if key.is_empty() => key = indices.clone(),
+                Constraint::PrimaryKey(_) => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{name}\": a table has at most one primary key"
+                    )));
+                }
+                Constraint::Unique(_) => {
+                    return Err(FreshetError::Unsupported(format!(
+                        "table \"{name}\": UNIQUE constraints (use a PRIMARY KEY)"
+                    )));
+                }
+            }
+        }
+        let fields: Vec<Field> = input_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let nullable = f.is_nullable() && !key.contains(&i);
+                Field::new(f.name(), f.data_type().clone(), nullable)
+            })
+            .collect();
+        check_column_names(&name, &fields)?;
+        let schema = Arc::new(Schema::new(fields));
+        let primary_key = key.iter().map(|&i| schema.field(i).name().clone()).collect();
+        let is_empty = matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
+        let ctx = self.inner.ctx.clone();
+        let input = create.input.clone();
+        self.inner
+            .catalog
+            .create_table(&name, schema.clone(), primary_key, |table| async move {
+                if is_empty {
+                    return Ok(());
+                }
+                let mut txn = table.begin("CREATE TABLE AS SELECT").await?;
+                let mut rows = ctx
+                    .execute_logical_plan((*input).clone())
+                    .await?
+                    .execute_stream()
+                    .await?;
+                while let Some(batch) = rows.try_next().await? {
+                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                        .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))?;
+                    txn.insert(&batch).await?;
+                }
+                txn.commit().await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn drop_object(&self, name: &ObjectName, if_exists: bool) -> Result<()> {
+        let name = self.resolve_name(name)?;
+        if !self.inner.catalog.contains(&name) {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(FreshetError::TableNotFound { name });
+        }
+        let entry = self.inner.catalog.drop_entry(&name).await?;
+        if let CatalogEntry::Definition { .. } = entry {
+            self.inner.schema.forget(&name);
+        }
+        Ok(())
+    }
+
+    /// The catalog name of a table named in a statement.
+    pub(crate) fn resolve_name(&self, name: &ObjectName) -> Result<String> {
+        let normalize = self
+            .inner
+            .ctx
+            .state()
+            .config()
+            .options()
+            .sql_parser
+            .enable_ident_normalization;
+        let reference = object_name_to_table_reference(name.clone(), normalize)?;
+        self.resolve_reference(reference)
+    }
+
+    pub(crate) fn resolve_reference(&self, reference: TableReference) -> Result<String> {
+        let (catalog, schema) = match &reference {
+            TableReference::Bare { .. } => (None, None),
+            TableReference::Partial { schema, .. } => (None, Some(schema.as_ref())),
+            TableReference::Full { catalog, schema, .. } => (Some(catalog.as_ref()), Some(schema.as_ref())),
+        };
+        if catalog.is_some_and(|c| c != CATALOG_NAME) || schema.is_some_and(|s| s != SCHEMA_NAME) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "\"{reference}\": Freshet has one catalog and schema, \"{CATALOG_NAME}.{SCHEMA_NAME}\""
+            )));
+        }
+        let table = reference.table();
+        if table.contains('@') {
+            return Err(FreshetError::InvalidStatement(format!(
+                "invalid name \"{table}\": names cannot contain '@'"
+            )));
+        }
+        Ok(table.to_string())
+    }
+}
+
+fn check_column_names(table: &str, fields: &[Field]) -> Result<()> {
+    for (i, field) in fields.iter().enumerate() {
+        if field.name().starts_with("__freshet") || field.name() == freshet_common::WEIGHT_COLUMN {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{table}\": column name \"{}\" is reserved",
+                field.name()
+            )));
+        }
+        if fields[..i].iter().any(|f| f.name() == field.name()) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{table}\": column \"{}\" is defined twice",
+                field.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn first_words(text: &str) -> String {
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
+}
+
+/// A one-row, one-column result.
+pub(crate) fn single_count(column: &str, value: u64) -> Result<SendableRecordBatchStream> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::UInt64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt64Array::from(vec![value]))])
+        .map_err(|e| FreshetError::Internal(e.to_string()))?;
+    batches_stream(schema, vec![batch])
+}
+
+pub(crate) fn batches_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<SendableRecordBatchStream> {
+    Ok(Box::pin(MemoryStream::try_new(batches, schema, None)?))
+}
+
+fn empty_stream() -> Result<SendableRecordBatchStream> {
+    batches_stream(Arc::new(Schema::empty()), Vec::new())
+}

@@ -1,0 +1,149 @@
+//! The embedding API: opening, concurrency, change reads, locking and damaged files.
+
+use std::sync::Arc;
+
+use freshet::datafusion::arrow::array::{Array, Int64Array};
+use freshet::{Engine, ErrorDomain, FreshetError};
+use futures::TryStreamExt;
+
+async fn count(engine: &Engine, sql: &str) -> i64 {
+    let batches = engine.sql(sql).await.expect("query runs");
+    let column = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("BIGINT");
+    column.value(0)
+}
+
+#[tokio::test]
+async fn many_tasks_share_one_engine() {
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    engine.sql("CREATE TABLE t (task INT, i INT)").await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                engine
+                    .sql(&format!("INSERT INTO t VALUES ({task}, {i})"))
+                    .await
+                    .unwrap();
+                // A reader never sees a partial commit: every task's rows arrive one at a time.
+                let n = count(&engine, &format!("SELECT count(*) FROM t WHERE task = {task}")).await;
+                assert_eq!(n, i + 1);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 40);
+    assert_eq!(engine.table("t").unwrap().snapshot().version(), 41);
+}
+
+#[tokio::test]
+async fn change_reads_cost_the_change_not_the_table() {
+    let engine = Engine::builder()
+        .location("memory://")
+        .max_file_rows(1000)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO t SELECT value, value AS v FROM generate_series(1, 5000)")
+        .await
+        .unwrap();
+    engine.sql("UPDATE t SET v = v + 1 WHERE id <= 10").await.unwrap();
+    let changes = engine.changes("t", 2, 3).await.unwrap();
+    // One inserted file and one retraction file, each with 10 rows.
+    assert_eq!(changes.files(), 2);
+    let raw: Vec<_> = changes.stream().try_collect().await.unwrap();
+    let rows: usize = raw.iter().map(|c| c.num_rows()).sum();
+    assert_eq!(rows, 20);
+    let weights: i64 = raw.iter().flat_map(|c| c.weights().values().to_vec()).sum();
+    assert_eq!(weights, 0);
+    let whole = engine
+        .changes("t", 0, 3)
+        .await
+        .unwrap()
+        .consolidated()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(whole.num_rows(), 5000);
+}
+
+#[tokio::test]
+async fn a_second_engine_on_a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().display().to_string();
+    let first = Engine::builder().location(&location).open().await.unwrap();
+    let err = Engine::builder().location(&location).open().await.unwrap_err();
+    assert!(matches!(err, FreshetError::Locked { .. }), "{err}");
+    assert_eq!(err.domain(), ErrorDomain::External);
+    drop(first);
+    Engine::builder().location(&location).open().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_table_does_not_take_the_others_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().display().to_string();
+    {
+        let engine = Engine::builder().location(&location).open().await.unwrap();
+        engine
+            .sql("CREATE TABLE good (a INT); INSERT INTO good VALUES (1); CREATE TABLE bad (a INT); INSERT INTO bad VALUES (2)")
+            .await
+            .unwrap();
+        let bad = engine.table("bad").unwrap();
+        let manifests = dir.path().join(bad.dir().as_ref()).join("manifests");
+        for entry in std::fs::read_dir(&manifests).unwrap() {
+            std::fs::write(entry.unwrap().path(), b"{ not json").unwrap();
+        }
+    }
+    let engine = Engine::builder().location(&location).open().await.unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM good").await, 1);
+    let err = engine.sql("SELECT * FROM bad").await.unwrap_err().to_string();
+    assert!(err.contains("manifests") && err.contains(".json"), "{err}");
+    // The damaged table can still be dropped.
+    engine.sql("DROP TABLE bad").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_data_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .location(dir.path().display().to_string())
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let table = engine.table("t").unwrap();
+    let file = table.snapshot().manifest().files[0].path.clone();
+    std::fs::remove_file(dir.path().join(table.dir().as_ref()).join(&file)).unwrap();
+    let err = engine.sql("SELECT * FROM t").await.unwrap_err().to_string();
+    assert!(err.contains(&file), "{err}");
+}
+
+#[tokio::test]
+async fn results_can_be_streamed() {
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    engine
+        .sql("CREATE TABLE t AS SELECT value AS v FROM generate_series(1, 100000)")
+        .await
+        .unwrap();
+    let stream = engine.sql_stream("SELECT v FROM t").await.unwrap();
+    let rows: usize = stream
+        .map_ok(|b| b.num_rows())
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .iter()
+        .sum();
+    assert_eq!(rows, 100000);
+    let _: Arc<freshet::Table> = engine.table("t").unwrap();
+}
