@@ -291,3 +291,33 @@ impl AsyncFileReader for StoreFileReader {
         })
     }
 }
+
+/// Checks that every column of `schema` can be written to Parquet, by writing one row of NULLs
+/// per column to memory; names the first column that cannot.
+pub(crate) fn check_storable(table: &str, schema: &datafusion::arrow::datatypes::Schema) -> Result<()> {
+    use datafusion::arrow::array::new_null_array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    for field in schema.fields() {
+        let probe = Arc::new(Schema::new(vec![Field::new(
+            field.name(),
+            field.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(probe.clone(), vec![new_null_array(field.data_type(), 1)])
+            .map_err(|e| FreshetError::Internal(e.to_string()))?;
+        let written = ArrowWriter::try_new(Vec::new(), probe, None).and_then(|mut writer| {
+            writer.write(&batch)?;
+            writer.close()
+        });
+        if let Err(e) = written {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{table}\": column \"{}\" has type {}, which a table cannot store ({e})",
+                field.name(),
+                field.data_type()
+            )));
+        }
+    }
+    Ok(())
+}

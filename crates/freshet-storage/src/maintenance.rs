@@ -13,6 +13,9 @@ use crate::layout::{FileKind, manifest_dir, table_file};
 use crate::manifest::{Changes, DataFile, Manifest};
 use crate::table::{Table, now_ms};
 
+/// Deleted rows below which deletes alone never trigger a background compaction.
+const MIN_DELETED_ROWS_TO_COMPACT: u64 = 1024;
+
 /// What a VACUUM removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VacuumReport {
@@ -40,8 +43,11 @@ impl Table {
         let manifest = snapshot.manifest();
         let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();
         let deleted: u64 = manifest.files.iter().map(|f| f.rows - f.live_rows()).sum();
+        // A few deleted rows cost little to skip while reading; many cost a pass over the
+        // deletion vectors and dead bytes in every scan.
         manifest.files.len() > self.options.compact_min_files
-            || (rows > 0 && deleted as f64 / rows as f64 > self.options.compact_deleted_fraction)
+            || (deleted >= MIN_DELETED_ROWS_TO_COMPACT
+                && deleted as f64 / rows as f64 > self.options.compact_deleted_fraction)
     }
 
     /// Rewrites the live rows of the newest version into as few files as the file size allows,

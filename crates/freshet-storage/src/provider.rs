@@ -50,6 +50,22 @@ impl SnapshotTable {
         Self::new(table, snapshot, false, true)
     }
 
+    /// The newest version as the target of an INSERT: every column accepts NULL here, so that
+    /// NOT NULL is checked by the table's transaction, whose error names the column.
+    pub fn insert_target(table: Arc<Table>) -> Self {
+        let snapshot = table.snapshot();
+        let mut provider = Self::new(table, snapshot, false, true);
+        provider.schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+            provider
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        provider
+    }
+
     /// A retained older version, read-only.
     pub fn at(table: Arc<Table>, snapshot: Arc<Snapshot>) -> Self {
         Self::new(table, snapshot, false, false)
@@ -151,7 +167,8 @@ impl TableProvider for SnapshotTable {
         let sink = InsertSink {
             table: self.table.clone(),
             op: insert_op,
-            schema: self.snapshot.schema().clone(),
+            // NOT NULL is the transaction's to check (see `insert_target`).
+            schema: self.schema.clone(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }

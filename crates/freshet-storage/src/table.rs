@@ -59,6 +59,8 @@ pub struct Table {
     /// Held by compaction and vacuum, so that vacuum never removes the files of a compaction
     /// that has not committed yet.
     pub(crate) maintenance: Mutex<()>,
+    /// The running background compaction, if any.
+    background: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) options: WriteOptions,
 }
 
@@ -133,6 +135,7 @@ impl Table {
             current: RwLock::new(snapshot),
             writer: Arc::new(Mutex::new(WriterState::default())),
             maintenance: Mutex::new(()),
+            background: std::sync::Mutex::new(None),
             options,
         }
     }
@@ -241,6 +244,38 @@ impl Table {
     pub async fn begin(self: &Arc<Self>, operation: &str) -> Result<Transaction> {
         let guard = self.writer.clone().lock_owned().await;
         Ok(Transaction::new(self.clone(), guard, self.snapshot(), operation))
+    }
+}
+
+impl Table {
+    /// Starts a compaction in the background when the newest version has too many files or
+    /// deleted rows, unless one is running. Must be called within a tokio runtime.
+    pub(crate) fn compact_in_background_if_needed(self: &Arc<Self>) {
+        if !self.needs_compaction() {
+            return;
+        }
+        let mut slot = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let table = self.clone();
+        *slot = Some(tokio::spawn(async move {
+            match table.compact().await {
+                Ok(Some(version)) => tracing::debug!(table = table.name(), version, "compacted"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(table = table.name(), error = %e, "background compaction failed"),
+            }
+        }));
+    }
+
+    /// Waits until the background compaction started by the last commits (if any) is done.
+    pub async fn wait_for_background_work(&self) {
+        let task = self.background.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::warn!(table = self.name(), error = %e, "background compaction panicked");
+        }
     }
 }
 

@@ -259,6 +259,8 @@ impl Transaction {
         {
             index.apply(delta, version);
         }
+        drop(self.writer);
+        self.table.compact_in_background_if_needed();
         Ok(CommitInfo {
             version,
             inserted: self.inserted,

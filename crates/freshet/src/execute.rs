@@ -11,7 +11,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::planner::object_name_to_table_reference;
-use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, Statement};
+use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectType, Statement, TableObject};
 use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result};
@@ -19,7 +19,7 @@ use freshet_sql::{FreshetStatement, ParsedStatement};
 use freshet_storage::CatalogEntry;
 
 use crate::engine::Engine;
-use crate::schema::{CATALOG_NAME, SCHEMA_NAME};
+use crate::schema::{CATALOG_NAME, INSERT_SUFFIX, SCHEMA_NAME};
 use crate::time_travel;
 
 /// Versions VACUUM keeps when no RETAIN clause is given.
@@ -113,6 +113,7 @@ impl Engine {
             return empty_stream();
         }
         time_travel::rewrite(self, &mut statement).await?;
+        self.target_insert(&mut statement);
 
         let state = self.inner.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
@@ -251,6 +252,32 @@ impl Engine {
             self.inner.schema.forget(&name);
         }
         Ok(())
+    }
+
+    /// Points an INSERT into a Freshet table at the table's insert provider, whose columns all
+    /// accept NULL: NOT NULL is then checked by the table itself, which names the column.
+    fn target_insert(&self, statement: &mut DFStatement) {
+        let DFStatement::Statement(inner) = statement else {
+            return;
+        };
+        let Statement::Insert(insert) = inner.as_mut() else {
+            return;
+        };
+        let TableObject::TableName(name) = &mut insert.table else {
+            return;
+        };
+        let Ok(table) = self.resolve_name(name) else { return };
+        if self.inner.catalog.table(&table).is_ok() {
+            *name = ObjectName::from(vec![Ident::with_quote('"', format!("{table}{INSERT_SUFFIX}"))]);
+            if insert.table_alias.is_none() && !insert.columns.is_empty() {
+                // Qualified column names in the column list keep working.
+                insert.columns = insert
+                    .columns
+                    .iter()
+                    .map(|c| ObjectName(c.0.last().cloned().into_iter().collect()))
+                    .collect();
+            }
+        }
     }
 
     /// The catalog name of a table named in a statement.

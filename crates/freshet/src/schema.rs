@@ -1,9 +1,9 @@
 //! The engine's tables as DataFusion's catalog: one catalog (`freshet`) with one schema
 //! (`public`) backed by the persistent catalog of the location.
 //!
-//! Besides plain names, the schema resolves two internal forms that the engine's rewrites
-//! produce: `name@v<N>` (version N, for time travel) and `name@positions` (the newest version
-//! with each row's file and position, for UPDATE and DELETE).
+//! Besides plain names, the schema resolves internal forms that the engine's rewrites produce:
+//! `name@v<N>` (version N, for time travel), `name@positions` (the newest version with each
+//! row's file and position, for UPDATE and DELETE) and `name@insert` (the INSERT target).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,6 +19,9 @@ use freshet_storage::{Catalog, SnapshotTable};
 pub const CATALOG_NAME: &str = "freshet";
 /// Name of the engine's schema.
 pub const SCHEMA_NAME: &str = "public";
+
+/// Suffix of the internal name of a table's insert target (all columns nullable).
+pub(crate) const INSERT_SUFFIX: &str = "@insert";
 
 /// Suffix of the internal name of a table's position scan.
 pub(crate) const POSITIONS_SUFFIX: &str = "@positions";
@@ -104,6 +107,9 @@ impl SchemaProvider for FreshetSchema {
                 Err(FreshetError::TableNotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
+            if format!("@{suffix}") == INSERT_SUFFIX {
+                return Ok(Some(Arc::new(SnapshotTable::insert_target(table))));
+            }
             if format!("@{suffix}") == POSITIONS_SUFFIX {
                 let snapshot = table.snapshot();
                 return Ok(Some(Arc::new(SnapshotTable::with_positions(table, snapshot))));

@@ -18,7 +18,13 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn many_tasks_share_one_engine() {
-    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    // No background compaction, so that the versions are exactly the inserts.
+    let engine = Engine::builder()
+        .location("memory://")
+        .compact_min_files(1000)
+        .open()
+        .await
+        .unwrap();
     engine.sql("CREATE TABLE t (task INT, i INT)").await.unwrap();
     let mut tasks = Vec::new();
     for task in 0..8 {
@@ -146,4 +152,38 @@ async fn results_can_be_streamed() {
         .sum();
     assert_eq!(rows, 100000);
     let _: Arc<freshet::Table> = engine.table("t").unwrap();
+}
+
+#[tokio::test]
+async fn background_compaction_bounds_the_files_and_keeps_the_contents() {
+    let engine = Engine::builder()
+        .location("memory://")
+        .compact_min_files(3)
+        .open()
+        .await
+        .unwrap();
+    engine.sql("CREATE TABLE t (x BIGINT)").await.unwrap();
+    let table = engine.table("t").unwrap();
+    for x in 1..=10 {
+        engine.sql(&format!("INSERT INTO t VALUES ({x})")).await.unwrap();
+        table.wait_for_background_work().await;
+        assert!(table.snapshot().manifest().files.len() <= 3);
+    }
+    assert_eq!(count(&engine, "SELECT sum(x) FROM t").await, 55);
+    let operations = engine
+        .sql("SELECT count(*) FROM table_history('t') WHERE operation = 'COMPACT'")
+        .await
+        .unwrap();
+    let compactions = operations[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert!(compactions >= 2, "{compactions} compactions");
+    // Compaction changed nothing: the changes since creation are the ten inserted rows.
+    assert_eq!(
+        count(&engine, "SELECT sum(_weight) FROM table_changes('t', 0)").await,
+        10
+    );
 }
