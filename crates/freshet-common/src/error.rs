@@ -104,7 +104,7 @@ pub enum FreshetError {
         reason: String,
     },
     /// The object store failed.
-    #[error("storage failure at {path}")]
+    #[error("storage failure at {path}: {source}")]
     Storage {
         /// The path the operation was on.
         path: String,

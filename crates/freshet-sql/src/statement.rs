@@ -1,8 +1,10 @@
 //! Splitting SQL text into statements, and Freshet's own statements.
 
+use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::ObjectName;
 use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token};
 
 use freshet_common::{FreshetError, Result};
@@ -45,7 +47,10 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>> {
     let mut parser = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
         .build()
-        .map_err(FreshetError::from)?;
+        .map_err(|e| match e {
+            DataFusionError::SQL(parser_error, _) => parse_error(*parser_error),
+            other => FreshetError::from(other),
+        })?;
     let mut out = Vec::new();
     loop {
         while parser.parser.consume_token(&Token::SemiColon) {}
@@ -103,7 +108,15 @@ fn parse_one(parser: &mut DFParser<'_>) -> Result<FreshetStatement> {
         p.next_token(); // COMPACT
         return Ok(FreshetStatement::Compact { table });
     }
-    Ok(FreshetStatement::DataFusion(Box::new(parser.parse_statement()?)))
+    let statement = parser.parse_statement().map_err(|e| match e {
+        DataFusionError::SQL(parser_error, _) => parse_error(*parser_error),
+        DataFusionError::Diagnostic(_, inner) => match *inner {
+            DataFusionError::SQL(parser_error, _) => parse_error(*parser_error),
+            other => FreshetError::from(other),
+        },
+        other => FreshetError::from(other),
+    })?;
+    Ok(FreshetStatement::DataFusion(Box::new(statement)))
 }
 
 /// `ALTER TABLE <name> COMPACT`, looking ahead without consuming.
@@ -131,8 +144,12 @@ fn is_compact(parser: &DFParser<'_>) -> bool {
     }
 }
 
-fn parse_error(e: datafusion::sql::sqlparser::parser::ParserError) -> FreshetError {
-    FreshetError::InvalidStatement(format!("SQL error: {e}"))
+fn parse_error(e: ParserError) -> FreshetError {
+    let message = match e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+        ParserError::RecursionLimitExceeded => "the statement is nested too deeply".into(),
+    };
+    FreshetError::InvalidStatement(format!("SQL error: {message}"))
 }
 
 /// The text between two token locations (1-based lines and columns, in characters).

@@ -243,18 +243,38 @@ impl Engine {
         self.inner.location.display()
     }
 
-    /// Re-creates external tables and views from their stored definitions. One that fails
+    /// Re-creates external tables and views from their stored definitions. A view may read
+    /// another definition, so they are retried until no more succeed; one that still fails
     /// (its files are gone) is marked broken and reported when used.
     async fn restore_definitions(&self) {
         let manifest = self.inner.catalog.manifest();
-        for (name, entry) in &manifest.entries {
-            let CatalogEntry::Definition { sql, .. } = entry else {
-                continue;
-            };
-            if let Err(e) = self.define(sql).await {
-                tracing::warn!(object = %name, error = %e, "stored definition cannot be restored");
-                self.inner.schema.mark_broken(name, e);
+        let mut pending: Vec<(&String, &String)> = manifest
+            .entries
+            .iter()
+            .filter_map(|(name, entry)| match entry {
+                CatalogEntry::Definition { sql, .. } => Some((name, sql)),
+                CatalogEntry::Table { .. } => None,
+            })
+            .collect();
+        let mut errors = Vec::new();
+        loop {
+            let before = pending.len();
+            errors.clear();
+            let mut failed = Vec::new();
+            for (name, sql) in pending {
+                if let Err(e) = self.define(sql).await {
+                    failed.push((name, sql));
+                    errors.push((name, e));
+                }
             }
+            pending = failed;
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+        for (name, e) in errors {
+            tracing::warn!(object = %name, error = %e, "stored definition cannot be restored");
+            self.inner.schema.mark_broken(name, e);
         }
     }
 

@@ -155,7 +155,10 @@ impl SchemaProvider for FreshetSchema {
         }))
     }
 
+    /// Whether a provider exists now. A stored definition not yet restored does not count,
+    /// so that restoring it (at open) can register it; creating a new object checks the
+    /// catalog first.
     fn table_exist(&self, name: &str) -> bool {
-        self.catalog.contains(name) || self.defined().contains_key(name)
+        self.catalog.table(name).is_ok() || self.defined().contains_key(name)
     }
 }
