@@ -16,8 +16,8 @@
 
 mod catalog;
 mod changes;
-pub mod fault;
 mod files;
+pub mod instrumented;
 mod keys;
 mod layout;
 mod location;

@@ -13,23 +13,23 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use freshet::datafusion;
-use freshet::storage::fault::{FaultInjectingStore, FaultInjector};
+use freshet::storage::instrumented::{InstrumentedStore, Instruments};
 use freshet::{Engine, FreshetError};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 struct FreshetDb {
     dir: PathBuf,
     engine: Option<Engine>,
-    injector: FaultInjector,
+    injector: Instruments,
 }
 
 impl FreshetDb {
-    async fn open(dir: &Path, injector: FaultInjector) -> Result<Engine, FreshetError> {
+    async fn open(dir: &Path, injector: Instruments) -> Result<Engine, FreshetError> {
         let layer_injector = injector.clone();
         Engine::builder()
             .location(dir.display().to_string())
             .target_partitions(2)
-            .store_layer(move |store| Arc::new(FaultInjectingStore::new(store, layer_injector)))
+            .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer_injector)))
             .open()
             .await
     }
@@ -139,7 +139,7 @@ async fn sql_logic_tests() {
         }
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().to_path_buf();
-        let injector = FaultInjector::new();
+        let injector = Instruments::new();
         let engine = FreshetDb::open(&path, injector.clone()).await.expect("engine opens");
         let db = std::sync::Mutex::new(Some(FreshetDb {
             dir: path,

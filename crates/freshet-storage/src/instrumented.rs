@@ -1,11 +1,14 @@
-//! Failure injection for tests of crash safety: an object store that fails chosen writes.
+//! An instrumented object store: counts what is read, and fails chosen writes.
 //!
-//! Wrap a store in [`FaultInjectingStore`], then arm a [`FaultInjector`] with a path fragment;
-//! the next put of a path containing the fragment fails as if the storage had gone away — the
-//! state a crash between writing data files and committing a manifest leaves behind.
+//! Wrap a store in [`InstrumentedStore`] with a shared [`Instruments`]. Counting bytes read
+//! shows what an operation costs (a change read must not read the table). Arming a failure
+//! with a path fragment makes the next write of such a path fail as if the storage had gone
+//! away — the state a crash between writing data files and committing a manifest leaves
+//! behind, for tests of crash safety.
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -17,16 +20,40 @@ use datafusion::object_store::{
 };
 use futures::stream::BoxStream;
 
-/// Arms failures of a [`FaultInjectingStore`]; cheap to clone, shared with the store.
+/// What an [`InstrumentedStore`] counts and which writes it fails; cheap to clone, shared with
+/// the store.
 #[derive(Debug, Clone, Default)]
-pub struct FaultInjector {
+pub struct Instruments {
     armed: Arc<Mutex<Vec<String>>>,
+    bytes_read: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
 }
 
-impl FaultInjector {
-    /// A new injector with nothing armed.
+impl Instruments {
+    /// New instruments: nothing counted, nothing armed.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Bytes read since the last reset.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Read requests since the last reset.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Sets the counters to zero.
+    pub fn reset_counters(&self) {
+        self.bytes_read.store(0, Ordering::Relaxed);
+        self.reads.store(0, Ordering::Relaxed);
+    }
+
+    fn count_read(&self, bytes: u64) {
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Makes the next write of a path containing `fragment` fail (once).
@@ -58,21 +85,21 @@ impl FaultInjector {
     }
 }
 
-/// An object store that fails the writes its [`FaultInjector`] is armed for.
+/// An object store that counts reads and fails the writes its [`Instruments`] are armed for.
 #[derive(Debug)]
-pub struct FaultInjectingStore {
+pub struct InstrumentedStore {
     inner: Arc<dyn ObjectStore>,
-    injector: FaultInjector,
+    instruments: Instruments,
 }
 
-impl FaultInjectingStore {
+impl InstrumentedStore {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn ObjectStore>, injector: FaultInjector) -> Self {
-        Self { inner, injector }
+    pub fn new(inner: Arc<dyn ObjectStore>, instruments: Instruments) -> Self {
+        Self { inner, instruments }
     }
 
     fn check(&self, location: &Path) -> object_store::Result<()> {
-        if self.injector.take(location) {
+        if self.instruments.take(location) {
             return Err(object_store::Error::Generic {
                 store: "fault-injection",
                 source: format!("injected failure writing {location}").into(),
@@ -82,14 +109,14 @@ impl FaultInjectingStore {
     }
 }
 
-impl fmt::Display for FaultInjectingStore {
+impl fmt::Display for InstrumentedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FaultInjectingStore({})", self.inner)
+        write!(f, "InstrumentedStore({})", self.inner)
     }
 }
 
 #[async_trait]
-impl ObjectStore for FaultInjectingStore {
+impl ObjectStore for InstrumentedStore {
     async fn put_opts(
         &self,
         location: &Path,
@@ -110,11 +137,17 @@ impl ObjectStore for FaultInjectingStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
+        let result = self.inner.get_opts(location, options).await?;
+        self.instruments.count_read(result.range.end - result.range.start);
+        Ok(result)
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        self.inner.get_ranges(location, ranges).await
+        let parts = self.inner.get_ranges(location, ranges).await?;
+        for part in &parts {
+            self.instruments.count_read(part.len() as u64);
+        }
+        Ok(parts)
     }
 
     fn delete_stream(
