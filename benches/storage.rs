@@ -8,6 +8,8 @@
 //! Run: `cargo bench -p freshet --bench storage` (env: ROWS, default 10,000,000; RUNS, default 3).
 //! Prints what it measured, the machine and the commit.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

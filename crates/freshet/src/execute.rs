@@ -79,11 +79,11 @@ impl Engine {
                 Statement::Update(update) => return self.update(update).await,
                 Statement::Delete(delete) => return self.delete(delete).await,
                 Statement::Drop {
-                    object_type,
+                    object_type: ObjectType::Table | ObjectType::View,
                     if_exists,
                     names,
                     ..
-                } if matches!(object_type, ObjectType::Table | ObjectType::View) => {
+                } => {
                     for name in names {
                         self.drop_object(name, *if_exists).await?;
                     }

@@ -1,5 +1,8 @@
 //! Integration tests of the engine: one test binary (link time matters on small machines).
 
+// Tests fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod api;
 mod properties;
 mod slt;
