@@ -321,3 +321,96 @@ pub(crate) fn check_storable(table: &str, schema: &datafusion::arrow::datatypes:
     }
     Ok(())
 }
+
+/// Rows a writer receives before the next parallel writer is started: small inserts stay in
+/// one file, large ones are encoded on every core.
+const ROWS_PER_EXTRA_WRITER: usize = 128 * 1024;
+
+/// A [`RollingWriter`] per core, each encoding in its own task; batches are dealt round-robin
+/// among the writers started so far. Row order across files is not kept (tables are unordered).
+pub(crate) struct ParallelWriter {
+    template: WriterTemplate,
+    max_writers: usize,
+    senders: Vec<tokio::sync::mpsc::Sender<RecordBatch>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<ChangeFile>>>>,
+    rows: usize,
+    next: usize,
+}
+
+/// What every writer of a [`ParallelWriter`] is made with.
+#[derive(Clone)]
+pub(crate) struct WriterTemplate {
+    pub store: Arc<dyn ObjectStore>,
+    pub table_dir: Path,
+    pub kind: FileKind,
+    pub schema: SchemaRef,
+    pub properties: WriterProperties,
+    pub max_rows: usize,
+}
+
+impl ParallelWriter {
+    pub(crate) fn new(template: WriterTemplate, max_writers: usize) -> Self {
+        Self {
+            template,
+            max_writers: max_writers.max(1),
+            senders: Vec::new(),
+            tasks: Vec::new(),
+            rows: 0,
+            next: 0,
+        }
+    }
+
+    pub(crate) async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let wanted = (self.rows / ROWS_PER_EXTRA_WRITER + 1).min(self.max_writers);
+        while self.senders.len() < wanted {
+            self.start_writer();
+        }
+        self.rows += batch.num_rows();
+        let index = self.next % self.senders.len();
+        self.next += 1;
+        if self.senders[index].send(batch).await.is_err() {
+            // The writer stopped: its task holds the error.
+            let task = self.tasks.swap_remove(index);
+            self.senders.swap_remove(index);
+            return match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => Err(FreshetError::Internal("a file writer stopped early".into())),
+                Err(e) => Err(FreshetError::Internal(format!("a file writer failed: {e}"))),
+            };
+        }
+        Ok(())
+    }
+
+    fn start_writer(&mut self) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let t = self.template.clone();
+        let mut writer = RollingWriter::new(t.store, t.table_dir, t.kind, t.schema, t.properties, t.max_rows);
+        self.tasks.push(tokio::spawn(async move {
+            while let Some(batch) = receiver.recv().await {
+                writer.write(&batch).await?;
+            }
+            writer.finish().await
+        }));
+        self.senders.push(sender);
+    }
+
+    /// Waits for every writer to close its last file; returns all files written.
+    pub(crate) async fn finish(mut self) -> Result<Vec<ChangeFile>> {
+        self.senders.clear();
+        let mut files = Vec::new();
+        let mut first_error = None;
+        for task in self.tasks.drain(..) {
+            match task.await {
+                Ok(Ok(written)) => files.extend(written),
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => {
+                    first_error = first_error.or(Some(FreshetError::Internal(format!("a file writer failed: {e}"))))
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(files),
+        }
+    }
+}

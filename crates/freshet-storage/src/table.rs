@@ -24,6 +24,8 @@ pub struct WriteOptions {
     pub parquet: WriterProperties,
     /// Rows per data file before a new file is started.
     pub max_file_rows: usize,
+    /// Files a large insert writes at once, each encoded on its own task.
+    pub write_parallelism: usize,
     /// Live data files above which a commit asks for compaction.
     pub compact_min_files: usize,
     /// Fraction of deleted rows above which a commit asks for compaction.
@@ -35,6 +37,7 @@ impl Default for WriteOptions {
         Self {
             parquet: WriterProperties::default(),
             max_file_rows: 1 << 20,
+            write_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             compact_min_files: 32,
             compact_deleted_fraction: 0.25,
         }

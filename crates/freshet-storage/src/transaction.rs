@@ -14,7 +14,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::files::{RollingWriter, write_deletes};
+use crate::files::{ParallelWriter, RollingWriter, WriterTemplate, write_deletes};
 use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
 use crate::layout::FileKind;
 use crate::log::Created;
@@ -40,7 +40,7 @@ pub struct Transaction {
     writer: OwnedMutexGuard<WriterState>,
     base: Arc<Snapshot>,
     operation: String,
-    inserts: Option<RollingWriter>,
+    inserts: Option<ParallelWriter>,
     retractions: Option<RollingWriter>,
     deletes: BTreeMap<usize, RoaringTreemap>,
     keys: Option<(KeyEncoder, KeyDelta)>,
@@ -113,18 +113,22 @@ impl Transaction {
                 });
             }
         }
+        let rows = batch.num_rows() as u64;
         let writer = self.inserts.get_or_insert_with(|| {
-            RollingWriter::new(
-                self.table.files.store.clone(),
-                self.table.files.dir.clone(),
-                FileKind::Data,
-                self.base.schema().clone(),
-                self.table.options.parquet.clone(),
-                self.table.options.max_file_rows,
+            ParallelWriter::new(
+                WriterTemplate {
+                    store: self.table.files.store.clone(),
+                    table_dir: self.table.files.dir.clone(),
+                    kind: FileKind::Data,
+                    schema: self.base.schema().clone(),
+                    properties: self.table.options.parquet.clone(),
+                    max_rows: self.table.options.max_file_rows,
+                },
+                self.table.options.write_parallelism,
             )
         });
-        writer.write(&batch).await?;
-        self.inserted += batch.num_rows() as u64;
+        writer.write(batch).await?;
+        self.inserted += rows;
         Ok(())
     }
 

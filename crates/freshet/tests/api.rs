@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use freshet::datafusion::arrow::array::{Array, Int64Array};
+use freshet::storage::instrumented::{InstrumentedStore, Instruments};
 use freshet::{Engine, ErrorDomain, FreshetError};
 use futures::TryStreamExt;
 
@@ -48,27 +49,34 @@ async fn many_tasks_share_one_engine() {
     assert_eq!(engine.table("t").unwrap().snapshot().version(), 41);
 }
 
-#[tokio::test]
-async fn change_reads_cost_the_change_not_the_table() {
+/// Bytes read by a change read of a 10-row update on a table of `rows` rows.
+async fn change_read_bytes(rows: usize) -> u64 {
+    let instruments = Instruments::new();
+    let layer = instruments.clone();
     let engine = Engine::builder()
         .location("memory://")
         .max_file_rows(1000)
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer)))
         .open()
         .await
         .unwrap();
     engine
-        .sql("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO t SELECT value, value AS v FROM generate_series(1, 5000)")
+        .sql(&format!(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO t SELECT value, value AS v FROM generate_series(1, {rows})"
+        ))
         .await
         .unwrap();
     engine.sql("UPDATE t SET v = v + 1 WHERE id <= 10").await.unwrap();
+    instruments.reset_counters();
     let changes = engine.changes("t", 2, 3).await.unwrap();
     // One inserted file and one retraction file, each with 10 rows.
     assert_eq!(changes.files(), 2);
     let raw: Vec<_> = changes.stream().try_collect().await.unwrap();
-    let rows: usize = raw.iter().map(|c| c.num_rows()).sum();
-    assert_eq!(rows, 20);
+    let changed: usize = raw.iter().map(|c| c.num_rows()).sum();
+    assert_eq!(changed, 20);
     let weights: i64 = raw.iter().flat_map(|c| c.weights().values().to_vec()).sum();
     assert_eq!(weights, 0);
+    let bytes = instruments.bytes_read();
     let whole = engine
         .changes("t", 0, 3)
         .await
@@ -77,7 +85,20 @@ async fn change_reads_cost_the_change_not_the_table() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(whole.num_rows(), 5000);
+    assert_eq!(whole.num_rows(), rows);
+    bytes
+}
+
+#[tokio::test]
+async fn change_reads_cost_the_change_not_the_table() {
+    let small = change_read_bytes(2_000).await;
+    let large = change_read_bytes(40_000).await;
+    // The change files are the same size; only the version's manifest grows, by one entry
+    // (under 200 bytes) per data file: 40 files instead of 2 here.
+    assert!(
+        large < small + 38 * 200,
+        "change read of the larger table read {large} bytes, the smaller {small}"
+    );
 }
 
 #[tokio::test]
