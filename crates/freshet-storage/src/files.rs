@@ -41,14 +41,15 @@ pub(crate) struct RollingWriter {
 }
 
 impl RollingWriter {
-    pub(crate) fn new(
-        store: Arc<dyn ObjectStore>,
-        table_dir: Path,
-        kind: FileKind,
-        schema: SchemaRef,
-        properties: WriterProperties,
-        max_rows: usize,
-    ) -> Self {
+    pub(crate) fn new(template: WriterTemplate) -> Self {
+        let WriterTemplate {
+            store,
+            table_dir,
+            kind,
+            schema,
+            properties,
+            max_rows,
+        } = template;
         Self {
             store,
             table_dir,
@@ -337,7 +338,7 @@ pub(crate) struct ParallelWriter {
     next: usize,
 }
 
-/// What every writer of a [`ParallelWriter`] is made with.
+/// What a writer writes: where, which kind of file, which columns, how.
 #[derive(Clone)]
 pub(crate) struct WriterTemplate {
     pub store: Arc<dyn ObjectStore>,
@@ -383,8 +384,7 @@ impl ParallelWriter {
 
     fn start_writer(&mut self) {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<RecordBatch>(2);
-        let t = self.template.clone();
-        let mut writer = RollingWriter::new(t.store, t.table_dir, t.kind, t.schema, t.properties, t.max_rows);
+        let mut writer = RollingWriter::new(self.template.clone());
         self.tasks.push(tokio::spawn(async move {
             while let Some(batch) = receiver.recv().await {
                 writer.write(&batch).await?;

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::files::RollingWriter;
+use crate::files::ParallelWriter;
 use crate::layout::{FileKind, manifest_dir, table_file};
 use crate::manifest::{Changes, DataFile, Manifest};
 use crate::table::{Table, now_ms};
@@ -64,20 +64,17 @@ impl Table {
             .iter()
             .filter(|f| (f.rows as usize) < self.options.max_file_rows)
             .count();
-        if !has_deletes && small_files <= 1 {
+        // Large rewrites are written by one writer per core, each leaving one partly filled file.
+        if !has_deletes && small_files <= self.options.write_parallelism.max(1) {
             return Ok(None);
         }
-        let mut writer = RollingWriter::new(
-            self.files.store.clone(),
-            self.files.dir.clone(),
-            FileKind::Data,
-            base.schema().clone(),
-            self.options.parquet.clone(),
-            self.options.max_file_rows,
+        let mut writer = ParallelWriter::new(
+            self.writer_template(FileKind::Data, base.schema()),
+            self.options.write_parallelism,
         );
         let mut rows = base.scan(None, false);
         while let Some(batch) = rows.try_next().await? {
-            writer.write(&batch).await?;
+            writer.write(batch).await?;
         }
         let written = writer.finish().await?;
         let mut state = self.writer.lock().await;

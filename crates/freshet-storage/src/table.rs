@@ -10,7 +10,9 @@ use tokio::sync::Mutex;
 
 use freshet_common::{FreshetError, Result};
 
+use crate::files::WriterTemplate;
 use crate::keys::KeyIndex;
+use crate::layout::FileKind;
 use crate::layout::{manifest_dir, table_dir};
 use crate::log::{Created, VersionLog};
 use crate::manifest::{Changes, FORMAT_VERSION, Manifest, SchemaDef};
@@ -241,6 +243,18 @@ impl Table {
             out.push(self.read_manifest(version).await?);
         }
         Ok(out)
+    }
+
+    /// How this table's files of `kind` with `schema` are written.
+    pub(crate) fn writer_template(&self, kind: FileKind, schema: &SchemaRef) -> WriterTemplate {
+        WriterTemplate {
+            store: self.files.store.clone(),
+            table_dir: self.files.dir.clone(),
+            kind,
+            schema: schema.clone(),
+            properties: self.options.parquet.clone(),
+            max_rows: self.options.max_file_rows,
+        }
     }
 
     /// Starts a transaction, waiting for any other writer of this table to finish.

@@ -14,7 +14,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::files::{ParallelWriter, RollingWriter, WriterTemplate, write_deletes};
+use crate::files::{ParallelWriter, RollingWriter, write_deletes};
 use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
 use crate::layout::FileKind;
 use crate::log::Created;
@@ -116,14 +116,7 @@ impl Transaction {
         let rows = batch.num_rows() as u64;
         let writer = self.inserts.get_or_insert_with(|| {
             ParallelWriter::new(
-                WriterTemplate {
-                    store: self.table.files.store.clone(),
-                    table_dir: self.table.files.dir.clone(),
-                    kind: FileKind::Data,
-                    schema: self.base.schema().clone(),
-                    properties: self.table.options.parquet.clone(),
-                    max_rows: self.table.options.max_file_rows,
-                },
+                self.table.writer_template(FileKind::Data, self.base.schema()),
                 self.table.options.write_parallelism,
             )
         });
@@ -169,14 +162,7 @@ impl Transaction {
             delta.remove(&encoder.encode(&rows)?);
         }
         let writer = self.retractions.get_or_insert_with(|| {
-            RollingWriter::new(
-                self.table.files.store.clone(),
-                self.table.files.dir.clone(),
-                FileKind::Retraction,
-                self.base.schema().clone(),
-                self.table.options.parquet.clone(),
-                self.table.options.max_file_rows,
-            )
+            RollingWriter::new(self.table.writer_template(FileKind::Retraction, self.base.schema()))
         });
         writer.write(&rows).await?;
         self.deleted += positions.len() as u64;

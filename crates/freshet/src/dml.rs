@@ -175,14 +175,7 @@ impl Engine {
             .last()
             .and_then(|part| part.as_ident())
             .ok_or_else(|| FreshetError::InvalidStatement(format!("invalid column name {column}")))?;
-        let normalize = self
-            .inner
-            .ctx
-            .state()
-            .config()
-            .options()
-            .sql_parser
-            .enable_ident_normalization;
+        let normalize = self.normalizes_identifiers();
         Ok(if ident.quote_style.is_none() && normalize {
             ident.value.to_lowercase()
         } else {

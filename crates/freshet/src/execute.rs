@@ -280,16 +280,20 @@ impl Engine {
         }
     }
 
-    /// The catalog name of a table named in a statement.
-    pub(crate) fn resolve_name(&self, name: &ObjectName) -> Result<String> {
-        let normalize = self
-            .inner
+    /// Whether unquoted identifiers are lower-cased (DataFusion's setting).
+    pub(crate) fn normalizes_identifiers(&self) -> bool {
+        self.inner
             .ctx
             .state()
             .config()
             .options()
             .sql_parser
-            .enable_ident_normalization;
+            .enable_ident_normalization
+    }
+
+    /// The catalog name of a table named in a statement.
+    pub(crate) fn resolve_name(&self, name: &ObjectName) -> Result<String> {
+        let normalize = self.normalizes_identifiers();
         let reference = object_name_to_table_reference(name.clone(), normalize)?;
         self.resolve_reference(reference)
     }
