@@ -12,7 +12,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result};
-use freshet_sql::parse_statements;
+use freshet_sql::{ParsedStatement as Statement, parse_statements};
 use freshet_storage::{Catalog, CatalogEntry, ChangeSet, Location, Table, WriteOptions};
 
 use crate::functions;
@@ -204,21 +204,15 @@ impl Engine {
         self.run(last).await
     }
 
-    /// Runs each statement and returns the result of every one, for callers that show them
-    /// all (a shell). Stops at the first error, which names the statement.
-    pub async fn sql_each(&self, sql: &str) -> Result<Vec<StatementResult>> {
-        let mut results = Vec::new();
-        for statement in parse_statements(sql)? {
-            let stream = self.run(&statement).await?;
-            let schema = stream.schema();
-            let batches = stream.try_collect().await.map_err(FreshetError::from)?;
-            results.push(StatementResult {
-                sql: statement.text,
-                schema,
-                batches,
-            });
-        }
-        Ok(results)
+    /// Splits SQL text into statements without running them, for callers that run and show
+    /// them one by one (a shell). Each keeps its text and the line it starts on.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        parse_statements(sql)
+    }
+
+    /// Runs one statement parsed by [`Engine::parse`]; streams its rows.
+    pub async fn execute(&self, statement: &Statement) -> Result<SendableRecordBatchStream> {
+        self.run(statement).await
     }
 
     /// A table by name, for reading its versions and changes directly.
@@ -285,15 +279,4 @@ impl Engine {
         ctx.execute_logical_plan(plan).await?.collect().await?;
         Ok(())
     }
-}
-
-/// The result of one statement.
-#[derive(Debug, Clone)]
-pub struct StatementResult {
-    /// The statement's text.
-    pub sql: String,
-    /// The schema of its rows.
-    pub schema: datafusion::arrow::datatypes::SchemaRef,
-    /// Its rows.
-    pub batches: Vec<RecordBatch>,
 }

@@ -26,12 +26,8 @@ use crate::time_travel;
 const DEFAULT_RETAIN_VERSIONS: u64 = 1;
 
 impl Engine {
-    /// Runs one statement. Errors say which statement failed when the text holds several.
+    /// Runs one statement.
     pub(crate) async fn run(&self, parsed: &ParsedStatement) -> Result<SendableRecordBatchStream> {
-        self.run_statement(parsed).await
-    }
-
-    async fn run_statement(&self, parsed: &ParsedStatement) -> Result<SendableRecordBatchStream> {
         match &parsed.statement {
             FreshetStatement::Compact { table } => {
                 let name = self.resolve_name(table)?;

@@ -39,8 +39,9 @@ mod functions;
 mod schema;
 mod time_travel;
 
-pub use engine::{DEFAULT_LOCATION, Engine, EngineBuilder, StatementResult};
+pub use engine::{DEFAULT_LOCATION, Engine, EngineBuilder};
 pub use freshet_common::{ChangeBatch, ErrorDomain, FreshetError, Result, WEIGHT_COLUMN};
+pub use freshet_sql::ParsedStatement as Statement;
 pub use freshet_storage::{ChangeSet, Snapshot, Table};
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
 

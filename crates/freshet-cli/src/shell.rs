@@ -1,0 +1,158 @@
+//! The interactive shell: line editing with history, statements that run at their terminating
+//! `;`, meta-commands, Ctrl-C to cancel a running statement.
+
+use std::process::ExitCode;
+
+use freshet::Engine;
+use freshet::datafusion::sql::sqlparser::dialect::GenericDialect;
+use freshet::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+
+use crate::output::{Format, Printer};
+
+const HELP: &str = "\
+Statements end with ';'. Meta-commands:
+  \\?              this help
+  \\q              quit (or Ctrl-D)
+  \\d              list tables
+  \\d NAME         describe a table
+  \\timing         toggle timing of statements
+  \\format FORMAT  table, csv, json or ndjson
+Ctrl-C cancels the running statement, or clears the current input.";
+
+pub(crate) async fn run(engine: Engine, mut printer: Printer) -> ExitCode {
+    let mut editor = match DefaultEditor::new() {
+        Ok(editor) => editor,
+        Err(e) => {
+            eprintln!("error: cannot start line editing: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let history = std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".freshet_history"));
+    if let Some(path) = &history {
+        // A missing history file is normal on the first run.
+        let _ = editor.load_history(path);
+    }
+    println!(
+        "Freshet {} on {}. Type \\? for help.",
+        env!("CARGO_PKG_VERSION"),
+        engine.location()
+    );
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() { "freshet> " } else { "      -> " };
+        let line = tokio::task::block_in_place(|| editor.readline(prompt));
+        match line {
+            Ok(line) => {
+                if buffer.is_empty() && line.trim_start().starts_with('\\') {
+                    let _ = editor.add_history_entry(line.as_str());
+                    match meta_command(line.trim(), &engine, &mut printer).await {
+                        MetaOutcome::Continue => continue,
+                        MetaOutcome::Quit => break,
+                    }
+                }
+                if !buffer.is_empty() {
+                    buffer.push('\n');
+                }
+                buffer.push_str(&line);
+                if is_complete(&buffer) {
+                    let _ = editor.add_history_entry(buffer.as_str());
+                    let sql = std::mem::take(&mut buffer);
+                    run_cancellable(&engine, &mut printer, &sql).await;
+                }
+            }
+            Err(ReadlineError::Interrupted) => buffer.clear(),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("error: {e}");
+                break;
+            }
+        }
+    }
+    if let Some(path) = &history
+        && let Err(e) = editor.save_history(path)
+    {
+        eprintln!("warning: cannot save history to {}: {e}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// Whether the input ends with a `;` that is not inside a string or a comment.
+pub(crate) fn is_complete(sql: &str) -> bool {
+    let dialect = GenericDialect {};
+    match Tokenizer::new(&dialect, sql).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .rev()
+            .find(|t| !matches!(t, Token::Whitespace(_)))
+            .is_some_and(|t| *t == Token::SemiColon),
+        // An unterminated string or comment: more input is coming.
+        Err(_) => false,
+    }
+}
+
+async fn run_cancellable(engine: &Engine, printer: &mut Printer, sql: &str) {
+    tokio::select! {
+        result = crate::run_script(engine, printer, "input", sql) => {
+            if let Err(message) = result {
+                eprintln!("{message}");
+            }
+        }
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the running statement cancels it; a statement that had not committed
+            // leaves nothing behind.
+            eprintln!("cancelled");
+        }
+    }
+}
+
+enum MetaOutcome {
+    Continue,
+    Quit,
+}
+
+async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> MetaOutcome {
+    let mut words = line.split_whitespace();
+    let command = words.next().unwrap_or_default();
+    let argument = words.next();
+    match (command, argument) {
+        ("\\q", _) => return MetaOutcome::Quit,
+        ("\\?" | "\\help", _) => println!("{HELP}"),
+        ("\\timing", _) => {
+            printer.timing = !printer.timing;
+            println!("Timing is {}.", if printer.timing { "on" } else { "off" });
+        }
+        ("\\format", Some(name)) => match <Format as clap::ValueEnum>::from_str(name, true) {
+            Ok(format) => printer.format = format,
+            Err(_) => eprintln!("error: unknown format {name}: use table, csv, json or ndjson"),
+        },
+        ("\\d", None) => {
+            let sql = "SELECT table_name AS name, table_type AS type FROM information_schema.tables \
+                       WHERE table_schema = 'public' ORDER BY table_name;";
+            run_cancellable(engine, printer, sql).await;
+        }
+        ("\\d", Some(name)) => {
+            let sql = format!("DESCRIBE {name};");
+            run_cancellable(engine, printer, &sql).await;
+        }
+        _ => eprintln!("error: unknown command {line}: type \\? for help"),
+    }
+    MetaOutcome::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_complete;
+
+    #[test]
+    fn statements_end_at_a_semicolon_outside_strings_and_comments() {
+        assert!(is_complete("SELECT 1;"));
+        assert!(is_complete("SELECT 1;  "));
+        assert!(!is_complete("SELECT 1"));
+        assert!(!is_complete("SELECT ';"));
+        assert!(!is_complete("SELECT 1 /* ; */"));
+        assert!(!is_complete("SELECT 1 -- ;"));
+        assert!(is_complete("SELECT 'a;b';"));
+    }
+}
