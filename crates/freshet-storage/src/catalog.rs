@@ -171,7 +171,7 @@ impl Catalog {
         if self.contains(name) {
             return Err(FreshetError::TableExists { name: name.into() });
         }
-        crate::files::check_storable(name, &schema)?;
+        crate::write::check_storable(name, &schema)?;
         let id = uuid::Uuid::new_v4().to_string();
         let table = Table::create(
             self.location.store().clone(),

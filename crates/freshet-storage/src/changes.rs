@@ -9,8 +9,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
 
-use crate::files::{FileRead, read_file};
 use crate::layout::table_file;
+use crate::read::{FileRead, read_file};
 use crate::table::Table;
 
 /// The change files between two versions, ready to be read.

@@ -16,7 +16,6 @@
 
 mod catalog;
 mod changes;
-mod files;
 pub mod instrumented;
 mod keys;
 mod layout;
@@ -25,9 +24,11 @@ mod log;
 mod maintenance;
 mod manifest;
 mod provider;
+mod read;
 mod snapshot;
 mod table;
 mod transaction;
+mod write;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogManifest, TableSlot};
 pub use changes::ChangeSet;

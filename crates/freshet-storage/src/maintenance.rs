@@ -8,10 +8,10 @@ use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::files::ParallelWriter;
 use crate::layout::{FileKind, manifest_dir, table_file};
 use crate::manifest::{Changes, DataFile, Manifest};
 use crate::table::{Table, now_ms};
+use crate::write::ParallelWriter;
 
 /// Deleted rows below which deletes alone never trigger a background compaction.
 const MIN_DELETED_ROWS_TO_COMPACT: u64 = 1024;

@@ -13,9 +13,9 @@ use tokio::sync::OnceCell;
 
 use freshet_common::Result;
 
-use crate::files::{FileRead, read_deletes, read_file};
 use crate::layout::table_file;
 use crate::manifest::Manifest;
+use crate::read::{FileRead, read_deletes, read_file};
 
 /// Name of the column holding a row's data-file index in position scans.
 pub const FILE_COLUMN: &str = "__freshet_file";

@@ -10,7 +10,6 @@ use tokio::sync::Mutex;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::files::WriterTemplate;
 use crate::keys::KeyIndex;
 use crate::layout::FileKind;
 use crate::layout::{manifest_dir, table_dir};
@@ -18,6 +17,7 @@ use crate::log::{Created, VersionLog};
 use crate::manifest::{Changes, FORMAT_VERSION, Manifest, SchemaDef};
 use crate::snapshot::{Snapshot, TableFiles};
 use crate::transaction::Transaction;
+use crate::write::WriterTemplate;
 
 /// How a table writes its files.
 #[derive(Debug, Clone)]

@@ -14,13 +14,13 @@ use tokio::sync::OwnedMutexGuard;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::files::{ParallelWriter, RollingWriter, write_deletes};
 use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
 use crate::layout::FileKind;
 use crate::log::Created;
 use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
 use crate::snapshot::Snapshot;
 use crate::table::{Table, WriterState, now_ms};
+use crate::write::{ParallelWriter, RollingWriter, write_deletes};
 
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

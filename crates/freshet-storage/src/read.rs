@@ -1,0 +1,169 @@
+//! Reading a table's files: Parquet data with deletion vectors applied and positions attached.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array, UInt64Array};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::object_store::path::Path;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use roaring::RoaringTreemap;
+
+use freshet_common::{FreshetError, Result};
+
+/// Rows per read batch.
+pub(crate) const READ_BATCH_ROWS: usize = 8192;
+
+/// What to read of one file.
+#[derive(Debug, Clone)]
+pub(crate) struct FileRead {
+    /// Absolute path in the store.
+    pub path: Path,
+    /// File size, saving a HEAD request.
+    pub bytes: u64,
+    /// Column indices of the table to read; `None` reads all.
+    pub projection: Option<Vec<usize>>,
+    /// The table's schema projected by `projection`: the schema of the batches returned.
+    pub schema: SchemaRef,
+    /// Positions to skip.
+    pub deletes: Option<Arc<RoaringTreemap>>,
+    /// When set, two columns are appended: this file index (UInt32) and the row position in
+    /// the file (UInt64), so that a row can be deleted by position later.
+    pub positions: Option<u32>,
+}
+
+/// Streams the rows of one Parquet file.
+pub(crate) async fn read_file(
+    store: Arc<dyn ObjectStore>,
+    read: FileRead,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    let reader = StoreFileReader {
+        store,
+        path: read.path.clone(),
+        size: read.bytes,
+    };
+    let path = read.path.clone();
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| FreshetError::corrupt(&path, e))?;
+    let mask = match &read.projection {
+        Some(indices) => ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied()),
+        None => ProjectionMask::all(),
+    };
+    let stream = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| FreshetError::corrupt(&path, e))?;
+    let mut position: u64 = 0;
+    let out = stream
+        .map_err(move |e| FreshetError::corrupt(&path, e))
+        .map(move |batch| {
+            let batch = batch?;
+            let first = position;
+            position += batch.num_rows() as u64;
+            shape_batch(&read, batch, first)
+        })
+        .try_filter(|b| futures::future::ready(b.num_rows() > 0));
+    Ok(out.boxed())
+}
+
+/// Gives a batch read from a file the table's (projected) schema, drops deleted rows and adds
+/// positions when asked.
+fn shape_batch(read: &FileRead, batch: RecordBatch, first: u64) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    let data_columns = read.schema.fields().len() - if read.positions.is_some() { 2 } else { 0 };
+    if columns.len() != data_columns {
+        return Err(FreshetError::corrupt(
+            &read.path,
+            format!("expected {data_columns} columns, found {}", columns.len()),
+        ));
+    }
+    if let Some(file_index) = read.positions {
+        columns.push(Arc::new(UInt32Array::from_value(file_index, batch.num_rows())));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            first..first + batch.num_rows() as u64,
+        )));
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let shaped = RecordBatch::try_new_with_options(read.schema.clone(), columns, &options)
+        .map_err(|e| FreshetError::corrupt(&read.path, format!("columns do not match the table: {e}")))?;
+    match &read.deletes {
+        Some(deletes) if deletes.range_cardinality(first..first + batch.num_rows() as u64) > 0 => {
+            let keep: BooleanArray = (first..first + batch.num_rows() as u64)
+                .map(|p| Some(!deletes.contains(p)))
+                .collect();
+            filter_record_batch(&shaped, &keep)
+                .map_err(|e| FreshetError::Internal(format!("cannot filter deleted rows: {e}")))
+        }
+        _ => Ok(shaped),
+    }
+}
+
+/// Reads a deletion vector.
+pub(crate) async fn read_deletes(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<RoaringTreemap> {
+    let bytes = store
+        .get(path)
+        .await
+        .map_err(|e| FreshetError::storage(path, e))?
+        .bytes()
+        .await
+        .map_err(|e| FreshetError::storage(path, e))?;
+    RoaringTreemap::deserialize_from(bytes.as_ref()).map_err(|e| FreshetError::corrupt(path, e))
+}
+
+/// Reads a Parquet file of known size from the object store.
+struct StoreFileReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+/// Bytes fetched with the footer, so that small files need one request for their metadata.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+
+impl AsyncFileReader for StoreFileReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
+        Box::pin(async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        })
+    }
+}
