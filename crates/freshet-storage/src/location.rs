@@ -22,8 +22,9 @@ pub struct Location {
 }
 
 impl Location {
-    /// Opens a location given as a local directory path, `file:///dir`, or `memory://`.
-    /// Other URL schemes need a store built by the caller ([`Location::from_store`]).
+    /// Opens a location given as a local directory path, `file:///dir`, or `memory://`; with
+    /// the `cloud` feature also `s3://bucket/path`, `gs://...` and `az://...`, configured from
+    /// the environment. Other stores can be built by the caller ([`Location::from_store`]).
     pub fn open(location: &str) -> Result<Self> {
         if let Some(rest) = location.strip_prefix("memory://") {
             if !rest.is_empty() {
@@ -36,17 +37,41 @@ impl Location {
         }
         let dir = match location.split_once("://") {
             Some(("file", path)) => path,
-            Some((scheme, _)) => {
-                return Err(FreshetError::InvalidLocation {
-                    location: location.into(),
-                    reason: format!(
-                        "the scheme \"{scheme}\" needs an object store: build one and open the engine with it"
-                    ),
-                });
-            }
+            Some(_) => return Self::open_url(location),
             None => location,
         };
         Self::open_local(dir)
+    }
+
+    #[cfg(feature = "cloud")]
+    fn open_url(location: &str) -> Result<Self> {
+        let invalid = |reason: String| FreshetError::InvalidLocation {
+            location: location.into(),
+            reason,
+        };
+        let url = url::Url::parse(location).map_err(|e| invalid(e.to_string()))?;
+        // Credentials and settings come from the environment, as the cloud tools read them.
+        let options = std::env::vars().filter_map(|(key, value)| {
+            let key = key.to_ascii_lowercase();
+            ["aws_", "google_", "azure_"]
+                .iter()
+                .any(|prefix| key.starts_with(prefix))
+                .then_some((key, value))
+        });
+        let (store, root) = datafusion::object_store::parse_url_opts(&url, options).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self::from_store(Arc::from(store), root, location))
+    }
+
+    #[cfg(not(feature = "cloud"))]
+    fn open_url(location: &str) -> Result<Self> {
+        let scheme = location.split_once("://").map_or(location, |(scheme, _)| scheme);
+        Err(FreshetError::InvalidLocation {
+            location: location.into(),
+            reason: format!(
+                "\"{scheme}://\" locations need Freshet built with the \"cloud\" feature, \
+                 or an object store built by the embedding program (EngineBuilder::object_store)"
+            ),
+        })
     }
 
     fn open_local(dir: &str) -> Result<Self> {
