@@ -58,7 +58,8 @@ impl Location {
                 .any(|prefix| key.starts_with(prefix))
                 .then_some((key, value))
         });
-        let (store, root) = datafusion::object_store::parse_url_opts(&url, options).map_err(|e| invalid(e.to_string()))?;
+        let (store, root) =
+            datafusion::object_store::parse_url_opts(&url, options).map_err(|e| invalid(e.to_string()))?;
         Ok(Self::from_store(Arc::from(store), root, location))
     }
 

@@ -211,7 +211,11 @@ async fn background_compaction_bounds_the_files_and_keeps_the_contents() {
 
 #[tokio::test]
 async fn unknown_locations_are_user_errors() {
-    let err = Engine::builder().location("memory://somewhere").open().await.unwrap_err();
+    let err = Engine::builder()
+        .location("memory://somewhere")
+        .open()
+        .await
+        .unwrap_err();
     assert_eq!(err.domain(), ErrorDomain::User);
     assert!(err.to_string().contains("takes no path"), "{err}");
     if !cfg!(feature = "cloud") {
@@ -219,6 +223,10 @@ async fn unknown_locations_are_user_errors() {
         assert!(err.to_string().contains("\"cloud\" feature"), "{err}");
     }
     let file = tempfile::NamedTempFile::new().unwrap();
-    let err = Engine::builder().location(file.path().display().to_string()).open().await.unwrap_err();
+    let err = Engine::builder()
+        .location(file.path().display().to_string())
+        .open()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot create the directory"), "{err}");
 }
