@@ -184,7 +184,7 @@ impl Engine {
 
     /// Runs one or more statements, separated by `;`, in order, and returns the rows of the
     /// last one. Statements before a failing one stay committed; the failing one commits
-    /// nothing.
+    /// nothing, and when there are several its error says which one it was.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         let stream = self.sql_stream(sql).await?;
         stream.try_collect().await.map_err(FreshetError::from)
@@ -197,11 +197,22 @@ impl Engine {
         let Some((last, first)) = statements.split_last() else {
             return Err(FreshetError::InvalidStatement("no statement to run".into()));
         };
-        for statement in first {
-            let stream = self.run(statement).await?;
-            let _: Vec<RecordBatch> = stream.try_collect().await.map_err(FreshetError::from)?;
+        let several = !first.is_empty();
+        let locate = |e: FreshetError, index: usize, statement: &Statement| {
+            if several {
+                e.context(format!("statement {} (line {})", index + 1, statement.line))
+            } else {
+                e
+            }
+        };
+        for (index, statement) in first.iter().enumerate() {
+            let stream = self.run(statement).await.map_err(|e| locate(e, index, statement))?;
+            let _: Vec<RecordBatch> = stream
+                .try_collect()
+                .await
+                .map_err(|e| locate(FreshetError::from(e), index, statement))?;
         }
-        self.run(last).await
+        self.run(last).await.map_err(|e| locate(e, first.len(), last))
     }
 
     /// Splits SQL text into statements without running them, for callers that run and show
