@@ -119,22 +119,26 @@ impl TableProvider for SnapshotTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let data_columns = self.snapshot.schema().fields().len();
-        // Position columns are not in the files: project the data columns, then re-append.
-        let (file_projection, schema) = match projection {
-            None => (None, self.schema.clone()),
-            Some(indices) => {
-                let data: Vec<usize> = indices.iter().copied().filter(|&i| i < data_columns).collect();
-                let needs_positions = self.with_positions;
-                let schema = Arc::new(self.schema.project(indices)?);
-                if needs_positions && data.len() + 2 != indices.len() {
-                    // The position columns are always scanned; project the rest away above.
-                    return Err(DataFusionError::Internal(
-                        "a position scan must keep its position columns".into(),
-                    ));
-                }
-                (Some(data), schema)
-            }
+        let requested: Vec<usize> = match projection {
+            Some(indices) => indices.clone(),
+            None => (0..self.schema.fields().len()).collect(),
         };
+        // Files give their columns in file order and position columns come last: read the
+        // requested data columns in ascending order, then arrange them as requested.
+        let mut data: Vec<usize> = requested.iter().copied().filter(|&i| i < data_columns).collect();
+        data.sort_unstable();
+        data.dedup();
+        let arrangement: Vec<usize> = requested
+            .iter()
+            .map(|&i| match data.binary_search(&i) {
+                Ok(position) => position,
+                Err(_) => data.len() + (i - data_columns),
+            })
+            .collect();
+        let scanned_columns = data.len() + if self.with_positions { 2 } else { 0 };
+        let identity = arrangement.len() == scanned_columns && arrangement.iter().enumerate().all(|(a, &b)| a == b);
+        let schema = Arc::new(self.schema.project(&requested)?);
+        let file_projection = (data.len() < data_columns).then_some(data);
         let files = self.snapshot.manifest().files.len();
         let partitions = state.config().target_partitions().clamp(1, files.max(1));
         let mut assignment = vec![Vec::new(); partitions];
@@ -143,8 +147,11 @@ impl TableProvider for SnapshotTable {
         }
         Ok(Arc::new(SnapshotScanExec::new(
             self.snapshot.clone(),
-            file_projection,
-            self.with_positions,
+            ScanColumns {
+                files: file_projection,
+                with_positions: self.with_positions,
+                arrangement: (!identity).then_some(arrangement),
+            },
             schema,
             assignment,
             limit,
@@ -174,12 +181,22 @@ impl TableProvider for SnapshotTable {
     }
 }
 
+/// Which columns a scan reads and how it returns them.
+#[derive(Debug, Clone)]
+struct ScanColumns {
+    /// Data columns read from the files, ascending; `None` for all.
+    files: Option<Vec<usize>>,
+    /// Whether the file index and position columns follow the data columns.
+    with_positions: bool,
+    /// The order the scanned columns are returned in, when not as scanned.
+    arrangement: Option<Vec<usize>>,
+}
+
 /// Scans the data files of a snapshot, a list of files per partition.
 #[derive(Debug)]
 pub struct SnapshotScanExec {
     snapshot: Arc<Snapshot>,
-    projection: Option<Vec<usize>>,
-    with_positions: bool,
+    columns: ScanColumns,
     schema: SchemaRef,
     partitions: Vec<Vec<usize>>,
     limit: Option<usize>,
@@ -189,8 +206,7 @@ pub struct SnapshotScanExec {
 impl SnapshotScanExec {
     fn new(
         snapshot: Arc<Snapshot>,
-        projection: Option<Vec<usize>>,
-        with_positions: bool,
+        columns: ScanColumns,
         schema: SchemaRef,
         partitions: Vec<Vec<usize>>,
         limit: Option<usize>,
@@ -203,8 +219,7 @@ impl SnapshotScanExec {
         ));
         Self {
             snapshot,
-            projection,
-            with_positions,
+            columns,
             schema,
             partitions,
             limit,
@@ -265,13 +280,15 @@ impl ExecutionPlan for SnapshotScanExec {
             .ok_or_else(|| DataFusionError::Internal(format!("FreshetScan has no partition {partition}")))?;
         let stream = self
             .snapshot
-            .scan_files(files, self.projection.clone(), self.with_positions)
+            .scan_files(files, self.columns.files.clone(), self.columns.with_positions)
             .map_err(DataFusionError::from);
         let schema = self.schema.clone();
+        let arrangement = self.columns.arrangement.clone();
         let stream = stream.map(move |batch| {
-            let batch = batch?;
-            // The schema of a projected scan may differ in field order only when positions
-            // are projected; rebuild with the declared schema.
+            let batch = match &arrangement {
+                Some(order) => batch?.project(order)?,
+                None => batch?,
+            };
             let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
             RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
                 .map_err(DataFusionError::from)

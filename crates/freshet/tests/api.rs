@@ -230,3 +230,22 @@ async fn unknown_locations_are_user_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot create the directory"), "{err}");
 }
+
+#[tokio::test]
+async fn scans_return_columns_in_the_order_asked() {
+    use freshet::datafusion::physical_plan::collect;
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    engine
+        .sql("CREATE TABLE t (a BIGINT, b TEXT, c BIGINT); INSERT INTO t VALUES (1, 'x', 3)")
+        .await
+        .unwrap();
+    let provider = engine.session().table_provider("t").await.unwrap();
+    let state = engine.session().state();
+    let plan = provider.scan(&state, Some(&vec![2, 0]), &[], None).await.unwrap();
+    let batches = collect(plan, engine.session().task_ctx()).await.unwrap();
+    let schema = batches[0].schema();
+    assert_eq!(schema.field(0).name(), "c");
+    assert_eq!(schema.field(1).name(), "a");
+    let c = batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(c.value(0), 3);
+}
