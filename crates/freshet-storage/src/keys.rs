@@ -132,9 +132,4 @@ impl KeyDelta {
         }
         None
     }
-
-    /// Whether a key exists in the base version and was not removed or was added since.
-    pub(crate) fn contains(&self, base: &KeyIndex, key: &OwnedRow) -> bool {
-        self.added.contains(key) || (base.keys.contains(key) && !self.removed.contains(key))
-    }
 }

@@ -169,19 +169,6 @@ impl Transaction {
         Ok(())
     }
 
-    /// Whether a primary key of `batch` (row `row`) exists in the table as this transaction
-    /// leaves it.
-    pub async fn key_exists(&mut self, batch: &RecordBatch, row: usize) -> Result<bool> {
-        if self.base.primary_key().is_empty() {
-            return Ok(false);
-        }
-        self.ensure_key_index().await?;
-        let (encoder, delta) = self.keys.as_ref().ok_or_else(missing_index)?;
-        let index = self.writer.keys.as_ref().ok_or_else(missing_index)?;
-        let rows = encoder.encode(&batch.slice(row, 1))?;
-        Ok(delta.contains(index, &rows.row(0).owned()))
-    }
-
     /// Commits the transaction as the next version. A transaction that changed nothing commits
     /// nothing and reports the base version.
     pub async fn commit(mut self) -> Result<CommitInfo> {
