@@ -105,30 +105,37 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut printer = Printer::new(format);
-        if sources.is_empty() && std::io::stdin().is_terminal() {
-            return shell::run(engine, printer).await;
-        }
-        let scripts = if sources.is_empty() {
-            vec![Source::File("-".into())]
+        let printer = Printer::new(format);
+        let code = if sources.is_empty() && std::io::stdin().is_terminal() {
+            shell::run(&engine, printer).await
         } else {
-            sources
+            run_scripts(&engine, printer, sources).await
         };
-        for source in scripts {
-            let (origin, sql) = match read_source(&source) {
-                Ok(read) => read,
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if let Err(message) = run_script(&engine, &mut printer, &origin, &sql).await {
-                eprintln!("{message}");
+        engine.close().await;
+        code
+    })
+}
+
+async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>) -> ExitCode {
+    let scripts = if sources.is_empty() {
+        vec![Source::File("-".into())]
+    } else {
+        sources
+    };
+    for source in scripts {
+        let (origin, sql) = match read_source(&source) {
+            Ok(read) => read,
+            Err(message) => {
+                eprintln!("error: {message}");
                 return ExitCode::FAILURE;
             }
+        };
+        if let Err(message) = run_script(engine, &mut printer, &origin, &sql).await {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
         }
-        ExitCode::SUCCESS
-    })
+    }
+    ExitCode::SUCCESS
 }
 
 fn read_source(source: &Source) -> Result<(String, String), String> {

@@ -21,7 +21,7 @@ Statements end with ';'. Meta-commands:
   \\format FORMAT  table, csv, json or ndjson
 Ctrl-C cancels the running statement, or clears the current input.";
 
-pub(crate) async fn run(engine: Engine, mut printer: Printer) -> ExitCode {
+pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     let mut editor = match DefaultEditor::new() {
         Ok(editor) => editor,
         Err(e) => {
@@ -47,7 +47,7 @@ pub(crate) async fn run(engine: Engine, mut printer: Printer) -> ExitCode {
             Ok(line) => {
                 if buffer.is_empty() && line.trim_start().starts_with('\\') {
                     let _ = editor.add_history_entry(line.as_str());
-                    match meta_command(line.trim(), &engine, &mut printer).await {
+                    match meta_command(line.trim(), engine, &mut printer).await {
                         MetaOutcome::Continue => continue,
                         MetaOutcome::Quit => break,
                     }
@@ -59,7 +59,7 @@ pub(crate) async fn run(engine: Engine, mut printer: Printer) -> ExitCode {
                 if is_complete(&buffer) {
                     let _ = editor.add_history_entry(buffer.as_str());
                     let sql = std::mem::take(&mut buffer);
-                    run_cancellable(&engine, &mut printer, &sql).await;
+                    run_cancellable(engine, &mut printer, &sql).await;
                 }
             }
             Err(ReadlineError::Interrupted) => buffer.clear(),

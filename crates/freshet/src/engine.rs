@@ -226,6 +226,15 @@ impl Engine {
         self.run(statement).await
     }
 
+    /// Closes the engine: waits for background work (compactions) to finish, so that another
+    /// engine can open the location at once and find it quiet. Dropping an engine without
+    /// closing it is safe too: a compaction still running then commits (or fails) on its own.
+    pub async fn close(self) {
+        for (_, table) in self.inner.catalog.tables() {
+            table.wait_for_background_work().await;
+        }
+    }
+
     /// A table by name, for reading its versions and changes directly.
     pub fn table(&self, name: &str) -> Result<Arc<Table>> {
         self.inner.catalog.table(name)

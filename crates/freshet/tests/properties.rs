@@ -155,8 +155,7 @@ async fn check(ops: Vec<Op>, pairs: Vec<(usize, usize)>) {
     let mut states: Vec<Vec<Row>> = vec![Vec::new(), Vec::new()];
     for op in &ops {
         if let Op::Reopen = op {
-            engine.table("t").expect("table").wait_for_background_work().await;
-            drop(engine);
+            engine.close().await;
             engine = open(dir.path()).await;
         } else {
             apply(&engine, &mut model, op).await;

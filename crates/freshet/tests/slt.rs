@@ -46,7 +46,9 @@ impl sqllogictest::AsyncDB for FreshetDb {
             let mut words = directive.split_whitespace();
             match words.next() {
                 Some("reopen") => {
-                    self.engine = None;
+                    if let Some(engine) = self.engine.take() {
+                        engine.close().await;
+                    }
                     self.engine = Some(Self::open(&self.dir, self.injector.clone()).await?);
                 }
                 Some("fail_next_write") => {
