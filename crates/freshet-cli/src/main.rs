@@ -4,6 +4,7 @@
 //! error, which goes to standard error). Without them, opens an interactive shell when standard
 //! input is a terminal, or runs standard input as a script when it is not.
 
+mod completion;
 mod output;
 mod shell;
 

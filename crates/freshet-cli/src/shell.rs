@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use freshet::Engine;
 use freshet::datafusion::sql::sqlparser::dialect::GenericDialect;
 use freshet::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use rustyline::DefaultEditor;
+use rustyline::Editor;
 use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
 
+use crate::completion::SqlHelper;
 use crate::output::{Format, Printer};
 
 const HELP: &str = "\
@@ -22,7 +24,7 @@ Statements end with ';'. Meta-commands:
 Ctrl-C cancels the running statement, or clears the current input.";
 
 pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
-    let mut editor = match DefaultEditor::new() {
+    let mut editor: Editor<SqlHelper, DefaultHistory> = match Editor::new() {
         Ok(editor) => editor,
         Err(e) => {
             eprintln!("error: cannot start line editing: {e}");
@@ -39,8 +41,14 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         engine.location()
     );
+    editor.set_helper(Some(SqlHelper::default()));
     let mut buffer = String::new();
     loop {
+        if buffer.is_empty()
+            && let Some(helper) = editor.helper_mut()
+        {
+            helper.refresh(engine).await;
+        }
         let prompt = if buffer.is_empty() { "freshet> " } else { "      -> " };
         let line = tokio::task::block_in_place(|| editor.readline(prompt));
         match line {
