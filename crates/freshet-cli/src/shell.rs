@@ -20,7 +20,10 @@ Statements end with ';'. Meta-commands:
   \\d              list tables
   \\d NAME         describe a table
   \\timing         toggle timing of statements
+  \\x              toggle expanded display (a line per column)
   \\format FORMAT  table, csv, json or ndjson
+  \\o FILE         send results to FILE; \\o alone: back to the terminal
+  \\i FILE         run the statements in FILE
 Ctrl-C cancels the running statement, or clears the current input.";
 
 pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
@@ -67,7 +70,7 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
                 if is_complete(&buffer) {
                     let _ = editor.add_history_entry(buffer.as_str());
                     let sql = std::mem::take(&mut buffer);
-                    run_cancellable(engine, &mut printer, &sql).await;
+                    run_cancellable(engine, &mut printer, "input", &sql).await;
                 }
             }
             Err(ReadlineError::Interrupted) => buffer.clear(),
@@ -100,9 +103,9 @@ pub(crate) fn is_complete(sql: &str) -> bool {
     }
 }
 
-async fn run_cancellable(engine: &Engine, printer: &mut Printer, sql: &str) {
+async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, sql: &str) {
     tokio::select! {
-        result = crate::run_script(engine, printer, "input", sql) => {
+        result = crate::run_script(engine, printer, origin, sql) => {
             if let Err(message) = result {
                 eprintln!("{message}");
             }
@@ -131,6 +134,19 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
             printer.timing = !printer.timing;
             println!("Timing is {}.", if printer.timing { "on" } else { "off" });
         }
+        ("\\x", _) => {
+            printer.expanded = !printer.expanded;
+            println!("Expanded display is {}.", if printer.expanded { "on" } else { "off" });
+        }
+        ("\\o", None) => printer.output = None,
+        ("\\o", Some(path)) => match std::fs::File::create(path) {
+            Ok(file) => printer.output = Some(file),
+            Err(e) => eprintln!("error: cannot write {path}: {e}"),
+        },
+        ("\\i", Some(path)) => match std::fs::read_to_string(path) {
+            Ok(sql) => run_cancellable(engine, printer, path, &sql).await,
+            Err(e) => eprintln!("error: cannot read {path}: {e}"),
+        },
         ("\\format", Some(name)) => match <Format as clap::ValueEnum>::from_str(name, true) {
             Ok(format) => printer.format = format,
             Err(_) => eprintln!("error: unknown format {name}: use table, csv, json or ndjson"),
@@ -138,11 +154,11 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
         ("\\d", None) => {
             let sql = "SELECT table_name AS name, table_type AS type FROM information_schema.tables \
                        WHERE table_schema = 'public' ORDER BY table_name;";
-            run_cancellable(engine, printer, sql).await;
+            run_cancellable(engine, printer, "\\d", sql).await;
         }
         ("\\d", Some(name)) => {
             let sql = format!("DESCRIBE {name};");
-            run_cancellable(engine, printer, &sql).await;
+            run_cancellable(engine, printer, "\\d", &sql).await;
         }
         _ => eprintln!("error: unknown command {line}: type \\? for help"),
     }
