@@ -92,14 +92,6 @@ impl Transaction {
             return Ok(());
         }
         let batch = self.conform(batch)?;
-        for (field, column) in self.base.schema().fields().iter().zip(batch.columns()) {
-            if !field.is_nullable() && column.null_count() > 0 {
-                return Err(FreshetError::NullViolation {
-                    table: self.table.name().into(),
-                    column: field.name().clone(),
-                });
-            }
-        }
         if !self.base.primary_key().is_empty() {
             self.ensure_key_index().await?;
             let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
@@ -261,7 +253,8 @@ impl Transaction {
         Ok(())
     }
 
-    /// Gives a batch the table's exact schema (names and nullability), checking the types.
+    /// Gives a batch the table's exact schema (names and nullability), checking the types and
+    /// NOT NULL.
     fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let schema = self.base.schema();
         if batch.num_columns() != schema.fields().len() {
@@ -273,6 +266,12 @@ impl Transaction {
             )));
         }
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            if !field.is_nullable() && column.null_count() > 0 {
+                return Err(FreshetError::NullViolation {
+                    table: self.table.name().into(),
+                    column: field.name().clone(),
+                });
+            }
             if field.data_type() != column.data_type() {
                 return Err(FreshetError::Internal(format!(
                     "table \"{}\": column \"{}\" is {}, a write gave {}",
@@ -288,23 +287,7 @@ impl Transaction {
             batch.columns().to_vec(),
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )
-        .map_err(|e| match e {
-            datafusion::arrow::error::ArrowError::InvalidArgumentError(_) => {
-                // Nullability: find the column for a clear error.
-                let column = schema
-                    .fields()
-                    .iter()
-                    .zip(batch.columns())
-                    .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
-                    .map(|(f, _)| f.name().clone())
-                    .unwrap_or_default();
-                FreshetError::NullViolation {
-                    table: self.table.name().into(),
-                    column,
-                }
-            }
-            other => FreshetError::Internal(other.to_string()),
-        })
+        .map_err(|e| FreshetError::Internal(e.to_string()))
     }
 }
 
