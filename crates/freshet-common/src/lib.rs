@@ -6,9 +6,12 @@
 //! - [`ChangeBatch`]: an Arrow batch of rows with an Int64 weight column, the Z-set representation
 //!   of changes (DBSP). Positive weights insert copies of a row, negative weights delete them; an
 //!   update is a retraction of the old row and an insertion of the new one.
+//! - [`Clock`]: the engine's time, injectable so that tests advance it instead of sleeping.
 
 mod change;
+mod clock;
 mod error;
 
 pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
+pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use error::{ErrorDomain, FreshetError, Result};

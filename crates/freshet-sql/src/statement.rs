@@ -10,6 +10,9 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token};
 use freshet_common::{FreshetError, Result};
 
 use crate::dialect::FreshetDialect;
+use crate::materialized::{
+    AlterMaterializedTable, CreateMaterializedTable, is_materialized_statement, parse_materialized,
+};
 
 /// One parsed statement and the text it was parsed from.
 #[derive(Debug, Clone)]
@@ -39,6 +42,44 @@ pub enum FreshetStatement {
         /// Versions to keep per table (default 1: only the newest).
         retain: Option<u64>,
     },
+    /// `CREATE MATERIALIZED TABLE ...`.
+    CreateMaterializedTable(Box<CreateMaterializedTable>),
+    /// `ALTER MATERIALIZED TABLE name ...`.
+    AlterMaterializedTable {
+        /// The materialized table.
+        name: ObjectName,
+        /// What to do.
+        action: AlterMaterializedTable,
+    },
+    /// `DROP MATERIALIZED TABLE [IF EXISTS] name [CASCADE]`.
+    DropMaterializedTable {
+        /// The materialized table.
+        name: ObjectName,
+        /// `IF EXISTS`.
+        if_exists: bool,
+        /// `CASCADE`: drop the materialized tables that read it too.
+        cascade: bool,
+    },
+    /// `SHOW MATERIALIZED TABLES`.
+    ShowMaterializedTables,
+    /// `DESCRIBE MATERIALIZED TABLE name`.
+    DescribeMaterializedTable {
+        /// The materialized table.
+        name: ObjectName,
+    },
+    /// `SHOW CREATE MATERIALIZED TABLE name`.
+    ShowCreateMaterializedTable {
+        /// The materialized table.
+        name: ObjectName,
+    },
+    /// `SET 'key' = 'value'`: Apache Flink's form of setting an option, for keys such as
+    /// `materialized-table.refresh-mode.freshness-threshold` that are not SQL identifiers.
+    SetOption {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
 }
 
 /// Parses SQL text holding any number of statements separated by `;`.
@@ -59,7 +100,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>> {
             break;
         }
         let start = first.span.start;
-        let statement = parse_one(&mut parser)?;
+        let statement = parse_one(&mut parser, sql)?;
         let end = parser.parser.get_current_token().span.end;
         let next = parser.parser.peek_token_ref();
         if next.token != Token::EOF && next.token != Token::SemiColon {
@@ -77,7 +118,34 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>> {
     Ok(out)
 }
 
-fn parse_one(parser: &mut DFParser<'_>) -> Result<FreshetStatement> {
+fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
+    if is_materialized_statement(&parser.parser) {
+        return parse_materialized(&mut parser.parser, sql);
+    }
+    if parser.parser.peek_keyword(Keyword::SET)
+        && let Token::SingleQuotedString(key) = &parser.parser.peek_nth_token_ref(1).token
+    {
+        let key = key.clone();
+        let p = &mut parser.parser;
+        p.next_token();
+        p.next_token();
+        if !p.consume_token(&Token::Eq) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "SQL error: expected = after SET '{key}', found {}",
+                p.peek_token_ref().token
+            )));
+        }
+        let value = match p.next_token().token {
+            Token::SingleQuotedString(v) | Token::Number(v, _) => v,
+            Token::Word(w) => w.value,
+            other => {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "SQL error: expected a value for '{key}', found {other}"
+                )));
+            }
+        };
+        return Ok(FreshetStatement::SetOption { key, value });
+    }
     let p = &mut parser.parser;
     if p.peek_keyword(Keyword::VACUUM) {
         p.next_token();
@@ -144,7 +212,7 @@ fn is_compact(parser: &DFParser<'_>) -> bool {
     }
 }
 
-fn parse_error(e: ParserError) -> FreshetError {
+pub(crate) fn parse_error(e: ParserError) -> FreshetError {
     let message = match e {
         ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
         ParserError::RecursionLimitExceeded => "the statement is nested too deeply".into(),
@@ -153,7 +221,7 @@ fn parse_error(e: ParserError) -> FreshetError {
 }
 
 /// The text between two token locations (1-based lines and columns, in characters).
-fn slice(sql: &str, start: Location, end: Location) -> &str {
+pub(crate) fn slice(sql: &str, start: Location, end: Location) -> &str {
     let from = offset(sql, start).unwrap_or(0);
     let to = offset(sql, end).unwrap_or(sql.len());
     sql.get(from..to.max(from)).unwrap_or(sql)

@@ -19,7 +19,7 @@ use crate::location::Location;
 use crate::log::{Created, VersionLog};
 use crate::maintenance::VacuumReport;
 use crate::manifest::FORMAT_VERSION;
-use crate::table::{Table, WriteOptions, now_ms};
+use crate::table::{Table, WriteOptions};
 
 /// One version of the catalog, as stored in `_freshet/catalog/<version>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -43,6 +43,14 @@ pub enum CatalogEntry {
         /// The table's directory name.
         id: String,
     },
+    /// A materialized table: stored like a table in `tables/<id>/`, and defined by a document
+    /// the engine owns (its query, freshness, refresh mode and lifecycle state).
+    MaterializedTable {
+        /// The table's directory name.
+        id: String,
+        /// The engine's definition.
+        definition: serde_json::Value,
+    },
     /// An object defined by a statement that the engine re-runs on open (an external table
     /// over files); Freshet stores only the definition.
     Definition {
@@ -51,6 +59,16 @@ pub enum CatalogEntry {
         /// The statement that defines it.
         sql: String,
     },
+}
+
+impl CatalogEntry {
+    /// The directory name of a stored table (plain or materialized).
+    pub fn table_id(&self) -> Option<&str> {
+        match self {
+            CatalogEntry::Table { id } | CatalogEntry::MaterializedTable { id, .. } => Some(id),
+            CatalogEntry::Definition { .. } => None,
+        }
+    }
 }
 
 /// A table that could not be opened: the error is reported when it is used; other tables work.
@@ -99,11 +117,11 @@ impl Catalog {
         }
         let mut tables = HashMap::new();
         for (name, entry) in &manifest.entries {
-            if let CatalogEntry::Table { id } = entry {
+            if let Some(id) = entry.table_id() {
                 let slot = match Table::open(
                     location.store().clone(),
                     location.root(),
-                    id.clone(),
+                    id.to_string(),
                     name.clone(),
                     options.clone(),
                 )
@@ -154,13 +172,15 @@ impl Catalog {
         self.manifest().entries.contains_key(name)
     }
 
-    /// Creates a table. `fill` may write the table's first rows (CREATE TABLE ... AS SELECT)
-    /// before the catalog names it, so that readers see the table only complete.
+    /// Creates a table, or with a `definition` a materialized table. `fill` may write the
+    /// table's first rows (CREATE TABLE ... AS SELECT) before the catalog names it, so that
+    /// readers see the table only complete.
     pub async fn create_table<F, Fut>(
         &self,
         name: &str,
         schema: SchemaRef,
         primary_key: Vec<String>,
+        definition: Option<serde_json::Value>,
         fill: F,
     ) -> Result<Arc<Table>>
     where
@@ -184,8 +204,12 @@ impl Catalog {
         )
         .await?;
         fill(table.clone()).await?;
+        let entry = match definition {
+            Some(definition) => CatalogEntry::MaterializedTable { id, definition },
+            None => CatalogEntry::Table { id },
+        };
         self.commit(|entries| {
-            entries.insert(name.into(), CatalogEntry::Table { id });
+            entries.insert(name.into(), entry);
         })
         .await?;
         write_lock(&self.tables).insert(name.into(), TableSlot::Open(table.clone()));
@@ -206,6 +230,21 @@ impl Catalog {
                     sql: sql.into(),
                 },
             );
+        })
+        .await
+    }
+
+    /// Replaces the definition of a materialized table.
+    pub async fn update_definition(&self, name: &str, definition: serde_json::Value) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        match self.manifest().entries.get(name) {
+            Some(CatalogEntry::MaterializedTable { .. }) => {}
+            _ => return Err(FreshetError::TableNotFound { name: name.into() }),
+        }
+        self.commit(|entries| {
+            if let Some(CatalogEntry::MaterializedTable { definition: old, .. }) = entries.get_mut(name) {
+                *old = definition;
+            }
         })
         .await
     }
@@ -234,7 +273,7 @@ impl Catalog {
         change(&mut next.entries);
         next.format = FORMAT_VERSION;
         next.version = current.version + 1;
-        next.committed_at_ms = now_ms().max(current.committed_at_ms);
+        next.committed_at_ms = self.options.clock.now_ms().max(current.committed_at_ms);
         match self.log.create(next.version, &next).await? {
             Created::Yes => {
                 *write_lock(&self.current) = Arc::new(next);
@@ -277,14 +316,7 @@ impl Catalog {
                 self.log.remove(version).await?;
             }
         }
-        let live: HashSet<&str> = current
-            .entries
-            .values()
-            .filter_map(|e| match e {
-                CatalogEntry::Table { id } => Some(id.as_str()),
-                CatalogEntry::Definition { .. } => None,
-            })
-            .collect();
+        let live: HashSet<&str> = current.entries.values().filter_map(CatalogEntry::table_id).collect();
         let store = self.location.store();
         let tables_dir = self.location.root().clone().join("tables");
         let listing = store

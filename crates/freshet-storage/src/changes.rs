@@ -10,7 +10,8 @@ use futures::{StreamExt, TryStreamExt};
 use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
 
 use crate::layout::table_file;
-use crate::read::{FileRead, read_file};
+use crate::manifest::SchemaDef;
+use crate::read::{FileRead, read_deletes, read_file};
 use crate::table::Table;
 
 /// The change files between two versions, ready to be read.
@@ -64,6 +65,19 @@ impl ChangeSet {
 }
 
 impl Table {
+    /// The first version after `version` that changed rows (compactions and refresh records
+    /// change none), with its commit time; `None` when no later version changed a row.
+    pub async fn first_change_after(&self, version: u64) -> Result<Option<(u64, i64)>> {
+        let newest = self.snapshot().version();
+        for v in version + 1..=newest {
+            let manifest = self.read_manifest(v).await?;
+            if !manifest.changes.is_empty() {
+                return Ok(Some((v, manifest.committed_at_ms)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The changes made by versions `from + 1 ..= to`. `from` may be 0, the empty table before
     /// its creation. Both versions must be retained.
     pub async fn changes(self: &Arc<Self>, from: u64, to: u64) -> Result<ChangeSet> {
@@ -83,10 +97,17 @@ impl Table {
         }
         let mut files = Vec::new();
         let mut bytes = 0;
-        let mut schema = None;
+        let mut schema: Option<SchemaRef> = None;
         for version in from + 1..=to {
             let manifest = self.read_manifest(version).await?;
             let version_schema = match &schema {
+                Some(s) if manifest.schema != SchemaDef::from_arrow(s.as_ref()) => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{}\": its columns changed at version {version}; read the changes before and \
+                         after that version separately",
+                        self.name()
+                    )));
+                }
                 Some(s) => Arc::clone(s),
                 None => {
                     let s = manifest.schema.to_arrow(self.log.path(version).as_ref())?;
@@ -95,6 +116,26 @@ impl Table {
                 }
             };
             let changes = manifest.changes;
+            for file in changes.removed {
+                let deletes = match &file.deletes {
+                    Some(dv) => Some(Arc::new(
+                        read_deletes(&self.files.store, &table_file(&self.files.dir, &dv.path)).await?,
+                    )),
+                    None => None,
+                };
+                bytes += file.bytes;
+                files.push((
+                    FileRead {
+                        path: table_file(&self.files.dir, &file.path),
+                        bytes: file.bytes,
+                        projection: None,
+                        schema: version_schema.clone(),
+                        deletes,
+                        positions: None,
+                    },
+                    -1,
+                ));
+            }
             for (list, weight) in [(changes.inserted, 1), (changes.retracted, -1)] {
                 for file in list {
                     bytes += file.bytes;

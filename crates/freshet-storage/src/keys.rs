@@ -92,6 +92,14 @@ impl KeyIndex {
         })
     }
 
+    /// The keys after a committed transaction that replaced every row.
+    pub(crate) fn replaced(delta: KeyDelta, version: u64) -> Self {
+        Self {
+            version,
+            keys: delta.added,
+        }
+    }
+
     /// Applies a committed transaction's key changes.
     pub(crate) fn apply(&mut self, delta: KeyDelta, version: u64) {
         for key in delta.removed {
@@ -107,9 +115,19 @@ impl KeyIndex {
 pub(crate) struct KeyDelta {
     removed: HashSet<OwnedRow>,
     added: HashSet<OwnedRow>,
+    /// Every key of the base version was removed (the transaction replaces all rows).
+    pub cleared: bool,
 }
 
 impl KeyDelta {
+    /// The delta of a transaction that starts by removing every row.
+    pub(crate) fn cleared() -> Self {
+        Self {
+            cleared: true,
+            ..Self::default()
+        }
+    }
+
     /// Records deleted rows' keys.
     pub(crate) fn remove(&mut self, rows: &Rows) {
         for row in rows.iter() {
@@ -121,10 +139,12 @@ impl KeyDelta {
     }
 
     /// Records inserted rows' keys; returns the row index of the first key that already exists.
-    pub(crate) fn add(&mut self, base: &KeyIndex, rows: &Rows) -> Option<usize> {
+    /// `base` may be `None` only when the delta is cleared.
+    pub(crate) fn add(&mut self, base: Option<&KeyIndex>, rows: &Rows) -> Option<usize> {
         for (i, row) in rows.iter().enumerate() {
             let owned = row.owned();
-            let in_base = base.keys.contains(&owned) && !self.removed.contains(&owned);
+            let in_base =
+                !self.cleared && base.is_some_and(|b| b.keys.contains(&owned)) && !self.removed.contains(&owned);
             if in_base || self.added.contains(&owned) {
                 return Some(i);
             }

@@ -10,7 +10,7 @@ use freshet_common::{FreshetError, Result};
 
 use crate::layout::{FileKind, manifest_dir, table_file};
 use crate::manifest::{Changes, DataFile, Manifest};
-use crate::table::{Table, now_ms};
+use crate::table::Table;
 use crate::write::ParallelWriter;
 
 /// Deleted rows below which deletes alone never trigger a background compaction.
@@ -84,7 +84,7 @@ impl Table {
         let version = base.version() + 1;
         let new = Manifest {
             version,
-            committed_at_ms: now_ms().max(manifest.committed_at_ms),
+            committed_at_ms: self.options.clock.now_ms().max(manifest.committed_at_ms),
             operation: "COMPACT".into(),
             files: written
                 .into_iter()
@@ -124,7 +124,7 @@ impl Table {
         let mut referenced = HashSet::new();
         for &version in versions.iter().filter(|&&v| v >= oldest_kept) {
             let manifest = self.read_manifest(version).await?;
-            for file in &manifest.files {
+            for file in manifest.files.iter().chain(&manifest.changes.removed) {
                 referenced.insert(file.path.clone());
                 if let Some(dv) = &file.deletes {
                     referenced.insert(dv.path.clone());

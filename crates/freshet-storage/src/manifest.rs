@@ -34,6 +34,11 @@ pub struct Manifest {
     pub files: Vec<DataFile>,
     /// The changes this version made relative to its parent.
     pub changes: Changes,
+    /// For a materialized table: what the refresh that produced these contents read (the
+    /// versions of its inputs) and did. The engine defines the document; storage commits it
+    /// atomically with the rows, and later versions that do not refresh (compaction) keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<serde_json::Value>,
 }
 
 impl Manifest {
@@ -84,12 +89,17 @@ pub struct Changes {
     /// Files holding the rows this version deleted (weight -1).
     #[serde(default)]
     pub retracted: Vec<ChangeFile>,
+    /// Data files of the parent version that this version dropped whole (a full refresh
+    /// replacing a table's contents): their live rows at the parent version, with its deletion
+    /// vectors applied, are deleted (weight -1) without being copied to retraction files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<DataFile>,
 }
 
 impl Changes {
     /// Whether the version changed no row.
     pub fn is_empty(&self) -> bool {
-        self.inserted.is_empty() && self.retracted.is_empty()
+        self.inserted.is_empty() && self.retracted.is_empty() && self.removed.is_empty()
     }
 }
 

@@ -39,6 +39,9 @@ pub struct SnapshotTable {
     snapshot: Arc<Snapshot>,
     with_positions: bool,
     writable: bool,
+    /// Scans read the table's newest version at scan time rather than `snapshot` (a view
+    /// planned long ago must still read the newest rows).
+    follows_newest: bool,
     schema: SchemaRef,
     constraints: Option<Constraints>,
 }
@@ -47,7 +50,9 @@ impl SnapshotTable {
     /// The newest version of `table`; inserts go to the table.
     pub fn current(table: Arc<Table>) -> Self {
         let snapshot = table.snapshot();
-        Self::new(table, snapshot, false, true)
+        let mut provider = Self::new(table, snapshot, false, true);
+        provider.follows_newest = true;
+        provider
     }
 
     /// The newest version as the target of an INSERT: every column accepts NULL here, so that
@@ -86,14 +91,25 @@ impl SnapshotTable {
             snapshot,
             with_positions,
             writable,
+            follows_newest: false,
             schema,
             constraints,
         }
     }
 
-    /// The snapshot read.
+    /// The snapshot read (for a provider of the newest version: the newest when it was made).
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
+    }
+
+    /// The table.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    /// Whether this provider reads the table's newest version, whichever it is when scanned.
+    pub fn follows_newest(&self) -> bool {
+        self.follows_newest
     }
 }
 
@@ -118,7 +134,14 @@ impl TableProvider for SnapshotTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let data_columns = self.snapshot.schema().fields().len();
+        let newest;
+        let snapshot = if self.follows_newest && self.table.snapshot().schema() == self.snapshot.schema() {
+            newest = self.table.snapshot();
+            &newest
+        } else {
+            &self.snapshot
+        };
+        let data_columns = snapshot.schema().fields().len();
         let requested: Vec<usize> = match projection {
             Some(indices) => indices.clone(),
             None => (0..self.schema.fields().len()).collect(),
@@ -139,14 +162,14 @@ impl TableProvider for SnapshotTable {
         let identity = arrangement.len() == scanned_columns && arrangement.iter().enumerate().all(|(a, &b)| a == b);
         let schema = Arc::new(self.schema.project(&requested)?);
         let file_projection = (data.len() < data_columns).then_some(data);
-        let files = self.snapshot.manifest().files.len();
+        let files = snapshot.manifest().files.len();
         let partitions = state.config().target_partitions().clamp(1, files.max(1));
         let mut assignment = vec![Vec::new(); partitions];
         for index in 0..files {
             assignment[index % partitions].push(index);
         }
         Ok(Arc::new(SnapshotScanExec::new(
-            self.snapshot.clone(),
+            snapshot.clone(),
             ScanColumns {
                 files: file_projection,
                 with_positions: self.with_positions,

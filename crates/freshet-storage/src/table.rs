@@ -8,7 +8,7 @@ use datafusion::object_store::path::Path;
 use datafusion::parquet::file::properties::WriterProperties;
 use tokio::sync::Mutex;
 
-use freshet_common::{FreshetError, Result};
+use freshet_common::{FreshetError, Result, SharedClock, SystemClock};
 
 use crate::keys::KeyIndex;
 use crate::layout::FileKind;
@@ -32,6 +32,8 @@ pub struct WriteOptions {
     pub compact_min_files: usize,
     /// Fraction of deleted rows above which a commit asks for compaction.
     pub compact_deleted_fraction: f64,
+    /// Where commit times come from.
+    pub clock: SharedClock,
 }
 
 impl Default for WriteOptions {
@@ -42,6 +44,7 @@ impl Default for WriteOptions {
             write_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             compact_min_files: 32,
             compact_deleted_fraction: 0.25,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -86,12 +89,13 @@ impl Table {
             format: FORMAT_VERSION,
             table_id: id.clone(),
             version: 1,
-            committed_at_ms: now_ms(),
+            committed_at_ms: options.clock.now_ms(),
             operation: "CREATE".into(),
             schema: SchemaDef::from_arrow(&schema),
             primary_key,
             files: Vec::new(),
             changes: Changes::default(),
+            refresh: None,
         };
         if let Created::AlreadyExists = log.create(1, &manifest).await? {
             return Err(FreshetError::Internal(format!("table directory {dir} already exists")));
@@ -316,9 +320,4 @@ fn check_manifest(path: &Path, manifest: &Manifest, id: &str, version: u64) -> R
         ));
     }
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

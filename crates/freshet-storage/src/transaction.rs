@@ -19,7 +19,7 @@ use crate::layout::FileKind;
 use crate::log::Created;
 use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
 use crate::snapshot::Snapshot;
-use crate::table::{Table, WriterState, now_ms};
+use crate::table::{Table, WriterState};
 use crate::write::{ParallelWriter, RollingWriter, write_deletes};
 
 /// What a commit did.
@@ -44,6 +44,11 @@ pub struct Transaction {
     retractions: Option<RollingWriter>,
     deletes: BTreeMap<usize, RoaringTreemap>,
     keys: Option<(KeyEncoder, KeyDelta)>,
+    /// Every data file of the base version is dropped whole.
+    removed_all: bool,
+    /// The table's new columns, when the transaction replaces every row and the schema.
+    new_schema: Option<datafusion::arrow::datatypes::SchemaRef>,
+    refresh: Option<serde_json::Value>,
     inserted: u64,
     deleted: u64,
 }
@@ -74,6 +79,9 @@ impl Transaction {
             retractions: None,
             deletes: BTreeMap::new(),
             keys: None,
+            removed_all: false,
+            new_schema: None,
+            refresh: None,
             inserted: 0,
             deleted: 0,
         }
@@ -95,7 +103,10 @@ impl Transaction {
         if !self.base.primary_key().is_empty() {
             self.ensure_key_index().await?;
             let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
-            let index = self.writer.keys.as_ref().ok_or_else(missing_index)?;
+            let index = self.writer.keys.as_ref();
+            if index.is_none() && !delta.cleared {
+                return Err(missing_index());
+            }
             let rows = encoder.encode(&batch)?;
             if let Some(row) = delta.add(index, &rows) {
                 return Err(FreshetError::DuplicateKey {
@@ -108,7 +119,8 @@ impl Transaction {
         let rows = batch.num_rows() as u64;
         let writer = self.inserts.get_or_insert_with(|| {
             ParallelWriter::new(
-                self.table.writer_template(FileKind::Data, self.base.schema()),
+                self.table
+                    .writer_template(FileKind::Data, self.new_schema.as_ref().unwrap_or(self.base.schema())),
                 self.table.options.write_parallelism,
             )
         });
@@ -122,6 +134,9 @@ impl Transaction {
     pub async fn delete(&mut self, file: usize, positions: &UInt64Array, rows: &RecordBatch) -> Result<()> {
         if positions.is_empty() {
             return Ok(());
+        }
+        if self.removed_all {
+            return Err(FreshetError::Internal("delete after remove_all".into()));
         }
         let rows = self.conform(rows)?;
         let data_file = self.base.manifest().files.get(file).ok_or_else(|| {
@@ -161,10 +176,59 @@ impl Transaction {
         Ok(())
     }
 
+    /// Deletes every row of the base version by dropping its data files whole: nothing is
+    /// copied, the version lists the files as removed. Must come before any other change.
+    pub fn remove_all(&mut self) -> Result<u64> {
+        if self.inserted > 0 || self.deleted > 0 {
+            return Err(FreshetError::Internal(
+                "remove_all must be a transaction's first change".into(),
+            ));
+        }
+        self.removed_all = true;
+        self.deleted = self.base.num_rows();
+        if !self.base.primary_key().is_empty() {
+            self.keys = Some((KeyEncoder::new(&self.base)?, KeyDelta::cleared()));
+        }
+        Ok(self.deleted)
+    }
+
+    /// Gives the table new columns from this version on; only after [`Transaction::remove_all`]
+    /// and before any insert (the old rows are all gone, so none needs converting). The primary
+    /// key keeps its columns.
+    pub fn replace_schema(&mut self, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<()> {
+        if !self.removed_all || self.inserted > 0 {
+            return Err(FreshetError::Internal(
+                "replace_schema needs remove_all first and no insert".into(),
+            ));
+        }
+        for key in self.base.primary_key() {
+            if schema.index_of(key).is_err() {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "table \"{}\": the new columns lack primary-key column \"{key}\"",
+                    self.table.name()
+                )));
+            }
+        }
+        crate::write::check_storable(self.table.name(), &schema)?;
+        self.new_schema = Some(schema);
+        Ok(())
+    }
+
+    /// The columns rows are written with.
+    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+        self.new_schema.as_ref().unwrap_or(self.base.schema())
+    }
+
+    /// Records what produced this version (a materialized table's refresh); committed with the
+    /// rows. A transaction with a record commits a version even when no row changed.
+    pub fn set_refresh(&mut self, record: serde_json::Value) {
+        self.refresh = Some(record);
+    }
+
     /// Commits the transaction as the next version. A transaction that changed nothing commits
     /// nothing and reports the base version.
     pub async fn commit(mut self) -> Result<CommitInfo> {
-        if self.inserted == 0 && self.deleted == 0 {
+        if self.inserted == 0 && self.deleted == 0 && self.refresh.is_none() && self.new_schema.is_none() {
             return Ok(CommitInfo {
                 version: self.base.version(),
                 inserted: 0,
@@ -180,7 +244,15 @@ impl Transaction {
             None => Vec::new(),
         };
         let mut files = Vec::with_capacity(self.base.manifest().files.len() + inserted_files.len());
+        let removed = if self.removed_all {
+            self.base.manifest().files.clone()
+        } else {
+            Vec::new()
+        };
         for (index, file) in self.base.manifest().files.iter().enumerate() {
+            if self.removed_all {
+                break;
+            }
             let Some(new) = self.deletes.get(&index) else {
                 files.push(file.clone());
                 continue;
@@ -212,21 +284,28 @@ impl Transaction {
             format: FORMAT_VERSION,
             table_id: self.table.id.clone(),
             version,
-            committed_at_ms: now_ms().max(base_manifest.committed_at_ms),
+            committed_at_ms: self.table.options.clock.now_ms().max(base_manifest.committed_at_ms),
             operation: self.operation.clone(),
-            schema: base_manifest.schema.clone(),
+            schema: match &self.new_schema {
+                Some(schema) => crate::manifest::SchemaDef::from_arrow(schema),
+                None => base_manifest.schema.clone(),
+            },
             primary_key: base_manifest.primary_key.clone(),
             files,
             changes: Changes {
                 inserted: inserted_files,
                 retracted: retracted_files,
+                removed,
             },
+            refresh: self.refresh.take().or_else(|| base_manifest.refresh.clone()),
         };
-        self.table.commit_manifest(manifest, self.base.schema().clone()).await?;
-        if let Some((_, delta)) = self.keys.take()
-            && let Some(index) = self.writer.keys.as_mut()
-        {
-            index.apply(delta, version);
+        self.table.commit_manifest(manifest, self.schema().clone()).await?;
+        if let Some((_, delta)) = self.keys.take() {
+            if delta.cleared {
+                self.writer.keys = Some(KeyIndex::replaced(delta, version));
+            } else if let Some(index) = self.writer.keys.as_mut() {
+                index.apply(delta, version);
+            }
         }
         drop(self.writer);
         self.table.compact_in_background_if_needed();
@@ -240,6 +319,9 @@ impl Transaction {
     async fn ensure_key_index(&mut self) -> Result<()> {
         if self.keys.is_none() {
             self.keys = Some((KeyEncoder::new(&self.base)?, KeyDelta::default()));
+        }
+        if self.keys.as_ref().is_some_and(|(_, delta)| delta.cleared) {
+            return Ok(());
         }
         let current = self
             .writer
@@ -256,7 +338,7 @@ impl Transaction {
     /// Gives a batch the table's exact schema (names and nullability), checking the types and
     /// NOT NULL.
     fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let schema = self.base.schema();
+        let schema = self.schema();
         if batch.num_columns() != schema.fields().len() {
             return Err(FreshetError::Internal(format!(
                 "table \"{}\" has {} columns, a write gave {}",

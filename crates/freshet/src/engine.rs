@@ -11,11 +11,12 @@ use datafusion::parquet::file::properties::WriterPropertiesBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Result};
+use freshet_common::{FreshetError, Result, SharedClock, SystemClock};
 use freshet_sql::{ParsedStatement as Statement, parse_statements};
 use freshet_storage::{Catalog, CatalogEntry, ChangeSet, Location, Table, WriteOptions};
 
 use crate::functions;
+use crate::materialized::{Materialized, MaterializedSettings, SystemSchema};
 use crate::schema::{CATALOG_NAME, FreshetCatalog, FreshetSchema, SCHEMA_NAME};
 
 /// Where an engine keeps its data when none is given.
@@ -30,6 +31,8 @@ pub struct EngineBuilder {
     target_partitions: Option<usize>,
     max_file_rows: Option<usize>,
     compact_min_files: Option<usize>,
+    clock: Option<SharedClock>,
+    settings: MaterializedSettings,
 }
 
 /// A function wrapping the engine's object store.
@@ -87,6 +90,22 @@ impl EngineBuilder {
         self
     }
 
+    /// The clock the engine reads time from (commit times, schedules, data lag); the system
+    /// clock by default. Tests pass a [`freshet_common::ManualClock`] and advance it.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// A materialized-table setting by its key (see [`MaterializedSettings`]), such as
+    /// `materialized-table.refresh-mode.freshness-threshold` = `30 min`.
+    pub fn setting(mut self, key: &str, value: &str) -> Result<Self> {
+        if !self.settings.set(key, value)? {
+            return Err(FreshetError::InvalidStatement(format!("unknown setting '{key}'")));
+        }
+        Ok(self)
+    }
+
     /// Opens the engine: takes the location, reads its catalog and opens its tables. A table
     /// that cannot be opened is reported when used; the others work.
     pub async fn open(self) -> Result<Engine> {
@@ -118,8 +137,10 @@ impl EngineBuilder {
         let parquet = WriterPropertiesBuilder::try_from(&parquet_options)
             .map_err(FreshetError::from)?
             .build();
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let defaults = WriteOptions::default();
         let options = WriteOptions {
+            clock: clock.clone(),
             parquet,
             max_file_rows: self.max_file_rows.unwrap_or(defaults.max_file_rows),
             compact_min_files: self.compact_min_files.unwrap_or(defaults.compact_min_files),
@@ -127,18 +148,25 @@ impl EngineBuilder {
         };
         let catalog = Arc::new(Catalog::open(location.clone(), options).await?);
         let schema = Arc::new(FreshetSchema::new(catalog.clone()));
+        let system = Arc::new(SystemSchema::default());
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_catalog(CATALOG_NAME, Arc::new(FreshetCatalog::new(schema.clone())));
+        ctx.register_catalog(
+            CATALOG_NAME,
+            Arc::new(FreshetCatalog::new(schema.clone(), system.clone())),
+        );
         let engine = Engine {
             inner: Arc::new(EngineInner {
                 ctx,
                 catalog,
                 schema,
                 location,
+                materialized: Materialized::new(clock, self.settings),
             }),
         };
+        system.attach(&engine.inner);
         functions::register(&engine);
         engine.restore_definitions().await;
+        engine.start_scheduler();
         Ok(engine)
     }
 }
@@ -166,6 +194,7 @@ pub(crate) struct EngineInner {
     pub catalog: Arc<Catalog>,
     pub schema: Arc<FreshetSchema>,
     pub location: Arc<Location>,
+    pub materialized: Materialized,
 }
 
 impl std::fmt::Debug for EngineInner {
@@ -230,6 +259,7 @@ impl Engine {
     /// engine can open the location at once and find it quiet. Dropping an engine without
     /// closing it is safe too: a compaction still running then commits (or fails) on its own.
     pub async fn close(self) {
+        self.stop_scheduler().await;
         for (_, table) in self.inner.catalog.tables() {
             table.wait_for_background_work().await;
         }
@@ -267,7 +297,7 @@ impl Engine {
             .iter()
             .filter_map(|(name, entry)| match entry {
                 CatalogEntry::Definition { sql, .. } => Some((name, sql)),
-                CatalogEntry::Table { .. } => None,
+                CatalogEntry::Table { .. } | CatalogEntry::MaterializedTable { .. } => None,
             })
             .collect();
         let mut errors = Vec::new();

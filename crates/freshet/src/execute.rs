@@ -61,6 +61,11 @@ impl Engine {
                 batches_stream(schema, vec![batch])
             }
             FreshetStatement::DataFusion(statement) => self.run_datafusion(parsed, statement).await,
+            FreshetStatement::SetOption { key, value } => {
+                self.set_option(key, value)?;
+                empty_stream()
+            }
+            other => self.run_materialized(other).await,
         }
     }
 
@@ -78,10 +83,11 @@ impl Engine {
                     object_type: ObjectType::Table | ObjectType::View,
                     if_exists,
                     names,
+                    cascade,
                     ..
                 } => {
                     for name in names {
-                        self.drop_object(name, *if_exists).await?;
+                        self.drop_object(name, *if_exists, *cascade).await?;
                     }
                     return empty_stream();
                 }
@@ -213,7 +219,7 @@ impl Engine {
         let input = create.input.clone();
         self.inner
             .catalog
-            .create_table(&name, schema.clone(), primary_key, |table| async move {
+            .create_table(&name, schema.clone(), primary_key, None, |table| async move {
                 if is_empty {
                     return Ok(());
                 }
@@ -235,18 +241,36 @@ impl Engine {
         Ok(())
     }
 
-    async fn drop_object(&self, name: &ObjectName, if_exists: bool) -> Result<()> {
+    async fn drop_object(&self, name: &ObjectName, if_exists: bool, cascade: bool) -> Result<()> {
         let name = self.resolve_name(name)?;
-        if !self.inner.catalog.contains(&name) {
-            if if_exists {
-                return Ok(());
+        match self.inner.catalog.manifest().entries.get(&name) {
+            None if if_exists => return Ok(()),
+            None => return Err(FreshetError::TableNotFound { name }),
+            Some(CatalogEntry::MaterializedTable { .. }) => {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "\"{name}\" is a materialized table: use DROP MATERIALIZED TABLE {name}"
+                )));
             }
-            return Err(FreshetError::TableNotFound { name });
+            Some(_) => {}
         }
-        let entry = self.inner.catalog.drop_entry(&name).await?;
-        if let CatalogEntry::Definition { .. } = entry {
-            self.inner.schema.forget(&name);
+        self.drop_with_dependents(&name, cascade).await
+    }
+
+    /// `SET 'key' = 'value'`: a materialized-table setting, or any DataFusion option.
+    fn set_option(&self, key: &str, value: &str) -> Result<()> {
+        let mut settings = self
+            .inner
+            .materialized
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if settings.set(key, value)? {
+            return Ok(());
         }
+        drop(settings);
+        let state = self.inner.ctx.state_ref();
+        let mut state = state.write();
+        state.config_mut().options_mut().set(key, value)?;
         Ok(())
     }
 
@@ -315,7 +339,7 @@ impl Engine {
     }
 }
 
-fn check_column_names(table: &str, fields: &[Field]) -> Result<()> {
+pub(crate) fn check_column_names(table: &str, fields: &[Field]) -> Result<()> {
     for (i, field) in fields.iter().enumerate() {
         if field.name().starts_with("__freshet") || field.name() == freshet_common::WEIGHT_COLUMN {
             return Err(FreshetError::InvalidStatement(format!(
@@ -353,6 +377,6 @@ pub(crate) fn batches_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> Re
     Ok(Box::pin(MemoryStream::try_new(batches, schema, None)?))
 }
 
-fn empty_stream() -> Result<SendableRecordBatchStream> {
+pub(crate) fn empty_stream() -> Result<SendableRecordBatchStream> {
     batches_stream(Arc::new(Schema::empty()), Vec::new())
 }

@@ -10,6 +10,13 @@
 //! `SELECT * FROM table_changes('t', 3, 5)`). That is what materialized tables are maintained
 //! from.
 //!
+//! A **materialized table** is a query kept fresh by the engine:
+//! `CREATE MATERIALIZED TABLE daily FRESHNESS = INTERVAL '1' HOUR AS SELECT ...` (Apache Flink's
+//! grammar). A scheduler inside the engine refreshes it at its freshness; its status and data
+//! lag are in [`Engine::materialized_table`] and the system table `freshet.materialized_tables`.
+//! Time comes from an injectable [`Clock`], so tests advance a [`ManualClock`] and call
+//! [`Engine::wait_for_refreshes`] instead of sleeping.
+//!
 //! ```
 //! # async fn tour() -> freshet::Result<()> {
 //! use freshet::Engine;
@@ -36,13 +43,18 @@ mod dml;
 mod engine;
 mod execute;
 mod functions;
+pub mod materialized;
 mod schema;
 mod time_travel;
 
 pub use engine::{DEFAULT_LOCATION, Engine, EngineBuilder};
-pub use freshet_common::{ChangeBatch, ErrorDomain, FreshetError, Result, WEIGHT_COLUMN};
+pub use freshet_common::{
+    ChangeBatch, Clock, ErrorDomain, FreshetError, ManualClock, Result, SharedClock, SystemClock, WEIGHT_COLUMN,
+};
 pub use freshet_sql::ParsedStatement as Statement;
+pub use freshet_sql::{Freshness, FreshnessUnit, RefreshMode};
 pub use freshet_storage::{ChangeSet, Snapshot, Table};
+pub use materialized::{LastRefresh, MaterializedSettings, MaterializedTableInfo, RefreshOutcome, Status, Trigger};
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
 
 /// The table format, for direct access to versions, changes and storage layers.

@@ -13,7 +13,10 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
 use freshet_common::FreshetError;
-use freshet_storage::{Catalog, SnapshotTable};
+use freshet_storage::{Catalog, CatalogEntry, SnapshotTable};
+
+use crate::materialized::SystemSchema;
+use crate::materialized::status::SYSTEM_SCHEMA;
 
 /// Name of the engine's catalog.
 pub const CATALOG_NAME: &str = "freshet";
@@ -35,21 +38,26 @@ pub(crate) fn version_name(table: &str, version: u64) -> String {
 #[derive(Debug)]
 pub(crate) struct FreshetCatalog {
     schema: Arc<FreshetSchema>,
+    system: Arc<SystemSchema>,
 }
 
 impl FreshetCatalog {
-    pub(crate) fn new(schema: Arc<FreshetSchema>) -> Self {
-        Self { schema }
+    pub(crate) fn new(schema: Arc<FreshetSchema>, system: Arc<SystemSchema>) -> Self {
+        Self { schema, system }
     }
 }
 
 impl CatalogProvider for FreshetCatalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![SCHEMA_NAME.to_string()]
+        vec![SCHEMA_NAME.to_string(), SYSTEM_SCHEMA.to_string()]
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        (name == SCHEMA_NAME).then(|| self.schema.clone() as Arc<dyn SchemaProvider>)
+        match name {
+            SCHEMA_NAME => Some(self.schema.clone() as Arc<dyn SchemaProvider>),
+            SYSTEM_SCHEMA => Some(self.system.clone() as Arc<dyn SchemaProvider>),
+            _ => None,
+        }
     }
 }
 
@@ -107,6 +115,19 @@ impl SchemaProvider for FreshetSchema {
                 Err(FreshetError::TableNotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
+            let writes = format!("@{suffix}") == INSERT_SUFFIX || format!("@{suffix}") == POSITIONS_SUFFIX;
+            if writes
+                && matches!(
+                    self.catalog.manifest().entries.get(base),
+                    Some(CatalogEntry::MaterializedTable { .. })
+                )
+            {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "\"{base}\" is a materialized table: its rows come from its query (change the query with \
+                     ALTER MATERIALIZED TABLE {base} AS ..., or refresh it with ALTER MATERIALIZED TABLE {base} REFRESH)"
+                ))
+                .into());
+            }
             if format!("@{suffix}") == INSERT_SUFFIX {
                 return Ok(Some(Arc::new(SnapshotTable::insert_target(table))));
             }

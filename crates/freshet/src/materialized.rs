@@ -1,0 +1,133 @@
+//! Materialized tables: a query, a freshness and a refresh mode, kept fresh by the engine.
+//!
+//! - [`definition`]: what the catalog stores for each table, the settings, the mode choice;
+//! - `ddl`: the statements (CREATE, ALTER, DROP, SHOW, DESCRIBE);
+//! - `refresh`: the FULL refresh — the query evaluated by DataFusion over one pinned set of
+//!   input versions, committed atomically with the versions it read;
+//! - `scheduler`: one task per engine waking each table at its freshness, with backoff after
+//!   failures, on the engine's injectable clock;
+//! - `status`: status, data lag, and the `freshet.materialized_tables` system table.
+
+mod ddl;
+pub mod definition;
+mod refresh;
+mod scheduler;
+pub(crate) mod status;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{Notify, watch};
+
+use freshet_common::SharedClock;
+
+pub use definition::{EffectiveMode, MaterializedDefinition, MaterializedSettings, Status};
+pub use refresh::{RefreshOutcome, RefreshRecord, Trigger};
+pub(crate) use status::SystemSchema;
+pub use status::{LastRefresh, MaterializedTableInfo};
+
+/// Attempts kept per table in memory for `freshet.refreshes`.
+const HISTORY_LENGTH: usize = 100;
+
+/// One refresh attempt, as kept in the in-memory history.
+#[derive(Debug, Clone)]
+pub struct RefreshAttempt {
+    /// The materialized table.
+    pub table: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// When it started (ms since the epoch, engine clock).
+    pub started_at_ms: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// The partition refreshed, if one.
+    pub partition: Option<String>,
+    /// What happened: `committed`, `skipped` or `failed`.
+    pub outcome: String,
+    /// The version committed, for a committed refresh.
+    pub version: Option<u64>,
+    /// Rows written.
+    pub rows: u64,
+    /// The error of a failed refresh, or why a refresh was skipped.
+    pub detail: Option<String>,
+}
+
+/// In-memory state of one materialized table.
+#[derive(Debug, Default)]
+pub(crate) struct Runtime {
+    /// Held while refreshing: one refresh of a table at a time.
+    pub refreshing: tokio::sync::Mutex<()>,
+    /// When the scheduler should refresh it next (engine clock, ms).
+    pub next_due_ms: Mutex<Option<i64>>,
+}
+
+/// The engine's materialized-table machinery.
+#[derive(Debug)]
+pub(crate) struct Materialized {
+    pub clock: SharedClock,
+    pub settings: RwLock<MaterializedSettings>,
+    runtimes: Mutex<HashMap<String, Arc<Runtime>>>,
+    history: Mutex<VecDeque<RefreshAttempt>>,
+    /// Wakes the scheduler to look at its schedules again.
+    pub wake: Arc<Notify>,
+    /// The clock time up to which the scheduler has run every due refresh.
+    pub processed: watch::Sender<i64>,
+    /// Set when the engine closes; the scheduler stops.
+    pub closing: watch::Sender<bool>,
+    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Materialized {
+    pub(crate) fn new(clock: SharedClock, settings: MaterializedSettings) -> Self {
+        Self {
+            clock,
+            settings: RwLock::new(settings),
+            runtimes: Mutex::new(HashMap::new()),
+            history: Mutex::new(VecDeque::new()),
+            wake: Arc::new(Notify::new()),
+            processed: watch::channel(i64::MIN).0,
+            closing: watch::channel(false).0,
+            task: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn runtime(&self, name: &str) -> Arc<Runtime> {
+        lock(&self.runtimes).entry(name.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn forget(&self, name: &str) {
+        lock(&self.runtimes).remove(name);
+    }
+
+    pub(crate) fn settings(&self) -> MaterializedSettings {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn record(&self, attempt: RefreshAttempt) {
+        let mut history = lock(&self.history);
+        let of_table = history.iter().filter(|a| a.table == attempt.table).count();
+        if of_table >= HISTORY_LENGTH
+            && let Some(oldest) = history.iter().position(|a| a.table == attempt.table)
+        {
+            history.remove(oldest);
+        }
+        history.push_back(attempt);
+    }
+
+    pub(crate) fn history(&self) -> Vec<RefreshAttempt> {
+        lock(&self.history).iter().cloned().collect()
+    }
+
+    pub(crate) fn set_next_due(&self, name: &str, at_ms: Option<i64>) {
+        *lock(&self.runtime(name).next_due_ms) = at_ms;
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn next_due(&self, name: &str) -> Option<i64> {
+        *lock(&self.runtime(name).next_due_ms)
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,453 @@
+//! The FULL refresh: evaluate the query with DataFusion over one pinned set of input versions
+//! and replace the table's contents (or one partition) as one new version, committed together
+//! with the versions it read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::execute_stream;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use freshet_common::{FreshetError, Result};
+use freshet_sql::{FreshetStatement, parse_statements};
+use freshet_storage::{CatalogEntry, Snapshot, SnapshotTable, Table, delete_matching};
+
+use super::RefreshAttempt;
+use super::definition::MaterializedDefinition;
+use crate::engine::Engine;
+use crate::time_travel;
+
+/// What started a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// `CREATE MATERIALIZED TABLE` (the first contents).
+    Create,
+    /// The scheduler, at the table's freshness.
+    Schedule,
+    /// `ALTER MATERIALIZED TABLE ... REFRESH`.
+    Manual,
+    /// `ALTER MATERIALIZED TABLE ... AS` (a new query).
+    Alter,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Create => "create",
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Alter => "alter",
+        })
+    }
+}
+
+/// What a committed refresh read and did; stored in the manifest of the version it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    /// The query evaluated.
+    pub query: String,
+    /// Version of each table and materialized table the query read.
+    pub inputs: BTreeMap<String, u64>,
+    /// Version of each base table the contents reflect, through materialized inputs too.
+    pub sources: BTreeMap<String, u64>,
+    /// What started it.
+    pub trigger: Trigger,
+    /// The algorithm used (`full`).
+    pub algorithm: String,
+    /// When it started (engine clock, ms since the epoch).
+    pub started_at_ms: i64,
+    /// How long it took until the commit, in ms.
+    pub duration_ms: i64,
+    /// Rows written.
+    pub rows: u64,
+    /// The partition recomputed (`ds=2026-11-20`), when only one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+}
+
+impl RefreshRecord {
+    /// The record of a materialized table's snapshot, if a refresh made it.
+    pub fn of(snapshot: &Snapshot) -> Option<Self> {
+        let value = snapshot.manifest().refresh.as_ref()?;
+        serde_json::from_value(value.clone()).ok()
+    }
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A new version was committed.
+    Committed {
+        /// The version.
+        version: u64,
+        /// Rows written.
+        rows: u64,
+    },
+    /// Nothing to do: the inputs have not changed since the last refresh.
+    Skipped,
+}
+
+/// A query planned over pinned input versions.
+pub(crate) struct PinnedQuery {
+    pub plan: LogicalPlan,
+    pub inputs: BTreeMap<String, u64>,
+    pub sources: BTreeMap<String, u64>,
+    /// A non-deterministic function the query calls (`now()`), if any.
+    pub volatile: Option<String>,
+    /// Every table or materialized table named, pinned or read at a fixed version.
+    pub dependencies: BTreeSet<String>,
+}
+
+impl PinnedQuery {
+    /// The query's output columns as a table's columns (unqualified names).
+    pub fn output_schema(&self) -> SchemaRef {
+        Arc::new(self.plan.schema().as_arrow().clone())
+    }
+}
+
+/// What to refresh.
+pub(crate) struct RefreshRequest {
+    pub trigger: Trigger,
+    /// `(column, value)`: recompute only this partition.
+    pub partition: Option<(String, String)>,
+    /// Refresh even when the inputs have not changed.
+    pub force: bool,
+}
+
+impl Engine {
+    /// Plans a materialized table's query and pins one version of every table it reads. A base
+    /// table also read through a materialized input is pinned at the version that input
+    /// reflects, so that both paths see the same data.
+    pub(crate) async fn plan_pinned(&self, name: &str, query: &str) -> Result<PinnedQuery> {
+        let in_context = |e: FreshetError| e.context(format!("materialized table \"{name}\""));
+        let mut parsed = parse_statements(query).map_err(in_context)?;
+        let statement = match parsed.pop() {
+            Some(p) if parsed.is_empty() => p.statement,
+            _ => {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "materialized table \"{name}\": the definition must be one query"
+                )));
+            }
+        };
+        let FreshetStatement::DataFusion(mut statement) = statement else {
+            return Err(FreshetError::InvalidStatement(format!(
+                "materialized table \"{name}\": the definition must be a query"
+            )));
+        };
+        if !matches!(statement.as_ref(), DFStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_))) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "materialized table \"{name}\": the definition must be a query"
+            )));
+        }
+        time_travel::rewrite(self, &mut statement).await.map_err(in_context)?;
+        let plan = self
+            .inner
+            .ctx
+            .state()
+            .statement_to_plan(*statement)
+            .await
+            .map_err(|e| in_context(e.into()))?;
+
+        // Every table scanned, and the newest version of those read at their newest.
+        let mut newest: BTreeMap<String, Arc<Table>> = BTreeMap::new();
+        let mut dependencies = BTreeSet::new();
+        let mut volatile = None;
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = source_as_provider(&scan.source)
+                && let Some(table) = provider.downcast_ref::<SnapshotTable>()
+            {
+                dependencies.insert(table.table().name().to_string());
+                if table.follows_newest() {
+                    newest.insert(table.table().name().to_string(), table.table().clone());
+                }
+            }
+            node.apply_expressions(|expr| {
+                expr.apply(|e| {
+                    if let Expr::ScalarFunction(f) = e
+                        && f.func.signature().volatility != Volatility::Immutable
+                        && volatile.is_none()
+                    {
+                        volatile = Some(format!("{}()", f.func.name()));
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })
+        })?;
+
+        let entries = self.inner.catalog.manifest();
+        let is_materialized = |n: &str| matches!(entries.entries.get(n), Some(CatalogEntry::MaterializedTable { .. }));
+        let mut pinned: BTreeMap<String, Arc<Snapshot>> = BTreeMap::new();
+        let mut upstream: BTreeMap<String, u64> = BTreeMap::new();
+        for (input, table) in &newest {
+            if is_materialized(input) {
+                let snapshot = table.snapshot();
+                if let Some(record) = RefreshRecord::of(&snapshot) {
+                    for (source, version) in record.sources {
+                        let v = upstream.entry(source).or_insert(version);
+                        *v = (*v).min(version);
+                    }
+                }
+                pinned.insert(input.clone(), snapshot);
+            }
+        }
+        let mut sources = upstream.clone();
+        for (input, table) in &newest {
+            if is_materialized(input) {
+                continue;
+            }
+            let current = table.snapshot();
+            let snapshot = match upstream.get(input) {
+                Some(&v) if v < current.version() => table.snapshot_at(v).await.unwrap_or(current),
+                _ => current,
+            };
+            sources.insert(input.clone(), snapshot.version());
+            pinned.insert(input.clone(), snapshot);
+        }
+        let inputs = pinned.iter().map(|(n, s)| (n.clone(), s.version())).collect();
+
+        let plan = plan
+            .transform_up_with_subqueries(|node| {
+                let LogicalPlan::TableScan(mut scan) = node else {
+                    return Ok(Transformed::no(node));
+                };
+                let replacement = source_as_provider(&scan.source).ok().and_then(|provider| {
+                    let table = provider.downcast_ref::<SnapshotTable>()?;
+                    let snapshot = pinned.get(table.table().name())?;
+                    table
+                        .follows_newest()
+                        .then(|| SnapshotTable::at(table.table().clone(), snapshot.clone()))
+                });
+                match replacement {
+                    Some(provider) => {
+                        scan.source = provider_as_source(Arc::new(provider));
+                        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                    }
+                    None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+                }
+            })?
+            .data;
+        Ok(PinnedQuery {
+            plan,
+            inputs,
+            sources,
+            volatile,
+            dependencies,
+        })
+    }
+
+    /// Refreshes a materialized table by recomputing it; records the attempt in the history.
+    pub(crate) async fn refresh_full(&self, name: &str, request: RefreshRequest) -> Result<RefreshOutcome> {
+        let materialized = &self.inner.materialized;
+        let runtime = materialized.runtime(name);
+        let _refreshing = runtime.refreshing.lock().await;
+        let started = materialized.clock.now_ms();
+        let result = match (self.materialized_definition(name), self.inner.catalog.table(name)) {
+            (Ok(definition), Ok(table)) => self.refresh_table(name, &table, &definition, &request, started).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let finished = materialized.clock.now_ms();
+        let (outcome, version, rows, detail) = match &result {
+            Ok(RefreshOutcome::Committed { version, rows }) => ("committed", Some(*version), *rows, None),
+            Ok(RefreshOutcome::Skipped) => (
+                "skipped",
+                None,
+                0,
+                Some("the inputs have not changed since the last refresh".to_string()),
+            ),
+            Err(e) => ("failed", None, 0, Some(e.to_string())),
+        };
+        materialized.record(RefreshAttempt {
+            table: name.to_string(),
+            trigger: request.trigger,
+            started_at_ms: started,
+            duration_ms: finished - started,
+            partition: request.partition.as_ref().map(|(c, v)| format!("{c}={v}")),
+            outcome: outcome.to_string(),
+            version,
+            rows,
+            detail,
+        });
+        result
+    }
+
+    /// The refresh itself, with the given definition (ALTER ... AS refreshes with the new query
+    /// before storing it); the caller holds the table's refresh lock, or the table is not yet
+    /// in the catalog.
+    pub(crate) async fn refresh_table(
+        &self,
+        name: &str,
+        table: &Arc<Table>,
+        definition: &MaterializedDefinition,
+        request: &RefreshRequest,
+        started: i64,
+    ) -> Result<RefreshOutcome> {
+        let pinned = self.plan_pinned(name, &definition.query).await?;
+        let base = table.snapshot();
+        if !request.force && pinned.volatile.is_none() && self.up_to_date(&base, definition, &pinned).await? {
+            return Ok(RefreshOutcome::Skipped);
+        }
+        let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
+        let mut state = self.inner.ctx.state();
+        if let Some(parallelism) = definition
+            .options
+            .get("sink.parallelism")
+            .and_then(|p| p.parse::<usize>().ok())
+        {
+            state.config_mut().options_mut().execution.target_partitions = parallelism.max(1);
+        }
+        let physical = state.create_physical_plan(&pinned.plan).await?;
+        let mut rows = execute_stream(physical, state.task_ctx())?;
+
+        let mut txn = table.begin("REFRESH").await?;
+        let partition = match &request.partition {
+            Some((column, value)) => {
+                let index = schema.index_of(column).map_err(|_| {
+                    FreshetError::InvalidStatement(format!(
+                        "materialized table \"{name}\": partition column \"{column}\" is not a column"
+                    ))
+                })?;
+                delete_matching(&mut txn, |batch| partition_mask(batch, index, value).map(Some)).await?;
+                Some((index, value.as_str()))
+            }
+            None => {
+                txn.remove_all()?;
+                if base.schema() != &schema {
+                    txn.replace_schema(schema.clone())?;
+                }
+                None
+            }
+        };
+        let mut written = 0;
+        while let Some(batch) = rows.try_next().await? {
+            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| {
+                FreshetError::InvalidStatement(format!(
+                    "materialized table \"{name}\": the query's rows do not fit the table: {e}"
+                ))
+            })?;
+            let batch = match partition {
+                Some((index, value)) => filter_record_batch(&batch, &partition_mask(&batch, index, value)?)
+                    .map_err(|e| FreshetError::Internal(e.to_string()))?,
+                None => batch,
+            };
+            written += batch.num_rows() as u64;
+            txn.insert(&batch).await?;
+        }
+        let record = RefreshRecord {
+            query: definition.query.clone(),
+            inputs: pinned.inputs,
+            sources: pinned.sources,
+            trigger: request.trigger,
+            algorithm: "full".into(),
+            started_at_ms: started,
+            duration_ms: self.inner.materialized.clock.now_ms() - started,
+            rows: written,
+            partition: request.partition.as_ref().map(|(c, v)| format!("{c}={v}")),
+        };
+        txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
+        let info = txn.commit().await?;
+        Ok(RefreshOutcome::Committed {
+            version: info.version,
+            rows: written,
+        })
+    }
+
+    /// Whether the table already reflects the newest data of its inputs under this query:
+    /// the same query, and no input changed a row since the versions it read.
+    async fn up_to_date(
+        &self,
+        snapshot: &Snapshot,
+        definition: &MaterializedDefinition,
+        pinned: &PinnedQuery,
+    ) -> Result<bool> {
+        let Some(record) = RefreshRecord::of(snapshot) else {
+            return Ok(false);
+        };
+        if record.query != definition.query
+            || record.partition.is_some() && definition.scheduled_partition_column().is_none()
+        {
+            return Ok(false);
+        }
+        if record.inputs.keys().ne(pinned.inputs.keys()) {
+            return Ok(false);
+        }
+        for (input, &version) in &pinned.inputs {
+            let read = record.inputs.get(input).copied().unwrap_or(0);
+            if read == version {
+                continue;
+            }
+            let table = self.inner.catalog.table(input)?;
+            match table.first_change_after(read).await? {
+                Some((changed, _)) if changed <= version => return Ok(false),
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// The stored definition of a materialized table.
+    pub(crate) fn materialized_definition(&self, name: &str) -> Result<MaterializedDefinition> {
+        match self.inner.catalog.manifest().entries.get(name) {
+            Some(CatalogEntry::MaterializedTable { definition, .. }) => {
+                MaterializedDefinition::from_json(name, definition)
+            }
+            Some(_) => Err(FreshetError::InvalidStatement(format!(
+                "\"{name}\" is not a materialized table"
+            ))),
+            None => Err(FreshetError::TableNotFound { name: name.into() }),
+        }
+    }
+
+    /// Names of the materialized tables, sorted.
+    pub(crate) fn materialized_names(&self) -> Vec<String> {
+        self.inner
+            .catalog
+            .manifest()
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e, CatalogEntry::MaterializedTable { .. }))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Stores a changed definition.
+    pub(crate) async fn store_definition(&self, name: &str, definition: &MaterializedDefinition) -> Result<()> {
+        self.inner.catalog.update_definition(name, definition.to_json()?).await
+    }
+}
+
+/// The table's columns for a query's output: primary-key columns are NOT NULL.
+pub(crate) fn table_schema(output: &Schema, primary_key: &[String]) -> SchemaRef {
+    Arc::new(Schema::new(
+        output
+            .fields()
+            .iter()
+            .map(|f| {
+                let nullable = f.is_nullable() && !primary_key.contains(f.name());
+                Field::new(f.name(), f.data_type().clone(), nullable)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Rows whose column `index`, as text, equals `value`.
+fn partition_mask(batch: &RecordBatch, index: usize, value: &str) -> Result<BooleanArray> {
+    let column = cast(batch.column(index), &DataType::Utf8).map_err(|e| FreshetError::Internal(e.to_string()))?;
+    let strings = column
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| FreshetError::Internal("partition column did not cast to text".into()))?;
+    Ok((0..strings.len())
+        .map(|i| Some(strings.is_valid(i) && strings.value(i) == value))
+        .collect())
+}

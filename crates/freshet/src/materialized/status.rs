@@ -1,0 +1,359 @@
+//! What a materialized table is doing: status, mode, last refresh, next refresh and data lag,
+//! for the embedding API, `DESCRIBE`/`SHOW`, and the system tables `freshet.materialized_tables`
+//! and `freshet.refreshes`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use freshet_common::{FreshetError, Result};
+use freshet_sql::{Freshness, RefreshMode};
+
+use super::Status;
+use super::refresh::{RefreshRecord, Trigger};
+use crate::engine::{Engine, EngineInner};
+
+/// Name of the schema holding the system tables.
+pub const SYSTEM_SCHEMA: &str = "freshet";
+
+/// The refresh that made a materialized table's current contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastRefresh {
+    /// When it started (ms since the epoch, engine clock).
+    pub started_at_ms: i64,
+    /// When its version was committed.
+    pub committed_at_ms: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// Rows written.
+    pub rows: u64,
+    /// What started it.
+    pub trigger: Trigger,
+    /// The version of each input it read.
+    pub inputs: BTreeMap<String, u64>,
+    /// The partition recomputed, when only one was.
+    pub partition: Option<String>,
+}
+
+/// Everything about one materialized table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaterializedTableInfo {
+    /// Its name.
+    pub name: String,
+    /// The defining query.
+    pub query: String,
+    /// ACTIVE, SUSPENDED or FAILED.
+    pub status: Status,
+    /// The freshness in force.
+    pub freshness: Freshness,
+    /// The freshness declared, if one was.
+    pub declared_freshness: Option<Freshness>,
+    /// The mode in force.
+    pub mode: RefreshMode,
+    /// The mode declared, if one was.
+    pub declared_mode: Option<RefreshMode>,
+    /// Why this mode.
+    pub reason: String,
+    /// The table's newest version.
+    pub version: u64,
+    /// The refresh that made the current contents.
+    pub last_refresh: Option<LastRefresh>,
+    /// When the scheduler will refresh it next (ms since the epoch), if it will.
+    pub next_refresh_ms: Option<i64>,
+    /// Now minus the commit time of the oldest input change the table does not reflect yet;
+    /// 0 when it is up to date.
+    pub data_lag_ms: Option<i64>,
+    /// Consecutive failed refreshes.
+    pub failures: u32,
+    /// The last refresh error, until a refresh succeeds.
+    pub last_error: Option<String>,
+    /// Primary-key columns.
+    pub primary_key: Vec<String>,
+    /// Partition columns.
+    pub partitioned_by: Vec<String>,
+    /// `WITH` options.
+    pub options: BTreeMap<String, String>,
+    /// `COMMENT`.
+    pub comment: Option<String>,
+    /// The columns.
+    pub schema: SchemaRef,
+}
+
+impl Engine {
+    /// The status of one materialized table.
+    pub async fn materialized_table(&self, name: &str) -> Result<MaterializedTableInfo> {
+        let definition = self.materialized_definition(name)?;
+        let table = self.inner.catalog.table(name)?;
+        let snapshot = table.snapshot();
+        let record = RefreshRecord::of(&snapshot);
+        let data_lag_ms = match &record {
+            Some(record) => Some(self.data_lag(record).await?),
+            None => None,
+        };
+        let last_refresh = record.map(|r| LastRefresh {
+            started_at_ms: r.started_at_ms,
+            committed_at_ms: r.started_at_ms + r.duration_ms,
+            duration_ms: r.duration_ms,
+            rows: r.rows,
+            trigger: r.trigger,
+            inputs: r.inputs,
+            partition: r.partition,
+        });
+        let next_refresh_ms = (definition.status == Status::Active)
+            .then(|| self.inner.materialized.next_due(name))
+            .flatten();
+        Ok(MaterializedTableInfo {
+            name: name.to_string(),
+            query: definition.query,
+            status: definition.status,
+            freshness: definition.effective.freshness,
+            declared_freshness: definition.freshness,
+            mode: definition.effective.mode,
+            declared_mode: definition.refresh_mode,
+            reason: definition.effective.reason,
+            version: snapshot.version(),
+            last_refresh,
+            next_refresh_ms,
+            data_lag_ms,
+            failures: definition.failures,
+            last_error: definition.last_error,
+            primary_key: definition.primary_key,
+            partitioned_by: definition.partitioned_by,
+            options: definition.options,
+            comment: definition.comment,
+            schema: snapshot.schema().clone(),
+        })
+    }
+
+    /// The status of every materialized table, by name. A table that cannot be read is left
+    /// out (using it reports why).
+    pub async fn materialized_tables(&self) -> Result<Vec<MaterializedTableInfo>> {
+        let mut out = Vec::new();
+        for name in self.materialized_names() {
+            match self.materialized_table(&name).await {
+                Ok(info) => out.push(info),
+                Err(e) => tracing::warn!(table = %name, error = %e, "materialized table cannot be described"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Now minus the commit time of the oldest change to a base table that the contents do
+    /// not reflect; 0 when they reflect every change.
+    async fn data_lag(&self, record: &RefreshRecord) -> Result<i64> {
+        let mut oldest: Option<i64> = None;
+        for (source, &version) in &record.sources {
+            let Ok(table) = self.inner.catalog.table(source) else {
+                continue;
+            };
+            if let Some((_, committed)) = table.first_change_after(version).await? {
+                oldest = Some(oldest.map_or(committed, |o| o.min(committed)));
+            }
+        }
+        let now = self.inner.materialized.clock.now_ms();
+        Ok(oldest.map_or(0, |o| (now - o).max(0)))
+    }
+}
+
+/// A duration in words: `0 s`, `42 s`, `3 min 5 s`, `2 h 1 min`.
+pub(crate) fn human_duration(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min {} s", s / 60, s % 60),
+        s => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The schema `freshet` of system tables.
+#[derive(Debug, Default)]
+pub(crate) struct SystemSchema {
+    engine: OnceLock<Weak<EngineInner>>,
+}
+
+impl SystemSchema {
+    pub(crate) fn attach(&self, engine: &Arc<EngineInner>) {
+        let _ = self.engine.set(Arc::downgrade(engine));
+    }
+
+    fn engine(&self) -> Option<Engine> {
+        self.engine.get()?.upgrade().map(|inner| Engine { inner })
+    }
+}
+
+const MATERIALIZED_TABLES: &str = "materialized_tables";
+const REFRESHES: &str = "refreshes";
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        vec![MATERIALIZED_TABLES.into(), REFRESHES.into()]
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(engine) = self.engine() else {
+            return Ok(None);
+        };
+        let batch = match name {
+            MATERIALIZED_TABLES => materialized_tables_batch(&engine.materialized_tables().await?)?,
+            REFRESHES => refreshes_batch(&engine)?,
+            _ => return Ok(None),
+        };
+        Ok(Some(Arc::new(SystemTable { batch })))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == MATERIALIZED_TABLES || name == REFRESHES
+    }
+}
+
+/// A system table: rows computed when the query names it.
+#[derive(Debug)]
+struct SystemTable {
+    batch: RecordBatch,
+}
+
+#[async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        self.batch.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![self.batch.clone()]],
+            self.batch.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+fn text(values: Vec<Option<String>>) -> ArrayRef {
+    Arc::new(StringArray::from(values))
+}
+
+fn timestamps(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(values))
+}
+
+fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBatch> {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("refresh_mode", DataType::Utf8, false),
+        Field::new("declared_refresh_mode", DataType::Utf8, true),
+        Field::new("freshness", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("version", DataType::UInt64, false),
+        Field::new("last_refresh_at", ts.clone(), true),
+        Field::new("last_refresh_trigger", DataType::Utf8, true),
+        Field::new("last_refresh_duration_ms", DataType::Int64, true),
+        Field::new("last_refresh_rows", DataType::UInt64, true),
+        Field::new("input_versions", DataType::Utf8, true),
+        Field::new("next_refresh_at", ts, true),
+        Field::new("data_lag_ms", DataType::Int64, true),
+        Field::new("failures", DataType::UInt32, false),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("query", DataType::Utf8, false),
+    ]));
+    let last = |f: &dyn Fn(&LastRefresh) -> Option<String>| -> ArrayRef {
+        text(infos.iter().map(|i| i.last_refresh.as_ref().and_then(f)).collect())
+    };
+    let columns: Vec<ArrayRef> = vec![
+        text(infos.iter().map(|i| Some(i.name.clone())).collect()),
+        text(infos.iter().map(|i| Some(i.status.to_string())).collect()),
+        text(infos.iter().map(|i| Some(i.mode.to_string())).collect()),
+        text(infos.iter().map(|i| i.declared_mode.map(|m| m.to_string())).collect()),
+        text(infos.iter().map(|i| Some(i.freshness.to_string())).collect()),
+        text(infos.iter().map(|i| Some(i.reason.clone())).collect()),
+        Arc::new(UInt64Array::from(infos.iter().map(|i| i.version).collect::<Vec<_>>())),
+        timestamps(
+            infos
+                .iter()
+                .map(|i| i.last_refresh.as_ref().map(|l| l.committed_at_ms))
+                .collect(),
+        ),
+        last(&|l| Some(l.trigger.to_string())),
+        Arc::new(Int64Array::from(
+            infos
+                .iter()
+                .map(|i| i.last_refresh.as_ref().map(|l| l.duration_ms))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            infos
+                .iter()
+                .map(|i| i.last_refresh.as_ref().map(|l| l.rows))
+                .collect::<Vec<_>>(),
+        )),
+        last(&|l| Some(versions_text(&l.inputs))),
+        timestamps(infos.iter().map(|i| i.next_refresh_ms).collect()),
+        Arc::new(Int64Array::from(
+            infos.iter().map(|i| i.data_lag_ms).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt32Array::from(infos.iter().map(|i| i.failures).collect::<Vec<_>>())),
+        text(infos.iter().map(|i| i.last_error.clone()).collect()),
+        text(infos.iter().map(|i| Some(i.query.clone())).collect()),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
+}
+
+fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
+    let history = engine.inner.materialized.history();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("trigger", DataType::Utf8, false),
+        Field::new("started_at", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new("duration_ms", DataType::Int64, false),
+        Field::new("partition", DataType::Utf8, true),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("version", DataType::UInt64, true),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("detail", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        text(history.iter().map(|a| Some(a.table.clone())).collect()),
+        text(history.iter().map(|a| Some(a.trigger.to_string())).collect()),
+        timestamps(history.iter().map(|a| Some(a.started_at_ms)).collect()),
+        Arc::new(Int64Array::from(
+            history.iter().map(|a| a.duration_ms).collect::<Vec<_>>(),
+        )),
+        text(history.iter().map(|a| a.partition.clone()).collect()),
+        text(history.iter().map(|a| Some(a.outcome.clone())).collect()),
+        Arc::new(UInt64Array::from(history.iter().map(|a| a.version).collect::<Vec<_>>())),
+        Arc::new(UInt64Array::from(history.iter().map(|a| a.rows).collect::<Vec<_>>())),
+        text(history.iter().map(|a| a.detail.clone()).collect()),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
+}
+
+/// `orders@3, customers@7`.
+pub(crate) fn versions_text(versions: &BTreeMap<String, u64>) -> String {
+    versions
+        .iter()
+        .map(|(n, v)| format!("{n}@{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
