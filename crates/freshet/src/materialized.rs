@@ -15,6 +15,7 @@ mod scheduler;
 pub(crate) mod status;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, watch};
@@ -70,8 +71,10 @@ pub(crate) struct Materialized {
     history: Mutex<VecDeque<RefreshAttempt>>,
     /// Wakes the scheduler to look at its schedules again.
     pub wake: Arc<Notify>,
-    /// The clock time up to which the scheduler has run every due refresh.
-    pub processed: watch::Sender<i64>,
+    /// Rounds of the scheduler asked for by [`crate::Engine::wait_for_refreshes`].
+    pub requested: AtomicU64,
+    /// The last requested round the scheduler has completed (every refresh due then run).
+    pub processed: watch::Sender<u64>,
     /// Set when the engine closes; the scheduler stops.
     pub closing: watch::Sender<bool>,
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -85,7 +88,8 @@ impl Materialized {
             runtimes: Mutex::new(HashMap::new()),
             history: Mutex::new(VecDeque::new()),
             wake: Arc::new(Notify::new()),
-            processed: watch::channel(i64::MIN).0,
+            requested: AtomicU64::new(0),
+            processed: watch::channel(0).0,
             closing: watch::channel(false).0,
             task: Mutex::new(None),
         }

@@ -3,7 +3,12 @@
 //! Besides SQL, a statement may be a harness directive starting with `!`:
 //! - `!reopen`: close the engine and open it again on the same directory;
 //! - `!fail_next_write <path fragment>`: the next write to a path containing the fragment fails
-//!   (e.g. `/manifests/` fails the next commit after its data files are written).
+//!   (e.g. `/manifests/` fails the next commit after its data files are written);
+//! - `!advance <n> <unit>`: move the engine's clock forward (`!advance 1 hour`) and wait until
+//!   the scheduler has run every refresh due.
+//!
+//! The engine's clock is a manual clock starting at 2026-11-20 00:00:00 UTC, so that times in
+//! results are the same on every run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,20 +19,25 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use freshet::datafusion;
 use freshet::storage::instrumented::{InstrumentedStore, Instruments};
-use freshet::{Engine, FreshetError};
+use freshet::{Engine, FreshetError, ManualClock};
 use sqllogictest::{DBOutput, DefaultColumnType};
+
+/// 2026-11-20 00:00:00 UTC.
+const START_MS: i64 = 1_795_132_800_000;
 
 struct FreshetDb {
     dir: PathBuf,
     engine: Option<Engine>,
     injector: Instruments,
+    clock: ManualClock,
 }
 
 impl FreshetDb {
-    async fn open(dir: &Path, injector: Instruments) -> Result<Engine, FreshetError> {
+    async fn open(dir: &Path, injector: Instruments, clock: &ManualClock) -> Result<Engine, FreshetError> {
         let layer_injector = injector.clone();
         Engine::builder()
             .location(dir.display().to_string())
+            .clock(Arc::new(clock.clone()))
             .target_partitions(2)
             .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer_injector)))
             .open()
@@ -49,11 +59,29 @@ impl sqllogictest::AsyncDB for FreshetDb {
                     if let Some(engine) = self.engine.take() {
                         engine.close().await;
                     }
-                    self.engine = Some(Self::open(&self.dir, self.injector.clone()).await?);
+                    self.engine = Some(Self::open(&self.dir, self.injector.clone(), &self.clock).await?);
                 }
                 Some("fail_next_write") => {
                     let fragment = words.next().unwrap_or("/manifests/");
                     self.injector.fail_next_write(fragment);
+                }
+                Some("advance") => {
+                    let amount: u64 = words.next().and_then(|n| n.parse().ok()).expect("!advance <n> <unit>");
+                    let seconds = match words.next().unwrap_or("seconds").trim_end_matches('s') {
+                        "second" => 1,
+                        "minute" => 60,
+                        "hour" => 3_600,
+                        "day" => 86_400,
+                        other => panic!("unknown unit {other} in !advance"),
+                    };
+                    // Refreshes due now run at this time, before the clock moves.
+                    if let Some(engine) = &self.engine {
+                        engine.wait_for_refreshes().await;
+                    }
+                    self.clock.advance(std::time::Duration::from_secs(amount * seconds));
+                    if let Some(engine) = &self.engine {
+                        engine.wait_for_refreshes().await;
+                    }
                 }
                 other => panic!("unknown harness directive {other:?}"),
             }
@@ -142,11 +170,15 @@ async fn sql_logic_tests() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().to_path_buf();
         let injector = Instruments::new();
-        let engine = FreshetDb::open(&path, injector.clone()).await.expect("engine opens");
+        let clock = ManualClock::new(START_MS);
+        let engine = FreshetDb::open(&path, injector.clone(), &clock)
+            .await
+            .expect("engine opens");
         let db = std::sync::Mutex::new(Some(FreshetDb {
             dir: path,
             engine: Some(engine),
             injector,
+            clock,
         }));
         let mut runner = sqllogictest::Runner::new(move || {
             let db = db.lock().expect("lock").take().expect("one connection per file");

@@ -294,7 +294,14 @@ impl Engine {
     ) -> Result<RefreshOutcome> {
         let pinned = self.plan_pinned(name, &definition.query).await?;
         let base = table.snapshot();
-        if !request.force && pinned.volatile.is_none() && self.up_to_date(&base, definition, &pinned).await? {
+        let partition_label = request.partition.as_ref().map(|(c, v)| format!("{c}={v}"));
+        let previous = RefreshRecord::of(&base);
+        if !request.force
+            && pinned.volatile.is_none()
+            && self
+                .up_to_date(previous.as_ref(), definition, &pinned, partition_label.as_deref())
+                .await?
+        {
             return Ok(RefreshOutcome::Skipped);
         }
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
@@ -343,16 +350,26 @@ impl Engine {
             written += batch.num_rows() as u64;
             txn.insert(&batch).await?;
         }
+        // A partition refresh brings only that partition up to date: the table as a whole still
+        // reflects no newer source versions than before (so its data lag stays honest).
+        let mut sources = pinned.sources;
+        if let (Some(_), Some(previous)) = (&request.partition, &previous) {
+            for (source, version) in sources.iter_mut() {
+                if let Some(&before) = previous.sources.get(source) {
+                    *version = (*version).min(before);
+                }
+            }
+        }
         let record = RefreshRecord {
             query: definition.query.clone(),
             inputs: pinned.inputs,
-            sources: pinned.sources,
+            sources,
             trigger: request.trigger,
             algorithm: "full".into(),
             started_at_ms: started,
             duration_ms: self.inner.materialized.clock.now_ms() - started,
             rows: written,
-            partition: request.partition.as_ref().map(|(c, v)| format!("{c}={v}")),
+            partition: partition_label,
         };
         txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
         let info = txn.commit().await?;
@@ -362,20 +379,23 @@ impl Engine {
         })
     }
 
-    /// Whether the table already reflects the newest data of its inputs under this query:
-    /// the same query, and no input changed a row since the versions it read.
+    /// Whether the table (or the partition asked for) already reflects the newest data of its
+    /// inputs under this query: the same query, the last refresh covered what is asked now
+    /// (the whole table, or this partition), and no input changed a row since it.
     async fn up_to_date(
         &self,
-        snapshot: &Snapshot,
+        record: Option<&RefreshRecord>,
         definition: &MaterializedDefinition,
         pinned: &PinnedQuery,
+        partition: Option<&str>,
     ) -> Result<bool> {
-        let Some(record) = RefreshRecord::of(snapshot) else {
+        let Some(record) = record else {
             return Ok(false);
         };
-        if record.query != definition.query
-            || record.partition.is_some() && definition.scheduled_partition_column().is_none()
-        {
+        if record.query != definition.query {
+            return Ok(false);
+        }
+        if record.partition.is_some() && record.partition.as_deref() != partition {
             return Ok(false);
         }
         if record.inputs.keys().ne(pinned.inputs.keys()) {
@@ -404,7 +424,9 @@ impl Engine {
             Some(_) => Err(FreshetError::InvalidStatement(format!(
                 "\"{name}\" is not a materialized table"
             ))),
-            None => Err(FreshetError::TableNotFound { name: name.into() }),
+            None => Err(FreshetError::InvalidStatement(format!(
+                "materialized table \"{name}\" does not exist"
+            ))),
         }
     }
 

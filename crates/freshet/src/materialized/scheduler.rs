@@ -5,6 +5,7 @@
 //! dropped stops it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use freshet_sql::Freshness;
@@ -53,19 +54,20 @@ impl Engine {
         }
     }
 
-    /// Waits until the scheduler has run every refresh due at the clock's current time. With
-    /// a manual clock: advance it, then wait here, instead of sleeping.
+    /// Waits until the scheduler has looked at its schedules after this call and run every
+    /// refresh due by then. With a manual clock: advance it, then wait here, instead of
+    /// sleeping.
     pub async fn wait_for_refreshes(&self) {
         let materialized = &self.inner.materialized;
         if *materialized.closing.borrow() {
             return;
         }
-        let target = materialized.clock.now_ms();
+        let round = materialized.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut processed = materialized.processed.subscribe();
         materialized.wake.notify_one();
         let mut closing = materialized.closing.subscribe();
         tokio::select! {
-            _ = processed.wait_for(|p| *p >= target) => {}
+            _ = processed.wait_for(|p| *p >= round) => {}
             _ = closing.wait_for(|c| *c) => {}
         }
     }
@@ -170,9 +172,10 @@ async fn run(engine: Weak<EngineInner>) {
             if *materialized.closing.borrow() {
                 return;
             }
+            let round = materialized.requested.load(Ordering::SeqCst);
             let now = materialized.clock.now_ms();
             engine.run_due(now).await;
-            materialized.processed.send_replace(now);
+            materialized.processed.send_replace(round);
             let next = engine
                 .materialized_names()
                 .iter()
