@@ -1,0 +1,191 @@
+//! Materialized tables through the embedding API: schedules on a manual clock, restarts,
+//! storage failures during a refresh, and the statement text SHOW CREATE gives back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshet::datafusion::arrow::array::{Array, Int64Array, StringArray};
+use freshet::storage::instrumented::{InstrumentedStore, Instruments};
+use freshet::{Engine, ManualClock, RefreshMode, Status, Trigger};
+
+/// 2026-11-20 00:00:00 UTC.
+const START_MS: i64 = 1_795_132_800_000;
+
+async fn open(dir: &std::path::Path, clock: &ManualClock, instruments: &Instruments) -> Engine {
+    let instruments = instruments.clone();
+    Engine::builder()
+        .location(dir.display().to_string())
+        .clock(Arc::new(clock.clone()))
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, instruments)))
+        .open()
+        .await
+        .unwrap()
+}
+
+async fn total(engine: &Engine) -> i64 {
+    let batches = engine.sql("SELECT total FROM sums").await.unwrap();
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_engine_catches_up_on_missed_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine
+        .sql(
+            "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1), (2);
+             CREATE MATERIALIZED TABLE sums FRESHNESS = INTERVAL '1' MINUTE REFRESH_MODE = FULL
+             AS SELECT sum(v) AS total FROM t",
+        )
+        .await
+        .unwrap();
+    assert_eq!(total(&engine).await, 3);
+    engine.sql("INSERT INTO t VALUES (10)").await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    let info = engine.materialized_table("sums").await.unwrap();
+    assert_eq!(info.data_lag_ms, Some(20_000));
+    assert_eq!(info.mode, RefreshMode::Full);
+    assert_eq!(info.next_refresh_ms, Some(START_MS + 60_000));
+    engine.close().await;
+
+    // Five minutes pass while no engine runs; the next one refreshes at once.
+    clock.advance(Duration::from_secs(300));
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine.wait_for_refreshes().await;
+    assert_eq!(total(&engine).await, 13);
+    let info = engine.materialized_table("sums").await.unwrap();
+    let last = info.last_refresh.unwrap();
+    assert_eq!(last.trigger, Trigger::Schedule);
+    assert_eq!(last.started_at_ms, START_MS + 320_000);
+    assert_eq!(info.data_lag_ms, Some(0));
+    assert_eq!(info.next_refresh_ms, Some(START_MS + 380_000));
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_old_contents_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine
+        .sql(
+            "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1);
+             CREATE MATERIALIZED TABLE sums FRESHNESS = INTERVAL '1' HOUR AS SELECT sum(v) AS total FROM t",
+        )
+        .await
+        .unwrap();
+    engine.sql("INSERT INTO t VALUES (5)").await.unwrap();
+    let id = engine.table("sums").unwrap().id().to_string();
+    // The refresh writes its data, then its commit (the manifest) fails.
+    instruments.fail_next_write(&format!("{id}/manifests/"));
+    clock.advance(Duration::from_secs(3_600));
+    engine.wait_for_refreshes().await;
+    assert_eq!(total(&engine).await, 1, "the previous version stays readable");
+    let info = engine.materialized_table("sums").await.unwrap();
+    assert_eq!(info.status, Status::Active);
+    assert_eq!(info.failures, 1);
+    assert!(
+        info.last_error.as_deref().unwrap_or_default().contains("manifests"),
+        "{info:?}"
+    );
+    // The retry comes a second later, not an hour later.
+    assert_eq!(info.next_refresh_ms, Some(START_MS + 3_601_000));
+    clock.advance(Duration::from_secs(1));
+    engine.wait_for_refreshes().await;
+    assert_eq!(total(&engine).await, 6);
+    let info = engine.materialized_table("sums").await.unwrap();
+    assert_eq!((info.failures, info.last_error), (0, None));
+    engine.close().await;
+}
+
+#[tokio::test]
+async fn show_create_gives_back_a_statement_that_creates_the_same_table() {
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    engine
+        .sql(
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY, ds TEXT NOT NULL, amount BIGINT);
+             CREATE MATERIALIZED TABLE daily (PRIMARY KEY (ds) NOT ENFORCED) COMMENT 'it''s daily'
+               PARTITIONED BY (ds) WITH ('partition.fields.ds.date-formatter' = 'yyyy-MM-dd')
+               FRESHNESS = INTERVAL '2' HOUR REFRESH_MODE = FULL
+               AS SELECT ds, sum(amount) AS total FROM orders GROUP BY ds",
+        )
+        .await
+        .unwrap();
+    let text = |engine: &Engine| {
+        let engine = engine.clone();
+        async move {
+            let batches = engine.sql("SHOW CREATE MATERIALIZED TABLE daily").await.unwrap();
+            let column = batches[0].column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            column.value(0).to_string()
+        }
+    };
+    let first = text(&engine).await;
+    assert!(first.contains("COMMENT 'it''s daily'"), "{first}");
+    let before = engine.materialized_table("daily").await.unwrap();
+    engine.sql("DROP MATERIALIZED TABLE daily").await.unwrap();
+    engine.sql(&first).await.unwrap();
+    assert_eq!(text(&engine).await, first);
+    let after = engine.materialized_table("daily").await.unwrap();
+    assert_eq!(
+        (
+            after.freshness,
+            after.mode,
+            after.partitioned_by,
+            after.options,
+            after.comment
+        ),
+        (
+            before.freshness,
+            before.mode,
+            before.partitioned_by,
+            before.options,
+            before.comment
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_downstream_table_reads_the_base_table_at_the_version_its_upstream_reflects() {
+    let clock = ManualClock::new(START_MS);
+    let engine = Engine::builder()
+        .location("memory://")
+        .clock(Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1);
+             CREATE MATERIALIZED TABLE up FRESHNESS = INTERVAL '1' DAY AS SELECT sum(v) AS s FROM t;
+             INSERT INTO t VALUES (100);
+             CREATE MATERIALIZED TABLE down FRESHNESS = INTERVAL '1' DAY AS
+               SELECT up.s, (SELECT sum(v) FROM t) AS direct FROM up",
+        )
+        .await
+        .unwrap();
+    // `up` reflects t at version 2; `down` reads t directly at that same version, not at 3.
+    let batches = engine.sql("SELECT s, direct FROM down").await.unwrap();
+    let s = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    let direct = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!((s, direct), (1, 1));
+    let info = engine.materialized_table("down").await.unwrap();
+    assert_eq!(info.last_refresh.unwrap().inputs.get("t"), Some(&2));
+}
