@@ -17,8 +17,9 @@ const HELP: &str = "\
 Statements end with ';'. Meta-commands:
   \\?              this help
   \\q              quit (or Ctrl-D)
-  \\d              list tables
-  \\d NAME         describe a table
+  \\d              list tables and materialized tables
+  \\d NAME         describe a table (for a materialized table: query, freshness, mode, status, lag)
+  \\dm             materialized tables with their status and data lag
   \\timing         toggle timing of statements
   \\x              toggle expanded display (a line per column)
   \\format FORMAT  table, csv, json or ndjson
@@ -46,11 +47,13 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     );
     editor.set_helper(Some(SqlHelper::default()));
     let mut buffer = String::new();
+    let mut failures = RefreshFailures::default();
     loop {
-        if buffer.is_empty()
-            && let Some(helper) = editor.helper_mut()
-        {
-            helper.refresh(engine).await;
+        if buffer.is_empty() {
+            failures.report(engine).await;
+            if let Some(helper) = editor.helper_mut() {
+                helper.refresh(engine).await;
+            }
         }
         let prompt = if buffer.is_empty() { "freshet> " } else { "      -> " };
         let line = tokio::task::block_in_place(|| editor.readline(prompt));
@@ -118,6 +121,35 @@ async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, s
     }
 }
 
+/// Reports background refreshes that failed since the last prompt, one line each on stderr.
+#[derive(Default)]
+struct RefreshFailures {
+    /// Failures already reported, per table.
+    seen: std::collections::HashMap<String, u32>,
+}
+
+impl RefreshFailures {
+    async fn report(&mut self, engine: &Engine) {
+        let Ok(tables) = engine.materialized_tables().await else {
+            return;
+        };
+        for table in tables {
+            let seen = self.seen.entry(table.name.clone()).or_default();
+            if table.failures > *seen
+                && let Some(error) = &table.last_error
+            {
+                let status = if table.status == freshet::Status::Failed {
+                    " — now FAILED; ALTER MATERIALIZED TABLE ... RESUME after fixing it".to_string()
+                } else {
+                    format!(" (failure {} in a row, will retry)", table.failures)
+                };
+                eprintln!("notice: refresh of \"{}\" failed{status}: {error}", table.name);
+            }
+            *seen = table.failures;
+        }
+    }
+}
+
 enum MetaOutcome {
     Continue,
     Quit,
@@ -152,13 +184,27 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
             Err(_) => eprintln!("error: unknown format {name}: use table, csv, json or ndjson"),
         },
         ("\\d", None) => {
-            let sql = "SELECT table_name AS name, table_type AS type FROM information_schema.tables \
-                       WHERE table_schema = 'public' ORDER BY table_name;";
+            let sql = "SELECT t.table_name AS name, CASE WHEN m.name IS NULL THEN t.table_type \
+                       ELSE 'MATERIALIZED TABLE' END AS type FROM information_schema.tables t \
+                       LEFT JOIN freshet.materialized_tables m ON m.name = t.table_name \
+                       WHERE t.table_schema = 'public' ORDER BY t.table_name;";
             run_cancellable(engine, printer, "\\d", sql).await;
         }
         ("\\d", Some(name)) => {
-            let sql = format!("DESCRIBE {name};");
+            let materialized = engine.materialized_table(name).await.is_ok()
+                || engine.materialized_table(&name.to_lowercase()).await.is_ok();
+            let sql = if materialized {
+                format!("DESCRIBE MATERIALIZED TABLE {name};")
+            } else {
+                format!("DESCRIBE {name};")
+            };
             run_cancellable(engine, printer, "\\d", &sql).await;
+        }
+        ("\\dm", _) => {
+            let sql = "SELECT name, status, refresh_mode, freshness, \
+                       CASE WHEN data_lag_ms IS NULL THEN NULL ELSE CAST(data_lag_ms / 1000 AS TEXT) || ' s' END AS data_lag, \
+                       last_refresh_at, next_refresh_at, last_error FROM freshet.materialized_tables ORDER BY name;";
+            run_cancellable(engine, printer, "\\dm", sql).await;
         }
         _ => eprintln!("error: unknown command {line}: type \\? for help"),
     }
