@@ -1,0 +1,227 @@
+//! FULL refresh benchmark (issue: materialized tables).
+//!
+//! A FULL refresh of a materialized table (`ALTER MATERIALIZED TABLE m REFRESH` after a one-row
+//! input change) versus DataFusion running the same query over the same Parquet files and
+//! writing the result to Parquet itself (`COPY (query) TO`), side by side in one run,
+//! alternating, median of the runs. Two queries over ROWS orders and 100,000 customers:
+//! - aggregation: `SELECT customer_id, count(*), sum(amount) ... GROUP BY customer_id`;
+//! - join: every order with its customer's region (ROWS output rows).
+//!
+//! Run: `cargo bench -p freshet --bench refresh` (env: ROWS, default 10,000,000; RUNS, default 3).
+//! Prints what it measured, the machine and the commit.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use freshet::Engine;
+use freshet::datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use freshet::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use freshet::datafusion::datasource::MemTable;
+use freshet::datafusion::prelude::SessionContext;
+
+const BATCH_ROWS: usize = 8192;
+const CUSTOMERS: usize = 100_000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn orders(rows: usize) -> MemTable {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("customer_id", DataType::Int64, false),
+        Field::new("amount", DataType::Float64, true),
+    ]));
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = BATCH_ROWS.min(rows - start);
+        let ids = Int64Array::from_iter_values((start..start + n).map(|i| i as i64));
+        let customers = Int64Array::from_iter_values((0..n).map(|_| (next() % CUSTOMERS as u64) as i64));
+        let amounts = Float64Array::from_iter_values((0..n).map(|_| (next() % 100_000) as f64 / 100.0));
+        batches.push(
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(ids), Arc::new(customers), Arc::new(amounts)],
+            )
+            .unwrap(),
+        );
+        start += n;
+    }
+    MemTable::try_new(schema, vec![batches]).unwrap()
+}
+
+fn customers() -> MemTable {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, false),
+    ]));
+    let ids = Int64Array::from_iter_values(0..CUSTOMERS as i64);
+    let regions = StringArray::from_iter_values((0..CUSTOMERS).map(|i| format!("region-{:02}", i % 50)));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(regions)]).unwrap();
+    MemTable::try_new(schema, vec![vec![batch]]).unwrap()
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+const QUERIES: [(&str, &str); 2] = [
+    (
+        "aggregation",
+        "SELECT customer_id, count(*) AS orders, sum(amount) AS total FROM orders GROUP BY customer_id",
+    ),
+    (
+        "join",
+        "SELECT o.id, o.amount, c.region FROM orders o JOIN customers c ON o.customer_id = c.id",
+    ),
+];
+
+async fn run(rows: usize, runs: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = Engine::builder()
+        .location(dir.path().display().to_string())
+        .compact_min_files(10_000)
+        .open()
+        .await
+        .expect("engine");
+    engine
+        .session()
+        .register_table("src_orders", Arc::new(orders(rows)))
+        .unwrap();
+    engine
+        .session()
+        .register_table("src_customers", Arc::new(customers()))
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE orders (id BIGINT NOT NULL, customer_id BIGINT NOT NULL, amount DOUBLE);
+             INSERT INTO orders SELECT * FROM src_orders;
+             CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT NOT NULL);
+             INSERT INTO customers SELECT * FROM src_customers;",
+        )
+        .await
+        .expect("load");
+    let data_dir = |table: &str| {
+        dir.path()
+            .join("tables")
+            .join(engine.table(table).unwrap().id())
+            .join("data")
+    };
+    for (name, query) in QUERIES {
+        engine
+            .sql(&format!(
+                "CREATE MATERIALIZED TABLE mt_{name} FRESHNESS = INTERVAL '1' DAY REFRESH_MODE = FULL AS {query}"
+            ))
+            .await
+            .expect("create");
+    }
+    let mut next_id = rows as i64;
+    for (name, query) in QUERIES {
+        let mut freshet_times = Vec::new();
+        let mut datafusion_times = Vec::new();
+        for run in 0..runs {
+            // DataFusion over the same Parquet files, writing its own Parquet file.
+            let out = tempfile::tempdir().expect("temp dir");
+            let ctx = SessionContext::new();
+            for table in ["orders", "customers"] {
+                ctx.sql(&format!(
+                    "CREATE EXTERNAL TABLE {table} STORED AS PARQUET LOCATION '{}/'",
+                    data_dir(table).display()
+                ))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            }
+            let started = Instant::now();
+            ctx.sql(&format!(
+                "COPY ({query}) TO '{}' STORED AS PARQUET",
+                out.path().join("out.parquet").display()
+            ))
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("copy");
+            datafusion_times.push(started.elapsed());
+
+            // Freshet: one new order, then a FULL refresh of the materialized table.
+            engine
+                .sql(&format!("INSERT INTO orders VALUES ({next_id}, 7, 1.0)"))
+                .await
+                .unwrap();
+            next_id += 1;
+            let started = Instant::now();
+            engine
+                .sql(&format!("ALTER MATERIALIZED TABLE mt_{name} REFRESH"))
+                .await
+                .expect("refresh");
+            freshet_times.push(started.elapsed());
+            eprintln!(
+                "  {name} run {}: datafusion {:?}, freshet {:?}",
+                run + 1,
+                datafusion_times[run],
+                freshet_times[run]
+            );
+        }
+        let df = median(datafusion_times);
+        let fr = median(freshet_times);
+        let out_rows = engine.table(&format!("mt_{name}")).unwrap().snapshot().num_rows();
+        println!("FULL refresh, {name} over {rows} orders ({out_rows} result rows), median of {runs}:");
+        println!("  datafusion COPY (query) TO parquet : {:>8.3} s", df.as_secs_f64());
+        println!("  freshet ALTER ... REFRESH          : {:>8.3} s", fr.as_secs_f64());
+        println!(
+            "  overhead = freshet / datafusion - 1 = {:+.1}%",
+            (fr.as_secs_f64() / df.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    engine.close().await;
+}
+
+fn main() {
+    let rows = env_usize("ROWS", 10_000_000);
+    let runs = env_usize("RUNS", 3).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("machine: {}; commit: {}", machine(), commit());
+    runtime.block_on(run(rows, runs));
+}
