@@ -10,7 +10,8 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Constraint, Constraints, DataFusionError};
+use datafusion::common::stats::Precision;
+use datafusion::common::{Constraint, Constraints, DataFusionError, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::TaskContext;
@@ -18,6 +19,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::StatisticsArgs;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
@@ -293,6 +295,30 @@ impl ExecutionPlan for SnapshotScanExec {
         } else {
             Err(DataFusionError::Internal("FreshetScan has no children".into()))
         }
+    }
+
+    /// Row counts are exact (the manifest knows every file's live rows), so that DataFusion
+    /// plans joins with the smaller input on the build side, as it does for Parquet files.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        let files: Vec<usize> = match args.partition() {
+            Some(p) => self.partitions.get(p).cloned().unwrap_or_default(),
+            None => self.partitions.iter().flatten().copied().collect(),
+        };
+        let listed = &self.snapshot.manifest().files;
+        let rows: u64 = files.iter().filter_map(|&i| listed.get(i)).map(|f| f.live_rows()).sum();
+        let bytes: u64 = files.iter().filter_map(|&i| listed.get(i)).map(|f| f.bytes).sum();
+        let mut statistics = Statistics::new_unknown(&self.schema);
+        statistics.num_rows = match self.limit {
+            // Each partition stops at the limit: only an upper bound is known.
+            Some(limit) => Precision::Inexact((rows as usize).min(limit.saturating_mul(self.partitions.len()))),
+            None => Precision::Exact(rows as usize),
+        };
+        statistics.total_byte_size = Precision::Inexact(bytes as usize);
+        Ok(Arc::new(statistics))
     }
 
     fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {

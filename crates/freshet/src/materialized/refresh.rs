@@ -106,6 +106,9 @@ pub(crate) struct PinnedQuery {
     pub volatile: Option<String>,
     /// Every table or materialized table named, pinned or read at a fixed version.
     pub dependencies: BTreeSet<String>,
+    /// A table read that has no versions (an external table over files): its changes cannot
+    /// be seen, so a refresh is never skipped.
+    pub unversioned: Option<String>,
 }
 
 impl PinnedQuery {
@@ -162,14 +165,25 @@ impl Engine {
         let mut newest: BTreeMap<String, Arc<Table>> = BTreeMap::new();
         let mut dependencies = BTreeSet::new();
         let mut volatile = None;
+        let mut unversioned = None;
         plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node
-                && let Ok(provider) = source_as_provider(&scan.source)
-                && let Some(table) = provider.downcast_ref::<SnapshotTable>()
-            {
-                dependencies.insert(table.table().name().to_string());
-                if table.follows_newest() {
-                    newest.insert(table.table().name().to_string(), table.table().clone());
+            if let LogicalPlan::TableScan(scan) = node {
+                let provider = source_as_provider(&scan.source).ok();
+                match provider.as_ref().and_then(|p| p.downcast_ref::<SnapshotTable>()) {
+                    Some(table) => {
+                        dependencies.insert(table.table().name().to_string());
+                        if table.follows_newest() {
+                            newest.insert(table.table().name().to_string(), table.table().clone());
+                        }
+                    }
+                    None => {
+                        // An external table: dropping it breaks the query, so it is a dependency.
+                        let name = scan.table_name.table();
+                        if self.inner.catalog.contains(name) {
+                            dependencies.insert(name.to_string());
+                        }
+                        unversioned.get_or_insert_with(|| scan.table_name.to_string());
+                    }
                 }
             }
             node.apply_expressions(|expr| {
@@ -243,6 +257,7 @@ impl Engine {
             sources,
             volatile,
             dependencies,
+            unversioned,
         })
     }
 
@@ -298,6 +313,7 @@ impl Engine {
         let previous = RefreshRecord::of(&base);
         if !request.force
             && pinned.volatile.is_none()
+            && pinned.unversioned.is_none()
             && self
                 .up_to_date(previous.as_ref(), definition, &pinned, partition_label.as_deref())
                 .await?
