@@ -169,7 +169,11 @@ impl LazyTable {
                         column(&|m| m.live_rows()),
                         column(&|m| m.files.len() as u64),
                         column(&|m| m.changes.inserted.iter().map(|f| f.rows).sum()),
-                        column(&|m| m.changes.retracted.iter().map(|f| f.rows).sum()),
+                        column(&|m| {
+                            let retracted: u64 = m.changes.retracted.iter().map(|f| f.rows).sum();
+                            let removed: u64 = m.changes.removed.iter().map(|f| f.live_rows()).sum();
+                            retracted + removed
+                        }),
                     ],
                 )
                 .map_err(|e| FreshetError::Internal(e.to_string()))?;

@@ -10,12 +10,9 @@ use datafusion::arrow::array::{
     ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{SchemaProvider, Session, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::MemTable;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
 use freshet_common::{FreshetError, Result};
 use freshet_sql::{Freshness, RefreshMode};
@@ -210,42 +207,13 @@ impl SchemaProvider for SystemSchema {
             REFRESHES => refreshes_batch(&engine)?,
             _ => return Ok(None),
         };
-        Ok(Some(Arc::new(SystemTable { batch })))
+        // Rows computed when a query names the table.
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         name == MATERIALIZED_TABLES || name == REFRESHES
-    }
-}
-
-/// A system table: rows computed when the query names it.
-#[derive(Debug)]
-struct SystemTable {
-    batch: RecordBatch,
-}
-
-#[async_trait]
-impl TableProvider for SystemTable {
-    fn schema(&self) -> SchemaRef {
-        self.batch.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![self.batch.clone()]],
-            self.batch.schema(),
-            projection.cloned(),
-        )?)
     }
 }
 
