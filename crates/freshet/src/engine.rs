@@ -165,6 +165,7 @@ impl EngineBuilder {
         };
         system.attach(&engine.inner);
         functions::register(&engine);
+        crate::flink_functions::register(&engine.inner.ctx);
         engine.restore_definitions().await;
         engine.start_scheduler();
         Ok(engine)

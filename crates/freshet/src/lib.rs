@@ -42,6 +42,7 @@
 mod dml;
 mod engine;
 mod execute;
+mod flink_functions;
 mod functions;
 pub mod materialized;
 mod schema;

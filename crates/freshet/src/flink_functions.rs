@@ -1,0 +1,71 @@
+//! Functions with Apache Flink's behaviour, so that statements written for Flink run unchanged.
+//!
+//! - `DATE_FORMAT(timestamp, 'yyyy-MM-dd')`: Flink's date formatting with Java patterns
+//!   (DataFusion's `date_format` is `to_char` with chrono patterns). A pattern containing `%`
+//!   is taken as a chrono pattern, so DataFusion's form keeps working. A text first argument is
+//!   parsed as a timestamp, as Flink does.
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::{ScalarValue, plan_err};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+
+use crate::materialized::definition::java_date_format;
+
+/// Flink's `DATE_FORMAT`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DateFormat {
+    signature: Signature,
+}
+
+impl DateFormat {
+    pub(crate) fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::new(TypeSignature::UserDefined, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for DateFormat {
+    fn name(&self) -> &str {
+        "date_format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        let [value, _pattern] = args else {
+            return plan_err!("date_format takes a timestamp and a pattern, such as date_format(ts, 'yyyy-MM-dd')");
+        };
+        let value = match value {
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => {
+                DataType::Timestamp(TimeUnit::Nanosecond, None)
+            }
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _) => value.clone(),
+            other => return plan_err!("date_format cannot format a value of type {other}"),
+        };
+        Ok(vec![value, DataType::Utf8])
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if let Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern)))) = args.args.get_mut(1)
+            && !pattern.contains('%')
+        {
+            *pattern = java_date_format(pattern).map_err(datafusion::error::DataFusionError::Plan)?;
+        }
+        datafusion::functions::datetime::to_char().invoke_with_args(args)
+    }
+}
+
+/// Registers the Flink functions on the engine's session.
+pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
+    ctx.register_udf(DateFormat::udf());
+}
