@@ -61,13 +61,17 @@ impl VisitorMut for Collect {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Table {
-            name,
-            version: Some(version),
-            ..
-        } = factor
-        {
-            self.references.push((name.clone(), version.clone()));
+        if let TableFactor::Table { name, version, .. } = factor {
+            // Flink's processing-time lookup join (`FOR SYSTEM_TIME AS OF proctime()`) reads
+            // the table as it is when the statement runs: its current version.
+            if let Some(TableVersion::ForSystemTimeAsOf(Expr::Function(f))) = version
+                && f.name.to_string().eq_ignore_ascii_case("proctime")
+            {
+                *version = None;
+            }
+            if let Some(version) = version {
+                self.references.push((name.clone(), version.clone()));
+            }
         }
         ControlFlow::Continue(())
     }
