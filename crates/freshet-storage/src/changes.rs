@@ -66,12 +66,22 @@ impl ChangeSet {
 
 impl Table {
     /// The first version after `version` that changed rows (compactions and refresh records
-    /// change none), with its commit time; `None` when no later version changed a row.
+    /// change none), with its commit time; `None` when no later version changed a row. When
+    /// VACUUM removed versions after `version`, what they changed is unknown: the first
+    /// retained version is reported as the change.
     pub async fn first_change_after(&self, version: u64) -> Result<Option<(u64, i64)>> {
         let newest = self.snapshot().version();
+        let mut vacuumed = false;
         for v in version + 1..=newest {
-            let manifest = self.read_manifest(v).await?;
-            if !manifest.changes.is_empty() {
+            let manifest = match self.read_manifest(v).await {
+                Ok(manifest) => manifest,
+                Err(FreshetError::VersionNotFound { .. }) => {
+                    vacuumed = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if vacuumed || !manifest.changes.is_empty() {
                 return Ok(Some((v, manifest.committed_at_ms)));
             }
         }
