@@ -211,8 +211,8 @@ impl Engine {
                 Field::new(f.name(), f.data_type().clone(), nullable)
             })
             .collect();
-        check_column_names(&name, &fields)?;
         let schema = Arc::new(Schema::new(fields));
+        check_column_names(&name, &schema)?;
         let primary_key = key.iter().map(|&i| schema.field(i).name().clone()).collect();
         let is_empty = matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
         let ctx = self.inner.ctx.clone();
@@ -339,7 +339,8 @@ impl Engine {
     }
 }
 
-pub(crate) fn check_column_names(table: &str, fields: &[Field]) -> Result<()> {
+pub(crate) fn check_column_names(table: &str, schema: &Schema) -> Result<()> {
+    let fields = schema.fields();
     for (i, field) in fields.iter().enumerate() {
         if field.name().starts_with("__freshet") || field.name() == freshet_common::WEIGHT_COLUMN {
             return Err(FreshetError::InvalidStatement(format!(

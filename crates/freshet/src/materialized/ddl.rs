@@ -85,16 +85,7 @@ impl Engine {
         let output = pinned.output_schema();
         check_columns(&name, &output, &primary_key, &partitioned_by)?;
         let schema = table_schema(&output, &primary_key);
-        check_column_names(
-            &name,
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.as_ref())
-                .cloned()
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )?;
+        check_column_names(&name, &schema)?;
         let effective = choose_mode(
             &name,
             create.freshness,
@@ -290,15 +281,7 @@ impl Engine {
         check_columns(name, &output, &definition.primary_key, &definition.partitioned_by)?;
         let new = table_schema(&output, &definition.primary_key);
         check_evolution(name, &old, &new)?;
-        check_column_names(
-            name,
-            new.fields()
-                .iter()
-                .map(|f| f.as_ref())
-                .cloned()
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )?;
+        check_column_names(name, &new)?;
         definition.effective = choose_mode(
             name,
             definition.freshness,

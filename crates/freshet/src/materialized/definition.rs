@@ -207,7 +207,6 @@ pub fn choose_mode(
     } else {
         settings.default_freshness_continuous
     });
-    let fresh_text = freshness.to_string();
     let threshold = settings.freshness_threshold;
     let (mode, mut reason) = match declared {
         Some(mode @ (RefreshMode::Continuous | RefreshMode::Incremental)) => {
@@ -226,19 +225,19 @@ pub fn choose_mode(
                     Some(function) => (
                         RefreshMode::Full,
                         format!(
-                            "freshness {fresh_text} is below the threshold {threshold}, but the query calls \
+                            "freshness {freshness} is below the threshold {threshold}, but the query calls \
                              {function}, which only a full refresh can evaluate"
                         ),
                     ),
                     None => (
                         RefreshMode::Continuous,
-                        format!("freshness {fresh_text} is below the threshold {threshold} ({FRESHNESS_THRESHOLD})"),
+                        format!("freshness {freshness} is below the threshold {threshold} ({FRESHNESS_THRESHOLD})"),
                     ),
                 }
             } else {
                 (
                     RefreshMode::Full,
-                    format!("freshness {fresh_text} is at or above the threshold {threshold} ({FRESHNESS_THRESHOLD})"),
+                    format!("freshness {freshness} is at or above the threshold {threshold} ({FRESHNESS_THRESHOLD})"),
                 )
             }
         }
