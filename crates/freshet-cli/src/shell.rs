@@ -20,6 +20,8 @@ Statements end with ';'. Meta-commands:
   \\d              list tables and materialized tables
   \\d NAME         describe a table (for a materialized table: query, freshness, mode, status, lag)
   \\dm             materialized tables with their status and data lag
+  \\watch NAME     show a table again at each commit (a materialized table at each refresh),
+                  with its version and data lag, until Ctrl-C
   \\timing         toggle timing of statements
   \\x              toggle expanded display (a line per column)
   \\format FORMAT  table, csv, json or ndjson
@@ -121,6 +123,47 @@ async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, s
     }
 }
 
+/// `\\watch NAME`: shows the table, then again each time a version of it is committed (for a
+/// materialized table: each refresh), until Ctrl-C. Driven by commits, not by polling.
+async fn watch(engine: &Engine, printer: &mut Printer, name: &str) {
+    let table = match engine.table(name).or_else(|_| engine.table(&name.to_lowercase())) {
+        Ok(table) => table,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return;
+        }
+    };
+    let mut versions = table.subscribe();
+    let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && printer.output.is_none();
+    let query = format!("SELECT * FROM \"{}\";", table.name().replace('"', "\"\""));
+    loop {
+        let version = *versions.borrow_and_update();
+        if clear {
+            // Clear the screen and go home: the table updates in place.
+            print!("\x1b[2J\x1b[H");
+        }
+        let lag = match engine.materialized_table(table.name()).await {
+            Ok(info) => info
+                .data_lag_ms
+                .map_or(String::new(), |ms| format!(", data lag {:.1} s", ms as f64 / 1000.0)),
+            Err(_) => String::new(),
+        };
+        println!("{} at version {version}{lag} (Ctrl-C to stop)", table.name());
+        if let Err(message) = crate::run_script(engine, printer, "\\watch", &query).await {
+            eprintln!("{message}");
+            return;
+        }
+        tokio::select! {
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => return,
+        }
+    }
+}
+
 /// Reports background refreshes that failed since the last prompt, one line each on stderr.
 #[derive(Default)]
 struct RefreshFailures {
@@ -200,6 +243,7 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
             };
             run_cancellable(engine, printer, "\\d", &sql).await;
         }
+        ("\\watch", Some(name)) => watch(engine, printer, name).await,
         ("\\dm", _) => {
             let sql = "SELECT name, status, refresh_mode, freshness, \
                        CASE WHEN data_lag_ms IS NULL THEN NULL ELSE CAST(data_lag_ms / 1000 AS TEXT) || ' s' END AS data_lag, \

@@ -63,6 +63,8 @@ pub struct Table {
     pub(crate) id: String,
     pub(crate) log: VersionLog,
     current: RwLock<Arc<Snapshot>>,
+    /// The newest version, for those waiting for commits.
+    versions: tokio::sync::watch::Sender<u64>,
     pub(crate) writer: Arc<Mutex<WriterState>>,
     /// Held by compaction and vacuum, so that vacuum never removes the files of a compaction
     /// that has not committed yet.
@@ -141,6 +143,7 @@ impl Table {
             files,
             id,
             log,
+            versions: tokio::sync::watch::channel(snapshot.version()).0,
             current: RwLock::new(snapshot),
             writer: Arc::new(Mutex::new(WriterState::default())),
             maintenance: Mutex::new(()),
@@ -173,10 +176,18 @@ impl Table {
     }
 
     pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
+        let version = snapshot.version();
         match self.current.write() {
             Ok(mut guard) => *guard = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
+        self.versions.send_replace(version);
+    }
+
+    /// Follows the table's commits: the receiver holds the newest version and wakes at each
+    /// commit (of this engine), so a watcher reacts to commits instead of polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.versions.subscribe()
     }
 
     /// The table's columns.

@@ -47,25 +47,34 @@ async fn a_reopened_engine_catches_up_on_missed_refreshes() {
         .await
         .unwrap();
     assert_eq!(total(&engine).await, 3);
+    let mut versions = engine.table("sums").unwrap().subscribe();
+    let before = *versions.borrow_and_update();
     engine.sql("INSERT INTO t VALUES (10)").await.unwrap();
     clock.advance(Duration::from_secs(20));
     let info = engine.materialized_table("sums").await.unwrap();
     assert_eq!(info.data_lag_ms, Some(20_000));
     assert_eq!(info.mode, RefreshMode::Full);
     assert_eq!(info.next_refresh_ms, Some(START_MS + 60_000));
+    assert!(!versions.has_changed().unwrap(), "no refresh before the schedule");
+    // The scheduled refresh wakes those following the table's commits (the shell's \watch).
+    clock.advance(Duration::from_secs(40));
+    versions.changed().await.unwrap();
+    assert_eq!(*versions.borrow(), before + 1);
+    engine.wait_for_refreshes().await;
+    engine.sql("INSERT INTO t VALUES (100)").await.unwrap();
     engine.close().await;
 
     // Five minutes pass while no engine runs; the next one refreshes at once.
     clock.advance(Duration::from_secs(300));
     let engine = open(dir.path(), &clock, &instruments).await;
     engine.wait_for_refreshes().await;
-    assert_eq!(total(&engine).await, 13);
+    assert_eq!(total(&engine).await, 113);
     let info = engine.materialized_table("sums").await.unwrap();
     let last = info.last_refresh.unwrap();
     assert_eq!(last.trigger, Trigger::Schedule);
-    assert_eq!(last.started_at_ms, START_MS + 320_000);
+    assert_eq!(last.started_at_ms, START_MS + 360_000);
     assert_eq!(info.data_lag_ms, Some(0));
-    assert_eq!(info.next_refresh_ms, Some(START_MS + 380_000));
+    assert_eq!(info.next_refresh_ms, Some(START_MS + 420_000));
     engine.close().await;
 }
 
