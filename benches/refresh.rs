@@ -12,24 +12,21 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
+#[path = "support.rs"]
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use freshet::Engine;
 use freshet::datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use freshet::datafusion::arrow::datatypes::{DataType, Field, Schema};
 use freshet::datafusion::datasource::MemTable;
 use freshet::datafusion::prelude::SessionContext;
+use support::{commit, env_usize, machine, median};
 
 const BATCH_ROWS: usize = 8192;
 const CUSTOMERS: usize = 100_000;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn orders(rows: usize) -> MemTable {
     let schema = Arc::new(Schema::new(vec![
@@ -72,33 +69,6 @@ fn customers() -> MemTable {
     let regions = StringArray::from_iter_values((0..CUSTOMERS).map(|i| format!("region-{:02}", i % 50)));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(regions)]).unwrap();
     MemTable::try_new(schema, vec![vec![batch]]).unwrap()
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{cpu}, {cores} cores")
-}
-
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 const QUERIES: [(&str, &str); 2] = [

@@ -10,6 +10,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
+#[path = "support.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,15 +24,9 @@ use freshet::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use freshet::datafusion::datasource::MemTable;
 use freshet::datafusion::prelude::SessionContext;
 use freshet::storage::instrumented::{InstrumentedStore, Instruments};
+use support::{commit, env_usize, machine, median};
 
 const BATCH_ROWS: usize = 8192;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -71,33 +68,6 @@ fn batches(rows: usize) -> Vec<RecordBatch> {
         start += n;
     }
     out
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{cpu}, {cores} cores")
-}
-
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 async fn bulk_insert(rows: usize, runs: usize) {

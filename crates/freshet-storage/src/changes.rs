@@ -126,7 +126,15 @@ impl Table {
                 }
             };
             let changes = manifest.changes;
-            for file in changes.removed {
+            let read = |path: &str, size: u64, deletes| FileRead {
+                path: table_file(&self.files.dir, path),
+                bytes: size,
+                projection: None,
+                schema: version_schema.clone(),
+                deletes,
+                positions: None,
+            };
+            for file in &changes.removed {
                 let deletes = match &file.deletes {
                     Some(dv) => Some(Arc::new(
                         read_deletes(&self.files.store, &table_file(&self.files.dir, &dv.path)).await?,
@@ -134,32 +142,12 @@ impl Table {
                     None => None,
                 };
                 bytes += file.bytes;
-                files.push((
-                    FileRead {
-                        path: table_file(&self.files.dir, &file.path),
-                        bytes: file.bytes,
-                        projection: None,
-                        schema: version_schema.clone(),
-                        deletes,
-                        positions: None,
-                    },
-                    -1,
-                ));
+                files.push((read(&file.path, file.bytes, deletes), -1));
             }
-            for (list, weight) in [(changes.inserted, 1), (changes.retracted, -1)] {
+            for (list, weight) in [(&changes.inserted, 1), (&changes.retracted, -1)] {
                 for file in list {
                     bytes += file.bytes;
-                    files.push((
-                        FileRead {
-                            path: table_file(&self.files.dir, &file.path),
-                            bytes: file.bytes,
-                            projection: None,
-                            schema: version_schema.clone(),
-                            deletes: None,
-                            positions: None,
-                        },
-                        weight,
-                    ));
+                    files.push((read(&file.path, file.bytes, None), weight));
                 }
             }
         }
