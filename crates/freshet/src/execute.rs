@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::{Constraint, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
@@ -44,21 +44,14 @@ impl Engine {
                     Some(name) => self.table(&self.resolve_name(name)?)?.vacuum(retain).await?,
                     None => self.inner.catalog.vacuum(retain).await?,
                 };
-                let schema = Arc::new(Schema::new(vec![
-                    Field::new("versions_removed", DataType::UInt64, false),
-                    Field::new("files_removed", DataType::UInt64, false),
-                    Field::new("bytes_removed", DataType::UInt64, false),
-                ]));
-                let batch = RecordBatch::try_new(
-                    schema.clone(),
-                    vec![
+                one_row(vec![
+                    (
+                        "versions_removed",
                         Arc::new(UInt64Array::from(vec![report.versions_removed])),
-                        Arc::new(UInt64Array::from(vec![report.files_removed])),
-                        Arc::new(UInt64Array::from(vec![report.bytes_removed])),
-                    ],
-                )
-                .map_err(|e| FreshetError::Internal(e.to_string()))?;
-                batches_stream(schema, vec![batch])
+                    ),
+                    ("files_removed", Arc::new(UInt64Array::from(vec![report.files_removed]))),
+                    ("bytes_removed", Arc::new(UInt64Array::from(vec![report.bytes_removed]))),
+                ])
             }
             FreshetStatement::DataFusion(statement) => self.run_datafusion(parsed, statement).await,
             FreshetStatement::SetOption { key, value } => {
@@ -368,9 +361,18 @@ fn first_words(text: &str) -> String {
 
 /// A one-row, one-column result.
 pub(crate) fn single_count(column: &str, value: u64) -> Result<SendableRecordBatchStream> {
-    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::UInt64, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt64Array::from(vec![value]))])
-        .map_err(|e| FreshetError::Internal(e.to_string()))?;
+    one_row(vec![(column, Arc::new(UInt64Array::from(vec![value])))])
+}
+
+/// A one-row result of named, non-null columns (each array holds one value).
+pub(crate) fn one_row(columns: Vec<(&str, ArrayRef)>) -> Result<SendableRecordBatchStream> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let arrays = columns.into_iter().map(|(_, array)| array).collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| FreshetError::Internal(e.to_string()))?;
     batches_stream(schema, vec![batch])
 }
 

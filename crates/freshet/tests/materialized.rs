@@ -22,6 +22,15 @@ async fn open(dir: &std::path::Path, clock: &ManualClock, instruments: &Instrume
         .unwrap()
 }
 
+/// An engine on a new directory, with a manual clock and failure injection.
+async fn fresh() -> (tempfile::TempDir, ManualClock, Instruments, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = open(dir.path(), &clock, &instruments).await;
+    (dir, clock, instruments, engine)
+}
+
 async fn total(engine: &Engine) -> i64 {
     let batches = engine.sql("SELECT total FROM sums").await.unwrap();
     batches[0]
@@ -34,10 +43,7 @@ async fn total(engine: &Engine) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_engine_catches_up_on_missed_refreshes() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START_MS);
-    let instruments = Instruments::new();
-    let engine = open(dir.path(), &clock, &instruments).await;
+    let (dir, clock, instruments, engine) = fresh().await;
     engine
         .sql(
             "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1), (2);
@@ -80,10 +86,7 @@ async fn a_reopened_engine_catches_up_on_missed_refreshes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_keeps_the_old_contents_and_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START_MS);
-    let instruments = Instruments::new();
-    let engine = open(dir.path(), &clock, &instruments).await;
+    let (_dir, clock, instruments, engine) = fresh().await;
     engine
         .sql(
             "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1);

@@ -18,7 +18,7 @@ use super::scheduler::millis;
 use super::status::{SYSTEM_SCHEMA, human_duration, versions_text};
 use super::{RefreshAttempt, Status};
 use crate::engine::Engine;
-use crate::execute::{batches_stream, check_column_names, empty_stream};
+use crate::execute::{batches_stream, check_column_names, empty_stream, one_row};
 
 impl Engine {
     /// Runs a materialized-table statement.
@@ -61,10 +61,7 @@ impl Engine {
             FreshetStatement::ShowCreateMaterializedTable { name } => {
                 let name = self.resolve_name(name)?;
                 let text = self.show_create(&name)?;
-                let schema = Arc::new(Schema::new(vec![Field::new("statement", DataType::Utf8, false)]));
-                let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![text]))])
-                    .map_err(|e| FreshetError::Internal(e.to_string()))?;
-                batches_stream(schema, vec![batch])
+                one_row(vec![("statement", Arc::new(StringArray::from(vec![text])))])
             }
             _ => Err(FreshetError::Internal("not a materialized-table statement".into())),
         }
@@ -600,21 +597,11 @@ fn refresh_result(outcome: RefreshOutcome, current: u64) -> Result<SendableRecor
         RefreshOutcome::Committed { version, rows } => ("refreshed", version, rows),
         RefreshOutcome::Skipped => ("up to date", current, 0),
     };
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("outcome", DataType::Utf8, false),
-        Field::new("version", DataType::UInt64, false),
-        Field::new("rows", DataType::UInt64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(vec![label])),
-            Arc::new(UInt64Array::from(vec![version])),
-            Arc::new(UInt64Array::from(vec![rows])),
-        ],
-    )
-    .map_err(|e| FreshetError::Internal(e.to_string()))?;
-    batches_stream(schema, vec![batch])
+    one_row(vec![
+        ("outcome", Arc::new(StringArray::from(vec![label]))),
+        ("version", Arc::new(UInt64Array::from(vec![version]))),
+        ("rows", Arc::new(UInt64Array::from(vec![rows]))),
+    ])
 }
 
 fn quote(text: &str) -> String {
