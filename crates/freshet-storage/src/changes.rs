@@ -23,6 +23,8 @@ pub struct ChangeSet {
     files: Vec<(FileRead, i64)>,
     /// Bytes of change files to read.
     bytes: u64,
+    /// Rows of the change files (inserts plus deletes, before consolidation).
+    rows: u64,
 }
 
 impl ChangeSet {
@@ -34,6 +36,12 @@ impl ChangeSet {
     /// Total size of the change files that will be read.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Rows the change files hold: every insert and every delete, before equal rows are
+    /// merged. Known from the manifests, before reading any file.
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 
     /// Number of change files.
@@ -107,6 +115,7 @@ impl Table {
         }
         let mut files = Vec::new();
         let mut bytes = 0;
+        let mut rows = 0;
         let mut schema: Option<SchemaRef> = None;
         for version in from + 1..=to {
             let manifest = self.read_manifest(version).await?;
@@ -142,11 +151,13 @@ impl Table {
                     None => None,
                 };
                 bytes += file.bytes;
+                rows += file.live_rows();
                 files.push((read(&file.path, file.bytes, deletes), -1));
             }
             for (list, weight) in [(&changes.inserted, 1), (&changes.retracted, -1)] {
                 for file in list {
                     bytes += file.bytes;
+                    rows += file.rows;
                     files.push((read(&file.path, file.bytes, None), weight));
                 }
             }
@@ -160,6 +171,7 @@ impl Table {
             schema,
             files,
             bytes,
+            rows,
         })
     }
 }

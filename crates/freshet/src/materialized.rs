@@ -4,12 +4,16 @@
 //! - `ddl`: the statements (CREATE, ALTER, DROP, SHOW, DESCRIBE);
 //! - `refresh`: the FULL refresh — the query evaluated by DataFusion over one pinned set of
 //!   input versions, committed atomically with the versions it read;
+//! - `incremental`: the incremental refresh — input changes through the table's operator
+//!   pipeline (`freshet-incremental`), state kept between refreshes; and the choice between it
+//!   and a full refresh;
 //! - `scheduler`: one task per engine waking each table at its freshness, with backoff after
 //!   failures, on the engine's injectable clock;
 //! - `status`: status, data lag, and the `freshet.materialized_tables` system table.
 
 mod ddl;
 pub mod definition;
+mod incremental;
 mod refresh;
 mod scheduler;
 pub(crate) mod status;
@@ -49,6 +53,12 @@ pub struct RefreshAttempt {
     pub version: Option<u64>,
     /// Rows written.
     pub rows: u64,
+    /// `incremental` or `full`, for a committed refresh.
+    pub algorithm: Option<String>,
+    /// Why that algorithm.
+    pub reason: Option<String>,
+    /// Input change rows processed by an incremental refresh.
+    pub input_changes: Option<u64>,
     /// The error of a failed refresh, or why a refresh was skipped.
     pub detail: Option<String>,
 }
@@ -60,6 +70,8 @@ pub(crate) struct Runtime {
     pub refreshing: tokio::sync::Mutex<()>,
     /// When the scheduler should refresh it next (engine clock, ms).
     pub next_due_ms: Mutex<Option<i64>>,
+    /// The incremental pipeline and its state, between refreshes.
+    pub incremental: Mutex<Option<incremental::IncrementalState>>,
 }
 
 /// The engine's materialized-table machinery.
@@ -97,6 +109,11 @@ impl Materialized {
 
     pub(crate) fn runtime(&self, name: &str) -> Arc<Runtime> {
         lock(&self.runtimes).entry(name.to_string()).or_default().clone()
+    }
+
+    /// Drops a table's incremental state (it no longer matches the table's contents).
+    pub(crate) fn forget_state(&self, name: &str) {
+        lock(&self.runtime(name).incremental).take();
     }
 
     pub(crate) fn forget(&self, name: &str) {

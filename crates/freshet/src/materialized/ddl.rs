@@ -12,11 +12,11 @@ use freshet_common::{FreshetError, Result};
 use freshet_sql::{AlterMaterializedTable, CreateMaterializedTable, FreshetStatement};
 use freshet_storage::CatalogEntry;
 
+use super::Status;
 use super::definition::{MaterializedDefinition, check_options, choose_mode};
 use super::refresh::{RefreshOutcome, RefreshRequest, Trigger, table_schema};
 use super::scheduler::millis;
 use super::status::{SYSTEM_SCHEMA, human_duration, versions_text};
-use super::{RefreshAttempt, Status};
 use crate::engine::Engine;
 use crate::execute::{batches_stream, check_column_names, empty_stream, one_row};
 
@@ -83,12 +83,13 @@ impl Engine {
         check_columns(&name, &output, &primary_key, &partitioned_by)?;
         let schema = table_schema(&output, &primary_key);
         check_column_names(&name, &schema)?;
+        let blocker = self.incremental_blocker(&pinned)?;
         let effective = choose_mode(
             &name,
             create.freshness,
             create.refresh_mode,
             &self.inner.materialized.settings(),
-            pinned.volatile.as_deref(),
+            blocker.as_deref(),
         )?;
         let definition = MaterializedDefinition {
             query: create.query_text.clone(),
@@ -127,6 +128,7 @@ impl Engine {
             partition: None,
             force: true,
         };
+        let request_for_history = request.clone();
         let fill_definition = definition.clone();
         let fill_name = name.clone();
         let mut outcome = None;
@@ -142,18 +144,9 @@ impl Engine {
                 Ok(())
             })
             .await?;
-        if let Some(RefreshOutcome::Committed { version, rows }) = outcome {
-            self.inner.materialized.record(RefreshAttempt {
-                table: name.clone(),
-                trigger: Trigger::Create,
-                started_at_ms: started,
-                duration_ms: clock.now_ms() - started,
-                partition: None,
-                outcome: "committed".into(),
-                version: Some(version),
-                rows,
-                detail: None,
-            });
+        if let Some(outcome) = outcome {
+            let table = self.inner.catalog.table(&name).ok();
+            self.record_attempt(&name, &request_for_history, started, &Ok(outcome), table.as_ref());
         }
         let due = started.saturating_add(millis(definition.effective.freshness));
         self.inner.materialized.set_next_due(&name, Some(due));
@@ -209,7 +202,7 @@ impl Engine {
                 };
                 let force = partition.is_some();
                 let outcome = self
-                    .refresh_full(
+                    .refresh(
                         name,
                         RefreshRequest {
                             trigger: Trigger::Manual,
@@ -221,26 +214,26 @@ impl Engine {
                 return refresh_result(outcome, self.inner.catalog.table(name)?.snapshot().version());
             }
             AlterMaterializedTable::SetFreshness(freshness) => {
-                let volatile = self.plan_pinned(name, &definition.query).await?.volatile;
+                let blocker = self.incremental_blocker(&self.plan_pinned(name, &definition.query).await?)?;
                 definition.effective = choose_mode(
                     name,
                     Some(*freshness),
                     definition.refresh_mode,
                     &materialized.settings(),
-                    volatile.as_deref(),
+                    blocker.as_deref(),
                 )?;
                 definition.freshness = Some(*freshness);
                 self.store_definition(name, &definition).await?;
                 self.reschedule(name, &definition);
             }
             AlterMaterializedTable::SetRefreshMode(mode) => {
-                let volatile = self.plan_pinned(name, &definition.query).await?.volatile;
+                let blocker = self.incremental_blocker(&self.plan_pinned(name, &definition.query).await?)?;
                 definition.effective = choose_mode(
                     name,
                     definition.freshness,
                     Some(*mode),
                     &materialized.settings(),
-                    volatile.as_deref(),
+                    blocker.as_deref(),
                 )?;
                 definition.refresh_mode = Some(*mode);
                 self.store_definition(name, &definition).await?;
@@ -279,12 +272,13 @@ impl Engine {
         let new = table_schema(&output, &definition.primary_key);
         check_evolution(name, &old, &new)?;
         check_column_names(name, &new)?;
+        let blocker = self.incremental_blocker(&pinned)?;
         definition.effective = choose_mode(
             name,
             definition.freshness,
             definition.refresh_mode,
             &self.inner.materialized.settings(),
-            pinned.volatile.as_deref(),
+            blocker.as_deref(),
         )?;
         definition.query = text.to_string();
         definition.inputs = pinned.dependencies.into_iter().collect();

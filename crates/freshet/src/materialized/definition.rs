@@ -114,7 +114,8 @@ impl std::fmt::Display for Status {
 /// The refresh mode and freshness a table actually runs with, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EffectiveMode {
-    /// CONTINUOUS, FULL or INCREMENTAL (never AUTO: AUTO is resolved to one of them).
+    /// CONTINUOUS, INCREMENTAL or FULL; AUTO for a scheduled table whose every refresh chooses
+    /// between incremental and full.
     pub mode: RefreshMode,
     /// The freshness in force.
     pub freshness: Freshness,
@@ -192,14 +193,15 @@ impl MaterializedDefinition {
 }
 
 /// Chooses the refresh mode: an explicit mode wins; otherwise a freshness below the threshold
-/// means continuous, otherwise scheduled. `volatile` names a non-deterministic function the
-/// query calls, which only a full recompute can evaluate.
+/// means continuous, otherwise scheduled with AUTO's choice per refresh between incremental
+/// and full. `blocker` says why the query cannot be maintained incrementally (an operator or
+/// a non-deterministic function), if it cannot: then only FULL is possible.
 pub fn choose_mode(
     name: &str,
     freshness: Option<Freshness>,
     declared: Option<RefreshMode>,
     settings: &MaterializedSettings,
-    volatile: Option<&str>,
+    blocker: Option<&str>,
 ) -> Result<EffectiveMode> {
     let scheduled_by_declaration = matches!(declared, Some(RefreshMode::Full | RefreshMode::Incremental));
     let freshness = freshness.unwrap_or(if scheduled_by_declaration {
@@ -208,45 +210,43 @@ pub fn choose_mode(
         settings.default_freshness_continuous
     });
     let threshold = settings.freshness_threshold;
-    let (mode, mut reason) = match declared {
+    let (mode, reason) = match declared {
         Some(mode @ (RefreshMode::Continuous | RefreshMode::Incremental)) => {
-            if let Some(function) = volatile {
+            if let Some(blocker) = blocker {
                 return Err(FreshetError::InvalidStatement(format!(
-                    "materialized table \"{name}\": REFRESH_MODE = {mode} cannot maintain {function}, whose result \
-                     changes without its inputs changing; use REFRESH_MODE = FULL"
+                    "materialized table \"{name}\": REFRESH_MODE = {mode} needs incremental maintenance, but the \
+                     {blocker}; use REFRESH_MODE = FULL"
                 )));
             }
             (mode, format!("REFRESH_MODE = {mode} was declared"))
         }
         Some(RefreshMode::Full) => (RefreshMode::Full, "REFRESH_MODE = FULL was declared".to_string()),
         None | Some(RefreshMode::Auto) => {
-            if freshness.duration() < threshold.duration() {
-                match volatile {
-                    Some(function) => (
-                        RefreshMode::Full,
-                        format!(
-                            "freshness {freshness} is below the threshold {threshold}, but the query calls \
-                             {function}, which only a full refresh can evaluate"
-                        ),
-                    ),
-                    None => (
-                        RefreshMode::Continuous,
-                        format!("freshness {freshness} is below the threshold {threshold} ({FRESHNESS_THRESHOLD})"),
-                    ),
-                }
+            let below = freshness.duration() < threshold.duration();
+            let comparison = if below {
+                format!("freshness {freshness} is below the threshold {threshold} ({FRESHNESS_THRESHOLD})")
             } else {
-                (
+                format!("freshness {freshness} is at or above the threshold {threshold} ({FRESHNESS_THRESHOLD})")
+            };
+            match (below, blocker) {
+                (_, Some(blocker)) => (
                     RefreshMode::Full,
-                    format!("freshness {freshness} is at or above the threshold {threshold} ({FRESHNESS_THRESHOLD})"),
-                )
+                    format!("{comparison}, but the {blocker}, so it is recomputed in full every {freshness}"),
+                ),
+                (true, None) => (
+                    RefreshMode::Continuous,
+                    format!("{comparison}: maintained incrementally at every input commit"),
+                ),
+                (false, None) => (
+                    RefreshMode::Auto,
+                    format!(
+                        "{comparison}: refreshed every {freshness}, each time incrementally or in full, whichever \
+                         the size of the changes makes cheaper"
+                    ),
+                ),
             }
         }
     };
-    if mode != RefreshMode::Full {
-        reason.push_str(&format!(
-            "; incremental maintenance is not available yet, so it is refreshed by FULL recompute every {freshness}"
-        ));
-    }
     Ok(EffectiveMode {
         mode,
         freshness,
@@ -373,7 +373,9 @@ mod tests {
             RefreshMode::Continuous
         );
         assert_eq!(
-            choose_mode("m", hour, None, &settings, None).unwrap().mode,
+            choose_mode("m", hour, Some(RefreshMode::Full), &settings, None)
+                .unwrap()
+                .mode,
             RefreshMode::Full
         );
         let defaulted = choose_mode("m", None, None, &settings, None).unwrap();
@@ -382,6 +384,10 @@ mod tests {
         let full = choose_mode("m", None, Some(RefreshMode::Full), &settings, None).unwrap();
         assert_eq!(full.freshness, Freshness::new(1, FreshnessUnit::Hour));
         assert!(choose_mode("m", minute, Some(RefreshMode::Continuous), &settings, Some("random()")).is_err());
+        assert_eq!(
+            choose_mode("m", hour, None, &settings, None).unwrap().mode,
+            RefreshMode::Auto
+        );
         let volatile = choose_mode("m", minute, None, &settings, Some("now()")).unwrap();
         assert_eq!(volatile.mode, RefreshMode::Full);
         assert!(volatile.reason.contains("now()"), "{}", volatile.reason);

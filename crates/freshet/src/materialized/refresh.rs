@@ -23,6 +23,7 @@ use freshet_storage::{CatalogEntry, Snapshot, SnapshotTable, Table, delete_match
 
 use super::RefreshAttempt;
 use super::definition::MaterializedDefinition;
+use super::incremental::Algorithm;
 use crate::engine::Engine;
 use crate::time_travel;
 
@@ -62,13 +63,19 @@ pub struct RefreshRecord {
     pub sources: BTreeMap<String, u64>,
     /// What started it.
     pub trigger: Trigger,
-    /// The algorithm used (`full`).
+    /// The algorithm used: `full` or `incremental`.
     pub algorithm: String,
+    /// Why that algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Input change rows processed (inserts plus deletes), for an incremental refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_changes: Option<u64>,
     /// When it started (engine clock, ms since the epoch).
     pub started_at_ms: i64,
     /// How long it took until the commit, in ms.
     pub duration_ms: i64,
-    /// Rows written.
+    /// Rows written: inserted, plus deleted for an incremental refresh.
     pub rows: u64,
     /// The partition recomputed (`ds=2026-11-20`), when only one was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +126,7 @@ impl PinnedQuery {
 }
 
 /// What to refresh.
+#[derive(Debug, Clone)]
 pub(crate) struct RefreshRequest {
     pub trigger: Trigger,
     /// `(column, value)`: recompute only this partition.
@@ -261,39 +269,73 @@ impl Engine {
         })
     }
 
-    /// Refreshes a materialized table by recomputing it; records the attempt in the history.
-    pub(crate) async fn refresh_full(&self, name: &str, request: RefreshRequest) -> Result<RefreshOutcome> {
+    /// Refreshes a materialized table — incrementally or in full, as its mode and the changes
+    /// decide — and records the attempt in the history.
+    pub(crate) async fn refresh(&self, name: &str, request: RefreshRequest) -> Result<RefreshOutcome> {
         let materialized = &self.inner.materialized;
         let runtime = materialized.runtime(name);
         let _refreshing = runtime.refreshing.lock().await;
         let started = materialized.clock.now_ms();
-        let result = match (self.materialized_definition(name), self.inner.catalog.table(name)) {
-            (Ok(definition), Ok(table)) => self.refresh_table(name, &table, &definition, &request, started).await,
-            (Err(e), _) | (_, Err(e)) => Err(e),
+        let table = self.inner.catalog.table(name);
+        let result = match (self.materialized_definition(name), &table) {
+            (Ok(definition), Ok(table)) => self.refresh_table(name, table, &definition, &request, started).await,
+            (Err(e), _) => Err(e),
+            (_, Err(e)) => Err(FreshetError::Internal(e.to_string())),
         };
+        self.record_attempt(name, &request, started, &result, table.ok().as_ref());
+        result
+    }
+
+    /// Puts a refresh attempt into the in-memory history (`freshet.refreshes`).
+    pub(crate) fn record_attempt(
+        &self,
+        name: &str,
+        request: &RefreshRequest,
+        started: i64,
+        result: &Result<RefreshOutcome>,
+        table: Option<&Arc<Table>>,
+    ) {
+        let materialized = &self.inner.materialized;
         let finished = materialized.clock.now_ms();
-        let (outcome, version, rows, detail) = match &result {
-            Ok(RefreshOutcome::Committed { version, rows }) => ("committed", Some(*version), *rows, None),
-            Ok(RefreshOutcome::Skipped) => (
-                "skipped",
-                None,
-                0,
-                Some("the inputs have not changed since the last refresh".to_string()),
-            ),
-            Err(e) => ("failed", None, 0, Some(e.to_string())),
-        };
-        materialized.record(RefreshAttempt {
+        let mut attempt = RefreshAttempt {
             table: name.to_string(),
             trigger: request.trigger,
             started_at_ms: started,
             duration_ms: finished - started,
             partition: request.partition.as_ref().map(|(c, v)| format!("{c}={v}")),
-            outcome: outcome.to_string(),
-            version,
-            rows,
-            detail,
-        });
-        result
+            outcome: String::new(),
+            version: None,
+            rows: 0,
+            algorithm: None,
+            reason: None,
+            input_changes: None,
+            detail: None,
+        };
+        match result {
+            Ok(RefreshOutcome::Committed { version, rows }) => {
+                attempt.outcome = "committed".into();
+                attempt.version = Some(*version);
+                attempt.rows = *rows;
+                let snapshot = table.map(|t| t.snapshot());
+                if let Some(record) = snapshot
+                    .filter(|s| s.version() == *version)
+                    .and_then(|s| RefreshRecord::of(&s))
+                {
+                    attempt.algorithm = Some(record.algorithm);
+                    attempt.reason = record.reason;
+                    attempt.input_changes = record.input_changes;
+                }
+            }
+            Ok(RefreshOutcome::Skipped) => {
+                attempt.outcome = "skipped".into();
+                attempt.detail = Some("the inputs have not changed since the last refresh".into());
+            }
+            Err(e) => {
+                attempt.outcome = "failed".into();
+                attempt.detail = Some(e.to_string());
+            }
+        }
+        materialized.record(attempt);
     }
 
     /// The refresh itself, with the given definition (ALTER ... AS refreshes with the new query
@@ -320,6 +362,49 @@ impl Engine {
         {
             return Ok(RefreshOutcome::Skipped);
         }
+        let algorithm = self
+            .choose_algorithm(name, definition, request, &pinned, previous.as_ref())
+            .await?;
+        match algorithm {
+            Algorithm::Incremental { state, reason } => {
+                let result = self
+                    .refresh_incremental(name, table, definition, request, started, &pinned, *state, &reason)
+                    .await;
+                match result {
+                    Err(e) if e.domain() == freshet_common::ErrorDomain::Internal => {
+                        // The state disagreed with the table: start again from the query.
+                        let reason = format!("the incremental refresh failed ({e}), so it was recomputed in full");
+                        tracing::warn!(table = name, "{reason}");
+                        self.recompute(name, table, definition, request, started, pinned, previous, reason)
+                            .await
+                    }
+                    other => other,
+                }
+            }
+            Algorithm::Full { reason } => {
+                self.recompute(name, table, definition, request, started, pinned, previous, reason)
+                    .await
+            }
+        }
+    }
+
+    /// The FULL refresh: the query evaluated by DataFusion, its rows replacing the contents
+    /// (or one partition's).
+    #[allow(clippy::too_many_arguments)]
+    async fn recompute(
+        &self,
+        name: &str,
+        table: &Arc<Table>,
+        definition: &MaterializedDefinition,
+        request: &RefreshRequest,
+        started: i64,
+        pinned: PinnedQuery,
+        previous: Option<RefreshRecord>,
+        reason: String,
+    ) -> Result<RefreshOutcome> {
+        self.inner.materialized.forget_state(name);
+        let base = table.snapshot();
+        let partition_label = request.partition.as_ref().map(|(c, v)| format!("{c}={v}"));
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
         let mut state = self.inner.ctx.state();
         if let Some(parallelism) = definition
@@ -382,6 +467,8 @@ impl Engine {
             sources,
             trigger: request.trigger,
             algorithm: "full".into(),
+            reason: Some(reason),
+            input_changes: None,
             started_at_ms: started,
             duration_ms: self.inner.materialized.clock.now_ms() - started,
             rows: written,

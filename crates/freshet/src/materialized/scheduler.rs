@@ -123,7 +123,7 @@ impl Engine {
             force: false,
         };
         let freshness = millis(definition.effective.freshness);
-        match self.refresh_full(name, request).await {
+        match self.refresh(name, request).await {
             Ok(_) => {
                 materialized.set_next_due(name, Some(now.saturating_add(freshness)));
                 if definition.failures > 0 || definition.last_error.is_some() {

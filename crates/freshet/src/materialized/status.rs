@@ -299,6 +299,9 @@ fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
         Field::new("outcome", DataType::Utf8, false),
         Field::new("version", DataType::UInt64, true),
         Field::new("rows", DataType::UInt64, false),
+        Field::new("algorithm", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("input_changes", DataType::UInt64, true),
         Field::new("detail", DataType::Utf8, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
@@ -312,6 +315,11 @@ fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
         text(history.iter().map(|a| Some(a.outcome.clone())).collect()),
         Arc::new(UInt64Array::from(history.iter().map(|a| a.version).collect::<Vec<_>>())),
         Arc::new(UInt64Array::from(history.iter().map(|a| a.rows).collect::<Vec<_>>())),
+        text(history.iter().map(|a| a.algorithm.clone()).collect()),
+        text(history.iter().map(|a| a.reason.clone()).collect()),
+        Arc::new(UInt64Array::from(
+            history.iter().map(|a| a.input_changes).collect::<Vec<_>>(),
+        )),
         text(history.iter().map(|a| a.detail.clone()).collect()),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))

@@ -1,0 +1,134 @@
+//! Incremental operators: each turns the changes of its inputs in one epoch into the changes
+//! of its output, keeping whatever state that needs.
+
+mod aggregate;
+mod join;
+mod map;
+mod scan;
+mod union;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::DFSchema;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+
+use freshet_common::{ChangeBatch, Result};
+
+use crate::delta::{Delta, internal};
+
+pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec};
+pub(crate) use join::{Join, JoinKind, JoinSpec};
+pub(crate) use map::{Constant, Filter, Project};
+pub(crate) use scan::Scan;
+pub(crate) use union::Union;
+
+/// The input of one epoch: the changes of each source table, by name.
+#[derive(Debug, Default)]
+pub struct Epoch {
+    changes: HashMap<String, Vec<ChangeBatch>>,
+}
+
+impl Epoch {
+    /// An epoch with no changes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds changes of a source table.
+    pub fn add(&mut self, source: &str, changes: ChangeBatch) {
+        self.changes.entry(source.to_string()).or_default().push(changes);
+    }
+
+    /// The changes of a source.
+    pub(crate) fn changes(&self, source: &str) -> &[ChangeBatch] {
+        self.changes.get(source).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Rows changed, over all sources.
+    pub fn rows(&self) -> usize {
+        self.changes.values().flatten().map(ChangeBatch::num_rows).sum()
+    }
+}
+
+/// What an operator keeps between epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSize {
+    /// Entries kept (rows, groups or values, as the operator counts them).
+    pub rows: u64,
+    /// Approximate bytes.
+    pub bytes: u64,
+}
+
+impl std::ops::Add for StateSize {
+    type Output = StateSize;
+    fn add(self, other: StateSize) -> StateSize {
+        StateSize {
+            rows: self.rows + other.rows,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
+/// One node of an incremental operator graph.
+pub(crate) trait Operator: Send {
+    /// The output changes of one epoch, given the changes of the sources.
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta>;
+    /// One line describing the operator, for EXPLAIN.
+    fn describe(&self) -> String;
+    /// What the state kept is, for EXPLAIN (empty for stateless operators).
+    fn state_kind(&self) -> &'static str {
+        ""
+    }
+    /// The state this operator keeps (not its inputs').
+    fn state_size(&self) -> StateSize {
+        StateSize::default()
+    }
+    /// The inputs.
+    fn inputs(&self) -> Vec<&dyn Operator>;
+}
+
+/// An expression compiled against the columns of an input.
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    expr: Arc<dyn PhysicalExpr>,
+}
+
+impl Compiled {
+    pub(crate) fn new(expr: &Expr, input: &DFSchema) -> Result<Self> {
+        let expr = create_physical_expr(expr, input, &ExecutionProps::new(), &PhysicalPlanningContext::default())?;
+        Ok(Self { expr })
+    }
+
+    /// The expression's value for every row.
+    pub(crate) fn evaluate(&self, batch: &RecordBatch) -> Result<ArrayRef> {
+        Ok(self.expr.evaluate(batch)?.into_array(batch.num_rows())?)
+    }
+
+    /// A predicate's value for every row.
+    pub(crate) fn mask(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        let array = self.evaluate(batch)?;
+        array
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .cloned()
+            .ok_or_else(|| internal(format!("a predicate returned {}", array.data_type())))
+    }
+}
+
+impl std::fmt::Display for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.expr)
+    }
+}
+
+/// The schema of a delta's rows at a plan node.
+pub(crate) fn arrow_schema(schema: &DFSchema) -> SchemaRef {
+    Arc::new(schema.as_arrow().clone())
+}

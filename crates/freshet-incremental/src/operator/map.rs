@@ -1,0 +1,110 @@
+//! Stateless operators: a filter or a projection changes each row on its own, keeping its
+//! weight; a constant relation contributes its rows once.
+
+use datafusion::arrow::array::Int64Array;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use freshet_common::Result;
+
+use super::{Compiled, Epoch, Operator};
+use crate::delta::Delta;
+
+/// Keeps the rows for which the predicate is true.
+pub(crate) struct Filter {
+    input: Box<dyn Operator>,
+    predicate: Compiled,
+}
+
+impl Filter {
+    pub(crate) fn new(input: Box<dyn Operator>, predicate: Compiled) -> Self {
+        Self { input, predicate }
+    }
+}
+
+impl Operator for Filter {
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let delta = self.input.step(epoch)?;
+        if delta.is_empty() {
+            return Ok(delta);
+        }
+        delta.filter(&self.predicate.mask(&delta.data)?)
+    }
+
+    fn describe(&self) -> String {
+        format!("Filter: {}", self.predicate)
+    }
+
+    fn inputs(&self) -> Vec<&dyn Operator> {
+        vec![self.input.as_ref()]
+    }
+}
+
+/// Computes the output columns from each row.
+pub(crate) struct Project {
+    input: Box<dyn Operator>,
+    exprs: Vec<Compiled>,
+    schema: SchemaRef,
+}
+
+impl Project {
+    pub(crate) fn new(input: Box<dyn Operator>, exprs: Vec<Compiled>, schema: SchemaRef) -> Self {
+        Self { input, exprs, schema }
+    }
+}
+
+impl Operator for Project {
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let delta = self.input.step(epoch)?;
+        if delta.is_empty() {
+            return Ok(Delta::empty(self.schema.clone()));
+        }
+        let columns = self
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(&delta.data))
+            .collect::<Result<Vec<_>>>()?;
+        Delta::from_columns(&self.schema, columns, delta.weights)
+    }
+
+    fn describe(&self) -> String {
+        let exprs: Vec<String> = self.exprs.iter().map(ToString::to_string).collect();
+        format!("Project: {}", exprs.join(", "))
+    }
+
+    fn inputs(&self) -> Vec<&dyn Operator> {
+        vec![self.input.as_ref()]
+    }
+}
+
+/// A relation that never changes (`VALUES`, `SELECT 1`): its rows are inserted in the first
+/// epoch.
+pub(crate) struct Constant {
+    rows: RecordBatch,
+    emitted: bool,
+}
+
+impl Constant {
+    pub(crate) fn new(rows: RecordBatch) -> Self {
+        Self { rows, emitted: false }
+    }
+}
+
+impl Operator for Constant {
+    fn step(&mut self, _epoch: &Epoch) -> Result<Delta> {
+        if self.emitted {
+            return Ok(Delta::empty(self.rows.schema()));
+        }
+        self.emitted = true;
+        let weights = Int64Array::from_value(1, self.rows.num_rows());
+        Delta::new(self.rows.clone(), weights)
+    }
+
+    fn describe(&self) -> String {
+        format!("Constant: {} rows", self.rows.num_rows())
+    }
+
+    fn inputs(&self) -> Vec<&dyn Operator> {
+        vec![]
+    }
+}

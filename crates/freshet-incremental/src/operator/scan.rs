@@ -1,0 +1,86 @@
+//! The leaves: the changes of a source table.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use freshet_common::Result;
+
+use super::{Compiled, Epoch, Operator};
+use crate::delta::{Delta, internal};
+
+/// The changes of one source table in an epoch, filtered and projected as the plan's scan is.
+pub(crate) struct Scan {
+    source: String,
+    /// Filters pushed into the scan, over the table's columns.
+    filters: Vec<Compiled>,
+    projection: Option<Vec<usize>>,
+    /// The table's columns as the plan saw them.
+    table_schema: SchemaRef,
+    schema: SchemaRef,
+}
+
+impl Scan {
+    pub(crate) fn new(
+        source: String,
+        filters: Vec<Compiled>,
+        projection: Option<Vec<usize>>,
+        table_schema: SchemaRef,
+        schema: SchemaRef,
+    ) -> Self {
+        Self {
+            source,
+            filters,
+            projection,
+            table_schema,
+            schema,
+        }
+    }
+}
+
+impl Operator for Scan {
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let mut parts = Vec::new();
+        for change in epoch.changes(&self.source) {
+            let data = change.data();
+            if data.num_columns() != self.table_schema.fields().len() {
+                return Err(internal(format!(
+                    "changes of \"{}\" have {} columns, the query was planned for {}",
+                    self.source,
+                    data.num_columns(),
+                    self.table_schema.fields().len()
+                )));
+            }
+            let data = RecordBatch::try_new(self.table_schema.clone(), data.columns().to_vec()).map_err(internal)?;
+            let mut delta = Delta::new(data, change.weights().clone())?;
+            for filter in &self.filters {
+                delta = delta.filter(&filter.mask(&delta.data)?)?;
+            }
+            let columns = match &self.projection {
+                Some(indices) => indices.iter().map(|&i| delta.data.column(i).clone()).collect(),
+                None => delta.data.columns().to_vec(),
+            };
+            parts.push(Delta::from_columns(&self.schema, columns, delta.weights)?);
+        }
+        Delta::concat(&self.schema, &parts)
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!("Scan: {}", self.source);
+        if let Some(indices) = &self.projection {
+            let names: Vec<&str> = indices
+                .iter()
+                .map(|&i| self.table_schema.field(i).name().as_str())
+                .collect();
+            text.push_str(&format!(" columns=[{}]", names.join(", ")));
+        }
+        if !self.filters.is_empty() {
+            let filters: Vec<String> = self.filters.iter().map(ToString::to_string).collect();
+            text.push_str(&format!(" filters=[{}]", filters.join(", ")));
+        }
+        text
+    }
+
+    fn inputs(&self) -> Vec<&dyn Operator> {
+        vec![]
+    }
+}

@@ -1,0 +1,369 @@
+//! From DataFusion's optimized logical plan to a tree of incremental operators.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, NullEquality, ScalarValue};
+use datafusion::logical_expr::{self as logical, Expr, ExprSchemable, JoinType, LogicalPlan, TableScan, Volatility};
+
+use freshet_common::FreshetError;
+
+use crate::delta::internal;
+use crate::operator::{
+    Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
+    Scan, Union, arrow_schema,
+};
+
+/// Why a plan cannot be maintained incrementally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotIncremental {
+    /// The operator (or function) that cannot be maintained, as the plan names it.
+    pub operator: String,
+    /// Why not.
+    pub reason: String,
+}
+
+impl std::fmt::Display for NotIncremental {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.operator, self.reason)
+    }
+}
+
+/// What building a pipeline can end with besides a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The plan holds something that cannot be maintained incrementally.
+    #[error("{0}")]
+    NotIncremental(NotIncremental),
+    /// Building failed.
+    #[error(transparent)]
+    Failed(#[from] FreshetError),
+}
+
+impl From<datafusion::error::DataFusionError> for BuildError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        BuildError::Failed(e.into())
+    }
+}
+
+fn not_incremental(operator: impl Into<String>, reason: impl Into<String>) -> BuildError {
+    BuildError::NotIncremental(NotIncremental {
+        operator: operator.into(),
+        reason: reason.into(),
+    })
+}
+
+/// Names the versioned table a scan reads, or `None` when its changes cannot be read.
+pub type SourceResolver<'a> = &'a dyn Fn(&TableScan) -> Option<String>;
+
+/// Builds the operators of `plan`; `sources` collects the tables read.
+pub(crate) fn build(
+    plan: &LogicalPlan,
+    resolve: SourceResolver<'_>,
+    sources: &mut BTreeSet<String>,
+) -> Result<Box<dyn Operator>, BuildError> {
+    check_deterministic(plan)?;
+    let schema = arrow_schema(plan.schema());
+    Ok(match plan {
+        LogicalPlan::TableScan(scan) => {
+            if scan.fetch.is_some() {
+                return Err(not_incremental(
+                    format!("scan of \"{}\" with a row limit", scan.table_name),
+                    "cannot be maintained incrementally",
+                ));
+            }
+            let source = resolve(scan).ok_or_else(|| {
+                not_incremental(
+                    format!("scan of \"{}\"", scan.table_name),
+                    "cannot be maintained incrementally: its changes cannot be read (not a Freshet table)",
+                )
+            })?;
+            sources.insert(source.clone());
+            let table_schema = scan.source.schema();
+            let qualified = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &table_schema)?;
+            let filters = scan
+                .filters
+                .iter()
+                .map(|f| Compiled::new(f, &qualified))
+                .collect::<Result<_, _>>()?;
+            Box::new(Scan::new(
+                source,
+                filters,
+                scan.projection.clone(),
+                table_schema,
+                schema,
+            ))
+        }
+        LogicalPlan::Projection(projection) => {
+            let input = build(&projection.input, resolve, sources)?;
+            let exprs = projection
+                .expr
+                .iter()
+                .map(|e| Compiled::new(e, projection.input.schema()))
+                .collect::<Result<_, _>>()?;
+            Box::new(Project::new(input, exprs, schema))
+        }
+        LogicalPlan::Filter(filter) => {
+            let input = build(&filter.input, resolve, sources)?;
+            Box::new(Filter::new(
+                input,
+                Compiled::new(&filter.predicate, filter.input.schema())?,
+            ))
+        }
+        LogicalPlan::SubqueryAlias(alias) => build(&alias.input, resolve, sources)?,
+        LogicalPlan::Repartition(repartition) => build(&repartition.input, resolve, sources)?,
+        // The rows of a table have no order: an ORDER BY without a limit changes nothing.
+        LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, resolve, sources)?,
+        LogicalPlan::Union(union) => {
+            let inputs = union
+                .inputs
+                .iter()
+                .map(|i| build(i, resolve, sources))
+                .collect::<Result<_, _>>()?;
+            Box::new(Union::new(inputs, schema))
+        }
+        LogicalPlan::Distinct(logical::Distinct::All(input)) => {
+            let operator = build(input, resolve, sources)?;
+            let groups: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
+            aggregate(operator, input, &groups, &[], plan)?
+        }
+        LogicalPlan::Aggregate(agg) => {
+            let operator = build(&agg.input, resolve, sources)?;
+            aggregate(operator, &agg.input, &agg.group_expr, &agg.aggr_expr, plan)?
+        }
+        LogicalPlan::Join(join) => {
+            let left = build(&join.left, resolve, sources)?;
+            let right = build(&join.right, resolve, sources)?;
+            Box::new(Join::new(left, right, join_spec(join)?)?)
+        }
+        LogicalPlan::EmptyRelation(empty) => {
+            let rows = usize::from(empty.produce_one_row);
+            let options = RecordBatchOptions::new().with_row_count(Some(rows));
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), rows))
+                .collect();
+            let batch = RecordBatch::try_new_with_options(schema, columns, &options).map_err(internal)?;
+            Box::new(Constant::new(batch))
+        }
+        LogicalPlan::Values(values) => Box::new(Constant::new(constant_rows(values)?)),
+        other => return Err(unsupported_node(other)),
+    })
+}
+
+/// The error for a plan node that has no incremental operator.
+fn unsupported_node(plan: &LogicalPlan) -> BuildError {
+    let operator = match plan {
+        LogicalPlan::Sort(_) => "ORDER BY ... LIMIT (top-N)".to_string(),
+        LogicalPlan::Limit(_) => "LIMIT".to_string(),
+        LogicalPlan::Window(_) => "window function (OVER)".to_string(),
+        LogicalPlan::Distinct(logical::Distinct::On(_)) => "DISTINCT ON".to_string(),
+        LogicalPlan::Unnest(_) => "UNNEST".to_string(),
+        LogicalPlan::RecursiveQuery(_) => "recursive query (WITH RECURSIVE)".to_string(),
+        LogicalPlan::Subquery(_) => "subquery".to_string(),
+        other => format!("plan node {}", other.display()),
+    };
+    not_incremental(operator, "cannot be maintained incrementally")
+}
+
+/// Rejects non-deterministic functions (`now()`, `random()`): their results change without
+/// any input changing.
+fn check_deterministic(plan: &LogicalPlan) -> Result<(), BuildError> {
+    let mut found = None;
+    plan.apply_expressions(|expr| {
+        expr.apply(|e| {
+            if let Expr::ScalarFunction(f) = e
+                && f.func.signature().volatility != Volatility::Immutable
+            {
+                found = Some(format!("{}()", f.func.name()));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            if matches!(e, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_)) {
+                found = Some("subquery".into());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    })?;
+    match found {
+        Some(subquery) if subquery == "subquery" => Err(not_incremental(
+            "subquery",
+            "cannot be maintained incrementally: DataFusion could not turn it into a join",
+        )),
+        Some(function) => Err(not_incremental(
+            format!("non-deterministic function {function}"),
+            "cannot be maintained incrementally: its result changes without any input changing",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn aggregate(
+    input: Box<dyn Operator>,
+    input_plan: &LogicalPlan,
+    group_expr: &[Expr],
+    aggr_expr: &[Expr],
+    plan: &LogicalPlan,
+) -> Result<Box<dyn Operator>, BuildError> {
+    let input_schema = input_plan.schema();
+    let mut groups = Vec::new();
+    let mut group_types = Vec::new();
+    for expr in group_expr {
+        if matches!(expr, Expr::GroupingSet(_)) {
+            return Err(not_incremental(
+                "GROUPING SETS / ROLLUP / CUBE",
+                "cannot be maintained incrementally",
+            ));
+        }
+        groups.push(Compiled::new(expr, input_schema)?);
+        group_types.push(expr.get_type(input_schema)?);
+    }
+    let output = arrow_schema(plan.schema());
+    let mut specs = Vec::new();
+    for (i, expr) in aggr_expr.iter().enumerate() {
+        let display = expr.schema_name().to_string();
+        let Expr::AggregateFunction(function) = unalias(expr) else {
+            return Err(not_incremental(display, "is not an aggregate function"));
+        };
+        let params = &function.params;
+        let name = function.func.name();
+        let kind = AggregateKind::of(name, params.distinct).ok_or_else(|| {
+            not_incremental(
+                format!("aggregate {}", display),
+                "cannot be maintained incrementally (COUNT, SUM, AVG, MIN, MAX, COUNT(DISTINCT), BOOL_AND and \
+                 BOOL_OR can)",
+            )
+        })?;
+        let [arg] = params.args.as_slice() else {
+            return Err(not_incremental(
+                format!("aggregate {display}"),
+                "cannot be maintained incrementally: it takes more than one argument",
+            ));
+        };
+        let arg_type = arg.get_type(input_schema)?;
+        if !kind.accepts(&arg_type) {
+            return Err(not_incremental(
+                format!("aggregate {display}"),
+                format!("cannot be maintained incrementally over {arg_type}"),
+            ));
+        }
+        let filter = params
+            .filter
+            .as_ref()
+            .map(|f| Compiled::new(f, input_schema))
+            .transpose()?;
+        specs.push(AggregateSpec {
+            kind,
+            arg: Compiled::new(arg, input_schema)?,
+            filter,
+            arg_type,
+            output_type: output.field(group_expr.len() + i).data_type().clone(),
+            display,
+        });
+    }
+    Ok(Box::new(Aggregate::new(input, groups, group_types, specs, output)?))
+}
+
+fn unalias(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(alias) => unalias(&alias.expr),
+        other => other,
+    }
+}
+
+fn join_spec(join: &logical::Join) -> Result<JoinSpec, BuildError> {
+    let kind = match join.join_type {
+        JoinType::Inner => JoinKind::Inner,
+        JoinType::Left => JoinKind::Left,
+        JoinType::Right => JoinKind::Right,
+        JoinType::Full => JoinKind::Full,
+        JoinType::LeftSemi => JoinKind::LeftSemi,
+        JoinType::RightSemi => JoinKind::RightSemi,
+        JoinType::LeftAnti if join.null_aware => {
+            return Err(not_incremental(
+                "NOT IN subquery (null-aware anti join)",
+                "cannot be maintained incrementally yet; NOT EXISTS can",
+            ));
+        }
+        JoinType::LeftAnti => JoinKind::LeftAnti,
+        JoinType::RightAnti => JoinKind::RightAnti,
+        other => {
+            return Err(not_incremental(
+                format!("{other} join"),
+                "cannot be maintained incrementally",
+            ));
+        }
+    };
+    let left = join.left.schema();
+    let right = join.right.schema();
+    let pair = left.join(right)?;
+    let mut left_keys = Vec::new();
+    let mut right_keys = Vec::new();
+    let mut key_types = Vec::new();
+    for (l, r) in &join.on {
+        let (lt, rt) = (l.get_type(left)?, r.get_type(right)?);
+        if lt != rt {
+            return Err(BuildError::Failed(internal(format!(
+                "join keys {l} ({lt}) and {r} ({rt}) have different types"
+            ))));
+        }
+        left_keys.push(Compiled::new(l, left)?);
+        right_keys.push(Compiled::new(r, right)?);
+        key_types.push(lt);
+    }
+    let filter = join.filter.as_ref().map(|f| Compiled::new(f, &pair)).transpose()?;
+    let on: Vec<String> = join.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+    let mut display = format!("Join: {} on [{}]", join.join_type, on.join(", "));
+    if let Some(filter) = &join.filter {
+        display.push_str(&format!(" filter={filter}"));
+    }
+    Ok(JoinSpec {
+        kind,
+        left_keys,
+        right_keys,
+        key_types,
+        nulls_equal: join.null_equality == NullEquality::NullEqualsNull,
+        filter,
+        left_schema: arrow_schema(left),
+        right_schema: arrow_schema(right),
+        pair_schema: arrow_schema(&pair),
+        schema: arrow_schema(&join.schema),
+        display,
+    })
+}
+
+/// The rows of a `VALUES` list, whose expressions the optimizer has folded into literals.
+fn constant_rows(values: &logical::Values) -> Result<RecordBatch, BuildError> {
+    let schema = arrow_schema(&values.schema);
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        let mut scalars = Vec::new();
+        for row in &values.values {
+            let Some(Expr::Literal(value, _)) = row.get(i).map(unalias) else {
+                return Err(not_incremental(
+                    "VALUES with computed expressions",
+                    "cannot be maintained incrementally",
+                ));
+            };
+            scalars.push(cast_scalar(value, field.data_type())?);
+        }
+        columns.push(if scalars.is_empty() {
+            datafusion::arrow::array::new_empty_array(field.data_type())
+        } else {
+            ScalarValue::iter_to_array(scalars)?
+        });
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(values.values.len()));
+    Ok(RecordBatch::try_new_with_options(Arc::new(schema.as_ref().clone()), columns, &options).map_err(internal)?)
+}
+
+fn cast_scalar(value: &ScalarValue, data_type: &DataType) -> Result<ScalarValue, BuildError> {
+    if &value.data_type() == data_type {
+        return Ok(value.clone());
+    }
+    Ok(value.cast_to(data_type)?)
+}

@@ -1,0 +1,344 @@
+//! The incremental refresh: the changes of the inputs since the versions the table reflects go
+//! through the table's operator pipeline (`freshet-incremental`), and the changes it outputs
+//! are applied to the table — committed together with the input versions they reflect.
+//!
+//! The pipeline's state lives in memory, in the table's runtime, between refreshes. When it is
+//! missing (after the engine opened, after a full refresh, after a failure) it is rebuilt from
+//! the input versions the table reflects: those versions are read whole, once, and their rows
+//! go through the pipeline as insertions whose output is dropped (the table already holds it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::TableScan;
+use futures::TryStreamExt;
+
+use freshet_common::{ChangeBatch, FreshetError, Result};
+use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
+use freshet_sql::RefreshMode;
+use freshet_storage::{SnapshotTable, Table, Transaction, delete_matching};
+
+use super::definition::MaterializedDefinition;
+use super::refresh::{PinnedQuery, RefreshOutcome, RefreshRecord, RefreshRequest, Trigger, table_schema};
+use crate::engine::Engine;
+
+/// AUTO refreshes incrementally when the changed input rows are at most this share of the
+/// input rows, and recomputes otherwise.
+pub const AUTO_MAX_CHANGE_RATIO: f64 = 0.1;
+
+/// A table's pipeline and the input versions its state reflects.
+#[derive(Debug)]
+pub(crate) struct IncrementalState {
+    pipeline: Pipeline,
+    query: String,
+    inputs: BTreeMap<String, u64>,
+}
+
+/// How a refresh will be done, and why.
+pub(crate) enum Algorithm {
+    Full {
+        reason: String,
+    },
+    Incremental {
+        state: Box<IncrementalState>,
+        reason: String,
+    },
+}
+
+/// The scan's table, when it is a Freshet table whose changes can be read.
+fn source_name(scan: &TableScan) -> Option<String> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let table = provider.downcast_ref::<SnapshotTable>()?;
+    Some(table.table().name().to_string())
+}
+
+impl Engine {
+    /// The incremental pipeline of a planned query, or why it has none.
+    pub(crate) fn pipeline(&self, pinned: &PinnedQuery) -> Result<Result<Pipeline, NotIncremental>> {
+        // Checked before optimizing: the optimizer folds `now()` into a constant.
+        if let Some(function) = &pinned.volatile {
+            return Ok(Err(NotIncremental {
+                operator: format!("non-deterministic function {function}"),
+                reason: "cannot be maintained incrementally: its result changes without any input changing".into(),
+            }));
+        }
+        let optimized = self.inner.ctx.state().optimize(&pinned.plan)?;
+        match Pipeline::build(&optimized, &source_name) {
+            Ok(pipeline) => Ok(Ok(pipeline)),
+            Err(BuildError::NotIncremental(why)) => Ok(Err(why)),
+            Err(BuildError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Why a query cannot be maintained incrementally, if it cannot.
+    pub(crate) fn incremental_blocker(&self, pinned: &PinnedQuery) -> Result<Option<String>> {
+        Ok(self.pipeline(pinned)?.err().map(|why| why.to_string()))
+    }
+
+    /// Decides between an incremental refresh and a full one.
+    pub(crate) async fn choose_algorithm(
+        &self,
+        name: &str,
+        definition: &MaterializedDefinition,
+        request: &RefreshRequest,
+        pinned: &PinnedQuery,
+        previous: Option<&RefreshRecord>,
+    ) -> Result<Algorithm> {
+        let full = |reason: String| Ok(Algorithm::Full { reason });
+        if let Some((column, value)) = &request.partition {
+            return full(format!(
+                "REFRESH PARTITION ({column} = '{value}') recomputes that partition"
+            ));
+        }
+        if request.force {
+            return full(
+                match request.trigger {
+                    Trigger::Create => "the first refresh computes the whole table",
+                    Trigger::Alter => "the query changed",
+                    Trigger::Manual | Trigger::Schedule => "REFRESH FULL asks for a recomputation",
+                }
+                .to_string(),
+            );
+        }
+        let mode = definition.effective.mode;
+        if mode == RefreshMode::Full {
+            return full(definition.effective.reason.clone());
+        }
+        let Some(previous) = previous.filter(|p| p.partition.is_none() && p.query == definition.query) else {
+            return full("no complete refresh of this query to continue from".into());
+        };
+        if previous.inputs.keys().ne(pinned.inputs.keys()) {
+            return full("the tables the query reads changed".into());
+        }
+        if let Some((input, _)) = pinned
+            .inputs
+            .iter()
+            .find(|(input, version)| previous.inputs.get(*input).is_some_and(|p| p > version))
+        {
+            return full(format!(
+                "\"{input}\" is read at an older version than the last refresh read"
+            ));
+        }
+
+        // The changes to process, counted from the manifests.
+        let mut changed = 0u64;
+        let mut total = 0u64;
+        for (input, &to) in &pinned.inputs {
+            let table = self.inner.catalog.table(input)?;
+            let from = previous.inputs.get(input).copied().unwrap_or(0);
+            total += table.snapshot_at(to).await.map(|s| s.num_rows()).unwrap_or(0);
+            if from < to {
+                match table.changes(from, to).await {
+                    Ok(changes) => changed += changes.rows(),
+                    Err(e) => return full(format!("the changes of \"{input}\" cannot be read ({e})")),
+                }
+            }
+        }
+        let share = changed as f64 / total.max(1) as f64;
+        let reason = match mode {
+            RefreshMode::Auto if share > AUTO_MAX_CHANGE_RATIO => {
+                return full(format!(
+                    "AUTO: {changed} changed input rows are {:.1}% of the {total} input rows, more than {:.0}%",
+                    share * 100.0,
+                    AUTO_MAX_CHANGE_RATIO * 100.0
+                ));
+            }
+            RefreshMode::Auto => format!(
+                "AUTO: {changed} changed input rows are {:.1}% of the {total} input rows, at most {:.0}%",
+                share * 100.0,
+                AUTO_MAX_CHANGE_RATIO * 100.0
+            ),
+            other => format!("REFRESH_MODE = {other}"),
+        };
+
+        let runtime = self.inner.materialized.runtime(name);
+        let kept = super::lock(&runtime.incremental)
+            .take()
+            .filter(|s| s.query == definition.query && s.inputs == previous.inputs);
+        if let Some(state) = kept {
+            return Ok(Algorithm::Incremental {
+                state: Box::new(state),
+                reason,
+            });
+        }
+        match self.rebuild_state(definition, pinned, previous).await? {
+            Ok(state) => Ok(Algorithm::Incremental {
+                state: Box::new(state),
+                reason: format!("{reason}; operator state rebuilt from the input versions the table reflects"),
+            }),
+            Err(why) => full(why),
+        }
+    }
+
+    /// Builds the pipeline and feeds it the input versions the last refresh read; `Err` says
+    /// why that is not possible.
+    async fn rebuild_state(
+        &self,
+        definition: &MaterializedDefinition,
+        pinned: &PinnedQuery,
+        previous: &RefreshRecord,
+    ) -> Result<Result<IncrementalState, String>> {
+        let mut pipeline = match self.pipeline(pinned)? {
+            Ok(pipeline) => pipeline,
+            Err(why) => return Ok(Err(format!("the {why}"))),
+        };
+        let mut epoch = Epoch::new();
+        for source in pipeline.sources().clone() {
+            let Some(&version) = previous.inputs.get(&source) else {
+                return Ok(Err(format!("the last refresh did not read \"{source}\"")));
+            };
+            let table = self.inner.catalog.table(&source)?;
+            let snapshot = match table.snapshot_at(version).await {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "the operator state cannot be rebuilt: version {version} of \"{source}\" is gone ({e})"
+                    )));
+                }
+            };
+            let mut rows = snapshot.scan(None, false);
+            while let Some(batch) = rows.try_next().await? {
+                epoch.add(&source, ChangeBatch::with_weight(&batch, 1)?);
+            }
+        }
+        pipeline.step(&epoch)?;
+        Ok(Ok(IncrementalState {
+            pipeline,
+            query: definition.query.clone(),
+            inputs: previous.inputs.clone(),
+        }))
+    }
+
+    /// Processes the input changes since the state's versions and commits the output.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn refresh_incremental(
+        &self,
+        name: &str,
+        table: &Arc<Table>,
+        definition: &MaterializedDefinition,
+        request: &RefreshRequest,
+        started: i64,
+        pinned: &PinnedQuery,
+        mut state: IncrementalState,
+        reason: &str,
+    ) -> Result<RefreshOutcome> {
+        let mut epoch = Epoch::new();
+        for source in state.pipeline.sources().clone() {
+            let from = state.inputs.get(&source).copied().unwrap_or(0);
+            let to = pinned.inputs.get(&source).copied().unwrap_or(from);
+            if from == to {
+                continue;
+            }
+            let changes = self.inner.catalog.table(&source)?.changes(from, to).await?;
+            let mut stream = changes.stream();
+            while let Some(batch) = stream.try_next().await? {
+                epoch.add(&source, batch);
+            }
+        }
+        let input_changes = epoch.rows() as u64;
+        let output = state.pipeline.step(&epoch)?;
+
+        let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
+        let mut txn = table.begin("REFRESH").await?;
+        let written = match output {
+            Some(changes) => apply(&mut txn, &schema, &changes, name).await?,
+            None => 0,
+        };
+        let record = RefreshRecord {
+            query: definition.query.clone(),
+            inputs: pinned.inputs.clone(),
+            sources: pinned.sources.clone(),
+            trigger: request.trigger,
+            algorithm: "incremental".into(),
+            reason: Some(reason.to_string()),
+            input_changes: Some(input_changes),
+            started_at_ms: started,
+            duration_ms: self.inner.materialized.clock.now_ms() - started,
+            rows: written,
+            partition: None,
+        };
+        txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
+        let info = txn.commit().await?;
+        state.inputs = pinned.inputs.clone();
+        *super::lock(&self.inner.materialized.runtime(name).incremental) = Some(state);
+        Ok(RefreshOutcome::Committed {
+            version: info.version,
+            rows: written,
+        })
+    }
+}
+
+/// Applies a consolidated change batch to a table: each row of weight −n deletes n equal
+/// rows, each row of weight +n inserts n copies. Returns the rows deleted plus inserted.
+async fn apply(txn: &mut Transaction, schema: &SchemaRef, changes: &ChangeBatch, name: &str) -> Result<u64> {
+    let data = RecordBatch::try_new(schema.clone(), changes.data().columns().to_vec()).map_err(|e| {
+        FreshetError::InvalidStatement(format!(
+            "materialized table \"{name}\": the query's rows do not fit the table: {e}"
+        ))
+    })?;
+    let weights = changes.weights();
+    let converter = RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| FreshetError::Internal(e.to_string()))?;
+
+    // Deletes first, so that a key may move onto a key the same refresh frees.
+    let mut doomed: HashMap<Box<[u8]>, i64> = HashMap::new();
+    let rows = converter
+        .convert_columns(data.columns())
+        .map_err(|e| FreshetError::Internal(e.to_string()))?;
+    for (i, row) in rows.iter().enumerate() {
+        let weight = weights.value(i);
+        if weight < 0 {
+            *doomed.entry(row.data().into()).or_default() -= weight;
+        }
+    }
+    let mut written = 0u64;
+    if !doomed.is_empty() {
+        let mut remaining: i64 = doomed.values().sum();
+        written += delete_matching(txn, |batch| {
+            if remaining == 0 {
+                return Ok(Some(vec![false; batch.num_rows()].into()));
+            }
+            let rows = converter
+                .convert_columns(batch.columns())
+                .map_err(|e| FreshetError::Internal(e.to_string()))?;
+            let mask = rows
+                .iter()
+                .map(|row| match doomed.get_mut(row.data()) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        remaining -= 1;
+                        Some(true)
+                    }
+                    _ => Some(false),
+                })
+                .collect();
+            Ok(Some(mask))
+        })
+        .await?;
+        if remaining > 0 {
+            return Err(FreshetError::Internal(format!(
+                "materialized table \"{name}\": {remaining} rows to delete are not in the table"
+            )));
+        }
+    }
+    let copies: UInt32Array = (0..data.num_rows() as u32)
+        .flat_map(|i| std::iter::repeat_n(i, weights.value(i as usize).max(0) as usize))
+        .collect();
+    if !copies.is_empty() {
+        let inserted = take_record_batch(&data, &copies).map_err(|e| FreshetError::Internal(e.to_string()))?;
+        written += inserted.num_rows() as u64;
+        txn.insert(&inserted).await?;
+    }
+    Ok(written)
+}
