@@ -5,6 +5,7 @@ mod aggregate;
 mod join;
 mod map;
 mod scan;
+mod top_n;
 mod union;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec};
 pub(crate) use join::{Join, JoinKind, JoinSpec};
 pub(crate) use map::{Constant, Filter, Project};
 pub(crate) use scan::Scan;
+pub(crate) use top_n::{TopN, TopNSpec};
 pub(crate) use union::Union;
 
 /// The input of one epoch: the changes of each source table, by name.

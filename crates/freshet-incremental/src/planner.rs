@@ -4,17 +4,22 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::SortField;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, NullEquality, ScalarValue};
-use datafusion::logical_expr::{self as logical, Expr, ExprSchemable, JoinType, LogicalPlan, TableScan, Volatility};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    self as logical, Expr, ExprSchemable, FetchType, JoinType, LogicalPlan, SkipType, SortExpr, TableScan, Volatility,
+};
 
 use freshet_common::FreshetError;
 
 use crate::delta::internal;
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
-    Scan, Union, arrow_schema,
+    Scan, TopN, TopNSpec, Union, arrow_schema,
 };
 
 /// Why a plan cannot be maintained incrementally.
@@ -106,6 +111,36 @@ pub(crate) fn build(
                 .collect::<Result<_, _>>()?;
             Box::new(Project::new(input, exprs, schema))
         }
+        LogicalPlan::Filter(filter) if matches!(filter.input.as_ref(), LogicalPlan::Window(_)) => {
+            row_number_filter(filter, resolve, sources)?
+        }
+        // The rows of a table have no order: an ORDER BY without a limit changes nothing.
+        LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, resolve, sources)?,
+        LogicalPlan::Sort(sort) => {
+            let input = build(&sort.input, resolve, sources)?;
+            let fetch = sort.fetch.unwrap_or(usize::MAX);
+            top_n(input, &sort.input, &[], &sort.expr, 0, fetch, false, schema)?
+        }
+        LogicalPlan::Limit(limit) => {
+            let (skip, fetch) = match (limit.get_skip_type()?, limit.get_fetch_type()?) {
+                (SkipType::Literal(skip), FetchType::Literal(fetch)) => (skip, fetch.unwrap_or(usize::MAX)),
+                _ => {
+                    return Err(not_incremental(
+                        "LIMIT with a computed count",
+                        "cannot be maintained incrementally",
+                    ));
+                }
+            };
+            let LogicalPlan::Sort(sort) = limit.input.as_ref() else {
+                return Err(not_incremental(
+                    "LIMIT without ORDER BY",
+                    "cannot be maintained incrementally: which rows it keeps is not defined",
+                ));
+            };
+            let input = build(&sort.input, resolve, sources)?;
+            let fetch = fetch.min(sort.fetch.map_or(usize::MAX, |f| f.saturating_sub(skip)));
+            top_n(input, &sort.input, &[], &sort.expr, skip, fetch, false, schema)?
+        }
         LogicalPlan::Filter(filter) => {
             let input = build(&filter.input, resolve, sources)?;
             Box::new(Filter::new(
@@ -115,8 +150,6 @@ pub(crate) fn build(
         }
         LogicalPlan::SubqueryAlias(alias) => build(&alias.input, resolve, sources)?,
         LogicalPlan::Repartition(repartition) => build(&repartition.input, resolve, sources)?,
-        // The rows of a table have no order: an ORDER BY without a limit changes nothing.
-        LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, resolve, sources)?,
         LogicalPlan::Union(union) => {
             let inputs = union
                 .inputs
@@ -152,6 +185,150 @@ pub(crate) fn build(
         }
         LogicalPlan::Values(values) => Box::new(Constant::new(constant_rows(values)?)),
         other => return Err(unsupported_node(other)),
+    })
+}
+
+/// `ORDER BY ... LIMIT` or `ROW_NUMBER() ... <= n`: the top rows of each group.
+#[allow(clippy::too_many_arguments)]
+fn top_n(
+    input: Box<dyn Operator>,
+    input_plan: &LogicalPlan,
+    partition_by: &[Expr],
+    order_by: &[SortExpr],
+    skip: usize,
+    fetch: usize,
+    row_number: bool,
+    schema: SchemaRef,
+) -> Result<Box<dyn Operator>, BuildError> {
+    let input_schema = input_plan.schema();
+    let partition = partition_by
+        .iter()
+        .map(|e| Compiled::new(e, input_schema))
+        .collect::<Result<_, _>>()?;
+    let partition_types = partition_by
+        .iter()
+        .map(|e| e.get_type(input_schema))
+        .collect::<Result<_, _>>()?;
+    let order = order_by
+        .iter()
+        .map(|s| {
+            let options = SortOptions {
+                descending: !s.asc,
+                nulls_first: s.nulls_first,
+            };
+            Ok((
+                Compiled::new(&s.expr, input_schema)?,
+                SortField::new_with_options(s.expr.get_type(input_schema)?, options),
+            ))
+        })
+        .collect::<Result<_, BuildError>>()?;
+    let sorted: Vec<String> = order_by.iter().map(ToString::to_string).collect();
+    let groups: Vec<String> = partition_by.iter().map(ToString::to_string).collect();
+    let limit = if fetch == usize::MAX {
+        "all".to_string()
+    } else {
+        fetch.to_string()
+    };
+    let display = if row_number {
+        format!(
+            "TopN per group: group=[{}] order=[{}] ranks 1..={limit}",
+            groups.join(", "),
+            sorted.join(", ")
+        )
+    } else {
+        format!("TopN: order=[{}] offset={skip} limit={limit}", sorted.join(", "))
+    };
+    Ok(Box::new(TopN::new(
+        input,
+        TopNSpec {
+            partition,
+            partition_types,
+            order,
+            skip,
+            fetch,
+            row_number,
+            input_schema: arrow_schema(input_schema),
+            schema,
+            display,
+        },
+    )?))
+}
+
+/// The top-N-per-group pattern: a filter keeping `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY
+/// ...) <= n` (or `< n`, or `= 1`) over the window; other conditions of the filter apply after.
+fn row_number_filter(
+    filter: &logical::Filter,
+    resolve: SourceResolver<'_>,
+    sources: &mut BTreeSet<String>,
+) -> Result<Box<dyn Operator>, BuildError> {
+    let window_unsupported = || {
+        not_incremental(
+            "window function (OVER)",
+            "cannot be maintained incrementally; ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= n can",
+        )
+    };
+    let LogicalPlan::Window(window) = filter.input.as_ref() else {
+        return Err(window_unsupported());
+    };
+    let [expr] = window.window_expr.as_slice() else {
+        return Err(window_unsupported());
+    };
+    let Expr::WindowFunction(function) = unalias(expr) else {
+        return Err(window_unsupported());
+    };
+    if function.fun.name() != "row_number" || function.params.order_by.is_empty() {
+        return Err(window_unsupported());
+    }
+    let rank_field = window.schema.field(window.schema.fields().len() - 1).name().clone();
+    let is_rank = |e: &Expr| matches!(e, Expr::Column(c) if c.name == rank_field);
+    let literal = |e: &Expr| match e {
+        Expr::Literal(value, _) => value.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+            ScalarValue::Int64(Some(n)) => Some(n),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let mut limit = None;
+    let mut rest = Vec::new();
+    for conjunct in split_conjunction(&filter.predicate) {
+        let bound = match conjunct {
+            Expr::BinaryExpr(b) if is_rank(&b.left) => literal(&b.right).and_then(|n| match b.op {
+                logical::Operator::LtEq => Some(n),
+                logical::Operator::Lt => Some(n - 1),
+                logical::Operator::Eq if n == 1 => Some(1),
+                _ => None,
+            }),
+            Expr::BinaryExpr(b) if is_rank(&b.right) => literal(&b.left).and_then(|n| match b.op {
+                logical::Operator::GtEq => Some(n),
+                logical::Operator::Gt => Some(n - 1),
+                logical::Operator::Eq if n == 1 => Some(1),
+                _ => None,
+            }),
+            _ => None,
+        };
+        match (bound, limit) {
+            (Some(n), None) => limit = Some(n),
+            (Some(n), Some(m)) => limit = Some(n.min(m)),
+            (None, _) => rest.push(conjunct.clone()),
+        }
+    }
+    let Some(limit) = limit else {
+        return Err(window_unsupported());
+    };
+    let input = build(&window.input, resolve, sources)?;
+    let operator = top_n(
+        input,
+        &window.input,
+        &function.params.partition_by,
+        &function.params.order_by,
+        0,
+        usize::try_from(limit.max(0)).unwrap_or(0),
+        true,
+        arrow_schema(&window.schema),
+    )?;
+    Ok(match conjunction(rest) {
+        Some(predicate) => Box::new(Filter::new(operator, Compiled::new(&predicate, &window.schema)?)),
+        None => operator,
     })
 }
 

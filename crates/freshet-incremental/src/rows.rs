@@ -24,7 +24,11 @@ pub(crate) struct RowCodec {
 
 impl RowCodec {
     pub(crate) fn new(types: impl IntoIterator<Item = DataType>) -> Result<Self> {
-        let mut fields: Vec<SortField> = types.into_iter().map(SortField::new).collect();
+        Self::with_fields(types.into_iter().map(SortField::new).collect())
+    }
+
+    /// A codec whose byte order follows the fields' sort options.
+    pub(crate) fn with_fields(mut fields: Vec<SortField>) -> Result<Self> {
         let constant = fields.is_empty();
         if constant {
             fields.push(SortField::new(DataType::Boolean));

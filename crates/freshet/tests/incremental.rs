@@ -92,6 +92,18 @@ const CORPUS: &[(&str, &str)] = &[
         "SELECT t2.s, count(*) AS n, sum(t1.v) AS total, min(t1.d) AS least FROM t1 JOIN t2 ON t1.k = t2.k \
          GROUP BY t2.s",
     ),
+    ("top_n", "SELECT id, v FROM t1 ORDER BY v DESC NULLS LAST, id LIMIT 3"),
+    ("top_n_offset", "SELECT id, g FROM t1 ORDER BY g, id LIMIT 2 OFFSET 1"),
+    (
+        "top_per_group",
+        "SELECT * FROM (SELECT id, g, v, ROW_NUMBER() OVER (PARTITION BY g ORDER BY v DESC, id) AS rn FROM t1) \
+         WHERE rn <= 2",
+    ),
+    (
+        "dedup",
+        "SELECT id, k, v FROM (SELECT id, k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY id DESC) AS rn FROM t1) \
+         WHERE rn = 1 AND v IS NOT NULL",
+    ),
     ("chained", "SELECT g, c, s FROM agg WHERE c > 1"),
 ];
 
