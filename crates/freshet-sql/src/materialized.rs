@@ -11,11 +11,12 @@
 //!   [FRESHNESS = INTERVAL '<n>' { SECOND[S] | MINUTE[S] | HOUR[S] | DAY[S] }]
 //!   [REFRESH_MODE = { CONTINUOUS | FULL | INCREMENTAL | AUTO }]
 //!   AS <query>
-//! ALTER MATERIALIZED TABLE name { SUSPEND | RESUME [WITH (...)] | REFRESH [PARTITION (col = 'v', ...)]
+//! ALTER MATERIALIZED TABLE name { SUSPEND | RESUME [WITH (...)] | REFRESH [FULL] [PARTITION (col = 'v', ...)]
 //!   | SET FRESHNESS = INTERVAL ... | SET REFRESH_MODE = ... | AS <query> }
 //! DROP MATERIALIZED TABLE [IF EXISTS] name [CASCADE | RESTRICT]
 //! SHOW MATERIALIZED TABLES
 //! { DESCRIBE | DESC } MATERIALIZED TABLE name
+//! EXPLAIN MATERIALIZED TABLE name                (Freshet: operators, their state, the mode)
 //! SHOW CREATE MATERIALIZED TABLE name
 //! ```
 
@@ -150,10 +151,13 @@ pub enum AlterMaterializedTable {
         /// Options for the refreshes from now on.
         options: Vec<(String, String)>,
     },
-    /// `REFRESH [PARTITION (...)]`: refresh now, or recompute one partition.
+    /// `REFRESH [FULL] [PARTITION (...)]`: refresh now (incrementally where the mode allows),
+    /// recompute the whole table (`FULL`), or recompute one partition.
     Refresh {
         /// `col = 'value'` pairs naming one partition; empty for the whole table.
         partition: Vec<(Ident, String)>,
+        /// `FULL`: recompute, even if an incremental refresh is possible.
+        full: bool,
     },
     /// `SET FRESHNESS = ...`.
     SetFreshness(Freshness),
@@ -173,7 +177,7 @@ pub(crate) fn is_materialized_statement(parser: &Parser<'_>) -> bool {
     let words: Vec<String> = (0..4).map(|n| word(parser, n)).collect();
     let w = |i: usize| words[i].as_str();
     match w(0) {
-        "CREATE" | "ALTER" | "DROP" | "DESCRIBE" | "DESC" => w(1) == "MATERIALIZED" && w(2) == "TABLE",
+        "CREATE" | "ALTER" | "DROP" | "DESCRIBE" | "DESC" | "EXPLAIN" => w(1) == "MATERIALIZED" && w(2) == "TABLE",
         "SHOW" => (w(1) == "MATERIALIZED" && w(2) == "TABLES") || (w(1) == "CREATE" && w(2) == "MATERIALIZED"),
         _ => false,
     }
@@ -194,6 +198,12 @@ pub(crate) fn parse_materialized(parser: &mut Parser<'_>, sql: &str) -> Result<F
         "SHOW" => {
             expect_words(parser, &["MATERIALIZED", "TABLES"])?;
             Ok(FreshetStatement::ShowMaterializedTables)
+        }
+        "EXPLAIN" => {
+            expect_words(parser, &["MATERIALIZED", "TABLE"])?;
+            Ok(FreshetStatement::ExplainMaterializedTable {
+                name: object_name(parser)?,
+            })
         }
         "DESCRIBE" | "DESC" => {
             expect_words(parser, &["MATERIALIZED", "TABLE"])?;
@@ -305,6 +315,7 @@ fn parse_alter(parser: &mut Parser<'_>, sql: &str) -> Result<AlterMaterializedTa
         return Ok(AlterMaterializedTable::Resume { options });
     }
     if accept_words(parser, &["REFRESH"]) {
+        let full = accept_words(parser, &["FULL"]);
         let mut partition = Vec::new();
         if accept_words(parser, &["PARTITION"]) {
             expect_token(parser, &Token::LParen, "(")?;
@@ -319,7 +330,7 @@ fn parse_alter(parser: &mut Parser<'_>, sql: &str) -> Result<AlterMaterializedTa
             }
             expect_token(parser, &Token::RParen, ")")?;
         }
-        return Ok(AlterMaterializedTable::Refresh { partition });
+        return Ok(AlterMaterializedTable::Refresh { partition, full });
     }
     if accept_words(parser, &["SET", "FRESHNESS"]) {
         return Ok(AlterMaterializedTable::SetFreshness(freshness(parser)?));
@@ -593,8 +604,19 @@ mod tests {
     fn parses_alter_drop_show_describe() {
         assert!(matches!(
             one("ALTER MATERIALIZED TABLE m REFRESH PARTITION (ds = '2026-11-20')"),
-            FreshetStatement::AlterMaterializedTable { action: AlterMaterializedTable::Refresh { partition }, .. }
+            FreshetStatement::AlterMaterializedTable { action: AlterMaterializedTable::Refresh { partition, full: false }, .. }
                 if partition.len() == 1 && partition[0].1 == "2026-11-20"
+        ));
+        assert!(matches!(
+            one("ALTER MATERIALIZED TABLE m REFRESH FULL"),
+            FreshetStatement::AlterMaterializedTable {
+                action: AlterMaterializedTable::Refresh { full: true, .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            one("EXPLAIN MATERIALIZED TABLE m"),
+            FreshetStatement::ExplainMaterializedTable { .. }
         ));
         assert!(matches!(
             one("ALTER MATERIALIZED TABLE m SET FRESHNESS = INTERVAL '1' DAY"),

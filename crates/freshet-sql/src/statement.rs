@@ -67,6 +67,12 @@ pub enum FreshetStatement {
         /// The materialized table.
         name: ObjectName,
     },
+    /// `EXPLAIN MATERIALIZED TABLE name`: the incremental operators, the state each keeps, and
+    /// the mode with its reason.
+    ExplainMaterializedTable {
+        /// The materialized table.
+        name: ObjectName,
+    },
     /// `SHOW CREATE MATERIALIZED TABLE name`.
     ShowCreateMaterializedTable {
         /// The materialized table.

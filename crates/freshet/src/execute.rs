@@ -44,7 +44,7 @@ impl Engine {
                     Some(name) => self.table(&self.resolve_name(name)?)?.vacuum(retain).await?,
                     None => self.inner.catalog.vacuum(retain).await?,
                 };
-                one_row(vec![
+                result_rows(vec![
                     (
                         "versions_removed",
                         Arc::new(UInt64Array::from(vec![report.versions_removed])),
@@ -361,11 +361,11 @@ fn first_words(text: &str) -> String {
 
 /// A one-row, one-column result.
 pub(crate) fn single_count(column: &str, value: u64) -> Result<SendableRecordBatchStream> {
-    one_row(vec![(column, Arc::new(UInt64Array::from(vec![value])))])
+    result_rows(vec![(column, Arc::new(UInt64Array::from(vec![value])))])
 }
 
-/// A one-row result of named, non-null columns (each array holds one value).
-pub(crate) fn one_row(columns: Vec<(&str, ArrayRef)>) -> Result<SendableRecordBatchStream> {
+/// A result of named, non-null columns (arrays of one length: most such results have one row).
+pub(crate) fn result_rows(columns: Vec<(&str, ArrayRef)>) -> Result<SendableRecordBatchStream> {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))

@@ -70,6 +70,11 @@ pub(crate) struct Runtime {
     pub refreshing: tokio::sync::Mutex<()>,
     /// When the scheduler should refresh it next (engine clock, ms).
     pub next_due_ms: Mutex<Option<i64>>,
+    /// The record of the last refresh committed, with its version (a compaction may have
+    /// committed a newer version since).
+    pub last_committed: Mutex<Option<(u64, RefreshRecord)>>,
+    /// Versions of the inputs a CONTINUOUS table's last refresh started from.
+    pub seen_inputs: Mutex<std::collections::BTreeMap<String, u64>>,
     /// The incremental pipeline and its state, between refreshes.
     pub incremental: Mutex<Option<incremental::IncrementalState>>,
 }
@@ -109,6 +114,18 @@ impl Materialized {
 
     pub(crate) fn runtime(&self, name: &str) -> Arc<Runtime> {
         lock(&self.runtimes).entry(name.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn committed(&self, name: &str, version: u64, record: RefreshRecord) {
+        *lock(&self.runtime(name).last_committed) = Some((version, record));
+    }
+
+    /// The record of a refresh committed as `version`, if it is the last one.
+    pub(crate) fn committed_record(&self, name: &str, version: u64) -> Option<RefreshRecord> {
+        lock(&self.runtime(name).last_committed)
+            .as_ref()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, r)| r.clone())
     }
 
     /// Drops a table's incremental state (it no longer matches the table's contents).

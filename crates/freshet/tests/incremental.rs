@@ -352,3 +352,143 @@ proptest! {
         });
     }
 }
+
+/// The first value of a one-row, one-column query, as text.
+async fn value(engine: &Engine, sql: &str) -> String {
+    let batches = engine.sql(sql).await.unwrap();
+    let batch = batches.iter().find(|b| b.num_rows() > 0).expect("a row");
+    array_value_to_string(batch.column(0), 0).unwrap()
+}
+
+async fn open_at(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    Engine::builder()
+        .location(dir.display().to_string())
+        .clock(std::sync::Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap()
+}
+
+/// The trigger, algorithm and reason of the newest refresh attempt of `name`.
+async fn last_refresh(engine: &Engine, name: &str) -> (String, String, String) {
+    let batches = engine
+        .sql(&format!(
+            "SELECT trigger, coalesce(algorithm, outcome), coalesce(reason, detail, '') FROM freshet.refreshes \
+             WHERE name = '{name}'"
+        ))
+        .await
+        .unwrap();
+    let batch = batches.iter().rev().find(|b| b.num_rows() > 0).expect("a refresh");
+    let at = |c: usize| array_value_to_string(batch.column(c), batch.num_rows() - 1).unwrap();
+    (at(0), at(1), at(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_table_follows_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = open_at(dir.path(), &clock).await;
+    engine
+        .sql(
+            "CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR, amount INT);
+             INSERT INTO orders VALUES (1, 'ann', 10), (2, 'bob', 5);
+             CREATE MATERIALIZED TABLE totals FRESHNESS = INTERVAL '10' SECOND
+             AS SELECT customer, sum(amount) AS total FROM orders GROUP BY customer",
+        )
+        .await
+        .unwrap();
+    let mut versions = engine.table("totals").unwrap().subscribe();
+    versions.borrow_and_update();
+    engine.sql("INSERT INTO orders VALUES (3, 'ann', 7)").await.unwrap();
+    // No time passes: the commit alone triggers the refresh.
+    engine.wait_for_refreshes().await;
+    assert!(
+        versions.has_changed().unwrap(),
+        "the commit made a new version of totals"
+    );
+    assert_eq!(
+        value(&engine, "SELECT total FROM totals WHERE customer = 'ann'").await,
+        "17"
+    );
+    let (trigger, algorithm, reason) = last_refresh(&engine, "totals").await;
+    assert_eq!(
+        (trigger.as_str(), algorithm.as_str()),
+        ("continuous", "incremental"),
+        "{reason}"
+    );
+
+    engine.sql("DELETE FROM orders WHERE customer = 'bob'").await.unwrap();
+    engine.wait_for_refreshes().await;
+    assert_eq!(value(&engine, "SELECT count(*) FROM totals").await, "1");
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_change_of_freshness_and_is_rebuilt_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = open_at(dir.path(), &clock).await;
+    engine
+        .sql(
+            "CREATE TABLE t (id INT PRIMARY KEY, g INT, v INT);
+             INSERT INTO t SELECT value, value % 3, value * 10 FROM generate_series(1, 40);
+             CREATE MATERIALIZED TABLE m FRESHNESS = INTERVAL '10' SECOND
+             AS SELECT g, min(v) AS low, count(*) AS n FROM t GROUP BY g",
+        )
+        .await
+        .unwrap();
+    engine.sql("DELETE FROM t WHERE id = 1").await.unwrap();
+    engine.wait_for_refreshes().await;
+    let (_, algorithm, reason) = last_refresh(&engine, "m").await;
+    assert_eq!(algorithm, "incremental");
+    assert!(
+        reason.contains("rebuilt"),
+        "the first incremental refresh builds the state: {reason}"
+    );
+
+    // From continuous to scheduled: the state is handed over, not rebuilt.
+    engine
+        .sql("ALTER MATERIALIZED TABLE m SET FRESHNESS = INTERVAL '1' HOUR")
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&engine, "SELECT refresh_mode FROM freshet.materialized_tables").await,
+        "AUTO"
+    );
+    engine.sql("INSERT INTO t VALUES (41, 2, 5)").await.unwrap();
+    engine.sql("ALTER MATERIALIZED TABLE m REFRESH").await.unwrap();
+    let (trigger, algorithm, reason) = last_refresh(&engine, "m").await;
+    assert_eq!(
+        (trigger.as_str(), algorithm.as_str()),
+        ("manual", "incremental"),
+        "{reason}"
+    );
+    assert!(!reason.contains("rebuilt"), "the state was kept: {reason}");
+    assert_eq!(value(&engine, "SELECT low FROM m WHERE g = 2").await, "5");
+
+    // Changes committed before closing are caught up after reopening, once.
+    engine.sql("UPDATE t SET v = 1 WHERE id = 2").await.unwrap();
+    engine.close().await;
+    let engine = open_at(dir.path(), &clock).await;
+    engine.sql("INSERT INTO t VALUES (42, 3, 50)").await.unwrap();
+    engine.sql("ALTER MATERIALIZED TABLE m REFRESH").await.unwrap();
+    let (_, algorithm, reason) = last_refresh(&engine, "m").await;
+    assert_eq!(algorithm, "incremental");
+    assert!(reason.contains("rebuilt"), "{reason}");
+    let maintained = multiset(&engine.sql("SELECT * FROM m").await.unwrap());
+    let expected = multiset(
+        &engine
+            .sql("SELECT g, min(v), count(*) FROM t GROUP BY g")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(maintained, expected);
+    assert_eq!(value(&engine, "SELECT low FROM m WHERE g = 3").await, "50");
+    assert_eq!(value(&engine, "SELECT low FROM m WHERE g = 2").await, "1");
+
+    // A forced recompute has its own form.
+    engine.sql("ALTER MATERIALIZED TABLE m REFRESH FULL").await.unwrap();
+    let (_, algorithm, _) = last_refresh(&engine, "m").await;
+    assert_eq!(algorithm, "full");
+    engine.close().await;
+}

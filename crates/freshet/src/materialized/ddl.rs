@@ -1,4 +1,4 @@
-//! The materialized-table statements: CREATE, ALTER, DROP, SHOW, DESCRIBE, SHOW CREATE.
+//! The materialized-table statements: CREATE, ALTER, DROP, SHOW, DESCRIBE, EXPLAIN, SHOW CREATE.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use super::refresh::{RefreshOutcome, RefreshRequest, Trigger, table_schema};
 use super::scheduler::millis;
 use super::status::{SYSTEM_SCHEMA, human_duration, versions_text};
 use crate::engine::Engine;
-use crate::execute::{batches_stream, check_column_names, empty_stream, one_row};
+use crate::execute::{batches_stream, check_column_names, empty_stream, result_rows};
 
 impl Engine {
     /// Runs a materialized-table statement.
@@ -58,10 +58,19 @@ impl Engine {
                 let name = self.resolve_name(name)?;
                 self.describe_materialized(&name).await
             }
+            FreshetStatement::ExplainMaterializedTable { name } => {
+                let name = self.resolve_name(name)?;
+                let rows = self.explain_materialized(&name).await?;
+                let (types, plans): (Vec<&str>, Vec<String>) = rows.into_iter().unzip();
+                result_rows(vec![
+                    ("plan_type", Arc::new(StringArray::from(types))),
+                    ("plan", Arc::new(StringArray::from(plans))),
+                ])
+            }
             FreshetStatement::ShowCreateMaterializedTable { name } => {
                 let name = self.resolve_name(name)?;
                 let text = self.show_create(&name)?;
-                one_row(vec![("statement", Arc::new(StringArray::from(vec![text])))])
+                result_rows(vec![("statement", Arc::new(StringArray::from(vec![text])))])
             }
             _ => Err(FreshetError::Internal("not a materialized-table statement".into())),
         }
@@ -145,8 +154,7 @@ impl Engine {
             })
             .await?;
         if let Some(outcome) = outcome {
-            let table = self.inner.catalog.table(&name).ok();
-            self.record_attempt(&name, &request_for_history, started, &Ok(outcome), table.as_ref());
+            self.record_attempt(&name, &request_for_history, started, &Ok(outcome));
         }
         let due = started.saturating_add(millis(definition.effective.freshness));
         self.inner.materialized.set_next_due(&name, Some(due));
@@ -177,7 +185,7 @@ impl Engine {
                 // Catch up at once: the next refresh is due now.
                 materialized.set_next_due(name, Some(now));
             }
-            AlterMaterializedTable::Refresh { partition } => {
+            AlterMaterializedTable::Refresh { partition, full } => {
                 let partition = match partition.as_slice() {
                     [] => None,
                     [(column, value)] => {
@@ -200,7 +208,7 @@ impl Engine {
                         )));
                     }
                 };
-                let force = partition.is_some();
+                let force = partition.is_some() || *full;
                 let outcome = self
                     .refresh(
                         name,
@@ -591,7 +599,7 @@ fn refresh_result(outcome: RefreshOutcome, current: u64) -> Result<SendableRecor
         RefreshOutcome::Committed { version, rows } => ("refreshed", version, rows),
         RefreshOutcome::Skipped => ("up to date", current, 0),
     };
-    one_row(vec![
+    result_rows(vec![
         ("outcome", Arc::new(StringArray::from(vec![label]))),
         ("version", Arc::new(UInt64Array::from(vec![version]))),
         ("rows", Arc::new(UInt64Array::from(vec![rows]))),

@@ -28,8 +28,10 @@ use super::refresh::{PinnedQuery, RefreshOutcome, RefreshRecord, RefreshRequest,
 use crate::engine::Engine;
 
 /// AUTO refreshes incrementally when the changed input rows are at most this share of the
-/// input rows, and recomputes otherwise.
-pub const AUTO_MAX_CHANGE_RATIO: f64 = 0.1;
+/// input rows and the operator state is in memory; otherwise it recomputes.
+pub const AUTO_MAX_CHANGE_RATIO: f64 = 0.5;
+/// The same share when the state must first be rebuilt (which reads every input once).
+pub const AUTO_MAX_CHANGE_RATIO_COLD: f64 = 0.1;
 
 /// A table's pipeline and the input versions its state reflects.
 #[derive(Debug)]
@@ -100,7 +102,9 @@ impl Engine {
                 match request.trigger {
                     Trigger::Create => "the first refresh computes the whole table",
                     Trigger::Alter => "the query changed",
-                    Trigger::Manual | Trigger::Schedule => "REFRESH FULL asks for a recomputation",
+                    Trigger::Manual | Trigger::Schedule | Trigger::Continuous => {
+                        "REFRESH FULL asks for a recomputation"
+                    }
                 }
                 .to_string(),
             );
@@ -140,26 +144,33 @@ impl Engine {
             }
         }
         let share = changed as f64 / total.max(1) as f64;
-        let reason = match mode {
-            RefreshMode::Auto if share > AUTO_MAX_CHANGE_RATIO => {
-                return full(format!(
-                    "AUTO: {changed} changed input rows are {:.1}% of the {total} input rows, more than {:.0}%",
-                    share * 100.0,
-                    AUTO_MAX_CHANGE_RATIO * 100.0
-                ));
-            }
-            RefreshMode::Auto => format!(
-                "AUTO: {changed} changed input rows are {:.1}% of the {total} input rows, at most {:.0}%",
-                share * 100.0,
-                AUTO_MAX_CHANGE_RATIO * 100.0
-            ),
-            other => format!("REFRESH_MODE = {other}"),
-        };
-
         let runtime = self.inner.materialized.runtime(name);
         let kept = super::lock(&runtime.incremental)
             .take()
             .filter(|s| s.query == definition.query && s.inputs == previous.inputs);
+        let reason = match mode {
+            RefreshMode::Auto => {
+                let limit = if kept.is_some() {
+                    AUTO_MAX_CHANGE_RATIO
+                } else {
+                    AUTO_MAX_CHANGE_RATIO_COLD
+                };
+                let state = if kept.is_some() {
+                    "with the operator state in memory"
+                } else {
+                    "with the operator state to rebuild"
+                };
+                let measured = format!(
+                    "AUTO: {changed} changed input rows are {:.1}% of the {total} input rows",
+                    share * 100.0
+                );
+                if share > limit {
+                    return full(format!("{measured}, more than {:.0}% {state}", limit * 100.0));
+                }
+                format!("{measured}, at most {:.0}% {state}", limit * 100.0)
+            }
+            other => format!("REFRESH_MODE = {other}"),
+        };
         if let Some(state) = kept {
             return Ok(Algorithm::Incremental {
                 state: Box::new(state),
@@ -264,6 +275,7 @@ impl Engine {
         };
         txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
         let info = txn.commit().await?;
+        self.inner.materialized.committed(name, info.version, record);
         state.inputs = pinned.inputs.clone();
         *super::lock(&self.inner.materialized.runtime(name).incremental) = Some(state);
         Ok(RefreshOutcome::Committed {
@@ -341,4 +353,81 @@ async fn apply(txn: &mut Transaction, schema: &SchemaRef, changes: &ChangeBatch,
         txn.insert(&inserted).await?;
     }
     Ok(written)
+}
+
+impl Engine {
+    /// `EXPLAIN MATERIALIZED TABLE`: the mode and its reason, the incremental operators with
+    /// the state each keeps (and its size, when the state is in memory).
+    pub(crate) async fn explain_materialized(&self, name: &str) -> Result<Vec<(&'static str, String)>> {
+        let definition = self.materialized_definition(name)?;
+        let effective = &definition.effective;
+        let mut rows = vec![(
+            "mode",
+            format!("{} every {}: {}", effective.mode, effective.freshness, effective.reason),
+        )];
+        let runtime = self.inner.materialized.runtime(name);
+        let kept = super::lock(&runtime.incremental)
+            .as_ref()
+            .filter(|s| s.query == definition.query)
+            .map(|s| (s.pipeline.operators(), s.pipeline.state_size(), s.inputs.clone()));
+        let (operators, state) = match kept {
+            Some((operators, size, inputs)) => (
+                operators,
+                format!(
+                    "in memory: {} entries, {} (reflecting {})",
+                    size.rows,
+                    human_bytes(size.bytes),
+                    super::status::versions_text(&inputs)
+                ),
+            ),
+            None => {
+                let pinned = self.plan_pinned(name, &definition.query).await?;
+                match self.pipeline(&pinned)? {
+                    Ok(pipeline) => (
+                        pipeline.operators(),
+                        "not in memory: built from the input versions the table reflects at the next incremental \
+                         refresh"
+                            .to_string(),
+                    ),
+                    Err(why) => {
+                        rows.push(("incremental_plan", format!("none: the {why}")));
+                        return Ok(rows);
+                    }
+                }
+            }
+        };
+        let lines: Vec<String> = operators
+            .iter()
+            .map(|op| {
+                let mut line = format!("{}{}", "  ".repeat(op.depth), op.operator);
+                if !op.state_kind.is_empty() {
+                    line.push_str(&format!("  [state: {}", op.state_kind));
+                    if op.state.rows > 0 {
+                        line.push_str(&format!("; {} entries, {}", op.state.rows, human_bytes(op.state.bytes)));
+                    }
+                    line.push(']');
+                }
+                line
+            })
+            .collect();
+        rows.push(("incremental_plan", lines.join("\n")));
+        rows.push(("state", state));
+        Ok(rows)
+    }
+}
+
+/// `1.5 KiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

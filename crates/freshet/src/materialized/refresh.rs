@@ -35,6 +35,8 @@ pub enum Trigger {
     Create,
     /// The scheduler, at the table's freshness.
     Schedule,
+    /// A commit of an input of a CONTINUOUS table.
+    Continuous,
     /// `ALTER MATERIALIZED TABLE ... REFRESH`.
     Manual,
     /// `ALTER MATERIALIZED TABLE ... AS` (a new query).
@@ -46,6 +48,7 @@ impl std::fmt::Display for Trigger {
         f.write_str(match self {
             Trigger::Create => "create",
             Trigger::Schedule => "schedule",
+            Trigger::Continuous => "continuous",
             Trigger::Manual => "manual",
             Trigger::Alter => "alter",
         })
@@ -276,13 +279,11 @@ impl Engine {
         let runtime = materialized.runtime(name);
         let _refreshing = runtime.refreshing.lock().await;
         let started = materialized.clock.now_ms();
-        let table = self.inner.catalog.table(name);
-        let result = match (self.materialized_definition(name), &table) {
-            (Ok(definition), Ok(table)) => self.refresh_table(name, table, &definition, &request, started).await,
-            (Err(e), _) => Err(e),
-            (_, Err(e)) => Err(FreshetError::Internal(e.to_string())),
+        let result = match (self.materialized_definition(name), self.inner.catalog.table(name)) {
+            (Ok(definition), Ok(table)) => self.refresh_table(name, &table, &definition, &request, started).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        self.record_attempt(name, &request, started, &result, table.ok().as_ref());
+        self.record_attempt(name, &request, started, &result);
         result
     }
 
@@ -293,7 +294,6 @@ impl Engine {
         request: &RefreshRequest,
         started: i64,
         result: &Result<RefreshOutcome>,
-        table: Option<&Arc<Table>>,
     ) {
         let materialized = &self.inner.materialized;
         let finished = materialized.clock.now_ms();
@@ -316,11 +316,7 @@ impl Engine {
                 attempt.outcome = "committed".into();
                 attempt.version = Some(*version);
                 attempt.rows = *rows;
-                let snapshot = table.map(|t| t.snapshot());
-                if let Some(record) = snapshot
-                    .filter(|s| s.version() == *version)
-                    .and_then(|s| RefreshRecord::of(&s))
-                {
+                if let Some(record) = materialized.committed_record(name, *version) {
                     attempt.algorithm = Some(record.algorithm);
                     attempt.reason = record.reason;
                     attempt.input_changes = record.input_changes;
@@ -476,6 +472,7 @@ impl Engine {
         };
         txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
         let info = txn.commit().await?;
+        self.inner.materialized.committed(name, info.version, record);
         Ok(RefreshOutcome::Committed {
             version: info.version,
             rows: written,

@@ -1,5 +1,6 @@
 //! The scheduler: one task per engine that refreshes each active materialized table once per
-//! freshness interval, in dependency order, on the engine's clock. A failed refresh is retried
+//! freshness interval, in dependency order, on the engine's clock — and a CONTINUOUS table as
+//! soon as one of its inputs commits (followed through `Table::subscribe`, no polling). A failed refresh is retried
 //! with exponential backoff; after [`MAX_FAILURES`] consecutive failures the table goes to
 //! FAILED until `RESUME`. The task holds the engine only while it works, so an engine that is
 //! dropped stops it.
@@ -8,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use freshet_sql::Freshness;
+use freshet_sql::{Freshness, RefreshMode};
 
 use super::Status;
 use super::refresh::{RefreshRecord, RefreshRequest, Trigger};
@@ -72,6 +73,57 @@ impl Engine {
         }
     }
 
+    /// Active CONTINUOUS tables (not backing off after a failure) and their inputs.
+    fn continuous_tables(&self) -> Vec<(String, Vec<String>)> {
+        self.materialized_names()
+            .into_iter()
+            .filter_map(|name| {
+                let definition = self.materialized_definition(&name).ok()?;
+                let continuous = definition.status == Status::Active
+                    && definition.failures == 0
+                    && definition.effective.mode == RefreshMode::Continuous;
+                continuous.then_some((name, definition.inputs))
+            })
+            .collect()
+    }
+
+    /// A commit notification of every input of a CONTINUOUS table.
+    fn continuous_inputs(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
+        let inputs: BTreeSet<String> = self.continuous_tables().into_iter().flat_map(|(_, i)| i).collect();
+        inputs
+            .iter()
+            .filter_map(|input| self.inner.catalog.table(input).ok())
+            .map(|table| table.subscribe())
+            .collect()
+    }
+
+    /// Makes every CONTINUOUS table with an input committed since it last looked due now.
+    fn mark_continuous_due(&self, now: i64) {
+        let materialized = &self.inner.materialized;
+        for (name, inputs) in self.continuous_tables() {
+            let runtime = materialized.runtime(&name);
+            let reflected = self
+                .inner
+                .catalog
+                .table(&name)
+                .ok()
+                .and_then(|t| RefreshRecord::of(&t.snapshot()))
+                .map(|r| r.inputs)
+                .unwrap_or_default();
+            let seen = super::lock(&runtime.seen_inputs).clone();
+            let changed = inputs.iter().any(|input| {
+                let Ok(table) = self.inner.catalog.table(input) else {
+                    return false;
+                };
+                let looked = seen.get(input).or(reflected.get(input)).copied().unwrap_or(0);
+                table.snapshot().version() > looked
+            });
+            if changed && materialized.next_due(&name).is_none_or(|due| due > now) {
+                *super::lock(&runtime.next_due_ms) = Some(now);
+            }
+        }
+    }
+
     /// Runs the refreshes due at `now`, upstream tables first.
     async fn run_due(&self, now: i64) {
         let mut due = BTreeSet::new();
@@ -117,8 +169,22 @@ impl Engine {
         let partition = definition
             .scheduled_partition_column()
             .and_then(|(column, pattern)| Some((column.to_string(), format_time(now, pattern)?)));
+        let continuous = definition.effective.mode == RefreshMode::Continuous;
+        if continuous {
+            // The versions this refresh will see at least: later commits trigger the next one.
+            let seen = definition
+                .inputs
+                .iter()
+                .filter_map(|i| Some((i.clone(), self.inner.catalog.table(i).ok()?.snapshot().version())))
+                .collect();
+            *super::lock(&materialized.runtime(name).seen_inputs) = seen;
+        }
         let request = RefreshRequest {
-            trigger: Trigger::Schedule,
+            trigger: if continuous {
+                Trigger::Continuous
+            } else {
+                Trigger::Schedule
+            },
             partition,
             force: false,
         };
@@ -165,7 +231,7 @@ impl Engine {
 
 async fn run(engine: Weak<EngineInner>) {
     loop {
-        let (sleep, wake, mut closing) = {
+        let (sleep, wake, mut closing, mut commits) = {
             let Some(inner) = engine.upgrade() else { return };
             let engine = Engine { inner };
             let materialized = &engine.inner.materialized;
@@ -174,6 +240,9 @@ async fn run(engine: Weak<EngineInner>) {
             }
             let round = materialized.requested.load(Ordering::SeqCst);
             let now = materialized.clock.now_ms();
+            // Subscribed before looking, so that no commit falls between the two.
+            let commits = engine.continuous_inputs();
+            engine.mark_continuous_due(now);
             engine.run_due(now).await;
             materialized.processed.send_replace(round);
             let next = engine
@@ -185,11 +254,23 @@ async fn run(engine: Weak<EngineInner>) {
                 Some(at) => materialized.clock.sleep_until(at),
                 None => Box::pin(std::future::pending()),
             };
-            (sleep, materialized.wake.clone(), materialized.closing.subscribe())
+            (
+                sleep,
+                materialized.wake.clone(),
+                materialized.closing.subscribe(),
+                commits,
+            )
+        };
+        let committed = async {
+            if commits.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let _ = futures::future::select_all(commits.iter_mut().map(|c| Box::pin(c.changed()))).await;
         };
         tokio::select! {
             _ = sleep => {}
             _ = wake.notified() => {}
+            _ = committed => {}
             _ = closing.wait_for(|c| *c) => return,
         }
     }
