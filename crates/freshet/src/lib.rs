@@ -55,7 +55,9 @@ pub use freshet_common::{
 pub use freshet_sql::ParsedStatement as Statement;
 pub use freshet_sql::{Freshness, FreshnessUnit, RefreshMode};
 pub use freshet_storage::{ChangeSet, Snapshot, Table};
-pub use materialized::{LastRefresh, MaterializedSettings, MaterializedTableInfo, RefreshOutcome, Status, Trigger};
+pub use materialized::{
+    LastRefresh, MaterializedSettings, MaterializedTableInfo, RefreshOutcome, RefreshRecord, Status, Trigger,
+};
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
 
 /// The table format, for direct access to versions, changes and storage layers.

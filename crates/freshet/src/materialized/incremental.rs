@@ -18,7 +18,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::TableScan;
 use futures::TryStreamExt;
 
-use freshet_common::{ChangeBatch, FreshetError, Result};
+use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
 use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
 use freshet_sql::RefreshMode;
 use freshet_storage::{SnapshotTable, Table, Transaction, delete_matching};
@@ -39,6 +39,9 @@ pub(crate) struct IncrementalState {
     pipeline: Pipeline,
     query: String,
     inputs: BTreeMap<String, u64>,
+    /// Changes that bring the table to the pipeline's output, found when the state was
+    /// rebuilt; applied with the next refresh.
+    correction: Option<ChangeBatch>,
 }
 
 /// How a refresh will be done, and why.
@@ -177,7 +180,7 @@ impl Engine {
                 reason,
             });
         }
-        match self.rebuild_state(definition, pinned, previous).await? {
+        match self.rebuild_state(name, definition, pinned, previous).await? {
             Ok(state) => Ok(Algorithm::Incremental {
                 state: Box::new(state),
                 reason: format!("{reason}; operator state rebuilt from the input versions the table reflects"),
@@ -190,6 +193,7 @@ impl Engine {
     /// why that is not possible.
     async fn rebuild_state(
         &self,
+        name: &str,
         definition: &MaterializedDefinition,
         pinned: &PinnedQuery,
         previous: &RefreshRecord,
@@ -217,11 +221,26 @@ impl Engine {
                 epoch.add(&source, ChangeBatch::with_weight(&batch, 1)?);
             }
         }
-        pipeline.step(&epoch)?;
+        let output = pipeline.step(&epoch)?;
+        // The table should hold exactly the pipeline's output. Float sums may differ in their
+        // last bits (DataFusion adds in another order), and a table may have drifted for any
+        // other reason: the difference is applied with the next refresh, so that every later
+        // retraction finds the row it retracts.
+        let table = self.inner.catalog.table(name)?;
+        let contents = table.snapshot();
+        let mut parts: Vec<ChangeBatch> = output.into_iter().collect();
+        let mut rows = contents.scan(None, false);
+        while let Some(batch) = rows.try_next().await? {
+            let batch = RecordBatch::try_new(pipeline.schema().clone(), batch.columns().to_vec())
+                .map_err(|e| FreshetError::Internal(format!("materialized table \"{name}\": {e}")))?;
+            parts.push(ChangeBatch::with_weight(&batch, -1)?);
+        }
+        let correction = consolidate(pipeline.schema(), &parts)?;
         Ok(Ok(IncrementalState {
             pipeline,
             query: definition.query.clone(),
             inputs: previous.inputs.clone(),
+            correction,
         }))
     }
 
@@ -253,6 +272,10 @@ impl Engine {
         }
         let input_changes = epoch.rows() as u64;
         let output = state.pipeline.step(&epoch)?;
+        let output = match (state.correction.take(), output) {
+            (Some(correction), Some(output)) => consolidate(state.pipeline.schema(), &[correction, output])?,
+            (correction, output) => correction.or(output),
+        };
 
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
         let mut txn = table.begin("REFRESH").await?;
