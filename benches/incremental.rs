@@ -173,7 +173,7 @@ async fn refresh_part(rows: usize, runs: usize) {
         .unwrap()
         .iter()
         .map(|b| {
-            freshet::datafusion::arrow::util::pretty::pretty_format_batches(&[b.clone()])
+            freshet::datafusion::arrow::util::pretty::pretty_format_batches(std::slice::from_ref(b))
                 .unwrap()
                 .to_string()
         })
@@ -270,14 +270,6 @@ async fn throughput_part(base: usize) {
                 total += started.elapsed();
                 engine.session().deregister_table("batch").unwrap();
             }
-            let reasons = engine
-                .sql("SELECT reason, duration_ms FROM freshet.refreshes WHERE name = 'mt' ORDER BY started_at DESC LIMIT 2")
-                .await
-                .unwrap();
-            eprintln!(
-                "{}",
-                freshet::datafusion::arrow::util::pretty::pretty_format_batches(&reasons).unwrap()
-            );
             let rows = (txn + txn / 10 * 2) * count;
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             println!(
