@@ -337,7 +337,12 @@ fn unsupported_node(plan: &LogicalPlan) -> BuildError {
     let operator = match plan {
         LogicalPlan::Sort(_) => "ORDER BY ... LIMIT (top-N)".to_string(),
         LogicalPlan::Limit(_) => "LIMIT".to_string(),
-        LogicalPlan::Window(_) => "window function (OVER)".to_string(),
+        LogicalPlan::Window(_) => {
+            return not_incremental(
+                "window function (OVER)",
+                "cannot be maintained incrementally; ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= n can",
+            );
+        }
         LogicalPlan::Distinct(logical::Distinct::On(_)) => "DISTINCT ON".to_string(),
         LogicalPlan::Unnest(_) => "UNNEST".to_string(),
         LogicalPlan::RecursiveQuery(_) => "recursive query (WITH RECURSIVE)".to_string(),
