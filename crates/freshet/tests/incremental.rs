@@ -490,6 +490,17 @@ async fn state_survives_a_change_of_freshness_and_is_rebuilt_after_a_restart() {
     assert_eq!(value(&engine, "SELECT low FROM m WHERE g = 3").await, "50");
     assert_eq!(value(&engine, "SELECT low FROM m WHERE g = 2").await, "1");
 
+    // EXPLAIN: the mode, the operators with their state, and where the state stands.
+    let explained = multiset(&engine.sql("EXPLAIN MATERIALIZED TABLE m").await.unwrap()).join("\n");
+    assert!(explained.contains("mode | AUTO every INTERVAL '1' HOUR"), "{explained}");
+    assert!(explained.contains("Aggregate: group=[g@0]"), "{explained}");
+    assert!(
+        explained.contains("[state: per group: row count, accumulators and the multiset"),
+        "{explained}"
+    );
+    assert!(explained.contains("Scan: t"), "{explained}");
+    assert!(explained.contains("state | in memory: 4 entries"), "{explained}");
+
     // A forced recompute has its own form.
     engine.sql("ALTER MATERIALIZED TABLE m REFRESH FULL").await.unwrap();
     let (_, algorithm, _) = last_refresh(&engine, "m").await;
