@@ -296,15 +296,10 @@ impl Engine {
             rows: written,
             partition: None,
         };
-        txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
-        let info = txn.commit().await?;
-        self.inner.materialized.committed(name, info.version, record);
+        let version = self.commit_refresh(name, txn, record).await?;
         state.inputs = pinned.inputs.clone();
         *super::lock(&self.inner.materialized.runtime(name).incremental) = Some(state);
-        Ok(RefreshOutcome::Committed {
-            version: info.version,
-            rows: written,
-        })
+        Ok(RefreshOutcome::Committed { version, rows: written })
     }
 }
 

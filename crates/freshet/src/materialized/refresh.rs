@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use freshet_common::{FreshetError, Result};
 use freshet_sql::{FreshetStatement, parse_statements};
-use freshet_storage::{CatalogEntry, Snapshot, SnapshotTable, Table, delete_matching};
+use freshet_storage::{CatalogEntry, Snapshot, SnapshotTable, Table, Transaction, delete_matching};
 
 use super::RefreshAttempt;
 use super::definition::MaterializedDefinition;
@@ -470,13 +470,17 @@ impl Engine {
             rows: written,
             partition: partition_label,
         };
+        let version = self.commit_refresh(name, txn, record).await?;
+        Ok(RefreshOutcome::Committed { version, rows: written })
+    }
+
+    /// Commits a refresh's transaction with its record, and remembers the record for the
+    /// history.
+    pub(crate) async fn commit_refresh(&self, name: &str, mut txn: Transaction, record: RefreshRecord) -> Result<u64> {
         txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
         let info = txn.commit().await?;
         self.inner.materialized.committed(name, info.version, record);
-        Ok(RefreshOutcome::Committed {
-            version: info.version,
-            rows: written,
-        })
+        Ok(info.version)
     }
 
     /// Whether the table (or the partition asked for) already reflects the newest data of its
