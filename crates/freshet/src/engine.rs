@@ -32,6 +32,7 @@ pub struct EngineBuilder {
     max_file_rows: Option<usize>,
     compact_min_files: Option<usize>,
     clock: Option<SharedClock>,
+    memory_limit: Option<usize>,
     settings: MaterializedSettings,
 }
 
@@ -87,6 +88,15 @@ impl EngineBuilder {
     /// Number of data files above which a table is compacted in the background (default 32).
     pub fn compact_min_files(mut self, files: usize) -> Self {
         self.compact_min_files = Some(files.max(1));
+        self
+    }
+
+    /// The memory the engine may use, in bytes (DataFusion's memory pool; unlimited by
+    /// default). Queries and the operator state of materialized tables share it: a query
+    /// that needs more fails (or spills, where DataFusion can), and so does the refresh of a
+    /// materialized table whose state would grow past it.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
         self
     }
 
@@ -149,7 +159,15 @@ impl EngineBuilder {
         let catalog = Arc::new(Catalog::open(location.clone(), options).await?);
         let schema = Arc::new(FreshetSchema::new(catalog.clone()));
         let system = Arc::new(SystemSchema::default());
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = match self.memory_limit {
+            Some(bytes) => {
+                let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                    .with_memory_limit(bytes, 1.0)
+                    .build_arc()?;
+                SessionContext::new_with_config_rt(config, runtime)
+            }
+            None => SessionContext::new_with_config(config),
+        };
         ctx.register_catalog(
             CATALOG_NAME,
             Arc::new(FreshetCatalog::new(schema.clone(), system.clone())),

@@ -15,6 +15,7 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::datasource::source_as_provider;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::TableScan;
 use futures::TryStreamExt;
 
@@ -42,6 +43,22 @@ pub(crate) struct IncrementalState {
     /// Changes that bring the table to the pipeline's output, found when the state was
     /// rebuilt; applied with the next refresh.
     correction: Option<ChangeBatch>,
+    /// The state's memory, in the engine's memory pool.
+    memory: MemoryReservation,
+}
+
+impl IncrementalState {
+    /// Accounts the state's current size in the memory pool; fails when the engine's memory
+    /// limit does not allow it.
+    fn account(&mut self, name: &str) -> Result<()> {
+        let bytes = usize::try_from(self.pipeline.state_size().bytes).unwrap_or(usize::MAX);
+        self.memory.try_resize(bytes).map_err(|e| {
+            FreshetError::from(e).context(format!(
+                "materialized table \"{name}\": its operator state needs {} of memory",
+                human_bytes(bytes as u64)
+            ))
+        })
+    }
 }
 
 /// How a refresh will be done, and why.
@@ -236,12 +253,17 @@ impl Engine {
             parts.push(ChangeBatch::with_weight(&batch, -1)?);
         }
         let correction = consolidate(pipeline.schema(), &parts)?;
-        Ok(Ok(IncrementalState {
+        let memory = MemoryConsumer::new(format!("materialized table {name}"))
+            .register(&self.inner.ctx.runtime_env().memory_pool);
+        let mut state = IncrementalState {
             pipeline,
             query: definition.query.clone(),
             inputs: previous.inputs.clone(),
             correction,
-        }))
+            memory,
+        };
+        state.account(name)?;
+        Ok(Ok(state))
     }
 
     /// Processes the input changes since the state's versions and commits the output.
@@ -272,6 +294,7 @@ impl Engine {
         }
         let input_changes = epoch.rows() as u64;
         let output = state.pipeline.step(&epoch)?;
+        state.account(name)?;
         let output = match (state.correction.take(), output) {
             (Some(correction), Some(output)) => consolidate(state.pipeline.schema(), &[correction, output])?,
             (correction, output) => correction.or(output),
