@@ -8,7 +8,6 @@
 //! go through the pipeline as insertions whose output is dropped (the table already holds it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
@@ -22,10 +21,10 @@ use futures::TryStreamExt;
 use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
 use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
 use freshet_sql::RefreshMode;
-use freshet_storage::{SnapshotTable, Table, Transaction, delete_matching};
+use freshet_storage::{ChangeSet, SnapshotTable, Transaction, delete_matching};
 
 use super::definition::MaterializedDefinition;
-use super::refresh::{PinnedQuery, RefreshOutcome, RefreshRecord, RefreshRequest, Trigger, table_schema};
+use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
 use crate::engine::Engine;
 
 /// AUTO refreshes incrementally when the changed input rows are at most this share of the
@@ -68,6 +67,8 @@ pub(crate) enum Algorithm {
     },
     Incremental {
         state: Box<IncrementalState>,
+        /// The changes of each input to process, found while deciding.
+        changes: BTreeMap<String, ChangeSet>,
         reason: String,
     },
 }
@@ -105,12 +106,16 @@ impl Engine {
     /// Decides between an incremental refresh and a full one.
     pub(crate) async fn choose_algorithm(
         &self,
-        name: &str,
-        definition: &MaterializedDefinition,
-        request: &RefreshRequest,
+        job: &RefreshJob<'_>,
         pinned: &PinnedQuery,
         previous: Option<&RefreshRecord>,
     ) -> Result<Algorithm> {
+        let RefreshJob {
+            name,
+            definition,
+            request,
+            ..
+        } = *job;
         let full = |reason: String| Ok(Algorithm::Full { reason });
         if let Some((column, value)) = &request.partition {
             return full(format!(
@@ -152,13 +157,17 @@ impl Engine {
         // The changes to process, counted from the manifests.
         let mut changed = 0u64;
         let mut total = 0u64;
+        let mut changes = BTreeMap::new();
         for (input, &to) in &pinned.inputs {
             let table = self.inner.catalog.table(input)?;
             let from = previous.inputs.get(input).copied().unwrap_or(0);
             total += table.snapshot_at(to).await.map(|s| s.num_rows()).unwrap_or(0);
             if from < to {
                 match table.changes(from, to).await {
-                    Ok(changes) => changed += changes.rows(),
+                    Ok(read) => {
+                        changed += read.rows();
+                        changes.insert(input.clone(), read);
+                    }
                     Err(e) => return full(format!("the changes of \"{input}\" cannot be read ({e})")),
                 }
             }
@@ -194,12 +203,14 @@ impl Engine {
         if let Some(state) = kept {
             return Ok(Algorithm::Incremental {
                 state: Box::new(state),
+                changes,
                 reason,
             });
         }
         match self.rebuild_state(name, definition, pinned, previous).await? {
             Ok(state) => Ok(Algorithm::Incremental {
                 state: Box::new(state),
+                changes,
                 reason: format!("{reason}; operator state rebuilt from the input versions the table reflects"),
             }),
             Err(why) => full(why),
@@ -266,30 +277,32 @@ impl Engine {
         Ok(Ok(state))
     }
 
-    /// Processes the input changes since the state's versions and commits the output.
-    #[allow(clippy::too_many_arguments)]
+    /// Processes the input changes since the state's versions (`changes`, which
+    /// `choose_algorithm` found: the state reflects the versions the last refresh read) and
+    /// commits the output.
     pub(crate) async fn refresh_incremental(
         &self,
-        name: &str,
-        table: &Arc<Table>,
-        definition: &MaterializedDefinition,
-        request: &RefreshRequest,
-        started: i64,
+        job: &RefreshJob<'_>,
         pinned: &PinnedQuery,
         mut state: IncrementalState,
+        changes: BTreeMap<String, ChangeSet>,
         reason: &str,
     ) -> Result<RefreshOutcome> {
+        let RefreshJob {
+            name,
+            table,
+            definition,
+            request,
+            started,
+        } = *job;
         let mut epoch = Epoch::new();
-        for source in state.pipeline.sources().clone() {
-            let from = state.inputs.get(&source).copied().unwrap_or(0);
-            let to = pinned.inputs.get(&source).copied().unwrap_or(from);
-            if from == to {
+        for source in state.pipeline.sources() {
+            let Some(read) = changes.get(source) else {
                 continue;
-            }
-            let changes = self.inner.catalog.table(&source)?.changes(from, to).await?;
-            let mut stream = changes.stream();
+            };
+            let mut stream = read.stream();
             while let Some(batch) = stream.try_next().await? {
-                epoch.add(&source, batch);
+                epoch.add(source, batch);
             }
         }
         let input_changes = epoch.rows() as u64;

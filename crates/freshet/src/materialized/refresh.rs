@@ -128,6 +128,15 @@ impl PinnedQuery {
     }
 }
 
+/// One refresh under way: the table, its definition, what was asked, and when it started.
+pub(crate) struct RefreshJob<'a> {
+    pub name: &'a str,
+    pub table: &'a Arc<Table>,
+    pub definition: &'a MaterializedDefinition,
+    pub request: &'a RefreshRequest,
+    pub started: i64,
+}
+
 /// What to refresh.
 #[derive(Debug, Clone)]
 pub(crate) struct RefreshRequest {
@@ -358,46 +367,45 @@ impl Engine {
         {
             return Ok(RefreshOutcome::Skipped);
         }
-        let algorithm = self
-            .choose_algorithm(name, definition, request, &pinned, previous.as_ref())
-            .await?;
-        match algorithm {
-            Algorithm::Incremental { state, reason } => {
-                let result = self
-                    .refresh_incremental(name, table, definition, request, started, &pinned, *state, &reason)
-                    .await;
-                match result {
+        let job = RefreshJob {
+            name,
+            table,
+            definition,
+            request,
+            started,
+        };
+        match self.choose_algorithm(&job, &pinned, previous.as_ref()).await? {
+            Algorithm::Incremental { state, changes, reason } => {
+                match self.refresh_incremental(&job, &pinned, *state, changes, &reason).await {
                     Err(e) if e.domain() == freshet_common::ErrorDomain::Internal => {
                         // The state disagreed with the table: start again from the query.
                         let reason = format!("the incremental refresh failed ({e}), so it was recomputed in full");
                         tracing::warn!(table = name, "{reason}");
-                        self.recompute(name, table, definition, request, started, pinned, previous, reason)
-                            .await
+                        self.recompute(&job, pinned, previous, reason).await
                     }
                     other => other,
                 }
             }
-            Algorithm::Full { reason } => {
-                self.recompute(name, table, definition, request, started, pinned, previous, reason)
-                    .await
-            }
+            Algorithm::Full { reason } => self.recompute(&job, pinned, previous, reason).await,
         }
     }
 
     /// The FULL refresh: the query evaluated by DataFusion, its rows replacing the contents
     /// (or one partition's).
-    #[allow(clippy::too_many_arguments)]
     async fn recompute(
         &self,
-        name: &str,
-        table: &Arc<Table>,
-        definition: &MaterializedDefinition,
-        request: &RefreshRequest,
-        started: i64,
+        job: &RefreshJob<'_>,
         pinned: PinnedQuery,
         previous: Option<RefreshRecord>,
         reason: String,
     ) -> Result<RefreshOutcome> {
+        let RefreshJob {
+            name,
+            table,
+            definition,
+            request,
+            started,
+        } = *job;
         self.inner.materialized.forget_state(name);
         let base = table.snapshot();
         let partition_label = request.partition.as_ref().map(|(c, v)| format!("{c}={v}"));
