@@ -6,13 +6,17 @@
 
 mod completion;
 mod output;
+mod script;
+#[cfg(unix)]
+mod sessions;
 mod shell;
+mod watch;
 
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, Command, value_parser};
-use freshet::{DEFAULT_LOCATION, Engine};
+use freshet::{DEFAULT_LOCATION, Engine, FreshetError};
 
 use crate::output::{Format, Printer};
 
@@ -99,15 +103,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let interactive = sources.is_empty() && std::io::stdin().is_terminal();
         let engine = match Engine::builder().location(&location).open().await {
             Ok(engine) => engine,
+            Err(FreshetError::Locked {
+                location: directory,
+                detail,
+            }) => {
+                return in_other_engine(&directory, &detail, format, interactive, sources).await;
+            }
             Err(e) => {
                 eprintln!("error: cannot open {location}: {e}");
                 return ExitCode::FAILURE;
             }
         };
         let printer = Printer::new(format);
-        let code = if sources.is_empty() && std::io::stdin().is_terminal() {
+        let code = if interactive {
             shell::run(&engine, printer).await
         } else {
             run_scripts(&engine, printer, sources).await
@@ -117,13 +128,51 @@ fn main() -> ExitCode {
     })
 }
 
-async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>) -> ExitCode {
-    let scripts = if sources.is_empty() {
+/// The data directory is open in another engine: run the scripts in it when it is a shell
+/// offering sessions.
+async fn in_other_engine(
+    directory: &str,
+    detail: &str,
+    format: Format,
+    interactive: bool,
+    sources: Vec<Source>,
+) -> ExitCode {
+    #[cfg(unix)]
+    if !interactive {
+        let mut scripts = Vec::new();
+        for source in scripts_of(sources) {
+            match read_source(&source) {
+                Ok((origin, sql)) => scripts.push(sessions::Script { origin, sql }),
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if let Some(status) = sessions::attach(std::path::Path::new(directory), format, scripts).await {
+            return ExitCode::from(status);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (format, interactive, sources);
+    eprintln!(
+        "error: {directory} is open in another program ({detail}); a freshet shell that has it open \
+         runs the statements of `freshet --data-dir ... -c/-f` given while it runs"
+    );
+    ExitCode::FAILURE
+}
+
+/// The scripts to run: the `-c`/`-f` sources, or standard input when there are none.
+fn scripts_of(sources: Vec<Source>) -> Vec<Source> {
+    if sources.is_empty() {
         vec![Source::File("-".into())]
     } else {
         sources
-    };
-    for source in scripts {
+    }
+}
+
+async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>) -> ExitCode {
+    for source in scripts_of(sources) {
         let (origin, sql) = match read_source(&source) {
             Ok(read) => read,
             Err(message) => {
@@ -131,7 +180,7 @@ async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(message) = run_script(engine, &mut printer, &origin, &sql).await {
+        if let Err(message) = script::run_script(engine, &mut printer, &origin, &sql).await {
             eprintln!("{message}");
             return ExitCode::FAILURE;
         }
@@ -152,35 +201,5 @@ fn read_source(source: &Source) -> Result<(String, String), String> {
         Source::File(path) => std::fs::read_to_string(path)
             .map(|sql| (path.clone(), sql))
             .map_err(|e| format!("cannot read {path}: {e}")),
-    }
-}
-
-/// Runs every statement of a script, printing each result; the first error stops it and is
-/// returned with the statement's position.
-pub(crate) async fn run_script(engine: &Engine, printer: &mut Printer, origin: &str, sql: &str) -> Result<(), String> {
-    let statements = engine.parse(sql).map_err(|e| format!("error: {origin}: {e}"))?;
-    for statement in statements {
-        let started = std::time::Instant::now();
-        let result = match engine.execute(&statement).await {
-            Ok(stream) => printer.print(stream, started).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            return Err(format!(
-                "error: {origin}, line {}: {e}\n  in: {}",
-                statement.line,
-                first_line(&statement.text)
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.len() < text.len() {
-        format!("{line} ...")
-    } else {
-        line.to_string()
     }
 }

@@ -1,8 +1,7 @@
 //! Printing results: aligned tables for people; CSV, JSON and NDJSON for programs (no
 //! decoration: nothing but the rows goes to standard output).
 
-use std::io::Write;
-use std::time::Instant;
+use std::io::{IsTerminal, Write};
 
 use freshet::FreshetError;
 use freshet::datafusion::arrow::array::RecordBatch;
@@ -11,11 +10,10 @@ use freshet::datafusion::arrow::datatypes::SchemaRef;
 use freshet::datafusion::arrow::json::{ArrayWriter, LineDelimitedWriter};
 use freshet::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use freshet::datafusion::arrow::util::pretty::pretty_format_batches;
-use freshet::datafusion::execution::SendableRecordBatchStream;
-use futures::TryStreamExt;
 
 /// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum Format {
     /// Aligned table with a row count.
     Table,
@@ -27,14 +25,28 @@ pub(crate) enum Format {
     Ndjson,
 }
 
-/// Prints statement results to standard output, or to a file chosen with `\o`.
+/// Where results go.
+pub(crate) enum Destination {
+    /// The terminal or whatever standard output is.
+    Stdout,
+    /// A file chosen with `\o`.
+    File(std::fs::File),
+    /// Another session's connection (see `sessions`): each result is sent as one piece.
+    Channel(tokio::sync::mpsc::UnboundedSender<Vec<u8>>),
+}
+
+/// Prints statement results.
 pub(crate) struct Printer {
     pub format: Format,
     pub timing: bool,
     /// One line per column and value instead of a table (`\x`).
     pub expanded: bool,
-    /// Where results go instead of standard output.
-    pub output: Option<std::fs::File>,
+    pub destination: Destination,
+    /// Whether results taller or wider than the terminal go through a pager (interactive use
+    /// only, and only when standard output is a terminal).
+    pub pager: bool,
+    /// Whether statements running over a second show a progress indicator on standard error.
+    pub progress: bool,
 }
 
 impl Printer {
@@ -43,31 +55,42 @@ impl Printer {
             format,
             timing: false,
             expanded: false,
-            output: None,
+            destination: Destination::Stdout,
+            pager: false,
+            progress: false,
         }
     }
 
+    /// Whether results go to a terminal (not a file, a pipe or another session).
+    pub(crate) fn to_terminal(&self) -> bool {
+        matches!(self.destination, Destination::Stdout) && std::io::stdout().is_terminal()
+    }
+
     /// Prints one statement's result.
-    pub(crate) async fn print(
+    pub(crate) fn print(
         &mut self,
-        stream: SendableRecordBatchStream,
-        started: Instant,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        elapsed: std::time::Duration,
     ) -> Result<(), FreshetError> {
-        let schema = stream.schema();
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(FreshetError::from)?;
-        let elapsed = started.elapsed();
-        let written = match &self.output {
-            Some(file) => {
-                let mut out = std::io::BufWriter::new(file);
-                self.render(&mut out, &schema, &batches, elapsed)
-                    .and_then(|()| out.flush())
-            }
-            None => {
-                let mut out = std::io::stdout().lock();
-                self.render(&mut out, &schema, &batches, elapsed)
-                    .and_then(|()| out.flush())
-            }
-        };
+        let mut rendered = Vec::new();
+        let written = self
+            .render(&mut rendered, schema, batches, elapsed)
+            .and_then(|()| match &mut self.destination {
+                Destination::Stdout
+                    if self.pager && self.format == Format::Table && std::io::stdout().is_terminal() =>
+                {
+                    page(&rendered)
+                }
+                Destination::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&rendered).and_then(|()| out.flush())
+                }
+                Destination::File(file) => file.write_all(&rendered).and_then(|()| file.flush()),
+                Destination::Channel(sender) => sender
+                    .send(rendered)
+                    .map_err(|_| std::io::Error::other("the session has gone")),
+            });
         written.map_err(|e| FreshetError::InvalidStatement(format!("cannot write the result: {e}")))
     }
 
@@ -121,6 +144,54 @@ impl Printer {
     }
 }
 
+/// Shows `text` through the pager when it does not fit the terminal, like psql: `$PAGER`
+/// (empty: no pager), else `less -SRX`. Without a usable pager the text is printed.
+fn page(text: &[u8]) -> std::io::Result<()> {
+    // A terminal that reports no size (0 x 0) is treated like one of unknown size.
+    let size = terminal_size::terminal_size().filter(|(width, height)| width.0 > 0 && height.0 > 0);
+    let fits = size.is_none_or(|(width, height)| {
+        fits_in(
+            &String::from_utf8_lossy(text),
+            usize::from(width.0),
+            usize::from(height.0),
+        )
+    });
+    let command = match std::env::var("PAGER") {
+        Ok(pager) => pager,
+        Err(_) => "less -SRX".to_string(),
+    };
+    let mut words = command.split_whitespace();
+    if let (false, Some(program)) = (fits, words.next()) {
+        let child = std::process::Command::new(program)
+            .args(words)
+            .stdin(std::process::Stdio::piped())
+            .spawn();
+        if let Ok(mut child) = child {
+            // The pager may quit before reading everything (the user pressed q): not an error.
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(text);
+            }
+            child.wait()?;
+            return Ok(());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(text).and_then(|()| out.flush())
+}
+
+/// Whether text fits a terminal of `width` columns and `height` lines, keeping a line for the
+/// prompt.
+fn fits_in(text: &str, width: usize, height: usize) -> bool {
+    let mut lines = 0;
+    for line in text.lines() {
+        lines += 1;
+        if lines >= height || line.chars().count() > width {
+            return false;
+        }
+    }
+    true
+}
+
 /// One block per row: `-[ RECORD n ]-` and a `column | value` line per column.
 fn render_expanded(out: &mut impl Write, batches: &[RecordBatch]) -> std::io::Result<()> {
     let options = FormatOptions::default().with_null("NULL");
@@ -167,6 +238,14 @@ mod tests {
     use freshet::datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn text_fits_a_terminal_with_a_line_to_spare() {
+        assert!(fits_in("ab\ncd\n", 2, 3));
+        assert!(!fits_in("ab\ncd\nef\n", 2, 3));
+        assert!(!fits_in("abc\n", 2, 3));
+        assert!(fits_in("", 2, 1));
+    }
 
     #[test]
     fn expanded_display_prints_a_block_per_row() {

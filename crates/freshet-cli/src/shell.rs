@@ -11,7 +11,8 @@ use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 
 use crate::completion::SqlHelper;
-use crate::output::{Format, Printer};
+use crate::output::{Destination, Format, Printer};
+use crate::watch::{Display, watch};
 
 const HELP: &str = "\
 Statements end with ';'. Meta-commands:
@@ -20,12 +21,16 @@ Statements end with ';'. Meta-commands:
   \\d              list tables and materialized tables
   \\d NAME         describe a table (for a materialized table: query, freshness, mode, status, lag)
   \\dm             materialized tables with their status and data lag
-  \\watch NAME     show a table again at each commit (a materialized table at each refresh),
-                  with its version and data lag, until Ctrl-C
+  \\watch NAME [changes]
+                  show a table again at each commit (a materialized table at each refresh),
+                  with its version and data lag, until Ctrl-C; with `changes`, print each
+                  commit's rows marked + (inserted) and - (deleted) instead
   \\timing         toggle timing of statements
   \\x              toggle expanded display (a line per column)
   \\format FORMAT  table, csv, json or ndjson
   \\o FILE         send results to FILE; \\o alone: back to the terminal
+  \\pager          toggle the pager for results taller or wider than the terminal
+                  ($PAGER, else less)
   \\i FILE         run the statements in FILE
 Ctrl-C cancels the running statement, or clears the current input.";
 
@@ -48,6 +53,14 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
         engine.location()
     );
     editor.set_helper(Some(SqlHelper::default()));
+    // Ctrl-C must never end the shell: from now on SIGINT is handled (this listener ignores it;
+    // a running statement or `\watch` listens for it to stop).
+    tokio::spawn(async { while tokio::signal::ctrl_c().await.is_ok() {} });
+    printer.pager = true;
+    printer.progress = true;
+    // Other `freshet` commands on this directory run in this engine while the shell is open.
+    #[cfg(unix)]
+    let _sessions = crate::sessions::listen(engine);
     let mut buffer = String::new();
     let mut failures = RefreshFailures::default();
     loop {
@@ -110,7 +123,7 @@ pub(crate) fn is_complete(sql: &str) -> bool {
 
 async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, sql: &str) {
     tokio::select! {
-        result = crate::run_script(engine, printer, origin, sql) => {
+        result = crate::script::run_script(engine, printer, origin, sql) => {
             if let Err(message) = result {
                 eprintln!("{message}");
             }
@@ -119,47 +132,6 @@ async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, s
             // Dropping the running statement cancels it; a statement that had not committed
             // leaves nothing behind.
             eprintln!("cancelled");
-        }
-    }
-}
-
-/// `\\watch NAME`: shows the table, then again each time a version of it is committed (for a
-/// materialized table: each refresh), until Ctrl-C. Driven by commits, not by polling.
-async fn watch(engine: &Engine, printer: &mut Printer, name: &str) {
-    let table = match engine.table(name).or_else(|_| engine.table(&name.to_lowercase())) {
-        Ok(table) => table,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return;
-        }
-    };
-    let mut versions = table.subscribe();
-    let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && printer.output.is_none();
-    let query = format!("SELECT * FROM \"{}\";", table.name().replace('"', "\"\""));
-    loop {
-        let version = *versions.borrow_and_update();
-        if clear {
-            // Clear the screen and go home: the table updates in place.
-            print!("\x1b[2J\x1b[H");
-        }
-        let lag = match engine.materialized_table(table.name()).await {
-            Ok(info) => info
-                .data_lag_ms
-                .map_or(String::new(), |ms| format!(", data lag {:.1} s", ms as f64 / 1000.0)),
-            Err(_) => String::new(),
-        };
-        println!("{} at version {version}{lag} (Ctrl-C to stop)", table.name());
-        if let Err(message) = crate::run_script(engine, printer, "\\watch", &query).await {
-            eprintln!("{message}");
-            return;
-        }
-        tokio::select! {
-            changed = versions.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = tokio::signal::ctrl_c() => return,
         }
     }
 }
@@ -213,9 +185,13 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
             printer.expanded = !printer.expanded;
             println!("Expanded display is {}.", if printer.expanded { "on" } else { "off" });
         }
-        ("\\o", None) => printer.output = None,
+        ("\\pager", _) => {
+            printer.pager = !printer.pager;
+            println!("Pager is {}.", if printer.pager { "on" } else { "off" });
+        }
+        ("\\o", None) => printer.destination = Destination::Stdout,
         ("\\o", Some(path)) => match std::fs::File::create(path) {
-            Ok(file) => printer.output = Some(file),
+            Ok(file) => printer.destination = Destination::File(file),
             Err(e) => eprintln!("error: cannot write {path}: {e}"),
         },
         ("\\i", Some(path)) => match std::fs::read_to_string(path) {
@@ -243,7 +219,10 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
             };
             run_cancellable(engine, printer, "\\d", &sql).await;
         }
-        ("\\watch", Some(name)) => watch(engine, printer, name).await,
+        ("\\watch", Some(name)) => match Display::parse(words.next()) {
+            Some(display) => watch(engine, printer, name, display).await,
+            None => eprintln!("error: \\watch NAME [changes]: unknown display {line}"),
+        },
         ("\\dm", _) => {
             let sql = "SELECT name, status, refresh_mode, freshness, \
                        CASE WHEN data_lag_ms IS NULL THEN NULL ELSE CAST(data_lag_ms / 1000 AS TEXT) || ' s' END AS data_lag, \

@@ -20,6 +20,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::StatisticsArgs;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
@@ -226,6 +227,8 @@ pub struct SnapshotScanExec {
     partitions: Vec<Vec<usize>>,
     limit: Option<usize>,
     properties: Arc<PlanProperties>,
+    /// Rows produced, per partition: `EXPLAIN ANALYZE` and progress displays read them.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl SnapshotScanExec {
@@ -249,6 +252,7 @@ impl SnapshotScanExec {
             partitions,
             limit,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 }
@@ -321,6 +325,10 @@ impl ExecutionPlan for SnapshotScanExec {
         Ok(Arc::new(statistics))
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         let files = self
             .partitions
@@ -333,12 +341,14 @@ impl ExecutionPlan for SnapshotScanExec {
             .map_err(DataFusionError::from);
         let schema = self.schema.clone();
         let arrangement = self.columns.arrangement.clone();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = stream.map(move |batch| {
             let batch = match &arrangement {
                 Some(order) => batch?.project(order)?,
                 None => batch?,
             };
             let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            baseline.record_output(batch.num_rows());
             RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
                 .map_err(DataFusionError::from)
         });

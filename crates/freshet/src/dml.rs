@@ -192,13 +192,7 @@ impl Engine {
         let mut statement = *statement;
         time_travel::rewrite(self, &mut statement).await?;
         let plan = self.inner.ctx.state().statement_to_plan(statement).await?;
-        Ok(self
-            .inner
-            .ctx
-            .execute_logical_plan(plan)
-            .await?
-            .execute_stream()
-            .await?)
+        crate::progress::execute_tracked(self.inner.ctx.execute_logical_plan(plan).await?).await
     }
 }
 

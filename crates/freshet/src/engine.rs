@@ -274,6 +274,16 @@ impl Engine {
         self.run(statement).await
     }
 
+    /// [`Engine::execute`], reporting how far the statement has got to `progress` (rows read
+    /// so far) while it runs and while its rows are streamed.
+    pub async fn execute_with_progress(
+        &self,
+        statement: &Statement,
+        progress: &crate::Progress,
+    ) -> Result<SendableRecordBatchStream> {
+        progress.scope(self.run(statement)).await
+    }
+
     /// Closes the engine: waits for background work (compactions) to finish, so that another
     /// engine can open the location at once and find it quiet. Dropping an engine without
     /// closing it is safe too: a compaction still running then commits (or fails) on its own.

@@ -151,7 +151,7 @@ impl Engine {
             ))),
             plan => {
                 let frame = self.inner.ctx.execute_logical_plan(plan).await?;
-                Ok(frame.execute_stream().await?)
+                crate::progress::execute_tracked(frame).await
             }
         }
     }

@@ -45,6 +45,7 @@ mod execute;
 mod flink_functions;
 mod functions;
 pub mod materialized;
+mod progress;
 mod schema;
 mod time_travel;
 
@@ -58,6 +59,7 @@ pub use freshet_storage::{ChangeSet, Snapshot, Table};
 pub use materialized::{
     LastRefresh, MaterializedSettings, MaterializedTableInfo, RefreshOutcome, RefreshRecord, Status, Trigger,
 };
+pub use progress::Progress;
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
 
 /// The table format, for direct access to versions, changes and storage layers.

@@ -249,3 +249,45 @@ async fn scans_return_columns_in_the_order_asked() {
     let c = batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
     assert_eq!(c.value(0), 3);
 }
+
+#[tokio::test]
+async fn progress_counts_the_rows_a_statement_reads() {
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    engine.sql("CREATE TABLE t (x BIGINT)").await.unwrap();
+    engine
+        .sql("INSERT INTO t SELECT value FROM generate_series(1, 1000)")
+        .await
+        .unwrap();
+    let statements = engine
+        .parse("SELECT count(*) FROM t WHERE x % 2 = 0; DELETE FROM t WHERE x <= 10")
+        .unwrap();
+    let progress = freshet::Progress::new();
+    let rows: Vec<_> = engine
+        .execute_with_progress(&statements[0], &progress)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        500
+    );
+    assert_eq!(progress.rows_read(), 1000);
+    // Plans made inside a statement (a DELETE's scan for its rows) count too.
+    let progress = freshet::Progress::new();
+    let _: Vec<_> = engine
+        .execute_with_progress(&statements[1], &progress)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(progress.rows_read() >= 10, "{}", progress.rows_read());
+    assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 990);
+}

@@ -1,0 +1,170 @@
+//! The non-interactive command line: output formats, scripts, errors and exit codes.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn freshet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .args(args)
+        .output()
+        .expect("freshet runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+const SETUP: &str = "CREATE TABLE t (id INT PRIMARY KEY, name TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL)";
+
+#[test]
+fn table_format_is_aligned_with_a_row_count() {
+    let out = freshet(&["--memory", "-c", SETUP, "-c", "SELECT * FROM t ORDER BY id"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "OK\n+-------+\n| count |\n+-------+\n| 2     |\n+-------+\n(1 row)\n\
+         +----+------+\n| id | name |\n+----+------+\n| 1  | a    |\n| 2  |      |\n+----+------+\n(2 rows)\n"
+    );
+}
+
+#[test]
+fn csv_json_and_ndjson_have_no_decoration() {
+    let query = "SELECT * FROM t ORDER BY id";
+    let csv = freshet(&["--memory", "--format", "csv", "-c", SETUP, "-c", query]);
+    assert_eq!(stdout(&csv), "count\n2\nid,name\n1,a\n2,\n");
+    let json = freshet(&["--memory", "--format", "json", "-c", SETUP, "-c", query]);
+    assert_eq!(
+        stdout(&json),
+        "[{\"count\":2}]\n[{\"id\":1,\"name\":\"a\"},{\"id\":2}]\n"
+    );
+    let ndjson = freshet(&["--memory", "--format", "ndjson", "-c", SETUP, "-c", query]);
+    assert_eq!(
+        stdout(&ndjson),
+        "{\"count\":2}\n{\"id\":1,\"name\":\"a\"}\n{\"id\":2}\n"
+    );
+    let empty = freshet(&[
+        "--memory",
+        "--format",
+        "json",
+        "-c",
+        "CREATE TABLE e (x INT)",
+        "-c",
+        "SELECT * FROM e",
+    ]);
+    assert_eq!(stdout(&empty), "[]\n");
+}
+
+#[test]
+fn commands_and_files_run_in_order_and_data_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let script = dir.path().join("script.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO t VALUES (3, 'c');\n-- a comment; with a semicolon\nUPDATE t SET name = 'z' WHERE id = 1;\n",
+    )
+    .unwrap();
+    let data = data.to_str().unwrap();
+    let out = freshet(&[
+        "--data-dir",
+        data,
+        "--format",
+        "csv",
+        "-c",
+        SETUP,
+        "-f",
+        script.to_str().unwrap(),
+        "-c",
+        "SELECT count(*) AS n FROM t",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).ends_with("n\n3\n"), "{}", stdout(&out));
+    let again = freshet(&[
+        "--data-dir",
+        data,
+        "--format",
+        "csv",
+        "-c",
+        "SELECT name FROM t ORDER BY id",
+    ]);
+    // A NULL alone on a line is quoted, so that it is not an empty line.
+    assert_eq!(stdout(&again), "name\nz\n\"\"\nc\n");
+}
+
+#[test]
+fn standard_input_is_a_script() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .args(["--memory", "--format", "csv", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT 1 + 1 AS two;\nSELECT 'x' AS y;")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "two\n2\ny\nx\n");
+}
+
+#[test]
+fn the_first_error_stops_with_its_position_on_stderr() {
+    let out = freshet(&[
+        "--memory",
+        "--format",
+        "csv",
+        "-c",
+        SETUP,
+        "-c",
+        "SELECT 1 AS one;\nINSERT INTO t VALUES (1, 'dup');\nSELECT 2 AS two",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    // Statements before the error ran and printed; nothing after it did.
+    assert_eq!(stdout(&out), "count\n2\none\n1\n");
+    let err = stderr(&out);
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("duplicate primary key (id) = (1)"), "{err}");
+    assert!(err.contains("INSERT INTO t VALUES (1, 'dup')"), "{err}");
+}
+
+#[test]
+fn usage_errors_are_reported() {
+    let parse = freshet(&["--memory", "-c", "SELEC 1"]);
+    assert_eq!(parse.status.code(), Some(1));
+    assert!(stderr(&parse).contains("SQL error"), "{}", stderr(&parse));
+    let missing = freshet(&["--memory", "-f", "/nonexistent/script.sql"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("cannot read /nonexistent/script.sql"));
+    let format = freshet(&["--memory", "--format", "xml", "-c", "SELECT 1"]);
+    assert!(!format.status.success());
+    assert!(stdout(&format).is_empty());
+}
+
+#[test]
+fn the_readme_walkthrough_scripted() {
+    let out = freshet(&[
+        "--memory",
+        "--format",
+        "csv",
+        "-c",
+        "CREATE TABLE readings (x INT)",
+        "-c",
+        "CREATE MATERIALIZED TABLE totals FRESHNESS = INTERVAL '1' SECOND \
+         AS SELECT count(*) AS n, sum(x) AS total FROM readings",
+        "-c",
+        "INSERT INTO readings VALUES (5), (7)",
+        "-c",
+        "ALTER MATERIALIZED TABLE totals REFRESH",
+        "-c",
+        "SELECT * FROM totals",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).ends_with("n,total\n2,12\n"), "{}", stdout(&out));
+}
