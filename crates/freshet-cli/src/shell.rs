@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use freshet::Engine;
 use freshet::datafusion::sql::sqlparser::dialect::GenericDialect;
 use freshet::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use rustyline::Editor;
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
+use rustyline::{Editor, ExternalPrinter};
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::completion::SqlHelper;
 use crate::output::{Destination, Format, Printer};
@@ -62,10 +63,11 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     #[cfg(unix)]
     let _sessions = crate::sessions::listen(engine);
     let mut buffer = String::new();
-    let mut failures = RefreshFailures::default();
+    let mut failed = FailedTables::default();
+    report_refresh_failures(engine, &mut editor);
     loop {
         if buffer.is_empty() {
-            failures.report(engine).await;
+            failed.report(engine).await;
             if let Some(helper) = editor.helper_mut() {
                 helper.refresh(engine).await;
             }
@@ -136,31 +138,61 @@ async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, s
     }
 }
 
-/// Reports background refreshes that failed since the last prompt, one line each on stderr.
-#[derive(Default)]
-struct RefreshFailures {
-    /// Failures already reported, per table.
-    seen: std::collections::HashMap<String, u32>,
+/// Reports each failed background refresh as it happens, above the prompt (rustyline's
+/// external printer keeps the line being typed intact), from the engine's stream of refresh
+/// attempts. Manual refreshes report their errors as statement errors instead.
+fn report_refresh_failures(engine: &Engine, editor: &mut Editor<SqlHelper, DefaultHistory>) {
+    let Ok(mut out) = editor.create_external_printer() else {
+        return;
+    };
+    let mut attempts = engine.refresh_attempts();
+    tokio::spawn(async move {
+        loop {
+            let attempt = match attempts.recv().await {
+                Ok(attempt) => attempt,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            if attempt.outcome == "failed" && attempt.trigger != freshet::Trigger::Manual {
+                let message = format!(
+                    "notice: {} refresh of \"{}\" failed: {}\n",
+                    attempt.trigger,
+                    attempt.table,
+                    attempt.detail.unwrap_or_default()
+                );
+                if out.print(message).is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
-impl RefreshFailures {
+/// Reports, at the prompt, materialized tables that have stopped refreshing (FAILED after too
+/// many failures in a row) since the last prompt.
+#[derive(Default)]
+struct FailedTables {
+    reported: std::collections::HashSet<String>,
+}
+
+impl FailedTables {
     async fn report(&mut self, engine: &Engine) {
         let Ok(tables) = engine.materialized_tables().await else {
             return;
         };
         for table in tables {
-            let seen = self.seen.entry(table.name.clone()).or_default();
-            if table.failures > *seen
-                && let Some(error) = &table.last_error
-            {
-                let status = if table.status == freshet::Status::Failed {
-                    " — now FAILED; ALTER MATERIALIZED TABLE ... RESUME after fixing it".to_string()
-                } else {
-                    format!(" (failure {} in a row, will retry)", table.failures)
-                };
-                eprintln!("notice: refresh of \"{}\" failed{status}: {error}", table.name);
+            if table.status != freshet::Status::Failed {
+                self.reported.remove(&table.name);
+            } else if self.reported.insert(table.name.clone()) {
+                eprintln!(
+                    "notice: \"{}\" is FAILED after {} failed refreshes and no longer refreshes; \
+                     ALTER MATERIALIZED TABLE {} RESUME after fixing it. Last error: {}",
+                    table.name,
+                    table.failures,
+                    table.name,
+                    table.last_error.as_deref().unwrap_or("unknown")
+                );
             }
-            *seen = table.failures;
         }
     }
 }
@@ -218,6 +250,13 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
                 format!("DESCRIBE {name};")
             };
             run_cancellable(engine, printer, "\\d", &sql).await;
+            // A materialized table's description names its key; a table's columns do not.
+            if !materialized
+                && let Ok(table) = engine.table(name).or_else(|_| engine.table(&name.to_lowercase()))
+                && !table.snapshot().primary_key().is_empty()
+            {
+                println!("Primary key: ({})", table.snapshot().primary_key().join(", "));
+            }
         }
         ("\\watch", Some(name)) => match Display::parse(words.next()) {
             Some(display) => watch(engine, printer, name, display).await,

@@ -180,3 +180,37 @@ fn results_taller_than_the_terminal_go_through_the_pager() {
     shell.send_control('d').unwrap();
     shell.exp_eof().unwrap();
 }
+
+#[test]
+fn background_refresh_failures_are_reported_at_the_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shell = shell(&dir.path().join("data"), dir.path(), "");
+    shell
+        .send_line("CREATE TABLE src (id INT PRIMARY KEY, x INT NOT NULL);")
+        .unwrap();
+    shell.exp_string("OK").unwrap();
+    prompt(&mut shell);
+    shell.send_line("\\d src").unwrap();
+    shell.exp_string("Primary key: (id)").unwrap();
+    prompt(&mut shell);
+    shell
+        .send_line(
+            "CREATE MATERIALIZED TABLE by_x (PRIMARY KEY (x) NOT ENFORCED) \
+             FRESHNESS = INTERVAL '1' SECOND AS SELECT x FROM src;",
+        )
+        .unwrap();
+    shell.exp_string("OK").unwrap();
+    prompt(&mut shell);
+    // The continuous refresh this commit triggers fails (two rows with one key): the shell
+    // says so while it sits at the prompt, without a key being pressed.
+    shell.send_line("INSERT INTO src VALUES (1, 7), (2, 7);").unwrap();
+    shell.exp_regex(r"\| 2 +\|").unwrap();
+    prompt(&mut shell);
+    shell
+        .exp_string("notice: continuous refresh of \"by_x\" failed")
+        .unwrap();
+    shell.send_line("SELECT 1 AS still_here;").unwrap();
+    shell.exp_string("still_here").unwrap();
+    shell.send_control('d').unwrap();
+    shell.exp_eof().unwrap();
+}

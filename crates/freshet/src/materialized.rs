@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use freshet_common::SharedClock;
 
@@ -33,6 +33,10 @@ pub use status::{LastRefresh, MaterializedTableInfo};
 
 /// Attempts kept per table in memory for `freshet.refreshes`.
 const HISTORY_LENGTH: usize = 100;
+
+/// Attempts a slow [`crate::Engine::refresh_attempts`] listener may fall behind by before it
+/// misses some.
+const ATTEMPTS_BUFFERED: usize = 1024;
 
 /// One refresh attempt, as kept in the in-memory history.
 #[derive(Debug, Clone)]
@@ -86,6 +90,8 @@ pub(crate) struct Materialized {
     pub settings: RwLock<MaterializedSettings>,
     runtimes: Mutex<HashMap<String, Arc<Runtime>>>,
     history: Mutex<VecDeque<RefreshAttempt>>,
+    /// Every attempt as it is recorded, for [`crate::Engine::refresh_attempts`].
+    attempts: broadcast::Sender<RefreshAttempt>,
     /// Wakes the scheduler to look at its schedules again.
     pub wake: Arc<Notify>,
     /// Rounds of the scheduler asked for by [`crate::Engine::wait_for_refreshes`].
@@ -104,6 +110,7 @@ impl Materialized {
             settings: RwLock::new(settings),
             runtimes: Mutex::new(HashMap::new()),
             history: Mutex::new(VecDeque::new()),
+            attempts: broadcast::channel(ATTEMPTS_BUFFERED).0,
             wake: Arc::new(Notify::new()),
             requested: AtomicU64::new(0),
             processed: watch::channel(0).0,
@@ -149,7 +156,13 @@ impl Materialized {
         {
             history.remove(oldest);
         }
-        history.push_back(attempt);
+        history.push_back(attempt.clone());
+        // Nobody listening is normal.
+        let _ = self.attempts.send(attempt);
+    }
+
+    pub(crate) fn subscribe_attempts(&self) -> broadcast::Receiver<RefreshAttempt> {
+        self.attempts.subscribe()
     }
 
     pub(crate) fn history(&self) -> Vec<RefreshAttempt> {

@@ -201,3 +201,30 @@ async fn a_downstream_table_reads_the_base_table_at_the_version_its_upstream_ref
     let info = engine.materialized_table("down").await.unwrap();
     assert_eq!(info.last_refresh.unwrap().inputs.get("t"), Some(&2));
 }
+
+#[tokio::test]
+async fn refresh_attempts_are_streamed_as_they_are_recorded() {
+    let (_dir, clock, _instruments, engine) = fresh().await;
+    let mut attempts = engine.refresh_attempts();
+    engine.sql("CREATE TABLE t (k INT NOT NULL, v INT)").await.unwrap();
+    engine
+        .sql(
+            "CREATE MATERIALIZED TABLE by_k (PRIMARY KEY (k) NOT ENFORCED) FRESHNESS = INTERVAL '1' HOUR \
+             AS SELECT k, v FROM t",
+        )
+        .await
+        .unwrap();
+    let created = attempts.recv().await.unwrap();
+    assert_eq!(
+        (created.table.as_str(), created.outcome.as_str()),
+        ("by_k", "committed")
+    );
+    // A duplicate key makes the scheduled refresh fail; the failure is in the stream.
+    engine.sql("INSERT INTO t VALUES (1, 1), (1, 2)").await.unwrap();
+    clock.advance(Duration::from_secs(3600));
+    engine.wait_for_refreshes().await;
+    let failed = attempts.recv().await.unwrap();
+    assert_eq!(failed.trigger, Trigger::Schedule);
+    assert_eq!(failed.outcome, "failed");
+    assert!(failed.detail.unwrap().contains("duplicate"), "the error is named");
+}

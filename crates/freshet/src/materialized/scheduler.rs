@@ -55,6 +55,13 @@ impl Engine {
         }
     }
 
+    /// Every refresh attempt from now on (committed, skipped or failed), as it is recorded:
+    /// what a shell or a service uses to report background failures as they happen. A listener
+    /// that falls more than a thousand attempts behind gets `RecvError::Lagged` and continues.
+    pub fn refresh_attempts(&self) -> tokio::sync::broadcast::Receiver<super::RefreshAttempt> {
+        self.inner.materialized.subscribe_attempts()
+    }
+
     /// Waits until the scheduler has looked at its schedules after this call and run every
     /// refresh due by then. With a manual clock: advance it, then wait here, instead of
     /// sleeping.
