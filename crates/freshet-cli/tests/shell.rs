@@ -101,6 +101,20 @@ fn ctrl_c_cancels_the_running_statement_and_keeps_the_shell() {
     shell.send_control('c').unwrap();
     shell.exp_string("cancelled").unwrap();
     prompt(&mut shell);
+    // A cancelled write commits nothing.
+    shell.send_line("CREATE TABLE big (x BIGINT);").unwrap();
+    shell.exp_string("OK").unwrap();
+    prompt(&mut shell);
+    shell
+        .send_line("INSERT INTO big SELECT value FROM generate_series(1, 1000000000000000) WHERE value % 100000 = 1;")
+        .unwrap();
+    shell.exp_string("running:").unwrap();
+    shell.send_control('c').unwrap();
+    shell.exp_string("cancelled").unwrap();
+    prompt(&mut shell);
+    shell.send_line("SELECT count(*) AS n FROM big;").unwrap();
+    shell.exp_regex(r"\| n +\|[^|]+\| 0 +\|").unwrap();
+    prompt(&mut shell);
     // Ctrl-C at the prompt drops the unfinished input.
     shell.send_line("SELECT 'unfinished'").unwrap();
     shell.exp_string("-> ").unwrap();
