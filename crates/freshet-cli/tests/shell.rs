@@ -225,6 +225,7 @@ fn background_refresh_failures_are_reported_at_the_prompt() {
         .unwrap();
     shell.send_line("SELECT 1 AS still_here;").unwrap();
     shell.exp_string("still_here").unwrap();
+    prompt(&mut shell);
     shell.send_control('d').unwrap();
     shell.exp_eof().unwrap();
 }

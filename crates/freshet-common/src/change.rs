@@ -1,11 +1,10 @@
 //! Change batches: rows with weights.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{Row, RowConverter, SortField};
 
 use crate::error::{FreshetError, Result};
 
@@ -103,36 +102,31 @@ pub fn consolidate(data_schema: &SchemaRef, changes: &[ChangeBatch]) -> Result<O
         .collect::<Vec<_>>();
     let converter =
         RowConverter::new(fields).map_err(|e| FreshetError::Internal(format!("cannot consolidate changes: {e}")))?;
-    let mut order = Vec::new();
-    let mut weights: HashMap<_, i64> = HashMap::new();
-    for change in changes {
-        let data = change.data();
-        let rows = converter
-            .convert_columns(data.columns())
-            .map_err(|e| FreshetError::Internal(format!("cannot consolidate changes: {e}")))?;
+    let encoded = changes
+        .iter()
+        .map(|change| converter.convert_columns(change.data().columns()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| FreshetError::Internal(format!("cannot consolidate changes: {e}")))?;
+    // Each distinct row once, in first-seen order, with its summed weight.
+    let mut distinct: Vec<(Row<'_>, i64)> = Vec::new();
+    let mut index: foldhash::HashMap<&[u8], usize> = foldhash::HashMap::default();
+    for (rows, change) in encoded.iter().zip(changes) {
         for (row, weight) in rows.iter().zip(change.weights().values().iter()) {
-            let owned = row.owned();
-            match weights.get_mut(&owned) {
-                Some(sum) => *sum += weight,
+            match index.get(row.data()) {
+                Some(&i) => distinct[i].1 += weight,
                 None => {
-                    order.push(owned.clone());
-                    weights.insert(owned, *weight);
+                    index.insert(row.data(), distinct.len());
+                    distinct.push((row, *weight));
                 }
             }
         }
     }
-    let kept: Vec<_> = order
-        .into_iter()
-        .filter_map(|row| {
-            let w = weights.get(&row).copied().unwrap_or(0);
-            (w != 0).then_some((row, w))
-        })
-        .collect();
+    let kept: Vec<(Row<'_>, i64)> = distinct.into_iter().filter(|(_, w)| *w != 0).collect();
     if kept.is_empty() {
         return Ok(None);
     }
     let columns = converter
-        .convert_rows(kept.iter().map(|(row, _)| row.row()))
+        .convert_rows(kept.iter().map(|(row, _)| *row))
         .map_err(|e| FreshetError::Internal(format!("cannot consolidate changes: {e}")))?;
     let data = RecordBatch::try_new(data_schema.clone(), columns)
         .map_err(|e| FreshetError::Internal(format!("cannot consolidate changes: {e}")))?;

@@ -15,6 +15,7 @@ mod ddl;
 pub mod definition;
 mod incremental;
 mod refresh;
+mod row_index;
 mod scheduler;
 pub(crate) mod status;
 

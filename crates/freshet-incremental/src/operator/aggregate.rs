@@ -9,8 +9,6 @@
 
 mod accumulator;
 
-use std::collections::{HashMap, HashSet};
-
 use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -51,7 +49,7 @@ pub(crate) struct Aggregate {
     specs: Vec<AggregateSpec>,
     /// Encodes values of MIN, MAX and COUNT(DISTINCT).
     value_codecs: Vec<Option<RowCodec>>,
-    groups: HashMap<Box<[u8]>, Group>,
+    groups: foldhash::HashMap<Box<[u8]>, Group>,
     schema: SchemaRef,
     /// A global aggregate's row has been emitted.
     started: bool,
@@ -80,7 +78,7 @@ impl Aggregate {
             keys: RowCodec::new(group_types)?,
             specs,
             value_codecs,
-            groups: HashMap::new(),
+            groups: foldhash::HashMap::default(),
             schema,
             started: false,
         })
@@ -101,16 +99,16 @@ impl Aggregate {
     fn output(&self, keys: &[&[u8]]) -> Result<Vec<ArrayRef>> {
         let parser = self.keys.parser();
         let mut columns = self.keys.decode(keys.iter().map(|k| parser.parse(k)))?;
+        let groups: Vec<&Group> = keys
+            .iter()
+            .map(|k| {
+                self.groups
+                    .get(*k)
+                    .ok_or_else(|| internal("an aggregate group vanished"))
+            })
+            .collect::<Result<_>>()?;
         for (i, spec) in self.specs.iter().enumerate() {
-            let accumulators: Vec<&Accumulator> = keys
-                .iter()
-                .map(|k| {
-                    self.groups
-                        .get(*k)
-                        .map(|g| &g.accumulators[i])
-                        .ok_or_else(|| internal("an aggregate group vanished"))
-                })
-                .collect::<Result<_>>()?;
+            let accumulators: Vec<&Accumulator> = groups.iter().map(|g| &g.accumulators[i]).collect();
             let array = accumulator::evaluate(spec, self.value_codecs[i].as_ref(), &accumulators)?;
             let array = if array.data_type() == &spec.output_type {
                 array
@@ -150,7 +148,7 @@ impl Operator for Aggregate {
         // The groups touched, in first-seen order; a global aggregate's one group always.
         let mut touched: Vec<Box<[u8]>> = Vec::new();
         {
-            let mut seen = HashSet::new();
+            let mut seen = foldhash::HashSet::default();
             for key in keys.iter() {
                 if seen.insert(key.data()) {
                     touched.push(key.data().into());

@@ -6,7 +6,7 @@
 //! NULL-padded rows of outer joins, the rows of semi and anti joins — is recomputed for the
 //! keys an epoch touches: their old output is retracted and their new output inserted.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array, new_null_array};
 use datafusion::arrow::compute::take;

@@ -6,8 +6,10 @@
 //! group it touches and inserts the new ones; consolidation cancels the rows that stayed. Rows
 //! that tie on the sort key are ranked by their encoded bytes — SQL leaves that order open.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use datafusion::arrow::array::{Int64Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};

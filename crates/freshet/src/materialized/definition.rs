@@ -16,6 +16,11 @@ pub const DEFAULT_FRESHNESS_CONTINUOUS: &str = "materialized-table.default-fresh
 /// Setting: the freshness of a scheduled table that declares none (Flink: 1 hour).
 pub const DEFAULT_FRESHNESS_FULL: &str = "materialized-table.default-freshness.full";
 
+/// Setting: materialized tables with more rows than this are not indexed by row for incremental
+/// refreshes, whose retractions then find their rows by a scan (Freshet's own; 0 disables the
+/// index).
+pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
+
 /// Engine-wide settings of materialized tables; set with the engine's builder or with
 /// `SET 'materialized-table....' = '...'`.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +31,8 @@ pub struct MaterializedSettings {
     pub default_freshness_continuous: Freshness,
     /// Freshness of scheduled tables that declare none.
     pub default_freshness_full: Freshness,
+    /// Largest materialized table kept indexed by row for incremental refreshes.
+    pub row_index_max_rows: u64,
 }
 
 impl Default for MaterializedSettings {
@@ -34,6 +41,7 @@ impl Default for MaterializedSettings {
             freshness_threshold: Freshness::new(30, FreshnessUnit::Minute),
             default_freshness_continuous: Freshness::new(3, FreshnessUnit::Minute),
             default_freshness_full: Freshness::new(1, FreshnessUnit::Hour),
+            row_index_max_rows: 4_000_000,
         }
     }
 }
@@ -41,6 +49,12 @@ impl Default for MaterializedSettings {
 impl MaterializedSettings {
     /// Sets one setting by its key; `false` when the key is not a materialized-table setting.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
+        if key == ROW_INDEX_MAX_ROWS {
+            self.row_index_max_rows = value.trim().parse().map_err(|_| {
+                FreshetError::InvalidStatement(format!("setting '{key}': {value:?} is not a number of rows"))
+            })?;
+            return Ok(true);
+        }
         let slot = match key {
             FRESHNESS_THRESHOLD => &mut self.freshness_threshold,
             DEFAULT_FRESHNESS_CONTINUOUS => &mut self.default_freshness_continuous,
@@ -60,6 +74,7 @@ impl MaterializedSettings {
                 self.default_freshness_continuous.to_string(),
             ),
             (DEFAULT_FRESHNESS_FULL, self.default_freshness_full.to_string()),
+            (ROW_INDEX_MAX_ROWS, self.row_index_max_rows.to_string()),
         ]
     }
 }

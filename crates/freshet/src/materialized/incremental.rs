@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -25,6 +25,7 @@ use freshet_storage::{ChangeSet, SnapshotTable, Transaction, delete_matching};
 
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
+use super::row_index::RowIndex;
 use crate::engine::Engine;
 
 /// AUTO refreshes incrementally when the changed input rows are at most this share of the
@@ -42,6 +43,9 @@ pub(crate) struct IncrementalState {
     /// Changes that bring the table to the pipeline's output, found when the state was
     /// rebuilt; applied with the next refresh.
     correction: Option<ChangeBatch>,
+    /// Where the table's rows are, for retractions without a scan (`None`: not built yet, or
+    /// the table is too large to index).
+    index: Option<RowIndex>,
     /// The state's memory, in the engine's memory pool.
     memory: MemoryReservation,
 }
@@ -50,11 +54,17 @@ impl IncrementalState {
     /// Accounts the state's current size in the memory pool; fails when the engine's memory
     /// limit does not allow it.
     fn account(&mut self, name: &str) -> Result<()> {
-        let bytes = usize::try_from(self.pipeline.state_size().bytes).unwrap_or(usize::MAX);
-        self.memory.try_resize(bytes).map_err(|e| {
+        let operators = usize::try_from(self.pipeline.state_size().bytes).unwrap_or(usize::MAX);
+        let index = self.index.as_ref().map_or(0, RowIndex::bytes);
+        if index > 0 && self.memory.try_resize(operators.saturating_add(index)).is_ok() {
+            return Ok(());
+        }
+        // The row index only saves scans: without room for it, retractions scan the table.
+        self.index = None;
+        self.memory.try_resize(operators).map_err(|e| {
             FreshetError::from(e).context(format!(
                 "materialized table \"{name}\": its operator state needs {} of memory",
-                human_bytes(bytes as u64)
+                human_bytes(operators as u64)
             ))
         })
     }
@@ -271,6 +281,7 @@ impl Engine {
             query: definition.query.clone(),
             inputs: previous.inputs.clone(),
             correction,
+            index: None,
             memory,
         };
         state.account(name)?;
@@ -315,8 +326,12 @@ impl Engine {
 
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
         let mut txn = table.begin("REFRESH").await?;
+        if state.index.as_ref().map(RowIndex::version) != Some(txn.base().version()) {
+            let max_rows = self.inner.materialized.settings().row_index_max_rows;
+            state.index = RowIndex::build(txn.base(), max_rows).await?;
+        }
         let written = match output {
-            Some(changes) => apply(&mut txn, &schema, &changes, name).await?,
+            Some(changes) => apply(&mut txn, &schema, &changes, name, state.index.as_mut()).await?,
             None => 0,
         };
         let record = RefreshRecord {
@@ -333,6 +348,16 @@ impl Engine {
             partition: None,
         };
         let version = self.commit_refresh(name, txn, record).await?;
+        if let Some(index) = &mut state.index {
+            let committed = match table.snapshot() {
+                snapshot if snapshot.version() == version => snapshot,
+                _ => table.snapshot_at(version).await?,
+            };
+            if !index.advance(&committed).await? {
+                state.index = None;
+            }
+        }
+        state.account(name)?;
         state.inputs = pinned.inputs.clone();
         *super::lock(&self.inner.materialized.runtime(name).incremental) = Some(state);
         Ok(RefreshOutcome::Committed { version, rows: written })
@@ -340,14 +365,91 @@ impl Engine {
 }
 
 /// Applies a consolidated change batch to a table: each row of weight −n deletes n equal
-/// rows, each row of weight +n inserts n copies. Returns the rows deleted plus inserted.
-async fn apply(txn: &mut Transaction, schema: &SchemaRef, changes: &ChangeBatch, name: &str) -> Result<u64> {
+/// rows, each row of weight +n inserts n copies. Returns the rows deleted plus inserted. The
+/// rows to delete are found in `index` (which describes the transaction's base version), or
+/// by a scan of the table without one.
+async fn apply(
+    txn: &mut Transaction,
+    schema: &SchemaRef,
+    changes: &ChangeBatch,
+    name: &str,
+    index: Option<&mut RowIndex>,
+) -> Result<u64> {
     let data = RecordBatch::try_new(schema.clone(), changes.data().columns().to_vec()).map_err(|e| {
         FreshetError::InvalidStatement(format!(
             "materialized table \"{name}\": the query's rows do not fit the table: {e}"
         ))
     })?;
     let weights = changes.weights();
+    // Deletes first, so that a key may move onto a key the same refresh frees.
+    let mut written = match index {
+        Some(index) => delete_indexed(txn, &data, weights, name, index).await?,
+        None => delete_scanned(txn, schema, &data, weights, name).await?,
+    };
+    let copies: UInt32Array = (0..data.num_rows() as u32)
+        .flat_map(|i| std::iter::repeat_n(i, weights.value(i as usize).max(0) as usize))
+        .collect();
+    if !copies.is_empty() {
+        let inserted = take_record_batch(&data, &copies).map_err(|e| FreshetError::Internal(e.to_string()))?;
+        written += inserted.num_rows() as u64;
+        txn.insert(&inserted).await?;
+    }
+    Ok(written)
+}
+
+/// Deletes the rows of negative weight, located through the index.
+async fn delete_indexed(
+    txn: &mut Transaction,
+    data: &RecordBatch,
+    weights: &Int64Array,
+    name: &str,
+    index: &mut RowIndex,
+) -> Result<u64> {
+    let rows = index
+        .converter()
+        .convert_columns(data.columns())
+        .map_err(|e| FreshetError::Internal(e.to_string()))?;
+    let files = index.file_indices(txn.base());
+    // Per data file: the positions to delete and the change row each one retracts.
+    let mut doomed: BTreeMap<usize, (Vec<u64>, Vec<u32>)> = BTreeMap::new();
+    let mut deleted = 0u64;
+    for (i, row) in rows.iter().enumerate() {
+        let weight = weights.value(i);
+        if weight >= 0 {
+            continue;
+        }
+        let count = usize::try_from(-weight).unwrap_or(usize::MAX);
+        let locations = index.take(row.data(), count).ok_or_else(|| {
+            FreshetError::Internal(format!(
+                "materialized table \"{name}\": a row to delete is not in the table"
+            ))
+        })?;
+        for (slot, position) in locations {
+            let file = files.get(slot as usize).copied().flatten().ok_or_else(|| {
+                FreshetError::Internal(format!("materialized table \"{name}\": a data file left the row index"))
+            })?;
+            let (positions, retracted) = doomed.entry(file).or_default();
+            positions.push(position);
+            retracted.push(i as u32);
+        }
+        deleted += count as u64;
+    }
+    for (file, (positions, retracted)) in doomed {
+        let rows = take_record_batch(data, &UInt32Array::from(retracted))
+            .map_err(|e| FreshetError::Internal(e.to_string()))?;
+        txn.delete(file, &UInt64Array::from(positions), &rows).await?;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the rows of negative weight found by a scan of the table.
+async fn delete_scanned(
+    txn: &mut Transaction,
+    schema: &SchemaRef,
+    data: &RecordBatch,
+    weights: &Int64Array,
+    name: &str,
+) -> Result<u64> {
     let converter = RowConverter::new(
         schema
             .fields()
@@ -356,8 +458,6 @@ async fn apply(txn: &mut Transaction, schema: &SchemaRef, changes: &ChangeBatch,
             .collect(),
     )
     .map_err(|e| FreshetError::Internal(e.to_string()))?;
-
-    // Deletes first, so that a key may move onto a key the same refresh frees.
     let mut doomed: HashMap<Box<[u8]>, i64> = HashMap::new();
     let rows = converter
         .convert_columns(data.columns())
@@ -368,45 +468,37 @@ async fn apply(txn: &mut Transaction, schema: &SchemaRef, changes: &ChangeBatch,
             *doomed.entry(row.data().into()).or_default() -= weight;
         }
     }
-    let mut written = 0u64;
-    if !doomed.is_empty() {
-        let mut remaining: i64 = doomed.values().sum();
-        written += delete_matching(txn, |batch| {
-            if remaining == 0 {
-                return Ok(Some(vec![false; batch.num_rows()].into()));
-            }
-            let rows = converter
-                .convert_columns(batch.columns())
-                .map_err(|e| FreshetError::Internal(e.to_string()))?;
-            let mask = rows
-                .iter()
-                .map(|row| match doomed.get_mut(row.data()) {
-                    Some(n) if *n > 0 => {
-                        *n -= 1;
-                        remaining -= 1;
-                        Some(true)
-                    }
-                    _ => Some(false),
-                })
-                .collect();
-            Ok(Some(mask))
-        })
-        .await?;
-        if remaining > 0 {
-            return Err(FreshetError::Internal(format!(
-                "materialized table \"{name}\": {remaining} rows to delete are not in the table"
-            )));
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let mut remaining: i64 = doomed.values().sum();
+    let deleted = delete_matching(txn, |batch| {
+        if remaining == 0 {
+            return Ok(Some(vec![false; batch.num_rows()].into()));
         }
+        let rows = converter
+            .convert_columns(batch.columns())
+            .map_err(|e| FreshetError::Internal(e.to_string()))?;
+        let mask = rows
+            .iter()
+            .map(|row| match doomed.get_mut(row.data()) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    remaining -= 1;
+                    Some(true)
+                }
+                _ => Some(false),
+            })
+            .collect();
+        Ok(Some(mask))
+    })
+    .await?;
+    if remaining > 0 {
+        return Err(FreshetError::Internal(format!(
+            "materialized table \"{name}\": {remaining} rows to delete are not in the table"
+        )));
     }
-    let copies: UInt32Array = (0..data.num_rows() as u32)
-        .flat_map(|i| std::iter::repeat_n(i, weights.value(i as usize).max(0) as usize))
-        .collect();
-    if !copies.is_empty() {
-        let inserted = take_record_batch(&data, &copies).map_err(|e| FreshetError::Internal(e.to_string()))?;
-        written += inserted.num_rows() as u64;
-        txn.insert(&inserted).await?;
-    }
-    Ok(written)
+    Ok(deleted)
 }
 
 impl Engine {

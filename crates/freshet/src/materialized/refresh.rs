@@ -374,7 +374,8 @@ impl Engine {
             request,
             started,
         };
-        match self.choose_algorithm(&job, &pinned, previous.as_ref()).await? {
+        let chosen = self.choose_algorithm(&job, &pinned, previous.as_ref()).await?;
+        match chosen {
             Algorithm::Incremental { state, changes, reason } => {
                 match self.refresh_incremental(&job, &pinned, *state, changes, &reason).await {
                     Err(e) if e.domain() == freshet_common::ErrorDomain::Internal => {
