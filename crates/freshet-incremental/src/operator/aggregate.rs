@@ -53,6 +53,9 @@ pub(crate) struct Aggregate {
     schema: SchemaRef,
     /// A global aggregate's row has been emitted.
     started: bool,
+    /// The state's size, kept up to date group by group (summing every group per epoch would
+    /// cost as much as the epoch).
+    bytes: usize,
 }
 
 impl Aggregate {
@@ -81,6 +84,7 @@ impl Aggregate {
             groups: foldhash::HashMap::default(),
             schema,
             started: false,
+            bytes: 0,
         })
     }
 
@@ -118,6 +122,13 @@ impl Aggregate {
             columns.push(array);
         }
         Ok(columns)
+    }
+
+    /// The memory a group holds (0 for a group that does not exist).
+    fn group_bytes(&self, key: &[u8]) -> usize {
+        self.groups.get(key).map_or(0, |group| {
+            key.len() + 56 + group.accumulators.iter().map(Accumulator::bytes).sum::<usize>()
+        })
     }
 
     fn emit(&self, keys: &[&[u8]], weight: i64) -> Result<Delta> {
@@ -164,6 +175,7 @@ impl Operator for Aggregate {
             .filter(|k| self.groups.contains_key(*k))
             .collect();
         let retracted = self.emit(&before, -1)?;
+        let freed: usize = before.iter().map(|k| self.group_bytes(k)).sum();
 
         for (row, key) in keys.iter().enumerate() {
             let weight = delta.weights.value(row);
@@ -196,6 +208,8 @@ impl Operator for Aggregate {
                 after.push(key);
             }
         }
+        let held: usize = after.iter().map(|k| self.group_bytes(k)).sum();
+        self.bytes = (self.bytes + held).saturating_sub(freed);
         let inserted = self.emit(&after, 1)?;
         self.started = true;
         Delta::concat(&self.schema, &[retracted, inserted])
@@ -220,14 +234,9 @@ impl Operator for Aggregate {
     }
 
     fn state_size(&self) -> StateSize {
-        let bytes: usize = self
-            .groups
-            .iter()
-            .map(|(key, group)| key.len() + 56 + group.accumulators.iter().map(Accumulator::bytes).sum::<usize>())
-            .sum();
         StateSize {
             rows: self.groups.len() as u64,
-            bytes: bytes as u64,
+            bytes: self.bytes as u64,
         }
     }
 
