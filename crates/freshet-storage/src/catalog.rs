@@ -303,11 +303,12 @@ impl Catalog {
     }
 
     /// Removes old catalog versions and the directories of dropped tables, then vacuums every
-    /// table keeping its newest `retain` versions.
-    pub async fn vacuum(&self, retain: u64) -> Result<VacuumReport> {
+    /// table keeping its newest `retain` versions and, for a table named in `keep_from`, every
+    /// version from the one given on.
+    pub async fn vacuum(&self, retain: u64, keep_from: &HashMap<String, u64>) -> Result<VacuumReport> {
         let mut report = VacuumReport::default();
-        for (_, table) in self.tables() {
-            report += table.vacuum(retain).await?;
+        for (name, table) in self.tables() {
+            report += table.vacuum_keeping(retain, keep_from.get(&name).copied()).await?;
         }
         let _ddl = self.ddl.lock().await;
         let current = self.manifest();

@@ -110,6 +110,12 @@ impl Table {
     /// Removes all but the newest `retain` versions, then every file under the table's directory
     /// that no retained version uses.
     pub async fn vacuum(self: &Arc<Self>, retain: u64) -> Result<VacuumReport> {
+        self.vacuum_keeping(retain, None).await
+    }
+
+    /// [`Table::vacuum`], keeping also every version from `keep_from` on (the versions
+    /// materialized tables reflect, whose changes they will read).
+    pub async fn vacuum_keeping(self: &Arc<Self>, retain: u64, keep_from: Option<u64>) -> Result<VacuumReport> {
         if retain == 0 {
             return Err(FreshetError::InvalidStatement(
                 "VACUUM must retain at least 1 version".into(),
@@ -119,7 +125,7 @@ impl Table {
         let _writer = self.writer.lock().await;
         let versions = self.log.versions().await?;
         let newest = versions.last().copied().unwrap_or(0);
-        let oldest_kept = newest.saturating_sub(retain - 1);
+        let oldest_kept = newest.saturating_sub(retain - 1).min(keep_from.unwrap_or(u64::MAX));
         let mut report = VacuumReport::default();
         let mut referenced = HashSet::new();
         for &version in versions.iter().filter(|&&v| v >= oldest_kept) {

@@ -40,9 +40,16 @@ impl Engine {
             }
             FreshetStatement::Vacuum { table, retain } => {
                 let retain = retain.unwrap_or(DEFAULT_RETAIN_VERSIONS);
+                // Versions materialized tables reflect stay: their changes are what the next
+                // incremental refresh reads, and the state is rebuilt from them.
+                let keep_from = self.versions_reflected();
                 let report = match table {
-                    Some(name) => self.table(&self.resolve_name(name)?)?.vacuum(retain).await?,
-                    None => self.inner.catalog.vacuum(retain).await?,
+                    Some(name) => {
+                        let name = self.resolve_name(name)?;
+                        let keep = keep_from.get(&name).copied();
+                        self.table(&name)?.vacuum_keeping(retain, keep).await?
+                    }
+                    None => self.inner.catalog.vacuum(retain, &keep_from).await?,
                 };
                 result_rows(vec![
                     (

@@ -2,7 +2,7 @@
 //! and replace the table's contents (or one partition) as one new version, committed together
 //! with the versions it read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
@@ -544,6 +544,25 @@ impl Engine {
     }
 
     /// Names of the materialized tables, sorted.
+    /// For each table a materialized table reads, the oldest version of it that some
+    /// materialized table's contents reflect (from their last refresh records).
+    pub(crate) fn versions_reflected(&self) -> HashMap<String, u64> {
+        let mut oldest: HashMap<String, u64> = HashMap::new();
+        for name in self.materialized_names() {
+            let Ok(table) = self.inner.catalog.table(&name) else {
+                continue;
+            };
+            let Some(record) = RefreshRecord::of(&table.snapshot()) else {
+                continue;
+            };
+            for (input, version) in record.inputs {
+                let kept = oldest.entry(input).or_insert(version);
+                *kept = (*kept).min(version);
+            }
+        }
+        oldest
+    }
+
     pub(crate) fn materialized_names(&self) -> Vec<String> {
         self.inner
             .catalog
