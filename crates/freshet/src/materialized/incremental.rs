@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
 use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
 use freshet_sql::RefreshMode;
-use freshet_storage::{ChangeSet, SnapshotTable, Transaction, delete_matching};
+use freshet_storage::{ChangeSet, SnapshotTable, Table, Transaction, delete_matching};
 
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
@@ -348,6 +348,24 @@ impl Engine {
             partition: None,
         };
         let version = self.commit_refresh(name, txn, record).await?;
+        // The refresh is committed; what follows keeps the state for the next one. Failing
+        // here drops the state (the next refresh rebuilds it) but not the refresh.
+        if let Err(e) = self.keep_state(name, table, version, state, pinned).await {
+            tracing::warn!(table = name, error = %e, "operator state dropped after a refresh; the next one rebuilds it");
+        }
+        Ok(RefreshOutcome::Committed { version, rows: written })
+    }
+
+    /// Keeps a table's state after its refresh committed `version`: the row index learns the
+    /// files written, the memory is accounted, and the state waits in the runtime.
+    async fn keep_state(
+        &self,
+        name: &str,
+        table: &Table,
+        version: u64,
+        mut state: IncrementalState,
+        pinned: &PinnedQuery,
+    ) -> Result<()> {
         if let Some(index) = &mut state.index {
             let committed = match table.snapshot() {
                 snapshot if snapshot.version() == version => snapshot,
@@ -360,7 +378,7 @@ impl Engine {
         state.account(name)?;
         state.inputs = pinned.inputs.clone();
         *super::lock(&self.inner.materialized.runtime(name).incremental) = Some(state);
-        Ok(RefreshOutcome::Committed { version, rows: written })
+        Ok(())
     }
 }
 
