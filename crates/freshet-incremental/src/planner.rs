@@ -465,9 +465,9 @@ fn join_spec(join: &logical::Join) -> Result<JoinSpec, BuildError> {
         JoinType::Full => JoinKind::Full,
         JoinType::LeftSemi => JoinKind::LeftSemi,
         JoinType::RightSemi => JoinKind::RightSemi,
-        JoinType::LeftAnti if join.null_aware => {
+        JoinType::LeftAnti if join.null_aware && (join.filter.is_some() || join.on.len() != 1) => {
             return Err(not_incremental(
-                "NOT IN subquery (null-aware anti join)",
+                "NOT IN subquery with a correlated condition (null-aware anti join)",
                 "cannot be maintained incrementally yet; NOT EXISTS can",
             ));
         }
@@ -509,6 +509,7 @@ fn join_spec(join: &logical::Join) -> Result<JoinSpec, BuildError> {
         right_keys,
         key_types,
         nulls_equal: join.null_equality == NullEquality::NullEqualsNull,
+        null_aware: join.null_aware,
         filter,
         left_schema: arrow_schema(left),
         right_schema: arrow_schema(right),

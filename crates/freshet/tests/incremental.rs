@@ -67,6 +67,11 @@ const CORPUS: &[(&str, &str)] = &[
         "SELECT id, v FROM t1 WHERE k IN (SELECT k FROM t2 WHERE x > 0)",
     ),
     (
+        // NULLs on both sides (and an empty subquery now and then): SQL's three-valued NOT IN.
+        "not_in_subquery",
+        "SELECT id, k FROM t1 WHERE k NOT IN (SELECT k FROM t2 WHERE x > 2)",
+    ),
+    (
         "not_exists",
         "SELECT id FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t2 WHERE t2.k = t1.k AND t2.x > t1.v)",
     ),

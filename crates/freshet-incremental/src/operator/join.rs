@@ -66,6 +66,9 @@ pub(crate) struct JoinSpec {
     pub key_types: Vec<DataType>,
     /// `IS NOT DISTINCT FROM` keys (EXCEPT, INTERSECT): NULL matches NULL.
     pub nulls_equal: bool,
+    /// A null-aware anti join (`NOT IN`): no row is output while the right side holds a NULL
+    /// key, every left row (NULL keys too) while it is empty.
+    pub null_aware: bool,
     /// The residual condition, over the left columns followed by the right ones.
     pub filter: Option<Compiled>,
     pub left_schema: SchemaRef,
@@ -156,6 +159,33 @@ pub(crate) struct Join {
     keys: RowCodec,
     left_index: Index,
     right_index: Index,
+    /// `NOT IN`: the left rows with a NULL key, and the right side's rows and NULL-key rows.
+    left_nulls: Multiset,
+    right_rows: i64,
+    right_null_rows: i64,
+}
+
+/// What a null-aware anti join outputs, from its right side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotIn {
+    /// The right side is empty: every left row.
+    Empty,
+    /// The right side holds a NULL: nothing.
+    Blocked,
+    /// The left rows with a key and no match.
+    Normal,
+}
+
+impl NotIn {
+    fn of(rows: i64, null_rows: i64) -> Self {
+        if rows == 0 {
+            NotIn::Empty
+        } else if null_rows > 0 {
+            NotIn::Blocked
+        } else {
+            NotIn::Normal
+        }
+    }
 }
 
 impl Join {
@@ -167,6 +197,9 @@ impl Join {
             left,
             right,
             spec,
+            left_nulls: HashMap::new(),
+            right_rows: 0,
+            right_null_rows: 0,
         })
     }
 
@@ -337,6 +370,103 @@ impl Join {
     }
 }
 
+impl Join {
+    /// One epoch of a null-aware anti join (`NOT IN`). While what it outputs depends on the
+    /// keys (neither empty nor blocked by a NULL), only the touched keys are recomputed; when
+    /// the right side becomes empty or gains or loses its NULLs, the whole output is.
+    fn step_not_in(&mut self, left: Encoded, right: Encoded) -> Result<Delta> {
+        let before = NotIn::of(self.right_rows, self.right_null_rows);
+        let (mut rows, mut null_rows) = (self.right_rows, self.right_null_rows);
+        for (i, key) in right.keys.iter().enumerate() {
+            let weight = right.delta.weights.value(i);
+            rows += weight;
+            if key.is_none() {
+                null_rows += weight;
+            }
+        }
+        let after = NotIn::of(rows, null_rows);
+        let mut parts = Vec::new();
+        match (before, after) {
+            (NotIn::Normal, NotIn::Normal) => {
+                let touched_keys: Vec<Box<[u8]>> = {
+                    let mut seen = HashSet::new();
+                    left.keys
+                        .iter()
+                        .chain(&right.keys)
+                        .flatten()
+                        .filter(|k| seen.insert(*k))
+                        .cloned()
+                        .collect()
+                };
+                let touched: Vec<&[u8]> = touched_keys.iter().map(|k| k.as_ref()).collect();
+                for old in self.match_output(&touched)? {
+                    parts.push(old.negate()?);
+                }
+                self.apply_not_in(&left, &right, rows, null_rows)?;
+                parts.extend(self.match_output(&touched)?);
+            }
+            (NotIn::Blocked, NotIn::Blocked) => self.apply_not_in(&left, &right, rows, null_rows)?,
+            (NotIn::Empty, NotIn::Empty) => {
+                self.apply_not_in(&left, &right, rows, null_rows)?;
+                parts.push(left.delta.with_schema(&self.spec.schema)?);
+            }
+            _ => {
+                for old in self.not_in_output()? {
+                    parts.push(old.negate()?);
+                }
+                self.apply_not_in(&left, &right, rows, null_rows)?;
+                parts.extend(self.not_in_output()?);
+            }
+        }
+        Delta::concat(&self.spec.schema, &parts)
+    }
+
+    fn apply_not_in(&mut self, left: &Encoded, right: &Encoded, rows: i64, null_rows: i64) -> Result<()> {
+        self.left_index.apply(left)?;
+        self.right_index.apply(right)?;
+        for (i, key) in left.keys.iter().enumerate() {
+            if key.is_some() {
+                continue;
+            }
+            let row: &[u8] = left.rows.row(i).data();
+            let n = self.left_nulls.entry(row.into()).or_default();
+            *n += left.delta.weights.value(i);
+            if *n < 0 {
+                return Err(internal("a NOT IN input deleted a row it never had"));
+            }
+            if *n == 0 {
+                self.left_nulls.remove(row);
+            }
+        }
+        if rows < 0 || null_rows < 0 {
+            return Err(internal("a NOT IN subquery's row count went below zero"));
+        }
+        self.right_rows = rows;
+        self.right_null_rows = null_rows;
+        Ok(())
+    }
+
+    /// The whole output of a null-aware anti join in its current state.
+    fn not_in_output(&self) -> Result<Vec<Delta>> {
+        let mode = NotIn::of(self.right_rows, self.right_null_rows);
+        if mode == NotIn::Blocked {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = self.left_index.rows.keys().map(|k| k.as_ref()).collect();
+        let mut parts = self.match_output(&keys)?;
+        if mode == NotIn::Empty && !self.left_nulls.is_empty() {
+            let parser = self.left_index.codec.parser();
+            let columns = self
+                .left_index
+                .codec
+                .decode(self.left_nulls.keys().map(|r| parser.parse(r)))?;
+            let weights: Int64Array = self.left_nulls.values().copied().collect();
+            parts.push(self.output_of(Side::Left, columns, weights)?);
+        }
+        Ok(parts)
+    }
+}
+
 fn opposite(side: Side) -> Side {
     match side {
         Side::Left => Side::Right,
@@ -353,6 +483,9 @@ impl Operator for Join {
         }
         let left = self.encode(left, Side::Left)?;
         let right = self.encode(right, Side::Right)?;
+        if self.spec.null_aware {
+            return self.step_not_in(left, right);
+        }
         let touched_keys: Vec<Box<[u8]>> = {
             let mut seen = HashSet::new();
             left.keys
@@ -396,9 +529,10 @@ impl Operator for Join {
     }
 
     fn state_size(&self) -> StateSize {
+        let nulls: u64 = self.left_nulls.keys().map(|r| r.len() as u64 + 40).sum();
         StateSize {
-            rows: self.left_index.count + self.right_index.count,
-            bytes: self.left_index.bytes + self.right_index.bytes,
+            rows: self.left_index.count + self.right_index.count + self.left_nulls.len() as u64,
+            bytes: self.left_index.bytes + self.right_index.bytes + nulls,
         }
     }
 
