@@ -388,16 +388,7 @@ impl Join {
         let mut parts = Vec::new();
         match (before, after) {
             (NotIn::Normal, NotIn::Normal) => {
-                let touched_keys: Vec<Box<[u8]>> = {
-                    let mut seen = HashSet::new();
-                    left.keys
-                        .iter()
-                        .chain(&right.keys)
-                        .flatten()
-                        .filter(|k| seen.insert(*k))
-                        .cloned()
-                        .collect()
-                };
+                let touched_keys = touched_keys(&left, &right);
                 let touched: Vec<&[u8]> = touched_keys.iter().map(|k| k.as_ref()).collect();
                 for old in self.match_output(&touched)? {
                     parts.push(old.negate()?);
@@ -467,6 +458,18 @@ impl Join {
     }
 }
 
+/// The keys an epoch's changes touch, each once, in first-seen order.
+fn touched_keys(left: &Encoded, right: &Encoded) -> Vec<Box<[u8]>> {
+    let mut seen = HashSet::new();
+    left.keys
+        .iter()
+        .chain(&right.keys)
+        .flatten()
+        .filter(|k| seen.insert(*k))
+        .cloned()
+        .collect()
+}
+
 fn opposite(side: Side) -> Side {
     match side {
         Side::Left => Side::Right,
@@ -486,16 +489,7 @@ impl Operator for Join {
         if self.spec.null_aware {
             return self.step_not_in(left, right);
         }
-        let touched_keys: Vec<Box<[u8]>> = {
-            let mut seen = HashSet::new();
-            left.keys
-                .iter()
-                .chain(&right.keys)
-                .flatten()
-                .filter(|k| seen.insert(*k))
-                .cloned()
-                .collect()
-        };
+        let touched_keys = touched_keys(&left, &right);
         let touched: Vec<&[u8]> = touched_keys.iter().map(|k| k.as_ref()).collect();
 
         let mut parts = Vec::new();
