@@ -12,64 +12,18 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
+#[path = "data.rs"]
+mod data;
 #[path = "support.rs"]
 mod support;
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use data::{Random, customers, orders};
 use freshet::Engine;
-use freshet::datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use freshet::datafusion::arrow::datatypes::{DataType, Field, Schema};
-use freshet::datafusion::datasource::MemTable;
 use freshet::datafusion::prelude::SessionContext;
 use support::{commit, env_usize, machine, median};
-
-const BATCH_ROWS: usize = 8192;
-const CUSTOMERS: usize = 100_000;
-
-fn orders(rows: usize) -> MemTable {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("customer_id", DataType::Int64, false),
-        Field::new("amount", DataType::Float64, true),
-    ]));
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut batches = Vec::new();
-    let mut start = 0;
-    while start < rows {
-        let n = BATCH_ROWS.min(rows - start);
-        let ids = Int64Array::from_iter_values((start..start + n).map(|i| i as i64));
-        let customers = Int64Array::from_iter_values((0..n).map(|_| (next() % CUSTOMERS as u64) as i64));
-        let amounts = Float64Array::from_iter_values((0..n).map(|_| (next() % 100_000) as f64 / 100.0));
-        batches.push(
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(ids), Arc::new(customers), Arc::new(amounts)],
-            )
-            .unwrap(),
-        );
-        start += n;
-    }
-    MemTable::try_new(schema, vec![batches]).unwrap()
-}
-
-fn customers() -> MemTable {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("region", DataType::Utf8, false),
-    ]));
-    let ids = Int64Array::from_iter_values(0..CUSTOMERS as i64);
-    let regions = StringArray::from_iter_values((0..CUSTOMERS).map(|i| format!("region-{:02}", i % 50)));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(regions)]).unwrap();
-    MemTable::try_new(schema, vec![vec![batch]]).unwrap()
-}
 
 const QUERIES: [(&str, &str); 2] = [
     (
@@ -92,7 +46,10 @@ async fn run(rows: usize, runs: usize) {
         .expect("engine");
     engine
         .session()
-        .register_table("src_orders", Arc::new(orders(rows)))
+        .register_table(
+            "src_orders",
+            Arc::new(orders(0, rows, &mut Random(0x9E37_79B9_7F4A_7C15))),
+        )
         .unwrap();
     engine
         .session()
