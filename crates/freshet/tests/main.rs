@@ -7,4 +7,5 @@ mod api;
 mod incremental;
 mod materialized;
 mod properties;
+mod random_schemas;
 mod slt;

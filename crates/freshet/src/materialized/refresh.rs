@@ -271,6 +271,13 @@ impl Engine {
                 }
             })?
             .data;
+        // Analyzed (types coerced), so that the plan's schema is the schema of the rows it
+        // produces: a UNION of SMALLINT and INT makes INT, not the first input's SMALLINT.
+        let state = self.inner.ctx.state();
+        let plan = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(|e| in_context(e.into()))?;
         Ok(PinnedQuery {
             plan,
             inputs,
