@@ -10,8 +10,11 @@ use freshet_common::{FreshetError, Result};
 
 use crate::layout::{FileKind, manifest_dir, table_file};
 use crate::manifest::{Changes, DataFile, Manifest};
-use crate::table::Table;
+use crate::table::{Table, Tier};
 use crate::write::ParallelWriter;
+
+/// The operation of the versions compaction commits.
+pub(crate) const COMPACT: &str = "COMPACT";
 
 /// Deleted rows below which deletes alone never trigger a background compaction.
 const MIN_DELETED_ROWS_TO_COMPACT: u64 = 1024;
@@ -36,43 +39,132 @@ impl std::ops::AddAssign for VacuumReport {
     }
 }
 
+/// How much a compaction rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compaction {
+    /// `ALTER TABLE ... COMPACT`: every file with deleted rows and every file smaller than the
+    /// file size, into as few files as the size allows.
+    Full,
+    /// In the background after commits: files of similar sizes merge, and files with many
+    /// deleted rows are rewritten, so that a row is rewritten a few times over its life instead
+    /// of at every compaction.
+    Tiered,
+}
+
+/// The files (indices into `files`) a compaction rewrites; empty when it would gain nothing.
+///
+/// Tiered: when there are more than `min_files` small files (fewer rows than `max_rows`; full
+/// files never count), they merge smallest first,
+/// each next file taken only while it is no larger than those taken before it together (at
+/// least two). Files double in size at each merge, so a row is rewritten about
+/// log2(`max_rows` / rows per commit) times before it sits in a full file — where rewriting
+/// the whole table at every compaction costs the table's size each time. Files whose deleted
+/// rows are more than `deleted_fraction` of them are rewritten too, once they hold at least
+/// [`MIN_DELETED_ROWS_TO_COMPACT`] deleted rows together.
+pub(crate) fn compaction_plan(
+    files: &[DataFile],
+    policy: Compaction,
+    max_rows: usize,
+    min_files: usize,
+    deleted_fraction: f64,
+    parallelism: usize,
+) -> Vec<usize> {
+    let deleted = |f: &DataFile| f.rows - f.live_rows();
+    let small = |f: &DataFile| (f.rows as usize) < max_rows;
+    match policy {
+        Compaction::Full => {
+            let chosen: Vec<usize> = (0..files.len())
+                .filter(|&i| deleted(&files[i]) > 0 || small(&files[i]))
+                .collect();
+            // Large rewrites are written by one writer per core, each leaving one partly
+            // filled file: as many small files as that are already compact.
+            let has_deletes = chosen.iter().any(|&i| deleted(&files[i]) > 0);
+            if !has_deletes && chosen.len() <= parallelism.max(1) {
+                return Vec::new();
+            }
+            chosen
+        }
+        Compaction::Tiered => {
+            let dirty: Vec<usize> = (0..files.len())
+                .filter(|&i| {
+                    let f = &files[i];
+                    deleted(f) > 0 && deleted(f) as f64 > deleted_fraction * f.rows as f64
+                })
+                .collect();
+            let dead: u64 = dirty.iter().map(|&i| deleted(&files[i])).sum();
+            let mut chosen = if dead >= MIN_DELETED_ROWS_TO_COMPACT {
+                dirty.clone()
+            } else {
+                Vec::new()
+            };
+            let mut candidates: Vec<usize> = (0..files.len())
+                .filter(|&i| small(&files[i]) && !chosen.contains(&i))
+                .collect();
+            if candidates.len() > min_files {
+                candidates.sort_by_key(|&i| files[i].live_rows());
+                let mut taken = Vec::new();
+                let mut rows = 0u64;
+                for i in candidates {
+                    let next = files[i].live_rows();
+                    if taken.len() >= 2 && next > rows {
+                        break;
+                    }
+                    rows += next;
+                    taken.push(i);
+                }
+                if taken.len() >= 2 {
+                    chosen.extend(taken);
+                }
+            }
+            chosen.sort_unstable();
+            chosen
+        }
+    }
+}
+
 impl Table {
-    /// Whether the newest version has enough files or deleted rows to be worth compacting.
-    pub fn needs_compaction(&self) -> bool {
-        let snapshot = self.snapshot();
-        let manifest = snapshot.manifest();
-        let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();
-        let deleted: u64 = manifest.files.iter().map(|f| f.rows - f.live_rows()).sum();
-        // A few deleted rows cost little to skip while reading; many cost a pass over the
-        // deletion vectors and dead bytes in every scan.
-        manifest.files.len() > self.options.compact_min_files
-            || (deleted >= MIN_DELETED_ROWS_TO_COMPACT
-                && deleted as f64 / rows as f64 > self.options.compact_deleted_fraction)
+    /// The files a compaction of the newest version under `policy` would rewrite.
+    fn compaction_plan(&self, manifest: &Manifest, policy: Compaction) -> Vec<usize> {
+        compaction_plan(
+            &manifest.files,
+            policy,
+            self.options.max_file_rows,
+            self.options.compact_min_files,
+            self.options.compact_deleted_fraction,
+            self.options.write_parallelism,
+        )
     }
 
-    /// Rewrites the live rows of the newest version into as few files as the file size allows,
-    /// dropping deletion vectors, and commits that as a new version with the same contents and no
-    /// changes. Returns the new version, or `None` when there was nothing to compact or a writer
-    /// committed meanwhile (the work is then abandoned; VACUUM removes its files).
+    /// Whether the newest version has enough files or deleted rows to be worth compacting in
+    /// the background.
+    pub fn needs_compaction(&self) -> bool {
+        !self
+            .compaction_plan(self.snapshot().manifest(), Compaction::Tiered)
+            .is_empty()
+    }
+
+    /// Rewrites the live rows of every file with deleted rows and of every file smaller than
+    /// the file size into as few files as the size allows, and commits that as a new version
+    /// with the same contents and no changes. Returns the new version, or `None` when there was
+    /// nothing to compact or a writer committed meanwhile (the work is then abandoned; VACUUM
+    /// removes its files).
     pub async fn compact(self: &Arc<Self>) -> Result<Option<u64>> {
+        self.compact_with(Compaction::Full).await
+    }
+
+    pub(crate) async fn compact_with(self: &Arc<Self>, policy: Compaction) -> Result<Option<u64>> {
         let _maintenance = self.maintenance.lock().await;
         let base = self.snapshot();
         let manifest = base.manifest();
-        let has_deletes = manifest.files.iter().any(|f| f.deletes.is_some());
-        let small_files = manifest
-            .files
-            .iter()
-            .filter(|f| (f.rows as usize) < self.options.max_file_rows)
-            .count();
-        // Large rewrites are written by one writer per core, each leaving one partly filled file.
-        if !has_deletes && small_files <= self.options.write_parallelism.max(1) {
+        let chosen = self.compaction_plan(manifest, policy);
+        if chosen.is_empty() {
             return Ok(None);
         }
         let mut writer = ParallelWriter::new(
-            self.writer_template(FileKind::Data, base.schema()),
+            self.writer_template(FileKind::Data, Tier::Compacted, base.schema()),
             self.options.write_parallelism,
         );
-        let mut rows = base.scan(None, false);
+        let mut rows = base.scan_files(chosen.clone(), None, false);
         while let Some(batch) = rows.try_next().await? {
             writer.write(batch).await?;
         }
@@ -82,18 +174,23 @@ impl Table {
             return Ok(None);
         }
         let version = base.version() + 1;
+        let kept = manifest
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| chosen.binary_search(i).is_err())
+            .map(|(_, f)| f.clone());
         let new = Manifest {
             version,
             committed_at_ms: self.options.clock.now_ms().max(manifest.committed_at_ms),
-            operation: "COMPACT".into(),
-            files: written
-                .into_iter()
-                .map(|f| DataFile {
+            operation: COMPACT.into(),
+            files: kept
+                .chain(written.into_iter().map(|f| DataFile {
                     path: f.path,
                     rows: f.rows,
                     bytes: f.bytes,
                     deletes: None,
-                })
+                }))
                 .collect(),
             changes: Changes::default(),
             ..(**manifest).clone()
@@ -172,5 +269,109 @@ impl Table {
             report.bytes_removed += object.size;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::DeletionVector;
+
+    fn file(rows: u64, deleted: u64) -> DataFile {
+        DataFile {
+            path: format!("data/{rows}-{deleted}.parquet"),
+            rows,
+            bytes: rows * 8,
+            deletes: (deleted > 0).then(|| DeletionVector {
+                path: "deletes/x.roaring".into(),
+                count: deleted,
+            }),
+        }
+    }
+
+    fn tiered(files: &[DataFile]) -> Vec<usize> {
+        compaction_plan(files, Compaction::Tiered, 1000, 4, 0.25, 2)
+    }
+
+    #[test]
+    fn files_of_similar_sizes_merge_and_a_large_one_waits() {
+        // Five commits of 10 rows after a merge of 400: the small ones merge, the 400 stays.
+        let files = [
+            file(400, 0),
+            file(10, 0),
+            file(10, 0),
+            file(10, 0),
+            file(10, 0),
+            file(10, 0),
+        ];
+        assert_eq!(tiered(&files), vec![1, 2, 3, 4, 5]);
+        // Files of 50 and 40 wait until the commits of 10 after them add up to their size.
+        let files = [file(50, 0), file(10, 0), file(40, 0), file(10, 0), file(10, 0)];
+        assert_eq!(tiered(&files), vec![1, 3, 4]);
+        let files = [
+            file(50, 0),
+            file(10, 0),
+            file(40, 0),
+            file(10, 0),
+            file(10, 0),
+            file(10, 0),
+            file(10, 0),
+        ];
+        assert_eq!(tiered(&files), vec![0, 1, 2, 3, 4, 5, 6]);
+        // Full files neither merge nor count.
+        let full = [
+            file(1000, 0),
+            file(1000, 0),
+            file(1000, 0),
+            file(1000, 0),
+            file(2000, 0),
+        ];
+        assert!(tiered(&full).is_empty());
+        assert!(tiered(&[&full[..], &[file(10, 0), file(10, 0)]].concat()).is_empty());
+        assert!(tiered(&[file(10, 0), file(10, 0), file(10, 0)]).is_empty());
+    }
+
+    #[test]
+    fn rows_are_rewritten_a_logarithmic_number_of_times() {
+        // 1,000 commits of 10 rows with a compaction after each: every row is rewritten a few
+        // times, not once per compaction.
+        let mut files: Vec<DataFile> = Vec::new();
+        let mut rewritten = 0;
+        for _ in 0..1000 {
+            files.push(file(10, 0));
+            let chosen = tiered(&files);
+            let rows: u64 = chosen.iter().map(|&i| files[i].rows).sum();
+            rewritten += rows;
+            let mut kept: Vec<DataFile> = (0..files.len())
+                .filter(|i| !chosen.contains(i))
+                .map(|i| files[i].clone())
+                .collect();
+            // Written into files of at most 1,000 rows.
+            let mut left = rows;
+            while left > 0 {
+                kept.push(file(left.min(1000), 0));
+                left -= left.min(1000);
+            }
+            files = kept;
+        }
+        let inserted = 10 * 1000;
+        assert!(
+            rewritten < inserted * 8,
+            "{rewritten} rows rewritten for {inserted} inserted"
+        );
+        assert!(files.len() <= 20, "{} files left", files.len());
+    }
+
+    #[test]
+    fn files_with_many_deleted_rows_are_rewritten() {
+        let files = [file(4000, 2000), file(4000, 10), file(10, 0)];
+        assert_eq!(tiered(&files), vec![0]);
+        // Too few deleted rows altogether to be worth a rewrite.
+        assert!(tiered(&[file(100, 50)]).is_empty());
+        // A full compaction takes every file with deletes and every small file.
+        assert_eq!(
+            compaction_plan(&files, Compaction::Full, 1000, 4, 0.25, 2),
+            vec![0, 1, 2]
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::layout::FileKind;
 use crate::log::Created;
 use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
 use crate::snapshot::Snapshot;
-use crate::table::{Table, WriterState};
+use crate::table::{Table, Tier, WriterState};
 use crate::write::{ParallelWriter, RollingWriter, write_deletes};
 
 /// What a commit did.
@@ -119,8 +119,11 @@ impl Transaction {
         let rows = batch.num_rows() as u64;
         let writer = self.inserts.get_or_insert_with(|| {
             ParallelWriter::new(
-                self.table
-                    .writer_template(FileKind::Data, self.new_schema.as_ref().unwrap_or(self.base.schema())),
+                self.table.writer_template(
+                    FileKind::Data,
+                    Tier::Fresh,
+                    self.new_schema.as_ref().unwrap_or(self.base.schema()),
+                ),
                 self.table.options.write_parallelism,
             )
         });
@@ -169,7 +172,10 @@ impl Transaction {
             delta.remove(&encoder.encode(&rows)?);
         }
         let writer = self.retractions.get_or_insert_with(|| {
-            RollingWriter::new(self.table.writer_template(FileKind::Retraction, self.base.schema()))
+            RollingWriter::new(
+                self.table
+                    .writer_template(FileKind::Retraction, Tier::Fresh, self.base.schema()),
+            )
         });
         writer.write(&rows).await?;
         self.deleted += positions.len() as u64;

@@ -164,6 +164,9 @@ enum Change {
         table: u8,
         column: usize,
     },
+    /// Compacts the inputs and every materialized table: the next refresh reads changes
+    /// across a compaction and finds its retractions in rewritten files.
+    Compact,
 }
 
 fn value() -> impl Strategy<Value = Option<i8>> {
@@ -181,6 +184,7 @@ fn change() -> impl Strategy<Value = Change> {
         2 => (table.clone(), 2..5i32, 0..3i32)
             .prop_map(|(table, modulus, remainder)| Change::Delete { table, modulus, remainder }),
         1 => (table, 0..6usize).prop_map(|(table, column)| Change::DeleteNulls { table, column }),
+        2 => Just(Change::Compact),
     ]
 }
 
@@ -423,6 +427,12 @@ impl Schema {
                     columns[column % columns.len()].0
                 )
             }
+            Change::Compact => ["t1".to_string(), "t2".to_string()]
+                .into_iter()
+                .chain(self.corpus().into_iter().map(|(name, _)| name))
+                .map(|name| format!("ALTER TABLE {name} COMPACT"))
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 }

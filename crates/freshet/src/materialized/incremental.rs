@@ -326,9 +326,21 @@ impl Engine {
 
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
         let mut txn = table.begin("REFRESH").await?;
-        if state.index.as_ref().map(RowIndex::version) != Some(txn.base().version()) {
-            let max_rows = self.inner.materialized.settings().row_index_max_rows;
-            state.index = RowIndex::build(txn.base(), max_rows).await?;
+        let base = txn.base().clone();
+        if state.index.as_ref().map(RowIndex::version) != Some(base.version()) {
+            // Compactions since the index's version moved rows between files: follow them.
+            // Any other commit (none should come between two incremental refreshes) means
+            // building the index again from a scan.
+            let followed = match state.index.take() {
+                Some(mut index) if table.only_compacted_since(index.version(), base.version()).await? => {
+                    index.follow_compaction(&base).await?.then_some(index)
+                }
+                _ => None,
+            };
+            state.index = match followed {
+                Some(index) => Some(index),
+                None => RowIndex::build(&base, self.inner.materialized.settings().row_index_max_rows).await?,
+            };
         }
         let written = match output {
             Some(changes) => apply(&mut txn, &schema, &changes, name, state.index.as_mut()).await?,

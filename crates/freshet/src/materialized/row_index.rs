@@ -3,9 +3,9 @@
 //!
 //! The index describes one version of the table. A refresh that finds the table at that version
 //! takes the positions of its retractions from it and, once committed, adds the rows of the
-//! files it wrote; any other commit to the table (a background compaction, a full refresh) makes
-//! the index stale, and the next refresh scans the table once, as it would without an index, and
-//! builds a new one. Tables above a size (setting `materialized-table.row-index.max-rows`) are
+//! files it wrote. Compactions in between are followed (the rows of the files they rewrote are
+//! indexed again); any other commit to the table (a full refresh) makes the index stale, and the
+//! next refresh scans the table once, as it would without an index, and builds a new one. Tables above a size (setting `materialized-table.row-index.max-rows`) are
 //! not indexed: the index would cost more memory than the scans it saves are worth.
 
 use std::sync::Arc;
@@ -147,6 +147,42 @@ impl RowIndex {
         Ok(true)
     }
 
+    /// Brings the index to `snapshot`, a later version made by compactions only (the same rows
+    /// in other files): forgets the locations in the files they removed and indexes the files
+    /// they wrote — a read of the rewritten rows instead of the whole table. `false` when the
+    /// table grew past what is indexed.
+    pub(crate) async fn follow_compaction(&mut self, snapshot: &Arc<Snapshot>) -> Result<bool> {
+        let present: foldhash::HashSet<&str> = snapshot.manifest().files.iter().map(|f| f.path.as_str()).collect();
+        let gone: foldhash::HashSet<u32> = self
+            .slots
+            .iter()
+            .filter(|(path, _)| !present.contains(path.as_str()))
+            .map(|(_, &slot)| slot)
+            .collect();
+        if !gone.is_empty() {
+            self.slots.retain(|_, slot| !gone.contains(slot));
+            let mut freed = 0;
+            self.rows.retain(|key, locations| {
+                let keep = match locations {
+                    Locations::One(slot, _) => !gone.contains(slot),
+                    Locations::Many(all) => {
+                        all.retain(|(slot, _)| !gone.contains(slot));
+                        if let [(slot, position)] = all[..] {
+                            *locations = Locations::One(slot, position);
+                        }
+                        !all_gone(locations)
+                    }
+                };
+                if !keep {
+                    freed += key.len() + ENTRY_OVERHEAD;
+                }
+                keep
+            });
+            self.bytes = self.bytes.saturating_sub(freed);
+        }
+        self.advance(snapshot).await
+    }
+
     async fn add_files(&mut self, snapshot: &Arc<Snapshot>, files: Vec<usize>) -> Result<()> {
         let columns = snapshot.schema().fields().len();
         let mut batches = snapshot.scan_files(files, None, true);
@@ -212,6 +248,10 @@ impl RowIndex {
         }
         Ok(())
     }
+}
+
+fn all_gone(locations: &Locations) -> bool {
+    matches!(locations, Locations::Many(all) if all.is_empty())
 }
 
 fn internal(e: impl std::fmt::Display) -> FreshetError {
