@@ -1,7 +1,6 @@
 //! Primary-key enforcement: the set of keys of the newest version, kept in memory once built,
 //! and the changes a transaction makes to it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
@@ -18,7 +17,7 @@ use crate::snapshot::Snapshot;
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
     pub version: u64,
-    keys: HashSet<OwnedRow>,
+    keys: foldhash::HashSet<OwnedRow>,
 }
 
 /// Encodes key columns of batches into comparable rows.
@@ -78,7 +77,7 @@ fn render_value(column: &ArrayRef, row: usize) -> String {
 impl KeyIndex {
     /// Reads the keys of a snapshot.
     pub(crate) async fn build(snapshot: &Arc<Snapshot>, encoder: &KeyEncoder) -> Result<Self> {
-        let mut keys = HashSet::with_capacity(snapshot.num_rows() as usize);
+        let mut keys = foldhash::HashSet::with_capacity_and_hasher(snapshot.num_rows() as usize, Default::default());
         let projection = Some(snapshot.primary_key_indices());
         let mut stream = snapshot.scan(projection, false);
         while let Some(batch) = stream.try_next().await? {
@@ -113,8 +112,8 @@ impl KeyIndex {
 /// Keys a transaction removed and added, on top of its base version's keys.
 #[derive(Debug, Default)]
 pub(crate) struct KeyDelta {
-    removed: HashSet<OwnedRow>,
-    added: HashSet<OwnedRow>,
+    removed: foldhash::HashSet<OwnedRow>,
+    added: foldhash::HashSet<OwnedRow>,
     /// Every key of the base version was removed (the transaction replaces all rows).
     pub cleared: bool,
 }
