@@ -51,6 +51,48 @@ pub(crate) enum Compaction {
     Tiered,
 }
 
+/// The manifest of a compaction of `base` that rewrote its files `chosen` into `written`,
+/// committed on top of `current` (the newest version, `base` or later): `current`'s files
+/// without the rewritten ones, plus the new ones, and no changes. `None` when a writer deleted
+/// rows of a rewritten file since `base` (or removed it).
+fn compacted_manifest(
+    base: &Manifest,
+    current: &Manifest,
+    chosen: &[usize],
+    written: Vec<DataFile>,
+    now_ms: i64,
+) -> Option<Manifest> {
+    let rewritten: Vec<&DataFile> = chosen.iter().filter_map(|&i| base.files.get(i)).collect();
+    let untouched = rewritten
+        .iter()
+        .all(|old| current.files.iter().any(|f| f.path == old.path && same_deletes(f, old)));
+    if !untouched || rewritten.len() != chosen.len() {
+        return None;
+    }
+    let kept = current
+        .files
+        .iter()
+        .filter(|f| !rewritten.iter().any(|old| old.path == f.path))
+        .cloned();
+    Some(Manifest {
+        version: current.version + 1,
+        committed_at_ms: now_ms.max(current.committed_at_ms),
+        operation: COMPACT.into(),
+        files: kept.chain(written).collect(),
+        changes: Changes::default(),
+        ..current.clone()
+    })
+}
+
+/// Whether two entries of one data file have the same deleted rows.
+fn same_deletes(a: &DataFile, b: &DataFile) -> bool {
+    match (&a.deletes, &b.deletes) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.path == y.path,
+        _ => false,
+    }
+}
+
 /// The files (indices into `files`) a compaction rewrites; empty when it would gain nothing.
 ///
 /// Tiered: when there are more than `min_files` small files (fewer rows than `max_rows`; full
@@ -145,8 +187,9 @@ impl Table {
 
     /// Rewrites the live rows of every file with deleted rows and of every file smaller than
     /// the file size into as few files as the size allows, and commits that as a new version
-    /// with the same contents and no changes. Returns the new version, or `None` when there was
-    /// nothing to compact or a writer committed meanwhile (the work is then abandoned; VACUUM
+    /// with the same contents and no changes, on top of any version writers committed
+    /// meanwhile. Returns the new version, or `None` when there was nothing to compact or a
+    /// writer meanwhile deleted rows of a file it rewrote (the work is then abandoned; VACUUM
     /// removes its files).
     pub async fn compact(self: &Arc<Self>) -> Result<Option<u64>> {
         self.compact_with(Compaction::Full).await
@@ -170,34 +213,29 @@ impl Table {
         }
         let written = writer.finish().await?;
         let mut state = self.writer.lock().await;
-        if self.snapshot().version() != base.version() {
+        // Writers may have committed meanwhile (a table taking a commit every few milliseconds
+        // always has): the compaction still commits on top of them if the files it rewrote are
+        // untouched there and the schema is the same.
+        let current = self.snapshot();
+        let written = written
+            .into_iter()
+            .map(|f| DataFile {
+                path: f.path,
+                rows: f.rows,
+                bytes: f.bytes,
+                deletes: None,
+            })
+            .collect();
+        let now = self.options.clock.now_ms();
+        let Some(new) = compacted_manifest(manifest, current.manifest(), &chosen, written, now)
+            .filter(|_| current.schema() == base.schema())
+        else {
             return Ok(None);
-        }
-        let version = base.version() + 1;
-        let kept = manifest
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| chosen.binary_search(i).is_err())
-            .map(|(_, f)| f.clone());
-        let new = Manifest {
-            version,
-            committed_at_ms: self.options.clock.now_ms().max(manifest.committed_at_ms),
-            operation: COMPACT.into(),
-            files: kept
-                .chain(written.into_iter().map(|f| DataFile {
-                    path: f.path,
-                    rows: f.rows,
-                    bytes: f.bytes,
-                    deletes: None,
-                }))
-                .collect(),
-            changes: Changes::default(),
-            ..(**manifest).clone()
         };
+        let version = new.version;
         self.commit_manifest(new, base.schema().clone()).await?;
         if let Some(keys) = state.keys.as_mut()
-            && keys.version == base.version()
+            && keys.version == current.version()
         {
             keys.version = version;
         }
@@ -360,6 +398,51 @@ mod tests {
             "{rewritten} rows rewritten for {inserted} inserted"
         );
         assert!(files.len() <= 20, "{} files left", files.len());
+    }
+
+    fn manifest(version: u64, files: Vec<DataFile>) -> Manifest {
+        Manifest {
+            format: 1,
+            table_id: "t".into(),
+            version,
+            committed_at_ms: 10,
+            operation: "INSERT".into(),
+            schema: serde_json::from_str(r#"{"columns": []}"#).unwrap(),
+            primary_key: Vec::new(),
+            files,
+            changes: Changes::default(),
+            refresh: Some(serde_json::json!({"inputs": {"orders": 7}})),
+        }
+    }
+
+    #[test]
+    fn a_compaction_commits_on_top_of_writes_that_left_its_files_alone() {
+        let base = manifest(5, vec![file(10, 0), file(20, 0), file(30, 3)]);
+        let merged = vec![file(57, 0)];
+        // Two inserts committed meanwhile: the compaction goes on top, keeping their files and
+        // the newest refresh record.
+        let mut current = manifest(7, vec![file(10, 0), file(20, 0), file(30, 3), file(40, 0), file(50, 0)]);
+        current.refresh = Some(serde_json::json!({"inputs": {"orders": 9}}));
+        let new = compacted_manifest(&base, &current, &[0, 1, 2], merged.clone(), 20).unwrap();
+        assert_eq!(new.version, 8);
+        assert_eq!(new.operation, COMPACT);
+        let paths: Vec<&str> = new.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["data/40-0.parquet", "data/50-0.parquet", "data/57-0.parquet"]);
+        assert_eq!(new.refresh, current.refresh);
+        assert!(new.changes.inserted.is_empty() && new.changes.retracted.is_empty());
+
+        // A delete meanwhile in a rewritten file (a new deletion vector): abandoned, or its
+        // deleted rows would come back.
+        let mut deleted = current.clone();
+        deleted.files[2].deletes = Some(DeletionVector {
+            path: "deletes/y.roaring".into(),
+            count: 4,
+        });
+        assert!(compacted_manifest(&base, &deleted, &[0, 1, 2], merged.clone(), 20).is_none());
+        // A rewritten file dropped meanwhile: abandoned too.
+        let mut dropped = current.clone();
+        dropped.files.remove(0);
+        assert!(compacted_manifest(&base, &dropped, &[0, 1, 2], merged, 20).is_none());
     }
 
     #[test]
