@@ -12,7 +12,7 @@ use freshet::{Engine, ManualClock};
 use proptest::prelude::*;
 
 /// 2026-11-20 00:00:00 UTC.
-pub(crate) const START_MS: i64 = 1_795_132_800_000;
+const START_MS: i64 = 1_795_132_800_000;
 
 /// Every construct of incremental maintenance, over `t1` and `t2` (and `agg`, an MT).
 const CORPUS: &[(&str, &str)] = &[
@@ -268,10 +268,25 @@ pub(crate) fn multiset(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
-/// An engine with both tables and every materialized table of the corpus; with `indexed`
-/// false, retractions find their rows by scanning the tables instead of through the row index.
+/// An engine with both tables and every materialized table of the corpus.
 async fn setup(indexed: bool) -> Engine {
-    let engine = Engine::builder()
+    let engine = oracle_engine(indexed).await;
+    engine
+        .sql(
+            "CREATE TABLE t1 (id INT PRIMARY KEY, k INT, g VARCHAR, v INT, d DECIMAL(10, 2), b BOOLEAN, f DOUBLE);
+             CREATE TABLE t2 (id INT PRIMARY KEY, k INT, x INT, s VARCHAR);",
+        )
+        .await
+        .unwrap();
+    create_corpus(&engine, CORPUS).await;
+    engine
+}
+
+/// An engine in memory for the oracles: tiny files and eager compaction, so that refreshes
+/// meet many files, deletion vectors and compactions; with `indexed` false, retractions find
+/// their rows by scanning the tables instead of through the row index.
+pub(crate) async fn oracle_engine(indexed: bool) -> Engine {
+    Engine::builder()
         .setting(
             "materialized-table.row-index.max-rows",
             if indexed { "1000000" } else { "0" },
@@ -284,16 +299,7 @@ async fn setup(indexed: bool) -> Engine {
         .target_partitions(2)
         .open()
         .await
-        .unwrap();
-    engine
-        .sql(
-            "CREATE TABLE t1 (id INT PRIMARY KEY, k INT, g VARCHAR, v INT, d DECIMAL(10, 2), b BOOLEAN, f DOUBLE);
-             CREATE TABLE t2 (id INT PRIMARY KEY, k INT, x INT, s VARCHAR);",
-        )
-        .await
-        .unwrap();
-    create_corpus(&engine, CORPUS).await;
-    engine
+        .unwrap()
 }
 
 /// A materialized table refreshed only when asked (`REFRESH_MODE = INCREMENTAL`) for each

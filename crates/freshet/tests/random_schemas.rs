@@ -4,10 +4,9 @@
 //! incrementally, over randomly chosen columns), random transactions, and after each one every
 //! table refreshed incrementally must equal DataFusion's batch evaluation of its query.
 
-use freshet::{Engine, ManualClock};
 use proptest::prelude::*;
 
-use crate::incremental::{START_MS, check, create_corpus};
+use crate::incremental::{check, create_corpus, oracle_engine};
 
 /// A column type, with a handful of values per type so that groups, join matches and
 /// duplicates happen.
@@ -454,17 +453,7 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async {
-            let engine = Engine::builder()
-                .setting("materialized-table.row-index.max-rows", if indexed { "1000000" } else { "0" })
-                .unwrap()
-                .location("memory://")
-                .clock(std::sync::Arc::new(ManualClock::new(START_MS)))
-                .max_file_rows(4)
-                .compact_min_files(3)
-                .target_partitions(2)
-                .open()
-                .await
-                .unwrap();
+            let engine = oracle_engine(indexed).await;
             let create = schema.create();
             engine.sql(&create).await.unwrap_or_else(|e| panic!("{create}: {e}"));
             let corpus = schema.corpus();
