@@ -135,7 +135,7 @@ pub(crate) fn compaction_plan(
                 .collect();
             let dead: u64 = dirty.iter().map(|&i| deleted(&files[i])).sum();
             let mut chosen = if dead >= MIN_DELETED_ROWS_TO_COMPACT {
-                dirty.clone()
+                dirty
             } else {
                 Vec::new()
             };
@@ -195,6 +195,8 @@ impl Table {
         self.compact_with(Compaction::Full).await
     }
 
+    /// Compacts the files `policy` chooses (see [`compaction_plan`]), as [`Table::compact`]
+    /// describes.
     pub(crate) async fn compact_with(self: &Arc<Self>, policy: Compaction) -> Result<Option<u64>> {
         let _maintenance = self.maintenance.lock().await;
         let base = self.snapshot();

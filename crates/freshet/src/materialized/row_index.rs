@@ -5,8 +5,9 @@
 //! takes the positions of its retractions from it and, once committed, adds the rows of the
 //! files it wrote. Compactions in between are followed (the rows of the files they rewrote are
 //! indexed again); any other commit to the table (a full refresh) makes the index stale, and the
-//! next refresh scans the table once, as it would without an index, and builds a new one. Tables above a size (setting `materialized-table.row-index.max-rows`) are
-//! not indexed: the index would cost more memory than the scans it saves are worth.
+//! next refresh scans the table once, as it would without an index, and builds a new one.
+//! Tables above a size (setting `materialized-table.row-index.max-rows`) are not indexed: the
+//! index would cost more memory than the scans it saves are worth.
 
 use std::sync::Arc;
 
@@ -167,10 +168,14 @@ impl RowIndex {
                     Locations::One(slot, _) => !gone.contains(slot),
                     Locations::Many(all) => {
                         all.retain(|(slot, _)| !gone.contains(slot));
-                        if let [(slot, position)] = all[..] {
-                            *locations = Locations::One(slot, position);
+                        match all[..] {
+                            [] => false,
+                            [(slot, position)] => {
+                                *locations = Locations::One(slot, position);
+                                true
+                            }
+                            _ => true,
                         }
-                        !all_gone(locations)
                     }
                 };
                 if !keep {
@@ -248,10 +253,6 @@ impl RowIndex {
         }
         Ok(())
     }
-}
-
-fn all_gone(locations: &Locations) -> bool {
-    matches!(locations, Locations::Many(all) if all.is_empty())
 }
 
 fn internal(e: impl std::fmt::Display) -> FreshetError {
