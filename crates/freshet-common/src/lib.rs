@@ -6,12 +6,15 @@
 //! - [`ChangeBatch`]: an Arrow batch of rows with an Int64 weight column, the Z-set representation
 //!   of changes (DBSP). Positive weights insert copies of a row, negative weights delete them; an
 //!   update is a retraction of the old row and an insertion of the new one.
+//! - [`RowKey`]: a row-encoded key as operator state holds it, inline when short.
 //! - [`Clock`]: the engine's time, injectable so that tests advance it instead of sleeping.
 
 mod change;
 mod clock;
 mod error;
+mod row_key;
 
 pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use error::{ErrorDomain, FreshetError, Result};
+pub use row_key::RowKey;

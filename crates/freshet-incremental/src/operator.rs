@@ -94,6 +94,11 @@ pub(crate) trait Operator: Send {
     }
     /// The inputs.
     fn inputs(&self) -> Vec<&dyn Operator>;
+    /// Whether every output of an epoch is already consolidated: each row at most once, with a
+    /// non-zero weight. The pipeline then need not consolidate it again.
+    fn output_consolidated(&self) -> bool {
+        false
+    }
 }
 
 /// An expression compiled against the columns of an input.
@@ -106,6 +111,13 @@ impl Compiled {
     pub(crate) fn new(expr: &Expr, input: &DFSchema) -> Result<Self> {
         let expr = create_physical_expr(expr, input, &ExecutionProps::new(), &PhysicalPlanningContext::default())?;
         Ok(Self { expr })
+    }
+
+    /// The input column the expression is, if it is one.
+    pub(crate) fn column_index(&self) -> Option<usize> {
+        self.expr
+            .downcast_ref::<datafusion::physical_expr::expressions::Column>()
+            .map(datafusion::physical_expr::expressions::Column::index)
     }
 
     /// The expression's value for every row.

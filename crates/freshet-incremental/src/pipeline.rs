@@ -80,6 +80,9 @@ impl Pipeline {
             return Ok(None);
         }
         let delta = delta.with_schema(&self.schema)?;
+        if self.root.output_consolidated() {
+            return Ok(Some(delta.into_change_batch()?));
+        }
         consolidate(&self.schema, &[delta.into_change_batch()?])
     }
 

@@ -109,7 +109,12 @@ pub(crate) fn build(
                 .iter()
                 .map(|e| Compiled::new(e, projection.input.schema()))
                 .collect::<Result<_, _>>()?;
-            Box::new(Project::new(input, exprs, schema))
+            Box::new(Project::new(
+                input,
+                exprs,
+                projection.input.schema().fields().len(),
+                schema,
+            ))
         }
         LogicalPlan::Filter(filter) if matches!(filter.input.as_ref(), LogicalPlan::Window(_)) => {
             row_number_filter(filter, resolve, sources)?

@@ -9,16 +9,19 @@
 
 mod accumulator;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::kernels::boolean::or;
+use datafusion::arrow::compute::kernels::cmp::distinct;
+use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::Rows;
 
-use freshet_common::Result;
+use freshet_common::{Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal};
 use crate::rows::RowCodec;
-use accumulator::{Accumulator, Arguments};
+use accumulator::{Accumulators, Arguments};
 
 pub(crate) use accumulator::AggregateKind;
 
@@ -35,28 +38,50 @@ pub(crate) struct AggregateSpec {
     pub display: String,
 }
 
-struct Group {
-    rows: i64,
-    accumulators: Vec<Accumulator>,
-}
-
 /// The aggregate operator.
+///
+/// Groups live in slots: the map finds a group's slot from its encoded key, and the row
+/// counts and accumulators are columns indexed by slot (a slot freed by a vanished group is
+/// reused). A global aggregate has one group, in slot 0.
 pub(crate) struct Aggregate {
     input: Box<dyn Operator>,
     group_exprs: Vec<Compiled>,
-    /// Encodes the group key (a global aggregate's is constant).
+    group_types: Vec<DataType>,
+    /// Encodes the group key.
     keys: RowCodec,
     specs: Vec<AggregateSpec>,
     /// Encodes values of MIN, MAX and COUNT(DISTINCT).
     value_codecs: Vec<Option<RowCodec>>,
-    groups: foldhash::HashMap<Box<[u8]>, Group>,
+    /// The slot of each group (empty for a global aggregate).
+    slots: foldhash::HashMap<RowKey, u32>,
+    /// Rows in each slot's group.
+    rows: Vec<i64>,
+    /// One column of accumulators per aggregate.
+    accumulators: Vec<Accumulators>,
+    /// Slots whose group vanished.
+    free: Vec<u32>,
+    /// The last epoch that touched each slot.
+    touched_in: Vec<u64>,
+    epoch: u64,
+    /// Heap memory of the group keys.
+    key_bytes: usize,
     schema: SchemaRef,
     /// A global aggregate's row has been emitted.
     started: bool,
-    /// The state's size, kept up to date group by group (summing every group per epoch would
-    /// cost as much as the epoch).
-    bytes: usize,
 }
+
+/// A group an epoch touched: its slot, the first row of the epoch's delta in it, and whether it
+/// existed before the epoch.
+#[derive(Clone, Copy)]
+struct Touched {
+    slot: u32,
+    row: u32,
+    existed: bool,
+}
+
+/// Memory of a group's entry in the slot map besides its key's heap bytes, and of its row
+/// count and epoch mark.
+const GROUP_BYTES: usize = 32 + 4 + 8 + 8 + 8;
 
 impl Aggregate {
     pub(crate) fn new(
@@ -75,45 +100,107 @@ impl Aggregate {
                     .transpose()
             })
             .collect::<Result<_>>()?;
-        Ok(Self {
+        let accumulators = specs.iter().map(Accumulators::new).collect();
+        let mut aggregate = Self {
             input,
             group_exprs,
-            keys: RowCodec::new(group_types)?,
+            keys: RowCodec::new(group_types.clone())?,
+            group_types,
             specs,
             value_codecs,
-            groups: foldhash::HashMap::default(),
+            slots: foldhash::HashMap::default(),
+            rows: Vec::new(),
+            accumulators,
+            free: Vec::new(),
+            touched_in: Vec::new(),
+            epoch: 0,
+            key_bytes: 0,
             schema,
             started: false,
-            bytes: 0,
-        })
+        };
+        if aggregate.is_global() {
+            aggregate.allocate();
+        }
+        Ok(aggregate)
     }
 
     fn is_global(&self) -> bool {
         self.group_exprs.is_empty()
     }
 
-    fn new_group(&self) -> Group {
-        Group {
-            rows: 0,
-            accumulators: self.specs.iter().map(Accumulator::new).collect(),
+    /// A slot with an empty state.
+    fn allocate(&mut self) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            return slot;
         }
+        self.rows.push(0);
+        self.touched_in.push(0);
+        for accumulators in &mut self.accumulators {
+            accumulators.push();
+        }
+        (self.rows.len() - 1) as u32
     }
 
-    /// The output rows of the groups `keys` (which exist), in that order.
-    fn output(&self, keys: &[&[u8]]) -> Result<Vec<ArrayRef>> {
-        let parser = self.keys.parser();
-        let mut columns = self.keys.decode(keys.iter().map(|k| parser.parse(k)))?;
-        let groups: Vec<&Group> = keys
+    /// Forgets the group `key` in `slot`.
+    fn release(&mut self, key: &[u8], slot: u32) {
+        if let Some((key, _)) = self.slots.remove_entry(key) {
+            self.key_bytes = self.key_bytes.saturating_sub(key.heap_bytes());
+        }
+        for accumulators in &mut self.accumulators {
+            accumulators.clear(slot as usize);
+        }
+        self.free.push(slot);
+    }
+
+    /// The slot of each row's group, and the groups touched in first-seen order.
+    /// `keys` are the rows' encoded group keys (`None` for a global aggregate).
+    fn assign(&mut self, keys: Option<&Rows>, rows: usize) -> (Vec<u32>, Vec<Touched>) {
+        self.epoch += 1;
+        let Some(keys) = keys else {
+            let touched = Touched {
+                slot: 0,
+                row: 0,
+                existed: self.started,
+            };
+            return (vec![0; rows], vec![touched]);
+        };
+        let mut slots = Vec::with_capacity(rows);
+        let mut touched = Vec::new();
+        for (row, key) in keys.iter().enumerate() {
+            let (slot, existed) = match self.slots.get(key.data()) {
+                Some(&slot) => (slot, true),
+                None => {
+                    let slot = self.allocate();
+                    let key = RowKey::from(key.data());
+                    self.key_bytes += key.heap_bytes();
+                    self.slots.insert(key, slot);
+                    (slot, false)
+                }
+            };
+            if self.touched_in[slot as usize] != self.epoch {
+                self.touched_in[slot as usize] = self.epoch;
+                touched.push(Touched {
+                    slot,
+                    row: row as u32,
+                    existed,
+                });
+            }
+            slots.push(slot);
+        }
+        (slots, touched)
+    }
+
+    /// The output rows of the groups `groups` (key values from their rows of `key_columns`,
+    /// aggregates from their slots), with weight `weight`.
+    fn emit(&self, key_columns: &[ArrayRef], groups: &[Touched], weight: i64) -> Result<Delta> {
+        let rows = UInt32Array::from_iter_values(groups.iter().map(|g| g.row));
+        let slots: Vec<u32> = groups.iter().map(|g| g.slot).collect();
+        let mut columns = key_columns
             .iter()
-            .map(|k| {
-                self.groups
-                    .get(*k)
-                    .ok_or_else(|| internal("an aggregate group vanished"))
-            })
-            .collect::<Result<_>>()?;
-        for (i, spec) in self.specs.iter().enumerate() {
-            let accumulators: Vec<&Accumulator> = groups.iter().map(|g| &g.accumulators[i]).collect();
-            let array = accumulator::evaluate(spec, self.value_codecs[i].as_ref(), &accumulators)?;
+            .map(|column| take(column.as_ref(), &rows, None).map_err(internal))
+            .collect::<Result<Vec<_>>>()?;
+        for ((spec, accumulators), codec) in self.specs.iter().zip(&self.accumulators).zip(&self.value_codecs) {
+            let array = accumulators.evaluate(spec, codec.as_ref(), &slots)?;
             let array = if array.data_type() == &spec.output_type {
                 array
             } else {
@@ -121,19 +208,61 @@ impl Aggregate {
             };
             columns.push(array);
         }
-        Ok(columns)
+        Delta::from_columns(&self.schema, columns, Int64Array::from_value(weight, groups.len()))
     }
+}
 
-    /// The memory a group holds (0 for a group that does not exist).
-    fn group_bytes(&self, key: &[u8]) -> usize {
-        self.groups.get(key).map_or(0, |group| {
-            key.len() + 56 + group.accumulators.iter().map(Accumulator::bytes).sum::<usize>()
-        })
-    }
-
-    fn emit(&self, keys: &[&[u8]], weight: i64) -> Result<Delta> {
-        let columns = self.output(keys)?;
-        Delta::from_columns(&self.schema, columns, Int64Array::from_value(weight, keys.len()))
+impl Aggregate {
+    /// Removes the groups whose row is the same after the epoch as before (a change that
+    /// cancelled out, or an update of a row's non-aggregated column) from the retractions
+    /// (rows of the groups `before`) and the insertions (`after`).
+    fn drop_unchanged(
+        &self,
+        retracted: Delta,
+        before: &[Touched],
+        inserted: Delta,
+        after: &[Touched],
+    ) -> Result<(Delta, Delta)> {
+        // Both lists follow the touched groups' order, that is their first rows' order.
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < before.len() && j < after.len() {
+            match before[i].row.cmp(&after[j].row) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    old.push(i as u32);
+                    new.push(j as u32);
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        if old.is_empty() {
+            return Ok((retracted, inserted));
+        }
+        let (old, new) = (UInt32Array::from(old), UInt32Array::from(new));
+        let mut changed = BooleanArray::from(vec![false; old.len()]);
+        for column in self.group_exprs.len()..self.schema.fields().len() {
+            let was = take(retracted.data.column(column).as_ref(), &old, None).map_err(internal)?;
+            let is = take(inserted.data.column(column).as_ref(), &new, None).map_err(internal)?;
+            changed = or(&changed, &distinct(&was, &is).map_err(internal)?).map_err(internal)?;
+        }
+        if changed.true_count() == changed.len() {
+            return Ok((retracted, inserted));
+        }
+        let mut keep_old = vec![true; retracted.len()];
+        let mut keep_new = vec![true; inserted.len()];
+        for (k, changed) in changed.values().iter().enumerate() {
+            if !changed {
+                keep_old[old.value(k) as usize] = false;
+                keep_new[new.value(k) as usize] = false;
+            }
+        }
+        Ok((
+            retracted.filter(&BooleanArray::from(keep_old))?,
+            inserted.filter(&BooleanArray::from(keep_new))?,
+        ))
     }
 }
 
@@ -146,73 +275,60 @@ impl Operator for Aggregate {
         let key_columns = self
             .group_exprs
             .iter()
-            .map(|e| e.evaluate(&delta.data))
+            .zip(&self.group_types)
+            .map(|(e, t)| {
+                let column = e.evaluate(&delta.data)?;
+                if column.data_type() == t {
+                    Ok(column)
+                } else {
+                    cast(&column, t).map_err(internal)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
-        let keys = self.keys.encode(&key_columns, delta.len())?;
         let arguments = self
             .specs
             .iter()
             .zip(&self.value_codecs)
             .map(|(spec, codec)| Arguments::evaluate(spec, codec.as_ref(), &delta.data))
             .collect::<Result<Vec<_>>>()?;
+        let keys = match self.is_global() {
+            true => None,
+            false => Some(self.keys.encode(&key_columns, delta.len())?),
+        };
+        let (slots, touched) = self.assign(keys.as_ref(), delta.len());
 
-        // The groups touched, in first-seen order; a global aggregate's one group always.
-        let mut touched: Vec<Box<[u8]>> = Vec::new();
-        {
-            let mut seen = foldhash::HashSet::default();
-            for key in keys.iter() {
-                if seen.insert(key.data()) {
-                    touched.push(key.data().into());
-                }
-            }
-            if self.is_global() && touched.is_empty() {
-                touched.push(self.keys.encode(&[], 1)?.row(0).data().into());
-            }
-        }
-        let before: Vec<&[u8]> = touched
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|k| self.groups.contains_key(*k))
-            .collect();
-        let retracted = self.emit(&before, -1)?;
-        let freed: usize = before.iter().map(|k| self.group_bytes(k)).sum();
+        let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
+        let retracted = self.emit(&key_columns, &before, -1)?;
 
-        for (row, key) in keys.iter().enumerate() {
-            let weight = delta.weights.value(row);
-            let group = match self.groups.get_mut(key.data()) {
-                Some(group) => group,
-                None => {
-                    let group = self.new_group();
-                    self.groups.entry(key.data().into()).or_insert(group)
-                }
-            };
-            group.rows += weight;
-            for (accumulator, arguments) in group.accumulators.iter_mut().zip(&arguments) {
-                arguments.apply(accumulator, row, weight)?;
-            }
+        let weights = delta.weights.values();
+        for (&slot, &weight) in slots.iter().zip(weights.iter()) {
+            self.rows[slot as usize] += weight;
         }
-        let global = self.is_global();
-        if global && !self.groups.contains_key(touched[0].as_ref()) {
-            let group = self.new_group();
-            self.groups.insert(touched[0].clone(), group);
+        for (accumulators, arguments) in self.accumulators.iter_mut().zip(&arguments) {
+            accumulators.apply(arguments, &slots, weights)?;
         }
-        let mut after: Vec<&[u8]> = Vec::with_capacity(touched.len());
-        for key in &touched {
-            let rows = self.groups.get(key.as_ref()).map(|g| g.rows).unwrap_or(0);
+
+        let mut after = Vec::with_capacity(touched.len());
+        for group in touched {
+            let rows = self.rows[group.slot as usize];
             if rows < 0 {
                 return Err(internal("a group's row count went below zero"));
             }
-            if rows == 0 && !global {
-                self.groups.remove(key.as_ref());
-            } else {
-                after.push(key);
+            match &keys {
+                Some(keys) if rows == 0 => self.release(keys.row(group.row as usize).data(), group.slot),
+                _ => after.push(group),
             }
         }
-        let held: usize = after.iter().map(|k| self.group_bytes(k)).sum();
-        self.bytes = (self.bytes + held).saturating_sub(freed);
-        let inserted = self.emit(&after, 1)?;
+        let inserted = self.emit(&key_columns, &after, 1)?;
         self.started = true;
+        let (retracted, inserted) = self.drop_unchanged(retracted, &before, inserted, &after)?;
         Delta::concat(&self.schema, &[retracted, inserted])
+    }
+
+    /// Each output row appears at most once among the retractions and once among the
+    /// insertions, and `drop_unchanged` removes a retraction and an insertion of the same row.
+    fn output_consolidated(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {
@@ -234,9 +350,12 @@ impl Operator for Aggregate {
     }
 
     fn state_size(&self) -> StateSize {
+        let slots = self.rows.len();
+        let groups = if self.is_global() { 1 } else { self.slots.len() };
+        let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
         StateSize {
-            rows: self.groups.len() as u64,
-            bytes: self.bytes as u64,
+            rows: groups as u64,
+            bytes: (slots * GROUP_BYTES + self.key_bytes + accumulators) as u64,
         }
     }
 

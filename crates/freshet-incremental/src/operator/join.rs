@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32A
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::Result;
+use freshet_common::{Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal, multiply};
@@ -81,12 +81,12 @@ pub(crate) struct JoinSpec {
 }
 
 /// Rows (encoded) and their multiplicities.
-type Multiset = HashMap<Box<[u8]>, i64>;
+type Multiset = HashMap<RowKey, i64>;
 
 /// One input's rows, by key: key bytes → row bytes → multiplicity.
 struct Index {
     codec: RowCodec,
-    rows: HashMap<Box<[u8]>, Multiset>,
+    rows: HashMap<RowKey, Multiset>,
     count: u64,
     bytes: u64,
 }
@@ -148,7 +148,7 @@ struct Encoded {
     delta: Delta,
     rows: datafusion::arrow::row::Rows,
     /// The key of each row; `None` when a key column is NULL and NULL matches nothing.
-    keys: Vec<Option<Box<[u8]>>>,
+    keys: Vec<Option<RowKey>>,
 }
 
 /// The join operator.
@@ -459,7 +459,7 @@ impl Join {
 }
 
 /// The keys an epoch's changes touch, each once, in first-seen order.
-fn touched_keys(left: &Encoded, right: &Encoded) -> Vec<Box<[u8]>> {
+fn touched_keys(left: &Encoded, right: &Encoded) -> Vec<RowKey> {
     let mut seen = HashSet::new();
     left.keys
         .iter()

@@ -38,6 +38,10 @@ impl Operator for Filter {
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![self.input.as_ref()]
     }
+
+    fn output_consolidated(&self) -> bool {
+        self.input.output_consolidated()
+    }
 }
 
 /// Computes the output columns from each row.
@@ -45,11 +49,21 @@ pub(crate) struct Project {
     input: Box<dyn Operator>,
     exprs: Vec<Compiled>,
     schema: SchemaRef,
+    /// Every one of the input's columns is among the outputs as it is, so distinct input rows
+    /// give distinct output rows.
+    keeps_every_column: bool,
 }
 
 impl Project {
-    pub(crate) fn new(input: Box<dyn Operator>, exprs: Vec<Compiled>, schema: SchemaRef) -> Self {
-        Self { input, exprs, schema }
+    /// A projection of an input with `input_columns` columns.
+    pub(crate) fn new(input: Box<dyn Operator>, exprs: Vec<Compiled>, input_columns: usize, schema: SchemaRef) -> Self {
+        let kept: std::collections::BTreeSet<usize> = exprs.iter().filter_map(Compiled::column_index).collect();
+        Self {
+            input,
+            exprs,
+            schema,
+            keeps_every_column: kept.len() == input_columns,
+        }
     }
 }
 
@@ -74,6 +88,10 @@ impl Operator for Project {
 
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![self.input.as_ref()]
+    }
+
+    fn output_consolidated(&self) -> bool {
+        self.keeps_every_column && self.input.output_consolidated()
     }
 }
 

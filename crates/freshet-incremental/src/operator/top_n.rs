@@ -15,7 +15,7 @@ use datafusion::arrow::array::{Int64Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::SortField;
 
-use freshet_common::Result;
+use freshet_common::{Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::Delta;
@@ -38,7 +38,7 @@ pub(crate) struct TopNSpec {
 }
 
 /// Rows of one group: (sort key, row) → multiplicity.
-type Ranked = BTreeMap<(Box<[u8]>, Box<[u8]>), i64>;
+type Ranked = BTreeMap<(RowKey, RowKey), i64>;
 
 /// The top-N operator.
 pub(crate) struct TopN {
@@ -47,7 +47,7 @@ pub(crate) struct TopN {
     groups_codec: RowCodec,
     sort_codec: RowCodec,
     rows_codec: RowCodec,
-    groups: HashMap<Box<[u8]>, Ranked>,
+    groups: HashMap<RowKey, Ranked>,
     rows: u64,
     bytes: u64,
 }
@@ -114,7 +114,7 @@ impl Operator for TopN {
         let rows = self.rows_codec.encode(delta.data.columns(), delta.len())?;
 
         let mut seen = HashSet::new();
-        let touched: Vec<Box<[u8]>> = groups
+        let touched: Vec<RowKey> = groups
             .iter()
             .filter(|g| seen.insert(g.data()))
             .map(|g| g.data().into())
@@ -128,7 +128,7 @@ impl Operator for TopN {
         for i in 0..delta.len() {
             let weight = delta.weights.value(i);
             let ranked = self.groups.entry(groups.row(i).data().into()).or_default();
-            let entry: (Box<[u8]>, Box<[u8]>) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
+            let entry: (RowKey, RowKey) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
             let size = (entry.0.len() + entry.1.len() + 48) as u64;
             let n = ranked.entry(entry).or_insert(0);
             if *n == 0 {
@@ -137,7 +137,7 @@ impl Operator for TopN {
             }
             *n += weight;
             if *n == 0 {
-                let key: (Box<[u8]>, Box<[u8]>) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
+                let key: (RowKey, RowKey) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
                 ranked.remove(&key);
                 self.rows -= 1;
                 self.bytes -= size;

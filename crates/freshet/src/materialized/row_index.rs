@@ -16,10 +16,11 @@ use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Result};
+use freshet_common::{FreshetError, Result, RowKey};
 use freshet_storage::Snapshot;
 
-/// Bytes an index entry costs besides its row: the map's slot, the locations, allocation.
+/// Bytes an index entry costs besides its key's heap bytes: the map's slot (the key, inline
+/// when short, and the locations).
 const ENTRY_OVERHEAD: usize = 64;
 
 /// Where copies of one row are: (file slot, row position in the file).
@@ -37,7 +38,7 @@ pub(crate) struct RowIndex {
     /// Data file paths by slot, and slots by path.
     files: Vec<String>,
     slots: foldhash::HashMap<String, u32>,
-    rows: foldhash::HashMap<Box<[u8]>, Locations>,
+    rows: foldhash::HashMap<RowKey, Locations>,
     converter: RowConverter,
     bytes: usize,
     /// Tables with more rows are not indexed.
@@ -124,8 +125,8 @@ impl RowIndex {
     }
 
     fn remove(&mut self, key: &[u8]) {
-        if self.rows.remove(key).is_some() {
-            self.bytes = self.bytes.saturating_sub(key.len() + ENTRY_OVERHEAD);
+        if let Some((key, _)) = self.rows.remove_entry(key) {
+            self.bytes = self.bytes.saturating_sub(key.heap_bytes() + ENTRY_OVERHEAD);
         }
     }
 
@@ -179,7 +180,7 @@ impl RowIndex {
                     }
                 };
                 if !keep {
-                    freed += key.len() + ENTRY_OVERHEAD;
+                    freed += key.heap_bytes() + ENTRY_OVERHEAD;
                 }
                 keep
             });
@@ -245,9 +246,9 @@ impl RowIndex {
                     }
                 }
                 None => {
-                    self.bytes += row.data().len() + ENTRY_OVERHEAD;
-                    self.rows
-                        .insert(row.data().into(), Locations::One(location.0, location.1));
+                    let key = RowKey::from(row.data());
+                    self.bytes += key.heap_bytes() + ENTRY_OVERHEAD;
+                    self.rows.insert(key, Locations::One(location.0, location.1));
                 }
             }
         }

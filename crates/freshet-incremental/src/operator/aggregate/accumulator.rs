@@ -1,17 +1,17 @@
-//! Retractable accumulators: the state of one aggregate in one group.
+//! Retractable accumulators: the state of one aggregate, for every group.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt64Array,
+    new_null_array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type};
 use datafusion::arrow::row::Rows;
-use datafusion::common::ScalarValue;
 
-use freshet_common::{FreshetError, Result};
+use freshet_common::{FreshetError, Result, RowKey};
 
 use super::AggregateSpec;
 use crate::delta::internal;
@@ -69,42 +69,237 @@ impl AggregateKind {
     }
 }
 
-/// The state of one aggregate in one group.
+/// The state of one aggregate for every group, by the group's slot: one column per part of
+/// the state, so that an epoch updates it in a tight loop over the changed rows.
 #[derive(Debug)]
-pub(crate) enum Accumulator {
+pub(crate) enum Accumulators {
     /// Non-null values counted.
-    Count(i64),
-    /// Exact sum of integers or of decimals' unscaled values, and how many.
-    Exact { sum: i128, count: i64 },
-    /// Sum of floats, and how many.
-    Float { sum: f64, count: i64 },
-    /// The multiset of values (row-encoded, so ordered as the values are).
-    Values(BTreeMap<Box<[u8]>, i64>),
+    Count(Vec<i64>),
+    /// Exact sums of integers or of decimals' unscaled values, and how many.
+    Exact { sums: Vec<i128>, counts: Vec<i64> },
+    /// Sums of floats, and how many.
+    Float { sums: Vec<f64>, counts: Vec<i64> },
+    /// The multiset of values (row-encoded, so ordered as the values are), and the memory the
+    /// multisets hold.
+    Values {
+        sets: Vec<BTreeMap<RowKey, i64>>,
+        bytes: usize,
+    },
     /// Trues and falses counted.
-    Bools { trues: i64, falses: i64 },
+    Bools { trues: Vec<i64>, falses: Vec<i64> },
 }
 
-impl Accumulator {
+/// Memory of one entry of a MIN/MAX/COUNT(DISTINCT) multiset besides its key's heap bytes.
+const VALUE_ENTRY_BYTES: usize = 56;
+
+impl Accumulators {
     pub(crate) fn new(spec: &AggregateSpec) -> Self {
         match spec.kind {
-            AggregateKind::Count => Accumulator::Count(0),
-            AggregateKind::Sum | AggregateKind::Avg if is_float(&spec.arg_type) => {
-                Accumulator::Float { sum: 0.0, count: 0 }
-            }
-            AggregateKind::Sum | AggregateKind::Avg => Accumulator::Exact { sum: 0, count: 0 },
-            AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => {
-                Accumulator::Values(BTreeMap::new())
-            }
-            AggregateKind::BoolAnd | AggregateKind::BoolOr => Accumulator::Bools { trues: 0, falses: 0 },
+            AggregateKind::Count => Accumulators::Count(Vec::new()),
+            AggregateKind::Sum | AggregateKind::Avg if is_float(&spec.arg_type) => Accumulators::Float {
+                sums: Vec::new(),
+                counts: Vec::new(),
+            },
+            AggregateKind::Sum | AggregateKind::Avg => Accumulators::Exact {
+                sums: Vec::new(),
+                counts: Vec::new(),
+            },
+            AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => Accumulators::Values {
+                sets: Vec::new(),
+                bytes: 0,
+            },
+            AggregateKind::BoolAnd | AggregateKind::BoolOr => Accumulators::Bools {
+                trues: Vec::new(),
+                falses: Vec::new(),
+            },
         }
     }
 
-    pub(crate) fn bytes(&self) -> usize {
+    /// Adds a slot holding an empty state.
+    pub(crate) fn push(&mut self) {
         match self {
-            Accumulator::Values(values) => values.keys().map(|k| k.len() + 40).sum::<usize>() + 24,
-            _ => 32,
+            Accumulators::Count(counts) => counts.push(0),
+            Accumulators::Exact { sums, counts } => {
+                sums.push(0);
+                counts.push(0);
+            }
+            Accumulators::Float { sums, counts } => {
+                sums.push(0.0);
+                counts.push(0);
+            }
+            Accumulators::Values { sets, .. } => sets.push(BTreeMap::new()),
+            Accumulators::Bools { trues, falses } => {
+                trues.push(0);
+                falses.push(0);
+            }
         }
     }
+
+    /// Empties the state of a slot whose group is gone, so that the slot can be reused.
+    pub(crate) fn clear(&mut self, slot: usize) {
+        match self {
+            Accumulators::Count(counts) => counts[slot] = 0,
+            Accumulators::Exact { sums, counts } => {
+                sums[slot] = 0;
+                counts[slot] = 0;
+            }
+            Accumulators::Float { sums, counts } => {
+                sums[slot] = 0.0;
+                counts[slot] = 0;
+            }
+            Accumulators::Values { sets, bytes } => {
+                let set = std::mem::take(&mut sets[slot]);
+                *bytes = bytes.saturating_sub(set.keys().map(value_bytes).sum());
+            }
+            Accumulators::Bools { trues, falses } => {
+                trues[slot] = 0;
+                falses[slot] = 0;
+            }
+        }
+    }
+
+    /// Memory held: `slots` slots of fixed-size state plus the multisets' contents.
+    pub(crate) fn bytes(&self, slots: usize) -> usize {
+        match self {
+            Accumulators::Count(_) => slots * 8,
+            Accumulators::Exact { .. } => slots * 24,
+            Accumulators::Float { .. } | Accumulators::Bools { .. } => slots * 16,
+            Accumulators::Values { bytes, .. } => slots * 24 + bytes,
+        }
+    }
+
+    /// Adds each row of a delta, its weight times (negative: removes), to the state of its
+    /// group's slot (`slots[row]`).
+    pub(crate) fn apply(&mut self, arguments: &Arguments, slots: &[u32], weights: &[i64]) -> Result<()> {
+        let valid = &arguments.valid;
+        let rows = (0..slots.len()).filter(|&row| valid[row]);
+        match (&arguments.values, self) {
+            (Values::Present, Accumulators::Count(counts)) => {
+                for row in rows {
+                    counts[slots[row] as usize] += weights[row];
+                }
+            }
+            (Values::Exact(values), Accumulators::Exact { sums, counts }) => {
+                for row in rows {
+                    let slot = slots[row] as usize;
+                    let weight = weights[row];
+                    sums[slot] = values[row]
+                        .checked_mul(i128::from(weight))
+                        .and_then(|d| sums[slot].checked_add(d))
+                        .ok_or_else(|| FreshetError::InvalidStatement("SUM overflowed 128 bits".into()))?;
+                    counts[slot] += weight;
+                }
+            }
+            (Values::Float(values), Accumulators::Float { sums, counts }) => {
+                for row in rows {
+                    let slot = slots[row] as usize;
+                    let weight = weights[row];
+                    counts[slot] += weight;
+                    // Back to exactly zero when the last value leaves, so no drift survives it.
+                    sums[slot] = if counts[slot] == 0 {
+                        0.0
+                    } else {
+                        sums[slot] + values.value(row) * weight as f64
+                    };
+                }
+            }
+            (Values::Rows(values), Accumulators::Values { sets, bytes }) => {
+                for row in rows {
+                    let value = values.row(row);
+                    let set = &mut sets[slots[row] as usize];
+                    match set.get_mut(value.data()) {
+                        Some(n) => {
+                            *n += weights[row];
+                            if *n == 0
+                                && let Some((key, _)) = set.remove_entry(value.data())
+                            {
+                                *bytes = bytes.saturating_sub(value_bytes(&key));
+                            }
+                        }
+                        None => {
+                            let key = RowKey::from(value.data());
+                            *bytes += value_bytes(&key);
+                            set.insert(key, weights[row]);
+                        }
+                    }
+                }
+            }
+            (Values::Bools(values), Accumulators::Bools { trues, falses }) => {
+                for row in rows {
+                    let slot = slots[row] as usize;
+                    if values.value(row) {
+                        trues[slot] += weights[row];
+                    } else {
+                        falses[slot] += weights[row];
+                    }
+                }
+            }
+            _ => return Err(internal("an accumulator got values of another kind")),
+        }
+        Ok(())
+    }
+
+    /// The aggregate's value for the groups in `slots`, as an array of `spec.output_type` (or
+    /// of a type that casts to it).
+    pub(crate) fn evaluate(&self, spec: &AggregateSpec, codec: Option<&RowCodec>, slots: &[u32]) -> Result<ArrayRef> {
+        let mismatch = || internal(format!("{}: accumulator of another kind", spec.display));
+        match (spec.kind, self) {
+            (AggregateKind::Count, Accumulators::Count(counts)) => Ok(Arc::new(Int64Array::from_iter_values(
+                slots.iter().map(|&s| counts[s as usize]),
+            ))),
+            (AggregateKind::CountDistinct, Accumulators::Values { sets, .. }) => Ok(Arc::new(
+                Int64Array::from_iter_values(slots.iter().map(|&s| sets[s as usize].len() as i64)),
+            )),
+            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Float { sums, counts }) => {
+                let average = spec.kind == AggregateKind::Avg;
+                Ok(Arc::new(
+                    slots
+                        .iter()
+                        .map(|&s| {
+                            let (sum, count) = (sums[s as usize], counts[s as usize]);
+                            (count != 0).then(|| if average { sum / count as f64 } else { sum })
+                        })
+                        .collect::<Float64Array>(),
+                ))
+            }
+            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Exact { sums, counts }) => {
+                finish_exact(spec, slots.iter().map(|&s| (sums[s as usize], counts[s as usize])))
+            }
+            (AggregateKind::Min | AggregateKind::Max, Accumulators::Values { sets, .. }) => {
+                let codec = codec.ok_or_else(|| internal("no value codec"))?;
+                let null_value = codec.encode(&[new_null_array(&spec.arg_type, 1)], 1)?;
+                let parser = codec.parser();
+                let rows = slots.iter().map(|&s| {
+                    let values = &sets[s as usize];
+                    let extreme = if spec.kind == AggregateKind::Min {
+                        values.keys().next()
+                    } else {
+                        values.keys().next_back()
+                    };
+                    extreme.map_or_else(|| null_value.row(0), |r| parser.parse(r.as_bytes()))
+                });
+                let mut columns = codec.decode(rows)?;
+                columns.pop().ok_or_else(|| internal("no MIN/MAX column"))
+            }
+            (AggregateKind::BoolAnd | AggregateKind::BoolOr, Accumulators::Bools { trues, falses }) => {
+                let and = spec.kind == AggregateKind::BoolAnd;
+                Ok(Arc::new(
+                    slots
+                        .iter()
+                        .map(|&s| {
+                            let (trues, falses) = (trues[s as usize], falses[s as usize]);
+                            (trues + falses != 0).then_some(if and { falses == 0 } else { trues > 0 })
+                        })
+                        .collect::<BooleanArray>(),
+                ))
+            }
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+fn value_bytes(key: &RowKey) -> usize {
+    VALUE_ENTRY_BYTES + key.heap_bytes()
 }
 
 fn is_float(data_type: &DataType) -> bool {
@@ -191,165 +386,53 @@ impl Arguments {
         };
         Ok(Self { valid, values })
     }
-
-    /// Adds row `row` of the delta, `weight` times (negative: removes), to `accumulator`.
-    pub(crate) fn apply(&self, accumulator: &mut Accumulator, row: usize, weight: i64) -> Result<()> {
-        if !self.valid[row] {
-            return Ok(());
-        }
-        match (&self.values, accumulator) {
-            (Values::Present, Accumulator::Count(n)) => *n += weight,
-            (Values::Exact(values), Accumulator::Exact { sum, count }) => {
-                *sum = values[row]
-                    .checked_mul(i128::from(weight))
-                    .and_then(|d| sum.checked_add(d))
-                    .ok_or_else(|| FreshetError::InvalidStatement("SUM overflowed 128 bits".into()))?;
-                *count += weight;
-            }
-            (Values::Float(values), Accumulator::Float { sum, count }) => {
-                *count += weight;
-                // Back to exactly zero when the last value leaves, so no drift survives it.
-                *sum = if *count == 0 {
-                    0.0
-                } else {
-                    *sum + values.value(row) * weight as f64
-                };
-            }
-            (Values::Rows(rows), Accumulator::Values(multiset)) => {
-                let value = rows.row(row);
-                match multiset.get_mut(value.data()) {
-                    Some(n) => {
-                        *n += weight;
-                        if *n == 0 {
-                            multiset.remove(value.data());
-                        }
-                    }
-                    None => {
-                        multiset.insert(value.data().into(), weight);
-                    }
-                }
-            }
-            (Values::Bools(values), Accumulator::Bools { trues, falses }) => {
-                if values.value(row) {
-                    *trues += weight;
-                } else {
-                    *falses += weight;
-                }
-            }
-            _ => return Err(internal("an accumulator got values of another kind")),
-        }
-        Ok(())
-    }
 }
 
-/// The aggregate's value for each of `accumulators`, as an array of `spec.output_type` (or of
-/// a type that casts to it).
-pub(crate) fn evaluate(
-    spec: &AggregateSpec,
-    codec: Option<&RowCodec>,
-    accumulators: &[&Accumulator],
-) -> Result<ArrayRef> {
-    if accumulators.is_empty() {
-        return Ok(new_null_array(&spec.output_type, 0));
-    }
-    let mismatch = || internal(format!("{}: accumulator of another kind", spec.display));
-    match spec.kind {
-        AggregateKind::Count => {
-            let counts = accumulators
-                .iter()
-                .map(|a| match a {
-                    Accumulator::Count(n) => Ok(*n),
-                    _ => Err(mismatch()),
-                })
-                .collect::<Result<Int64Array>>()?;
-            Ok(Arc::new(counts))
-        }
-        AggregateKind::CountDistinct => {
-            let counts = accumulators
-                .iter()
-                .map(|a| match a {
-                    Accumulator::Values(values) => Ok(values.len() as i64),
-                    _ => Err(mismatch()),
-                })
-                .collect::<Result<Int64Array>>()?;
-            Ok(Arc::new(counts))
-        }
-        AggregateKind::Sum | AggregateKind::Avg => {
-            let scalars = accumulators
-                .iter()
-                .map(|a| finish_sum(spec, a))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(ScalarValue::iter_to_array(scalars)?)
-        }
-        AggregateKind::Min | AggregateKind::Max => {
-            let codec = codec.ok_or_else(|| internal("no value codec"))?;
-            let null_value = codec.encode(&[new_null_array(&spec.arg_type, 1)], 1)?;
-            let parser = codec.parser();
-            let mut rows = Vec::with_capacity(accumulators.len());
-            for a in accumulators {
-                let Accumulator::Values(values) = a else {
-                    return Err(mismatch());
-                };
-                let extreme = if spec.kind == AggregateKind::Min {
-                    values.keys().next()
-                } else {
-                    values.keys().next_back()
-                };
-                rows.push(extreme.map(|r| parser.parse(r)).unwrap_or_else(|| null_value.row(0)));
-            }
-            let mut columns = codec.decode(rows)?;
-            columns.pop().ok_or_else(|| internal("no MIN/MAX column"))
-        }
-        AggregateKind::BoolAnd | AggregateKind::BoolOr => {
-            let values = accumulators
-                .iter()
-                .map(|a| match a {
-                    Accumulator::Bools { trues, falses } if trues + falses == 0 => Ok(None),
-                    Accumulator::Bools { trues, falses } => Ok(Some(if spec.kind == AggregateKind::BoolAnd {
-                        *falses == 0
-                    } else {
-                        *trues > 0
-                    })),
-                    _ => Err(mismatch()),
-                })
-                .collect::<Result<BooleanArray>>()?;
-            Ok(Arc::new(values))
-        }
-    }
-}
-
-/// SUM or AVG of one group: NULL when it has no values.
-fn finish_sum(spec: &AggregateSpec, accumulator: &Accumulator) -> Result<ScalarValue> {
+/// SUM or AVG of exact sums, one per (sum, count): NULL where the count is 0.
+fn finish_exact(spec: &AggregateSpec, groups: impl Iterator<Item = (i128, i64)>) -> Result<ArrayRef> {
     let overflow = || FreshetError::InvalidStatement(format!("{} overflowed {}", spec.display, spec.output_type));
     let average = spec.kind == AggregateKind::Avg;
-    Ok(match (accumulator, &spec.output_type) {
-        (Accumulator::Exact { count: 0, .. } | Accumulator::Float { count: 0, .. }, t) => ScalarValue::try_from(t)?,
-        (Accumulator::Float { sum, count }, _) => {
-            ScalarValue::Float64(Some(if average { sum / *count as f64 } else { *sum }))
-        }
-        (Accumulator::Exact { sum, count }, DataType::Decimal128(precision, scale)) => {
-            let value = if average {
+    Ok(match &spec.output_type {
+        DataType::Decimal128(precision, scale) => {
+            let factor = if average {
                 let DataType::Decimal128(_, input_scale) = spec.arg_type else {
                     return Err(internal(format!("{} over {}", spec.display, spec.arg_type)));
                 };
-                let factor = 10i128
+                10i128
                     .checked_pow(u32::try_from(*scale - input_scale).map_err(internal)?)
-                    .ok_or_else(overflow)?;
-                sum.checked_mul(factor).ok_or_else(overflow)? / i128::from(*count)
+                    .ok_or_else(overflow)?
             } else {
-                *sum
+                1
             };
-            ScalarValue::Decimal128(Some(value), *precision, *scale)
+            let values = groups
+                .map(|(sum, count)| match count {
+                    0 => Ok(None),
+                    _ if average => Ok(Some(sum.checked_mul(factor).ok_or_else(overflow)? / i128::from(count))),
+                    _ => Ok(Some(sum)),
+                })
+                .collect::<Result<Decimal128Array>>()?;
+            Arc::new(values.with_precision_and_scale(*precision, *scale).map_err(internal)?)
         }
-        (Accumulator::Exact { sum, count }, DataType::Float64) => ScalarValue::Float64(Some(if average {
-            *sum as f64 / *count as f64
-        } else {
-            *sum as f64
-        })),
-        (Accumulator::Exact { sum, .. }, DataType::UInt64) => {
-            ScalarValue::UInt64(Some(u64::try_from(*sum).map_err(|_| overflow())?))
-        }
-        (Accumulator::Exact { sum, .. }, _) => ScalarValue::Int64(Some(i64::try_from(*sum).map_err(|_| overflow())?)),
-        _ => return Err(internal(format!("{}: accumulator of another kind", spec.display))),
+        DataType::Float64 => Arc::new(
+            groups
+                .map(|(sum, count)| (count != 0).then(|| if average { sum as f64 / count as f64 } else { sum as f64 }))
+                .collect::<Float64Array>(),
+        ),
+        DataType::UInt64 => Arc::new(
+            groups
+                .map(|(sum, count)| match count {
+                    0 => Ok(None),
+                    _ => u64::try_from(sum).map(Some).map_err(|_| overflow()),
+                })
+                .collect::<Result<UInt64Array>>()?,
+        ),
+        _ => Arc::new(
+            groups
+                .map(|(sum, count)| match count {
+                    0 => Ok(None),
+                    _ => i64::try_from(sum).map(Some).map_err(|_| overflow()),
+                })
+                .collect::<Result<Int64Array>>()?,
+        ),
     })
 }
