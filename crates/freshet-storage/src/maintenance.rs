@@ -235,7 +235,8 @@ impl Table {
             return Ok(None);
         };
         let version = new.version;
-        self.commit_manifest(new, base.schema().clone()).await?;
+        self.commit_manifest(new, base.schema().clone(), &current.loaded_deletes())
+            .await?;
         if let Some(keys) = state.keys.as_mut()
             && keys.version == current.version()
         {

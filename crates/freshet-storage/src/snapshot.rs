@@ -40,15 +40,46 @@ pub struct Snapshot {
     deletes: Vec<OnceCell<Option<Arc<RoaringTreemap>>>>,
 }
 
+/// Deletion vectors already in memory, by the path of their file.
+pub(crate) type KnownDeletes = std::collections::HashMap<String, Arc<RoaringTreemap>>;
+
 impl Snapshot {
     pub(crate) fn new(files: Arc<TableFiles>, manifest: Arc<Manifest>, schema: SchemaRef) -> Self {
-        let deletes = manifest.files.iter().map(|_| OnceCell::new()).collect();
+        Self::with_deletes(files, manifest, schema, &KnownDeletes::new())
+    }
+
+    /// A version whose deletion vectors found in `known` need not be read again (a commit
+    /// knows the vectors it wrote and those its base version had loaded).
+    pub(crate) fn with_deletes(
+        files: Arc<TableFiles>,
+        manifest: Arc<Manifest>,
+        schema: SchemaRef,
+        known: &KnownDeletes,
+    ) -> Self {
+        let deletes = manifest
+            .files
+            .iter()
+            .map(|f| match f.deletes.as_ref().and_then(|dv| known.get(&dv.path)) {
+                Some(vector) => OnceCell::new_with(Some(Some(vector.clone()))),
+                None => OnceCell::new(),
+            })
+            .collect();
         Self {
             files,
             manifest,
             schema,
             deletes,
         }
+    }
+
+    /// The deletion vectors of this version loaded so far, by the path of their file.
+    pub(crate) fn loaded_deletes(&self) -> KnownDeletes {
+        self.manifest
+            .files
+            .iter()
+            .zip(&self.deletes)
+            .filter_map(|(file, cell)| Some((file.deletes.as_ref()?.path.clone(), cell.get()?.clone()?)))
+            .collect()
     }
 
     /// The version number.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
 use tokio::sync::OwnedMutexGuard;
 
@@ -18,7 +19,7 @@ use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
 use crate::layout::FileKind;
 use crate::log::Created;
 use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{KnownDeletes, Snapshot};
 use crate::table::{Table, Tier, WriterState};
 use crate::write::{ParallelWriter, RollingWriter, write_deletes};
 
@@ -255,26 +256,49 @@ impl Transaction {
         } else {
             Vec::new()
         };
-        for (index, file) in self.base.manifest().files.iter().enumerate() {
-            if self.removed_all {
-                break;
-            }
-            let Some(new) = self.deletes.get(&index) else {
-                files.push(file.clone());
-                continue;
-            };
-            let mut all = match self.base.deletes_of(index).await? {
+        // The new deletion vectors of the files this transaction deleted from, written
+        // concurrently: a refresh may touch every file of its table.
+        let mut known = self.base.loaded_deletes();
+        let mut vectors = Vec::new();
+        for (index, new) in self.deletes.iter().filter(|_| !self.removed_all) {
+            let file = &self.base.manifest().files[*index];
+            let mut all = match self.base.deletes_of(*index).await? {
                 Some(existing) => (*existing).clone(),
                 None => RoaringTreemap::new(),
             };
             all |= new;
-            if all.len() == file.rows {
-                // Every row is gone: the file leaves the version.
+            // A file all of whose rows are gone leaves the version.
+            if all.len() < file.rows {
+                vectors.push((*index, Arc::new(all)));
+            }
+        }
+        let store = &self.table.files.store;
+        let dir = &self.table.files.dir;
+        let written: BTreeMap<usize, (String, Arc<RoaringTreemap>)> =
+            futures::stream::iter(vectors.into_iter().map(|(index, all)| async move {
+                let path = write_deletes(store, dir, &all).await?;
+                Ok::<_, FreshetError>((index, (path, all)))
+            }))
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        for (index, file) in self.base.manifest().files.iter().enumerate() {
+            if self.removed_all {
+                break;
+            }
+            if !self.deletes.contains_key(&index) {
+                files.push(file.clone());
                 continue;
             }
-            let path = write_deletes(&self.table.files.store, &self.table.files.dir, &all).await?;
+            let Some((path, all)) = written.get(&index) else {
+                continue;
+            };
+            known.insert(path.clone(), all.clone());
             files.push(DataFile {
-                deletes: Some(DeletionVector { path, count: all.len() }),
+                deletes: Some(DeletionVector {
+                    path: path.clone(),
+                    count: all.len(),
+                }),
                 ..file.clone()
             });
         }
@@ -305,7 +329,9 @@ impl Transaction {
             },
             refresh: self.refresh.take().or_else(|| base_manifest.refresh.clone()),
         };
-        self.table.commit_manifest(manifest, self.schema().clone()).await?;
+        self.table
+            .commit_manifest(manifest, self.schema().clone(), &known)
+            .await?;
         if let Some((_, delta)) = self.keys.take() {
             if delta.cleared {
                 self.writer.keys = Some(KeyIndex::replaced(delta, version));
@@ -389,6 +415,7 @@ impl Table {
         &self,
         manifest: Manifest,
         schema: datafusion::arrow::datatypes::SchemaRef,
+        known_deletes: &KnownDeletes,
     ) -> Result<()> {
         let version = manifest.version;
         match self.log.create(version, &manifest).await? {
@@ -400,7 +427,12 @@ impl Table {
                 });
             }
         }
-        self.publish(Arc::new(Snapshot::new(self.files.clone(), Arc::new(manifest), schema)));
+        self.publish(Arc::new(Snapshot::with_deletes(
+            self.files.clone(),
+            Arc::new(manifest),
+            schema,
+            known_deletes,
+        )));
         Ok(())
     }
 }
