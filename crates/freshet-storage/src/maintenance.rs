@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use datafusion::object_store::ObjectStoreExt;
 use futures::TryStreamExt;
@@ -199,6 +200,14 @@ impl Table {
     /// describes.
     pub(crate) async fn compact_with(self: &Arc<Self>, policy: Compaction) -> Result<Option<u64>> {
         let _maintenance = self.maintenance.lock().await;
+        // A compaction runs alongside writers and commits on top of theirs, unless one deleted
+        // rows of a file it rewrote. A table whose writers delete rows of existing files (a
+        // materialized table under continuous refresh deletes from every file) would abandon
+        // every such compaction and pile up files: its compactions hold writers off instead.
+        let exclusive = match self.deleted_since_compaction.load(Ordering::Acquire) {
+            true => Some(self.writer.lock().await),
+            false => None,
+        };
         let base = self.snapshot();
         let manifest = base.manifest();
         let chosen = self.compaction_plan(manifest, policy);
@@ -214,7 +223,10 @@ impl Table {
             writer.write(batch).await?;
         }
         let written = writer.finish().await?;
-        let mut state = self.writer.lock().await;
+        let mut state = match exclusive {
+            Some(state) => state,
+            None => self.writer.lock().await,
+        };
         // Writers may have committed meanwhile (a table taking a commit every few milliseconds
         // always has): the compaction still commits on top of them if the files it rewrote are
         // untouched there and the schema is the same.

@@ -74,6 +74,9 @@ pub struct Table {
     pub(crate) maintenance: Mutex<()>,
     /// The running background compaction, if any.
     background: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// A commit since the last compaction deleted rows of existing files: the next compaction
+    /// holds writers off (see `compact_with`).
+    pub(crate) deleted_since_compaction: std::sync::atomic::AtomicBool,
     pub(crate) options: WriteOptions,
 }
 
@@ -151,6 +154,7 @@ impl Table {
             writer: Arc::new(Mutex::new(WriterState::default())),
             maintenance: Mutex::new(()),
             background: std::sync::Mutex::new(None),
+            deleted_since_compaction: std::sync::atomic::AtomicBool::new(false),
             options,
         }
     }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
 use futures::{StreamExt, TryStreamExt};
@@ -332,6 +333,9 @@ impl Transaction {
         self.table
             .commit_manifest(manifest, self.schema().clone(), &known)
             .await?;
+        if !self.deletes.is_empty() {
+            self.table.deleted_since_compaction.store(true, Ordering::Release);
+        }
         if let Some((_, delta)) = self.keys.take() {
             if delta.cleared {
                 self.writer.keys = Some(KeyIndex::replaced(delta, version));
