@@ -215,7 +215,16 @@ impl Table {
             return Ok(None);
         }
         let mut writer = ParallelWriter::new(
-            self.writer_template(FileKind::Data, Tier::Compacted, base.schema()),
+            // Files of a table whose rows churn are soon rewritten again: the cheap codec.
+            self.writer_template(
+                FileKind::Data,
+                if exclusive.is_some() {
+                    Tier::Fresh
+                } else {
+                    Tier::Compacted
+                },
+                base.schema(),
+            ),
             self.options.write_parallelism,
         );
         let mut rows = base.scan_files(chosen.clone(), None, false);
