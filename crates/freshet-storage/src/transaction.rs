@@ -262,7 +262,11 @@ impl Transaction {
         let mut known = self.base.loaded_deletes();
         let mut vectors = Vec::new();
         for (index, new) in self.deletes.iter().filter(|_| !self.removed_all) {
-            let file = &self.base.manifest().files[*index];
+            let file = self.base.manifest().files.get(*index).ok_or_else(|| {
+                FreshetError::Internal(format!(
+                    "a delete names data file {index}, which the base version lacks"
+                ))
+            })?;
             let mut all = match self.base.deletes_of(*index).await? {
                 Some(existing) => (*existing).clone(),
                 None => RoaringTreemap::new(),
