@@ -175,8 +175,9 @@ async fn results_can_be_streamed() {
     let _: Arc<freshet::Table> = engine.table("t").unwrap();
 }
 
-#[tokio::test]
-async fn background_compaction_bounds_the_files_and_keeps_the_contents() {
+/// An engine in memory that compacts a table in the background beyond 3 small files, and its
+/// table `t (x BIGINT)`.
+async fn compacting_engine() -> (Engine, Arc<freshet::Table>) {
     let engine = Engine::builder()
         .location("memory://")
         .compact_min_files(3)
@@ -185,6 +186,12 @@ async fn background_compaction_bounds_the_files_and_keeps_the_contents() {
         .unwrap();
     engine.sql("CREATE TABLE t (x BIGINT)").await.unwrap();
     let table = engine.table("t").unwrap();
+    (engine, table)
+}
+
+#[tokio::test]
+async fn background_compaction_bounds_the_files_and_keeps_the_contents() {
+    let (engine, table) = compacting_engine().await;
     for x in 1..=10 {
         engine.sql(&format!("INSERT INTO t VALUES ({x})")).await.unwrap();
         table.wait_for_background_work().await;
@@ -214,14 +221,7 @@ async fn compaction_keeps_up_with_writers_that_delete_from_every_file() {
     // Each commit deletes rows of every file, as a continuously refreshed materialized table's
     // do: a compaction running alongside would find its files changed and be abandoned, so it
     // holds the writers off instead, and the files stay bounded.
-    let engine = Engine::builder()
-        .location("memory://")
-        .compact_min_files(3)
-        .open()
-        .await
-        .unwrap();
-    engine.sql("CREATE TABLE t (x BIGINT)").await.unwrap();
-    let table = engine.table("t").unwrap();
+    let (engine, table) = compacting_engine().await;
     let mut most = 0;
     for i in 0..60i64 {
         engine

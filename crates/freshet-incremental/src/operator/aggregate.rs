@@ -4,8 +4,9 @@
 //! sums (integers and decimals exactly in 128 bits); MIN, MAX and COUNT(DISTINCT) keep the
 //! multiset of values, ordered, because deleting the current minimum needs the next one
 //! (DataFusion's `retract_batch` assumes first-in-first-out and cannot be used). An epoch emits,
-//! for every group it touched, the group's old row with weight −1 and its new row with +1; a
-//! group whose last row is deleted disappears; a global aggregate always has its one row.
+//! for every group it touched, the group's old row with weight −1 and its new row with +1 (neither
+//! when they are equal); a group whose last row is deleted disappears; a global aggregate always
+//! has its one row.
 
 mod accumulator;
 
