@@ -11,8 +11,9 @@ use freshet_common::{FreshetError, Result};
 
 use crate::layout::{FileKind, manifest_dir, table_file};
 use crate::manifest::{Changes, DataFile, Manifest};
+use crate::moves::{CompactionMoves, MovedFile};
 use crate::table::{Table, Tier};
-use crate::write::ParallelWriter;
+use crate::write::{ParallelWriter, Written};
 
 /// The operation of the versions compaction commits.
 pub(crate) const COMPACT: &str = "COMPACT";
@@ -231,7 +232,10 @@ impl Table {
         while let Some(batch) = rows.try_next().await? {
             writer.write(batch).await?;
         }
-        let written = writer.finish().await?;
+        let Written {
+            files: written,
+            placements,
+        } = writer.finish().await?;
         let mut state = match exclusive {
             Some(state) => state,
             None => self.writer.lock().await,
@@ -256,8 +260,30 @@ impl Table {
             return Ok(None);
         };
         let version = new.version;
+        let rewritten: Vec<&DataFile> = chosen.iter().filter_map(|&i| manifest.files.get(i)).collect();
+        // The scan read the chosen files one after the other, each in position order.
+        let sources = match self.moves_wanted() {
+            true => {
+                let mut sources = Vec::with_capacity(chosen.len());
+                let mut start = 0;
+                for (&index, file) in chosen.iter().zip(&rewritten) {
+                    sources.push(MovedFile {
+                        path: file.path.clone(),
+                        rows: file.rows,
+                        deletes: base.deletes_of(index).await?,
+                        start,
+                    });
+                    start += file.live_rows();
+                }
+                Some(sources)
+            }
+            false => None,
+        };
         self.commit_manifest(new, base.schema().clone(), &current.loaded_deletes())
             .await?;
+        if let Some(moves) = sources.and_then(|sources| CompactionMoves::new(version, sources, placements)) {
+            self.keep_moves(moves);
+        }
         if let Some(keys) = state.keys.as_mut()
             && keys.version == current.version()
         {

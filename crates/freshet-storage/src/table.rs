@@ -18,6 +18,7 @@ use crate::layout::{manifest_dir, table_dir};
 use crate::log::{Created, VersionLog};
 use crate::maintenance::{COMPACT, Compaction};
 use crate::manifest::{Changes, FORMAT_VERSION, Manifest, SchemaDef};
+use crate::moves::KeptMoves;
 use crate::snapshot::{Snapshot, TableFiles};
 use crate::transaction::Transaction;
 use crate::write::WriterTemplate;
@@ -77,6 +78,9 @@ pub struct Table {
     /// A commit since the last compaction deleted rows of existing files: the next compaction
     /// holds writers off (see `compact_with`).
     pub(crate) deleted_since_compaction: std::sync::atomic::AtomicBool,
+    /// Whether compactions keep their moves, and the moves kept (see `moves.rs`).
+    pub(crate) moves_wanted: std::sync::atomic::AtomicBool,
+    pub(crate) moves: KeptMoves,
     pub(crate) options: WriteOptions,
 }
 
@@ -155,6 +159,8 @@ impl Table {
             maintenance: Mutex::new(()),
             background: std::sync::Mutex::new(None),
             deleted_since_compaction: std::sync::atomic::AtomicBool::new(false),
+            moves_wanted: std::sync::atomic::AtomicBool::new(false),
+            moves: KeptMoves::default(),
             options,
         }
     }

@@ -22,10 +22,10 @@ use crate::log::Created;
 use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
 use crate::snapshot::{KnownDeletes, Snapshot};
 use crate::table::{Table, Tier, WriterState};
-use crate::write::{ParallelWriter, RollingWriter, write_deletes};
+use crate::write::{ParallelWriter, Placements, RollingWriter, Written, write_deletes};
 
 /// What a commit did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {
     /// The version committed, or the unchanged current version when nothing changed.
     pub version: u64,
@@ -33,6 +33,9 @@ pub struct CommitInfo {
     pub inserted: u64,
     /// Rows deleted.
     pub deleted: u64,
+    /// Where the inserted rows are: the stream is every row given to
+    /// [`Transaction::insert`], in order.
+    pub placements: Placements,
 }
 
 /// An open write to a table. Dropping it without [`Transaction::commit`] abandons it: nothing
@@ -241,14 +244,18 @@ impl Transaction {
                 version: self.base.version(),
                 inserted: 0,
                 deleted: 0,
+                placements: Placements::default(),
             });
         }
-        let inserted_files = match self.inserts.take() {
+        let Written {
+            files: inserted_files,
+            placements,
+        } = match self.inserts.take() {
             Some(writer) => writer.finish().await?,
-            None => Vec::new(),
+            None => Written::default(),
         };
         let retracted_files = match self.retractions.take() {
-            Some(writer) => writer.finish().await?,
+            Some(writer) => writer.finish().await?.files,
             None => Vec::new(),
         };
         let mut files = Vec::with_capacity(self.base.manifest().files.len() + inserted_files.len());
@@ -353,6 +360,7 @@ impl Transaction {
             version,
             inserted: self.inserted,
             deleted: self.deleted,
+            placements,
         })
     }
 

@@ -18,6 +18,57 @@ use freshet_common::{FreshetError, Result};
 use crate::layout::{FileKind, new_file_name, table_file};
 use crate::manifest::ChangeFile;
 
+/// Where a writer put a run of the rows it was given: rows `start..start + rows` of the stream
+/// of rows written are rows `position..position + rows` of the file `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The run's first row, counted over every row the writer was given.
+    pub start: u64,
+    /// Rows in the run.
+    pub rows: u64,
+    /// The file, relative to the table directory.
+    pub path: String,
+    /// The run's first row in the file.
+    pub position: u64,
+}
+
+/// Where the rows given to a writer went: each row of the stream is in exactly one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placements {
+    /// Ordered by `start`, without gaps.
+    runs: Vec<Placement>,
+}
+
+impl Placements {
+    fn new(mut runs: Vec<Placement>) -> Self {
+        runs.sort_unstable_by_key(|r| r.start);
+        Self { runs }
+    }
+
+    /// The runs, in stream order.
+    pub fn runs(&self) -> &[Placement] {
+        &self.runs
+    }
+
+    /// Rows placed.
+    pub fn rows(&self) -> u64 {
+        self.runs.iter().map(|r| r.rows).sum()
+    }
+
+    /// The file and position of row `row` of the stream.
+    pub fn locate(&self, row: u64) -> Option<(&str, u64)> {
+        let run = self.runs.get(self.runs.partition_point(|r| r.start + r.rows <= row))?;
+        (run.start <= row).then(|| (run.path.as_str(), run.position + (row - run.start)))
+    }
+}
+
+/// What a writer wrote: its files and where each row it was given went.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub files: Vec<ChangeFile>,
+    pub placements: Placements,
+}
+
 /// Writes rows into a sequence of Parquet files, starting a new file every `max_rows` rows.
 pub(crate) struct RollingWriter {
     store: Arc<dyn ObjectStore>,
@@ -28,6 +79,9 @@ pub(crate) struct RollingWriter {
     max_rows: usize,
     current: Option<(String, AsyncArrowWriter<BufWriter>, usize)>,
     finished: Vec<ChangeFile>,
+    placed: Vec<Placement>,
+    /// Rows given so far.
+    received: u64,
 }
 
 impl RollingWriter {
@@ -49,11 +103,20 @@ impl RollingWriter {
             max_rows: max_rows.max(1),
             current: None,
             finished: Vec::new(),
+            placed: Vec::new(),
+            received: 0,
         }
     }
 
     /// Appends rows; the batch must have the writer's schema.
     pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.write_at(batch, self.received).await
+    }
+
+    /// Appends rows that are rows `start..` of a stream several writers share (the placements
+    /// count in that stream).
+    async fn write_at(&mut self, batch: &RecordBatch, start: u64) -> Result<()> {
+        self.received += batch.num_rows() as u64;
         let mut offset = 0;
         while offset < batch.num_rows() {
             if self.current.is_none() {
@@ -73,6 +136,12 @@ impl RollingWriter {
                 .write(&slice)
                 .await
                 .map_err(|e| parquet_write_error(&self.table_dir, name, e))?;
+            self.placed.push(Placement {
+                start: start + offset as u64,
+                rows: take as u64,
+                path: name.clone(),
+                position: *rows as u64,
+            });
             *rows += take;
             offset += take;
             if *rows >= self.max_rows {
@@ -100,9 +169,12 @@ impl RollingWriter {
     }
 
     /// Closes the last file and returns all files written.
-    pub(crate) async fn finish(mut self) -> Result<Vec<ChangeFile>> {
+    pub(crate) async fn finish(mut self) -> Result<Written> {
         self.finish_current().await?;
-        Ok(self.finished)
+        Ok(Written {
+            files: self.finished,
+            placements: Placements::new(self.placed),
+        })
     }
 }
 
@@ -177,8 +249,8 @@ const ROWS_PER_EXTRA_WRITER: usize = 128 * 1024;
 pub(crate) struct ParallelWriter {
     template: WriterTemplate,
     max_writers: usize,
-    senders: Vec<tokio::sync::mpsc::Sender<RecordBatch>>,
-    tasks: Vec<tokio::task::JoinHandle<Result<Vec<ChangeFile>>>>,
+    senders: Vec<tokio::sync::mpsc::Sender<(u64, RecordBatch)>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Written>>>,
     rows: usize,
     next: usize,
 }
@@ -211,10 +283,11 @@ impl ParallelWriter {
         while self.senders.len() < wanted {
             self.start_writer();
         }
+        let start = self.rows as u64;
         self.rows += batch.num_rows();
         let index = self.next % self.senders.len();
         self.next += 1;
-        if self.senders[index].send(batch).await.is_err() {
+        if self.senders[index].send((start, batch)).await.is_err() {
             // The writer stopped: its task holds the error.
             let task = self.tasks.swap_remove(index);
             self.senders.swap_remove(index);
@@ -228,25 +301,30 @@ impl ParallelWriter {
     }
 
     fn start_writer(&mut self) {
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<(u64, RecordBatch)>(2);
         let mut writer = RollingWriter::new(self.template.clone());
         self.tasks.push(tokio::spawn(async move {
-            while let Some(batch) = receiver.recv().await {
-                writer.write(&batch).await?;
+            while let Some((start, batch)) = receiver.recv().await {
+                writer.write_at(&batch, start).await?;
             }
             writer.finish().await
         }));
         self.senders.push(sender);
     }
 
-    /// Waits for every writer to close its last file; returns all files written.
-    pub(crate) async fn finish(mut self) -> Result<Vec<ChangeFile>> {
+    /// Waits for every writer to close its last file; returns all files written and where
+    /// each row went.
+    pub(crate) async fn finish(mut self) -> Result<Written> {
         self.senders.clear();
         let mut files = Vec::new();
+        let mut placed = Vec::new();
         let mut first_error = None;
         for task in self.tasks.drain(..) {
             match task.await {
-                Ok(Ok(written)) => files.extend(written),
+                Ok(Ok(written)) => {
+                    files.extend(written.files);
+                    placed.extend(written.placements.runs);
+                }
                 Ok(Err(e)) => first_error = first_error.or(Some(e)),
                 Err(e) => {
                     first_error = first_error.or(Some(FreshetError::Internal(format!("a file writer failed: {e}"))))
@@ -255,7 +333,10 @@ impl ParallelWriter {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(files),
+            None => Ok(Written {
+                files,
+                placements: Placements::new(placed),
+            }),
         }
     }
 }

@@ -243,6 +243,96 @@ async fn compaction_keeps_up_with_writers_that_delete_from_every_file() {
     assert_eq!(count(&engine, "SELECT count(*) FROM t").await, expected);
 }
 
+/// Each live row of `snapshot` (a table of one BIGINT column `x`) by (file path, position).
+async fn rows_by_location(snapshot: &Arc<freshet::storage::Snapshot>) -> std::collections::HashMap<(String, u64), i64> {
+    use freshet::datafusion::arrow::array::AsArray;
+    use freshet::datafusion::arrow::datatypes::{Int64Type, UInt32Type, UInt64Type};
+    let batches: Vec<_> = snapshot.scan(None, true).try_collect().await.unwrap();
+    let mut rows = std::collections::HashMap::new();
+    for batch in batches {
+        let (x, file, position) = (
+            batch.column(0).as_primitive::<Int64Type>(),
+            batch.column(1).as_primitive::<UInt32Type>(),
+            batch.column(2).as_primitive::<UInt64Type>(),
+        );
+        for i in 0..batch.num_rows() {
+            let path = snapshot.manifest().files[file.value(i) as usize].path.clone();
+            rows.insert((path, position.value(i)), x.value(i));
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_and_compactions_say_where_every_row_went() {
+    // Enough rows for parallel writers (each starts after 128 Ki rows) and small files, so
+    // that rows are dealt among writers and files roll.
+    let engine = Engine::builder()
+        .location("memory://")
+        .max_file_rows(50_000)
+        .compact_min_files(1000)
+        .open()
+        .await
+        .unwrap();
+    engine.sql("CREATE TABLE t (x BIGINT NOT NULL)").await.unwrap();
+    let table = engine.table("t").unwrap();
+    let mut txn = table.begin("INSERT").await.unwrap();
+    let schema = table.schema();
+    for start in (0..300_000i64).step_by(7_500) {
+        let x = Int64Array::from_iter_values(start..start + 7_500);
+        let batch = freshet::datafusion::arrow::array::RecordBatch::try_new(schema.clone(), vec![Arc::new(x)]).unwrap();
+        txn.insert(&batch).await.unwrap();
+    }
+    let info = txn.commit().await.unwrap();
+    let inserted = table.snapshot();
+    assert!(
+        inserted.manifest().files.len() >= 6,
+        "{} files",
+        inserted.manifest().files.len()
+    );
+    let at = rows_by_location(&inserted).await;
+    assert_eq!(at.len(), 300_000);
+    for ((path, position), x) in &at {
+        // Row x was the x-th row given to the transaction.
+        assert_eq!(info.placements.locate(*x as u64), Some((path.as_str(), *position)));
+    }
+    assert_eq!(info.placements.locate(300_000), None);
+
+    // Delete every third row, then compact: each surviving row's old location translates to
+    // its new one, and a deleted row's to none.
+    // (The delete leaves a third of the rows deleted: a background compaction may do it.)
+    table.keep_compaction_moves();
+    engine.sql("DELETE FROM t WHERE x % 3 = 0").await.unwrap();
+    table.wait_for_background_work().await;
+    let deleted = info.version + 1;
+    let live = rows_by_location(&table.snapshot_at(deleted).await.unwrap()).await;
+    let version = table.compact().await.unwrap().unwrap_or(deleted + 1);
+    let compacted = table.snapshot_at(version).await.unwrap();
+    assert_eq!(compacted.manifest().operation, "COMPACT");
+    let after = rows_by_location(&compacted).await;
+    let moves = table.compaction_moves(version).expect("moves kept");
+    let by_file: std::collections::HashMap<&str, _> = inserted
+        .manifest()
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), moves.of_file(&f.path).expect("every file rewritten")))
+        .collect();
+    let mut checked = 0;
+    for ((path, position), x) in &at {
+        let moved = by_file[path.as_str()].locate(*position);
+        match live.get(&(path.clone(), *position)) {
+            Some(_) => {
+                let (new_path, new_position) = moved.expect("a live row moved");
+                assert_eq!(after.get(&(new_path.to_string(), new_position)), Some(x));
+                checked += 1;
+            }
+            None => assert_eq!(moved, None, "deleted row {x}"),
+        }
+    }
+    assert_eq!(checked, 200_000);
+    assert_eq!(table.compaction_moves(version - 1).map(|m| m.version()), None);
+}
+
 #[tokio::test]
 async fn unknown_locations_are_user_errors() {
     let err = Engine::builder()

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::TableScan;
@@ -25,7 +25,7 @@ use freshet_storage::{ChangeSet, SnapshotTable, Table, Transaction, delete_match
 
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
-use super::row_index::RowIndex;
+use super::row_index::{Inserted, RowIndex};
 use crate::engine::Engine;
 
 /// AUTO refreshes incrementally when the changed input rows are at most this share of the
@@ -333,7 +333,7 @@ impl Engine {
             // building the index again from a scan.
             let followed = match state.index.take() {
                 Some(mut index) if table.only_compacted_since(index.version(), base.version()).await? => {
-                    index.follow_compaction(&base).await?.then_some(index)
+                    index.follow_compaction(table, &base).await?.then_some(index)
                 }
                 _ => None,
             };
@@ -342,9 +342,17 @@ impl Engine {
                 None => RowIndex::build(&base, self.inner.materialized.settings().row_index_max_rows).await?,
             };
         }
-        let written = match output {
+        if state.index.is_some() {
+            // Compactions of the table then say where they moved rows, for the index to follow.
+            table.keep_compaction_moves();
+        }
+        let applied = match output {
             Some(changes) => apply(&mut txn, &schema, &changes, name, state.index.as_mut()).await?,
-            None => 0,
+            None => Applied {
+                written: 0,
+                keys: None,
+                inserted: UInt32Array::from(Vec::<u32>::new()),
+            },
         };
         let record = RefreshRecord {
             query: definition.query.clone(),
@@ -356,20 +364,30 @@ impl Engine {
             input_changes: Some(input_changes),
             started_at_ms: started,
             duration_ms: self.inner.materialized.clock.now_ms() - started,
-            rows: written,
+            rows: applied.written,
             partition: None,
         };
-        let version = self.commit_refresh(name, txn, record).await?;
+        let committed = self.commit_refresh(name, txn, record).await?;
+        let version = committed.version;
         // The refresh is committed; what follows keeps the state for the next one. Failing
         // here drops the state (the next refresh rebuilds it) but not the refresh.
-        if let Err(e) = self.keep_state(name, table, version, state, pinned).await {
+        let inserted = applied.keys.as_ref().map(|keys| Inserted {
+            keys,
+            rows: &applied.inserted,
+            placements: &committed.placements,
+        });
+        if let Err(e) = self.keep_state(name, table, version, state, pinned, inserted).await {
             tracing::warn!(table = name, error = %e, "operator state dropped after a refresh; the next one rebuilds it");
         }
-        Ok(RefreshOutcome::Committed { version, rows: written })
+        Ok(RefreshOutcome::Committed {
+            version,
+            rows: applied.written,
+        })
     }
 
     /// Keeps a table's state after its refresh committed `version`: the row index learns the
-    /// files written, the memory is accounted, and the state waits in the runtime.
+    /// rows inserted (`inserted` says where they went), the memory is accounted, and the state
+    /// waits in the runtime.
     async fn keep_state(
         &self,
         name: &str,
@@ -377,13 +395,14 @@ impl Engine {
         version: u64,
         mut state: IncrementalState,
         pinned: &PinnedQuery,
+        inserted: Option<Inserted<'_>>,
     ) -> Result<()> {
         if let Some(index) = &mut state.index {
             let committed = match table.snapshot() {
                 snapshot if snapshot.version() == version => snapshot,
                 _ => table.snapshot_at(version).await?,
             };
-            if !index.advance(&committed).await? {
+            if !index.advance(&committed, inserted).await? {
                 state.index = None;
             }
         }
@@ -394,17 +413,26 @@ impl Engine {
     }
 }
 
+/// What [`apply`] did.
+struct Applied {
+    /// Rows deleted plus inserted.
+    written: u64,
+    /// The change rows encoded as the row index's keys (when there is an index).
+    keys: Option<Rows>,
+    /// The change row of each inserted row, in insertion order.
+    inserted: UInt32Array,
+}
+
 /// Applies a consolidated change batch to a table: each row of weight −n deletes n equal
-/// rows, each row of weight +n inserts n copies. Returns the rows deleted plus inserted. The
-/// rows to delete are found in `index` (which describes the transaction's base version), or
-/// by a scan of the table without one.
+/// rows, each row of weight +n inserts n copies. The rows to delete are found in `index`
+/// (which describes the transaction's base version), or by a scan of the table without one.
 async fn apply(
     txn: &mut Transaction,
     schema: &SchemaRef,
     changes: &ChangeBatch,
     name: &str,
     index: Option<&mut RowIndex>,
-) -> Result<u64> {
+) -> Result<Applied> {
     let data = RecordBatch::try_new(schema.clone(), changes.data().columns().to_vec()).map_err(|e| {
         FreshetError::InvalidStatement(format!(
             "materialized table \"{name}\": the query's rows do not fit the table: {e}"
@@ -412,33 +440,43 @@ async fn apply(
     })?;
     let weights = changes.weights();
     // Deletes first, so that a key may move onto a key the same refresh frees.
-    let mut written = match index {
-        Some(index) => delete_indexed(txn, &data, weights, name, index).await?,
-        None => delete_scanned(txn, schema, &data, weights, name).await?,
+    let (mut written, keys) = match index {
+        Some(index) => {
+            let keys = index
+                .converter()
+                .convert_columns(data.columns())
+                .map_err(|e| FreshetError::Internal(e.to_string()))?;
+            (
+                delete_indexed(txn, &data, &keys, weights, name, index).await?,
+                Some(keys),
+            )
+        }
+        None => (delete_scanned(txn, schema, &data, weights, name).await?, None),
     };
-    let copies: UInt32Array = (0..data.num_rows() as u32)
+    let inserted: UInt32Array = (0..data.num_rows() as u32)
         .flat_map(|i| std::iter::repeat_n(i, weights.value(i as usize).max(0) as usize))
         .collect();
-    if !copies.is_empty() {
-        let inserted = take_record_batch(&data, &copies).map_err(|e| FreshetError::Internal(e.to_string()))?;
-        written += inserted.num_rows() as u64;
-        txn.insert(&inserted).await?;
+    if !inserted.is_empty() {
+        let rows = take_record_batch(&data, &inserted).map_err(|e| FreshetError::Internal(e.to_string()))?;
+        written += rows.num_rows() as u64;
+        txn.insert(&rows).await?;
     }
-    Ok(written)
+    Ok(Applied {
+        written,
+        keys,
+        inserted,
+    })
 }
 
 /// Deletes the rows of negative weight, located through the index.
 async fn delete_indexed(
     txn: &mut Transaction,
     data: &RecordBatch,
+    rows: &Rows,
     weights: &Int64Array,
     name: &str,
     index: &mut RowIndex,
 ) -> Result<u64> {
-    let rows = index
-        .converter()
-        .convert_columns(data.columns())
-        .map_err(|e| FreshetError::Internal(e.to_string()))?;
     let files = index.file_indices(txn.base());
     // Per data file: the positions to delete and the change row each one retracts.
     let mut doomed: BTreeMap<usize, (Vec<u64>, Vec<u32>)> = BTreeMap::new();

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use freshet_common::{FreshetError, Result};
 use freshet_sql::{FreshetStatement, parse_statements};
-use freshet_storage::{CatalogEntry, Snapshot, SnapshotTable, Table, Transaction, delete_matching};
+use freshet_storage::{CatalogEntry, CommitInfo, Snapshot, SnapshotTable, Table, Transaction, delete_matching};
 
 use super::RefreshAttempt;
 use super::definition::MaterializedDefinition;
@@ -486,17 +486,22 @@ impl Engine {
             rows: written,
             partition: partition_label,
         };
-        let version = self.commit_refresh(name, txn, record).await?;
+        let version = self.commit_refresh(name, txn, record).await?.version;
         Ok(RefreshOutcome::Committed { version, rows: written })
     }
 
     /// Commits a refresh's transaction with its record, and remembers the record for the
     /// history.
-    pub(crate) async fn commit_refresh(&self, name: &str, mut txn: Transaction, record: RefreshRecord) -> Result<u64> {
+    pub(crate) async fn commit_refresh(
+        &self,
+        name: &str,
+        mut txn: Transaction,
+        record: RefreshRecord,
+    ) -> Result<CommitInfo> {
         txn.set_refresh(serde_json::to_value(&record).map_err(|e| FreshetError::Internal(e.to_string()))?);
         let info = txn.commit().await?;
         self.inner.materialized.committed(name, info.version, record);
-        Ok(info.version)
+        Ok(info)
     }
 
     /// Whether the table (or the partition asked for) already reflects the newest data of its

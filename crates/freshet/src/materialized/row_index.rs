@@ -2,22 +2,24 @@
 //! rows it retracts by position instead of scanning the whole table for them.
 //!
 //! The index describes one version of the table. A refresh that finds the table at that version
-//! takes the positions of its retractions from it and, once committed, adds the rows of the
-//! files it wrote. Compactions in between are followed (the rows of the files they rewrote are
-//! indexed again); any other commit to the table (a full refresh) makes the index stale, and the
-//! next refresh scans the table once, as it would without an index, and builds a new one.
+//! takes the positions of its retractions from it and, once committed, adds the rows it
+//! inserted where its writer says it put them. Compactions in between are followed: positions
+//! are translated through the moves the table kept (`CompactionMoves`), or, when it kept none,
+//! the rows of the files they wrote are read and indexed again. Any other commit to the table
+//! (a full refresh) makes the index stale, and the next refresh scans the table once, as it
+//! would without an index, and builds a new one.
 //! Tables above a size (setting `materialized-table.row-index.max-rows`) are not indexed: the
 //! index would cost more memory than the scans it saves are worth.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result, RowKey};
-use freshet_storage::Snapshot;
+use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
 /// Bytes an index entry costs besides its key's heap bytes: the map's slot (the key, inline
 /// when short, and the locations).
@@ -30,14 +32,41 @@ enum Locations {
     Many(Vec<(u32, u64)>),
 }
 
+/// The rows a refresh inserted and where its commit put them.
+pub(crate) struct Inserted<'a> {
+    /// The refresh's change rows, encoded by the index's converter.
+    pub keys: &'a Rows,
+    /// For each inserted row, in insertion order, its change row.
+    pub rows: &'a UInt32Array,
+    /// Where the commit put each inserted row.
+    pub placements: &'a Placements,
+}
+
+/// Data file paths by slot, and slots by path.
+#[derive(Debug, Default)]
+struct FileSlots {
+    files: Vec<String>,
+    slots: foldhash::HashMap<String, u32>,
+}
+
+impl FileSlots {
+    fn slot(&mut self, path: &str) -> Result<u32> {
+        if let Some(&slot) = self.slots.get(path) {
+            return Ok(slot);
+        }
+        let slot = u32::try_from(self.files.len()).map_err(internal)?;
+        self.files.push(path.to_string());
+        self.slots.insert(path.to_string(), slot);
+        Ok(slot)
+    }
+}
+
 /// The rows of one version of a materialized table and where they are stored.
 #[derive(Debug)]
 pub(crate) struct RowIndex {
     /// The table version the index describes.
     version: u64,
-    /// Data file paths by slot, and slots by path.
-    files: Vec<String>,
-    slots: foldhash::HashMap<String, u32>,
+    files: FileSlots,
     rows: foldhash::HashMap<RowKey, Locations>,
     converter: RowConverter,
     bytes: usize,
@@ -59,8 +88,7 @@ impl RowIndex {
             .collect();
         let mut index = Self {
             version: snapshot.version(),
-            files: Vec::new(),
-            slots: foldhash::HashMap::default(),
+            files: FileSlots::default(),
             rows: foldhash::HashMap::default(),
             converter: RowConverter::new(fields).map_err(internal)?,
             bytes: 0,
@@ -119,6 +147,7 @@ impl RowIndex {
             .map(|(i, f)| (f.path.as_str(), i))
             .collect();
         self.files
+            .files
             .iter()
             .map(|path| by_path.get(path.as_str()).copied())
             .collect()
@@ -131,8 +160,9 @@ impl RowIndex {
     }
 
     /// After the refresh that took its retractions from this index committed `snapshot`:
-    /// indexes the files it added. `false` when the table grew past what is indexed.
-    pub(crate) async fn advance(&mut self, snapshot: &Arc<Snapshot>) -> Result<bool> {
+    /// indexes the rows it inserted, where `inserted` says they went, or by reading the files it
+    /// added without. `false` when the table grew past what is indexed.
+    pub(crate) async fn advance(&mut self, snapshot: &Arc<Snapshot>, inserted: Option<Inserted<'_>>) -> Result<bool> {
         if snapshot.num_rows() > self.max_rows {
             return Ok(false);
         }
@@ -141,52 +171,141 @@ impl RowIndex {
             .files
             .iter()
             .enumerate()
-            .filter(|(_, f)| !self.slots.contains_key(&f.path))
+            .filter(|(_, f)| !self.files.slots.contains_key(&f.path))
             .map(|(i, _)| i)
             .collect();
-        self.add_files(snapshot, added).await?;
+        // The writer's placements cover the added files when they hold every inserted row and
+        // name every added file: then the files need not be read back.
+        let placed = inserted.filter(|inserted| {
+            let runs = inserted.placements.runs();
+            inserted.placements.rows() == inserted.rows.len() as u64
+                && added.iter().all(|&i| {
+                    let path = &snapshot.manifest().files[i].path;
+                    runs.iter().any(|run| &run.path == path)
+                })
+        });
+        match placed {
+            Some(inserted) => self.add_placed(&inserted)?,
+            None => self.add_files(snapshot, added).await?,
+        }
         self.version = snapshot.version();
         Ok(true)
     }
 
-    /// Brings the index to `snapshot`, a later version made by compactions only (the same rows
-    /// in other files): forgets the locations in the files they removed and indexes the files
-    /// they wrote — a read of the rewritten rows instead of the whole table. `false` when the
-    /// table grew past what is indexed.
-    pub(crate) async fn follow_compaction(&mut self, snapshot: &Arc<Snapshot>) -> Result<bool> {
+    fn add_placed(&mut self, inserted: &Inserted<'_>) -> Result<()> {
+        for run in inserted.placements.runs() {
+            let slot = self.files.slot(&run.path)?;
+            for k in 0..run.rows {
+                let row = usize::try_from(run.start + k).map_err(internal)?;
+                let change = inserted.rows.value(row) as usize;
+                self.add_location(inserted.keys.row(change).data(), (slot, run.position + k));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the index to `snapshot`, a later version of `table` made by compactions only
+    /// (the same rows in other files). The positions in the files they rewrote are translated
+    /// through the moves the table kept; without them, those locations are forgotten and the
+    /// files the compactions wrote are read and indexed. `false` when the index cannot follow
+    /// (it must be built again).
+    pub(crate) async fn follow_compaction(&mut self, table: &Table, snapshot: &Arc<Snapshot>) -> Result<bool> {
+        let moves: Option<Vec<Arc<CompactionMoves>>> = (self.version + 1..=snapshot.version())
+            .map(|version| table.compaction_moves(version))
+            .collect();
+        if let Some(moves) = moves {
+            for compaction in &moves {
+                if !self.translate(compaction)? {
+                    return Ok(false);
+                }
+            }
+            return self.advance(snapshot, None).await;
+        }
+        self.forget_files_missing_from(snapshot);
+        self.advance(snapshot, None).await
+    }
+
+    /// Moves every location in a file `compaction` rewrote to where it put the row. `false`
+    /// when the index did not describe the compaction's base (it is then unusable).
+    fn translate(&mut self, compaction: &CompactionMoves) -> Result<bool> {
+        let mut moved: foldhash::HashMap<u32, FileMoves<'_>> = foldhash::HashMap::default();
+        for path in compaction.rewritten() {
+            // Every file the compaction rewrote has live rows, all of them indexed: a file the
+            // index does not know means it does not describe the compaction's base.
+            let (Some(&slot), Some(moves)) = (self.files.slots.get(path), compaction.of_file(path)) else {
+                return Ok(false);
+            };
+            moved.insert(slot, moves);
+        }
+        let files = &mut self.files;
+        let mut relocate = |slot: &mut u32, position: &mut u64| -> Result<bool> {
+            let Some(moves) = moved.get(slot) else {
+                return Ok(true);
+            };
+            let Some((path, new)) = moves.locate(*position) else {
+                return Ok(false);
+            };
+            *slot = files.slot(path)?;
+            *position = new;
+            Ok(true)
+        };
+        for locations in self.rows.values_mut() {
+            let relocated = match locations {
+                Locations::One(slot, position) => relocate(slot, position)?,
+                Locations::Many(all) => {
+                    let mut all_relocated = true;
+                    for (slot, position) in all.iter_mut() {
+                        all_relocated &= relocate(slot, position)?;
+                    }
+                    all_relocated
+                }
+            };
+            if !relocated {
+                return Ok(false);
+            }
+        }
+        for path in compaction.rewritten() {
+            self.files.slots.remove(path);
+        }
+        Ok(true)
+    }
+
+    /// Forgets the locations in files `snapshot` no longer has.
+    fn forget_files_missing_from(&mut self, snapshot: &Snapshot) {
         let present: foldhash::HashSet<&str> = snapshot.manifest().files.iter().map(|f| f.path.as_str()).collect();
         let gone: foldhash::HashSet<u32> = self
+            .files
             .slots
             .iter()
             .filter(|(path, _)| !present.contains(path.as_str()))
             .map(|(_, &slot)| slot)
             .collect();
-        if !gone.is_empty() {
-            self.slots.retain(|_, slot| !gone.contains(slot));
-            let mut freed = 0;
-            self.rows.retain(|key, locations| {
-                let keep = match locations {
-                    Locations::One(slot, _) => !gone.contains(slot),
-                    Locations::Many(all) => {
-                        all.retain(|(slot, _)| !gone.contains(slot));
-                        match all[..] {
-                            [] => false,
-                            [(slot, position)] => {
-                                *locations = Locations::One(slot, position);
-                                true
-                            }
-                            _ => true,
-                        }
-                    }
-                };
-                if !keep {
-                    freed += key.heap_bytes() + ENTRY_OVERHEAD;
-                }
-                keep
-            });
-            self.bytes = self.bytes.saturating_sub(freed);
+        if gone.is_empty() {
+            return;
         }
-        self.advance(snapshot).await
+        self.files.slots.retain(|_, slot| !gone.contains(slot));
+        let mut freed = 0;
+        self.rows.retain(|key, locations| {
+            let keep = match locations {
+                Locations::One(slot, _) => !gone.contains(slot),
+                Locations::Many(all) => {
+                    all.retain(|(slot, _)| !gone.contains(slot));
+                    match all[..] {
+                        [] => false,
+                        [(slot, position)] => {
+                            *locations = Locations::One(slot, position);
+                            true
+                        }
+                        _ => true,
+                    }
+                }
+            };
+            if !keep {
+                freed += key.heap_bytes() + ENTRY_OVERHEAD;
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
     }
 
     async fn add_files(&mut self, snapshot: &Arc<Snapshot>, files: Vec<usize>) -> Result<()> {
@@ -211,48 +330,42 @@ impl RowIndex {
             .converter
             .convert_columns(&batch.columns()[..columns])
             .map_err(internal)?;
-        let mut slot_of = |file: u32| -> Result<u32> {
-            let path = &snapshot
-                .manifest()
-                .files
-                .get(file as usize)
-                .ok_or_else(|| FreshetError::Internal(format!("a position scan names file {file}")))?
-                .path;
-            if let Some(&slot) = self.slots.get(path) {
-                return Ok(slot);
-            }
-            let slot = u32::try_from(self.files.len()).map_err(internal)?;
-            self.files.push(path.clone());
-            self.slots.insert(path.clone(), slot);
-            Ok(slot)
-        };
         let mut last: Option<(u32, u32)> = None;
         for (i, row) in rows.iter().enumerate() {
             let file = files.value(i);
             let slot = match last {
                 Some((f, slot)) if f == file => slot,
                 _ => {
-                    let slot = slot_of(file)?;
+                    let path = &snapshot
+                        .manifest()
+                        .files
+                        .get(file as usize)
+                        .ok_or_else(|| FreshetError::Internal(format!("a position scan names file {file}")))?
+                        .path;
+                    let slot = self.files.slot(path)?;
                     last = Some((file, slot));
                     slot
                 }
             };
-            let location = (slot, positions.value(i));
-            match self.rows.get_mut(row.data()) {
-                Some(Locations::Many(all)) => all.push(location),
-                Some(one) => {
-                    if let Locations::One(s, p) = *one {
-                        *one = Locations::Many(vec![(s, p), location]);
-                    }
-                }
-                None => {
-                    let key = RowKey::from(row.data());
-                    self.bytes += key.heap_bytes() + ENTRY_OVERHEAD;
-                    self.rows.insert(key, Locations::One(location.0, location.1));
-                }
-            }
+            self.add_location(row.data(), (slot, positions.value(i)));
         }
         Ok(())
+    }
+
+    fn add_location(&mut self, key: &[u8], location: (u32, u64)) {
+        match self.rows.get_mut(key) {
+            Some(Locations::Many(all)) => all.push(location),
+            Some(one) => {
+                if let Locations::One(s, p) = *one {
+                    *one = Locations::Many(vec![(s, p), location]);
+                }
+            }
+            None => {
+                let key = RowKey::from(key);
+                self.bytes += key.heap_bytes() + ENTRY_OVERHEAD;
+                self.rows.insert(key, Locations::One(location.0, location.1));
+            }
+        }
     }
 }
 
