@@ -62,6 +62,11 @@ impl CompactionMoves {
         self.version
     }
 
+    /// Where the compaction wrote the rewritten files' live rows.
+    pub fn placements(&self) -> &Placements {
+        &self.placements
+    }
+
     /// The files it rewrote.
     pub fn rewritten(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|f| f.path.as_str())
@@ -108,11 +113,18 @@ impl<'a> FileMoves<'a> {
     /// The new file (relative to the table directory) and position of the row at `position`;
     /// `None` for a position the file did not have alive.
     pub fn locate(&self, position: u64) -> Option<(&'a str, u64)> {
+        let (run, position) = self.locate_run(position)?;
+        Some((self.placements.runs()[run].path.as_str(), position))
+    }
+
+    /// As [`FileMoves::locate`], naming the new file by its run in the compaction's
+    /// [`CompactionMoves::placements`].
+    pub fn locate_run(&self, position: u64) -> Option<(usize, u64)> {
         let rank = match &self.ranks {
             Some(ranks) => Some(*ranks.get(usize::try_from(position).ok()?)?).filter(|&r| r != DELETED)?,
             None => (position < self.rows).then_some(position)?,
         };
-        self.placements.locate(self.start + rank)
+        self.placements.locate_run(self.start + rank)
     }
 }
 

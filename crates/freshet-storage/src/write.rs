@@ -57,8 +57,15 @@ impl Placements {
 
     /// The file and position of row `row` of the stream.
     pub fn locate(&self, row: u64) -> Option<(&str, u64)> {
-        let run = self.runs.get(self.runs.partition_point(|r| r.start + r.rows <= row))?;
-        (run.start <= row).then(|| (run.path.as_str(), run.position + (row - run.start)))
+        let (run, position) = self.locate_run(row)?;
+        Some((self.runs[run].path.as_str(), position))
+    }
+
+    /// The run (index into [`Placements::runs`]) and file position of row `row` of the stream.
+    pub fn locate_run(&self, row: u64) -> Option<(usize, u64)> {
+        let index = self.runs.partition_point(|r| r.start + r.rows <= row);
+        let run = self.runs.get(index)?;
+        (run.start <= row).then(|| (index, run.position + (row - run.start)))
     }
 }
 

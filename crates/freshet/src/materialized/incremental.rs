@@ -481,13 +481,14 @@ async fn delete_indexed(
     // Per data file: the positions to delete and the change row each one retracts.
     let mut doomed: BTreeMap<usize, (Vec<u64>, Vec<u32>)> = BTreeMap::new();
     let mut deleted = 0u64;
-    for (i, row) in rows.iter().enumerate() {
-        let weight = weights.value(i);
-        if weight >= 0 {
-            continue;
-        }
-        let count = usize::try_from(-weight).unwrap_or(usize::MAX);
-        let locations = index.take(row.data(), count).ok_or_else(|| {
+    let retractions = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| weights.value(*i) < 0)
+        .map(|(i, row)| (row.data(), i));
+    for (row, i) in index.in_probe_order(retractions) {
+        let count = usize::try_from(-weights.value(i)).unwrap_or(usize::MAX);
+        let locations = index.take(row, count).ok_or_else(|| {
             FreshetError::Internal(format!(
                 "materialized table \"{name}\": a row to delete is not in the table"
             ))

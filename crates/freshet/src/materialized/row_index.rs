@@ -11,6 +11,7 @@
 //! Tables above a size (setting `materialized-table.row-index.max-rows`) are not indexed: the
 //! index would cost more memory than the scans it saves are worth.
 
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -18,7 +19,7 @@ use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Result, RowKey};
+use freshet_common::{FreshetError, Result, RowKey, probe_order};
 use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
 /// Bytes an index entry costs besides its key's heap bytes: the map's slot (the key, inline
@@ -115,6 +116,18 @@ impl RowIndex {
         &self.converter
     }
 
+    /// Orders `keys` (with their payloads) by where the index's map keeps them, so that
+    /// probing for them sweeps the map's memory (see `freshet_common::probe_order`).
+    pub(crate) fn in_probe_order<'k, T>(&self, keys: impl Iterator<Item = (&'k [u8], T)>) -> Vec<(&'k [u8], T)> {
+        let mut keys: Vec<Option<(&'k [u8], T)>> = keys.map(Some).collect();
+        let order = probe_order::<[u8]>(
+            self.rows.hasher(),
+            self.rows.capacity(),
+            keys.iter().map(|k| k.as_ref().map_or(&[][..], |(key, _)| *key)),
+        );
+        order.into_iter().filter_map(|i| keys[i as usize].take()).collect()
+    }
+
     /// Takes `count` locations of the row `key` out of the index, as (file slot, position);
     /// `None` when the table holds fewer copies of the row.
     pub(crate) fn take(&mut self, key: &[u8], count: usize) -> Option<Vec<(u32, u64)>> {
@@ -193,13 +206,28 @@ impl RowIndex {
     }
 
     fn add_placed(&mut self, inserted: &Inserted<'_>) -> Result<()> {
+        self.rows.reserve(inserted.rows.len());
+        // The keys are copied in the order of the change rows (reading them in probe order
+        // would miss the cache at each), then put in probe order.
+        let mut placed = Vec::with_capacity(inserted.rows.len());
         for run in inserted.placements.runs() {
             let slot = self.files.slot(&run.path)?;
             for k in 0..run.rows {
                 let row = usize::try_from(run.start + k).map_err(internal)?;
-                let change = inserted.rows.value(row) as usize;
-                self.add_location(inserted.keys.row(change).data(), (slot, run.position + k));
+                let key = inserted.keys.row(inserted.rows.value(row) as usize).data();
+                placed.push(Some((RowKey::from(key), (slot, run.position + k))));
             }
+        }
+        let order = probe_order::<[u8]>(
+            self.rows.hasher(),
+            self.rows.capacity(),
+            placed
+                .iter()
+                .map(|p| p.as_ref().map_or(&[][..], |(key, _)| key.as_bytes())),
+        );
+        let placed: Vec<_> = order.into_iter().filter_map(|i| placed[i as usize].take()).collect();
+        for (key, location) in placed {
+            self.add_location(key, location);
         }
         Ok(())
     }
@@ -237,15 +265,20 @@ impl RowIndex {
             };
             moved.insert(slot, moves);
         }
-        let files = &mut self.files;
-        let mut relocate = |slot: &mut u32, position: &mut u64| -> Result<bool> {
+        let run_slots = compaction
+            .placements()
+            .runs()
+            .iter()
+            .map(|run| self.files.slot(&run.path))
+            .collect::<Result<Vec<u32>>>()?;
+        let relocate = |slot: &mut u32, position: &mut u64| -> Result<bool> {
             let Some(moves) = moved.get(slot) else {
                 return Ok(true);
             };
-            let Some((path, new)) = moves.locate(*position) else {
+            let Some((run, new)) = moves.locate_run(*position) else {
                 return Ok(false);
             };
-            *slot = files.slot(path)?;
+            *slot = run_slots[run];
             *position = new;
             Ok(true)
         };
@@ -347,23 +380,24 @@ impl RowIndex {
                     slot
                 }
             };
-            self.add_location(row.data(), (slot, positions.value(i)));
+            self.add_location(RowKey::from(row.data()), (slot, positions.value(i)));
         }
         Ok(())
     }
 
-    fn add_location(&mut self, key: &[u8], location: (u32, u64)) {
-        match self.rows.get_mut(key) {
-            Some(Locations::Many(all)) => all.push(location),
-            Some(one) => {
-                if let Locations::One(s, p) = *one {
-                    *one = Locations::Many(vec![(s, p), location]);
+    fn add_location(&mut self, key: RowKey, location: (u32, u64)) {
+        match self.rows.entry(key) {
+            Entry::Occupied(mut entry) => match entry.get_mut() {
+                Locations::Many(all) => all.push(location),
+                one @ Locations::One(..) => {
+                    if let Locations::One(s, p) = *one {
+                        *one = Locations::Many(vec![(s, p), location]);
+                    }
                 }
-            }
-            None => {
-                let key = RowKey::from(key);
-                self.bytes += key.heap_bytes() + ENTRY_OVERHEAD;
-                self.rows.insert(key, Locations::One(location.0, location.1));
+            },
+            Entry::Vacant(entry) => {
+                self.bytes += entry.key().heap_bytes() + ENTRY_OVERHEAD;
+                entry.insert(Locations::One(location.0, location.1));
             }
         }
     }
