@@ -5,6 +5,7 @@
 //!   and 10% of ROWS orders (default 10,000,000), side by side, alternating, median of RUNS;
 //!   plus the time to rebuild the operator state (what a restart costs) and its size. Two
 //!   aggregates (`ONLY` picks one by name): by customer, and per ten consecutive orders.
+//!   `SHARES` (e.g. `0.01`) picks the shares changed, comma-separated.
 //! - `throughput`: input rows per second of incremental maintenance for a GROUP BY aggregate,
 //!   a two-way join, a join + aggregate and a top-N per group, under transactions of 100 and of
 //!   100,000 rows over BASE orders (default 1,000,000): commit, then refresh; the refresh time
@@ -166,7 +167,11 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
         println!("  {}", line.trim_matches(|c| c == '|' || c == ' '));
     }
     println!("  peak memory so far: {}", peak_memory());
-    for share in [0.001, 0.01, 0.1] {
+    let shares: Vec<f64> = std::env::var("SHARES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![0.001, 0.01, 0.1]);
+    for share in shares {
         let every = (1.0 / share) as usize;
         let mut full = Vec::new();
         let mut incremental = Vec::new();
