@@ -78,11 +78,12 @@ impl CompactionMoves {
         let file = self.sources.iter().find(|f| f.path == path)?;
         // The rank of each position among the file's live rows; deleted positions have none.
         let ranks = file.deletes.as_ref().map(|deletes| {
+            let mut deleted = deletes.iter().peekable();
             let mut rank = 0u64;
             (0..file.rows)
-                .map(|position| match deletes.contains(position) {
-                    true => DELETED,
-                    false => {
+                .map(|position| match deleted.next_if_eq(&position) {
+                    Some(_) => DELETED,
+                    None => {
                         rank += 1;
                         rank - 1
                     }
