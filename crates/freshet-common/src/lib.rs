@@ -18,5 +18,5 @@ mod row_key;
 pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use error::{ErrorDomain, FreshetError, Result};
-pub use probe_order::{buckets_of, probe_order};
+pub use probe_order::{buckets_of, in_probe_order, probe_order};
 pub use row_key::RowKey;

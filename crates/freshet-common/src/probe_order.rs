@@ -45,6 +45,19 @@ pub fn probe_order<K: Hash + ?Sized>(
     order
 }
 
+/// `items` in about the order of the buckets of a map with `capacity` whose hasher is
+/// `hasher`, each item's key being `key(item)` (see [`probe_order`]).
+pub fn in_probe_order<T>(
+    hasher: &impl BuildHasher,
+    capacity: usize,
+    items: Vec<T>,
+    key: impl Fn(&T) -> &[u8],
+) -> Vec<T> {
+    let order = probe_order::<[u8]>(hasher, capacity, items.iter().map(&key));
+    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| items[i as usize].take()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +77,10 @@ mod tests {
         // A small map: one range per bucket.
         let order = probe_order::<[u8]>(&hasher, 10, keys[..100].iter());
         assert_eq!(order.len(), 100);
+        // Items follow the order of their keys.
+        let items: Vec<(u32, &[u8])> = (0..1000).map(|i| (i, keys[i as usize].as_slice())).collect();
+        let moved = in_probe_order(&hasher, capacity, items.clone(), |(_, key)| key);
+        let order = probe_order::<[u8]>(&hasher, capacity, keys[..1000].iter());
+        assert_eq!(moved.iter().map(|(i, _)| *i).collect::<Vec<_>>(), order);
     }
 }

@@ -19,7 +19,7 @@ use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Result, RowKey, probe_order};
+use freshet_common::{FreshetError, Result, RowKey, in_probe_order};
 use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
 /// Bytes an index entry costs besides its key's heap bytes: the map's slot (the key, inline
@@ -119,13 +119,7 @@ impl RowIndex {
     /// Orders `keys` (with their payloads) by where the index's map keeps them, so that
     /// probing for them sweeps the map's memory (see `freshet_common::probe_order`).
     pub(crate) fn in_probe_order<'k, T>(&self, keys: impl Iterator<Item = (&'k [u8], T)>) -> Vec<(&'k [u8], T)> {
-        let mut keys: Vec<Option<(&'k [u8], T)>> = keys.map(Some).collect();
-        let order = probe_order::<[u8]>(
-            self.rows.hasher(),
-            self.rows.capacity(),
-            keys.iter().map(|k| k.as_ref().map_or(&[][..], |(key, _)| *key)),
-        );
-        order.into_iter().filter_map(|i| keys[i as usize].take()).collect()
+        in_probe_order(self.rows.hasher(), self.rows.capacity(), keys.collect(), |(key, _)| key)
     }
 
     /// Takes `count` locations of the row `key` out of the index, as (file slot, position);
@@ -215,17 +209,10 @@ impl RowIndex {
             for k in 0..run.rows {
                 let row = usize::try_from(run.start + k).map_err(internal)?;
                 let key = inserted.keys.row(inserted.rows.value(row) as usize).data();
-                placed.push(Some((RowKey::from(key), (slot, run.position + k))));
+                placed.push((RowKey::from(key), (slot, run.position + k)));
             }
         }
-        let order = probe_order::<[u8]>(
-            self.rows.hasher(),
-            self.rows.capacity(),
-            placed
-                .iter()
-                .map(|p| p.as_ref().map_or(&[][..], |(key, _)| key.as_bytes())),
-        );
-        let placed: Vec<_> = order.into_iter().filter_map(|i| placed[i as usize].take()).collect();
+        let placed = in_probe_order(self.rows.hasher(), self.rows.capacity(), placed, |(key, _)| key);
         for (key, location) in placed {
             self.add_location(key, location);
         }
