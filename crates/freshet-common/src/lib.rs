@@ -6,17 +6,21 @@
 //! - [`ChangeBatch`]: an Arrow batch of rows with an Int64 weight column, the Z-set representation
 //!   of changes (DBSP). Positive weights insert copies of a row, negative weights delete them; an
 //!   update is a retraction of the old row and an insertion of the new one.
-//! - [`RowKey`]: a row-encoded key as operator state holds it, inline when short.
+//! - [`RowKey`]: a row-encoded key as operator state holds it, inline when short; [`KeyMap`]:
+//!   a map keyed by the values of some columns ([`KeyCodec`]), by `i64` when they are one
+//!   integer column.
 //! - [`Clock`]: the engine's time, injectable so that tests advance it instead of sleeping.
 
 mod change;
 mod clock;
 mod error;
+mod key_map;
 mod probe_order;
 mod row_key;
 
 pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use error::{ErrorDomain, FreshetError, Result};
-pub use probe_order::{buckets_of, in_probe_order, probe_order};
+pub use key_map::{Key, KeyCodec, KeyMap, Keys};
+pub use probe_order::{buckets_of, probe_order};
 pub use row_key::RowKey;

@@ -19,16 +19,19 @@ pub fn buckets_of(capacity: usize) -> u64 {
 /// The indices of `keys` in about the order of the buckets of a map with `capacity` whose
 /// hasher is `hasher`: grouped into ranges of buckets by one counting pass, stable within a
 /// range.
-pub fn probe_order<K: Hash + ?Sized>(
+pub fn probe_order<K: Hash>(
     hasher: &impl BuildHasher,
     capacity: usize,
-    keys: impl ExactSizeIterator<Item = impl AsRef<K>>,
+    keys: impl ExactSizeIterator<Item = K>,
 ) -> Vec<u32> {
+    order_by_bucket(capacity, keys.map(|key| hasher.hash_one(key)))
+}
+
+/// [`probe_order`] of keys given by their hashes.
+pub(crate) fn order_by_bucket(capacity: usize, hashes: impl ExactSizeIterator<Item = u64>) -> Vec<u32> {
     let buckets = buckets_of(capacity);
     let shift = (buckets / RANGES).max(1).trailing_zeros();
-    let ranges: Vec<u16> = keys
-        .map(|key| ((hasher.hash_one(key.as_ref()) & (buckets - 1)) >> shift) as u16)
-        .collect();
+    let ranges: Vec<u16> = hashes.map(|hash| ((hash & (buckets - 1)) >> shift) as u16).collect();
     let mut starts = vec![0u32; RANGES as usize + 1];
     for &range in &ranges {
         starts[range as usize + 1] += 1;
@@ -45,19 +48,6 @@ pub fn probe_order<K: Hash + ?Sized>(
     order
 }
 
-/// `items` in about the order of the buckets of a map with `capacity` whose hasher is
-/// `hasher`, each item's key being `key(item)` (see [`probe_order`]).
-pub fn in_probe_order<T>(
-    hasher: &impl BuildHasher,
-    capacity: usize,
-    items: Vec<T>,
-    key: impl Fn(&T) -> &[u8],
-) -> Vec<T> {
-    let order = probe_order::<[u8]>(hasher, capacity, items.iter().map(&key));
-    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| items[i as usize].take()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +57,7 @@ mod tests {
         let hasher = foldhash::fast::FixedState::with_seed(7);
         let keys: Vec<Vec<u8>> = (0..50_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
         let capacity = 1 << 20;
-        let order = probe_order::<[u8]>(&hasher, capacity, keys.iter());
+        let order = probe_order(&hasher, capacity, keys.iter().map(Vec::as_slice));
         let mut seen = order.clone();
         seen.sort_unstable();
         assert_eq!(seen, (0..50_000).collect::<Vec<u32>>());
@@ -75,12 +65,7 @@ mod tests {
         let range = |i: u32| (hasher.hash_one(keys[i as usize].as_slice()) & (buckets - 1)) / (buckets / RANGES);
         assert!(order.windows(2).all(|w| range(w[0]) <= range(w[1])));
         // A small map: one range per bucket.
-        let order = probe_order::<[u8]>(&hasher, 10, keys[..100].iter());
+        let order = probe_order(&hasher, 10, keys[..100].iter().map(Vec::as_slice));
         assert_eq!(order.len(), 100);
-        // Items follow the order of their keys.
-        let items: Vec<(u32, &[u8])> = (0..1000).map(|i| (i, keys[i as usize].as_slice())).collect();
-        let moved = in_probe_order(&hasher, capacity, items.clone(), |(_, key)| key);
-        let order = probe_order::<[u8]>(&hasher, capacity, keys[..1000].iter());
-        assert_eq!(moved.iter().map(|(i, _)| *i).collect::<Vec<_>>(), order);
     }
 }

@@ -99,6 +99,11 @@ pub(crate) trait Operator: Send {
     fn output_consolidated(&self) -> bool {
         false
     }
+    /// Output columns whose values identify an output row: no two rows the operator's output
+    /// holds at one time agree on them (`None` when the operator knows no such columns).
+    fn unique_key(&self) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// An expression compiled against the columns of an input.

@@ -65,6 +65,12 @@ impl Pipeline {
         &self.schema
     }
 
+    /// Columns of the query's result whose values identify a row of it (the GROUP BY columns
+    /// of an aggregate), when the pipeline knows such columns.
+    pub fn unique_key(&self) -> Option<Vec<usize>> {
+        self.root.unique_key()
+    }
+
     /// Epochs processed.
     pub fn epochs(&self) -> u64 {
         self.epochs

@@ -537,6 +537,11 @@ async fn state_survives_a_change_of_freshness_and_is_rebuilt_after_a_restart() {
     );
     assert!(explained.contains("Scan: t"), "{explained}");
     assert!(explained.contains("state | in memory: 4 entries"), "{explained}");
+    // Retractions find their rows through an index keyed by the GROUP BY column alone.
+    assert!(
+        explained.contains("row_index | by unique key (g): 4 keys"),
+        "{explained}"
+    );
 
     // A forced recompute has its own form.
     engine.sql("ALTER MATERIALIZED TABLE m REFRESH FULL").await.unwrap();

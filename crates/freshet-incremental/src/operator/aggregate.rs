@@ -15,9 +15,8 @@ use datafusion::arrow::compute::kernels::boolean::or;
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::Rows;
 
-use freshet_common::{Result, RowKey, probe_order};
+use freshet_common::{Key, KeyCodec, KeyMap, Keys, Result};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal};
@@ -48,13 +47,13 @@ pub(crate) struct Aggregate {
     input: Box<dyn Operator>,
     group_exprs: Vec<Compiled>,
     group_types: Vec<DataType>,
-    /// Encodes the group key.
-    keys: RowCodec,
+    /// Encodes the group key (`None` for a global aggregate).
+    keys: Option<KeyCodec>,
     specs: Vec<AggregateSpec>,
     /// Encodes values of MIN, MAX and COUNT(DISTINCT).
     value_codecs: Vec<Option<RowCodec>>,
     /// The slot of each group (empty for a global aggregate).
-    slots: foldhash::HashMap<RowKey, u32>,
+    slots: KeyMap<u32>,
     /// Rows in each slot's group.
     rows: Vec<i64>,
     /// One column of accumulators per aggregate.
@@ -64,8 +63,6 @@ pub(crate) struct Aggregate {
     /// The last epoch that touched each slot.
     touched_in: Vec<u64>,
     epoch: u64,
-    /// Heap memory of the group keys.
-    key_bytes: usize,
     schema: SchemaRef,
     /// A global aggregate's row has been emitted.
     started: bool,
@@ -80,9 +77,9 @@ struct Touched {
     existed: bool,
 }
 
-/// Memory of a group's entry in the slot map besides its key's heap bytes, and of its row
-/// count and epoch mark.
-const GROUP_BYTES: usize = 32 + 4 + 8 + 8 + 8;
+/// Memory of a slot's row count and epoch mark (its entry in the slot map is counted by the
+/// map).
+const SLOT_BYTES: usize = 8 + 8;
 
 impl Aggregate {
     pub(crate) fn new(
@@ -102,20 +99,26 @@ impl Aggregate {
             })
             .collect::<Result<_>>()?;
         let accumulators = specs.iter().map(Accumulators::new).collect();
+        let keys = (!group_types.is_empty())
+            .then(|| KeyCodec::new(&group_types))
+            .transpose()?;
+        let slots = match &keys {
+            Some(codec) => codec.map(),
+            None => KeyCodec::new(&[DataType::Int64])?.map(),
+        };
         let mut aggregate = Self {
             input,
             group_exprs,
-            keys: RowCodec::new(group_types.clone())?,
+            keys,
             group_types,
             specs,
             value_codecs,
-            slots: foldhash::HashMap::default(),
+            slots,
             rows: Vec::new(),
             accumulators,
             free: Vec::new(),
             touched_in: Vec::new(),
             epoch: 0,
-            key_bytes: 0,
             schema,
             started: false,
         };
@@ -143,10 +146,8 @@ impl Aggregate {
     }
 
     /// Forgets the group `key` in `slot`.
-    fn release(&mut self, key: &[u8], slot: u32) {
-        if let Some((key, _)) = self.slots.remove_entry(key) {
-            self.key_bytes = self.key_bytes.saturating_sub(key.heap_bytes());
-        }
+    fn release(&mut self, key: Key<'_>, slot: u32) {
+        self.slots.remove(key);
         for accumulators in &mut self.accumulators {
             accumulators.clear(slot as usize);
         }
@@ -155,7 +156,7 @@ impl Aggregate {
 
     /// The slot of each row's group, and the groups touched in first-seen order.
     /// `keys` are the rows' encoded group keys (`None` for a global aggregate).
-    fn assign(&mut self, keys: Option<&Rows>, rows: usize) -> (Vec<u32>, Vec<Touched>) {
+    fn assign(&mut self, keys: Option<&Keys>, rows: usize) -> (Vec<u32>, Vec<Touched>) {
         self.epoch += 1;
         let Some(keys) = keys else {
             let touched = Touched {
@@ -169,19 +170,13 @@ impl Aggregate {
         // at nearly every lookup in the rows' order), then visited in the rows' order.
         let mut slots = vec![0u32; rows];
         let mut created = foldhash::HashSet::default();
-        let order = probe_order::<[u8]>(
-            self.slots.hasher(),
-            self.slots.capacity(),
-            keys.iter().map(|k| k.data()),
-        );
+        let order = self.slots.probe_order((0..rows).map(|row| keys.key(row)));
         for row in order {
-            let key = keys.row(row as usize);
-            slots[row as usize] = match self.slots.get(key.data()) {
+            let key = keys.key(row as usize);
+            slots[row as usize] = match self.slots.get(key) {
                 Some(&slot) => slot,
                 None => {
                     let slot = self.allocate();
-                    let key = RowKey::from(key.data());
-                    self.key_bytes += key.heap_bytes();
                     self.slots.insert(key, slot);
                     created.insert(slot);
                     slot
@@ -303,10 +298,7 @@ impl Operator for Aggregate {
             .zip(&self.value_codecs)
             .map(|(spec, codec)| Arguments::evaluate(spec, codec.as_ref(), &delta.data))
             .collect::<Result<Vec<_>>>()?;
-        let keys = match self.is_global() {
-            true => None,
-            false => Some(self.keys.encode(&key_columns, delta.len())?),
-        };
+        let keys = self.keys.as_ref().map(|codec| codec.encode(&key_columns)).transpose()?;
         let (slots, touched) = self.assign(keys.as_ref(), delta.len());
 
         let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
@@ -327,7 +319,7 @@ impl Operator for Aggregate {
                 return Err(internal("a group's row count went below zero"));
             }
             match &keys {
-                Some(keys) if rows == 0 => self.release(keys.row(group.row as usize).data(), group.slot),
+                Some(keys) if rows == 0 => self.release(keys.key(group.row as usize), group.slot),
                 _ => after.push(group),
             }
         }
@@ -341,6 +333,11 @@ impl Operator for Aggregate {
     /// insertions, and `drop_unchanged` removes a retraction and an insertion of the same row.
     fn output_consolidated(&self) -> bool {
         true
+    }
+
+    /// The group columns (the first outputs): one row per group.
+    fn unique_key(&self) -> Option<Vec<usize>> {
+        (!self.is_global()).then(|| (0..self.group_exprs.len()).collect())
     }
 
     fn describe(&self) -> String {
@@ -367,7 +364,7 @@ impl Operator for Aggregate {
         let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
         StateSize {
             rows: groups as u64,
-            bytes: (slots * GROUP_BYTES + self.key_bytes + accumulators) as u64,
+            bytes: (slots * SLOT_BYTES + self.slots.bytes() + accumulators) as u64,
         }
     }
 

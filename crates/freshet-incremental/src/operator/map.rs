@@ -42,6 +42,10 @@ impl Operator for Filter {
     fn output_consolidated(&self) -> bool {
         self.input.output_consolidated()
     }
+
+    fn unique_key(&self) -> Option<Vec<usize>> {
+        self.input.unique_key()
+    }
 }
 
 /// Computes the output columns from each row.
@@ -92,6 +96,15 @@ impl Operator for Project {
 
     fn output_consolidated(&self) -> bool {
         self.keeps_every_column && self.input.output_consolidated()
+    }
+
+    /// The input's key, when every column of it is an output column as it is.
+    fn unique_key(&self) -> Option<Vec<usize>> {
+        self.input
+            .unique_key()?
+            .into_iter()
+            .map(|column| self.exprs.iter().position(|e| e.column_index() == Some(column)))
+            .collect()
     }
 }
 

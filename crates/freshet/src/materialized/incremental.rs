@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::TableScan;
 use futures::TryStreamExt;
 
-use freshet_common::{ChangeBatch, FreshetError, Result, consolidate};
+use freshet_common::{ChangeBatch, FreshetError, Keys, Result, consolidate};
 use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
 use freshet_sql::RefreshMode;
 use freshet_storage::{ChangeSet, SnapshotTable, Table, Transaction, delete_matching};
@@ -339,7 +339,10 @@ impl Engine {
             };
             state.index = match followed {
                 Some(index) => Some(index),
-                None => RowIndex::build(&base, self.inner.materialized.settings().row_index_max_rows).await?,
+                None => {
+                    let max_rows = self.inner.materialized.settings().row_index_max_rows;
+                    RowIndex::build(&base, max_rows, state.pipeline.unique_key()).await?
+                }
             };
         }
         if state.index.is_some() {
@@ -417,8 +420,8 @@ impl Engine {
 struct Applied {
     /// Rows deleted plus inserted.
     written: u64,
-    /// The change rows encoded as the row index's keys (when there is an index).
-    keys: Option<Rows>,
+    /// The change rows' keys in the row index (when there is an index).
+    keys: Option<Keys>,
     /// The change row of each inserted row, in insertion order.
     inserted: UInt32Array,
 }
@@ -442,10 +445,7 @@ async fn apply(
     // Deletes first, so that a key may move onto a key the same refresh frees.
     let (mut written, keys) = match index {
         Some(index) => {
-            let keys = index
-                .converter()
-                .convert_columns(data.columns())
-                .map_err(|e| FreshetError::Internal(e.to_string()))?;
+            let keys = index.encode(data.columns())?;
             (
                 delete_indexed(txn, &data, &keys, weights, name, index).await?,
                 Some(keys),
@@ -472,7 +472,7 @@ async fn apply(
 async fn delete_indexed(
     txn: &mut Transaction,
     data: &RecordBatch,
-    rows: &Rows,
+    keys: &Keys,
     weights: &Int64Array,
     name: &str,
     index: &mut RowIndex,
@@ -481,14 +481,11 @@ async fn delete_indexed(
     // Per data file: the positions to delete and the change row each one retracts.
     let mut doomed: BTreeMap<usize, (Vec<u64>, Vec<u32>)> = BTreeMap::new();
     let mut deleted = 0u64;
-    let retractions = rows
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| weights.value(*i) < 0)
-        .map(|(i, row)| (row.data(), i));
-    for (row, i) in index.in_probe_order(retractions) {
+    let retractions: Vec<usize> = (0..keys.len()).filter(|&i| weights.value(i) < 0).collect();
+    for k in index.probe_order(retractions.iter().map(|&i| keys.key(i))) {
+        let i = retractions[k as usize];
         let count = usize::try_from(-weights.value(i)).unwrap_or(usize::MAX);
-        let locations = index.take(row, count).ok_or_else(|| {
+        let locations = index.take(keys.key(i), count).ok_or_else(|| {
             FreshetError::Internal(format!(
                 "materialized table \"{name}\": a row to delete is not in the table"
             ))
@@ -581,12 +578,16 @@ impl Engine {
             format!("{} every {}: {}", effective.mode, effective.freshness, effective.reason),
         )];
         let runtime = self.inner.materialized.runtime(name);
+        let schema = self.inner.catalog.table(name)?.snapshot().schema().clone();
         let kept = super::lock(&runtime.incremental)
             .as_ref()
             .filter(|s| s.query == definition.query)
-            .map(|s| (s.pipeline.operators(), s.pipeline.state_size(), s.inputs.clone()));
-        let (operators, state) = match kept {
-            Some((operators, size, inputs)) => (
+            .map(|s| {
+                let index = s.index.as_ref().map(|index| index.describe(&schema));
+                (s.pipeline.operators(), s.pipeline.state_size(), s.inputs.clone(), index)
+            });
+        let (operators, state, index) = match kept {
+            Some((operators, size, inputs, index)) => (
                 operators,
                 format!(
                     "in memory: {} entries, {} (reflecting {})",
@@ -594,6 +595,11 @@ impl Engine {
                     human_bytes(size.bytes),
                     super::status::versions_text(&inputs)
                 ),
+                Some(index.unwrap_or_else(|| {
+                    "none: retractions are found by scanning the table (larger than \
+                     materialized-table.row-index.max-rows, or its rows repeat a key meant to be unique)"
+                        .to_string()
+                })),
             ),
             None => {
                 let pinned = self.plan_pinned(name, &definition.query).await?;
@@ -603,6 +609,7 @@ impl Engine {
                         "not in memory: built from the input versions the table reflects at the next incremental \
                          refresh"
                             .to_string(),
+                        None,
                     ),
                     Err(why) => {
                         rows.push(("incremental_plan", format!("none: the {why}")));
@@ -627,6 +634,9 @@ impl Engine {
             .collect();
         rows.push(("incremental_plan", lines.join("\n")));
         rows.push(("state", state));
+        if let Some(index) = index {
+            rows.push(("row_index", index));
+        }
         Ok(rows)
     }
 }

@@ -10,33 +10,38 @@
 //! would without an index, and builds a new one.
 //! Tables above a size (setting `materialized-table.row-index.max-rows`) are not indexed: the
 //! index would cost more memory than the scans it saves are worth.
+//!
+//! Rows are found by their values. When the query's result has a unique key (the GROUP BY
+//! columns of an aggregate), the index is keyed by it alone: one location per key, and a key of
+//! one integer column is kept as an `i64` (`freshet_common::KeyMap`), so that the index of a
+//! hundred thousand groups fits the cache. Otherwise the key is the whole row, and equal rows
+//! share an entry with one location per copy.
 
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
-use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Schema, UInt32Type, UInt64Type};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Result, RowKey, in_probe_order};
+use freshet_common::{FreshetError, Key, KeyCodec, KeyMap, Keys, Result};
 use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
-/// Bytes an index entry costs besides its key's heap bytes: the map's slot (the key, inline
-/// when short, and the locations).
-const ENTRY_OVERHEAD: usize = 64;
-
-/// Where copies of one row are: (file slot, row position in the file).
-#[derive(Debug)]
+/// Where copies of one row are: (file slot, row position in the file), positions in 32 bits to
+/// keep the map's entries small.
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::box_collection,
+    reason = "a thin pointer keeps the map's entries at 16 bytes"
+)]
 enum Locations {
-    One(u32, u64),
-    Many(Vec<(u32, u64)>),
+    One(u32, u32),
+    Many(Box<Vec<(u32, u32)>>),
 }
 
 /// The rows a refresh inserted and where its commit put them.
 pub(crate) struct Inserted<'a> {
-    /// The refresh's change rows, encoded by the index's converter.
-    pub keys: &'a Rows,
+    /// The refresh's change rows, encoded by [`RowIndex::encode`].
+    pub keys: &'a Keys,
     /// For each inserted row, in insertion order, its change row.
     pub rows: &'a UInt32Array,
     /// Where the commit put each inserted row.
@@ -68,37 +73,49 @@ pub(crate) struct RowIndex {
     /// The table version the index describes.
     version: u64,
     files: FileSlots,
-    rows: foldhash::HashMap<RowKey, Locations>,
-    converter: RowConverter,
-    bytes: usize,
+    rows: KeyMap<Locations>,
+    codec: KeyCodec,
+    /// The columns whose values are a row's key: a unique key of the table, or all of them.
+    key_columns: Vec<usize>,
+    /// The key is unique: at most one row has it.
+    unique: bool,
     /// Tables with more rows are not indexed.
     max_rows: u64,
 }
 
 impl RowIndex {
-    /// Indexes every row of `snapshot`, or `None` when the table is too large to index.
-    pub(crate) async fn build(snapshot: &Arc<Snapshot>, max_rows: u64) -> Result<Option<Self>> {
+    /// Indexes every row of `snapshot` by `unique_key` (columns no two rows agree on) or, without
+    /// one, by the whole row. `None` when the table is too large to index, or when its rows
+    /// repeat a key meant to be unique.
+    pub(crate) async fn build(
+        snapshot: &Arc<Snapshot>,
+        max_rows: u64,
+        unique_key: Option<Vec<usize>>,
+    ) -> Result<Option<Self>> {
         if snapshot.num_rows() > max_rows || max_rows == 0 {
             return Ok(None);
         }
-        let fields = snapshot
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
+        let fields = snapshot.schema().fields();
+        let unique = unique_key
+            .as_ref()
+            .is_some_and(|key| !key.is_empty() && key.iter().all(|&c| c < fields.len()));
+        let key_columns = match unique_key {
+            Some(key) if unique => key,
+            _ => (0..fields.len()).collect(),
+        };
+        let types: Vec<DataType> = key_columns.iter().map(|&c| fields[c].data_type().clone()).collect();
+        let codec = KeyCodec::new(&types)?;
         let mut index = Self {
             version: snapshot.version(),
             files: FileSlots::default(),
-            rows: foldhash::HashMap::default(),
-            converter: RowConverter::new(fields).map_err(internal)?,
-            bytes: 0,
+            rows: codec.map(),
+            codec,
+            key_columns,
+            unique,
             max_rows,
         };
-        index
-            .add_files(snapshot, (0..snapshot.manifest().files.len()).collect())
-            .await?;
-        Ok(Some(index))
+        let all = (0..snapshot.manifest().files.len()).collect();
+        Ok(index.add_files(snapshot, all).await?.then_some(index))
     }
 
     /// The version the index describes.
@@ -108,40 +125,66 @@ impl RowIndex {
 
     /// Memory the index holds, approximately.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes
+        self.rows.bytes() + self.files.files.iter().map(|f| 2 * f.len() + 64).sum::<usize>()
     }
 
-    /// Encodes rows (the table's columns) as the index's keys.
-    pub(crate) fn converter(&self) -> &RowConverter {
-        &self.converter
+    /// What the index is keyed by and holds, for EXPLAIN; `schema` is the table's.
+    pub(crate) fn describe(&self, schema: &Schema) -> String {
+        let by = if self.unique {
+            let names: Vec<&str> = self
+                .key_columns
+                .iter()
+                .filter_map(|&c| schema.fields().get(c).map(|f| f.name().as_str()))
+                .collect();
+            format!("by unique key ({})", names.join(", "))
+        } else {
+            "by whole row".to_string()
+        };
+        format!(
+            "{by}: {} keys in {} files at version {}",
+            self.rows.len(),
+            self.files.slots.len(),
+            self.version
+        )
     }
 
-    /// Orders `keys` (with their payloads) by where the index's map keeps them, so that
-    /// probing for them sweeps the map's memory (see `freshet_common::probe_order`).
-    pub(crate) fn in_probe_order<'k, T>(&self, keys: impl Iterator<Item = (&'k [u8], T)>) -> Vec<(&'k [u8], T)> {
-        in_probe_order(self.rows.hasher(), self.rows.capacity(), keys.collect(), |(key, _)| key)
+    /// The keys of rows of the table (its columns).
+    pub(crate) fn encode(&self, columns: &[ArrayRef]) -> Result<Keys> {
+        let key: Vec<ArrayRef> = self.key_columns.iter().map(|&c| columns[c].clone()).collect();
+        self.codec.encode(&key)
     }
 
-    /// Takes `count` locations of the row `key` out of the index, as (file slot, position);
-    /// `None` when the table holds fewer copies of the row.
-    pub(crate) fn take(&mut self, key: &[u8], count: usize) -> Option<Vec<(u32, u64)>> {
+    /// The indices of `keys` in the order the index keeps them, so that looking them up sweeps
+    /// its memory (see `freshet_common::probe_order`).
+    pub(crate) fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
+        self.rows.probe_order(keys)
+    }
+
+    /// Takes `count` locations of the row whose key is `key` out of the index, as (file slot,
+    /// position); `None` when the table holds fewer copies of the row.
+    pub(crate) fn take(&mut self, key: Key<'_>, count: usize) -> Option<Vec<(u32, u64)>> {
         let taken = match self.rows.get_mut(key)? {
             Locations::One(slot, position) if count == 1 => {
-                let found = (*slot, *position);
-                self.remove(key);
-                vec![found]
+                let found = (*slot, u64::from(*position));
+                self.rows.remove(key);
+                return Some(vec![found]);
             }
             Locations::One(..) => return None,
             Locations::Many(all) if all.len() < count => return None,
             Locations::Many(all) => {
                 let taken = all.split_off(all.len() - count);
                 if all.is_empty() {
-                    self.remove(key);
+                    self.rows.remove(key);
                 }
                 taken
             }
         };
-        Some(taken)
+        Some(
+            taken
+                .into_iter()
+                .map(|(slot, position)| (slot, u64::from(position)))
+                .collect(),
+        )
     }
 
     /// The index in `snapshot`'s file list of each file slot (`None`: the file is gone).
@@ -158,12 +201,6 @@ impl RowIndex {
             .iter()
             .map(|path| by_path.get(path.as_str()).copied())
             .collect()
-    }
-
-    fn remove(&mut self, key: &[u8]) {
-        if let Some((key, _)) = self.rows.remove_entry(key) {
-            self.bytes = self.bytes.saturating_sub(key.heap_bytes() + ENTRY_OVERHEAD);
-        }
     }
 
     /// After the refresh that took its retractions from this index committed `snapshot`:
@@ -191,32 +228,34 @@ impl RowIndex {
                     runs.iter().any(|run| &run.path == path)
                 })
         });
-        match placed {
+        let consistent = match placed {
             Some(inserted) => self.add_placed(&inserted)?,
             None => self.add_files(snapshot, added).await?,
-        }
+        };
         self.version = snapshot.version();
-        Ok(true)
+        Ok(consistent)
     }
 
-    fn add_placed(&mut self, inserted: &Inserted<'_>) -> Result<()> {
+    /// Indexes inserted rows where their placements say they are; `false` when one repeats a
+    /// unique key.
+    fn add_placed(&mut self, inserted: &Inserted<'_>) -> Result<bool> {
         self.rows.reserve(inserted.rows.len());
-        // The keys are copied in the order of the change rows (reading them in probe order
-        // would miss the cache at each), then put in probe order.
+        // (change row, location) of each inserted row, then put in probe order.
         let mut placed = Vec::with_capacity(inserted.rows.len());
         for run in inserted.placements.runs() {
             let slot = self.files.slot(&run.path)?;
             for k in 0..run.rows {
                 let row = usize::try_from(run.start + k).map_err(internal)?;
-                let key = inserted.keys.row(inserted.rows.value(row) as usize).data();
-                placed.push((RowKey::from(key), (slot, run.position + k)));
+                placed.push((inserted.rows.value(row), (slot, narrow(run.position + k)?)));
             }
         }
-        let placed = in_probe_order(self.rows.hasher(), self.rows.capacity(), placed, |(key, _)| key);
-        for (key, location) in placed {
-            self.add_location(key, location);
+        let order = self.probe_order(placed.iter().map(|&(row, _)| inserted.keys.key(row as usize)));
+        let mut consistent = true;
+        for i in order {
+            let (row, location) = placed[i as usize];
+            consistent &= self.add_location(inserted.keys.key(row as usize), location);
         }
-        Ok(())
+        Ok(consistent)
     }
 
     /// Brings the index to `snapshot`, a later version of `table` made by compactions only
@@ -258,15 +297,15 @@ impl RowIndex {
             .iter()
             .map(|run| self.files.slot(&run.path))
             .collect::<Result<Vec<u32>>>()?;
-        let relocate = |slot: &mut u32, position: &mut u64| -> Result<bool> {
+        let relocate = |slot: &mut u32, position: &mut u32| -> Result<bool> {
             let Some(moves) = moved.get(slot) else {
                 return Ok(true);
             };
-            let Some((run, new)) = moves.locate_run(*position) else {
+            let Some((run, new)) = moves.locate_run(u64::from(*position)) else {
                 return Ok(false);
             };
             *slot = run_slots[run];
-            *position = new;
+            *position = narrow(new)?;
             Ok(true)
         };
         for locations in self.rows.values_mut() {
@@ -304,54 +343,48 @@ impl RowIndex {
             return;
         }
         self.files.slots.retain(|_, slot| !gone.contains(slot));
-        let mut freed = 0;
-        self.rows.retain(|key, locations| {
-            let keep = match locations {
-                Locations::One(slot, _) => !gone.contains(slot),
-                Locations::Many(all) => {
-                    all.retain(|(slot, _)| !gone.contains(slot));
-                    match all[..] {
-                        [] => false,
-                        [(slot, position)] => {
-                            *locations = Locations::One(slot, position);
-                            true
-                        }
-                        _ => true,
+        self.rows.retain(|locations| match locations {
+            Locations::One(slot, _) => !gone.contains(slot),
+            Locations::Many(all) => {
+                all.retain(|(slot, _)| !gone.contains(slot));
+                match all[..] {
+                    [] => false,
+                    [(slot, position)] => {
+                        *locations = Locations::One(slot, position);
+                        true
                     }
+                    _ => true,
                 }
-            };
-            if !keep {
-                freed += key.heap_bytes() + ENTRY_OVERHEAD;
             }
-            keep
         });
-        self.bytes = self.bytes.saturating_sub(freed);
     }
 
-    async fn add_files(&mut self, snapshot: &Arc<Snapshot>, files: Vec<usize>) -> Result<()> {
+    /// Reads and indexes the rows of some files of `snapshot`; `false` when one repeats a
+    /// unique key.
+    async fn add_files(&mut self, snapshot: &Arc<Snapshot>, files: Vec<usize>) -> Result<bool> {
         let columns = snapshot.schema().fields().len();
         let mut batches = snapshot.scan_files(files, None, true);
         while let Some(batch) = batches.try_next().await? {
-            self.add_batch(snapshot, &batch, columns)?;
+            if !self.add_batch(snapshot, &batch, columns)? {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Adds the rows of a position scan: the table's columns, then the file index and the
-    /// position.
-    fn add_batch(&mut self, snapshot: &Snapshot, batch: &RecordBatch, columns: usize) -> Result<()> {
+    /// position. `false` when one repeats a unique key.
+    fn add_batch(&mut self, snapshot: &Snapshot, batch: &RecordBatch, columns: usize) -> Result<bool> {
         let (Some(files), Some(positions)) = (
             batch.column(columns).as_primitive_opt::<UInt32Type>(),
             batch.column(columns + 1).as_primitive_opt::<UInt64Type>(),
         ) else {
             return Err(FreshetError::Internal("a position scan without positions".into()));
         };
-        let rows = self
-            .converter
-            .convert_columns(&batch.columns()[..columns])
-            .map_err(internal)?;
+        let keys = self.encode(&batch.columns()[..columns])?;
         let mut last: Option<(u32, u32)> = None;
-        for (i, row) in rows.iter().enumerate() {
+        let mut consistent = true;
+        for i in 0..keys.len() {
             let file = files.value(i);
             let slot = match last {
                 Some((f, slot)) if f == file => slot,
@@ -367,27 +400,37 @@ impl RowIndex {
                     slot
                 }
             };
-            self.add_location(RowKey::from(row.data()), (slot, positions.value(i)));
+            consistent &= self.add_location(keys.key(i), (slot, narrow(positions.value(i))?));
         }
-        Ok(())
+        Ok(consistent)
     }
 
-    fn add_location(&mut self, key: RowKey, location: (u32, u64)) {
-        match self.rows.entry(key) {
-            Entry::Occupied(mut entry) => match entry.get_mut() {
-                Locations::Many(all) => all.push(location),
-                one @ Locations::One(..) => {
-                    if let Locations::One(s, p) = *one {
-                        *one = Locations::Many(vec![(s, p), location]);
-                    }
+    /// Adds a location of the row whose key is `key`; `false` when the key is unique and
+    /// already indexed (the table then breaks the key, and the index must not be used).
+    fn add_location(&mut self, key: Key<'_>, location: (u32, u32)) -> bool {
+        match self.rows.get_mut(key) {
+            Some(_) if self.unique => false,
+            Some(Locations::Many(all)) => {
+                all.push(location);
+                true
+            }
+            Some(one @ Locations::One(..)) => {
+                if let Locations::One(s, p) = *one {
+                    *one = Locations::Many(Box::new(vec![(s, p), location]));
                 }
-            },
-            Entry::Vacant(entry) => {
-                self.bytes += entry.key().heap_bytes() + ENTRY_OVERHEAD;
-                entry.insert(Locations::One(location.0, location.1));
+                true
+            }
+            None => {
+                self.rows.insert(key, Locations::One(location.0, location.1));
+                true
             }
         }
     }
+}
+
+/// A row position as the index keeps it.
+fn narrow(position: u64) -> Result<u32> {
+    u32::try_from(position).map_err(|_| internal(format!("row position {position} beyond what the index keeps")))
 }
 
 fn internal(e: impl std::fmt::Display) -> FreshetError {
