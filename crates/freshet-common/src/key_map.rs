@@ -104,6 +104,7 @@ impl Keys {
     }
 
     /// The key of row `row`.
+    #[inline]
     pub fn key(&self, row: usize) -> Key<'_> {
         match self {
             Keys::Int(ints) => Key::Int(ints.is_valid(row).then(|| ints.value(row))),
@@ -156,6 +157,7 @@ impl<V> KeyMap<V> {
     }
 
     /// The value of `key`.
+    #[inline]
     pub fn get(&self, key: Key<'_>) -> Option<&V> {
         match key {
             Key::Int(Some(int)) => self.ints.get(&int),
@@ -165,6 +167,7 @@ impl<V> KeyMap<V> {
     }
 
     /// The value of `key`, to change.
+    #[inline]
     pub fn get_mut(&mut self, key: Key<'_>) -> Option<&mut V> {
         match key {
             Key::Int(Some(int)) => self.ints.get_mut(&int),
@@ -174,6 +177,7 @@ impl<V> KeyMap<V> {
     }
 
     /// Sets the value of `key`, returning the value it had.
+    #[inline]
     pub fn insert(&mut self, key: Key<'_>, value: V) -> Option<V> {
         match key {
             Key::Int(Some(int)) => self.ints.insert(int, value),
@@ -191,6 +195,7 @@ impl<V> KeyMap<V> {
     }
 
     /// Removes `key`, returning its value.
+    #[inline]
     pub fn remove(&mut self, key: Key<'_>) -> Option<V> {
         match key {
             Key::Int(Some(int)) => self.ints.remove(&int),

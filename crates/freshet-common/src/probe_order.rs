@@ -27,6 +27,15 @@ pub fn probe_order<K: Hash>(
     order_by_bucket(capacity, keys.map(|key| hasher.hash_one(key)))
 }
 
+/// The indices of `positions` (each below `len`) stably grouped into ranges of positions, so
+/// that visiting them in this order sweeps a table of `len` entries (state columns indexed by
+/// an aggregate's slot) instead of jumping around it; positions that are equal keep their
+/// order.
+pub fn sweep_order(len: usize, positions: impl ExactSizeIterator<Item = u64>) -> Vec<u32> {
+    // A position below `len` is its own bucket in a map of capacity `len`.
+    order_by_bucket(len, positions)
+}
+
 /// [`probe_order`] of keys given by their hashes.
 pub(crate) fn order_by_bucket(capacity: usize, hashes: impl ExactSizeIterator<Item = u64>) -> Vec<u32> {
     let buckets = buckets_of(capacity);

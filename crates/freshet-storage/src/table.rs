@@ -313,6 +313,10 @@ pub(crate) enum Tier {
     /// A transaction: files on the path from a commit to a fresh materialized table, most of
     /// them small and soon merged by compaction — compressed for speed (LZ4).
     Fresh,
+    /// A transaction that asked for speed over size ([`Transaction::write_uncompressed`]): a
+    /// materialized table's refresh, whose files wait only for the next compaction — not
+    /// compressed.
+    Uncompressed,
     /// Compaction: the files that stay — compressed as the engine is configured (DataFusion's
     /// Parquet compression, ZSTD by default).
     Compacted,
@@ -327,8 +331,12 @@ pub(crate) enum Tier {
 /// times faster, for somewhat larger files until compaction rewrites them.
 fn file_properties(properties: &WriterProperties, tier: Tier, schema: &SchemaRef) -> WriterProperties {
     let mut builder = properties.clone().into_builder();
-    if tier == Tier::Fresh && properties.compression(&ColumnPath::from("")) != Compression::UNCOMPRESSED {
-        builder = builder.set_compression(Compression::LZ4_RAW);
+    match tier {
+        Tier::Fresh if properties.compression(&ColumnPath::from("")) != Compression::UNCOMPRESSED => {
+            builder = builder.set_compression(Compression::LZ4_RAW);
+        }
+        Tier::Uncompressed => builder = builder.set_compression(Compression::UNCOMPRESSED),
+        Tier::Fresh | Tier::Compacted => {}
     }
     for field in schema.fields() {
         let text = matches!(

@@ -54,6 +54,8 @@ pub struct Transaction {
     /// The table's new columns, when the transaction replaces every row and the schema.
     new_schema: Option<datafusion::arrow::datatypes::SchemaRef>,
     refresh: Option<serde_json::Value>,
+    /// How the transaction's files are compressed.
+    tier: Tier,
     inserted: u64,
     deleted: u64,
 }
@@ -87,9 +89,17 @@ impl Transaction {
             removed_all: false,
             new_schema: None,
             refresh: None,
+            tier: Tier::Fresh,
             inserted: 0,
             deleted: 0,
         }
+    }
+
+    /// Writes the transaction's files without compression: faster to write and to read, larger
+    /// until a compaction rewrites them. For writes on a latency path whose files compaction
+    /// soon merges (a materialized table's refresh). Affects the files started after the call.
+    pub fn write_uncompressed(&mut self) {
+        self.tier = Tier::Uncompressed;
     }
 
     /// The version this transaction writes on top of. No other writer can commit while the
@@ -126,7 +136,7 @@ impl Transaction {
             ParallelWriter::new(
                 self.table.writer_template(
                     FileKind::Data,
-                    Tier::Fresh,
+                    self.tier,
                     self.new_schema.as_ref().unwrap_or(self.base.schema()),
                 ),
                 self.table.options.write_parallelism,
@@ -179,7 +189,7 @@ impl Transaction {
         let writer = self.retractions.get_or_insert_with(|| {
             RollingWriter::new(
                 self.table
-                    .writer_template(FileKind::Retraction, Tier::Fresh, self.base.schema()),
+                    .writer_template(FileKind::Retraction, self.tier, self.base.schema()),
             )
         });
         writer.write(&rows).await?;

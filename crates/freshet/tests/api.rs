@@ -415,3 +415,52 @@ async fn progress_counts_the_rows_a_statement_reads() {
     assert!(progress.rows_read() >= 10, "{}", progress.rows_read());
     assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 990);
 }
+
+/// The Parquet codec of the file named `path` (a data file's manifest path) under `dir`.
+fn codec_of(dir: &std::path::Path, path: &str) -> freshet::datafusion::parquet::basic::Compression {
+    use freshet::datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let name = path.rsplit('/').next().unwrap();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap().path();
+            if entry.is_dir() {
+                pending.push(entry);
+            } else if entry.file_name().is_some_and(|n| n == name) {
+                let reader = SerializedFileReader::new(std::fs::File::open(&entry).unwrap()).unwrap();
+                return reader.metadata().row_group(0).column(0).compression();
+            }
+        }
+    }
+    panic!("{path} is not under {}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_may_write_its_files_uncompressed() {
+    use freshet::datafusion::parquet::basic::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .location(dir.path().display().to_string())
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE t (x BIGINT NOT NULL); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    let table = engine.table("t").unwrap();
+    let compressed = table.snapshot().manifest().files[0].path.clone();
+    assert_eq!(codec_of(dir.path(), &compressed), Compression::LZ4_RAW);
+
+    let mut txn = table.begin("INSERT").await.unwrap();
+    txn.write_uncompressed();
+    let x = Int64Array::from(vec![3, 4]);
+    let batch = freshet::datafusion::arrow::array::RecordBatch::try_new(table.schema(), vec![Arc::new(x)]).unwrap();
+    txn.insert(&batch).await.unwrap();
+    txn.commit().await.unwrap();
+    let snapshot = table.snapshot();
+    let added = snapshot.manifest().files.iter().find(|f| f.path != compressed).unwrap();
+    assert_eq!(codec_of(dir.path(), &added.path), Compression::UNCOMPRESSED);
+    assert_eq!(count(&engine, "SELECT count(*) FROM t WHERE x > 2").await, 2);
+    engine.close().await;
+}

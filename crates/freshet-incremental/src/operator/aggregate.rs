@@ -16,7 +16,7 @@ use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::{Key, KeyCodec, KeyMap, Keys, Result};
+use freshet_common::{Key, KeyCodec, KeyMap, Keys, Result, sweep_order};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal};
@@ -68,13 +68,24 @@ pub(crate) struct Aggregate {
     started: bool,
 }
 
-/// A group an epoch touched: its slot, the first row of the epoch's delta in it, and whether it
-/// existed before the epoch.
+/// A group an epoch touched: its slot, the first row of the epoch's delta in it, whether it
+/// existed before the epoch, and its place among the touched groups.
 #[derive(Clone, Copy)]
 struct Touched {
     slot: u32,
     row: u32,
     existed: bool,
+    at: u32,
+}
+
+/// Which group each row of an epoch is in, and the order to visit them.
+struct Assigned {
+    /// The slot of each row's group.
+    slots: Vec<u32>,
+    /// The rows, grouped by ranges of slots (see `freshet_common::sweep_order`).
+    order: Vec<u32>,
+    /// The groups touched, in `order`'s order.
+    touched: Vec<Touched>,
 }
 
 /// Memory of a slot's row count and epoch mark (its entry in the slot map is counted by the
@@ -154,17 +165,22 @@ impl Aggregate {
         self.free.push(slot);
     }
 
-    /// The slot of each row's group, and the groups touched in first-seen order.
+    /// The slot of each row's group, the order to visit the rows in, and the groups touched.
     /// `keys` are the rows' encoded group keys (`None` for a global aggregate).
-    fn assign(&mut self, keys: Option<&Keys>, rows: usize) -> (Vec<u32>, Vec<Touched>) {
+    fn assign(&mut self, keys: Option<&Keys>, rows: usize) -> Assigned {
         self.epoch += 1;
         let Some(keys) = keys else {
             let touched = Touched {
                 slot: 0,
                 row: 0,
                 existed: self.started,
+                at: 0,
             };
-            return (vec![0; rows], vec![touched]);
+            return Assigned {
+                slots: vec![0; rows],
+                order: (0..rows as u32).collect(),
+                touched: vec![touched],
+            };
         };
         // The groups are found in the order of the map's buckets (a large map misses the cache
         // at nearly every lookup in the rows' order), then visited in the rows' order.
@@ -183,18 +199,24 @@ impl Aggregate {
                 }
             };
         }
+        // The state is columns indexed by slot, larger than the cache for many groups: the
+        // rows are visited by ranges of slots, which sweeps those columns. A group's rows keep
+        // their order, so its first row comes first.
+        let order = sweep_order(self.rows.len(), slots.iter().map(|&slot| u64::from(slot)));
         let mut touched = Vec::new();
-        for (row, &slot) in slots.iter().enumerate() {
+        for &row in &order {
+            let slot = slots[row as usize];
             if self.touched_in[slot as usize] != self.epoch {
                 self.touched_in[slot as usize] = self.epoch;
                 touched.push(Touched {
                     slot,
-                    row: row as u32,
+                    row,
                     existed: !created.contains(&slot),
+                    at: touched.len() as u32,
                 });
             }
         }
-        (slots, touched)
+        Assigned { slots, order, touched }
     }
 
     /// The output rows of the groups `groups` (key values from their rows of `key_columns`,
@@ -230,11 +252,11 @@ impl Aggregate {
         inserted: Delta,
         after: &[Touched],
     ) -> Result<(Delta, Delta)> {
-        // Both lists follow the touched groups' order, that is their first rows' order.
+        // Both lists follow the touched groups' order.
         let (mut old, mut new) = (Vec::new(), Vec::new());
         let (mut i, mut j) = (0, 0);
         while i < before.len() && j < after.len() {
-            match before[i].row.cmp(&after[j].row) {
+            match before[i].at.cmp(&after[j].at) {
                 std::cmp::Ordering::Less => i += 1,
                 std::cmp::Ordering::Greater => j += 1,
                 std::cmp::Ordering::Equal => {
@@ -299,17 +321,17 @@ impl Operator for Aggregate {
             .map(|(spec, codec)| Arguments::evaluate(spec, codec.as_ref(), &delta.data))
             .collect::<Result<Vec<_>>>()?;
         let keys = self.keys.as_ref().map(|codec| codec.encode(&key_columns)).transpose()?;
-        let (slots, touched) = self.assign(keys.as_ref(), delta.len());
+        let Assigned { slots, order, touched } = self.assign(keys.as_ref(), delta.len());
 
         let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
         let retracted = self.emit(&key_columns, &before, -1)?;
 
         let weights = delta.weights.values();
-        for (&slot, &weight) in slots.iter().zip(weights.iter()) {
-            self.rows[slot as usize] += weight;
+        for &row in &order {
+            self.rows[slots[row as usize] as usize] += weights[row as usize];
         }
         for (accumulators, arguments) in self.accumulators.iter_mut().zip(&arguments) {
-            accumulators.apply(arguments, &slots, weights)?;
+            accumulators.apply(arguments, &slots, weights, &order)?;
         }
 
         let mut after = Vec::with_capacity(touched.len());

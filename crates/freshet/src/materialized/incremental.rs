@@ -326,6 +326,9 @@ impl Engine {
 
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
         let mut txn = table.begin("REFRESH").await?;
+        // An incremental refresh's files are small and on the freshness path; the table's
+        // compaction compresses them.
+        txn.write_uncompressed();
         let base = txn.base().clone();
         if state.index.as_ref().map(RowIndex::version) != Some(base.version()) {
             // Compactions since the index's version moved rows between files: follow them.

@@ -169,10 +169,11 @@ impl Accumulators {
     }
 
     /// Adds each row of a delta, its weight times (negative: removes), to the state of its
-    /// group's slot (`slots[row]`).
-    pub(crate) fn apply(&mut self, arguments: &Arguments, slots: &[u32], weights: &[i64]) -> Result<()> {
+    /// group's slot (`slots[row]`), visiting the rows in `order` (every row once; the rows of
+    /// one group in their own order, so that sums add in the same order whatever `order` is).
+    pub(crate) fn apply(&mut self, arguments: &Arguments, slots: &[u32], weights: &[i64], order: &[u32]) -> Result<()> {
         let valid = &arguments.valid;
-        let rows = (0..slots.len()).filter(|&row| valid[row]);
+        let rows = order.iter().map(|&row| row as usize).filter(|&row| valid[row]);
         match (&arguments.values, self) {
             (Values::Present, Accumulators::Count(counts)) => {
                 for row in rows {
