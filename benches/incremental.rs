@@ -184,10 +184,7 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
                 .await
                 .unwrap();
             full.push(timed(&engine, "ALTER MATERIALIZED TABLE mt_full REFRESH").await);
-            let ctl = |m: &str| if let Ok(p) = std::env::var("PERF_CTL") { use std::io::Write; let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap(); f.write_all(m.as_bytes()).unwrap(); };
-            ctl("enable\n");
             incremental.push(timed(&engine, "ALTER MATERIALIZED TABLE mt_incremental REFRESH").await);
-            ctl("disable\n");
             eprintln!(
                 "  {:.1}% run {}: full {:?}, incremental {:?}",
                 share * 100.0,
