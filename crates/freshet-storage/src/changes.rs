@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::object_store::ObjectStore;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
@@ -51,16 +52,23 @@ impl ChangeSet {
 
     /// Streams the changes as they are stored: every insert and every delete of every version,
     /// in version order. A row inserted and deleted in the range appears twice, with +1 and -1.
+    ///
+    /// A change of several files (an update's retractions and insertions) is decoded on several
+    /// cores: each file is read whole on its own task, as many at once as the table writes in
+    /// parallel, and yielded in order.
     pub fn stream(&self) -> BoxStream<'static, Result<ChangeBatch>> {
         let store = self.table.files.store.clone();
+        let parallelism = self.table.options.write_parallelism.max(1);
         futures::stream::iter(self.files.clone())
-            .then(move |(read, weight)| {
-                let store = store.clone();
+            .map(move |(read, weight)| {
+                let task = tokio::spawn(read_changes(store.clone(), read, weight));
                 async move {
-                    let batches = read_file(store, read).await?;
-                    Ok::<_, FreshetError>(batches.map(move |b| ChangeBatch::with_weight(&b?, weight)))
+                    task.await
+                        .map_err(|e| FreshetError::Internal(format!("a change read stopped: {e}")))?
                 }
             })
+            .buffered(parallelism)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten()
             .boxed()
     }
@@ -70,6 +78,15 @@ impl ChangeSet {
         let batches: Vec<ChangeBatch> = self.stream().try_collect().await?;
         consolidate(&self.schema, &batches)
     }
+}
+
+/// The rows of one change file, each of weight `weight`.
+async fn read_changes(store: Arc<dyn ObjectStore>, read: FileRead, weight: i64) -> Result<Vec<ChangeBatch>> {
+    read_file(store, read)
+        .await?
+        .map(|batch| ChangeBatch::with_weight(&batch?, weight))
+        .try_collect()
+        .await
 }
 
 impl Table {
