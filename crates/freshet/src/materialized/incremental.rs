@@ -481,29 +481,42 @@ async fn delete_indexed(
     index: &mut RowIndex,
 ) -> Result<u64> {
     let files = index.file_indices(txn.base());
-    // Per data file: the positions to delete and the change row each one retracts.
-    let mut doomed: BTreeMap<usize, (Vec<u64>, Vec<u32>)> = BTreeMap::new();
+    // Per data file of the base version: the positions to delete and the change row each one
+    // retracts.
+    let mut doomed: Vec<(Vec<u64>, Vec<u32>)> = vec![Default::default(); txn.base().manifest().files.len()];
     let mut deleted = 0u64;
     let retractions: Vec<usize> = (0..keys.len()).filter(|&i| weights.value(i) < 0).collect();
     for k in index.probe_order(retractions.iter().map(|&i| keys.key(i))) {
         let i = retractions[k as usize];
         let count = usize::try_from(-weights.value(i)).unwrap_or(usize::MAX);
-        let locations = index.take(keys.key(i), count).ok_or_else(|| {
-            FreshetError::Internal(format!(
+        let mut located = true;
+        let found = index.take(keys.key(i), count, |slot, position| {
+            match files
+                .get(slot as usize)
+                .copied()
+                .flatten()
+                .and_then(|f| doomed.get_mut(f))
+            {
+                Some((positions, retracted)) => {
+                    positions.push(position);
+                    retracted.push(i as u32);
+                }
+                None => located = false,
+            }
+        });
+        if !found {
+            return Err(FreshetError::Internal(format!(
                 "materialized table \"{name}\": a row to delete is not in the table"
-            ))
-        })?;
-        for (slot, position) in locations {
-            let file = files.get(slot as usize).copied().flatten().ok_or_else(|| {
-                FreshetError::Internal(format!("materialized table \"{name}\": a data file left the row index"))
-            })?;
-            let (positions, retracted) = doomed.entry(file).or_default();
-            positions.push(position);
-            retracted.push(i as u32);
+            )));
+        }
+        if !located {
+            return Err(FreshetError::Internal(format!(
+                "materialized table \"{name}\": a data file left the row index"
+            )));
         }
         deleted += count as u64;
     }
-    for (file, (positions, retracted)) in doomed {
+    for (file, (positions, retracted)) in doomed.into_iter().enumerate().filter(|(_, (p, _))| !p.is_empty()) {
         let rows = take_record_batch(data, &UInt32Array::from(retracted))
             .map_err(|e| FreshetError::Internal(e.to_string()))?;
         txn.delete(file, &UInt64Array::from(positions), &rows).await?;

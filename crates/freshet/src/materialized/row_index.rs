@@ -160,31 +160,34 @@ impl RowIndex {
         self.rows.probe_order(keys)
     }
 
-    /// Takes `count` locations of the row whose key is `key` out of the index, as (file slot,
-    /// position); `None` when the table holds fewer copies of the row.
-    pub(crate) fn take(&mut self, key: Key<'_>, count: usize) -> Option<Vec<(u32, u64)>> {
-        let taken = match self.rows.get_mut(key)? {
-            Locations::One(slot, position) if count == 1 => {
-                let found = (*slot, u64::from(*position));
-                self.rows.remove(key);
-                return Some(vec![found]);
-            }
-            Locations::One(..) => return None,
-            Locations::Many(all) if all.len() < count => return None,
-            Locations::Many(all) => {
-                let taken = all.split_off(all.len() - count);
-                if all.is_empty() {
-                    self.rows.remove(key);
+    /// Takes `count` locations of the row whose key is `key` out of the index, giving each to
+    /// `each` as (file slot, position); `false` (and nothing taken) when the table holds fewer
+    /// copies of the row.
+    pub(crate) fn take(&mut self, key: Key<'_>, count: usize, mut each: impl FnMut(u32, u64)) -> bool {
+        // Removed, then put back when copies remain: one probe for the usual single row.
+        match self.rows.remove(key) {
+            Some(Locations::One(slot, position)) if count == 1 => each(slot, u64::from(position)),
+            Some(Locations::Many(mut all)) if all.len() >= count => {
+                for (slot, position) in all.drain(all.len() - count..) {
+                    each(slot, u64::from(position));
                 }
-                taken
+                match all[..] {
+                    [] => {}
+                    [(slot, position)] => {
+                        self.rows.insert(key, Locations::One(slot, position));
+                    }
+                    _ => {
+                        self.rows.insert(key, Locations::Many(all));
+                    }
+                }
             }
-        };
-        Some(
-            taken
-                .into_iter()
-                .map(|(slot, position)| (slot, u64::from(position)))
-                .collect(),
-        )
+            Some(fewer) => {
+                self.rows.insert(key, fewer);
+                return false;
+            }
+            None => return false,
+        }
+        true
     }
 
     /// The index in `snapshot`'s file list of each file slot (`None`: the file is gone).
