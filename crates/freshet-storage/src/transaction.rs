@@ -22,7 +22,7 @@ use crate::log::Created;
 use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
 use crate::snapshot::{KnownDeletes, Snapshot};
 use crate::table::{Table, Tier, WriterState};
-use crate::write::{ParallelWriter, Placements, RollingWriter, Written, write_deletes};
+use crate::write::{ParallelWriter, Placements, Written, write_deletes};
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct Transaction {
     base: Arc<Snapshot>,
     operation: String,
     inserts: Option<ParallelWriter>,
-    retractions: Option<RollingWriter>,
+    retractions: Option<ParallelWriter>,
     deletes: BTreeMap<usize, RoaringTreemap>,
     keys: Option<(KeyEncoder, KeyDelta)>,
     /// Every data file of the base version is dropped whole.
@@ -186,13 +186,15 @@ impl Transaction {
             let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
             delta.remove(&encoder.encode(&rows)?);
         }
+        // Encoded on their own task, like insertions, while the caller goes on.
         let writer = self.retractions.get_or_insert_with(|| {
-            RollingWriter::new(
+            ParallelWriter::new(
                 self.table
                     .writer_template(FileKind::Retraction, self.tier, self.base.schema()),
+                self.table.options.write_parallelism,
             )
         });
-        writer.write(&rows).await?;
+        writer.write(rows).await?;
         self.deleted += positions.len() as u64;
         Ok(())
     }

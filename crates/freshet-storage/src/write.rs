@@ -87,8 +87,6 @@ pub(crate) struct RollingWriter {
     current: Option<(String, AsyncArrowWriter<BufWriter>, usize)>,
     finished: Vec<ChangeFile>,
     placed: Vec<Placement>,
-    /// Rows given so far.
-    received: u64,
 }
 
 impl RollingWriter {
@@ -111,19 +109,12 @@ impl RollingWriter {
             current: None,
             finished: Vec::new(),
             placed: Vec::new(),
-            received: 0,
         }
-    }
-
-    /// Appends rows; the batch must have the writer's schema.
-    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.write_at(batch, self.received).await
     }
 
     /// Appends rows that are rows `start..` of a stream several writers share (the placements
     /// count in that stream).
     async fn write_at(&mut self, batch: &RecordBatch, start: u64) -> Result<()> {
-        self.received += batch.num_rows() as u64;
         let mut offset = 0;
         while offset < batch.num_rows() {
             if self.current.is_none() {

@@ -445,30 +445,46 @@ async fn apply(
         ))
     })?;
     let weights = changes.weights();
-    // Deletes first, so that a key may move onto a key the same refresh frees.
-    let (mut written, keys) = match index {
-        Some(index) => {
-            let keys = index.encode(data.columns())?;
-            (
-                delete_indexed(txn, &data, &keys, weights, name, index).await?,
-                Some(keys),
-            )
-        }
-        None => (delete_scanned(txn, schema, &data, weights, name).await?, None),
-    };
     let inserted: UInt32Array = (0..data.num_rows() as u32)
         .flat_map(|i| std::iter::repeat_n(i, weights.value(i as usize).max(0) as usize))
         .collect();
-    if !inserted.is_empty() {
-        let rows = take_record_batch(&data, &inserted).map_err(|e| FreshetError::Internal(e.to_string()))?;
-        written += rows.num_rows() as u64;
-        txn.insert(&rows).await?;
+    // With a primary key, deletes go first, so that a key may move onto a key the same refresh
+    // frees. Without one the order does not matter and insertions go first: their file is then
+    // encoded on its own task while the retractions are located.
+    let inserts_first = txn.base().primary_key().is_empty();
+    let mut written = 0;
+    if inserts_first {
+        written += insert(txn, &data, &inserted).await?;
+    }
+    let keys = match index {
+        Some(index) => {
+            let keys = index.encode(data.columns())?;
+            written += delete_indexed(txn, &data, &keys, weights, name, index).await?;
+            Some(keys)
+        }
+        None => {
+            written += delete_scanned(txn, schema, &data, weights, name).await?;
+            None
+        }
+    };
+    if !inserts_first {
+        written += insert(txn, &data, &inserted).await?;
     }
     Ok(Applied {
         written,
         keys,
         inserted,
     })
+}
+
+/// Inserts the rows `inserted` of `data`; returns how many.
+async fn insert(txn: &mut Transaction, data: &RecordBatch, inserted: &UInt32Array) -> Result<u64> {
+    if inserted.is_empty() {
+        return Ok(0);
+    }
+    let rows = take_record_batch(data, inserted).map_err(|e| FreshetError::Internal(e.to_string()))?;
+    txn.insert(&rows).await?;
+    Ok(rows.num_rows() as u64)
 }
 
 /// Deletes the rows of negative weight, located through the index.
