@@ -113,6 +113,7 @@ impl Aggregate {
         let keys = (!group_types.is_empty())
             .then(|| KeyCodec::new(&group_types))
             .transpose()?;
+        // A global aggregate's one group is slot 0, never looked up: its map stays empty.
         let slots = match &keys {
             Some(codec) => codec.map(),
             None => KeyCodec::new(&[DataType::Int64])?.map(),

@@ -629,7 +629,8 @@ impl Engine {
                 ),
                 Some(index.unwrap_or_else(|| {
                     "none: retractions are found by scanning the table (larger than \
-                     materialized-table.row-index.max-rows, or its rows repeat a key meant to be unique)"
+                     materialized-table.row-index.max-rows, no room under the memory limit, or its rows repeat a key \
+                     meant to be unique)"
                         .to_string()
                 })),
             ),

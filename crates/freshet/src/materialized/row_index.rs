@@ -150,7 +150,18 @@ impl RowIndex {
 
     /// The keys of rows of the table (its columns).
     pub(crate) fn encode(&self, columns: &[ArrayRef]) -> Result<Keys> {
-        let key: Vec<ArrayRef> = self.key_columns.iter().map(|&c| columns[c].clone()).collect();
+        let key = self
+            .key_columns
+            .iter()
+            .map(|&c| columns.get(c).cloned())
+            .collect::<Option<Vec<ArrayRef>>>()
+            .ok_or_else(|| {
+                internal(format!(
+                    "rows of {} columns, keyed by {:?}",
+                    columns.len(),
+                    self.key_columns
+                ))
+            })?;
         self.codec.encode(&key)
     }
 
