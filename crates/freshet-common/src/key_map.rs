@@ -244,7 +244,7 @@ impl<V> KeyMap<V> {
 
     /// The indices of `keys` in about the order in which the map keeps them, so that looking
     /// them up sweeps the map's memory instead of missing the cache at each (see
-    /// [`probe_order`](crate::probe_order)).
+    /// the `probe_order` module).
     pub fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
         let (ints, rows) = (self.ints.hasher(), self.rows.hasher());
         let capacity = if self.integer {

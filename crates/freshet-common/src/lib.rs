@@ -22,5 +22,5 @@ pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use error::{ErrorDomain, FreshetError, Result};
 pub use key_map::{Key, KeyCodec, KeyMap, Keys};
-pub use probe_order::{buckets_of, probe_order, sweep_order};
+pub use probe_order::sweep_order;
 pub use row_key::RowKey;

@@ -6,25 +6,12 @@
 //! direction. A key's bucket is the low bits of its hash, as in any open-addressing table (Rust's
 //! `HashMap` included); a wrong guess costs only speed.
 
-use std::hash::{BuildHasher, Hash};
-
 /// Ranges the buckets are grouped into: each of a large map's ranges then fits the cache.
 const RANGES: u64 = 1024;
 
 /// The number of buckets of a `HashMap` with `capacity` (which keeps 7 of 8 buckets usable).
-pub fn buckets_of(capacity: usize) -> u64 {
+fn buckets_of(capacity: usize) -> u64 {
     (capacity.max(1) as u64 * 8 / 7).next_power_of_two()
-}
-
-/// The indices of `keys` in about the order of the buckets of a map with `capacity` whose
-/// hasher is `hasher`: grouped into ranges of buckets by one counting pass, stable within a
-/// range.
-pub fn probe_order<K: Hash>(
-    hasher: &impl BuildHasher,
-    capacity: usize,
-    keys: impl ExactSizeIterator<Item = K>,
-) -> Vec<u32> {
-    order_by_bucket(capacity, keys.map(|key| hasher.hash_one(key)))
 }
 
 /// The indices of `positions` (each below `len`) stably grouped into ranges of positions, so
@@ -36,7 +23,9 @@ pub fn sweep_order(len: usize, positions: impl ExactSizeIterator<Item = u64>) ->
     order_by_bucket(len, positions)
 }
 
-/// [`probe_order`] of keys given by their hashes.
+/// The indices of keys, given by their `hashes`, in about the order of the buckets of a map
+/// with `capacity` (see `KeyMap::probe_order`): grouped into ranges of buckets by one counting
+/// pass, stable within a range.
 pub(crate) fn order_by_bucket(capacity: usize, hashes: impl ExactSizeIterator<Item = u64>) -> Vec<u32> {
     let buckets = buckets_of(capacity);
     let shift = (buckets / RANGES).max(1).trailing_zeros();
@@ -63,18 +52,37 @@ mod tests {
 
     #[test]
     fn every_key_comes_once_grouped_by_bucket_range() {
+        use std::hash::BuildHasher;
         let hasher = foldhash::fast::FixedState::with_seed(7);
-        let keys: Vec<Vec<u8>> = (0..50_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let hashes: Vec<u64> = (0..50_000u32).map(|i| hasher.hash_one(i)).collect();
         let capacity = 1 << 20;
-        let order = probe_order(&hasher, capacity, keys.iter().map(Vec::as_slice));
+        let order = order_by_bucket(capacity, hashes.iter().copied());
         let mut seen = order.clone();
         seen.sort_unstable();
         assert_eq!(seen, (0..50_000).collect::<Vec<u32>>());
         let buckets = buckets_of(capacity);
-        let range = |i: u32| (hasher.hash_one(keys[i as usize].as_slice()) & (buckets - 1)) / (buckets / RANGES);
+        let range = |i: u32| (hashes[i as usize] & (buckets - 1)) / (buckets / RANGES);
         assert!(order.windows(2).all(|w| range(w[0]) <= range(w[1])));
         // A small map: one range per bucket.
-        let order = probe_order(&hasher, 10, keys[..100].iter().map(Vec::as_slice));
+        let order = order_by_bucket(10, hashes[..100].iter().copied());
         assert_eq!(order.len(), 100);
+    }
+
+    #[test]
+    fn sweep_order_groups_positions_and_keeps_equal_ones_in_order() {
+        let len = 100_000;
+        let positions: Vec<u64> = (0..30_000u64).map(|i| (i * 7_919) % len as u64).collect();
+        let order = sweep_order(len, positions.iter().copied());
+        let range = |i: u32| positions[i as usize] * RANGES / buckets_of(len);
+        assert!(order.windows(2).all(|w| range(w[0]) <= range(w[1])));
+        // Rows of one position (one group) come in their own order.
+        assert!(
+            order
+                .windows(2)
+                .all(|w| positions[w[0] as usize] != positions[w[1] as usize] || w[0] < w[1])
+        );
+        let mut seen = order.clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..30_000).collect::<Vec<u32>>());
     }
 }

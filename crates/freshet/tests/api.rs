@@ -137,14 +137,19 @@ async fn a_damaged_table_does_not_take_the_others_down() {
     engine.sql("DROP TABLE bad").await.unwrap();
 }
 
-#[tokio::test]
-async fn a_missing_data_file_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
+/// An engine on a directory.
+async fn open_in(dir: &tempfile::TempDir) -> Engine {
+    Engine::builder()
         .location(dir.path().display().to_string())
         .open()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_missing_data_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_in(&dir).await;
     engine
         .sql("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
         .await
@@ -427,11 +432,7 @@ fn codec_of(file: &std::path::Path) -> freshet::datafusion::parquet::basic::Comp
 async fn a_transaction_may_write_its_files_uncompressed() {
     use freshet::datafusion::parquet::basic::Compression;
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .location(dir.path().display().to_string())
-        .open()
-        .await
-        .unwrap();
+    let engine = open_in(&dir).await;
     engine
         .sql("CREATE TABLE t (x BIGINT NOT NULL); INSERT INTO t VALUES (1), (2)")
         .await

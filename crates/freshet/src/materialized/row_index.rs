@@ -166,7 +166,7 @@ impl RowIndex {
     }
 
     /// The indices of `keys` in the order the index keeps them, so that looking them up sweeps
-    /// its memory (see `freshet_common::probe_order`).
+    /// its memory (see `KeyMap::probe_order`).
     pub(crate) fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
         self.rows.probe_order(keys)
     }
