@@ -8,7 +8,7 @@ use datafusion::logical_expr::LogicalPlan;
 use freshet_common::{ChangeBatch, Result, consolidate};
 
 use crate::operator::{Epoch, Operator, StateSize, arrow_schema};
-use crate::planner::{BuildError, SourceResolver, build};
+use crate::planner::{BuildError, Context, SourceResolver, build};
 
 /// The incremental operators of one query: fed the changes of its source tables epoch by epoch,
 /// it returns the changes of the query's result, consolidated.
@@ -43,13 +43,18 @@ pub struct OperatorInfo {
 
 impl Pipeline {
     /// Builds the operators of an optimized logical plan. `resolve` names the versioned table
-    /// each scan reads.
-    pub fn build(plan: &LogicalPlan, resolve: SourceResolver<'_>) -> Result<Self, BuildError> {
-        let mut sources = BTreeSet::new();
-        let root = build(plan, resolve, &mut sources)?;
+    /// each scan reads; state kept by key is split into `parallelism` parts, which step on as
+    /// many threads.
+    pub fn build(plan: &LogicalPlan, resolve: SourceResolver<'_>, parallelism: usize) -> Result<Self, BuildError> {
+        let mut cx = Context {
+            resolve,
+            sources: BTreeSet::new(),
+            parallelism: parallelism.max(1),
+        };
+        let root = build(plan, &mut cx)?;
         Ok(Self {
             root,
-            sources,
+            sources: cx.sources,
             schema: arrow_schema(plan.schema()),
             epochs: 0,
         })

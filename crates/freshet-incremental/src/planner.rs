@@ -64,12 +64,18 @@ fn not_incremental(operator: impl Into<String>, reason: impl Into<String>) -> Bu
 /// Names the versioned table a scan reads, or `None` when its changes cannot be read.
 pub type SourceResolver<'a> = &'a dyn Fn(&TableScan) -> Option<String>;
 
-/// Builds the operators of `plan`; `sources` collects the tables read.
-pub(crate) fn build(
-    plan: &LogicalPlan,
-    resolve: SourceResolver<'_>,
-    sources: &mut BTreeSet<String>,
-) -> Result<Box<dyn Operator>, BuildError> {
+/// What building a pipeline needs besides the plan, and what it collects.
+pub(crate) struct Context<'a> {
+    /// Names the table each scan reads.
+    pub resolve: SourceResolver<'a>,
+    /// The tables read.
+    pub sources: BTreeSet<String>,
+    /// How many parts keyed state is split into, to step on as many threads.
+    pub parallelism: usize,
+}
+
+/// Builds the operators of `plan`.
+pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
     check_deterministic(plan)?;
     let schema = arrow_schema(plan.schema());
     Ok(match plan {
@@ -80,13 +86,13 @@ pub(crate) fn build(
                     "cannot be maintained incrementally",
                 ));
             }
-            let source = resolve(scan).ok_or_else(|| {
+            let source = (cx.resolve)(scan).ok_or_else(|| {
                 not_incremental(
                     format!("scan of \"{}\"", scan.table_name),
                     "cannot be maintained incrementally: its changes cannot be read (not a Freshet table)",
                 )
             })?;
-            sources.insert(source.clone());
+            cx.sources.insert(source.clone());
             let table_schema = scan.source.schema();
             let qualified = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &table_schema)?;
             let filters = scan
@@ -103,7 +109,7 @@ pub(crate) fn build(
             ))
         }
         LogicalPlan::Projection(projection) => {
-            let input = build(&projection.input, resolve, sources)?;
+            let input = build(&projection.input, cx)?;
             let exprs = projection
                 .expr
                 .iter()
@@ -117,12 +123,12 @@ pub(crate) fn build(
             ))
         }
         LogicalPlan::Filter(filter) if matches!(filter.input.as_ref(), LogicalPlan::Window(_)) => {
-            row_number_filter(filter, resolve, sources)?
+            row_number_filter(filter, cx)?
         }
         // The rows of a table have no order: an ORDER BY without a limit changes nothing.
-        LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, resolve, sources)?,
+        LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, cx)?,
         LogicalPlan::Sort(sort) => {
-            let input = build(&sort.input, resolve, sources)?;
+            let input = build(&sort.input, cx)?;
             let fetch = sort.fetch.unwrap_or(usize::MAX);
             top_n(input, &sort.input, &[], &sort.expr, 0, fetch, false, schema)?
         }
@@ -142,39 +148,42 @@ pub(crate) fn build(
                     "cannot be maintained incrementally: which rows it keeps is not defined",
                 ));
             };
-            let input = build(&sort.input, resolve, sources)?;
+            let input = build(&sort.input, cx)?;
             let fetch = fetch.min(sort.fetch.map_or(usize::MAX, |f| f.saturating_sub(skip)));
             top_n(input, &sort.input, &[], &sort.expr, skip, fetch, false, schema)?
         }
         LogicalPlan::Filter(filter) => {
-            let input = build(&filter.input, resolve, sources)?;
+            let input = build(&filter.input, cx)?;
             Box::new(Filter::new(
                 input,
                 Compiled::new(&filter.predicate, filter.input.schema())?,
             ))
         }
-        LogicalPlan::SubqueryAlias(alias) => build(&alias.input, resolve, sources)?,
-        LogicalPlan::Repartition(repartition) => build(&repartition.input, resolve, sources)?,
+        LogicalPlan::SubqueryAlias(alias) => build(&alias.input, cx)?,
+        LogicalPlan::Repartition(repartition) => build(&repartition.input, cx)?,
         LogicalPlan::Union(union) => {
-            let inputs = union
-                .inputs
-                .iter()
-                .map(|i| build(i, resolve, sources))
-                .collect::<Result<_, _>>()?;
+            let inputs = union.inputs.iter().map(|i| build(i, cx)).collect::<Result<_, _>>()?;
             Box::new(Union::new(inputs, schema))
         }
         LogicalPlan::Distinct(logical::Distinct::All(input)) => {
-            let operator = build(input, resolve, sources)?;
+            let operator = build(input, cx)?;
             let groups: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
-            aggregate(operator, input, &groups, &[], plan)?
+            aggregate(operator, input, &groups, &[], plan, cx.parallelism)?
         }
         LogicalPlan::Aggregate(agg) => {
-            let operator = build(&agg.input, resolve, sources)?;
-            aggregate(operator, &agg.input, &agg.group_expr, &agg.aggr_expr, plan)?
+            let operator = build(&agg.input, cx)?;
+            aggregate(
+                operator,
+                &agg.input,
+                &agg.group_expr,
+                &agg.aggr_expr,
+                plan,
+                cx.parallelism,
+            )?
         }
         LogicalPlan::Join(join) => {
-            let left = build(&join.left, resolve, sources)?;
-            let right = build(&join.right, resolve, sources)?;
+            let left = build(&join.left, cx)?;
+            let right = build(&join.right, cx)?;
             Box::new(Join::new(left, right, join_spec(join)?)?)
         }
         LogicalPlan::EmptyRelation(empty) => {
@@ -261,11 +270,7 @@ fn top_n(
 
 /// The top-N-per-group pattern: a filter keeping `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY
 /// ...) <= n` (or `< n`, or `= 1`) over the window; other conditions of the filter apply after.
-fn row_number_filter(
-    filter: &logical::Filter,
-    resolve: SourceResolver<'_>,
-    sources: &mut BTreeSet<String>,
-) -> Result<Box<dyn Operator>, BuildError> {
+fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
     let window_unsupported = || {
         not_incremental(
             "window function (OVER)",
@@ -320,7 +325,7 @@ fn row_number_filter(
     let Some(limit) = limit else {
         return Err(window_unsupported());
     };
-    let input = build(&window.input, resolve, sources)?;
+    let input = build(&window.input, cx)?;
     let operator = top_n(
         input,
         &window.input,
@@ -395,6 +400,7 @@ fn aggregate(
     group_expr: &[Expr],
     aggr_expr: &[Expr],
     plan: &LogicalPlan,
+    parallelism: usize,
 ) -> Result<Box<dyn Operator>, BuildError> {
     let input_schema = input_plan.schema();
     let mut groups = Vec::new();
@@ -452,7 +458,14 @@ fn aggregate(
             display,
         });
     }
-    Ok(Box::new(Aggregate::new(input, groups, group_types, specs, output)?))
+    Ok(Box::new(Aggregate::new(
+        input,
+        groups,
+        group_types,
+        specs,
+        output,
+        parallelism,
+    )?))
 }
 
 fn unalias(expr: &Expr) -> &Expr {

@@ -585,3 +585,50 @@ async fn operator_state_over_the_memory_limit_is_an_error_of_that_table() {
     assert_eq!(value(&engine, "SELECT n FROM narrow").await, "50000");
     engine.close().await;
 }
+
+/// Epochs of more than `freshet_common::PARALLEL_MIN_ROWS` changes step the aggregates' parts
+/// on threads of their own: the results still equal batch evaluation, with integer and
+/// row-encoded group keys, NULL keys, multisets (MIN/MAX/DISTINCT), groups that vanish and
+/// groups that appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
+    let engine = Engine::builder()
+        .location("memory://")
+        .clock(std::sync::Arc::new(ManualClock::new(START_MS)))
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE t (id INT PRIMARY KEY, k INT, g VARCHAR, v INT, f DOUBLE);
+             INSERT INTO t SELECT value, CASE WHEN value % 101 = 0 THEN NULL ELSE value % 3000 END,
+               'g' || (value % 700), value % 50, value / 8.0 FROM generate_series(1, 30000);",
+        )
+        .await
+        .unwrap();
+    let corpus = [
+        (
+            "by_int",
+            "SELECT k, count(*) AS c, sum(v) AS s, min(v) AS mn, max(f) AS mx, count(DISTINCT v) AS cd, avg(f) AS a \
+             FROM t GROUP BY k",
+        ),
+        (
+            "by_text",
+            "SELECT g, k % 2 AS odd, count(*) AS c, sum(f) AS s FROM t GROUP BY g, k % 2 HAVING count(*) > 3",
+        ),
+    ];
+    create_corpus(&engine, &corpus).await;
+    check(&engine, &corpus, 0, "the first refresh").await;
+    let statements = [
+        "UPDATE t SET v = v + 1, f = f * 2 WHERE id % 3 <> 0",
+        "DELETE FROM t WHERE id % 5 < 3",
+        "UPDATE t SET k = k + 3000, g = g || 'x' WHERE id % 2 = 0",
+        "INSERT INTO t SELECT value, value % 9000, 'h' || (value % 10), value % 7, value * 1.0 FROM generate_series(30001, 45000)",
+    ];
+    for (step, statement) in statements.iter().enumerate() {
+        engine.sql(statement).await.unwrap();
+        check(&engine, &corpus, step + 1, statement).await;
+    }
+    engine.close().await;
+}

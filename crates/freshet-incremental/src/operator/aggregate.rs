@@ -16,7 +16,7 @@ use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::{Key, KeyCodec, KeyMap, Keys, Result, sweep_order};
+use freshet_common::{Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, rows_by_part, run_parts, sweep_order};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal};
@@ -40,9 +40,9 @@ pub(crate) struct AggregateSpec {
 
 /// The aggregate operator.
 ///
-/// Groups live in slots: the map finds a group's slot from its encoded key, and the row
-/// counts and accumulators are columns indexed by slot (a slot freed by a vanished group is
-/// reused). A global aggregate has one group, in slot 0.
+/// Its groups are split into parts by a hash of their key (see `freshet_common::run_parts`),
+/// which step at once on threads of their own when an epoch is large. A global aggregate has
+/// one part with one group.
 pub(crate) struct Aggregate {
     input: Box<dyn Operator>,
     group_exprs: Vec<Compiled>,
@@ -52,6 +52,18 @@ pub(crate) struct Aggregate {
     specs: Vec<AggregateSpec>,
     /// Encodes values of MIN, MAX and COUNT(DISTINCT).
     value_codecs: Vec<Option<RowCodec>>,
+    parts: Vec<Groups>,
+    schema: SchemaRef,
+    /// A global aggregate's row has been emitted.
+    started: bool,
+}
+
+/// The groups of one part of an aggregate.
+///
+/// Groups live in slots: the map finds a group's slot from its encoded key, and the row
+/// counts and accumulators are columns indexed by slot (a slot freed by a vanished group is
+/// reused). A global aggregate's one group is in slot 0.
+struct Groups {
     /// The slot of each group (empty for a global aggregate).
     slots: KeyMap<u32>,
     /// Rows in each slot's group.
@@ -63,7 +75,19 @@ pub(crate) struct Aggregate {
     /// The last epoch that touched each slot.
     touched_in: Vec<u64>,
     epoch: u64,
-    schema: SchemaRef,
+}
+
+/// What every part reads to step through one epoch: the operator's definition and the epoch's
+/// rows with their keys and aggregate arguments.
+struct Step<'a> {
+    specs: &'a [AggregateSpec],
+    value_codecs: &'a [Option<RowCodec>],
+    schema: &'a SchemaRef,
+    key_columns: &'a [ArrayRef],
+    /// `None` for a global aggregate.
+    keys: Option<&'a Keys>,
+    arguments: &'a [Arguments],
+    weights: &'a [i64],
     /// A global aggregate's row has been emitted.
     started: bool,
 }
@@ -80,9 +104,9 @@ struct Touched {
 
 /// Which group each row of an epoch is in, and the order to visit them.
 struct Assigned {
-    /// The slot of each row's group.
+    /// The slot of each row's group (rows of other parts: 0, never read).
     slots: Vec<u32>,
-    /// The rows, grouped by ranges of slots (see `freshet_common::sweep_order`).
+    /// The part's rows, grouped by ranges of slots (see `freshet_common::sweep_order`).
     order: Vec<u32>,
     /// The groups touched, in `order`'s order.
     touched: Vec<Touched>,
@@ -93,12 +117,14 @@ struct Assigned {
 const SLOT_BYTES: usize = 8 + 8;
 
 impl Aggregate {
+    /// An aggregate whose groups are split into `parts` parts (a global aggregate has one).
     pub(crate) fn new(
         input: Box<dyn Operator>,
         group_exprs: Vec<Compiled>,
         group_types: Vec<DataType>,
         specs: Vec<AggregateSpec>,
         schema: SchemaRef,
+        parts: usize,
     ) -> Result<Self> {
         let value_codecs = specs
             .iter()
@@ -109,39 +135,46 @@ impl Aggregate {
                     .transpose()
             })
             .collect::<Result<_>>()?;
-        let accumulators = specs.iter().map(Accumulators::new).collect();
         let keys = (!group_types.is_empty())
             .then(|| KeyCodec::new(&group_types))
             .transpose()?;
-        // A global aggregate's one group is slot 0, never looked up: its map stays empty.
-        let slots = match &keys {
-            Some(codec) => codec.map(),
-            None => KeyCodec::new(&[DataType::Int64])?.map(),
+        let parts = match &keys {
+            Some(codec) => (0..parts.max(1)).map(|_| Groups::new(codec.map(), &specs)).collect(),
+            // A global aggregate's one group is slot 0, never looked up: its map stays empty.
+            None => {
+                let mut groups = Groups::new(KeyCodec::new(&[DataType::Int64])?.map(), &specs);
+                groups.allocate();
+                vec![groups]
+            }
         };
-        let mut aggregate = Self {
+        Ok(Self {
             input,
             group_exprs,
             keys,
             group_types,
             specs,
             value_codecs,
-            slots,
-            rows: Vec::new(),
-            accumulators,
-            free: Vec::new(),
-            touched_in: Vec::new(),
-            epoch: 0,
+            parts,
             schema,
             started: false,
-        };
-        if aggregate.is_global() {
-            aggregate.allocate();
-        }
-        Ok(aggregate)
+        })
     }
 
     fn is_global(&self) -> bool {
         self.group_exprs.is_empty()
+    }
+}
+
+impl Groups {
+    fn new(slots: KeyMap<u32>, specs: &[AggregateSpec]) -> Self {
+        Self {
+            slots,
+            rows: Vec::new(),
+            accumulators: specs.iter().map(Accumulators::new).collect(),
+            free: Vec::new(),
+            touched_in: Vec::new(),
+            epoch: 0,
+        }
     }
 
     /// A slot with an empty state.
@@ -166,31 +199,35 @@ impl Aggregate {
         self.free.push(slot);
     }
 
-    /// The slot of each row's group, the order to visit the rows in, and the groups touched.
-    /// `keys` are the rows' encoded group keys (`None` for a global aggregate).
-    fn assign(&mut self, keys: Option<&Keys>, rows: usize) -> Assigned {
+    /// The slot of each row's group among `rows` (all of the epoch's rows when `None`), the
+    /// order to visit them in, and the groups touched.
+    fn assign(&mut self, step: &Step<'_>, rows: Option<&[u32]>) -> Assigned {
         self.epoch += 1;
-        let Some(keys) = keys else {
+        let all = step.weights.len();
+        let row_at = |i: usize| rows.map_or(i as u32, |rows| rows[i]);
+        let count = rows.map_or(all, <[u32]>::len);
+        let Some(keys) = step.keys else {
             let touched = Touched {
                 slot: 0,
                 row: 0,
-                existed: self.started,
+                existed: step.started,
                 at: 0,
             };
             return Assigned {
-                slots: vec![0; rows],
-                order: (0..rows as u32).collect(),
+                slots: vec![0; all],
+                order: (0..all as u32).collect(),
                 touched: vec![touched],
             };
         };
         // The groups are found in the order of the map's buckets (a large map misses the cache
         // at nearly every lookup in the rows' order), then visited in the rows' order.
-        let mut slots = vec![0u32; rows];
+        let mut slots = vec![0u32; all];
         let mut created = foldhash::HashSet::default();
-        let order = self.slots.probe_order((0..rows).map(|row| keys.key(row)));
-        for row in order {
-            let key = keys.key(row as usize);
-            slots[row as usize] = match self.slots.get(key) {
+        let order = self.slots.probe_order((0..count).map(|i| keys.key(row_at(i) as usize)));
+        for i in order {
+            let row = row_at(i as usize) as usize;
+            let key = keys.key(row);
+            slots[row] = match self.slots.get(key) {
                 Some(&slot) => slot,
                 None => {
                     let slot = self.allocate();
@@ -203,7 +240,13 @@ impl Aggregate {
         // The state is columns indexed by slot, larger than the cache for many groups: the
         // rows are visited by ranges of slots, which sweeps those columns. A group's rows keep
         // their order, so its first row comes first.
-        let order = sweep_order(self.rows.len(), slots.iter().map(|&slot| u64::from(slot)));
+        let order: Vec<u32> = sweep_order(
+            self.rows.len(),
+            (0..count).map(|i| u64::from(slots[row_at(i) as usize])),
+        )
+        .into_iter()
+        .map(|i| row_at(i as usize))
+        .collect();
         let mut touched = Vec::new();
         for &row in &order {
             let slot = slots[row as usize];
@@ -220,16 +263,48 @@ impl Aggregate {
         Assigned { slots, order, touched }
     }
 
-    /// The output rows of the groups `groups` (key values from their rows of `key_columns`,
-    /// aggregates from their slots), with weight `weight`.
-    fn emit(&self, key_columns: &[ArrayRef], groups: &[Touched], weight: i64) -> Result<Delta> {
+    /// Steps this part's groups through the epoch's rows `rows` (all of them when `None`):
+    /// returns the old rows of the groups touched (to retract) and their new rows (to insert),
+    /// without the groups whose row did not change.
+    fn step(&mut self, step: &Step<'_>, rows: Option<&[u32]>) -> Result<(Delta, Delta)> {
+        let Assigned { slots, order, touched } = self.assign(step, rows);
+
+        let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
+        let retracted = self.emit(step, &before, -1)?;
+
+        for &row in &order {
+            self.rows[slots[row as usize] as usize] += step.weights[row as usize];
+        }
+        for (accumulators, arguments) in self.accumulators.iter_mut().zip(step.arguments) {
+            accumulators.apply(arguments, &slots, step.weights, &order)?;
+        }
+
+        let mut after = Vec::with_capacity(touched.len());
+        for group in touched {
+            let rows = self.rows[group.slot as usize];
+            if rows < 0 {
+                return Err(internal("a group's row count went below zero"));
+            }
+            match step.keys {
+                Some(keys) if rows == 0 => self.release(keys.key(group.row as usize), group.slot),
+                _ => after.push(group),
+            }
+        }
+        let inserted = self.emit(step, &after, 1)?;
+        drop_unchanged(step, retracted, &before, inserted, &after)
+    }
+
+    /// The output rows of the groups `groups` (key values from their rows of the epoch's key
+    /// columns, aggregates from their slots), with weight `weight`.
+    fn emit(&self, step: &Step<'_>, groups: &[Touched], weight: i64) -> Result<Delta> {
         let rows = UInt32Array::from_iter_values(groups.iter().map(|g| g.row));
         let slots: Vec<u32> = groups.iter().map(|g| g.slot).collect();
-        let mut columns = key_columns
+        let mut columns = step
+            .key_columns
             .iter()
             .map(|column| take(column.as_ref(), &rows, None).map_err(internal))
             .collect::<Result<Vec<_>>>()?;
-        for ((spec, accumulators), codec) in self.specs.iter().zip(&self.accumulators).zip(&self.value_codecs) {
+        for ((spec, accumulators), codec) in step.specs.iter().zip(&self.accumulators).zip(step.value_codecs) {
             let array = accumulators.evaluate(spec, codec.as_ref(), &slots)?;
             let array = if array.data_type() == &spec.output_type {
                 array
@@ -238,62 +313,67 @@ impl Aggregate {
             };
             columns.push(array);
         }
-        Delta::from_columns(&self.schema, columns, Int64Array::from_value(weight, groups.len()))
+        Delta::from_columns(step.schema, columns, Int64Array::from_value(weight, groups.len()))
+    }
+
+    /// Memory of the part's state.
+    fn bytes(&self) -> usize {
+        let slots = self.rows.len();
+        let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
+        slots * SLOT_BYTES + self.slots.bytes() + accumulators
     }
 }
 
-impl Aggregate {
-    /// Removes the groups whose row is the same after the epoch as before (a change that
-    /// cancelled out, or an update of a row's non-aggregated column) from the retractions
-    /// (rows of the groups `before`) and the insertions (`after`).
-    fn drop_unchanged(
-        &self,
-        retracted: Delta,
-        before: &[Touched],
-        inserted: Delta,
-        after: &[Touched],
-    ) -> Result<(Delta, Delta)> {
-        // Both lists follow the touched groups' order.
-        let (mut old, mut new) = (Vec::new(), Vec::new());
-        let (mut i, mut j) = (0, 0);
-        while i < before.len() && j < after.len() {
-            match before[i].at.cmp(&after[j].at) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => {
-                    old.push(i as u32);
-                    new.push(j as u32);
-                    i += 1;
-                    j += 1;
-                }
+/// Removes the groups whose row is the same after the epoch as before (a change that
+/// cancelled out, or an update of a row's non-aggregated column) from the retractions (rows
+/// of the groups `before`) and the insertions (`after`).
+fn drop_unchanged(
+    step: &Step<'_>,
+    retracted: Delta,
+    before: &[Touched],
+    inserted: Delta,
+    after: &[Touched],
+) -> Result<(Delta, Delta)> {
+    // Both lists follow the touched groups' order.
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < before.len() && j < after.len() {
+        match before[i].at.cmp(&after[j].at) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                old.push(i as u32);
+                new.push(j as u32);
+                i += 1;
+                j += 1;
             }
         }
-        if old.is_empty() {
-            return Ok((retracted, inserted));
-        }
-        let (old, new) = (UInt32Array::from(old), UInt32Array::from(new));
-        let mut changed = BooleanArray::from(vec![false; old.len()]);
-        for column in self.group_exprs.len()..self.schema.fields().len() {
-            let was = take(retracted.data.column(column).as_ref(), &old, None).map_err(internal)?;
-            let is = take(inserted.data.column(column).as_ref(), &new, None).map_err(internal)?;
-            changed = or(&changed, &distinct(&was, &is).map_err(internal)?).map_err(internal)?;
-        }
-        if changed.true_count() == changed.len() {
-            return Ok((retracted, inserted));
-        }
-        let mut keep_old = vec![true; retracted.len()];
-        let mut keep_new = vec![true; inserted.len()];
-        for (k, changed) in changed.values().iter().enumerate() {
-            if !changed {
-                keep_old[old.value(k) as usize] = false;
-                keep_new[new.value(k) as usize] = false;
-            }
-        }
-        Ok((
-            retracted.filter(&BooleanArray::from(keep_old))?,
-            inserted.filter(&BooleanArray::from(keep_new))?,
-        ))
     }
+    if old.is_empty() {
+        return Ok((retracted, inserted));
+    }
+    let (old, new) = (UInt32Array::from(old), UInt32Array::from(new));
+    let mut changed = BooleanArray::from(vec![false; old.len()]);
+    for column in step.key_columns.len()..step.schema.fields().len() {
+        let was = take(retracted.data.column(column).as_ref(), &old, None).map_err(internal)?;
+        let is = take(inserted.data.column(column).as_ref(), &new, None).map_err(internal)?;
+        changed = or(&changed, &distinct(&was, &is).map_err(internal)?).map_err(internal)?;
+    }
+    if changed.true_count() == changed.len() {
+        return Ok((retracted, inserted));
+    }
+    let mut keep_old = vec![true; retracted.len()];
+    let mut keep_new = vec![true; inserted.len()];
+    for (k, changed) in changed.values().iter().enumerate() {
+        if !changed {
+            keep_old[old.value(k) as usize] = false;
+            keep_new[new.value(k) as usize] = false;
+        }
+    }
+    Ok((
+        retracted.filter(&BooleanArray::from(keep_old))?,
+        inserted.filter(&BooleanArray::from(keep_new))?,
+    ))
 }
 
 impl Operator for Aggregate {
@@ -322,34 +402,30 @@ impl Operator for Aggregate {
             .map(|(spec, codec)| Arguments::evaluate(spec, codec.as_ref(), &delta.data))
             .collect::<Result<Vec<_>>>()?;
         let keys = self.keys.as_ref().map(|codec| codec.encode(&key_columns)).transpose()?;
-        let Assigned { slots, order, touched } = self.assign(keys.as_ref(), delta.len());
-
-        let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
-        let retracted = self.emit(&key_columns, &before, -1)?;
-
-        let weights = delta.weights.values();
-        for &row in &order {
-            self.rows[slots[row as usize] as usize] += weights[row as usize];
-        }
-        for (accumulators, arguments) in self.accumulators.iter_mut().zip(&arguments) {
-            accumulators.apply(arguments, &slots, weights, &order)?;
-        }
-
-        let mut after = Vec::with_capacity(touched.len());
-        for group in touched {
-            let rows = self.rows[group.slot as usize];
-            if rows < 0 {
-                return Err(internal("a group's row count went below zero"));
+        let step = Step {
+            specs: &self.specs,
+            value_codecs: &self.value_codecs,
+            schema: &self.schema,
+            key_columns: &key_columns,
+            keys: keys.as_ref(),
+            arguments: &arguments,
+            weights: delta.weights.values(),
+            started: self.started,
+        };
+        let outputs = match (&keys, self.parts.len()) {
+            (Some(keys), parts) if parts > 1 => {
+                let rows = rows_by_part(keys, parts);
+                run_parts(&mut self.parts, delta.len() >= PARALLEL_MIN_ROWS, |part, groups| {
+                    groups.step(&step, Some(&rows[part]))
+                })
             }
-            match &keys {
-                Some(keys) if rows == 0 => self.release(keys.key(group.row as usize), group.slot),
-                _ => after.push(group),
-            }
-        }
-        let inserted = self.emit(&key_columns, &after, 1)?;
+            _ => self.parts.iter_mut().map(|groups| groups.step(&step, None)).collect(),
+        };
         self.started = true;
-        let (retracted, inserted) = self.drop_unchanged(retracted, &before, inserted, &after)?;
-        Delta::concat(&self.schema, &[retracted, inserted])
+        // Retractions first, then insertions, as one part alone would give them.
+        let (retracted, inserted): (Vec<Delta>, Vec<Delta>) =
+            outputs.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        Delta::concat(&self.schema, &[retracted, inserted].concat())
     }
 
     /// Each output row appears at most once among the retractions and once among the
@@ -382,12 +458,15 @@ impl Operator for Aggregate {
     }
 
     fn state_size(&self) -> StateSize {
-        let slots = self.rows.len();
-        let groups = if self.is_global() { 1 } else { self.slots.len() };
-        let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
+        let groups: usize = if self.is_global() {
+            1
+        } else {
+            self.parts.iter().map(|part| part.slots.len()).sum()
+        };
+        let bytes: usize = self.parts.iter().map(|part| part.bytes()).sum();
         StateSize {
             rows: groups as u64,
-            bytes: (slots * SLOT_BYTES + self.slots.bytes() + accumulators) as u64,
+            bytes: bytes as u64,
         }
     }
 

@@ -100,8 +100,11 @@ impl Engine {
                 reason: "cannot be maintained incrementally: its result changes without any input changing".into(),
             }));
         }
-        let optimized = self.inner.ctx.state().optimize(&pinned.plan)?;
-        match Pipeline::build(&optimized, &source_name) {
+        let state = self.inner.ctx.state();
+        let optimized = state.optimize(&pinned.plan)?;
+        // As many parts as DataFusion's batch plans use cores.
+        let parallelism = state.config().target_partitions();
+        match Pipeline::build(&optimized, &source_name, parallelism) {
             Ok(pipeline) => Ok(Ok(pipeline)),
             Err(BuildError::NotIncremental(why)) => Ok(Err(why)),
             Err(BuildError::Failed(e)) => Err(e),
