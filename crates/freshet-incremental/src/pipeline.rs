@@ -17,6 +17,7 @@ pub struct Pipeline {
     sources: BTreeSet<String>,
     schema: SchemaRef,
     epochs: u64,
+    parallelism: usize,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -55,9 +56,16 @@ impl Pipeline {
         Ok(Self {
             root,
             sources: cx.sources,
+            parallelism: cx.parallelism,
             schema: arrow_schema(plan.schema()),
             epochs: 0,
         })
+    }
+
+    /// How many parts its keyed state is split into (see [`Pipeline::build`]); state kept
+    /// beside the pipeline may use as many.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
     }
 
     /// The tables whose changes the pipeline reads.

@@ -586,10 +586,10 @@ async fn operator_state_over_the_memory_limit_is_an_error_of_that_table() {
     engine.close().await;
 }
 
-/// Epochs of more than `freshet_common::PARALLEL_MIN_ROWS` changes step the aggregates' parts
-/// on threads of their own: the results still equal batch evaluation, with integer and
-/// row-encoded group keys, NULL keys, multisets (MIN/MAX/DISTINCT), groups that vanish and
-/// groups that appear.
+/// Epochs of more than `freshet_common::PARALLEL_MIN_ROWS` changes step the aggregates' parts,
+/// and the row index's, on threads of their own: the results still equal batch evaluation,
+/// with integer and row-encoded group keys, NULL keys, multisets (MIN/MAX/DISTINCT), groups
+/// that vanish and groups that appear, and rows that repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
     let engine = Engine::builder()
@@ -617,6 +617,13 @@ async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
             "by_text",
             "SELECT g, k % 2 AS odd, count(*) AS c, sum(f) AS s FROM t GROUP BY g, k % 2 HAVING count(*) > 3",
         ),
+        // Tens of thousands of retractions a refresh: the row index's parts take them at once,
+        // keyed by the unique key here and by the whole (repeated) row below.
+        (
+            "by_bucket",
+            "SELECT id % 20000 AS bucket, count(*) AS c, sum(v) AS s FROM t GROUP BY id % 20000",
+        ),
+        ("rows", "SELECT k, v FROM t WHERE v < 40"),
     ];
     create_corpus(&engine, &corpus).await;
     check(&engine, &corpus, 0, "the first refresh").await;

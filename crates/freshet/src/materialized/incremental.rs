@@ -25,7 +25,7 @@ use freshet_storage::{ChangeSet, SnapshotTable, Table, Transaction, delete_match
 
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
-use super::row_index::{Inserted, RowIndex};
+use super::row_index::{Inserted, RowIndex, Untaken};
 use crate::engine::Engine;
 
 /// AUTO refreshes incrementally when the changed input rows are at most this share of the
@@ -347,7 +347,8 @@ impl Engine {
                 Some(index) => Some(index),
                 None => {
                     let max_rows = self.inner.materialized.settings().row_index_max_rows;
-                    RowIndex::build(&base, max_rows, state.pipeline.unique_key()).await?
+                    let pipeline = &state.pipeline;
+                    RowIndex::build(&base, max_rows, pipeline.unique_key(), pipeline.parallelism()).await?
                 }
             };
         }
@@ -500,45 +501,25 @@ async fn delete_indexed(
     index: &mut RowIndex,
 ) -> Result<u64> {
     let files = index.file_indices(txn.base());
-    // Per data file of the base version: the positions to delete and the change row each one
-    // retracts.
-    let mut doomed: Vec<(Vec<u64>, Vec<u32>)> = vec![Default::default(); txn.base().manifest().files.len()];
-    let mut deleted = 0u64;
-    let retractions: Vec<usize> = (0..keys.len()).filter(|&i| weights.value(i) < 0).collect();
-    for k in index.probe_order(retractions.iter().map(|&i| keys.key(i))) {
-        let i = retractions[k as usize];
-        let count = usize::try_from(-weights.value(i)).unwrap_or(usize::MAX);
-        let mut located = true;
-        let found = index.take(keys.key(i), count, |slot, position| {
-            match files
-                .get(slot as usize)
-                .copied()
-                .flatten()
-                .and_then(|f| doomed.get_mut(f))
-            {
-                Some((positions, retracted)) => {
-                    positions.push(position);
-                    retracted.push(i as u32);
-                }
-                None => located = false,
+    let retractions: Vec<(u32, usize)> = (0..keys.len())
+        .filter(|&i| weights.value(i) < 0)
+        .map(|i| (i as u32, usize::try_from(-weights.value(i)).unwrap_or(usize::MAX)))
+        .collect();
+    let doomed = index.take_all(keys, &retractions, &files).map_err(|why| {
+        FreshetError::Internal(format!(
+            "materialized table \"{name}\": {}",
+            match why {
+                Untaken::Missing => "a row to delete is not in the table",
+                Untaken::FileGone => "a data file left the row index",
             }
-        });
-        if !found {
-            return Err(FreshetError::Internal(format!(
-                "materialized table \"{name}\": a row to delete is not in the table"
-            )));
-        }
-        if !located {
-            return Err(FreshetError::Internal(format!(
-                "materialized table \"{name}\": a data file left the row index"
-            )));
-        }
-        deleted += count as u64;
-    }
-    for (file, (positions, retracted)) in doomed.into_iter().enumerate().filter(|(_, (p, _))| !p.is_empty()) {
-        let rows = take_record_batch(data, &UInt32Array::from(retracted))
+        ))
+    })?;
+    let mut deleted = 0u64;
+    for (file, doomed) in doomed.into_iter().enumerate().filter(|(_, d)| !d.positions.is_empty()) {
+        deleted += doomed.positions.len() as u64;
+        let rows = take_record_batch(data, &UInt32Array::from(doomed.rows))
             .map_err(|e| FreshetError::Internal(e.to_string()))?;
-        txn.delete(file, &UInt64Array::from(positions), &rows).await?;
+        txn.delete(file, &UInt64Array::from(doomed.positions), &rows).await?;
     }
     Ok(deleted)
 }

@@ -23,7 +23,7 @@ use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Schema, UInt32Type, UInt64Type};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Key, KeyCodec, KeyMap, Keys, Result};
+use freshet_common::{FreshetError, Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, part_of, run_parts};
 use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
 /// Where copies of one row are: (file slot, row position in the file), positions in 32 bits to
@@ -36,6 +36,24 @@ use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 enum Locations {
     One(u32, u32),
     Many(Box<Vec<(u32, u32)>>),
+}
+
+/// The rows of one data file a refresh deletes.
+#[derive(Debug, Default)]
+pub(crate) struct Doomed {
+    /// Their positions in the file.
+    pub positions: Vec<u64>,
+    /// The change row that retracts each.
+    pub rows: Vec<u32>,
+}
+
+/// Why retractions could not be taken from the index.
+#[derive(Debug)]
+pub(crate) enum Untaken {
+    /// A row to delete is not in the table.
+    Missing,
+    /// A row's data file is not in the version the index describes.
+    FileGone,
 }
 
 /// The rows a refresh inserted and where its commit put them.
@@ -73,7 +91,9 @@ pub(crate) struct RowIndex {
     /// The table version the index describes.
     version: u64,
     files: FileSlots,
-    rows: KeyMap<Locations>,
+    /// The rows' locations by key, split into parts by a hash of the key
+    /// (`freshet_common::part_of`), which a large refresh works on at once.
+    parts: Vec<KeyMap<Locations>>,
     codec: KeyCodec,
     /// The columns whose values are a row's key: a unique key of the table, or all of them.
     key_columns: Vec<usize>,
@@ -85,12 +105,13 @@ pub(crate) struct RowIndex {
 
 impl RowIndex {
     /// Indexes every row of `snapshot` by `unique_key` (columns no two rows agree on) or, without
-    /// one, by the whole row. `None` when the table is too large to index, or when its rows
-    /// repeat a key meant to be unique.
+    /// one, by the whole row, in `parts` parts. `None` when the table is too large to index, or
+    /// when its rows repeat a key meant to be unique.
     pub(crate) async fn build(
         snapshot: &Arc<Snapshot>,
         max_rows: u64,
         unique_key: Option<Vec<usize>>,
+        parts: usize,
     ) -> Result<Option<Self>> {
         if snapshot.num_rows() > max_rows || max_rows == 0 {
             return Ok(None);
@@ -108,7 +129,7 @@ impl RowIndex {
         let mut index = Self {
             version: snapshot.version(),
             files: FileSlots::default(),
-            rows: codec.map(),
+            parts: (0..parts.max(1)).map(|_| codec.map()).collect(),
             codec,
             key_columns,
             unique,
@@ -125,7 +146,8 @@ impl RowIndex {
 
     /// Memory the index holds, approximately.
     pub(crate) fn bytes(&self) -> usize {
-        self.rows.bytes() + self.files.files.iter().map(|f| 2 * f.len() + 64).sum::<usize>()
+        self.parts.iter().map(KeyMap::bytes).sum::<usize>()
+            + self.files.files.iter().map(|f| 2 * f.len() + 64).sum::<usize>()
     }
 
     /// What the index is keyed by and holds, for EXPLAIN; `schema` is the table's.
@@ -142,7 +164,7 @@ impl RowIndex {
         };
         format!(
             "{by}: {} keys in {} files at version {}",
-            self.rows.len(),
+            self.parts.iter().map(KeyMap::len).sum::<usize>(),
             self.files.slots.len(),
             self.version
         )
@@ -165,40 +187,60 @@ impl RowIndex {
         self.codec.encode(&key)
     }
 
-    /// The indices of `keys` in the order the index keeps them, so that looking them up sweeps
-    /// its memory (see `KeyMap::probe_order`).
-    pub(crate) fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
-        self.rows.probe_order(keys)
-    }
-
-    /// Takes `count` locations of the row whose key is `key` out of the index, giving each to
-    /// `each` as (file slot, position); `false` (and nothing taken) when the table holds fewer
-    /// copies of the row.
-    pub(crate) fn take(&mut self, key: Key<'_>, count: usize, mut each: impl FnMut(u32, u64)) -> bool {
-        // Removed, then put back when copies remain: one probe for the usual single row.
-        match self.rows.remove(key) {
-            Some(Locations::One(slot, position)) if count == 1 => each(slot, u64::from(position)),
-            Some(Locations::Many(mut all)) if all.len() >= count => {
-                for (slot, position) in all.drain(all.len() - count..) {
-                    each(slot, u64::from(position));
-                }
-                match all[..] {
-                    [] => {}
-                    [(slot, position)] => {
-                        self.rows.insert(key, Locations::One(slot, position));
-                    }
-                    _ => {
-                        self.rows.insert(key, Locations::Many(all));
-                    }
-                }
-            }
-            Some(fewer) => {
-                self.rows.insert(key, fewer);
-                return false;
-            }
-            None => return false,
+    /// Takes the locations of the rows `retractions` retract out of the index: each is a row of
+    /// `keys` (change rows encoded by [`RowIndex::encode`]) and how many copies. Returns, per
+    /// file of the version the index describes (`files`, from [`RowIndex::file_indices`]), the
+    /// positions to delete and the change row each retracts. The parts work at once when there
+    /// are many retractions. On an error the index must not be used again.
+    pub(crate) fn take_all(
+        &mut self,
+        keys: &Keys,
+        retractions: &[(u32, usize)],
+        files: &[Option<usize>],
+    ) -> std::result::Result<Vec<Doomed>, Untaken> {
+        let parts = self.parts.len();
+        let mut routed = vec![Vec::with_capacity(retractions.len() / parts + 1); parts];
+        for &(row, count) in retractions {
+            routed[part_of(keys.key(row as usize), parts)].push((row, count));
         }
-        true
+        let taken = run_parts(&mut self.parts, retractions.len() >= PARALLEL_MIN_ROWS, |part, map| {
+            let retractions = &routed[part];
+            let mut doomed: Vec<Doomed> = Vec::new();
+            for k in map.probe_order(retractions.iter().map(|&(row, _)| keys.key(row as usize))) {
+                let (row, count) = retractions[k as usize];
+                let mut located = true;
+                let found = take(map, keys.key(row as usize), count, |slot, position| {
+                    match files.get(slot as usize).copied().flatten() {
+                        Some(file) => {
+                            if doomed.len() <= file {
+                                doomed.resize_with(file + 1, Doomed::default);
+                            }
+                            doomed[file].positions.push(position);
+                            doomed[file].rows.push(row);
+                        }
+                        None => located = false,
+                    }
+                });
+                if !found {
+                    return Err(Untaken::Missing);
+                }
+                if !located {
+                    return Err(Untaken::FileGone);
+                }
+            }
+            Ok(doomed)
+        });
+        let mut all: Vec<Doomed> = Vec::new();
+        for part in taken {
+            for (file, doomed) in part?.into_iter().enumerate() {
+                if all.len() <= file {
+                    all.resize_with(file + 1, Doomed::default);
+                }
+                all[file].positions.extend(doomed.positions);
+                all[file].rows.extend(doomed.rows);
+            }
+        }
+        Ok(all)
     }
 
     /// The index in `snapshot`'s file list of each file slot (`None`: the file is gone).
@@ -253,23 +295,33 @@ impl RowIndex {
     /// Indexes inserted rows where their placements say they are; `false` when one repeats a
     /// unique key.
     fn add_placed(&mut self, inserted: &Inserted<'_>) -> Result<bool> {
-        self.rows.reserve(inserted.rows.len());
-        // (change row, location) of each inserted row, then put in probe order.
-        let mut placed = Vec::with_capacity(inserted.rows.len());
+        let parts = self.parts.len();
+        // (change row, location) of each inserted row, by part.
+        let mut placed = vec![Vec::with_capacity(inserted.rows.len() / parts + 1); parts];
         for run in inserted.placements.runs() {
             let slot = self.files.slot(&run.path)?;
             for k in 0..run.rows {
-                let row = usize::try_from(run.start + k).map_err(internal)?;
-                placed.push((inserted.rows.value(row), (slot, narrow(run.position + k)?)));
+                let index = usize::try_from(run.start + k).map_err(internal)?;
+                let row = inserted.rows.value(index);
+                placed[part_of(inserted.keys.key(row as usize), parts)].push((row, (slot, narrow(run.position + k)?)));
             }
         }
-        let order = self.probe_order(placed.iter().map(|&(row, _)| inserted.keys.key(row as usize)));
-        let mut consistent = true;
-        for i in order {
-            let (row, location) = placed[i as usize];
-            consistent &= self.add_location(inserted.keys.key(row as usize), location);
-        }
-        Ok(consistent)
+        let unique = self.unique;
+        let consistent = run_parts(
+            &mut self.parts,
+            inserted.rows.len() >= PARALLEL_MIN_ROWS,
+            |part, map| {
+                let placed = &placed[part];
+                map.reserve(placed.len());
+                let mut consistent = true;
+                for i in map.probe_order(placed.iter().map(|&(row, _)| inserted.keys.key(row as usize))) {
+                    let (row, location) = placed[i as usize];
+                    consistent &= add_location(map, unique, inserted.keys.key(row as usize), location);
+                }
+                consistent
+            },
+        );
+        Ok(consistent.into_iter().all(|c| c))
     }
 
     /// Brings the index to `snapshot`, a later version of `table` made by compactions only
@@ -322,20 +374,32 @@ impl RowIndex {
             *position = narrow(new)?;
             Ok(true)
         };
-        for locations in self.rows.values_mut() {
-            let relocated = match locations {
-                Locations::One(slot, position) => relocate(slot, position)?,
-                Locations::Many(all) => {
-                    let mut all_relocated = true;
-                    for (slot, position) in all.iter_mut() {
-                        all_relocated &= relocate(slot, position)?;
+        let entries: usize = self.parts.iter().map(KeyMap::len).sum();
+        let relocated = run_parts(&mut self.parts, entries >= PARALLEL_MIN_ROWS, |_, map| {
+            for locations in map.values_mut() {
+                let relocated = match locations {
+                    Locations::One(slot, position) => relocate(slot, position)?,
+                    Locations::Many(all) => {
+                        let mut all_relocated = true;
+                        for (slot, position) in all.iter_mut() {
+                            all_relocated &= relocate(slot, position)?;
+                        }
+                        all_relocated
                     }
-                    all_relocated
+                };
+                if !relocated {
+                    return Ok(false);
                 }
-            };
-            if !relocated {
-                return Ok(false);
             }
+            Ok(true)
+        });
+        if !relocated
+            .into_iter()
+            .collect::<Result<Vec<bool>>>()?
+            .into_iter()
+            .all(|r| r)
+        {
+            return Ok(false);
         }
         for path in compaction.rewritten() {
             self.files.slots.remove(path);
@@ -357,20 +421,22 @@ impl RowIndex {
             return;
         }
         self.files.slots.retain(|_, slot| !gone.contains(slot));
-        self.rows.retain(|locations| match locations {
-            Locations::One(slot, _) => !gone.contains(slot),
-            Locations::Many(all) => {
-                all.retain(|(slot, _)| !gone.contains(slot));
-                match all[..] {
-                    [] => false,
-                    [(slot, position)] => {
-                        *locations = Locations::One(slot, position);
-                        true
+        for map in &mut self.parts {
+            map.retain(|locations| match locations {
+                Locations::One(slot, _) => !gone.contains(slot),
+                Locations::Many(all) => {
+                    all.retain(|(slot, _)| !gone.contains(slot));
+                    match all[..] {
+                        [] => false,
+                        [(slot, position)] => {
+                            *locations = Locations::One(slot, position);
+                            true
+                        }
+                        _ => true,
                     }
-                    _ => true,
                 }
-            }
-        });
+            });
+        }
     }
 
     /// Reads and indexes the rows of some files of `snapshot`; `false` when one repeats a
@@ -396,6 +462,7 @@ impl RowIndex {
             return Err(FreshetError::Internal("a position scan without positions".into()));
         };
         let keys = self.encode(&batch.columns()[..columns])?;
+        let parts = self.parts.len();
         let mut last: Option<(u32, u32)> = None;
         let mut consistent = true;
         for i in 0..keys.len() {
@@ -414,32 +481,64 @@ impl RowIndex {
                     slot
                 }
             };
-            consistent &= self.add_location(keys.key(i), (slot, narrow(positions.value(i))?));
+            let key = keys.key(i);
+            let map = &mut self.parts[part_of(key, parts)];
+            consistent &= add_location(map, self.unique, key, (slot, narrow(positions.value(i))?));
         }
         Ok(consistent)
     }
+}
 
-    /// Adds a location of the row whose key is `key`; `false` when the key is unique and
-    /// already indexed (the table then breaks the key, and the index must not be used).
-    fn add_location(&mut self, key: Key<'_>, location: (u32, u32)) -> bool {
-        match self.rows.get_mut(key) {
-            Some(_) if self.unique => false,
-            Some(Locations::Many(all)) => {
-                all.push(location);
-                true
+/// Adds a location of the row whose key is `key` to `map`; `false` when the key is `unique`
+/// and already indexed (the table then breaks the key, and the index must not be used).
+fn add_location(map: &mut KeyMap<Locations>, unique: bool, key: Key<'_>, location: (u32, u32)) -> bool {
+    match map.get_mut(key) {
+        Some(_) if unique => false,
+        Some(Locations::Many(all)) => {
+            all.push(location);
+            true
+        }
+        Some(one @ Locations::One(..)) => {
+            if let Locations::One(s, p) = *one {
+                *one = Locations::Many(Box::new(vec![(s, p), location]));
             }
-            Some(one @ Locations::One(..)) => {
-                if let Locations::One(s, p) = *one {
-                    *one = Locations::Many(Box::new(vec![(s, p), location]));
-                }
-                true
-            }
-            None => {
-                self.rows.insert(key, Locations::One(location.0, location.1));
-                true
-            }
+            true
+        }
+        None => {
+            map.insert(key, Locations::One(location.0, location.1));
+            true
         }
     }
+}
+
+/// Takes `count` locations of the row whose key is `key` out of `map`, giving each to `each` as
+/// (file slot, position); `false` (and nothing taken) when the table holds fewer copies of the
+/// row.
+fn take(map: &mut KeyMap<Locations>, key: Key<'_>, count: usize, mut each: impl FnMut(u32, u64)) -> bool {
+    // Removed, then put back when copies remain: one probe for the usual single row.
+    match map.remove(key) {
+        Some(Locations::One(slot, position)) if count == 1 => each(slot, u64::from(position)),
+        Some(Locations::Many(mut all)) if all.len() >= count => {
+            for (slot, position) in all.drain(all.len() - count..) {
+                each(slot, u64::from(position));
+            }
+            match all[..] {
+                [] => {}
+                [(slot, position)] => {
+                    map.insert(key, Locations::One(slot, position));
+                }
+                _ => {
+                    map.insert(key, Locations::Many(all));
+                }
+            }
+        }
+        Some(fewer) => {
+            map.insert(key, fewer);
+            return false;
+        }
+        None => return false,
+    }
+    true
 }
 
 /// A row position as the index keeps it.
