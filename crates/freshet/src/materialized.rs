@@ -80,8 +80,10 @@ pub(crate) struct Runtime {
     pub last_committed: Mutex<Option<(u64, RefreshRecord)>>,
     /// Versions of the inputs a CONTINUOUS table's last refresh started from.
     pub seen_inputs: Mutex<std::collections::BTreeMap<String, u64>>,
-    /// The incremental pipeline and its state, between refreshes.
-    pub incremental: Mutex<Option<incremental::IncrementalState>>,
+    /// The incremental pipeline and its state, between refreshes. A committed refresh hands
+    /// it to a task that brings it up to the new version (its row index learns where the
+    /// inserted rows went) while holding this lock: whoever needs the state next waits for it.
+    pub incremental: Arc<tokio::sync::Mutex<Option<incremental::IncrementalState>>>,
 }
 
 /// The engine's materialized-table machinery.
@@ -137,8 +139,8 @@ impl Materialized {
     }
 
     /// Drops a table's incremental state (it no longer matches the table's contents).
-    pub(crate) fn forget_state(&self, name: &str) {
-        lock(&self.runtime(name).incremental).take();
+    pub(crate) async fn forget_state(&self, name: &str) {
+        self.runtime(name).incremental.lock().await.take();
     }
 
     pub(crate) fn forget(&self, name: &str) {

@@ -187,7 +187,10 @@ impl Engine {
         }
         let share = changed as f64 / total.max(1) as f64;
         let runtime = self.inner.materialized.runtime(name);
-        let kept = super::lock(&runtime.incremental)
+        let kept = runtime
+            .incremental
+            .lock()
+            .await
             .take()
             .filter(|s| s.query == definition.query && s.inputs == previous.inputs);
         let reason = match mode {
@@ -379,34 +382,53 @@ impl Engine {
         };
         let committed = self.commit_refresh(name, txn, record).await?;
         let version = committed.version;
-        // The refresh is committed; what follows keeps the state for the next one. Failing
-        // here drops the state (the next refresh rebuilds it) but not the refresh.
-        let inserted = applied.keys.as_ref().map(|keys| Inserted {
+        // The refresh is committed and returns. A task keeps the state for the next one,
+        // holding the table's state lock until it is there. Failing drops the state (the next
+        // refresh rebuilds it) but not the refresh.
+        let mut slot = self
+            .inner
+            .materialized
+            .runtime(name)
+            .incremental
+            .clone()
+            .lock_owned()
+            .await;
+        let (engine, table, name) = (self.clone(), table.clone(), name.to_string());
+        let inputs = pinned.inputs.clone();
+        let Applied {
+            written,
             keys,
-            rows: &applied.inserted,
-            placements: &committed.placements,
+            inserted: rows,
+        } = applied;
+        let placements = committed.placements;
+        tokio::spawn(async move {
+            let inserted = keys.as_ref().map(|keys| Inserted {
+                keys,
+                rows: &rows,
+                placements: &placements,
+            });
+            match engine.keep_state(&name, &table, version, state, inputs, inserted).await {
+                Ok(state) => *slot = Some(state),
+                Err(e) => {
+                    tracing::warn!(table = name, error = %e, "operator state dropped after a refresh; the next one rebuilds it");
+                }
+            }
         });
-        if let Err(e) = self.keep_state(name, table, version, state, pinned, inserted).await {
-            tracing::warn!(table = name, error = %e, "operator state dropped after a refresh; the next one rebuilds it");
-        }
-        Ok(RefreshOutcome::Committed {
-            version,
-            rows: applied.written,
-        })
+        Ok(RefreshOutcome::Committed { version, rows: written })
     }
 
-    /// Keeps a table's state after its refresh committed `version`: the row index learns the
-    /// rows inserted (`inserted` says where they went), the memory is accounted, and the state
-    /// waits in the runtime.
+    /// Brings a table's state to the version `version` its refresh committed, reflecting the
+    /// input versions `inputs`: the row index learns the rows inserted (`inserted` says where
+    /// they went) and the memory is accounted.
     async fn keep_state(
         &self,
         name: &str,
         table: &Table,
         version: u64,
         mut state: IncrementalState,
-        pinned: &PinnedQuery,
+        inputs: BTreeMap<String, u64>,
         inserted: Option<Inserted<'_>>,
-    ) -> Result<()> {
+    ) -> Result<IncrementalState> {
         if let Some(index) = &mut state.index {
             let committed = match table.snapshot() {
                 snapshot if snapshot.version() == version => snapshot,
@@ -417,9 +439,8 @@ impl Engine {
             }
         }
         state.account(name)?;
-        state.inputs = pinned.inputs.clone();
-        *super::lock(&self.inner.materialized.runtime(name).incremental) = Some(state);
-        Ok(())
+        state.inputs = inputs;
+        Ok(state)
     }
 }
 
@@ -595,7 +616,10 @@ impl Engine {
         )];
         let runtime = self.inner.materialized.runtime(name);
         let schema = self.inner.catalog.table(name)?.snapshot().schema().clone();
-        let kept = super::lock(&runtime.incremental)
+        let kept = runtime
+            .incremental
+            .lock()
+            .await
             .as_ref()
             .filter(|s| s.query == definition.query)
             .map(|s| {

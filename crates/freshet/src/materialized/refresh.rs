@@ -414,7 +414,7 @@ impl Engine {
             request,
             started,
         } = *job;
-        self.inner.materialized.forget_state(name);
+        self.inner.materialized.forget_state(name).await;
         let base = table.snapshot();
         let partition_label = request.partition.as_ref().map(|(c, v)| format!("{c}={v}"));
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
