@@ -549,3 +549,82 @@ fn narrow(position: u64) -> Result<u32> {
 fn internal(e: impl std::fmt::Display) -> FreshetError {
     FreshetError::Internal(format!("row index: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::RecordBatch;
+
+    use super::*;
+    use crate::Engine;
+
+    /// Takes every row of `snapshot` out of `index` by its key, and checks that each comes out
+    /// at its own file and position.
+    async fn assert_describes(index: &mut RowIndex, snapshot: &Arc<Snapshot>) {
+        let columns = snapshot.schema().fields().len();
+        let files = index.file_indices(snapshot);
+        let all = (0..snapshot.manifest().files.len()).collect();
+        let batches: Vec<RecordBatch> = snapshot.scan_files(all, None, true).try_collect().await.unwrap();
+        let mut taken = 0;
+        for batch in &batches {
+            let keys = index.encode(&batch.columns()[..columns]).unwrap();
+            let retractions: Vec<(u32, usize)> = (0..batch.num_rows() as u32).map(|row| (row, 1)).collect();
+            let doomed = index.take_all(&keys, &retractions, &files).unwrap();
+            let file_of = batch.column(columns).as_primitive::<UInt32Type>();
+            let position_of = batch.column(columns + 1).as_primitive::<UInt64Type>();
+            for (file, doomed) in doomed.iter().enumerate() {
+                for (&position, &row) in doomed.positions.iter().zip(&doomed.rows) {
+                    let row = row as usize;
+                    assert_eq!((file_of.value(row) as usize, position_of.value(row)), (file, position));
+                    taken += 1;
+                }
+            }
+        }
+        assert_eq!(taken, snapshot.num_rows());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_follows_a_compaction_with_or_without_its_moves() {
+        for keep_moves in [true, false] {
+            // Small files, and no compaction but the one asked for.
+            let engine = Engine::builder()
+                .location("memory://")
+                .max_file_rows(4)
+                .compact_min_files(1_000)
+                .open()
+                .await
+                .unwrap();
+            engine.sql("CREATE TABLE t (k INT, v INT)").await.unwrap();
+            for i in 0..6 {
+                let (from, to) = (i * 10, i * 10 + 9);
+                engine
+                    .sql(&format!(
+                        "INSERT INTO t SELECT value, value * 10 FROM generate_series({from}, {to})"
+                    ))
+                    .await
+                    .unwrap();
+            }
+            engine.sql("DELETE FROM t WHERE k % 3 = 0").await.unwrap();
+            let table = engine.inner.catalog.table("t").unwrap();
+            let before = table.snapshot();
+            // Keyed by a unique column, and by the whole row.
+            let mut indices = Vec::new();
+            for key in [Some(vec![0]), None] {
+                indices.push(RowIndex::build(&before, 1_000, key, 2).await.unwrap().unwrap());
+            }
+            if keep_moves {
+                table.keep_compaction_moves();
+            }
+            let version = table.compact().await.unwrap().expect("a compaction");
+            let after = table.snapshot();
+            assert_eq!(after.version(), version);
+            // Without the moves, the index forgets the rewritten files and reads the new ones.
+            assert_eq!(table.compaction_moves(version).is_some(), keep_moves);
+            for index in &mut indices {
+                assert!(index.follow_compaction(&table, &after).await.unwrap());
+                assert_eq!(index.version(), version);
+                assert_describes(index, &after).await;
+            }
+            engine.close().await;
+        }
+    }
+}
