@@ -136,9 +136,16 @@ impl Table {
         self.moves_wanted.store(true, Ordering::Release);
     }
 
+    /// Calls `listener` with the version of each compaction whose moves were kept, once they
+    /// are (on the compaction's task: it should hand any lasting work to a task of its own).
+    /// Replaces the previous listener.
+    pub fn on_kept_moves(&self, listener: MovesListener) {
+        *self.moves.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
     /// The moves of the compaction that committed `version`, if kept.
     pub fn compaction_moves(&self, version: u64) -> Option<Arc<CompactionMoves>> {
-        let kept = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.moves.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.iter().find(|m| m.version == version).cloned()
     }
 
@@ -147,13 +154,35 @@ impl Table {
     }
 
     pub(crate) fn keep_moves(&self, moves: CompactionMoves) {
-        let mut kept = self.moves.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() == KEPT_COMPACTIONS {
-            kept.pop_front();
+        let version = moves.version;
+        {
+            let mut kept = self.moves.kept.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() == KEPT_COMPACTIONS {
+                kept.pop_front();
+            }
+            kept.push_back(Arc::new(moves));
         }
-        kept.push_back(Arc::new(moves));
+        let listener = self.moves.listener.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(listener) = listener {
+            listener(version);
+        }
     }
 }
 
-/// The kept moves of a table.
-pub(crate) type KeptMoves = std::sync::Mutex<VecDeque<Arc<CompactionMoves>>>;
+/// Told the version of each compaction whose moves a table kept ([`Table::on_kept_moves`]).
+pub type MovesListener = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The kept moves of a table, and who to tell about new ones.
+#[derive(Default)]
+pub(crate) struct KeptMoves {
+    kept: std::sync::Mutex<VecDeque<Arc<CompactionMoves>>>,
+    listener: std::sync::Mutex<Option<MovesListener>>,
+}
+
+impl std::fmt::Debug for KeptMoves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptMoves")
+            .field("kept", &self.kept)
+            .finish_non_exhaustive()
+    }
+}

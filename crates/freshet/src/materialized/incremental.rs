@@ -8,6 +8,7 @@
 //! go through the pipeline as insertions whose output is dropped (the table already holds it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
@@ -21,7 +22,7 @@ use futures::TryStreamExt;
 use freshet_common::{ChangeBatch, FreshetError, Keys, Result, consolidate};
 use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
 use freshet_sql::RefreshMode;
-use freshet_storage::{ChangeSet, SnapshotTable, Table, Transaction, delete_matching};
+use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, Table, Transaction, delete_matching};
 
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
@@ -356,8 +357,10 @@ impl Engine {
             };
         }
         if state.index.is_some() {
-            // Compactions of the table then say where they moved rows, for the index to follow.
+            // Compactions of the table then say where they moved rows, and the index follows
+            // them as they commit rather than at the next refresh.
             table.keep_compaction_moves();
+            table.on_kept_moves(self.index_follower(name, table));
         }
         let applied = match output {
             Some(changes) => apply(&mut txn, &schema, &changes, name, state.index.as_mut()).await?,
@@ -415,6 +418,53 @@ impl Engine {
             }
         });
         Ok(RefreshOutcome::Committed { version, rows: written })
+    }
+
+    /// What a table does when a compaction of it kept its moves: a task brings the row index
+    /// to the compaction's version, holding the table's state lock, so that the next refresh
+    /// finds it there. The table and the runtime are held weakly: the listener lives in the
+    /// table, and does nothing once either is gone.
+    fn index_follower(&self, name: &str, table: &Arc<Table>) -> MovesListener {
+        let runtime = Arc::downgrade(&self.inner.materialized.runtime(name));
+        let table = Arc::downgrade(table);
+        let name = name.to_string();
+        Arc::new(move |version| {
+            let (Some(runtime), Some(table), Ok(tasks)) = (
+                runtime.upgrade(),
+                table.upgrade(),
+                tokio::runtime::Handle::try_current(),
+            ) else {
+                return;
+            };
+            let name = name.clone();
+            tasks.spawn(async move {
+                let mut slot = runtime.incremental.lock().await;
+                // The state is elsewhere during a refresh, which then follows the compaction
+                // itself; any other commit since the index's version is for it to handle too.
+                let Some(state) = slot.as_mut() else {
+                    return;
+                };
+                let Some(index) = state.index.as_mut().filter(|index| index.version() < version) else {
+                    return;
+                };
+                match table.only_compacted_since(index.version(), version).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(table = name, error = %e, "a compaction was not followed; the next refresh will");
+                        return;
+                    }
+                }
+                let followed = match table.snapshot_at(version).await {
+                    Ok(snapshot) => index.follow_compaction(&table, &snapshot).await,
+                    Err(e) => Err(e),
+                };
+                if !matches!(followed, Ok(true)) {
+                    // Partly followed: not to be used. The next refresh builds it again.
+                    state.index = None;
+                }
+            });
+        })
     }
 
     /// Brings a table's state to the version `version` its refresh committed, reflecting the
