@@ -352,15 +352,16 @@ impl Engine {
                 None => {
                     let max_rows = self.inner.materialized.settings().row_index_max_rows;
                     let pipeline = &state.pipeline;
-                    RowIndex::build(&base, max_rows, pipeline.unique_key(), pipeline.parallelism()).await?
+                    let built = RowIndex::build(&base, max_rows, pipeline.unique_key(), pipeline.parallelism()).await?;
+                    if built.is_some() {
+                        // Compactions of the table then say where they moved rows, and the
+                        // index follows them as they commit rather than at the next refresh.
+                        table.keep_compaction_moves();
+                        table.on_kept_moves(self.index_follower(name, table));
+                    }
+                    built
                 }
             };
-        }
-        if state.index.is_some() {
-            // Compactions of the table then say where they moved rows, and the index follows
-            // them as they commit rather than at the next refresh.
-            table.keep_compaction_moves();
-            table.on_kept_moves(self.index_follower(name, table));
         }
         let applied = match output {
             Some(changes) => apply(&mut txn, &schema, &changes, name, state.index.as_mut()).await?,
