@@ -35,13 +35,24 @@ pub fn part_of(key: Key<'_>, parts: usize) -> usize {
     ((hash >> 32) % parts as u64) as usize
 }
 
+/// `items` dealt into `parts` parts by the part of each one's key (`key_of`), each part in the
+/// items' order.
+pub fn by_part<'k, T: Clone>(
+    items: impl ExactSizeIterator<Item = T>,
+    parts: usize,
+    key_of: impl Fn(&T) -> Key<'k>,
+) -> Vec<Vec<T>> {
+    let parts = parts.max(1);
+    let mut dealt = vec![Vec::with_capacity(items.len() / parts + 1); parts];
+    for item in items {
+        dealt[part_of(key_of(&item), parts)].push(item);
+    }
+    dealt
+}
+
 /// The rows of `keys` of each of `parts` parts, each in the rows' order.
 pub fn rows_by_part(keys: &Keys, parts: usize) -> Vec<Vec<u32>> {
-    let mut rows = vec![Vec::with_capacity(keys.len() / parts.max(1) + 1); parts.max(1)];
-    for row in 0..keys.len() {
-        rows[part_of(keys.key(row), parts)].push(row as u32);
-    }
-    rows
+    by_part(0..keys.len() as u32, parts, |&row| keys.key(row as usize))
 }
 
 /// Runs `work` on every part, the first on the calling thread and each other on a thread of

@@ -23,7 +23,9 @@ use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Schema, UInt32Type, UInt64Type};
 use futures::TryStreamExt;
 
-use freshet_common::{FreshetError, Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, part_of, run_parts};
+use freshet_common::{
+    FreshetError, Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, by_part, part_of, run_parts,
+};
 use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
 /// Where copies of one row are: (file slot, row position in the file), positions in 32 bits to
@@ -198,23 +200,19 @@ impl RowIndex {
         retractions: &[(u32, usize)],
         files: &[Option<usize>],
     ) -> std::result::Result<Vec<Doomed>, Untaken> {
-        let parts = self.parts.len();
-        let mut routed = vec![Vec::with_capacity(retractions.len() / parts + 1); parts];
-        for &(row, count) in retractions {
-            routed[part_of(keys.key(row as usize), parts)].push((row, count));
-        }
+        let routed = by_part(retractions.iter().copied(), self.parts.len(), |&(row, _)| {
+            keys.key(row as usize)
+        });
+        let data_files = files.iter().flatten().max().map_or(0, |&last| last + 1);
         let taken = run_parts(&mut self.parts, retractions.len() >= PARALLEL_MIN_ROWS, |part, map| {
             let retractions = &routed[part];
-            let mut doomed: Vec<Doomed> = Vec::new();
+            let mut doomed: Vec<Doomed> = (0..data_files).map(|_| Doomed::default()).collect();
             for k in map.probe_order(retractions.iter().map(|&(row, _)| keys.key(row as usize))) {
                 let (row, count) = retractions[k as usize];
                 let mut located = true;
                 let found = take(map, keys.key(row as usize), count, |slot, position| {
                     match files.get(slot as usize).copied().flatten() {
                         Some(file) => {
-                            if doomed.len() <= file {
-                                doomed.resize_with(file + 1, Doomed::default);
-                            }
                             doomed[file].positions.push(position);
                             doomed[file].rows.push(row);
                         }
@@ -230,14 +228,11 @@ impl RowIndex {
             }
             Ok(doomed)
         });
-        let mut all: Vec<Doomed> = Vec::new();
+        let mut all: Vec<Doomed> = (0..data_files).map(|_| Doomed::default()).collect();
         for part in taken {
-            for (file, doomed) in part?.into_iter().enumerate() {
-                if all.len() <= file {
-                    all.resize_with(file + 1, Doomed::default);
-                }
-                all[file].positions.extend(doomed.positions);
-                all[file].rows.extend(doomed.rows);
+            for (all, doomed) in all.iter_mut().zip(part?) {
+                all.positions.extend(doomed.positions);
+                all.rows.extend(doomed.rows);
             }
         }
         Ok(all)
@@ -295,17 +290,18 @@ impl RowIndex {
     /// Indexes inserted rows where their placements say they are; `false` when one repeats a
     /// unique key.
     fn add_placed(&mut self, inserted: &Inserted<'_>) -> Result<bool> {
-        let parts = self.parts.len();
-        // (change row, location) of each inserted row, by part.
-        let mut placed = vec![Vec::with_capacity(inserted.rows.len() / parts + 1); parts];
+        // (change row, location) of each inserted row, then by part.
+        let mut placed = Vec::with_capacity(inserted.rows.len());
         for run in inserted.placements.runs() {
             let slot = self.files.slot(&run.path)?;
             for k in 0..run.rows {
-                let index = usize::try_from(run.start + k).map_err(internal)?;
-                let row = inserted.rows.value(index);
-                placed[part_of(inserted.keys.key(row as usize), parts)].push((row, (slot, narrow(run.position + k)?)));
+                let row = usize::try_from(run.start + k).map_err(internal)?;
+                placed.push((inserted.rows.value(row), (slot, narrow(run.position + k)?)));
             }
         }
+        let placed = by_part(placed.into_iter(), self.parts.len(), |&(row, _)| {
+            inserted.keys.key(row as usize)
+        });
         let unique = self.unique;
         let consistent = run_parts(
             &mut self.parts,
