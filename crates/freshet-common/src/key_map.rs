@@ -14,7 +14,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
-use crate::probe_order::order_by_bucket;
+use crate::probe_order::{CACHED_BYTES, order_by_bucket};
 use crate::{FreshetError, Result, RowKey};
 
 /// Encodes the key columns of batches as [`Keys`].
@@ -244,14 +244,17 @@ impl<V> KeyMap<V> {
 
     /// The indices of `keys` in about the order in which the map keeps them, so that looking
     /// them up sweeps the map's memory instead of missing the cache at each (see
-    /// the `probe_order` module).
+    /// the `probe_order` module); in their own order when the map fits the cache.
     pub fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
         let (ints, rows) = (self.ints.hasher(), self.rows.hasher());
-        let capacity = if self.integer {
-            self.ints.capacity()
+        let (capacity, entry) = if self.integer {
+            (self.ints.capacity(), size_of::<(i64, V)>())
         } else {
-            self.rows.capacity()
+            (self.rows.capacity(), size_of::<(RowKey, V)>())
         };
+        if capacity.saturating_mul(entry) <= CACHED_BYTES {
+            return (0..keys.len() as u32).collect();
+        }
         let hashes = keys.map(|key| match key {
             Key::Int(Some(int)) => ints.hash_one(int),
             Key::Int(None) => 0,

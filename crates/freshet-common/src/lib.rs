@@ -23,6 +23,6 @@ pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use error::{ErrorDomain, FreshetError, Result};
 pub use key_map::{Key, KeyCodec, KeyMap, Keys};
-pub use parallel::{PARALLEL_MIN_ROWS, by_part, part_of, rows_by_part, run_parts};
-pub use probe_order::sweep_order;
+pub use parallel::{PARALLEL_MIN_ROWS, by_part, part_of, run_parts, run_parts_by_key};
+pub use probe_order::{CACHED_BYTES, sweep_order};
 pub use row_key::RowKey;

@@ -9,7 +9,7 @@
 
 use std::hash::BuildHasher;
 
-use crate::key_map::{Key, Keys};
+use crate::key_map::Key;
 
 /// Changes fewer than this go through the parts one after the other on the calling thread:
 /// starting a thread costs more than it saves.
@@ -31,28 +31,41 @@ pub fn part_of(key: Key<'_>, parts: usize) -> usize {
         Key::Int(None) => 0,
         Key::Row(row) => hasher.hash_one(row),
     };
-    // The high bits: the low ones choose buckets in maps hashed the same way.
-    ((hash >> 32) % parts as u64) as usize
+    // The high bits (the low ones choose buckets in maps hashed the same way), scaled to the
+    // parts by a multiplication rather than a division.
+    (((hash >> 32) * parts as u64) >> 32) as usize
 }
 
-/// `items` dealt into `parts` parts by the part of each one's key (`key_of`), each part in the
-/// items' order.
-pub fn by_part<'k, T: Clone>(
-    items: impl ExactSizeIterator<Item = T>,
-    parts: usize,
-    key_of: impl Fn(&T) -> Key<'k>,
-) -> Vec<Vec<T>> {
+/// The indices of `items` items dealt into `parts` parts by the part of each one's key
+/// (`key_of(index)`), each part in the items' order.
+pub fn by_part<'k>(items: usize, parts: usize, key_of: impl Fn(usize) -> Key<'k>) -> Vec<Vec<u32>> {
     let parts = parts.max(1);
-    let mut dealt = vec![Vec::with_capacity(items.len() / parts + 1); parts];
-    for item in items {
-        dealt[part_of(key_of(&item), parts)].push(item);
+    // Room for a fair share and some: a part is rarely far above it.
+    let mut dealt: Vec<Vec<u32>> = (0..parts)
+        .map(|_| Vec::with_capacity(items / parts + items / 32 + 1))
+        .collect();
+    for item in 0..items {
+        dealt[part_of(key_of(item), parts)].push(item as u32);
     }
     dealt
 }
 
-/// The rows of `keys` of each of `parts` parts, each in the rows' order.
-pub fn rows_by_part(keys: &Keys, parts: usize) -> Vec<Vec<u32>> {
-    by_part(0..keys.len() as u32, parts, |&row| keys.key(row as usize))
+/// Runs `work` on every part of `parts` with the indices, in order, of the `items` items whose
+/// key (`key_of(index)`) is in that part; at once (see [`run_parts`]) with at least
+/// [`PARALLEL_MIN_ROWS`] items.
+///
+/// The items are dealt by the calling thread first. Each part picking its own items out of
+/// all of them on its thread was measured slower on two cores: every part then hashes every key.
+pub fn run_parts_by_key<'k, T: Send, R: Send>(
+    parts: &mut [T],
+    items: usize,
+    key_of: impl Fn(usize) -> Key<'k>,
+    work: impl Fn(usize, &mut T, &[u32]) -> R + Sync,
+) -> Vec<R> {
+    let dealt = by_part(items, parts.len(), key_of);
+    run_parts(parts, items >= PARALLEL_MIN_ROWS, |part, state| {
+        work(part, state, &dealt[part])
+    })
 }
 
 /// Runs `work` on every part, the first on the calling thread and each other on a thread of
@@ -98,13 +111,27 @@ mod tests {
             (0..10_000).map(|i| (i % 97 != 0).then_some(i % 1_000)),
         ));
         let keys = KeyCodec::new(&[DataType::Int64]).unwrap().encode(&[column]).unwrap();
-        let parts = rows_by_part(&keys, 2);
+        let parts = by_part(keys.len(), 2, |row| keys.key(row));
         assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 10_000);
         // Both parts get a fair share, and equal keys land together.
         assert!(parts.iter().all(|rows| rows.len() > 3_000));
         for (part, rows) in parts.iter().enumerate() {
             assert!(rows.windows(2).all(|w| w[0] < w[1]));
             assert!(rows.iter().all(|&row| part_of(keys.key(row as usize), 2) == part));
+        }
+        // Each part runs once, with its own items.
+        for items in [1_000, keys.len()] {
+            let mut seen = vec![Vec::new(); 2];
+            let dealt = by_part(items, 2, |row| keys.key(row));
+            run_parts_by_key(
+                &mut seen,
+                items,
+                |row| keys.key(row),
+                |_, seen, mine| {
+                    seen.extend_from_slice(mine);
+                },
+            );
+            assert_eq!(seen, dealt);
         }
         for parallel in [false, true] {
             let mut sums = vec![0u64; 3];

@@ -5,6 +5,15 @@
 //! the cache; grouped by where the map keeps them, the probes sweep the map's memory in one
 //! direction. A key's bucket is the low bits of its hash, as in any open-addressing table (Rust's
 //! `HashMap` included); a wrong guess costs only speed.
+//!
+//! A map or state that fits the cache gains nothing from the reordering, and loses by it: the
+//! rows' own columns are then visited out of order instead. Below [`CACHED_BYTES`] the rows are
+//! visited in their order.
+
+/// Maps and state columns up to this size are visited in the rows' order. About one core's L2
+/// cache: a 100,000-group aggregate split into two parts (2.6 MiB of map and columns each) stepped
+/// a fifth faster in the rows' order than probed and swept, on a 2 MiB-L2 core.
+pub const CACHED_BYTES: usize = 4 << 20;
 
 /// Ranges the buckets are grouped into: each of a large map's ranges then fits the cache.
 const RANGES: u64 = 1024;

@@ -57,7 +57,10 @@ pub struct Transaction {
     /// How the transaction's files are compressed.
     tier: Tier,
     inserted: u64,
+    /// Rows deleted by position.
     deleted: u64,
+    /// Deleted rows whose values were given.
+    retracted: u64,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -92,6 +95,7 @@ impl Transaction {
             tier: Tier::Fresh,
             inserted: 0,
             deleted: 0,
+            retracted: 0,
         }
     }
 
@@ -153,10 +157,20 @@ impl Transaction {
         if positions.is_empty() {
             return Ok(());
         }
+        self.delete_positions(file, positions.values().to_vec()).await?;
+        self.retract(rows).await
+    }
+
+    /// Deletes rows of data file `file` of the base version (an index into its files) by
+    /// position. Their values must be given to [`Transaction::retract`] before the commit, in
+    /// any order and grouping: [`Transaction::delete`] does both at once.
+    pub async fn delete_positions(&mut self, file: usize, mut positions: Vec<u64>) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
         if self.removed_all {
             return Err(FreshetError::Internal("delete after remove_all".into()));
         }
-        let rows = self.conform(rows)?;
         let data_file = self.base.manifest().files.get(file).ok_or_else(|| {
             FreshetError::Internal(format!(
                 "delete names data file {file} of a {}-file version",
@@ -164,29 +178,60 @@ impl Transaction {
             ))
         })?;
         let existing = self.base.deletes_of(file).await?;
-        let rows_in_file = data_file.rows;
-        let set = self.deletes.entry(file).or_default();
-        for position in positions.values().iter().copied() {
-            let already = existing.as_ref().is_some_and(|d| d.contains(position));
-            if position >= rows_in_file || already {
-                return Err(FreshetError::Internal(format!(
-                    "delete of row {position} of {} which is not a live row",
-                    data_file.path
-                )));
-            }
-            if !set.insert(position) {
-                return Err(FreshetError::InvalidStatement(format!(
-                    "table \"{}\": the statement changes the same row more than once",
-                    self.table.name()
-                )));
-            }
+        let not_live = |position: u64| {
+            FreshetError::Internal(format!(
+                "delete of row {position} of {} which is not a live row",
+                data_file.path
+            ))
+        };
+        let same_row_twice = || {
+            FreshetError::InvalidStatement(format!(
+                "table \"{}\": the statement changes the same row more than once",
+                self.table.name()
+            ))
+        };
+        // Sorted, the positions become a bitmap in one pass instead of one insertion each.
+        positions.sort_unstable();
+        if positions.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(same_row_twice());
         }
+        if let Some(&last) = positions.last().filter(|&&last| last >= data_file.rows) {
+            return Err(not_live(last));
+        }
+        if let Some(&gone) = existing
+            .as_ref()
+            .and_then(|existing| positions.iter().find(|&&p| existing.contains(p)))
+        {
+            return Err(not_live(gone));
+        }
+        let count = positions.len() as u64;
+        let new = RoaringTreemap::from_sorted_iter(positions)
+            .map_err(|e| FreshetError::Internal(format!("deleted positions out of order: {e}")))?;
+        let set = self.deletes.entry(file).or_default();
+        if !set.is_disjoint(&new) {
+            return Err(same_row_twice());
+        }
+        *set |= new;
+        self.deleted += count;
+        Ok(())
+    }
+
+    /// The values of rows deleted by [`Transaction::delete_positions`] (the table's columns),
+    /// which become the version's retractions. They are encoded on a task of their own while
+    /// the caller goes on.
+    pub async fn retract(&mut self, rows: &RecordBatch) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.removed_all {
+            return Err(FreshetError::Internal("delete after remove_all".into()));
+        }
+        let rows = self.conform(rows)?;
         if !self.base.primary_key().is_empty() {
             self.ensure_key_index().await?;
             let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
             delta.remove(&encoder.encode(&rows)?);
         }
-        // Encoded on their own task, like insertions, while the caller goes on.
         let writer = self.retractions.get_or_insert_with(|| {
             ParallelWriter::new(
                 self.table
@@ -194,9 +239,16 @@ impl Transaction {
                 self.table.options.write_parallelism,
             )
         });
-        writer.write(rows).await?;
-        self.deleted += positions.len() as u64;
-        Ok(())
+        self.retracted += rows.num_rows() as u64;
+        writer.write(rows).await
+    }
+
+    /// Closes the files written so far: they are finished and stored on their own tasks while
+    /// the caller goes on, and the commit waits for them. Rows given later go to new files.
+    pub fn seal_files(&mut self) {
+        for writer in [&mut self.inserts, &mut self.retractions].into_iter().flatten() {
+            writer.seal();
+        }
     }
 
     /// Deletes every row of the base version by dropping its data files whole: nothing is
@@ -258,6 +310,12 @@ impl Transaction {
                 deleted: 0,
                 placements: Placements::default(),
             });
+        }
+        if !self.removed_all && self.retracted != self.deleted {
+            return Err(FreshetError::Internal(format!(
+                "a transaction deleted {} rows by position but gave the values of {}",
+                self.deleted, self.retracted
+            )));
         }
         let Written {
             files: inserted_files,

@@ -249,6 +249,8 @@ pub(crate) struct ParallelWriter {
     max_writers: usize,
     senders: Vec<tokio::sync::mpsc::Sender<(u64, RecordBatch)>>,
     tasks: Vec<tokio::task::JoinHandle<Result<Written>>>,
+    /// Writers whose input ended (see [`ParallelWriter::seal`]), finishing their files.
+    sealed: Vec<tokio::task::JoinHandle<Result<Written>>>,
     rows: usize,
     next: usize,
 }
@@ -271,6 +273,7 @@ impl ParallelWriter {
             max_writers: max_writers.max(1),
             senders: Vec::new(),
             tasks: Vec::new(),
+            sealed: Vec::new(),
             rows: 0,
             next: 0,
         }
@@ -310,14 +313,21 @@ impl ParallelWriter {
         self.senders.push(sender);
     }
 
+    /// Ends the input of the writers started so far, which finish their files while the
+    /// caller goes on; later rows start new writers.
+    pub(crate) fn seal(&mut self) {
+        self.senders.clear();
+        self.sealed.append(&mut self.tasks);
+    }
+
     /// Waits for every writer to close its last file; returns all files written and where
     /// each row went.
     pub(crate) async fn finish(mut self) -> Result<Written> {
-        self.senders.clear();
+        self.seal();
         let mut files = Vec::new();
         let mut placed = Vec::new();
         let mut first_error = None;
-        for task in self.tasks.drain(..) {
+        for task in self.sealed.drain(..) {
             match task.await {
                 Ok(Ok(written)) => {
                     files.extend(written.files);

@@ -454,3 +454,85 @@ async fn a_transaction_may_write_its_files_uncompressed() {
     assert_eq!(count(&engine, "SELECT count(*) FROM t WHERE x > 2").await, 2);
     engine.close().await;
 }
+
+/// The values of `x` in a change batch, each with its weight, sorted.
+fn weighted_values(changes: &freshet::ChangeBatch) -> Vec<(i64, i64)> {
+    use freshet::datafusion::arrow::array::AsArray;
+    use freshet::datafusion::arrow::datatypes::Int64Type;
+    let data = changes.data();
+    let x = data.column(0).as_primitive::<Int64Type>();
+    let mut all: Vec<(i64, i64)> = (0..changes.num_rows())
+        .map(|i| (x.value(i), changes.weights().value(i)))
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_positions_and_their_values_may_be_given_apart() {
+    let engine = Engine::builder()
+        .location("memory://")
+        .compact_min_files(1000)
+        .open()
+        .await
+        .unwrap();
+    engine.sql("CREATE TABLE t (x BIGINT NOT NULL)").await.unwrap();
+    let table = engine.table("t").unwrap();
+    let batch = |values: Vec<i64>| {
+        freshet::datafusion::arrow::array::RecordBatch::try_new(
+            table.schema(),
+            vec![Arc::new(Int64Array::from(values))],
+        )
+        .unwrap()
+    };
+    let mut txn = table.begin("INSERT").await.unwrap();
+    txn.insert(&batch((0..10).collect())).await.unwrap();
+    let first = txn.commit().await.unwrap().version;
+
+    // The values first, in another order; files closed early; the positions last, unsorted.
+    let mut txn = table.begin("UPDATE").await.unwrap();
+    txn.retract(&batch(vec![7, 3])).await.unwrap();
+    txn.insert(&batch(vec![100])).await.unwrap();
+    txn.seal_files();
+    txn.insert(&batch(vec![101])).await.unwrap();
+    txn.delete_positions(0, vec![7, 3]).await.unwrap();
+    let info = txn.commit().await.unwrap();
+    let (sealed, later) = (info.placements.locate(0).unwrap(), info.placements.locate(1).unwrap());
+    assert_ne!(sealed.0, later.0, "a row given after sealing goes to a new file");
+    assert_eq!(table.snapshot().manifest().files.len(), 3);
+    assert_eq!(
+        count(&engine, "SELECT sum(x) FROM t").await,
+        (0..10).sum::<i64>() - 10 + 201
+    );
+    let changes = table
+        .changes(first, info.version)
+        .await
+        .unwrap()
+        .consolidated()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(weighted_values(&changes), vec![(3, -1), (7, -1), (100, 1), (101, 1)]);
+
+    // Positions without their values, or values without positions, commit nothing.
+    for values in [vec![], vec![0, 1]] {
+        let mut txn = table.begin("DELETE").await.unwrap();
+        txn.delete_positions(0, vec![0]).await.unwrap();
+        txn.retract(&batch(values)).await.unwrap();
+        let err = txn.commit().await.unwrap_err();
+        assert_eq!(err.domain(), ErrorDomain::Internal, "{err}");
+    }
+    assert_eq!(table.snapshot().version(), info.version);
+
+    // A position given twice, deleted already, or beyond the file is refused.
+    let mut txn = table.begin("DELETE").await.unwrap();
+    let twice = txn.delete_positions(0, vec![1, 2, 1]).await.unwrap_err();
+    assert!(twice.to_string().contains("more than once"), "{twice}");
+    txn.delete_positions(0, vec![2]).await.unwrap();
+    let again = txn.delete_positions(0, vec![4, 2]).await.unwrap_err();
+    assert!(again.to_string().contains("more than once"), "{again}");
+    for gone in [3, 10] {
+        let err = txn.delete_positions(0, vec![gone]).await.unwrap_err();
+        assert!(err.to_string().contains("not a live row"), "{gone}: {err}");
+    }
+}

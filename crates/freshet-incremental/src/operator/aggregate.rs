@@ -16,7 +16,7 @@ use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::{Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, rows_by_part, run_parts, sweep_order};
+use freshet_common::{CACHED_BYTES, Key, KeyCodec, KeyMap, Keys, Result, run_parts_by_key, sweep_order};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal};
@@ -219,8 +219,8 @@ impl Groups {
                 touched: vec![touched],
             };
         };
-        // The groups are found in the order of the map's buckets (a large map misses the cache
-        // at nearly every lookup in the rows' order), then visited in the rows' order.
+        // The groups of a map larger than the cache are found in the order of its buckets (it
+        // would miss the cache at nearly every lookup in the rows' order).
         let mut slots = vec![0u32; all];
         let mut created = foldhash::HashSet::default();
         let order = self.slots.probe_order((0..count).map(|i| keys.key(row_at(i) as usize)));
@@ -237,16 +237,20 @@ impl Groups {
                 }
             };
         }
-        // The state is columns indexed by slot, larger than the cache for many groups: the
-        // rows are visited by ranges of slots, which sweeps those columns. A group's rows keep
-        // their order, so its first row comes first.
-        let order: Vec<u32> = sweep_order(
-            self.rows.len(),
-            (0..count).map(|i| u64::from(slots[row_at(i) as usize])),
-        )
-        .into_iter()
-        .map(|i| row_at(i as usize))
-        .collect();
+        // The state is columns indexed by slot. When they are larger than the cache, the rows
+        // are visited by ranges of slots, which sweeps those columns. A group's rows keep their
+        // order either way, so its first row comes first.
+        let order: Vec<u32> = if self.bytes() <= CACHED_BYTES {
+            (0..count).map(row_at).collect()
+        } else {
+            sweep_order(
+                self.rows.len(),
+                (0..count).map(|i| u64::from(slots[row_at(i) as usize])),
+            )
+            .into_iter()
+            .map(|i| row_at(i as usize))
+            .collect()
+        };
         let mut touched = Vec::new();
         for &row in &order {
             let slot = slots[row as usize];
@@ -413,12 +417,12 @@ impl Operator for Aggregate {
             started: self.started,
         };
         let outputs = match (&keys, self.parts.len()) {
-            (Some(keys), parts) if parts > 1 => {
-                let rows = rows_by_part(keys, parts);
-                run_parts(&mut self.parts, delta.len() >= PARALLEL_MIN_ROWS, |part, groups| {
-                    groups.step(&step, Some(&rows[part]))
-                })
-            }
+            (Some(keys), parts) if parts > 1 => run_parts_by_key(
+                &mut self.parts,
+                keys.len(),
+                |row| keys.key(row),
+                |_, groups, rows| groups.step(&step, Some(rows)),
+            ),
             _ => self.parts.iter_mut().map(|groups| groups.step(&step, None)).collect(),
         };
         self.started = true;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -521,31 +521,41 @@ async fn apply(
         ))
     })?;
     let weights = changes.weights();
-    let inserted: UInt32Array = (0..data.num_rows() as u32)
-        .flat_map(|i| std::iter::repeat_n(i, weights.value(i as usize).max(0) as usize))
-        .collect();
-    // With a primary key, deletes go first, so that a key may move onto a key the same refresh
-    // frees. Without one the order does not matter and insertions go first: their file is then
-    // encoded on its own task while the retractions are located.
-    let inserts_first = txn.base().primary_key().is_empty();
+    let copies = |sign: i64| -> UInt32Array {
+        (0..data.num_rows() as u32)
+            .flat_map(|i| std::iter::repeat_n(i, (sign * weights.value(i as usize)).max(0) as usize))
+            .collect()
+    };
+    let inserted = copies(1);
     let mut written = 0;
-    if inserts_first {
-        written += insert(txn, &data, &inserted).await?;
-    }
     let keys = match index {
         Some(index) => {
+            // The retracted values and the insertions go to their files first, which are then
+            // finished on tasks of their own while the index finds the retracted positions.
+            // Retractions come first, so that a primary key may move onto a key the same
+            // refresh frees.
             let keys = index.encode(data.columns())?;
-            written += delete_indexed(txn, &data, &keys, weights, name, index).await?;
+            let retracted = copies(-1);
+            written += write_rows(txn, &data, &retracted, Transaction::retract).await?;
+            written += write_rows(txn, &data, &inserted, Transaction::insert).await?;
+            txn.seal_files();
+            delete_indexed(txn, &keys, &retracted, name, index).await?;
             Some(keys)
         }
         None => {
+            // With a primary key, deletes go first (as above). Without one, insertions go
+            // first: their file is then encoded on its own task while the table is scanned.
+            let inserts_first = txn.base().primary_key().is_empty();
+            if inserts_first {
+                written += write_rows(txn, &data, &inserted, Transaction::insert).await?;
+            }
             written += delete_scanned(txn, schema, &data, weights, name).await?;
+            if !inserts_first {
+                written += write_rows(txn, &data, &inserted, Transaction::insert).await?;
+            }
             None
         }
     };
-    if !inserts_first {
-        written += insert(txn, &data, &inserted).await?;
-    }
     Ok(Applied {
         written,
         keys,
@@ -553,31 +563,31 @@ async fn apply(
     })
 }
 
-/// Inserts the rows `inserted` of `data`; returns how many.
-async fn insert(txn: &mut Transaction, data: &RecordBatch, inserted: &UInt32Array) -> Result<u64> {
-    if inserted.is_empty() {
+/// Gives the rows `rows` of `data` to `write` (inserting them, or retracting them); returns
+/// how many.
+async fn write_rows<W>(txn: &mut Transaction, data: &RecordBatch, rows: &UInt32Array, write: W) -> Result<u64>
+where
+    W: AsyncFnOnce(&mut Transaction, &RecordBatch) -> Result<()>,
+{
+    if rows.is_empty() {
         return Ok(0);
     }
-    let rows = take_record_batch(data, inserted).map_err(|e| FreshetError::Internal(e.to_string()))?;
-    txn.insert(&rows).await?;
+    let rows = take_record_batch(data, rows).map_err(|e| FreshetError::Internal(e.to_string()))?;
+    write(txn, &rows).await?;
     Ok(rows.num_rows() as u64)
 }
 
-/// Deletes the rows of negative weight, located through the index.
+/// Deletes, by position, the rows whose values `retracted` retracted (change rows, one per
+/// copy), located through the index.
 async fn delete_indexed(
     txn: &mut Transaction,
-    data: &RecordBatch,
     keys: &Keys,
-    weights: &Int64Array,
+    retracted: &UInt32Array,
     name: &str,
     index: &mut RowIndex,
-) -> Result<u64> {
+) -> Result<()> {
     let files = index.file_indices(txn.base());
-    let retractions: Vec<(u32, usize)> = (0..keys.len())
-        .filter(|&i| weights.value(i) < 0)
-        .map(|i| (i as u32, usize::try_from(-weights.value(i)).unwrap_or(usize::MAX)))
-        .collect();
-    let doomed = index.take_all(keys, &retractions, &files).map_err(|why| {
+    let doomed = index.take_all(keys, retracted.values(), &files).map_err(|why| {
         FreshetError::Internal(format!(
             "materialized table \"{name}\": {}",
             match why {
@@ -586,14 +596,10 @@ async fn delete_indexed(
             }
         ))
     })?;
-    let mut deleted = 0u64;
-    for (file, doomed) in doomed.into_iter().enumerate().filter(|(_, d)| !d.positions.is_empty()) {
-        deleted += doomed.positions.len() as u64;
-        let rows = take_record_batch(data, &UInt32Array::from(doomed.rows))
-            .map_err(|e| FreshetError::Internal(e.to_string()))?;
-        txn.delete(file, &UInt64Array::from(doomed.positions), &rows).await?;
+    for (file, doomed) in doomed.into_iter().enumerate() {
+        txn.delete_positions(file, doomed.positions).await?;
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// Deletes the rows of negative weight found by a scan of the table.

@@ -24,7 +24,7 @@ use datafusion::arrow::datatypes::{DataType, Schema, UInt32Type, UInt64Type};
 use futures::TryStreamExt;
 
 use freshet_common::{
-    FreshetError, Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, by_part, part_of, run_parts,
+    FreshetError, Key, KeyCodec, KeyMap, Keys, PARALLEL_MIN_ROWS, Result, part_of, run_parts, run_parts_by_key,
 };
 use freshet_storage::{CompactionMoves, FileMoves, Placements, Snapshot, Table};
 
@@ -190,41 +190,26 @@ impl RowIndex {
     }
 
     /// Takes the locations of the rows `retractions` retract out of the index: each is a row of
-    /// `keys` (change rows encoded by [`RowIndex::encode`]) and how many copies. Returns, per
-    /// file of the version the index describes (`files`, from [`RowIndex::file_indices`]), the
+    /// `keys` (change rows encoded by [`RowIndex::encode`]), once per copy. Returns, per file of
+    /// the version the index describes (`files`, from [`RowIndex::file_indices`]), the
     /// positions to delete and the change row each retracts. The parts work at once when there
     /// are many retractions. On an error the index must not be used again.
     pub(crate) fn take_all(
         &mut self,
         keys: &Keys,
-        retractions: &[(u32, usize)],
+        retractions: &[u32],
         files: &[Option<usize>],
     ) -> std::result::Result<Vec<Doomed>, Untaken> {
-        let routed = by_part(retractions.iter().copied(), self.parts.len(), |&(row, _)| {
-            keys.key(row as usize)
-        });
         let data_files = files.iter().flatten().max().map_or(0, |&last| last + 1);
-        let taken = run_parts(&mut self.parts, retractions.len() >= PARALLEL_MIN_ROWS, |part, map| {
-            let retractions = &routed[part];
+        let key_of = |k: usize| keys.key(retractions[k] as usize);
+        let taken = run_parts_by_key(&mut self.parts, retractions.len(), key_of, |_, map, mine| {
             let mut doomed: Vec<Doomed> = (0..data_files).map(|_| Doomed::default()).collect();
-            for k in map.probe_order(retractions.iter().map(|&(row, _)| keys.key(row as usize))) {
-                let (row, count) = retractions[k as usize];
-                let mut located = true;
-                let found = take(map, keys.key(row as usize), count, |slot, position| {
-                    match files.get(slot as usize).copied().flatten() {
-                        Some(file) => {
-                            doomed[file].positions.push(position);
-                            doomed[file].rows.push(row);
-                        }
-                        None => located = false,
-                    }
-                });
-                if !found {
-                    return Err(Untaken::Missing);
-                }
-                if !located {
-                    return Err(Untaken::FileGone);
-                }
+            for k in map.probe_order(mine.iter().map(|&k| key_of(k as usize))) {
+                let row = retractions[mine[k as usize] as usize];
+                let (slot, position) = take(map, keys.key(row as usize)).ok_or(Untaken::Missing)?;
+                let file = files.get(slot as usize).copied().flatten().ok_or(Untaken::FileGone)?;
+                doomed[file].positions.push(position);
+                doomed[file].rows.push(row);
             }
             Ok(doomed)
         });
@@ -299,24 +284,17 @@ impl RowIndex {
                 placed.push((inserted.rows.value(row), (slot, narrow(run.position + k)?)));
             }
         }
-        let placed = by_part(placed.into_iter(), self.parts.len(), |&(row, _)| {
-            inserted.keys.key(row as usize)
-        });
         let unique = self.unique;
-        let consistent = run_parts(
-            &mut self.parts,
-            inserted.rows.len() >= PARALLEL_MIN_ROWS,
-            |part, map| {
-                let placed = &placed[part];
-                map.reserve(placed.len());
-                let mut consistent = true;
-                for i in map.probe_order(placed.iter().map(|&(row, _)| inserted.keys.key(row as usize))) {
-                    let (row, location) = placed[i as usize];
-                    consistent &= add_location(map, unique, inserted.keys.key(row as usize), location);
-                }
-                consistent
-            },
-        );
+        let key_of = |i: usize| inserted.keys.key(placed[i].0 as usize);
+        let consistent = run_parts_by_key(&mut self.parts, placed.len(), key_of, |_, map, mine| {
+            map.reserve(mine.len());
+            let mut consistent = true;
+            for i in map.probe_order(mine.iter().map(|&i| key_of(i as usize))) {
+                let (row, location) = placed[mine[i as usize] as usize];
+                consistent &= add_location(map, unique, inserted.keys.key(row as usize), location);
+            }
+            consistent
+        });
         Ok(consistent.into_iter().all(|c| c))
     }
 
@@ -507,17 +485,14 @@ fn add_location(map: &mut KeyMap<Locations>, unique: bool, key: Key<'_>, locatio
     }
 }
 
-/// Takes `count` locations of the row whose key is `key` out of `map`, giving each to `each` as
-/// (file slot, position); `false` (and nothing taken) when the table holds fewer copies of the
-/// row.
-fn take(map: &mut KeyMap<Locations>, key: Key<'_>, count: usize, mut each: impl FnMut(u32, u64)) -> bool {
+/// Takes one location of the row whose key is `key` out of `map`, as (file slot, position);
+/// `None` when the table holds no copy of the row.
+fn take(map: &mut KeyMap<Locations>, key: Key<'_>) -> Option<(u32, u64)> {
     // Removed, then put back when copies remain: one probe for the usual single row.
-    match map.remove(key) {
-        Some(Locations::One(slot, position)) if count == 1 => each(slot, u64::from(position)),
-        Some(Locations::Many(mut all)) if all.len() >= count => {
-            for (slot, position) in all.drain(all.len() - count..) {
-                each(slot, u64::from(position));
-            }
+    let (slot, position) = match map.remove(key)? {
+        Locations::One(slot, position) => (slot, position),
+        Locations::Many(mut all) => {
+            let (slot, position) = all.pop()?;
             match all[..] {
                 [] => {}
                 [(slot, position)] => {
@@ -527,14 +502,10 @@ fn take(map: &mut KeyMap<Locations>, key: Key<'_>, count: usize, mut each: impl 
                     map.insert(key, Locations::Many(all));
                 }
             }
+            (slot, position)
         }
-        Some(fewer) => {
-            map.insert(key, fewer);
-            return false;
-        }
-        None => return false,
-    }
-    true
+    };
+    Some((slot, u64::from(position)))
 }
 
 /// A row position as the index keeps it.
@@ -563,7 +534,7 @@ mod tests {
         let mut taken = 0;
         for batch in &batches {
             let keys = index.encode(&batch.columns()[..columns]).unwrap();
-            let retractions: Vec<(u32, usize)> = (0..batch.num_rows() as u32).map(|row| (row, 1)).collect();
+            let retractions: Vec<u32> = (0..batch.num_rows() as u32).collect();
             let doomed = index.take_all(&keys, &retractions, &files).unwrap();
             let file_of = batch.column(columns).as_primitive::<UInt32Type>();
             let position_of = batch.column(columns + 1).as_primitive::<UInt64Type>();
