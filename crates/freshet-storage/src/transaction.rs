@@ -63,6 +63,47 @@ pub struct Transaction {
     retracted: u64,
 }
 
+/// Why positions cannot be deleted.
+enum Refused {
+    /// A position is given twice.
+    Twice,
+    /// A position is beyond the file's rows.
+    Beyond(u64),
+}
+
+/// `positions` (of rows of a file of `rows` rows) sorted, when each is below `rows` and given
+/// once. Many positions in a file are marked in a bitset of its rows (one pass, no sort); a few
+/// are sorted.
+fn sorted_distinct(mut positions: Vec<u64>, rows: u64) -> std::result::Result<Vec<u64>, Refused> {
+    if let Some(&beyond) = positions.iter().find(|&&p| p >= rows) {
+        return Err(Refused::Beyond(beyond));
+    }
+    if (positions.len() as u64).saturating_mul(64) < rows {
+        positions.sort_unstable();
+        if positions.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(Refused::Twice);
+        }
+        return Ok(positions);
+    }
+    let mut marked = vec![0u64; rows.div_ceil(64) as usize];
+    for &position in &positions {
+        let (word, bit) = ((position / 64) as usize, 1u64 << (position % 64));
+        if marked[word] & bit != 0 {
+            return Err(Refused::Twice);
+        }
+        marked[word] |= bit;
+    }
+    positions.clear();
+    for (word, &bits) in marked.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            positions.push(word as u64 * 64 + u64::from(bits.trailing_zeros()));
+            bits &= bits - 1;
+        }
+    }
+    Ok(positions)
+}
+
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
@@ -164,7 +205,7 @@ impl Transaction {
     /// Deletes rows of data file `file` of the base version (an index into its files) by
     /// position. Their values must be given to [`Transaction::retract`] before the commit, in
     /// any order and grouping: [`Transaction::delete`] does both at once.
-    pub async fn delete_positions(&mut self, file: usize, mut positions: Vec<u64>) -> Result<()> {
+    pub async fn delete_positions(&mut self, file: usize, positions: Vec<u64>) -> Result<()> {
         if positions.is_empty() {
             return Ok(());
         }
@@ -190,23 +231,24 @@ impl Transaction {
                 self.table.name()
             ))
         };
-        // Sorted, the positions become a bitmap in one pass instead of one insertion each.
-        positions.sort_unstable();
-        if positions.windows(2).any(|pair| pair[0] == pair[1]) {
-            return Err(same_row_twice());
-        }
-        if let Some(&last) = positions.last().filter(|&&last| last >= data_file.rows) {
-            return Err(not_live(last));
-        }
-        if let Some(&gone) = existing
-            .as_ref()
-            .and_then(|existing| positions.iter().find(|&&p| existing.contains(p)))
+        let count = positions.len() as u64;
+        let sorted = match sorted_distinct(positions, data_file.rows) {
+            Ok(sorted) => sorted,
+            Err(Refused::Twice) => return Err(same_row_twice()),
+            Err(Refused::Beyond(position)) => return Err(not_live(position)),
+        };
+        let new = RoaringTreemap::from_sorted_iter(sorted)
+            .map_err(|e| FreshetError::Internal(format!("deleted positions out of order: {e}")))?;
+        if let Some(gone) = existing
+            .filter(|existing| !existing.is_disjoint(&new))
+            .and_then(|existing| {
+                let mut both = (*existing).clone();
+                both &= &new;
+                both.min()
+            })
         {
             return Err(not_live(gone));
         }
-        let count = positions.len() as u64;
-        let new = RoaringTreemap::from_sorted_iter(positions)
-            .map_err(|e| FreshetError::Internal(format!("deleted positions out of order: {e}")))?;
         let set = self.deletes.entry(file).or_default();
         if !set.is_disjoint(&new) {
             return Err(same_row_twice());
@@ -520,5 +562,28 @@ impl Table {
             known_deletes,
         )));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_come_sorted_once_each_whether_marked_or_sorted() {
+        // Few positions in a large file are sorted; many are marked in a bitset.
+        for rows in [1_000_000, 200] {
+            let positions = vec![199, 0, 64, 63, 5, 128];
+            assert_eq!(
+                sorted_distinct(positions, rows).ok(),
+                Some(vec![0, 5, 63, 64, 128, 199]),
+                "{rows} rows"
+            );
+            assert!(matches!(sorted_distinct(vec![7, 3, 7], rows), Err(Refused::Twice)));
+            assert!(matches!(
+                sorted_distinct(vec![3, rows, 4], rows),
+                Err(Refused::Beyond(beyond)) if beyond == rows
+            ));
+        }
     }
 }
