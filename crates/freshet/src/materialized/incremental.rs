@@ -596,8 +596,8 @@ async fn delete_indexed(
             }
         ))
     })?;
-    for (file, doomed) in doomed.into_iter().enumerate() {
-        txn.delete_positions(file, doomed.positions).await?;
+    for (file, positions) in doomed.into_iter().enumerate() {
+        txn.delete_positions(file, positions).await?;
     }
     Ok(())
 }

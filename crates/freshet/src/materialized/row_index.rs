@@ -40,15 +40,6 @@ enum Locations {
     Many(Box<Vec<(u32, u32)>>),
 }
 
-/// The rows of one data file a refresh deletes.
-#[derive(Debug, Default)]
-pub(crate) struct Doomed {
-    /// Their positions in the file.
-    pub positions: Vec<u64>,
-    /// The change row that retracts each.
-    pub rows: Vec<u32>,
-}
-
 /// Why retractions could not be taken from the index.
 #[derive(Debug)]
 pub(crate) enum Untaken {
@@ -192,32 +183,30 @@ impl RowIndex {
     /// Takes the locations of the rows `retractions` retract out of the index: each is a row of
     /// `keys` (change rows encoded by [`RowIndex::encode`]), once per copy. Returns, per file of
     /// the version the index describes (`files`, from [`RowIndex::file_indices`]), the
-    /// positions to delete and the change row each retracts. The parts work at once when there
-    /// are many retractions. On an error the index must not be used again.
+    /// positions to delete. The parts work at once when there are many retractions. On an
+    /// error the index must not be used again.
     pub(crate) fn take_all(
         &mut self,
         keys: &Keys,
         retractions: &[u32],
         files: &[Option<usize>],
-    ) -> std::result::Result<Vec<Doomed>, Untaken> {
+    ) -> std::result::Result<Vec<Vec<u64>>, Untaken> {
         let data_files = files.iter().flatten().max().map_or(0, |&last| last + 1);
         let key_of = |k: usize| keys.key(retractions[k] as usize);
         let taken = run_parts_by_key(&mut self.parts, retractions.len(), key_of, |_, map, mine| {
-            let mut doomed: Vec<Doomed> = (0..data_files).map(|_| Doomed::default()).collect();
+            let mut doomed: Vec<Vec<u64>> = vec![Vec::new(); data_files];
             for k in map.probe_order(mine.iter().map(|&k| key_of(k as usize))) {
                 let row = retractions[mine[k as usize] as usize];
                 let (slot, position) = take(map, keys.key(row as usize)).ok_or(Untaken::Missing)?;
                 let file = files.get(slot as usize).copied().flatten().ok_or(Untaken::FileGone)?;
-                doomed[file].positions.push(position);
-                doomed[file].rows.push(row);
+                doomed[file].push(position);
             }
             Ok(doomed)
         });
-        let mut all: Vec<Doomed> = (0..data_files).map(|_| Doomed::default()).collect();
+        let mut all: Vec<Vec<u64>> = vec![Vec::new(); data_files];
         for part in taken {
             for (all, doomed) in all.iter_mut().zip(part?) {
-                all.positions.extend(doomed.positions);
-                all.rows.extend(doomed.rows);
+                all.extend(doomed);
             }
         }
         Ok(all)
@@ -534,16 +523,17 @@ mod tests {
         let mut taken = 0;
         for batch in &batches {
             let keys = index.encode(&batch.columns()[..columns]).unwrap();
-            let retractions: Vec<u32> = (0..batch.num_rows() as u32).collect();
-            let doomed = index.take_all(&keys, &retractions, &files).unwrap();
             let file_of = batch.column(columns).as_primitive::<UInt32Type>();
             let position_of = batch.column(columns + 1).as_primitive::<UInt64Type>();
-            for (file, doomed) in doomed.iter().enumerate() {
-                for (&position, &row) in doomed.positions.iter().zip(&doomed.rows) {
-                    let row = row as usize;
-                    assert_eq!((file_of.value(row) as usize, position_of.value(row)), (file, position));
-                    taken += 1;
-                }
+            for row in 0..batch.num_rows() {
+                let doomed = index.take_all(&keys, &[row as u32], &files).unwrap();
+                let located: Vec<(usize, u64)> = doomed
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(file, positions)| positions.iter().map(move |&p| (file, p)))
+                    .collect();
+                assert_eq!(located, vec![(file_of.value(row) as usize, position_of.value(row))]);
+                taken += 1;
             }
         }
         assert_eq!(taken, snapshot.num_rows());
