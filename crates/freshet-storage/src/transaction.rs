@@ -345,6 +345,14 @@ impl Transaction {
     /// Commits the transaction as the next version. A transaction that changed nothing commits
     /// nothing and reports the base version.
     pub async fn commit(mut self) -> Result<CommitInfo> {
+        // Checked first: values given without any position would otherwise commit nothing
+        // without a word.
+        if !self.removed_all && self.retracted != self.deleted {
+            return Err(FreshetError::Internal(format!(
+                "a transaction deleted {} rows by position but gave the values of {}",
+                self.deleted, self.retracted
+            )));
+        }
         if self.inserted == 0 && self.deleted == 0 && self.refresh.is_none() && self.new_schema.is_none() {
             return Ok(CommitInfo {
                 version: self.base.version(),
@@ -352,12 +360,6 @@ impl Transaction {
                 deleted: 0,
                 placements: Placements::default(),
             });
-        }
-        if !self.removed_all && self.retracted != self.deleted {
-            return Err(FreshetError::Internal(format!(
-                "a transaction deleted {} rows by position but gave the values of {}",
-                self.deleted, self.retracted
-            )));
         }
         let Written {
             files: inserted_files,

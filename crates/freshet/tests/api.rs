@@ -515,9 +515,9 @@ async fn deleted_positions_and_their_values_may_be_given_apart() {
     assert_eq!(weighted_values(&changes), vec![(3, -1), (7, -1), (100, 1), (101, 1)]);
 
     // Positions without their values, or values without positions, commit nothing.
-    for values in [vec![], vec![0, 1]] {
+    for (positions, values) in [(vec![0], vec![]), (vec![0], vec![0, 1]), (vec![], vec![0])] {
         let mut txn = table.begin("DELETE").await.unwrap();
-        txn.delete_positions(0, vec![0]).await.unwrap();
+        txn.delete_positions(0, positions).await.unwrap();
         txn.retract(&batch(values)).await.unwrap();
         let err = txn.commit().await.unwrap_err();
         assert_eq!(err.domain(), ErrorDomain::Internal, "{err}");
