@@ -8,7 +8,7 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::SortField;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, NullEquality, ScalarValue};
+use datafusion::common::{DFSchema, ExprSchema, NullEquality, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
     self as logical, Expr, ExprSchemable, FetchType, JoinType, LogicalPlan, SkipType, SortExpr, TableScan, Volatility,
@@ -451,6 +451,7 @@ fn aggregate(
             .transpose()?;
         specs.push(AggregateSpec {
             kind,
+            counts_rows: kind == AggregateKind::Count && filter.is_none() && never_null(arg, input_schema)?,
             arg: Compiled::new(arg, input_schema)?,
             filter,
             arg_type,
@@ -466,6 +467,15 @@ fn aggregate(
         output,
         parallelism,
     )?))
+}
+
+/// Whether `expr` is a non-null literal (`count(*)` counts one) or a column declared NOT NULL.
+fn never_null(expr: &Expr, schema: &DFSchema) -> Result<bool, BuildError> {
+    Ok(match expr {
+        Expr::Literal(value, _) => !value.is_null(),
+        Expr::Column(column) => !schema.field_from_column(column).map_err(internal)?.is_nullable(),
+        _ => false,
+    })
 }
 
 fn unalias(expr: &Expr) -> &Expr {

@@ -28,6 +28,8 @@ pub(crate) use accumulator::AggregateKind;
 /// One aggregate of the operator.
 pub(crate) struct AggregateSpec {
     pub kind: AggregateKind,
+    /// A COUNT of an argument that is never NULL, without FILTER: the group's row count.
+    pub counts_rows: bool,
     /// The argument (`count(*)` counts a non-null literal).
     pub arg: Compiled,
     /// `FILTER (WHERE ...)`.
@@ -60,21 +62,31 @@ pub(crate) struct Aggregate {
 
 /// The groups of one part of an aggregate.
 ///
-/// Groups live in slots: the map finds a group's slot from its encoded key, and the row
-/// counts and accumulators are columns indexed by slot (a slot freed by a vanished group is
-/// reused). A global aggregate's one group is in slot 0.
+/// Groups live in slots: the map finds a group's slot from its encoded key, and the slots'
+/// row counts and accumulators are columns indexed by slot (a slot freed by a vanished group
+/// is reused). A global aggregate's one group is in slot 0.
+///
+/// The state is read at random places, one group at a time: every column a group's update
+/// touches is one more cache miss (most of an epoch's time in a large state), so a slot's row
+/// count and epoch mark share one entry, and a COUNT of a never-NULL argument keeps no column
+/// (it is the row count).
 struct Groups {
     /// The slot of each group (empty for a global aggregate).
     slots: KeyMap<u32>,
-    /// Rows in each slot's group.
-    rows: Vec<i64>,
+    /// Each slot's row count and epoch mark.
+    marks: Vec<SlotMark>,
     /// One column of accumulators per aggregate.
     accumulators: Vec<Accumulators>,
     /// Slots whose group vanished.
     free: Vec<u32>,
-    /// The last epoch that touched each slot.
-    touched_in: Vec<u64>,
     epoch: u64,
+}
+
+/// A slot's row count and the last epoch that touched it.
+#[derive(Clone, Copy, Default)]
+struct SlotMark {
+    rows: i64,
+    touched_in: u64,
 }
 
 /// What every part reads to step through one epoch: the operator's definition and the epoch's
@@ -114,7 +126,7 @@ struct Assigned {
 
 /// Memory of a slot's row count and epoch mark (its entry in the slot map is counted by the
 /// map).
-const SLOT_BYTES: usize = 8 + 8;
+const SLOT_BYTES: usize = size_of::<SlotMark>();
 
 impl Aggregate {
     /// An aggregate whose groups are split into `parts` parts (a global aggregate has one).
@@ -169,10 +181,9 @@ impl Groups {
     fn new(slots: KeyMap<u32>, specs: &[AggregateSpec]) -> Self {
         Self {
             slots,
-            rows: Vec::new(),
+            marks: Vec::new(),
             accumulators: specs.iter().map(Accumulators::new).collect(),
             free: Vec::new(),
-            touched_in: Vec::new(),
             epoch: 0,
         }
     }
@@ -182,12 +193,11 @@ impl Groups {
         if let Some(slot) = self.free.pop() {
             return slot;
         }
-        self.rows.push(0);
-        self.touched_in.push(0);
+        self.marks.push(SlotMark::default());
         for accumulators in &mut self.accumulators {
             accumulators.push();
         }
-        (self.rows.len() - 1) as u32
+        (self.marks.len() - 1) as u32
     }
 
     /// Forgets the group `key` in `slot`.
@@ -244,7 +254,7 @@ impl Groups {
             (0..count).map(row_at).collect()
         } else {
             sweep_order(
-                self.rows.len(),
+                self.marks.len(),
                 (0..count).map(|i| u64::from(slots[row_at(i) as usize])),
             )
             .into_iter()
@@ -254,8 +264,9 @@ impl Groups {
         let mut touched = Vec::new();
         for &row in &order {
             let slot = slots[row as usize];
-            if self.touched_in[slot as usize] != self.epoch {
-                self.touched_in[slot as usize] = self.epoch;
+            let mark = &mut self.marks[slot as usize];
+            if mark.touched_in != self.epoch {
+                mark.touched_in = self.epoch;
                 touched.push(Touched {
                     slot,
                     row,
@@ -277,7 +288,7 @@ impl Groups {
         let retracted = self.emit(step, &before, -1)?;
 
         for &row in &order {
-            self.rows[slots[row as usize] as usize] += step.weights[row as usize];
+            self.marks[slots[row as usize] as usize].rows += step.weights[row as usize];
         }
         for (accumulators, arguments) in self.accumulators.iter_mut().zip(step.arguments) {
             accumulators.apply(arguments, &slots, step.weights, &order)?;
@@ -285,7 +296,7 @@ impl Groups {
 
         let mut after = Vec::with_capacity(touched.len());
         for group in touched {
-            let rows = self.rows[group.slot as usize];
+            let rows = self.marks[group.slot as usize].rows;
             if rows < 0 {
                 return Err(internal("a group's row count went below zero"));
             }
@@ -309,7 +320,7 @@ impl Groups {
             .map(|column| take(column.as_ref(), &rows, None).map_err(internal))
             .collect::<Result<Vec<_>>>()?;
         for ((spec, accumulators), codec) in step.specs.iter().zip(&self.accumulators).zip(step.value_codecs) {
-            let array = accumulators.evaluate(spec, codec.as_ref(), &slots)?;
+            let array = accumulators.evaluate(spec, codec.as_ref(), &slots, |slot| self.marks[slot as usize].rows)?;
             let array = if array.data_type() == &spec.output_type {
                 array
             } else {
@@ -322,7 +333,7 @@ impl Groups {
 
     /// Memory of the part's state.
     fn bytes(&self) -> usize {
-        let slots = self.rows.len();
+        let slots = self.marks.len();
         let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
         slots * SLOT_BYTES + self.slots.bytes() + accumulators
     }

@@ -69,16 +69,21 @@ impl AggregateKind {
     }
 }
 
-/// The state of one aggregate for every group, by the group's slot: one column per part of
-/// the state, so that an epoch updates it in a tight loop over the changed rows.
+/// The state of one aggregate for every group, by the group's slot: one column per aggregate,
+/// so that an epoch updates it in a tight loop over the changed rows. A group's parts of one
+/// aggregate (a sum and its count) are side by side: a group an epoch touches is one cache
+/// line of each column.
 #[derive(Debug)]
 pub(crate) enum Accumulators {
+    /// A COUNT whose argument is never NULL and that has no FILTER: the group's row count,
+    /// which the aggregate keeps anyway, so no state of its own.
+    Rows,
     /// Non-null values counted.
     Count(Vec<i64>),
     /// Exact sums of integers or of decimals' unscaled values, and how many.
-    Exact { sums: Vec<i128>, counts: Vec<i64> },
+    Exact(Vec<Tally<i128>>),
     /// Sums of floats, and how many.
-    Float { sums: Vec<f64>, counts: Vec<i64> },
+    Float(Vec<Tally<f64>>),
     /// The multiset of values (row-encoded, so ordered as the values are), and the memory the
     /// multisets hold.
     Values {
@@ -86,7 +91,23 @@ pub(crate) enum Accumulators {
         bytes: usize,
     },
     /// Trues and falses counted.
-    Bools { trues: Vec<i64>, falses: Vec<i64> },
+    Bools(Vec<Truths>),
+}
+
+/// A sum and how many values it adds. Packed to 8-byte alignment: an exact sum's `i128` would
+/// otherwise pad every group's entry from 24 to 32 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, packed(8))]
+pub(crate) struct Tally<T: Copy> {
+    sum: T,
+    count: i64,
+}
+
+/// How many of a group's values are true, and how many false.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Truths {
+    trues: i64,
+    falses: i64,
 }
 
 /// Memory of one entry of a MIN/MAX/COUNT(DISTINCT) multiset besides its key's heap bytes.
@@ -95,75 +116,52 @@ const VALUE_ENTRY_BYTES: usize = 56;
 impl Accumulators {
     pub(crate) fn new(spec: &AggregateSpec) -> Self {
         match spec.kind {
+            AggregateKind::Count if spec.counts_rows => Accumulators::Rows,
             AggregateKind::Count => Accumulators::Count(Vec::new()),
-            AggregateKind::Sum | AggregateKind::Avg if is_float(&spec.arg_type) => Accumulators::Float {
-                sums: Vec::new(),
-                counts: Vec::new(),
-            },
-            AggregateKind::Sum | AggregateKind::Avg => Accumulators::Exact {
-                sums: Vec::new(),
-                counts: Vec::new(),
-            },
+            AggregateKind::Sum | AggregateKind::Avg if is_float(&spec.arg_type) => Accumulators::Float(Vec::new()),
+            AggregateKind::Sum | AggregateKind::Avg => Accumulators::Exact(Vec::new()),
             AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => Accumulators::Values {
                 sets: Vec::new(),
                 bytes: 0,
             },
-            AggregateKind::BoolAnd | AggregateKind::BoolOr => Accumulators::Bools {
-                trues: Vec::new(),
-                falses: Vec::new(),
-            },
+            AggregateKind::BoolAnd | AggregateKind::BoolOr => Accumulators::Bools(Vec::new()),
         }
     }
 
     /// Adds a slot holding an empty state.
     pub(crate) fn push(&mut self) {
         match self {
+            Accumulators::Rows => {}
             Accumulators::Count(counts) => counts.push(0),
-            Accumulators::Exact { sums, counts } => {
-                sums.push(0);
-                counts.push(0);
-            }
-            Accumulators::Float { sums, counts } => {
-                sums.push(0.0);
-                counts.push(0);
-            }
+            Accumulators::Exact(tallies) => tallies.push(Tally::default()),
+            Accumulators::Float(tallies) => tallies.push(Tally::default()),
             Accumulators::Values { sets, .. } => sets.push(BTreeMap::new()),
-            Accumulators::Bools { trues, falses } => {
-                trues.push(0);
-                falses.push(0);
-            }
+            Accumulators::Bools(truths) => truths.push(Truths::default()),
         }
     }
 
     /// Empties the state of a slot whose group is gone, so that the slot can be reused.
     pub(crate) fn clear(&mut self, slot: usize) {
         match self {
+            Accumulators::Rows => {}
             Accumulators::Count(counts) => counts[slot] = 0,
-            Accumulators::Exact { sums, counts } => {
-                sums[slot] = 0;
-                counts[slot] = 0;
-            }
-            Accumulators::Float { sums, counts } => {
-                sums[slot] = 0.0;
-                counts[slot] = 0;
-            }
+            Accumulators::Exact(tallies) => tallies[slot] = Tally::default(),
+            Accumulators::Float(tallies) => tallies[slot] = Tally::default(),
             Accumulators::Values { sets, bytes } => {
                 let set = std::mem::take(&mut sets[slot]);
                 *bytes = bytes.saturating_sub(set.keys().map(value_bytes).sum());
             }
-            Accumulators::Bools { trues, falses } => {
-                trues[slot] = 0;
-                falses[slot] = 0;
-            }
+            Accumulators::Bools(truths) => truths[slot] = Truths::default(),
         }
     }
 
     /// Memory held: `slots` slots of fixed-size state plus the multisets' contents.
     pub(crate) fn bytes(&self, slots: usize) -> usize {
         match self {
+            Accumulators::Rows => 0,
             Accumulators::Count(_) => slots * 8,
-            Accumulators::Exact { .. } => slots * 24,
-            Accumulators::Float { .. } | Accumulators::Bools { .. } => slots * 16,
+            Accumulators::Exact(_) => slots * size_of::<Tally<i128>>(),
+            Accumulators::Float(_) | Accumulators::Bools(_) => slots * 16,
             Accumulators::Values { bytes, .. } => slots * 24 + bytes,
         }
     }
@@ -175,32 +173,34 @@ impl Accumulators {
         let valid = &arguments.valid;
         let rows = order.iter().map(|&row| row as usize).filter(|&row| valid[row]);
         match (&arguments.values, self) {
+            // Kept by the aggregate as its row count.
+            (_, Accumulators::Rows) => {}
             (Values::Present, Accumulators::Count(counts)) => {
                 for row in rows {
                     counts[slots[row] as usize] += weights[row];
                 }
             }
-            (Values::Exact(values), Accumulators::Exact { sums, counts }) => {
+            (Values::Exact(values), Accumulators::Exact(tallies)) => {
                 for row in rows {
-                    let slot = slots[row] as usize;
+                    let tally = &mut tallies[slots[row] as usize];
                     let weight = weights[row];
-                    sums[slot] = values[row]
+                    tally.sum = values[row]
                         .checked_mul(i128::from(weight))
-                        .and_then(|d| sums[slot].checked_add(d))
+                        .and_then(|d| tally.sum.checked_add(d))
                         .ok_or_else(|| FreshetError::InvalidStatement("SUM overflowed 128 bits".into()))?;
-                    counts[slot] += weight;
+                    tally.count += weight;
                 }
             }
-            (Values::Float(values), Accumulators::Float { sums, counts }) => {
+            (Values::Float(values), Accumulators::Float(tallies)) => {
                 for row in rows {
-                    let slot = slots[row] as usize;
+                    let tally = &mut tallies[slots[row] as usize];
                     let weight = weights[row];
-                    counts[slot] += weight;
+                    tally.count += weight;
                     // Back to exactly zero when the last value leaves, so no drift survives it.
-                    sums[slot] = if counts[slot] == 0 {
+                    tally.sum = if tally.count == 0 {
                         0.0
                     } else {
-                        sums[slot] + values.value(row) * weight as f64
+                        tally.sum + values.value(row) * weight as f64
                     };
                 }
             }
@@ -225,13 +225,13 @@ impl Accumulators {
                     }
                 }
             }
-            (Values::Bools(values), Accumulators::Bools { trues, falses }) => {
+            (Values::Bools(values), Accumulators::Bools(truths)) => {
                 for row in rows {
-                    let slot = slots[row] as usize;
+                    let truths = &mut truths[slots[row] as usize];
                     if values.value(row) {
-                        trues[slot] += weights[row];
+                        truths.trues += weights[row];
                     } else {
-                        falses[slot] += weights[row];
+                        truths.falses += weights[row];
                     }
                 }
             }
@@ -241,31 +241,43 @@ impl Accumulators {
     }
 
     /// The aggregate's value for the groups in `slots`, as an array of `spec.output_type` (or
-    /// of a type that casts to it).
-    pub(crate) fn evaluate(&self, spec: &AggregateSpec, codec: Option<&RowCodec>, slots: &[u32]) -> Result<ArrayRef> {
+    /// of a type that casts to it); `group_rows` gives a slot's row count.
+    pub(crate) fn evaluate(
+        &self,
+        spec: &AggregateSpec,
+        codec: Option<&RowCodec>,
+        slots: &[u32],
+        group_rows: impl Fn(u32) -> i64,
+    ) -> Result<ArrayRef> {
         let mismatch = || internal(format!("{}: accumulator of another kind", spec.display));
         match (spec.kind, self) {
+            (AggregateKind::Count, Accumulators::Rows) => Ok(Arc::new(Int64Array::from_iter_values(
+                slots.iter().map(|&s| group_rows(s)),
+            ))),
             (AggregateKind::Count, Accumulators::Count(counts)) => Ok(Arc::new(Int64Array::from_iter_values(
                 slots.iter().map(|&s| counts[s as usize]),
             ))),
             (AggregateKind::CountDistinct, Accumulators::Values { sets, .. }) => Ok(Arc::new(
                 Int64Array::from_iter_values(slots.iter().map(|&s| sets[s as usize].len() as i64)),
             )),
-            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Float { sums, counts }) => {
+            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Float(tallies)) => {
                 let average = spec.kind == AggregateKind::Avg;
                 Ok(Arc::new(
                     slots
                         .iter()
                         .map(|&s| {
-                            let (sum, count) = (sums[s as usize], counts[s as usize]);
+                            let Tally { sum, count } = tallies[s as usize];
                             (count != 0).then(|| if average { sum / count as f64 } else { sum })
                         })
                         .collect::<Float64Array>(),
                 ))
             }
-            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Exact { sums, counts }) => {
-                finish_exact(spec, slots.iter().map(|&s| (sums[s as usize], counts[s as usize])))
-            }
+            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Exact(tallies)) => finish_exact(
+                spec,
+                slots
+                    .iter()
+                    .map(|&s| (tallies[s as usize].sum, tallies[s as usize].count)),
+            ),
             (AggregateKind::Min | AggregateKind::Max, Accumulators::Values { sets, .. }) => {
                 let codec = codec.ok_or_else(|| internal("no value codec"))?;
                 let null_value = codec.encode(&[new_null_array(&spec.arg_type, 1)], 1)?;
@@ -282,13 +294,13 @@ impl Accumulators {
                 let mut columns = codec.decode(rows)?;
                 columns.pop().ok_or_else(|| internal("no MIN/MAX column"))
             }
-            (AggregateKind::BoolAnd | AggregateKind::BoolOr, Accumulators::Bools { trues, falses }) => {
+            (AggregateKind::BoolAnd | AggregateKind::BoolOr, Accumulators::Bools(truths)) => {
                 let and = spec.kind == AggregateKind::BoolAnd;
                 Ok(Arc::new(
                     slots
                         .iter()
                         .map(|&s| {
-                            let (trues, falses) = (trues[s as usize], falses[s as usize]);
+                            let Truths { trues, falses } = truths[s as usize];
                             (trues + falses != 0).then_some(if and { falses == 0 } else { trues > 0 })
                         })
                         .collect::<BooleanArray>(),
@@ -331,6 +343,13 @@ enum Values {
 impl Arguments {
     /// Evaluates the argument and the FILTER over `batch`.
     pub(crate) fn evaluate(spec: &AggregateSpec, codec: Option<&RowCodec>, batch: &RecordBatch) -> Result<Self> {
+        if spec.counts_rows {
+            // Counted by the group's row count.
+            return Ok(Self {
+                valid: Vec::new(),
+                values: Values::Present,
+            });
+        }
         let array = spec.arg.evaluate(batch)?;
         let keep = match &spec.filter {
             Some(filter) => Some(filter.mask(batch)?),
