@@ -5,7 +5,10 @@
 //! column — the commonest GROUP BY, and the commonest unique key of a table — is kept as the
 //! `i64` itself: nothing to encode, a one-word hash and comparison, and a map entry of 8 bytes
 //! plus the value instead of 32 plus the value, so that a map of a hundred thousand keys stays
-//! in the cache that encoded keys overflow.
+//! in the cache that encoded keys overflow. Integer keys that fill a compact range are kept in
+//! an array indexed by the key (`int_map`).
+
+mod int_map;
 
 use std::hash::BuildHasher;
 
@@ -16,6 +19,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use crate::probe_order::{CACHED_BYTES, order_by_bucket};
 use crate::{FreshetError, Result, RowKey};
+use int_map::IntMap;
 
 /// Encodes the key columns of batches as [`Keys`].
 #[derive(Debug)]
@@ -54,7 +58,7 @@ impl KeyCodec {
     /// An empty map for keys of this codec.
     pub fn map<V>(&self) -> KeyMap<V> {
         KeyMap {
-            ints: foldhash::HashMap::default(),
+            ints: IntMap::default(),
             null: None,
             rows: foldhash::HashMap::default(),
             integer: self.converter.is_none(),
@@ -125,7 +129,7 @@ pub enum Key<'a> {
 /// A hash map keyed by the [`Key`]s of one [`KeyCodec`] (made by [`KeyCodec::map`]).
 #[derive(Debug, Clone)]
 pub struct KeyMap<V> {
-    ints: foldhash::HashMap<i64, V>,
+    ints: IntMap<V>,
     /// The value of the NULL integer key.
     null: Option<V>,
     rows: foldhash::HashMap<RowKey, V>,
@@ -148,19 +152,14 @@ impl<V> KeyMap<V> {
 
     /// Memory of the entries, approximately: each key and value, and the row keys' heap bytes.
     pub fn bytes(&self) -> usize {
-        let entry = if self.integer {
-            size_of::<(i64, V)>()
-        } else {
-            size_of::<(RowKey, V)>()
-        };
-        self.len() * entry + self.heap
+        self.ints.bytes() + self.rows.len() * size_of::<(RowKey, V)>() + self.heap
     }
 
     /// The value of `key`.
     #[inline]
     pub fn get(&self, key: Key<'_>) -> Option<&V> {
         match key {
-            Key::Int(Some(int)) => self.ints.get(&int),
+            Key::Int(Some(int)) => self.ints.get(int),
             Key::Int(None) => self.null.as_ref(),
             Key::Row(row) => self.rows.get(row),
         }
@@ -170,7 +169,7 @@ impl<V> KeyMap<V> {
     #[inline]
     pub fn get_mut(&mut self, key: Key<'_>) -> Option<&mut V> {
         match key {
-            Key::Int(Some(int)) => self.ints.get_mut(&int),
+            Key::Int(Some(int)) => self.ints.get_mut(int),
             Key::Int(None) => self.null.as_mut(),
             Key::Row(row) => self.rows.get_mut(row),
         }
@@ -198,7 +197,7 @@ impl<V> KeyMap<V> {
     #[inline]
     pub fn remove(&mut self, key: Key<'_>) -> Option<V> {
         match key {
-            Key::Int(Some(int)) => self.ints.remove(&int),
+            Key::Int(Some(int)) => self.ints.remove(int),
             Key::Int(None) => self.null.take(),
             Key::Row(row) => {
                 let (key, value) = self.rows.remove_entry(row)?;
@@ -227,7 +226,7 @@ impl<V> KeyMap<V> {
 
     /// Keeps the entries for whose value `keep` is true (it may change the value).
     pub fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool) {
-        self.ints.retain(|_, value| keep(value));
+        self.ints.retain(&mut keep);
         if self.null.as_mut().is_some_and(|value| !keep(value)) {
             self.null = None;
         }
@@ -246,21 +245,28 @@ impl<V> KeyMap<V> {
     /// them up sweeps the map's memory instead of missing the cache at each (see
     /// the `probe_order` module); in their own order when the map fits the cache.
     pub fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
-        let (ints, rows) = (self.ints.hasher(), self.rows.hasher());
-        let (capacity, entry) = if self.integer {
-            (self.ints.capacity(), size_of::<(i64, V)>())
+        let bytes = if self.integer {
+            self.ints.capacity_bytes()
         } else {
-            (self.rows.capacity(), size_of::<(RowKey, V)>())
+            self.rows.capacity().saturating_mul(size_of::<(RowKey, V)>())
         };
-        if capacity.saturating_mul(entry) <= CACHED_BYTES {
+        if bytes <= CACHED_BYTES {
             return (0..keys.len() as u32).collect();
         }
+        if self.integer {
+            let ints = keys.map(|key| match key {
+                Key::Int(Some(int)) => int,
+                Key::Int(None) | Key::Row(_) => 0,
+            });
+            let (positions, capacity) = self.ints.positions(ints);
+            return order_by_bucket(capacity, positions.into_iter());
+        }
+        let rows = self.rows.hasher();
         let hashes = keys.map(|key| match key {
-            Key::Int(Some(int)) => ints.hash_one(int),
-            Key::Int(None) => 0,
             Key::Row(row) => rows.hash_one(row),
+            Key::Int(_) => 0,
         });
-        order_by_bucket(capacity, hashes)
+        order_by_bucket(self.rows.capacity(), hashes)
     }
 }
 

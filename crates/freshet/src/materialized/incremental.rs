@@ -521,10 +521,17 @@ async fn apply(
         ))
     })?;
     let weights = changes.weights();
+    // Change rows of weight ±1 (nearly all of them) without an iterator per row.
     let copies = |sign: i64| -> UInt32Array {
-        (0..data.num_rows() as u32)
-            .flat_map(|i| std::iter::repeat_n(i, (sign * weights.value(i as usize)).max(0) as usize))
-            .collect()
+        let mut rows = Vec::new();
+        for (i, &weight) in weights.values().iter().enumerate() {
+            match sign * weight {
+                1 => rows.push(i as u32),
+                n if n > 1 => rows.extend(std::iter::repeat_n(i as u32, n as usize)),
+                _ => {}
+            }
+        }
+        UInt32Array::from(rows)
     };
     let inserted = copies(1);
     let mut written = 0;
