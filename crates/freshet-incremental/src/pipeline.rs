@@ -1,6 +1,6 @@
 //! A materialized table's operator graph and how it runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::LogicalPlan;
@@ -8,7 +8,7 @@ use datafusion::logical_expr::LogicalPlan;
 use freshet_common::{ChangeBatch, Result, consolidate};
 
 use crate::operator::{Epoch, Operator, StateSize, arrow_schema};
-use crate::planner::{BuildError, Context, SourceResolver, build};
+use crate::planner::{BuildError, Context, SourceResolver, build, read_columns};
 
 /// The incremental operators of one query: fed the changes of its source tables epoch by epoch,
 /// it returns the changes of the query's result, consolidated.
@@ -18,6 +18,8 @@ pub struct Pipeline {
     schema: SchemaRef,
     epochs: u64,
     parallelism: usize,
+    /// The columns of each source it reads, when not all.
+    read_columns: HashMap<String, Option<Vec<usize>>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -51,15 +53,24 @@ impl Pipeline {
             resolve,
             sources: BTreeSet::new(),
             parallelism: parallelism.max(1),
+            read_columns: read_columns(plan, resolve)?,
         };
         let root = build(plan, &mut cx)?;
         Ok(Self {
             root,
             sources: cx.sources,
             parallelism: cx.parallelism,
+            read_columns: cx.read_columns,
             schema: arrow_schema(plan.schema()),
             epochs: 0,
         })
+    }
+
+    /// The columns of `source` the pipeline reads (table column indices, ascending), when it
+    /// does not read them all: its changes need only those columns, in that order (changes of
+    /// all columns are accepted too).
+    pub fn source_columns(&self, source: &str) -> Option<&[usize]> {
+        self.read_columns.get(source).and_then(|columns| columns.as_deref())
     }
 
     /// How many parts its keyed state is split into (see [`Pipeline::build`]); state kept
@@ -132,5 +143,63 @@ impl Pipeline {
         let mut out = Vec::new();
         walk(self.root.as_ref(), 0, &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::{LogicalPlanBuilder, LogicalTableSource, col};
+
+    use super::*;
+
+    fn orders() -> Arc<LogicalTableSource> {
+        Arc::new(LogicalTableSource::new(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("customer", DataType::Int64, false),
+            Field::new("amount", DataType::Float64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]))))
+    }
+
+    #[test]
+    fn changes_are_read_for_the_columns_the_scans_use() {
+        // A scan of two columns with a filter on a third reads those three.
+        let plan = LogicalPlanBuilder::scan_with_filters(
+            "orders",
+            orders(),
+            Some(vec![1, 2]),
+            vec![col("note").is_not_null()],
+        )
+        .unwrap()
+        .project(vec![col("amount"), col("customer")])
+        .unwrap()
+        .build()
+        .unwrap();
+        let resolve = |_: &datafusion::logical_expr::TableScan| Some("orders".to_string());
+        let pipeline = Pipeline::build(&plan, &resolve, 1).unwrap();
+        assert_eq!(pipeline.source_columns("orders"), Some(&[1, 2, 3][..]));
+        assert!(
+            pipeline
+                .operators()
+                .iter()
+                .any(|op| op.operator.contains("columns=[customer, amount]"))
+        );
+
+        // A second scan of the same table (under another name) reading every column: all are
+        // read.
+        let whole = LogicalPlanBuilder::scan("again", orders(), None)
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = LogicalPlanBuilder::from(plan)
+            .cross_join(whole)
+            .unwrap()
+            .build()
+            .unwrap();
+        let pipeline = Pipeline::build(&plan, &resolve, 1).unwrap();
+        assert_eq!(pipeline.source_columns("orders"), None);
     }
 }

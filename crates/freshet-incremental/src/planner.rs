@@ -1,6 +1,6 @@
 //! From DataFusion's optimized logical plan to a tree of incremental operators.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
@@ -72,6 +72,46 @@ pub(crate) struct Context<'a> {
     pub sources: BTreeSet<String>,
     /// How many parts keyed state is split into, to step on as many threads.
     pub parallelism: usize,
+    /// The columns of each source the pipeline reads (see [`read_columns`]).
+    pub read_columns: HashMap<String, Option<Vec<usize>>>,
+}
+
+/// The columns of each source table that the plan's scans read — their projections and the
+/// columns their filters use — ascending; `None` when a scan reads all of them. Only those
+/// columns of the changes need to be decoded.
+pub(crate) fn read_columns(
+    plan: &LogicalPlan,
+    resolve: SourceResolver<'_>,
+) -> Result<HashMap<String, Option<Vec<usize>>>, BuildError> {
+    let mut read: HashMap<String, Option<BTreeSet<usize>>> = HashMap::new();
+    plan.apply_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = node else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let Some(source) = resolve(scan) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let schema = scan.source.schema();
+        let columns = scan.projection.as_ref().and_then(|projection| {
+            let mut columns: BTreeSet<usize> = projection.iter().copied().collect();
+            for filter in &scan.filters {
+                for column in filter.column_refs() {
+                    columns.insert(schema.index_of(&column.name).ok()?);
+                }
+            }
+            (columns.len() < schema.fields().len()).then_some(columns)
+        });
+        let entry = read.entry(source).or_insert_with(|| Some(BTreeSet::new()));
+        match (entry.as_mut(), columns) {
+            (Some(all), Some(columns)) => all.extend(columns),
+            _ => *entry = None,
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(read
+        .into_iter()
+        .map(|(source, columns)| (source, columns.map(|c| c.into_iter().collect())))
+        .collect())
 }
 
 /// Builds the operators of `plan`.
@@ -94,17 +134,37 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
             })?;
             cx.sources.insert(source.clone());
             let table_schema = scan.source.schema();
-            let qualified = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &table_schema)?;
+            // The changes come with the columns the pipeline reads of this table only.
+            let read = cx.read_columns.get(&source).cloned().flatten();
+            let read_schema = match &read {
+                Some(columns) => Arc::new(table_schema.project(columns).map_err(internal)?),
+                None => table_schema.clone(),
+            };
+            let qualified = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &read_schema)?;
             let filters = scan
                 .filters
                 .iter()
                 .map(|f| Compiled::new(f, &qualified))
                 .collect::<Result<_, _>>()?;
+            let projection = match (&scan.projection, &read) {
+                (Some(projection), Some(columns)) => Some(
+                    projection
+                        .iter()
+                        .map(|i| {
+                            columns
+                                .binary_search(i)
+                                .map_err(|_| internal(format!("column {i} not read")))
+                        })
+                        .collect::<Result<Vec<usize>, _>>()?,
+                ),
+                (projection, _) => projection.clone(),
+            };
             Box::new(Scan::new(
                 source,
                 filters,
-                scan.projection.clone(),
-                table_schema,
+                projection,
+                read.map(|columns| (columns, table_schema.fields().len())),
+                read_schema,
                 schema,
             ))
         }

@@ -57,9 +57,40 @@ impl ChangeSet {
     /// cores: each file is read whole on its own task, as many at once as the table writes in
     /// parallel, and yielded in order.
     pub fn stream(&self) -> BoxStream<'static, Result<ChangeBatch>> {
+        self.stream_columns(None)
+    }
+
+    /// [`ChangeSet::stream`] of some columns only (table column indices, ascending; `None`:
+    /// all): the batches hold those columns, in that order, and the others are not decoded.
+    pub fn stream_columns(&self, columns: Option<&[usize]>) -> BoxStream<'static, Result<ChangeBatch>> {
+        let files = match columns {
+            None => self.files.clone(),
+            Some(columns) => {
+                let projected = self
+                    .files
+                    .iter()
+                    .map(|(read, weight)| {
+                        let schema = read
+                            .schema
+                            .project(columns)
+                            .map_err(|e| FreshetError::Internal(format!("changes of columns {columns:?}: {e}")))?;
+                        let read = FileRead {
+                            projection: Some(columns.to_vec()),
+                            schema: Arc::new(schema),
+                            ..read.clone()
+                        };
+                        Ok((read, *weight))
+                    })
+                    .collect::<Result<Vec<_>>>();
+                match projected {
+                    Ok(files) => files,
+                    Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+                }
+            }
+        };
         let store = self.table.files.store.clone();
         let parallelism = self.table.options.write_parallelism.max(1);
-        futures::stream::iter(self.files.clone())
+        futures::stream::iter(files)
             .map(move |(read, weight)| {
                 let task = tokio::spawn(read_changes(store.clone(), read, weight));
                 async move {

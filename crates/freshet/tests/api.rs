@@ -89,6 +89,60 @@ async fn change_read_bytes(rows: usize) -> u64 {
     bytes
 }
 
+/// A change read of some columns returns those columns, with the same weights, and reads
+/// fewer bytes than one of every column.
+#[tokio::test]
+async fn change_reads_of_some_columns_decode_only_those() {
+    let instruments = Instruments::new();
+    let layer = instruments.clone();
+    let engine = Engine::builder()
+        .location("memory://")
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer)))
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT, note TEXT); \
+             INSERT INTO t SELECT value, value * 10, repeat('x', 200) FROM generate_series(1, 5000); \
+             UPDATE t SET v = v + 1 WHERE id <= 3000",
+        )
+        .await
+        .unwrap();
+    let changes = engine.changes("t", 2, 3).await.unwrap();
+    instruments.reset_counters();
+    let all: Vec<_> = changes.stream().try_collect().await.unwrap();
+    let all_bytes = instruments.bytes_read();
+    instruments.reset_counters();
+    let some: Vec<_> = changes.stream_columns(Some(&[1])).try_collect().await.unwrap();
+    let some_bytes = instruments.bytes_read();
+    let values = |batches: &[freshet::ChangeBatch], column: usize| -> Vec<(i64, i64)> {
+        let mut values: Vec<(i64, i64)> = batches
+            .iter()
+            .flat_map(|c| {
+                let data = c
+                    .data()
+                    .column(column)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone();
+                let weights = c.weights().clone();
+                (0..c.num_rows()).map(move |i| (data.value(i), weights.value(i)))
+            })
+            .collect();
+        values.sort_unstable();
+        values
+    };
+    assert!(some.iter().all(|c| c.data().num_columns() == 1));
+    assert_eq!(values(&some, 0), values(&all, 1));
+    assert_eq!(values(&some, 0).len(), 6000);
+    assert!(
+        some_bytes * 2 < all_bytes,
+        "{some_bytes} bytes of one column, {all_bytes} of all"
+    );
+}
+
 #[tokio::test]
 async fn change_reads_cost_the_change_not_the_table() {
     let small = change_read_bytes(2_000).await;

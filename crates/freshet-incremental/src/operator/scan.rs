@@ -14,7 +14,10 @@ pub(crate) struct Scan {
     /// Filters pushed into the scan, over the table's columns.
     filters: Vec<Compiled>,
     projection: Option<Vec<usize>>,
-    /// The table's columns as the plan saw them.
+    /// The table columns the changes hold when the pipeline reads only some (ascending), and
+    /// how many the table has: changes of the whole table are cut down to them.
+    read: Option<(Vec<usize>, usize)>,
+    /// The table's columns as the plan saw them, those of `read` only when given.
     table_schema: SchemaRef,
     schema: SchemaRef,
 }
@@ -24,6 +27,7 @@ impl Scan {
         source: String,
         filters: Vec<Compiled>,
         projection: Option<Vec<usize>>,
+        read: Option<(Vec<usize>, usize)>,
         table_schema: SchemaRef,
         schema: SchemaRef,
     ) -> Self {
@@ -31,6 +35,7 @@ impl Scan {
             source,
             filters,
             projection,
+            read,
             table_schema,
             schema,
         }
@@ -42,15 +47,21 @@ impl Operator for Scan {
         let mut parts = Vec::new();
         for change in epoch.changes(&self.source) {
             let data = change.data();
-            if data.num_columns() != self.table_schema.fields().len() {
-                return Err(internal(format!(
-                    "changes of \"{}\" have {} columns, the query was planned for {}",
-                    self.source,
-                    data.num_columns(),
-                    self.table_schema.fields().len()
-                )));
-            }
-            let data = RecordBatch::try_new(self.table_schema.clone(), data.columns().to_vec()).map_err(internal)?;
+            let columns = match &self.read {
+                _ if data.num_columns() == self.table_schema.fields().len() => data.columns().to_vec(),
+                Some((read, width)) if data.num_columns() == *width => {
+                    read.iter().map(|&i| data.column(i).clone()).collect()
+                }
+                _ => {
+                    return Err(internal(format!(
+                        "changes of \"{}\" have {} columns, the query was planned for {}",
+                        self.source,
+                        data.num_columns(),
+                        self.table_schema.fields().len()
+                    )));
+                }
+            };
+            let data = RecordBatch::try_new(self.table_schema.clone(), columns).map_err(internal)?;
             let mut delta = Delta::new(data, change.weights().clone())?;
             for filter in &self.filters {
                 delta = delta.filter(&filter.mask(&delta.data)?)?;

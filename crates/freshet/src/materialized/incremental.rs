@@ -261,7 +261,8 @@ impl Engine {
                     )));
                 }
             };
-            let mut rows = snapshot.scan(None, false);
+            let columns = pipeline.source_columns(&source).map(<[usize]>::to_vec);
+            let mut rows = snapshot.scan(columns, false);
             while let Some(batch) = rows.try_next().await? {
                 epoch.add(&source, ChangeBatch::with_weight(&batch, 1)?);
             }
@@ -318,7 +319,7 @@ impl Engine {
             let Some(read) = changes.get(source) else {
                 continue;
             };
-            let mut stream = read.stream();
+            let mut stream = read.stream_columns(state.pipeline.source_columns(source));
             while let Some(batch) = stream.try_next().await? {
                 epoch.add(source, batch);
             }
