@@ -49,17 +49,23 @@ async fn many_tasks_share_one_engine() {
     assert_eq!(engine.table("t").unwrap().snapshot().version(), 41);
 }
 
-/// Bytes read by a change read of a 10-row update on a table of `rows` rows.
-async fn change_read_bytes(rows: usize) -> u64 {
+/// An engine in memory whose store counts what it reads, with files of at most `max_file_rows`.
+async fn instrumented_engine(max_file_rows: usize) -> (Engine, Instruments) {
     let instruments = Instruments::new();
     let layer = instruments.clone();
     let engine = Engine::builder()
         .location("memory://")
-        .max_file_rows(1000)
+        .max_file_rows(max_file_rows)
         .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer)))
         .open()
         .await
         .unwrap();
+    (engine, instruments)
+}
+
+/// Bytes read by a change read of a 10-row update on a table of `rows` rows.
+async fn change_read_bytes(rows: usize) -> u64 {
+    let (engine, instruments) = instrumented_engine(1000).await;
     engine
         .sql(&format!(
             "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO t SELECT value, value AS v FROM generate_series(1, {rows})"
@@ -93,14 +99,7 @@ async fn change_read_bytes(rows: usize) -> u64 {
 /// fewer bytes than one of every column.
 #[tokio::test]
 async fn change_reads_of_some_columns_decode_only_those() {
-    let instruments = Instruments::new();
-    let layer = instruments.clone();
-    let engine = Engine::builder()
-        .location("memory://")
-        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer)))
-        .open()
-        .await
-        .unwrap();
+    let (engine, instruments) = instrumented_engine(100_000).await;
     engine
         .sql(
             "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT, note TEXT); \
