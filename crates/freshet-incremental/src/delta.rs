@@ -116,16 +116,16 @@ impl Delta {
             [] => Ok(Self::empty(schema.clone())),
             [one] => (*one).clone().with_schema(schema),
             _ => {
-                let batches: Vec<RecordBatch> = parts
-                    .iter()
-                    .map(|p| RecordBatch::try_new(schema.clone(), p.data.columns().to_vec()))
-                    .collect::<Result<_, _>>()
-                    .map_err(internal)?;
                 let data = if schema.fields().is_empty() {
                     let rows = parts.iter().map(|p| p.len()).sum();
                     let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
                     RecordBatch::try_new_with_options(schema.clone(), vec![], &options).map_err(internal)?
                 } else {
+                    let batches: Vec<RecordBatch> = parts
+                        .iter()
+                        .map(|p| RecordBatch::try_new(schema.clone(), p.data.columns().to_vec()))
+                        .collect::<Result<_, _>>()
+                        .map_err(internal)?;
                     concat_batches(schema, &batches).map_err(internal)?
                 };
                 let weights: Vec<&dyn Array> = parts.iter().map(|p| &p.weights as &dyn Array).collect();

@@ -1,7 +1,6 @@
 //! The leaves: the changes of a source table.
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
 
 use freshet_common::Result;
 
@@ -61,8 +60,8 @@ impl Operator for Scan {
                     )));
                 }
             };
-            let data = RecordBatch::try_new(self.table_schema.clone(), columns).map_err(internal)?;
-            let mut delta = Delta::new(data, change.weights().clone())?;
+            // `from_columns` keeps the row count when no column is read (`SELECT count(*)`).
+            let mut delta = Delta::from_columns(&self.table_schema, columns, change.weights().clone())?;
             for filter in &self.filters {
                 delta = delta.filter(&filter.mask(&delta.data)?)?;
             }

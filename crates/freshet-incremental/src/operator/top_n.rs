@@ -71,7 +71,8 @@ impl TopN {
         let Some(ranked) = self.groups.get(group) else {
             return;
         };
-        let end = self.spec.skip + self.spec.fetch;
+        // `fetch` is `usize::MAX` for an OFFSET without LIMIT.
+        let end = self.spec.skip.saturating_add(self.spec.fetch);
         let mut rank = 0usize;
         'rows: for ((_, row), &n) in ranked {
             for _ in 0..n.max(0) {
