@@ -11,6 +11,7 @@
 //!   failures, on the engine's injectable clock;
 //! - `status`: status, data lag, and the `freshet.materialized_tables` system table.
 
+mod correction;
 mod ddl;
 pub mod definition;
 mod incremental;
@@ -64,6 +65,9 @@ pub struct RefreshAttempt {
     pub reason: Option<String>,
     /// Input change rows processed by an incremental refresh.
     pub input_changes: Option<u64>,
+    /// Rows corrected because the table differed from its query when the operator state was
+    /// rebuilt (beyond float rounding); `None` when the refresh did not rebuild it.
+    pub corrected_rows: Option<u64>,
     /// The error of a failed refresh, or why a refresh was skipped.
     pub detail: Option<String>,
 }

@@ -9,6 +9,7 @@
 //! has its one row.
 
 mod accumulator;
+mod float_sum;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::or;

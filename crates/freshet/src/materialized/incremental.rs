@@ -24,6 +24,7 @@ use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
 use freshet_sql::RefreshMode;
 use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, Table, Transaction, delete_matching};
 
+use super::correction::drifted_rows;
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
 use super::row_index::{Inserted, RowIndex, Untaken};
@@ -44,6 +45,9 @@ pub(crate) struct IncrementalState {
     /// Changes that bring the table to the pipeline's output, found when the state was
     /// rebuilt; applied with the next refresh.
     correction: Option<ChangeBatch>,
+    /// Of those, the rows that are not float re-roundings (`None`: the state was not rebuilt
+    /// for the next refresh).
+    drifted: Option<u64>,
     /// Where the table's rows are, for retractions without a scan (`None`: not built yet, or
     /// the table is too large to index).
     index: Option<RowIndex>,
@@ -225,11 +229,21 @@ impl Engine {
             });
         }
         match self.rebuild_state(name, definition, pinned, previous).await? {
-            Ok(state) => Ok(Algorithm::Incremental {
-                state: Box::new(state),
-                changes,
-                reason: format!("{reason}; operator state rebuilt from the input versions the table reflects"),
-            }),
+            Ok(state) => {
+                let drift = match state.drifted {
+                    Some(rows) if rows > 0 => {
+                        format!("; {rows} rows of the table differed from its query and are corrected")
+                    }
+                    _ => String::new(),
+                };
+                Ok(Algorithm::Incremental {
+                    state: Box::new(state),
+                    changes,
+                    reason: format!(
+                        "{reason}; operator state rebuilt from the input versions the table reflects{drift}"
+                    ),
+                })
+            }
             Err(why) => full(why),
         }
     }
@@ -269,9 +283,10 @@ impl Engine {
         }
         let output = pipeline.step(&epoch)?;
         // The table should hold exactly the pipeline's output. Float sums may differ in their
-        // last bits (DataFusion adds in another order), and a table may have drifted for any
-        // other reason: the difference is applied with the next refresh, so that every later
-        // retraction finds the row it retracts.
+        // last bits (DataFusion adds in another order, the pipeline exactly), and a table may
+        // have drifted for any other reason: the difference is applied with the next refresh,
+        // so that every later retraction finds the row it retracts. Drift is counted in the
+        // refresh's record and logged (`correction`).
         let table = self.inner.catalog.table(name)?;
         let contents = table.snapshot();
         let mut parts: Vec<ChangeBatch> = output.into_iter().collect();
@@ -282,6 +297,17 @@ impl Engine {
             parts.push(ChangeBatch::with_weight(&batch, -1)?);
         }
         let correction = consolidate(pipeline.schema(), &parts)?;
+        let drifted = match &correction {
+            Some(correction) => drifted_rows(correction)?,
+            None => 0,
+        };
+        if drifted > 0 {
+            tracing::warn!(
+                table = name,
+                rows = drifted,
+                "the table differed from its query when its operator state was rebuilt; the next refresh corrects it"
+            );
+        }
         let memory = MemoryConsumer::new(format!("materialized table {name}"))
             .register(&self.inner.ctx.runtime_env().memory_pool);
         let mut state = IncrementalState {
@@ -289,6 +315,7 @@ impl Engine {
             query: definition.query.clone(),
             inputs: previous.inputs.clone(),
             correction,
+            drifted: Some(drifted),
             index: None,
             memory,
         };
@@ -380,6 +407,7 @@ impl Engine {
             algorithm: "incremental".into(),
             reason: Some(reason.to_string()),
             input_changes: Some(input_changes),
+            corrected_rows: state.drifted.take(),
             started_at_ms: started,
             duration_ms: self.inner.materialized.clock.now_ms() - started,
             rows: applied.written,

@@ -74,6 +74,11 @@ pub struct RefreshRecord {
     /// Input change rows processed (inserts plus deletes), for an incremental refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_changes: Option<u64>,
+    /// For an incremental refresh that rebuilt the operator state: rows of the table found to
+    /// differ from the query's result (beyond float rounding) and corrected by this refresh.
+    /// Zero unless the table had drifted from its query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected_rows: Option<u64>,
     /// When it started (engine clock, ms since the epoch).
     pub started_at_ms: i64,
     /// How long it took until the commit, in ms.
@@ -325,6 +330,7 @@ impl Engine {
             algorithm: None,
             reason: None,
             input_changes: None,
+            corrected_rows: None,
             detail: None,
         };
         match result {
@@ -336,6 +342,7 @@ impl Engine {
                     attempt.algorithm = Some(record.algorithm);
                     attempt.reason = record.reason;
                     attempt.input_changes = record.input_changes;
+                    attempt.corrected_rows = record.corrected_rows;
                 }
             }
             Ok(RefreshOutcome::Skipped) => {
@@ -481,6 +488,7 @@ impl Engine {
             algorithm: "full".into(),
             reason: Some(reason),
             input_changes: None,
+            corrected_rows: None,
             started_at_ms: started,
             duration_ms: self.inner.materialized.clock.now_ms() - started,
             rows: written,

@@ -303,6 +303,7 @@ fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
         Field::new("reason", DataType::Utf8, true),
         Field::new("input_changes", DataType::UInt64, true),
         Field::new("detail", DataType::Utf8, true),
+        Field::new("corrected_rows", DataType::UInt64, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
         text(history.iter().map(|a| Some(a.table.clone())).collect()),
@@ -321,6 +322,9 @@ fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
             history.iter().map(|a| a.input_changes).collect::<Vec<_>>(),
         )),
         text(history.iter().map(|a| a.detail.clone()).collect()),
+        Arc::new(UInt64Array::from(
+            history.iter().map(|a| a.corrected_rows).collect::<Vec<_>>(),
+        )),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }

@@ -14,6 +14,7 @@ use datafusion::arrow::row::Rows;
 use freshet_common::{FreshetError, Result, RowKey};
 
 use super::AggregateSpec;
+use super::float_sum::FloatSums;
 use crate::delta::internal;
 use crate::rows::RowCodec;
 
@@ -82,8 +83,8 @@ pub(crate) enum Accumulators {
     Count(Vec<i64>),
     /// Exact sums of integers or of decimals' unscaled values, and how many.
     Exact(Vec<Tally<i128>>),
-    /// Sums of floats, and how many.
-    Float(Vec<Tally<f64>>),
+    /// Exact sums of floats, and how many.
+    Float(FloatSums),
     /// The multiset of values (row-encoded, so ordered as the values are), and the memory the
     /// multisets hold.
     Values {
@@ -118,7 +119,9 @@ impl Accumulators {
         match spec.kind {
             AggregateKind::Count if spec.counts_rows => Accumulators::Rows,
             AggregateKind::Count => Accumulators::Count(Vec::new()),
-            AggregateKind::Sum | AggregateKind::Avg if is_float(&spec.arg_type) => Accumulators::Float(Vec::new()),
+            AggregateKind::Sum | AggregateKind::Avg if is_float(&spec.arg_type) => {
+                Accumulators::Float(FloatSums::new())
+            }
             AggregateKind::Sum | AggregateKind::Avg => Accumulators::Exact(Vec::new()),
             AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => Accumulators::Values {
                 sets: Vec::new(),
@@ -134,7 +137,7 @@ impl Accumulators {
             Accumulators::Rows => {}
             Accumulators::Count(counts) => counts.push(0),
             Accumulators::Exact(tallies) => tallies.push(Tally::default()),
-            Accumulators::Float(tallies) => tallies.push(Tally::default()),
+            Accumulators::Float(sums) => sums.push(),
             Accumulators::Values { sets, .. } => sets.push(BTreeMap::new()),
             Accumulators::Bools(truths) => truths.push(Truths::default()),
         }
@@ -146,7 +149,7 @@ impl Accumulators {
             Accumulators::Rows => {}
             Accumulators::Count(counts) => counts[slot] = 0,
             Accumulators::Exact(tallies) => tallies[slot] = Tally::default(),
-            Accumulators::Float(tallies) => tallies[slot] = Tally::default(),
+            Accumulators::Float(sums) => sums.clear(slot),
             Accumulators::Values { sets, bytes } => {
                 let set = std::mem::take(&mut sets[slot]);
                 *bytes = bytes.saturating_sub(set.keys().map(value_bytes).sum());
@@ -161,7 +164,8 @@ impl Accumulators {
             Accumulators::Rows => 0,
             Accumulators::Count(_) => slots * 8,
             Accumulators::Exact(_) => slots * size_of::<Tally<i128>>(),
-            Accumulators::Float(_) | Accumulators::Bools(_) => slots * 16,
+            Accumulators::Float(sums) => sums.bytes(slots),
+            Accumulators::Bools(_) => slots * 16,
             Accumulators::Values { bytes, .. } => slots * 24 + bytes,
         }
     }
@@ -191,17 +195,10 @@ impl Accumulators {
                     tally.count += weight;
                 }
             }
-            (Values::Float(values), Accumulators::Float(tallies)) => {
+            (Values::Float(values), Accumulators::Float(sums)) => {
+                let values = values.values();
                 for row in rows {
-                    let tally = &mut tallies[slots[row] as usize];
-                    let weight = weights[row];
-                    tally.count += weight;
-                    // Back to exactly zero when the last value leaves, so no drift survives it.
-                    tally.sum = if tally.count == 0 {
-                        0.0
-                    } else {
-                        tally.sum + values.value(row) * weight as f64
-                    };
+                    sums.add(slots[row], values[row], weights[row]);
                 }
             }
             (Values::Rows(values), Accumulators::Values { sets, bytes }) => {
@@ -260,14 +257,14 @@ impl Accumulators {
             (AggregateKind::CountDistinct, Accumulators::Values { sets, .. }) => Ok(Arc::new(
                 Int64Array::from_iter_values(slots.iter().map(|&s| sets[s as usize].len() as i64)),
             )),
-            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Float(tallies)) => {
+            (AggregateKind::Sum | AggregateKind::Avg, Accumulators::Float(sums)) => {
                 let average = spec.kind == AggregateKind::Avg;
                 Ok(Arc::new(
                     slots
                         .iter()
-                        .map(|&s| {
-                            let Tally { sum, count } = tallies[s as usize];
-                            (count != 0).then(|| if average { sum / count as f64 } else { sum })
+                        .map(|&s| match sums.value(s) {
+                            (Some(sum), count) if average => Some(sum / count as f64),
+                            (sum, _) => sum,
                         })
                         .collect::<Float64Array>(),
                 ))
