@@ -8,7 +8,7 @@ use datafusion::logical_expr::LogicalPlan;
 use freshet_common::{ChangeBatch, Result, consolidate};
 
 use crate::operator::{Epoch, Operator, StateSize, arrow_schema};
-use crate::planner::{BuildError, Context, SourceResolver, build, read_columns};
+use crate::planner::{BuildError, Context, SourceResolver, build, read_columns, scalar_subqueries_as_joins};
 
 /// The incremental operators of one query: fed the changes of its source tables epoch by epoch,
 /// it returns the changes of the query's result, consolidated.
@@ -49,6 +49,8 @@ impl Pipeline {
     /// each scan reads; state kept by key is split into `parallelism` parts, which step on as
     /// many threads.
     pub fn build(plan: &LogicalPlan, resolve: SourceResolver<'_>, parallelism: usize) -> Result<Self, BuildError> {
+        let joined = scalar_subqueries_as_joins(plan)?;
+        let plan = joined.as_ref().unwrap_or(plan);
         let mut cx = Context {
             resolve,
             sources: BTreeSet::new(),

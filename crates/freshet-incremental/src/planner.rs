@@ -17,10 +17,13 @@ use datafusion::logical_expr::{
 use freshet_common::FreshetError;
 
 use crate::delta::internal;
+
+mod scalar_subquery;
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
     Scan, TopN, TopNSpec, Union, arrow_schema,
 };
+pub(crate) use scalar_subquery::scalar_subqueries_as_joins;
 
 /// Why a plan cannot be maintained incrementally.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,6 +115,23 @@ const CORPUS: &[(&str, &str)] = &[
          WHERE rn = 1 AND v IS NOT NULL",
     ),
     ("chained", "SELECT g, c, s FROM agg WHERE c > 1"),
+    (
+        "scalar_having",
+        "SELECT k, sum(v) AS s FROM t1 GROUP BY k HAVING sum(v) > (SELECT avg(x) FROM t2)",
+    ),
+    (
+        "scalar_where",
+        "SELECT id, v FROM t1 WHERE v >= (SELECT max(x) FROM t2 WHERE x < 4)",
+    ),
+    (
+        "scalar_select",
+        "SELECT id, v - (SELECT min(x) FROM t2) AS d, (SELECT count(*) FROM t2) AS n FROM t1",
+    ),
+    (
+        "scalar_top",
+        "SELECT k, s FROM (SELECT k, sum(v) AS s FROM t1 GROUP BY k) r \
+         WHERE s = (SELECT max(s2) FROM (SELECT k, sum(v) AS s2 FROM t1 GROUP BY k) r2)",
+    ),
 ];
 
 /// One transaction on the inputs.
