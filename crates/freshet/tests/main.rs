@@ -10,3 +10,4 @@ mod materialized;
 mod properties;
 mod random_schemas;
 mod slt;
+mod tpch;
