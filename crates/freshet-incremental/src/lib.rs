@@ -23,8 +23,10 @@ mod operator;
 mod pipeline;
 mod planner;
 mod rows;
+mod temporal;
 
 pub use delta::Delta;
 pub use operator::{Epoch, StateSize};
 pub use pipeline::{OperatorInfo, Pipeline};
 pub use planner::{BuildError, NotIncremental, SourceResolver};
+pub use temporal::{FRESHET_NOW, time_as_input};

@@ -5,6 +5,7 @@ mod aggregate;
 mod join;
 mod map;
 mod scan;
+mod temporal_filter;
 mod top_n;
 mod union;
 
@@ -28,6 +29,7 @@ pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec};
 pub(crate) use join::{Join, JoinKind, JoinSpec};
 pub(crate) use map::{Constant, Filter, Project};
 pub(crate) use scan::Scan;
+pub(crate) use temporal_filter::{TemporalFilter, TimeBound, TimeComparison};
 pub(crate) use top_n::{TopN, TopNSpec};
 pub(crate) use union::Union;
 
@@ -35,12 +37,28 @@ pub(crate) use union::Union;
 #[derive(Debug, Default)]
 pub struct Epoch {
     changes: HashMap<String, Vec<ChangeBatch>>,
+    /// The time the epoch is evaluated at (ns since the Unix epoch), for `now()`.
+    time_ns: Option<i64>,
 }
 
 impl Epoch {
-    /// An epoch with no changes.
+    /// An epoch with no changes and no time: a pipeline comparing rows with `now()` refuses it.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An epoch with no changes evaluated at `time_ms` (ms since the Unix epoch): the time
+    /// `now()` and `current_date` read, as a batch evaluation at that time would.
+    pub fn at(time_ms: i64) -> Self {
+        Self {
+            changes: HashMap::new(),
+            time_ns: Some(time_ms.saturating_mul(1_000_000)),
+        }
+    }
+
+    /// The epoch's time, in ns.
+    pub(crate) fn time_ns(&self) -> Option<i64> {
+        self.time_ns
     }
 
     /// Adds changes of a source table.
@@ -102,6 +120,10 @@ pub(crate) trait Operator: Send {
     /// Output columns whose values identify an output row: no two rows the operator's output
     /// holds at one time agree on them (`None` when the operator knows no such columns).
     fn unique_key(&self) -> Option<Vec<usize>> {
+        None
+    }
+    /// The next time (ns) at which the operator's output changes with time alone, if any.
+    fn next_change(&self) -> Option<i64> {
         None
     }
 }

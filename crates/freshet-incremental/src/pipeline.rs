@@ -97,6 +97,21 @@ impl Pipeline {
         self.root.unique_key()
     }
 
+    /// The next time (ms since the Unix epoch) at which the query's result changes with time
+    /// alone (a row of a temporal filter enters or leaves), if any.
+    pub fn next_change_ms(&self) -> Option<i64> {
+        fn walk(operator: &dyn Operator) -> Option<i64> {
+            operator
+                .inputs()
+                .into_iter()
+                .filter_map(walk)
+                .chain(operator.next_change())
+                .min()
+        }
+        // Rounded up: at that millisecond the change has happened.
+        walk(self.root.as_ref()).map(|ns| ns.div_euclid(1_000_000) + i64::from(ns.rem_euclid(1_000_000) != 0))
+    }
+
     /// Epochs processed.
     pub fn epochs(&self) -> u64 {
         self.epochs

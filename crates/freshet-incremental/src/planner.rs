@@ -17,12 +17,14 @@ use datafusion::logical_expr::{
 use freshet_common::FreshetError;
 
 use crate::delta::internal;
-
-mod scalar_subquery;
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
     Scan, TopN, TopNSpec, Union, arrow_schema,
 };
+
+mod scalar_subquery;
+mod time_bounds;
+
 pub(crate) use scalar_subquery::scalar_subqueries_as_joins;
 
 /// Why a plan cannot be maintained incrementally.
@@ -119,6 +121,11 @@ pub(crate) fn read_columns(
 
 /// Builds the operators of `plan`.
 pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
+    if let LogicalPlan::Filter(filter) = plan
+        && time_bounds::reads_time(&filter.predicate)
+    {
+        return time_bounds::temporal_filter(filter, cx);
+    }
     check_deterministic(plan)?;
     let schema = arrow_schema(plan.schema());
     Ok(match plan {
@@ -428,29 +435,46 @@ fn unsupported_node(plan: &LogicalPlan) -> BuildError {
 /// Rejects non-deterministic functions (`now()`, `random()`): their results change without
 /// any input changing.
 fn check_deterministic(plan: &LogicalPlan) -> Result<(), BuildError> {
-    let mut found = None;
+    let mut result = Ok(());
     plan.apply_expressions(|expr| {
-        expr.apply(|e| {
-            if let Expr::ScalarFunction(f) = e
-                && f.func.signature().volatility != Volatility::Immutable
-            {
-                found = Some(format!("{}()", f.func.name()));
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            if matches!(e, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_)) {
-                found = Some("subquery".into());
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            Ok(TreeNodeRecursion::Continue)
+        result = check_expr_deterministic(expr);
+        Ok(if result.is_ok() {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
         })
     })?;
-    match found {
-        Some(subquery) if subquery == "subquery" => Err(not_incremental(
+    result
+}
+
+/// Rejects an expression calling a non-deterministic function or holding a subquery.
+pub(crate) fn check_expr_deterministic(expr: &Expr) -> Result<(), BuildError> {
+    let mut found = None;
+    expr.apply(|e| {
+        if let Expr::ScalarFunction(f) = e
+            && f.func.signature().volatility != Volatility::Immutable
+        {
+            found = Some(f.func.name().to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        if matches!(e, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_)) {
+            found = Some("subquery".into());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found.as_deref() {
+        Some("subquery") => Err(not_incremental(
             "subquery",
             "cannot be maintained incrementally: DataFusion could not turn it into a join",
         )),
+        Some(crate::FRESHET_NOW) => Err(not_incremental(
+            "time read as a value (now(), current_date)",
+            "cannot be maintained incrementally: it changes at every instant; filters comparing rows with it \
+             (WHERE ts > now() - INTERVAL '7' DAY) can",
+        )),
         Some(function) => Err(not_incremental(
-            format!("non-deterministic function {function}"),
+            format!("non-deterministic function {function}()"),
             "cannot be maintained incrementally: its result changes without any input changing",
         )),
         None => Ok(()),

@@ -192,7 +192,7 @@ impl Engine {
         let mut statement = *statement;
         time_travel::rewrite(self, &mut statement).await?;
         let plan = self.inner.ctx.state().statement_to_plan(statement).await?;
-        crate::progress::execute_tracked(self.inner.ctx.execute_logical_plan(plan).await?).await
+        crate::progress::execute_tracked(self.execute_plan(plan).await?).await
     }
 }
 

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::config::TableParquetOptions;
+use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
 use datafusion::parquet::file::properties::WriterPropertiesBuilder;
@@ -357,5 +360,27 @@ impl Engine {
         let plan = ctx.state().create_logical_plan(sql).await?;
         ctx.execute_logical_plan(plan).await?.collect().await?;
         Ok(())
+    }
+}
+
+impl Engine {
+    /// A DataFusion session state for one statement evaluated at `time_ms` on the engine's
+    /// clock: what `now()` and `current_date` read (DataFusion's own would read the system
+    /// clock, so a query and an incremental refresh would disagree on the time).
+    pub(crate) fn state_at(&self, time_ms: i64) -> SessionState {
+        let mut state = self.inner.ctx.state();
+        state.execution_props_mut().query_execution_start_time = chrono::DateTime::from_timestamp_millis(time_ms);
+        state
+    }
+
+    /// Runs a planned statement: DDL and settings through DataFusion's context, queries (and
+    /// inserts) at the engine clock's current time.
+    pub(crate) async fn execute_plan(&self, plan: LogicalPlan) -> Result<DataFrame> {
+        Ok(match plan {
+            plan @ (LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) => {
+                self.inner.ctx.execute_logical_plan(plan).await?
+            }
+            plan => DataFrame::new(self.state_at(self.inner.materialized.clock.now_ms()), plan),
+        })
     }
 }

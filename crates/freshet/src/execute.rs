@@ -157,7 +157,7 @@ impl Engine {
                 first_words(&parsed.text)
             ))),
             plan => {
-                let frame = self.inner.ctx.execute_logical_plan(plan).await?;
+                let frame = self.execute_plan(plan).await?;
                 crate::progress::execute_tracked(frame).await
             }
         }

@@ -82,6 +82,9 @@ pub(crate) struct Runtime {
     /// The record of the last refresh committed, with its version (a compaction may have
     /// committed a newer version since).
     pub last_committed: Mutex<Option<(u64, RefreshRecord)>>,
+    /// When the table's result next changes with time alone (a row of a filter comparing with
+    /// `now()` enters or leaves), as its incremental state last found (engine clock, ms).
+    pub time_change_ms: Mutex<Option<i64>>,
     /// Versions of the inputs a CONTINUOUS table's last refresh started from.
     pub seen_inputs: Mutex<std::collections::BTreeMap<String, u64>>,
     /// The incremental pipeline and its state, between refreshes. A committed refresh hands
@@ -144,7 +147,9 @@ impl Materialized {
 
     /// Drops a table's incremental state (it no longer matches the table's contents).
     pub(crate) async fn forget_state(&self, name: &str) {
-        self.runtime(name).incremental.lock().await.take();
+        let runtime = self.runtime(name);
+        runtime.incremental.lock().await.take();
+        *lock(&runtime.time_change_ms) = None;
     }
 
     pub(crate) fn forget(&self, name: &str) {

@@ -20,7 +20,7 @@ use datafusion::logical_expr::TableScan;
 use futures::TryStreamExt;
 
 use freshet_common::{ChangeBatch, FreshetError, Keys, Result, consolidate};
-use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline};
+use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline, time_as_input};
 use freshet_sql::RefreshMode;
 use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, Table, Transaction, delete_matching};
 
@@ -98,15 +98,12 @@ fn source_name(scan: &TableScan) -> Option<String> {
 impl Engine {
     /// The incremental pipeline of a planned query, or why it has none.
     pub(crate) fn pipeline(&self, pinned: &PinnedQuery) -> Result<Result<Pipeline, NotIncremental>> {
-        // Checked before optimizing: the optimizer folds `now()` into a constant.
-        if let Some(function) = &pinned.volatile {
-            return Ok(Err(NotIncremental {
-                operator: format!("non-deterministic function {function}"),
-                reason: "cannot be maintained incrementally: its result changes without any input changing".into(),
-            }));
-        }
+        // Before optimizing, which would fold `now()` into a constant: the time becomes an
+        // input of the pipeline (a filter comparing rows with it is a temporal filter; any other
+        // use of it, or another non-deterministic function, is refused by the builder).
+        let timed = time_as_input(&pinned.plan)?;
         let state = self.inner.ctx.state();
-        let optimized = state.optimize(&pinned.plan)?;
+        let optimized = state.optimize(timed.as_ref().unwrap_or(&pinned.plan))?;
         // As many parts as DataFusion's batch plans use cores.
         let parallelism = state.config().target_partitions();
         match Pipeline::build(&optimized, &source_name, parallelism) {
@@ -261,7 +258,8 @@ impl Engine {
             Ok(pipeline) => pipeline,
             Err(why) => return Ok(Err(format!("the {why}"))),
         };
-        let mut epoch = Epoch::new();
+        // At the time the table's contents were computed, which `now()` read.
+        let mut epoch = Epoch::at(previous.started_at_ms);
         for source in pipeline.sources().clone() {
             let Some(&version) = previous.inputs.get(&source) else {
                 return Ok(Err(format!("the last refresh did not read \"{source}\"")));
@@ -341,7 +339,7 @@ impl Engine {
             request,
             started,
         } = *job;
-        let mut epoch = Epoch::new();
+        let mut epoch = Epoch::at(started);
         for source in state.pipeline.sources() {
             let Some(read) = changes.get(source) else {
                 continue;
@@ -415,6 +413,7 @@ impl Engine {
         };
         let committed = self.commit_refresh(name, txn, record).await?;
         let version = committed.version;
+        *super::lock(&self.inner.materialized.runtime(name).time_change_ms) = state.pipeline.next_change_ms();
         // The refresh is committed and returns. A task keeps the state for the next one,
         // holding the table's state lock until it is there. Failing drops the state (the next
         // refresh rebuilds it) but not the refresh.

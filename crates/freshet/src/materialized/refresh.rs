@@ -425,7 +425,8 @@ impl Engine {
         let base = table.snapshot();
         let partition_label = request.partition.as_ref().map(|(c, v)| format!("{c}={v}"));
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
-        let mut state = self.inner.ctx.state();
+        // `now()` is the time the refresh started, on the engine's clock.
+        let mut state = self.state_at(started);
         if let Some(parallelism) = definition
             .options
             .get("sink.parallelism")

@@ -198,7 +198,10 @@ impl Engine {
         let freshness = millis(definition.effective.freshness);
         match self.refresh(name, request).await {
             Ok(_) => {
-                materialized.set_next_due(name, Some(now.saturating_add(freshness)));
+                // Sooner when the result changes with time alone before then.
+                let by_time = (*super::lock(&materialized.runtime(name).time_change_ms)).filter(|&at| at > now);
+                let next = now.saturating_add(freshness);
+                materialized.set_next_due(name, Some(by_time.map_or(next, |at| at.min(next))));
                 if definition.failures > 0 || definition.last_error.is_some() {
                     definition.failures = 0;
                     definition.last_error = None;

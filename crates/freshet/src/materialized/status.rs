@@ -71,6 +71,10 @@ pub struct MaterializedTableInfo {
     /// Now minus the commit time of the oldest input change the table does not reflect yet;
     /// 0 when it is up to date.
     pub data_lag_ms: Option<i64>,
+    /// When the query's result next changes with time alone, without any input changing (a
+    /// row of `WHERE ts > now() - INTERVAL '7' DAY` leaving), as far as the table's
+    /// incremental state knows (ms since the epoch).
+    pub result_changes_at_ms: Option<i64>,
     /// Consecutive failed refreshes.
     pub failures: u32,
     /// The last refresh error, until a refresh succeeds.
@@ -110,6 +114,7 @@ impl Engine {
         let next_refresh_ms = (definition.status == Status::Active)
             .then(|| self.inner.materialized.next_due(name))
             .flatten();
+        let result_changes_at_ms = *super::lock(&self.inner.materialized.runtime(name).time_change_ms);
         Ok(MaterializedTableInfo {
             name: name.to_string(),
             query: definition.query,
@@ -123,6 +128,7 @@ impl Engine {
             last_refresh,
             next_refresh_ms,
             data_lag_ms,
+            result_changes_at_ms,
             failures: definition.failures,
             last_error: definition.last_error,
             primary_key: definition.primary_key,
@@ -245,6 +251,11 @@ fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBa
         Field::new("failures", DataType::UInt32, false),
         Field::new("last_error", DataType::Utf8, true),
         Field::new("query", DataType::Utf8, false),
+        Field::new(
+            "result_changes_at",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
     ]));
     let last = |f: &dyn Fn(&LastRefresh) -> Option<String>| -> ArrayRef {
         text(infos.iter().map(|i| i.last_refresh.as_ref().and_then(f)).collect())
@@ -284,6 +295,7 @@ fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBa
         Arc::new(UInt32Array::from(infos.iter().map(|i| i.failures).collect::<Vec<_>>())),
         text(infos.iter().map(|i| i.last_error.clone()).collect()),
         text(infos.iter().map(|i| Some(i.query.clone())).collect()),
+        timestamps(infos.iter().map(|i| i.result_changes_at_ms).collect()),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }
