@@ -49,6 +49,8 @@ fn command() -> Command {
                 .long("command")
                 .value_name("SQL")
                 .action(ArgAction::Append)
+                // SQL may start with a comment: `-c "-- why\nSELECT 1"`.
+                .allow_hyphen_values(true)
                 .help("Run SQL (may be given several times; runs in order with -f)"),
         )
         .arg(

@@ -212,15 +212,53 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
                     ));
                 }
             };
-            let LogicalPlan::Sort(sort) = limit.input.as_ref() else {
-                return Err(not_incremental(
-                    "LIMIT without ORDER BY",
-                    "cannot be maintained incrementally: which rows it keeps is not defined",
-                ));
+            // Projections between the limit and the sort (an OFFSET without LIMIT is not pushed
+            // into the sort, so the sort's extra columns are projected away above it) keep the
+            // rows and their order: the top-N goes under them.
+            let mut projections = Vec::new();
+            let mut below = limit.input.as_ref();
+            let sort = loop {
+                match below {
+                    LogicalPlan::Sort(sort) => break sort,
+                    LogicalPlan::Projection(projection) => {
+                        projections.push(projection);
+                        below = &projection.input;
+                    }
+                    LogicalPlan::SubqueryAlias(alias) => below = &alias.input,
+                    _ => {
+                        return Err(not_incremental(
+                            "LIMIT without ORDER BY",
+                            "cannot be maintained incrementally: which rows it keeps is not defined",
+                        ));
+                    }
+                }
             };
             let input = build(&sort.input, cx)?;
             let fetch = fetch.min(sort.fetch.map_or(usize::MAX, |f| f.saturating_sub(skip)));
-            top_n(input, &sort.input, &[], &sort.expr, skip, fetch, false, schema)?
+            let mut operator = top_n(
+                input,
+                &sort.input,
+                &[],
+                &sort.expr,
+                skip,
+                fetch,
+                false,
+                arrow_schema(sort.input.schema()),
+            )?;
+            for projection in projections.into_iter().rev() {
+                let exprs = projection
+                    .expr
+                    .iter()
+                    .map(|e| Compiled::new(e, projection.input.schema()))
+                    .collect::<Result<_, _>>()?;
+                operator = Box::new(Project::new(
+                    operator,
+                    exprs,
+                    projection.input.schema().fields().len(),
+                    arrow_schema(&projection.schema),
+                ));
+            }
+            operator
         }
         LogicalPlan::Filter(filter) => {
             let input = build(&filter.input, cx)?;

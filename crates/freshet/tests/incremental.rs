@@ -99,10 +99,7 @@ const CORPUS: &[(&str, &str)] = &[
     ),
     ("top_n", "SELECT id, v FROM t1 ORDER BY v DESC NULLS LAST, id LIMIT 3"),
     ("top_n_offset", "SELECT id, g FROM t1 ORDER BY g, id LIMIT 2 OFFSET 1"),
-    (
-        "offset_only",
-        "SELECT id, v FROM t1 ORDER BY v NULLS FIRST, id OFFSET 2",
-    ),
+    ("offset_only", "SELECT id FROM t1 ORDER BY v NULLS FIRST, id OFFSET 2"),
     ("count_only", "SELECT count(*) AS c FROM t1"),
     (
         "top_per_group",

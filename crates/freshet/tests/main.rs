@@ -10,4 +10,5 @@ mod materialized;
 mod properties;
 mod random_schemas;
 mod slt;
+mod temporal;
 mod tpch;
