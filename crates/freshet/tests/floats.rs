@@ -119,13 +119,7 @@ async fn check(engine: &Engine, step: usize, statement: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 24,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::incremental::oracle_config(24))]
 
     #[test]
     fn float_sums_equal_batch_evaluation(steps in proptest::collection::vec(step(), 1..14)) {

@@ -335,6 +335,18 @@ pub(crate) async fn create_corpus(engine: &Engine, corpus: &[(impl AsRef<str>, i
     }
 }
 
+/// The oracles' proptest settings: `cases` cases, failing cases kept beside the test in
+/// `*.regressions`.
+pub(crate) fn oracle_config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 /// The algorithm of the last refresh of each table.
 async fn last_algorithms(engine: &Engine) -> BTreeMap<String, String> {
     let batches = engine
@@ -396,13 +408,7 @@ pub(crate) async fn check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 16,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::incremental::oracle_config(16))]
 
     #[test]
     fn incremental_refreshes_equal_batch_evaluation(

@@ -437,13 +437,7 @@ impl Schema {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 12,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::incremental::oracle_config(12))]
 
     #[test]
     fn incremental_refreshes_over_random_schemas_equal_batch_evaluation(

@@ -74,13 +74,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 16,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::incremental::oracle_config(16))]
 
     #[test]
     fn temporal_filters_equal_batch_evaluation_as_time_passes(steps in proptest::collection::vec(step(), 1..14)) {
