@@ -171,7 +171,13 @@ fn the_readme_walkthrough_scripted() {
 
 #[test]
 fn sql_given_with_c_may_start_with_a_comment() {
-    let out = freshet(&["--memory", "--format", "csv", "-c", "-- why this query\nSELECT 1 AS one"]);
+    let out = freshet(&[
+        "--memory",
+        "--format",
+        "csv",
+        "-c",
+        "-- why this query\nSELECT 1 AS one",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "one\n1\n");
 }

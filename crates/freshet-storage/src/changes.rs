@@ -190,6 +190,7 @@ impl Table {
                 schema: version_schema.clone(),
                 deletes,
                 positions: None,
+                pruning: None,
             };
             for file in &changes.removed {
                 let deletes = match &file.deletes {

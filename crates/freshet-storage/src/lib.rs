@@ -25,6 +25,7 @@ mod maintenance;
 mod manifest;
 mod moves;
 mod provider;
+mod prune;
 mod read;
 mod snapshot;
 mod table;

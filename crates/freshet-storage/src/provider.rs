@@ -11,13 +11,15 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Constraint, Constraints, DataFusionError, Statistics};
+use datafusion::common::{Constraint, Constraints, DFSchema, DataFusionError, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::StatisticsArgs;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
@@ -130,11 +132,17 @@ impl TableProvider for SnapshotTable {
         TableType::Base
     }
 
+    /// Filters are used to skip row groups by their statistics and applied again above the
+    /// scan.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let newest;
@@ -165,6 +173,7 @@ impl TableProvider for SnapshotTable {
         let identity = arrangement.len() == scanned_columns && arrangement.iter().enumerate().all(|(a, &b)| a == b);
         let schema = Arc::new(self.schema.project(&requested)?);
         let file_projection = (data.len() < data_columns).then_some(data);
+        let pruning = pruning_predicate(state, &self.schema, filters);
         let files = snapshot.manifest().files.len();
         let partitions = state.config().target_partitions().clamp(1, files.max(1));
         let mut assignment = vec![Vec::new(); partitions];
@@ -181,6 +190,7 @@ impl TableProvider for SnapshotTable {
             schema,
             assignment,
             limit,
+            pruning,
         )))
     }
 
@@ -207,6 +217,19 @@ impl TableProvider for SnapshotTable {
     }
 }
 
+/// The pruning predicate of a scan's filters over the table's columns, when they give one
+/// (filters that cannot be planned or that statistics cannot decide are simply not used).
+fn pruning_predicate(state: &dyn Session, schema: &SchemaRef, filters: &[Expr]) -> Option<Arc<PruningPredicate>> {
+    let predicate = conjunction(filters.iter().cloned())?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+    let physical = state.create_physical_expr(predicate, &df_schema).ok()?;
+    let pruning = PruningPredicateBuilder::new()
+        .with_file_schema(schema.clone())
+        .try_build(physical)
+        .ok()?;
+    (!pruning.always_true()).then(|| Arc::new(pruning))
+}
+
 /// Which columns a scan reads and how it returns them.
 #[derive(Debug, Clone)]
 struct ScanColumns {
@@ -226,6 +249,8 @@ pub struct SnapshotScanExec {
     schema: SchemaRef,
     partitions: Vec<Vec<usize>>,
     limit: Option<usize>,
+    /// Skips row groups the scan's filters rule out.
+    pruning: Option<Arc<PruningPredicate>>,
     properties: Arc<PlanProperties>,
     /// Rows produced, per partition: `EXPLAIN ANALYZE` and progress displays read them.
     metrics: ExecutionPlanMetricsSet,
@@ -238,6 +263,7 @@ impl SnapshotScanExec {
         schema: SchemaRef,
         partitions: Vec<Vec<usize>>,
         limit: Option<usize>,
+        pruning: Option<Arc<PruningPredicate>>,
     ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -251,6 +277,7 @@ impl SnapshotScanExec {
             schema,
             partitions,
             limit,
+            pruning,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -268,6 +295,9 @@ impl DisplayAs for SnapshotScanExec {
         )?;
         if let Some(limit) = self.limit {
             write!(f, ", limit={limit}")?;
+        }
+        if let Some(pruning) = &self.pruning {
+            write!(f, ", pruning={}", pruning.predicate_expr())?;
         }
         Ok(())
     }
@@ -337,7 +367,12 @@ impl ExecutionPlan for SnapshotScanExec {
             .ok_or_else(|| DataFusionError::Internal(format!("FreshetScan has no partition {partition}")))?;
         let stream = self
             .snapshot
-            .scan_files(files, self.columns.files.clone(), self.columns.with_positions)
+            .scan_files_pruned(
+                files,
+                self.columns.files.clone(),
+                self.columns.with_positions,
+                self.pruning.clone(),
+            )
             .map_err(DataFusionError::from);
         let schema = self.schema.clone();
         let arrangement = self.columns.arrangement.clone();

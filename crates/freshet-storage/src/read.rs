@@ -13,12 +13,15 @@ use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use datafusion::physical_optimizer::pruning::PruningPredicate;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
 
 use freshet_common::{FreshetError, Result};
+
+use crate::prune::kept_row_groups;
 
 /// Rows per read batch.
 pub(crate) const READ_BATCH_ROWS: usize = 8192;
@@ -39,6 +42,8 @@ pub(crate) struct FileRead {
     /// When set, two columns are appended: this file index (UInt32) and the row position in
     /// the file (UInt64), so that a row can be deleted by position later.
     pub positions: Option<u32>,
+    /// The scan's filters, to skip row groups whose statistics rule every row out.
+    pub pruning: Option<Arc<PruningPredicate>>,
 }
 
 /// Streams the rows of one Parquet file.
@@ -52,25 +57,67 @@ pub(crate) async fn read_file(
         size: read.bytes,
     };
     let path = read.path.clone();
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| FreshetError::corrupt(&path, e))?;
     let mask = match &read.projection {
         Some(indices) => ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied()),
         None => ProjectionMask::all(),
     };
+    // The row groups read, with the position of their first row and their row count.
+    let row_groups = builder.metadata().row_groups();
+    let mut starts = Vec::with_capacity(row_groups.len());
+    let mut start = 0u64;
+    for row_group in row_groups {
+        let rows = u64::try_from(row_group.num_rows()).unwrap_or(0);
+        starts.push((start, rows));
+        start += rows;
+    }
+    let kept = read
+        .pruning
+        .as_ref()
+        .and_then(|predicate| kept_row_groups(predicate, builder.metadata(), builder.schema()));
+    let mut spans: std::collections::VecDeque<(u64, u64)> = match &kept {
+        Some(kept) => kept.iter().filter_map(|&i| starts.get(i).copied()).collect(),
+        None => starts.into_iter().collect(),
+    };
+    if let Some(kept) = kept {
+        if kept.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
+        builder = builder.with_row_groups(kept);
+    }
     let stream = builder
         .with_projection(mask)
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(|e| FreshetError::corrupt(&path, e))?;
-    let mut position: u64 = 0;
     let out = stream
         .map_err(move |e| FreshetError::corrupt(&path, e))
         .map(move |batch| {
             let batch = batch?;
-            let first = position;
-            position += batch.num_rows() as u64;
+            // A batch holds rows of one row group (the reader reads them one at a time), so
+            // its first row's position is where the current row group's unread rows start.
+            let rows = batch.num_rows() as u64;
+            let first = loop {
+                match spans.front_mut() {
+                    Some((_, 0)) => {
+                        spans.pop_front();
+                    }
+                    Some((start, left)) if *left >= rows => {
+                        let first = *start;
+                        *start += rows;
+                        *left -= rows;
+                        break first;
+                    }
+                    _ => {
+                        return Err(FreshetError::corrupt(
+                            &read.path,
+                            "a batch of rows does not fit the row groups read",
+                        ));
+                    }
+                }
+            };
             shape_batch(&read, batch, first)
         })
         .try_filter(|b| futures::future::ready(b.num_rows() > 0));

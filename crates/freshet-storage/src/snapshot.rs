@@ -6,6 +6,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
+use datafusion::physical_optimizer::pruning::PruningPredicate;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
@@ -141,6 +142,19 @@ impl Snapshot {
         projection: Option<Vec<usize>>,
         with_positions: bool,
     ) -> BoxStream<'static, Result<RecordBatch>> {
+        self.scan_files_pruned(file_indices, projection, with_positions, None)
+    }
+
+    /// Like [`Snapshot::scan_files`], skipping the row groups whose statistics rule out every
+    /// row `pruning` would keep (rows of the row groups read are returned whether they pass or
+    /// not).
+    pub fn scan_files_pruned(
+        self: &Arc<Self>,
+        file_indices: Vec<usize>,
+        projection: Option<Vec<usize>>,
+        with_positions: bool,
+        pruning: Option<Arc<PruningPredicate>>,
+    ) -> BoxStream<'static, Result<RecordBatch>> {
         let schema = self.scan_schema(projection.as_deref(), with_positions);
         let snapshot = self.clone();
         futures::stream::iter(file_indices)
@@ -148,6 +162,7 @@ impl Snapshot {
                 let snapshot = snapshot.clone();
                 let projection = projection.clone();
                 let schema = schema.clone();
+                let pruning = pruning.clone();
                 async move {
                     let file = &snapshot.manifest.files[index];
                     let read = FileRead {
@@ -157,6 +172,7 @@ impl Snapshot {
                         schema,
                         deletes: snapshot.deletes_of(index).await?,
                         positions: with_positions.then_some(index as u32),
+                        pruning,
                     };
                     read_file(snapshot.files.store.clone(), read).await
                 }

@@ -576,3 +576,54 @@ async fn deleted_positions_and_their_values_may_be_given_apart() {
         assert!(err.to_string().contains("not a live row"), "{gone}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_queries_updates_and_deletes_skip_the_row_groups_they_do_not_touch() {
+    let (engine, instruments) = instrumented_engine(100).await;
+    engine
+        .sql("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO t SELECT value, value * 10 FROM generate_series(1, 2000)")
+        .await
+        .unwrap();
+    // 2,000 rows in files of at most 100 rows: 20 files, each a range of ids.
+    let files: u64 = 20;
+    let reads = |sql: &'static str| {
+        let (engine, instruments) = (&engine, &instruments);
+        async move {
+            instruments.reset_counters();
+            let rows = engine.sql(sql).await.unwrap();
+            (instruments.reads(), rows)
+        }
+    };
+    let (whole, _) = reads("SELECT * FROM t").await;
+    let (point, rows) = reads("SELECT v FROM t WHERE id = 1234").await;
+    assert_eq!(crate::incremental::multiset(&rows), vec!["12340"]);
+    // Every file's footer, and the data of one file only.
+    assert!(
+        point + files - 2 <= whole,
+        "a point query made {point} reads, a whole scan {whole}"
+    );
+    let (update, _) = reads("UPDATE t SET v = v + 1 WHERE id = 1234").await;
+    assert!(update + files - 2 <= whole, "an update by key made {update} reads");
+    let (delete, _) = reads("DELETE FROM t WHERE id BETWEEN 1501 AND 1550").await;
+    assert!(
+        delete + files - 4 <= whole,
+        "a delete of a key range made {delete} reads"
+    );
+    let check = engine
+        .sql("SELECT count(*), sum(v) FROM t WHERE id >= 1200 AND id <= 1600")
+        .await
+        .unwrap();
+    // 401 rows, less the 50 deleted; v = 10 * id, plus one for 1234.
+    let expected_sum: i64 = (1200..=1600)
+        .filter(|id| !(1501..=1550).contains(id))
+        .map(|id| id * 10)
+        .sum::<i64>()
+        + 1;
+    assert_eq!(
+        crate::incremental::multiset(&check),
+        vec![format!("351 | {expected_sum}")]
+    );
+    let plan = engine.sql("EXPLAIN SELECT v FROM t WHERE id = 1234").await.unwrap();
+    let text = crate::incremental::multiset(&plan).join("\n");
+    assert!(text.contains("pruning="), "{text}");
+}

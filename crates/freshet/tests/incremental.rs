@@ -340,9 +340,9 @@ pub(crate) async fn create_corpus(engine: &Engine, corpus: &[(impl AsRef<str>, i
 pub(crate) fn oracle_config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource(
+            "regressions",
+        ))),
         ..ProptestConfig::default()
     }
 }
