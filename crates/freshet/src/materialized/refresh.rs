@@ -9,8 +9,9 @@ use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Volatility, cast as cast_expr, lit};
 use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -434,7 +435,14 @@ impl Engine {
         {
             state.config_mut().options_mut().execution.target_partitions = parallelism.max(1);
         }
-        let physical = state.create_physical_plan(&pinned.plan).await?;
+        // A partition's refresh evaluates the query for that partition only: the predicate goes
+        // on top of the plan, and DataFusion pushes it down to the scans (which skip the row
+        // groups it rules out).
+        let plan = match &request.partition {
+            Some((column, value)) => partition_plan(&pinned.plan, column, value)?,
+            None => pinned.plan.clone(),
+        };
+        let physical = state.create_physical_plan(&plan).await?;
         let mut rows = execute_stream(physical, state.task_ctx())?;
 
         let mut txn = table.begin("REFRESH").await?;
@@ -616,6 +624,26 @@ pub(crate) fn table_schema(output: &Schema, primary_key: &[String]) -> SchemaRef
 }
 
 /// Rows whose column `index`, as text, equals `value`.
+/// The query's rows of one partition: `column = value`, the value typed as the column is when
+/// it reads back as the same text, else compared as text (as [`partition_mask`] does).
+fn partition_plan(plan: &LogicalPlan, column: &str, value: &str) -> Result<LogicalPlan> {
+    let field = plan
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| f.name() == column)
+        .ok_or_else(|| FreshetError::InvalidStatement(format!("partition column \"{column}\" is not a column")))?;
+    let reference = Expr::Column(Column::new_unqualified(column));
+    let typed = ScalarValue::try_from_string(value.to_string(), field.data_type())
+        .ok()
+        .filter(|typed| typed.to_string() == value);
+    let predicate = match typed {
+        Some(typed) => reference.eq(lit(typed)),
+        None => cast_expr(reference, DataType::Utf8).eq(lit(value)),
+    };
+    Ok(LogicalPlanBuilder::from(plan.clone()).filter(predicate)?.build()?)
+}
+
 fn partition_mask(batch: &RecordBatch, index: usize, value: &str) -> Result<BooleanArray> {
     let column = cast(batch.column(index), &DataType::Utf8).map_err(|e| FreshetError::Internal(e.to_string()))?;
     let strings = column
