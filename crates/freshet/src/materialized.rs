@@ -82,6 +82,8 @@ pub(crate) struct Runtime {
     /// The record of the last refresh committed, with its version (a compaction may have
     /// committed a newer version since).
     pub last_committed: Mutex<Option<(u64, RefreshRecord)>>,
+    /// What full refreshes and state rebuilds of the table have cost, for AUTO's choice.
+    pub costs: Mutex<RefreshCosts>,
     /// When the table's result next changes with time alone (a row of a filter comparing with
     /// `now()` enters or leaves), as its incremental state last found (engine clock, ms).
     pub time_change_ms: Mutex<Option<i64>>,
@@ -91,6 +93,18 @@ pub(crate) struct Runtime {
     /// it to a task that brings it up to the new version (its row index learns where the
     /// inserted rows went) while holding this lock: whoever needs the state next waits for it.
     pub incremental: Arc<tokio::sync::Mutex<Option<incremental::IncrementalState>>>,
+}
+
+/// Measured costs (wall time, ms) of a table's refreshes in this process: what AUTO weighs
+/// when the operator state is not in memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RefreshCosts {
+    /// The last full refresh of the whole table.
+    pub last_full_ms: Option<u64>,
+    /// The last rebuild of the operator state.
+    pub last_build_ms: Option<u64>,
+    /// Full refreshes since the state was last built (or since the engine opened).
+    pub full_since_build_ms: u64,
 }
 
 /// The engine's materialized-table machinery.

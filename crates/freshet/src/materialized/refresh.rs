@@ -423,6 +423,7 @@ impl Engine {
             started,
         } = *job;
         self.inner.materialized.forget_state(name).await;
+        let timer = std::time::Instant::now();
         let base = table.snapshot();
         let partition_label = request.partition.as_ref().map(|(c, v)| format!("{c}={v}"));
         let schema = table_schema(&pinned.output_schema(), &definition.primary_key);
@@ -504,6 +505,13 @@ impl Engine {
             partition: partition_label,
         };
         let version = self.commit_refresh(name, txn, record).await?.version;
+        if request.partition.is_none() {
+            let spent = u64::try_from(timer.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let runtime = self.inner.materialized.runtime(name);
+            let mut costs = super::lock(&runtime.costs);
+            costs.last_full_ms = Some(spent);
+            costs.full_since_build_ms = costs.full_since_build_ms.saturating_add(spent);
+        }
         Ok(RefreshOutcome::Committed { version, rows: written })
     }
 
