@@ -14,6 +14,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::logical_expr::{self as logical, Expr, JoinType, LogicalPlan, LogicalPlanBuilder};
 
 use super::{BuildError, not_incremental};
+use crate::delta::internal;
 
 /// `plan` with every uncorrelated scalar subquery of a filter or a projection joined in, or
 /// `None` when it has none.
@@ -35,18 +36,17 @@ fn rewrite(plan: &LogicalPlan, joined: &mut usize) -> Result<Option<LogicalPlan>
             None => new_inputs.push(input.clone()),
         }
     }
-    let plan = if changed {
-        plan.with_new_exprs(plan.expressions(), new_inputs)?
-    } else {
-        plan.clone()
+    let rebuilt = match changed {
+        true => Some(plan.with_new_exprs(plan.expressions(), new_inputs)?),
+        false => None,
     };
-    let rewritten = match &plan {
+    let rewritten = match rebuilt.as_ref().unwrap_or(plan) {
         LogicalPlan::Filter(filter) if has_scalar_subquery(&filter.predicate) => {
             let (input, mut predicates) =
                 join_subqueries(filter.input.as_ref().clone(), vec![filter.predicate.clone()], joined)?;
             let predicate = predicates
                 .pop()
-                .ok_or_else(|| not_incremental("filter", "lost its predicate"))?;
+                .ok_or_else(|| BuildError::Failed(internal("a filter lost its predicate")))?;
             // The subqueries' columns leave again: the filter's output is its input's rows.
             let columns: Vec<Expr> = filter.input.schema().columns().into_iter().map(Expr::Column).collect();
             Some(
@@ -71,7 +71,7 @@ fn rewrite(plan: &LogicalPlan, joined: &mut usize) -> Result<Option<LogicalPlan>
         }
         _ => None,
     };
-    Ok(rewritten.or(changed.then_some(plan)))
+    Ok(rewritten.or(rebuilt))
 }
 
 fn has_scalar_subquery(expr: &Expr) -> bool {

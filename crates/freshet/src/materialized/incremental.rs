@@ -292,7 +292,6 @@ impl Engine {
             Ok(pipeline) => pipeline,
             Err(why) => return Ok(Err(format!("the {why}"))),
         };
-        // At the time the table's contents were computed, which `now()` read.
         // Without joins, the inputs go through the pipeline in epochs of moderate size rather
         // than in one: one epoch of every input row allocated (and zeroed, and freed) buffers
         // the size of the inputs, which cost most of a rebuild's time (a profile of TPC-H Q1's
@@ -305,6 +304,7 @@ impl Engine {
         } else {
             REBUILD_EPOCH_ROWS
         };
+        // At the time the table's contents were computed, which `now()` read.
         let time = previous.started_at_ms;
         let mut epoch = Epoch::at(time);
         let mut outputs: Vec<ChangeBatch> = Vec::new();
