@@ -122,10 +122,6 @@ pub(crate) trait Operator: Send {
     fn unique_key(&self) -> Option<Vec<usize>> {
         None
     }
-    /// Whether the operator joins two inputs (and keeps both).
-    fn is_join(&self) -> bool {
-        false
-    }
     /// The next time (ns) at which the operator's output changes with time alone, if any.
     fn next_change(&self) -> Option<i64> {
         None

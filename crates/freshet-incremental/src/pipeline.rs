@@ -112,14 +112,6 @@ impl Pipeline {
         walk(self.root.as_ref()).map(|ns| ns.div_euclid(1_000_000) + i64::from(ns.rem_euclid(1_000_000) != 0))
     }
 
-    /// Whether the query joins tables (its operators include a join).
-    pub fn joins(&self) -> bool {
-        fn walk(operator: &dyn Operator) -> bool {
-            operator.is_join() || operator.inputs().into_iter().any(walk)
-        }
-        walk(self.root.as_ref())
-    }
-
     /// Epochs processed.
     pub fn epochs(&self) -> u64 {
         self.epochs

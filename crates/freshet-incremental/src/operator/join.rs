@@ -514,10 +514,6 @@ impl Operator for Join {
         Delta::concat(&self.spec.schema, &parts)
     }
 
-    fn is_join(&self) -> bool {
-        true
-    }
-
     fn describe(&self) -> String {
         self.spec.display.clone()
     }
