@@ -118,7 +118,7 @@ impl Keys {
 }
 
 /// One key, borrowed from [`Keys`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key<'a> {
     /// An integer key; `None` is NULL.
     Int(Option<i64>),
@@ -216,6 +216,15 @@ impl<V> KeyMap<V> {
         }
     }
 
+    /// Every key and its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (Key<'_>, &V)> {
+        self.ints
+            .iter()
+            .map(|(key, value)| (Key::Int(Some(key)), value))
+            .chain(self.null.iter().map(|value| (Key::Int(None), value)))
+            .chain(self.rows.iter().map(|(key, value)| (Key::Row(key.as_ref()), value)))
+    }
+
     /// Every value, to change.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.ints
@@ -310,6 +319,8 @@ mod tests {
             for value in map.values_mut() {
                 *value += 10;
             }
+            let all: Vec<(Key<'_>, &usize)> = map.iter().collect();
+            assert_eq!(all, vec![(keys.key(0), &10)]);
             assert_eq!(map.get(keys.key(0)), Some(&10));
         }
     }

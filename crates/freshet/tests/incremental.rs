@@ -63,6 +63,14 @@ const CORPUS: &[(&str, &str)] = &[
         "SELECT t1.id AS a, t2.id AS b, t2.s AS s FROM t1 FULL JOIN t2 ON t1.k = t2.k AND t1.g = t2.s",
     ),
     (
+        "full_join_keys_only",
+        "SELECT t1.id AS a, t2.id AS b FROM t1 FULL JOIN t2 ON t1.k = t2.k",
+    ),
+    (
+        "not_exists_keys_only",
+        "SELECT id, v FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t2 WHERE t2.k = t1.k)",
+    ),
+    (
         "in_subquery",
         "SELECT id, v FROM t1 WHERE k IN (SELECT k FROM t2 WHERE x > 0)",
     ),

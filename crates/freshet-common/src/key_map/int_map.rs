@@ -195,6 +195,21 @@ impl<V> IntMap<V> {
         }
     }
 
+    /// Every key and its value.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (i64, &V)> {
+        let (hashed, dense) =
+            match self {
+                IntMap::Hashed { map, .. } => (Some(map.iter().map(|(key, value)| (*key, value))), None),
+                IntMap::Dense(dense) => (
+                    None,
+                    Some(dense.values.iter().enumerate().filter_map(|(i, value)| {
+                        value.as_ref().map(|value| (dense.base.wrapping_add(i as i64), value))
+                    })),
+                ),
+            };
+        hashed.into_iter().flatten().chain(dense.into_iter().flatten())
+    }
+
     /// Every value, to change.
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         let (hashed, dense) = match self {

@@ -1,10 +1,14 @@
 //! Equi-joins of every kind, with residual conditions.
 //!
-//! Both inputs are kept, indexed by join key. Matched pairs follow the bilinear rule
+//! Both inputs are kept, indexed by join key (see the `arrangement` module). Matched pairs follow the bilinear rule
 //! `Δ(L ⋈ R) = ΔL ⋈ R + L' ⋈ ΔR` (with `L' = L + ΔL`), so an epoch costs the size of the
 //! changes times the matching rows. What depends on whether a row has a match at all — the
 //! NULL-padded rows of outer joins, the rows of semi and anti joins — is recomputed for the
 //! keys an epoch touches: their old output is retracted and their new output inserted.
+
+mod arrangement;
+
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
@@ -12,11 +16,12 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32A
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::{Result, RowKey};
+use freshet_common::{Key, KeyCodec, Keys, Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal, multiply};
 use crate::rows::RowCodec;
+use arrangement::Arrangement;
 
 /// The join types maintained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,72 +88,21 @@ pub(crate) struct JoinSpec {
 /// Rows (encoded) and their multiplicities.
 type Multiset = HashMap<RowKey, i64>;
 
-/// One input's rows, by key: key bytes → row bytes → multiplicity.
-struct Index {
-    codec: RowCodec,
-    rows: HashMap<RowKey, Multiset>,
-    count: u64,
-    bytes: u64,
-}
-
-impl Index {
-    fn new(schema: &SchemaRef) -> Result<Self> {
-        Ok(Self {
-            codec: RowCodec::new(schema.fields().iter().map(|f| f.data_type().clone()))?,
-            rows: HashMap::new(),
-            count: 0,
-            bytes: 0,
-        })
-    }
-
-    fn apply(&mut self, changes: &Encoded) -> Result<()> {
-        for (i, key) in changes.keys.iter().enumerate() {
-            let Some(key) = key else { continue };
-            let row: &[u8] = changes.rows.row(i).data();
-            let weight = changes.delta.weights.value(i);
-            let entry = self.rows.entry(key.clone()).or_default();
-            match entry.get_mut(row) {
-                Some(n) => {
-                    *n += weight;
-                    if *n == 0 {
-                        entry.remove(row);
-                        self.count -= 1;
-                        self.bytes -= (row.len() + 40) as u64;
-                    } else if *n < 0 {
-                        return Err(internal("a joined row's multiplicity went below zero"));
-                    }
-                }
-                None if weight < 0 => return Err(internal("a join input deleted a row it never had")),
-                None => {
-                    entry.insert(row.into(), weight);
-                    self.count += 1;
-                    self.bytes += (row.len() + 40) as u64;
-                }
-            }
-            if entry.is_empty() {
-                self.rows.remove(key);
-            }
-        }
-        Ok(())
-    }
-
-    /// The rows of `key` as columns, with their multiplicities.
-    fn columns(&self, key: &[u8]) -> Result<Option<(Vec<ArrayRef>, Vec<i64>)>> {
-        let Some(rows) = self.rows.get(key) else {
-            return Ok(None);
-        };
-        let parser = self.codec.parser();
-        let columns = self.codec.decode(rows.keys().map(|r| parser.parse(r)))?;
-        Ok(Some((columns, rows.values().copied().collect())))
-    }
-}
-
-/// A delta with its rows and keys encoded.
+/// A delta with the join keys of its rows.
 struct Encoded {
     delta: Delta,
-    rows: datafusion::arrow::row::Rows,
-    /// The key of each row; `None` when a key column is NULL and NULL matches nothing.
-    keys: Vec<Option<RowKey>>,
+    keys: Keys,
+    /// Whether a row's key can match: not when a key column is NULL and NULL matches nothing.
+    matchable: Vec<bool>,
+}
+
+impl Encoded {
+    /// The distinct keys of the rows that can match.
+    fn matchable_keys(&self) -> impl Iterator<Item = Key<'_>> {
+        (0..self.matchable.len())
+            .filter(|&i| self.matchable[i])
+            .map(|i| self.keys.key(i))
+    }
 }
 
 /// The join operator.
@@ -156,13 +110,15 @@ pub(crate) struct Join {
     left: Box<dyn Operator>,
     right: Box<dyn Operator>,
     spec: JoinSpec,
-    keys: RowCodec,
-    left_index: Index,
-    right_index: Index,
-    /// `NOT IN`: the left rows with a NULL key, and the right side's rows and NULL-key rows.
+    keys: KeyCodec,
+    left_rows: Arrangement,
+    right_rows: Arrangement,
+    /// `NOT IN`: the left rows with a NULL key (encoded with `left_codec`), and the right side's
+    /// rows and NULL-key rows.
+    left_codec: RowCodec,
     left_nulls: Multiset,
-    right_rows: i64,
-    right_null_rows: i64,
+    right_count: i64,
+    right_null_count: i64,
 }
 
 /// What a null-aware anti join outputs, from its right side.
@@ -190,62 +146,83 @@ impl NotIn {
 
 impl Join {
     pub(crate) fn new(left: Box<dyn Operator>, right: Box<dyn Operator>, spec: JoinSpec) -> Result<Self> {
+        // A cross join has no key columns: every row gets the same key, a constant.
+        let key_types = if spec.key_types.is_empty() {
+            vec![DataType::Int64]
+        } else {
+            spec.key_types.clone()
+        };
+        let keys = KeyCodec::new(&key_types)?;
         Ok(Self {
-            keys: RowCodec::new(spec.key_types.clone())?,
-            left_index: Index::new(&spec.left_schema)?,
-            right_index: Index::new(&spec.right_schema)?,
+            left_rows: Arrangement::new(&spec.left_schema, &keys)?,
+            right_rows: Arrangement::new(&spec.right_schema, &keys)?,
+            keys,
+            left_codec: RowCodec::new(spec.left_schema.fields().iter().map(|f| f.data_type().clone()))?,
             left,
             right,
             spec,
             left_nulls: HashMap::new(),
-            right_rows: 0,
-            right_null_rows: 0,
+            right_count: 0,
+            right_null_count: 0,
         })
     }
 
     fn encode(&self, delta: Delta, side: Side) -> Result<Encoded> {
-        let (exprs, index) = match side {
-            Side::Left => (&self.spec.left_keys, &self.left_index),
-            Side::Right => (&self.spec.right_keys, &self.right_index),
+        let exprs = match side {
+            Side::Left => &self.spec.left_keys,
+            Side::Right => &self.spec.right_keys,
         };
-        let key_columns = exprs
+        let mut key_columns = exprs
             .iter()
             .map(|e| e.evaluate(&delta.data))
             .collect::<Result<Vec<_>>>()?;
-        // A cross join has no key columns: every row gets the same key.
-        let key_rows = self.keys.encode(&key_columns, delta.len())?;
-        let keys = (0..delta.len())
-            .map(|i| {
-                let null = !self.spec.nulls_equal && key_columns.iter().any(|c| c.is_null(i));
-                (!null).then(|| key_rows.row(i).as_ref().into())
-            })
+        let matchable = (0..delta.len())
+            .map(|i| self.spec.nulls_equal || !key_columns.iter().any(|c| c.is_null(i)))
             .collect();
-        let rows = index.codec.encode(delta.data.columns(), delta.len())?;
-        Ok(Encoded { delta, rows, keys })
+        if key_columns.is_empty() {
+            key_columns.push(Arc::new(Int64Array::from(vec![0; delta.len()])));
+        }
+        let keys = self.keys.encode(&key_columns)?;
+        Ok(Encoded { delta, keys, matchable })
     }
 
-    fn index(&self, side: Side) -> &Index {
+    fn rows(&self, side: Side) -> &Arrangement {
         match side {
-            Side::Left => &self.left_index,
-            Side::Right => &self.right_index,
+            Side::Left => &self.left_rows,
+            Side::Right => &self.right_rows,
         }
+    }
+
+    fn apply(&mut self, changes: &Encoded, side: Side) -> Result<()> {
+        let rows = match side {
+            Side::Left => &mut self.left_rows,
+            Side::Right => &mut self.right_rows,
+        };
+        rows.apply(
+            &changes.delta.data,
+            &changes.delta.weights,
+            &changes.keys,
+            &changes.matchable,
+        )
     }
 
     /// Pairs of the changed rows of `side` with the stored rows of the other side.
     fn pairs(&self, changes: &Encoded, side: Side) -> Result<Delta> {
-        let other = self.index(opposite(side));
+        let other = self.rows(opposite(side));
+        let order = other.probe_order((0..changes.delta.len()).map(|i| changes.keys.key(i)));
         let mut changed = Vec::new();
-        let mut stored: Vec<&[u8]> = Vec::new();
+        let mut stored = Vec::new();
         let mut weights = Vec::new();
-        for (i, key) in changes.keys.iter().enumerate() {
-            let Some(matches) = key.as_ref().and_then(|k| other.rows.get(k)) else {
+        for i in order {
+            let i = i as usize;
+            if !changes.matchable[i] {
                 continue;
-            };
+            }
             let weight = changes.delta.weights.value(i);
-            for (row, n) in matches {
+            for (row, n) in other.entries(changes.keys.key(i)) {
                 changed.push(i as u32);
                 stored.push(row);
-                weights.push(multiply(weight, *n)?);
+                weights.push(multiply(weight, n)?);
             }
         }
         if changed.is_empty() {
@@ -259,8 +236,7 @@ impl Join {
             .iter()
             .map(|c| take(c, &changed, None).map_err(internal))
             .collect::<Result<Vec<_>>>()?;
-        let parser = other.codec.parser();
-        let stored_columns = other.codec.decode(stored.iter().map(|r| parser.parse(r)))?;
+        let stored_columns = other.gather(&stored)?;
         let columns = match side {
             Side::Left => [changed_columns, stored_columns].concat(),
             Side::Right => [stored_columns, changed_columns].concat(),
@@ -277,37 +253,29 @@ impl Join {
     }
 
     /// The rows of `side` at `key` whose having a match is `matched`, as output rows.
-    fn by_match(&self, key: &[u8], side: Side, matched: bool) -> Result<Option<Delta>> {
-        let Some((columns, weights)) = self.index(side).columns(key)? else {
+    fn by_match(&self, key: Key<'_>, side: Side, matched: bool) -> Result<Option<Delta>> {
+        let (rows, weights): (Vec<u64>, Vec<i64>) = self.rows(side).entries(key).unzip();
+        if rows.is_empty() {
             return Ok(None);
-        };
-        let n = weights.len();
-        let has_match: Vec<bool> = match (self.index(opposite(side)).columns(key)?, &self.spec.filter) {
-            (None, _) => vec![false; n],
-            (Some(_), None) => vec![true; n],
-            (Some((other, other_weights)), Some(filter)) => {
-                // Every pair of this key, to evaluate the condition on.
-                let m = other_weights.len();
-                let mine = UInt32Array::from_iter_values((0..n as u32).flat_map(|i| std::iter::repeat_n(i, m)));
-                let theirs = UInt32Array::from_iter_values((0..n).flat_map(|_| 0..m as u32));
-                let take_all = |cols: &[ArrayRef], idx: &UInt32Array| {
-                    cols.iter()
-                        .map(|c| take(c, idx, None).map_err(internal))
-                        .collect::<Result<Vec<_>>>()
-                };
-                let (left, right) = match side {
-                    Side::Left => (take_all(&columns, &mine)?, take_all(&other, &theirs)?),
-                    Side::Right => (take_all(&other, &theirs)?, take_all(&columns, &mine)?),
-                };
-                let pairs =
-                    RecordBatch::try_new(self.spec.pair_schema.clone(), [left, right].concat()).map_err(internal)?;
-                let mask = filter.mask(&pairs)?;
-                (0..n)
-                    .map(|i| (0..m).any(|j| !mask.is_null(i * m + j) && mask.value(i * m + j)))
-                    .collect()
-            }
-        };
-        let keep: UInt32Array = (0..n as u32).filter(|&i| has_match[i as usize] == matched).collect();
+        }
+        let columns = self.rows(side).gather(&rows)?;
+        self.select_by_match(side, key, columns, &weights, matched)
+    }
+
+    /// Of rows of `side` at `key` (`columns`, with `weights`), those whose having a match on
+    /// the other side is `matched`, as output rows.
+    fn select_by_match(
+        &self,
+        side: Side,
+        key: Key<'_>,
+        columns: Vec<ArrayRef>,
+        weights: &[i64],
+        matched: bool,
+    ) -> Result<Option<Delta>> {
+        let has_match = self.has_match(side, key, &columns, weights.len())?;
+        let keep: UInt32Array = (0..weights.len() as u32)
+            .filter(|&i| has_match[i as usize] == matched)
+            .collect();
         if keep.is_empty() {
             return Ok(None);
         }
@@ -317,6 +285,47 @@ impl Join {
             .collect::<Result<Vec<_>>>()?;
         let weights: Int64Array = keep.values().iter().map(|&i| weights[i as usize]).collect();
         self.output_of(side, columns, weights).map(Some)
+    }
+
+    /// Whether each of `n` rows of `side` at `key` (`columns`) has a match on the other side.
+    fn has_match(&self, side: Side, key: Key<'_>, columns: &[ArrayRef], n: usize) -> Result<Vec<bool>> {
+        let other = self.rows(opposite(side));
+        // A key's entries may hold a row and its deletion not yet consolidated: a row has a
+        // match when the weights of the other side's rows it matches sum to more than zero.
+        let Some(filter) = &self.spec.filter else {
+            return Ok(vec![other.weight(key) > 0; n]);
+        };
+        if other.weight(key) == 0 {
+            return Ok(vec![false; n]);
+        }
+        let (other_rows, other_weights): (Vec<u64>, Vec<i64>) = other.entries(key).unzip();
+        let other_columns = other.gather(&other_rows)?;
+        // Every pair of this key, to evaluate the condition on.
+        let m = other_weights.len();
+        let mine = UInt32Array::from_iter_values((0..n as u32).flat_map(|i| std::iter::repeat_n(i, m)));
+        let theirs = UInt32Array::from_iter_values((0..n).flat_map(|_| 0..m as u32));
+        let take_all = |cols: &[ArrayRef], idx: &UInt32Array| {
+            cols.iter()
+                .map(|c| take(c, idx, None).map_err(internal))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (left, right) = match side {
+            Side::Left => (take_all(columns, &mine)?, take_all(&other_columns, &theirs)?),
+            Side::Right => (take_all(&other_columns, &theirs)?, take_all(columns, &mine)?),
+        };
+        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n * m));
+        let pairs = RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), [left, right].concat(), &options)
+            .map_err(internal)?;
+        let mask = filter.mask(&pairs)?;
+        Ok((0..n)
+            .map(|i| {
+                (0..m)
+                    .filter(|&j| !mask.is_null(i * m + j) && mask.value(i * m + j))
+                    .map(|j| other_weights[j])
+                    .sum::<i64>()
+                    > 0
+            })
+            .collect())
     }
 
     /// Rows of one side as output rows: alone (semi, anti) or padded with NULLs (outer).
@@ -340,15 +349,64 @@ impl Join {
     }
 
     /// The match-dependent output of the keys `touched`, from the current state.
-    fn match_output(&self, touched: &[&[u8]]) -> Result<Vec<Delta>> {
+    fn match_output(&self, touched: &[Key<'_>]) -> Result<Vec<Delta>> {
         let mut parts = Vec::new();
         for side in [Side::Left, Side::Right] {
             let Some(matched) = self.spec.kind.by_match(side) else {
                 continue;
             };
-            for key in touched {
+            for &key in touched {
                 parts.extend(self.by_match(key, side, matched)?);
             }
+        }
+        Ok(parts)
+    }
+
+    /// The match-dependent output of each side at its keys in `keys` (left, right).
+    fn match_output_of(&self, keys: &[HashSet<Key<'_>>; 2]) -> Result<Vec<Delta>> {
+        let mut parts = Vec::new();
+        for side in [Side::Left, Side::Right] {
+            let Some(matched) = self.spec.kind.by_match(side) else {
+                continue;
+            };
+            for &key in &keys[side as usize] {
+                parts.extend(self.by_match(key, side, matched)?);
+            }
+        }
+        Ok(parts)
+    }
+
+    /// The changed rows of `side` at keys not `recomputed` whose having a match (which the
+    /// epoch did not change) is what the join outputs them for.
+    fn changed_by_match(&self, side: Side, changes: &Encoded, recomputed: &HashSet<Key<'_>>) -> Result<Vec<Delta>> {
+        let Some(matched) = self.spec.kind.by_match(side) else {
+            return Ok(Vec::new());
+        };
+        // The rows by key, in first-seen order.
+        let mut by_key: HashMap<Key<'_>, Vec<u32>> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, key) in (0..changes.matchable.len()).map(|i| (i, changes.keys.key(i))) {
+            if !changes.matchable[i] || recomputed.contains(&key) {
+                continue;
+            }
+            by_key
+                .entry(key)
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push(i as u32);
+        }
+        let mut parts = Vec::new();
+        for key in order {
+            let rows = changes.delta.take(&UInt32Array::from(by_key[&key].clone()))?;
+            parts.extend(self.select_by_match(
+                side,
+                key,
+                rows.data.columns().to_vec(),
+                rows.weights.values(),
+                matched,
+            )?);
         }
         Ok(parts)
     }
@@ -358,8 +416,8 @@ impl Join {
         if self.spec.kind.by_match(side) != Some(false) {
             return Ok(None);
         }
-        let indices: UInt32Array = (0..changes.keys.len() as u32)
-            .filter(|&i| changes.keys[i as usize].is_none())
+        let indices: UInt32Array = (0..changes.matchable.len() as u32)
+            .filter(|&i| !changes.matchable[i as usize])
             .collect();
         if indices.is_empty() {
             return Ok(None);
@@ -375,12 +433,12 @@ impl Join {
     /// keys (neither empty nor blocked by a NULL), only the touched keys are recomputed; when
     /// the right side becomes empty or gains or loses its NULLs, the whole output is.
     fn step_not_in(&mut self, left: Encoded, right: Encoded) -> Result<Delta> {
-        let before = NotIn::of(self.right_rows, self.right_null_rows);
-        let (mut rows, mut null_rows) = (self.right_rows, self.right_null_rows);
-        for (i, key) in right.keys.iter().enumerate() {
+        let before = NotIn::of(self.right_count, self.right_null_count);
+        let (mut rows, mut null_rows) = (self.right_count, self.right_null_count);
+        for (i, &matchable) in right.matchable.iter().enumerate() {
             let weight = right.delta.weights.value(i);
             rows += weight;
-            if key.is_none() {
+            if !matchable {
                 null_rows += weight;
             }
         }
@@ -388,8 +446,7 @@ impl Join {
         let mut parts = Vec::new();
         match (before, after) {
             (NotIn::Normal, NotIn::Normal) => {
-                let touched_keys = touched_keys(&left, &right);
-                let touched: Vec<&[u8]> = touched_keys.iter().map(|k| k.as_ref()).collect();
+                let touched = touched_keys(&left, &right);
                 for old in self.match_output(&touched)? {
                     parts.push(old.negate()?);
                 }
@@ -413,43 +470,45 @@ impl Join {
     }
 
     fn apply_not_in(&mut self, left: &Encoded, right: &Encoded, rows: i64, null_rows: i64) -> Result<()> {
-        self.left_index.apply(left)?;
-        self.right_index.apply(right)?;
-        for (i, key) in left.keys.iter().enumerate() {
-            if key.is_some() {
-                continue;
-            }
-            let row: &[u8] = left.rows.row(i).data();
-            let n = self.left_nulls.entry(row.into()).or_default();
-            *n += left.delta.weights.value(i);
-            if *n < 0 {
-                return Err(internal("a NOT IN input deleted a row it never had"));
-            }
-            if *n == 0 {
-                self.left_nulls.remove(row);
+        self.apply(left, Side::Left)?;
+        self.apply(right, Side::Right)?;
+        if left.matchable.iter().any(|&m| !m) {
+            let encoded = self.left_codec.encode(left.delta.data.columns(), left.delta.len())?;
+            for (i, &matchable) in left.matchable.iter().enumerate() {
+                if matchable {
+                    continue;
+                }
+                let row: &[u8] = encoded.row(i).data();
+                let n = self.left_nulls.entry(row.into()).or_default();
+                *n += left.delta.weights.value(i);
+                if *n < 0 {
+                    return Err(internal("a NOT IN input deleted a row it never had"));
+                }
+                if *n == 0 {
+                    self.left_nulls.remove(row);
+                }
             }
         }
         if rows < 0 || null_rows < 0 {
             return Err(internal("a NOT IN subquery's row count went below zero"));
         }
-        self.right_rows = rows;
-        self.right_null_rows = null_rows;
+        self.right_count = rows;
+        self.right_null_count = null_rows;
         Ok(())
     }
 
     /// The whole output of a null-aware anti join in its current state.
     fn not_in_output(&self) -> Result<Vec<Delta>> {
-        let mode = NotIn::of(self.right_rows, self.right_null_rows);
+        let mode = NotIn::of(self.right_count, self.right_null_count);
         if mode == NotIn::Blocked {
             return Ok(Vec::new());
         }
-        let keys: Vec<&[u8]> = self.left_index.rows.keys().map(|k| k.as_ref()).collect();
+        let keys: Vec<Key<'_>> = self.left_rows.keys().collect();
         let mut parts = self.match_output(&keys)?;
         if mode == NotIn::Empty && !self.left_nulls.is_empty() {
-            let parser = self.left_index.codec.parser();
+            let parser = self.left_codec.parser();
             let columns = self
-                .left_index
-                .codec
+                .left_codec
                 .decode(self.left_nulls.keys().map(|r| parser.parse(r)))?;
             let weights: Int64Array = self.left_nulls.values().copied().collect();
             parts.push(self.output_of(Side::Left, columns, weights)?);
@@ -458,15 +517,49 @@ impl Join {
     }
 }
 
+/// Which keys' match-dependent output (outer joins' padded rows, semi and anti joins' rows)
+/// an epoch recomputes, per side (left, right): where a row's having a match may change. With
+/// no residual condition a key's rows match as long as the other side has rows at the key, so
+/// only the keys whose other side becomes empty or stops being empty are recomputed; with one,
+/// every key at which the other side changes. At the other keys the output changes by the
+/// changed rows alone.
+struct MatchChanges<'a> {
+    recomputed: [HashSet<Key<'a>>; 2],
+}
+
+impl<'a> MatchChanges<'a> {
+    fn of(join: &Join, left: &'a Encoded, right: &'a Encoded) -> Self {
+        let mut recomputed = [HashSet::new(), HashSet::new()];
+        for (side, other_changes) in [(Side::Left, right), (Side::Right, left)] {
+            if join.spec.kind.by_match(side).is_none() {
+                continue;
+            }
+            let other = join.rows(opposite(side));
+            let mut weights: HashMap<Key<'a>, i64> = HashMap::new();
+            for i in 0..other_changes.matchable.len() {
+                if other_changes.matchable[i] {
+                    *weights.entry(other_changes.keys.key(i)).or_default() += other_changes.delta.weights.value(i);
+                }
+            }
+            recomputed[side as usize] = weights
+                .into_iter()
+                .filter(|&(key, change)| {
+                    let before = other.weight(key);
+                    join.spec.filter.is_some() || (before > 0) != (before + change > 0)
+                })
+                .map(|(key, _)| key)
+                .collect();
+        }
+        Self { recomputed }
+    }
+}
+
 /// The keys an epoch's changes touch, each once, in first-seen order.
-fn touched_keys(left: &Encoded, right: &Encoded) -> Vec<RowKey> {
+fn touched_keys<'a>(left: &'a Encoded, right: &'a Encoded) -> Vec<Key<'a>> {
     let mut seen = HashSet::new();
-    left.keys
-        .iter()
-        .chain(&right.keys)
-        .flatten()
+    left.matchable_keys()
+        .chain(right.matchable_keys())
         .filter(|k| seen.insert(*k))
-        .cloned()
         .collect()
 }
 
@@ -489,26 +582,28 @@ impl Operator for Join {
         if self.spec.null_aware {
             return self.step_not_in(left, right);
         }
-        let touched_keys = touched_keys(&left, &right);
-        let touched: Vec<&[u8]> = touched_keys.iter().map(|k| k.as_ref()).collect();
+        let changes = MatchChanges::of(self, &left, &right);
 
         let mut parts = Vec::new();
-        for old in self.match_output(&touched)? {
+        for old in self.match_output_of(&changes.recomputed)? {
             parts.push(old.negate()?);
         }
         let mut pairs = Vec::new();
         if self.spec.kind.pairs() {
             pairs.push(self.pairs(&left, Side::Left)?);
         }
-        self.left_index.apply(&left)?;
+        self.apply(&left, Side::Left)?;
         if self.spec.kind.pairs() {
             pairs.push(self.pairs(&right, Side::Right)?);
         }
-        self.right_index.apply(&right)?;
+        self.apply(&right, Side::Right)?;
         for pair in pairs {
             parts.push(pair.with_schema(&self.spec.schema)?);
         }
-        parts.extend(self.match_output(&touched)?);
+        parts.extend(self.match_output_of(&changes.recomputed)?);
+        for (side, changed) in [(Side::Left, &left), (Side::Right, &right)] {
+            parts.extend(self.changed_by_match(side, changed, &changes.recomputed[side as usize])?);
+        }
         parts.extend(self.unmatchable(&left, Side::Left)?);
         parts.extend(self.unmatchable(&right, Side::Right)?);
         Delta::concat(&self.spec.schema, &parts)
@@ -525,8 +620,8 @@ impl Operator for Join {
     fn state_size(&self) -> StateSize {
         let nulls: u64 = self.left_nulls.keys().map(|r| r.len() as u64 + 40).sum();
         StateSize {
-            rows: self.left_index.count + self.right_index.count + self.left_nulls.len() as u64,
-            bytes: self.left_index.bytes + self.right_index.bytes + nulls,
+            rows: self.left_rows.len() + self.right_rows.len() + self.left_nulls.len() as u64,
+            bytes: self.left_rows.bytes() + self.right_rows.bytes() + nulls,
         }
     }
 

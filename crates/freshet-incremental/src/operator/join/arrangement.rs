@@ -1,0 +1,513 @@
+//! One join input's rows, kept in the batches they arrived in and indexed by join key.
+//!
+//! A join's state is mostly copies of its inputs, intermediate joins' results included; row
+//! by row, encoding every row and hashing it into a map of its own cost several times what
+//! computing the join in batch does. So the rows stay columnar: an epoch's batch is kept as it
+//! came (no copy), and the index holds, per key, a chain of entries — a row's place among the
+//! kept batches and its weight. Matching a change gathers the matched rows from the batches
+//! column by column.
+//!
+//! A deleted row is not looked for: its deletion is one more entry, of negative weight, in its
+//! key's chain, and what is matched against the chain sums to the right multiset anyway. A
+//! key's chain is consolidated — equal rows found by their row encoding and their weights
+//! summed — once its negative entries are a quarter of it, so that consolidating costs no more
+//! than a constant per change. Rows no entry refers to any more are dropped when they are as
+//! many as the live ones, by copying the live rows into new batches.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array, new_empty_array,
+};
+use datafusion::arrow::compute::{concat_batches, interleave, take};
+use datafusion::arrow::datatypes::SchemaRef;
+
+use foldhash::{HashMap, HashMapExt};
+use freshet_common::{Key, KeyCodec, KeyMap, Keys, Result};
+
+use crate::delta::internal;
+use crate::rows::RowCodec;
+
+/// The end of a chain.
+const NIL: u32 = u32::MAX;
+/// Batches smaller than this are merged with the next ones, so that an index of many small
+/// epochs does not keep many small batches.
+const MERGE_ROWS: usize = if cfg!(test) { 64 } else { 1 << 20 };
+/// Unreferenced rows are dropped once there are at least this many (and as many as live ones).
+const GARBAGE_ROWS: u64 = if cfg!(test) { 32 } else { 1 << 16 };
+/// Rows per batch when live rows are copied into new batches.
+const REWRITE_ROWS: usize = if cfg!(test) { 50 } else { 1 << 20 };
+
+/// A row's place among the kept batches and its weight in the multiset.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Global row number: rows are numbered across the batches in the order they were kept.
+    row: u64,
+    weight: i64,
+    /// The next entry of the key's chain, or `NIL`.
+    next: u32,
+}
+
+/// The entries of one key.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    head: u32,
+    len: u32,
+    negatives: u32,
+    /// The sum of the entries' weights: the key's rows, counted with multiplicity.
+    weight: i64,
+    /// Listed for consolidation at the end of this `apply`.
+    due: bool,
+}
+
+/// One input's rows by join key (see the module's documentation).
+pub(super) struct Arrangement {
+    schema: SchemaRef,
+    /// Encodes whole rows, to find equal ones when a chain is consolidated.
+    rows: RowCodec,
+    batches: Vec<RecordBatch>,
+    /// The global number of each batch's first row.
+    starts: Vec<u64>,
+    /// Rows in the batches: the next global row number.
+    stored: u64,
+    entries: Vec<Entry>,
+    chains: KeyMap<Chain>,
+    /// Entries in chains.
+    live: u64,
+    /// Memory of the kept batches.
+    batch_bytes: u64,
+}
+
+impl Arrangement {
+    pub(super) fn new(schema: &SchemaRef, keys: &KeyCodec) -> Result<Self> {
+        Ok(Self {
+            schema: schema.clone(),
+            rows: RowCodec::new(schema.fields().iter().map(|f| f.data_type().clone()))?,
+            batches: Vec::new(),
+            starts: Vec::new(),
+            stored: 0,
+            entries: Vec::new(),
+            chains: keys.map(),
+            live: 0,
+            batch_bytes: 0,
+        })
+    }
+
+    /// Entries kept (distinct rows, once consolidated).
+    pub(super) fn len(&self) -> u64 {
+        self.live
+    }
+
+    /// Memory of the rows and the index, approximately.
+    pub(super) fn bytes(&self) -> u64 {
+        self.batch_bytes + (self.entries.len() * size_of::<Entry>() + self.chains.bytes()) as u64
+    }
+
+    /// The number of rows at `key`, with multiplicity.
+    pub(super) fn weight(&self, key: Key<'_>) -> i64 {
+        self.chains.get(key).map_or(0, |chain| chain.weight)
+    }
+
+    /// Every key with rows.
+    pub(super) fn keys(&self) -> impl Iterator<Item = Key<'_>> {
+        self.chains.iter().map(|(key, _)| key)
+    }
+
+    /// The entries at `key`: global row numbers and weights.
+    pub(super) fn entries(&self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + '_ {
+        let mut next = self.chains.get(key).map_or(NIL, |chain| chain.head);
+        std::iter::from_fn(move || {
+            let entry = self.entries.get(next as usize)?;
+            next = entry.next;
+            Some((entry.row, entry.weight))
+        })
+    }
+
+    /// Looks up `keys` in the order that sweeps the index's memory (see `KeyMap::probe_order`).
+    pub(super) fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
+        self.chains.probe_order(keys)
+    }
+
+    /// The rows with global numbers `rows`, in that order, as columns of the input's schema.
+    pub(super) fn gather(&self, rows: &[u64]) -> Result<Vec<ArrayRef>> {
+        gather(&self.batches, &self.starts, rows)
+    }
+
+    /// Adds the rows of `data` with their `weights` under their `keys`, skipping the rows for
+    /// which `matchable` is false (a NULL key that matches nothing).
+    pub(super) fn apply(
+        &mut self,
+        data: &RecordBatch,
+        weights: &Int64Array,
+        keys: &Keys,
+        matchable: &[bool],
+    ) -> Result<()> {
+        let rows: Vec<u32> = self
+            .probe_order((0..data.num_rows()).map(|i| keys.key(i)))
+            .into_iter()
+            .filter(|&i| matchable[i as usize] && weights.value(i as usize) != 0)
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let start = self.stored;
+        self.push_batch(data.clone())?;
+        self.chains.reserve(rows.len());
+        let mut due = Vec::new();
+        for i in rows {
+            let i = i as usize;
+            let key = keys.key(i);
+            let weight = weights.value(i);
+            let index = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&index| index != NIL)
+                .ok_or_else(|| internal("a join input holds more than 4 billion entries"))?;
+            let chain = match self.chains.get_mut(key) {
+                Some(chain) => chain,
+                None => {
+                    self.chains.insert(
+                        key,
+                        Chain {
+                            head: NIL,
+                            len: 0,
+                            negatives: 0,
+                            weight: 0,
+                            due: false,
+                        },
+                    );
+                    self.chains
+                        .get_mut(key)
+                        .ok_or_else(|| internal("a join key inserted is not found"))?
+                }
+            };
+            self.entries.push(Entry {
+                row: start + i as u64,
+                weight,
+                next: chain.head,
+            });
+            chain.head = index;
+            chain.len += 1;
+            chain.weight += weight;
+            self.live += 1;
+            if weight < 0 {
+                chain.negatives += 1;
+                if !chain.due && u64::from(chain.negatives) * 4 >= u64::from(chain.len) {
+                    chain.due = true;
+                    due.push(i);
+                }
+            }
+        }
+        self.consolidate(due.iter().map(|&i| keys.key(i)).collect())?;
+        self.collect_garbage()
+    }
+
+    /// Keeps a batch, merging the small batches at the end into one.
+    fn push_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        let batch = compact_views(batch)?;
+        self.starts.push(self.stored);
+        self.stored += batch.num_rows() as u64;
+        self.batch_bytes += batch.get_array_memory_size() as u64;
+        self.batches.push(batch);
+        // The small batches at the end are merged two by two while the last is at least half
+        // the one before it (as a binary counter carries), so that a row is copied a
+        // logarithmic number of times and small epochs leave a logarithmic number of batches.
+        while let [.., before, last] = self.batches.as_slice()
+            && before.num_rows() < MERGE_ROWS
+            && last.num_rows() * 2 >= before.num_rows()
+        {
+            let n = self.batches.len();
+            let merged = concat_batches(&self.batches[n - 2].schema(), &self.batches[n - 2..]).map_err(internal)?;
+            let merged = compact_views(merged)?;
+            for batch in self.batches.drain(n - 2..) {
+                self.batch_bytes -= batch.get_array_memory_size() as u64;
+            }
+            self.starts.truncate(n - 1);
+            self.batch_bytes += merged.get_array_memory_size() as u64;
+            self.batches.push(merged);
+        }
+        Ok(())
+    }
+
+    /// Sums the weights of equal rows in the chains of `keys`, dropping the rows whose weights
+    /// sum to zero.
+    fn consolidate(&mut self, keys: Vec<Key<'_>>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // The entries of every chain, one after the other, and where each chain's start.
+        let mut members: Vec<u32> = Vec::new();
+        let mut bounds = vec![0];
+        for &key in &keys {
+            let mut next = self.chains.get(key).map_or(NIL, |chain| chain.head);
+            while let Some(entry) = self.entries.get(next as usize) {
+                members.push(next);
+                next = entry.next;
+            }
+            bounds.push(members.len());
+        }
+        let rows: Vec<u64> = members.iter().map(|&m| self.entries[m as usize].row).collect();
+        let columns = self.gather(&rows)?;
+        let encoded = self.rows.encode(&columns, rows.len())?;
+        let mut firsts: HashMap<&[u8], u32> = HashMap::new();
+        for (k, &key) in keys.iter().enumerate() {
+            firsts.clear();
+            let group = &members[bounds[k]..bounds[k + 1]];
+            let mut kept: Vec<u32> = Vec::new();
+            for (offset, &member) in group.iter().enumerate() {
+                let row = encoded.row(bounds[k] + offset).data();
+                let weight = self.entries[member as usize].weight;
+                match firsts.get(row) {
+                    Some(&first) => self.entries[first as usize].weight += weight,
+                    None => {
+                        firsts.insert(row, member);
+                        kept.push(member);
+                    }
+                }
+            }
+            let mut head = NIL;
+            let mut len = 0;
+            let mut total = 0;
+            for &member in kept.iter().rev() {
+                let entry = &mut self.entries[member as usize];
+                if entry.weight < 0 {
+                    return Err(internal("a join input deleted a row it never had"));
+                }
+                if entry.weight > 0 {
+                    entry.next = head;
+                    head = member;
+                    len += 1;
+                    total += entry.weight;
+                }
+            }
+            self.live -= (group.len() - len as usize) as u64;
+            if len == 0 {
+                self.chains.remove(key);
+            } else if let Some(chain) = self.chains.get_mut(key) {
+                *chain = Chain {
+                    head,
+                    len,
+                    negatives: 0,
+                    weight: total,
+                    due: false,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the live rows into new batches when the rows no entry refers to are as many as
+    /// them, or the entries out of chains are.
+    fn collect_garbage(&mut self) -> Result<()> {
+        let dead_rows = self.stored - self.live;
+        let dead_entries = self.entries.len() as u64 - self.live;
+        if dead_rows.max(dead_entries) < GARBAGE_ROWS.max(self.live) {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(self.live as usize);
+        let mut rows = Vec::with_capacity(self.live as usize);
+        for chain in self.chains.values_mut() {
+            let mut next = chain.head;
+            let mut previous = NIL;
+            while let Some(entry) = self.entries.get(next as usize) {
+                let index = entries.len() as u32;
+                if previous == NIL {
+                    chain.head = index;
+                } else {
+                    let previous: &mut Entry = &mut entries[previous as usize];
+                    previous.next = index;
+                }
+                entries.push(Entry {
+                    row: rows.len() as u64,
+                    weight: entry.weight,
+                    next: NIL,
+                });
+                rows.push(entry.row);
+                previous = index;
+                next = entry.next;
+            }
+        }
+        let schema = self
+            .batches
+            .first()
+            .map_or_else(|| self.schema.clone(), RecordBatch::schema);
+        let mut batches = Vec::new();
+        let mut starts = Vec::new();
+        for (n, chunk) in rows.chunks(REWRITE_ROWS).enumerate() {
+            let columns = self.gather(chunk)?;
+            let options = RecordBatchOptions::new().with_row_count(Some(chunk.len()));
+            let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(internal)?;
+            starts.push((n * REWRITE_ROWS) as u64);
+            batches.push(compact_views(batch)?);
+        }
+        self.batch_bytes = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        self.batches = batches;
+        self.starts = starts;
+        self.stored = rows.len() as u64;
+        self.entries = entries;
+        self.live = self.entries.len() as u64;
+        Ok(())
+    }
+}
+
+/// The batch with its string and binary view columns copied into one buffer each when they
+/// refer to many buffers or to buffers mostly unused: a gather (`take`) of a view column
+/// copies the list of the buffers it refers to, so that gathering a few rows from a column of
+/// thousands of buffers — the concatenated output of many epochs — costs thousands, and a
+/// column of a few rows left referring to a whole input's buffers keeps them in memory.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    fn wasteful(buffers: &[datafusion::arrow::buffer::Buffer], used: usize) -> bool {
+        let held: usize = buffers.iter().map(|b| b.capacity()).sum();
+        buffers.len() > 8 || (buffers.len() > 1 && held > 2 * used + (1 << 16)) || held > 4 * used + (1 << 20)
+    }
+    let mut columns = batch.columns().to_vec();
+    let mut changed = false;
+    for column in &mut columns {
+        if let Some(strings) = column.as_string_view_opt() {
+            if wasteful(strings.data_buffers(), strings.total_buffer_bytes_used()) {
+                *column = Arc::new(strings.gc());
+                changed = true;
+            }
+        } else if let Some(binaries) = column.as_binary_view_opt()
+            && wasteful(binaries.data_buffers(), binaries.total_buffer_bytes_used())
+        {
+            *column = Arc::new(binaries.gc());
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(batch);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(batch.schema(), columns, &options).map_err(internal)
+}
+
+/// Rows by global number from `batches` (whose first rows have the numbers `starts`).
+fn gather(batches: &[RecordBatch], starts: &[u64], rows: &[u64]) -> Result<Vec<ArrayRef>> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let num_columns = first.num_columns();
+    if rows.is_empty() {
+        return Ok(first.columns().iter().map(|c| new_empty_array(c.data_type())).collect());
+    }
+    let batch_of = |row: u64| starts.partition_point(|&start| start <= row) - 1;
+    // Most gathers read one batch (the state built in one epoch, or a chain of one epoch).
+    let single = rows.first().map(|&r| batch_of(r));
+    if let Some(b) = single
+        && rows.iter().all(|&r| batch_of(r) == b)
+    {
+        let start = starts[b];
+        let indices = UInt64Array::from_iter_values(rows.iter().map(|&r| r - start));
+        return (0..num_columns)
+            .map(|c| take(batches[b].column(c), &indices, None).map_err(internal))
+            .collect();
+    }
+    // Only the batches referred to are handed to `interleave`.
+    let mut local = vec![usize::MAX; batches.len()];
+    let mut used = Vec::new();
+    let indices: Vec<(usize, usize)> = rows
+        .iter()
+        .map(|&r| {
+            let b = batch_of(r);
+            if local[b] == usize::MAX {
+                local[b] = used.len();
+                used.push(b);
+            }
+            (local[b], (r - starts[b]) as usize)
+        })
+        .collect();
+    (0..num_columns)
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = used.iter().map(|&b| batches[b].column(c).as_ref()).collect();
+            interleave(&arrays, &indices).map_err(internal)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::array::{Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The multiset kept at each key, from the entries: (key, text) → weight.
+    fn contents(arrangement: &Arrangement, keys: &[i32]) -> BTreeMap<(i32, Option<String>), i64> {
+        let mut out = BTreeMap::new();
+        for &key in keys {
+            let (rows, weights): (Vec<u64>, Vec<i64>) = arrangement.entries(Key::Int(Some(key.into()))).unzip();
+            let columns = arrangement.gather(&rows).unwrap();
+            let Some(texts) = columns.get(1) else { continue };
+            let texts = texts.as_any().downcast_ref::<StringArray>().unwrap();
+            let mut total = 0;
+            for (i, weight) in weights.iter().enumerate() {
+                let text = texts.is_valid(i).then(|| texts.value(i).to_string());
+                *out.entry((key, text)).or_default() += weight;
+                total += weight;
+            }
+            assert_eq!(arrangement.weight(Key::Int(Some(key.into()))), total);
+        }
+        out.retain(|_, weight| *weight != 0);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Epochs of inserts and deletes of a few keys' rows: the entries always sum to the
+        /// multiset inserted minus the one deleted, through consolidation, batch merging and
+        /// rewriting.
+        #[test]
+        fn entries_sum_to_the_multiset(epochs in prop::collection::vec(
+            prop::collection::vec((0..4i32, prop::option::of(0..3u8), 1..3i64, any::<bool>()), 0..20),
+            1..40,
+        )) {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int32, false),
+                Field::new("v", DataType::Utf8, true),
+            ]));
+            let codec = KeyCodec::new(&[DataType::Int32]).unwrap();
+            let mut arrangement = Arrangement::new(&schema, &codec).unwrap();
+            let mut expected: BTreeMap<(i32, Option<String>), i64> = BTreeMap::new();
+            for epoch in epochs {
+                // A deletion takes away what is there, never more.
+                let mut rows = Vec::new();
+                let mut pending = expected.clone();
+                for (key, text, weight, delete) in epoch {
+                    let row = (key, text.map(|t| format!("text {t}")));
+                    let have = pending.entry(row.clone()).or_default();
+                    let weight = if delete { -weight.min(*have) } else { weight };
+                    *have += weight;
+                    rows.push((row, weight));
+                }
+                let data = RecordBatch::try_new(schema.clone(), vec![
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|((k, _), _)| *k))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|((_, t), _)| t.clone()))),
+                ]).unwrap();
+                let weights = Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w));
+                let keys = codec.encode(&[data.column(0).clone()]).unwrap();
+                arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()]).unwrap();
+                pending.retain(|_, weight| *weight != 0);
+                expected = pending;
+                prop_assert_eq!(&contents(&arrangement, &[0, 1, 2, 3]), &expected);
+                prop_assert!(arrangement.stored >= arrangement.live);
+            }
+        }
+    }
+
+    #[test]
+    fn deleting_a_row_never_inserted_is_an_internal_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, false)]));
+        let codec = KeyCodec::new(&[DataType::Int32]).unwrap();
+        let mut arrangement = Arrangement::new(&schema, &codec).unwrap();
+        let data = RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![7]))]).unwrap();
+        let keys = codec.encode(&[data.column(0).clone()]).unwrap();
+        let error = arrangement
+            .apply(&data, &Int64Array::from(vec![-1]), &keys, &[true])
+            .unwrap_err();
+        assert!(error.to_string().contains("deleted a row it never had"), "{error}");
+    }
+}
