@@ -252,27 +252,17 @@ impl Join {
         }
     }
 
-    /// The rows of `side` at `key` whose having a match is `matched`, as output rows.
-    fn by_match(&self, key: Key<'_>, side: Side, matched: bool) -> Result<Option<Delta>> {
-        let (rows, weights): (Vec<u64>, Vec<i64>) = self.rows(side).entries(key).unzip();
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let columns = self.rows(side).gather(&rows)?;
-        self.select_by_match(side, key, columns, &weights, matched)
-    }
-
-    /// Of rows of `side` at `key` (`columns`, with `weights`), those whose having a match on
-    /// the other side is `matched`, as output rows.
+    /// Of rows of `side` (`columns`, with `weights`, the row `i` at key `keys[i]`), those whose
+    /// having a match on the other side is `matched`, as output rows.
     fn select_by_match(
         &self,
         side: Side,
-        key: Key<'_>,
+        keys: &[Key<'_>],
         columns: Vec<ArrayRef>,
         weights: &[i64],
         matched: bool,
     ) -> Result<Option<Delta>> {
-        let has_match = self.has_match(side, key, &columns, weights.len())?;
+        let has_match = self.has_match(side, keys, &columns)?;
         let keep: UInt32Array = (0..weights.len() as u32)
             .filter(|&i| has_match[i as usize] == matched)
             .collect();
@@ -287,45 +277,54 @@ impl Join {
         self.output_of(side, columns, weights).map(Some)
     }
 
-    /// Whether each of `n` rows of `side` at `key` (`columns`) has a match on the other side.
-    fn has_match(&self, side: Side, key: Key<'_>, columns: &[ArrayRef], n: usize) -> Result<Vec<bool>> {
+    /// Whether each row of `side` (`columns`, the row `i` at key `keys[i]`) has a match on the
+    /// other side.
+    fn has_match(&self, side: Side, keys: &[Key<'_>], columns: &[ArrayRef]) -> Result<Vec<bool>> {
         let other = self.rows(opposite(side));
         // A key's entries may hold a row and its deletion not yet consolidated: a row has a
         // match when the weights of the other side's rows it matches sum to more than zero.
         let Some(filter) = &self.spec.filter else {
-            return Ok(vec![other.weight(key) > 0; n]);
+            return Ok(keys.iter().map(|&key| other.weight(key) > 0).collect());
         };
-        if other.weight(key) == 0 {
-            return Ok(vec![false; n]);
+        // Every pair of a row with the other side's rows at its key, to evaluate the
+        // condition on, all at once.
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        let mut their_weights = Vec::new();
+        for (i, &key) in keys.iter().enumerate() {
+            if other.weight(key) == 0 {
+                continue;
+            }
+            for (row, weight) in other.entries(key) {
+                mine.push(i as u32);
+                theirs.push(row);
+                their_weights.push(weight);
+            }
         }
-        let (other_rows, other_weights): (Vec<u64>, Vec<i64>) = other.entries(key).unzip();
-        let other_columns = other.gather(&other_rows)?;
-        // Every pair of this key, to evaluate the condition on.
-        let m = other_weights.len();
-        let mine = UInt32Array::from_iter_values((0..n as u32).flat_map(|i| std::iter::repeat_n(i, m)));
-        let theirs = UInt32Array::from_iter_values((0..n).flat_map(|_| 0..m as u32));
-        let take_all = |cols: &[ArrayRef], idx: &UInt32Array| {
-            cols.iter()
-                .map(|c| take(c, idx, None).map_err(internal))
-                .collect::<Result<Vec<_>>>()
-        };
-        let (left, right) = match side {
-            Side::Left => (take_all(columns, &mine)?, take_all(&other_columns, &theirs)?),
-            Side::Right => (take_all(&other_columns, &theirs)?, take_all(columns, &mine)?),
-        };
-        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n * m));
-        let pairs = RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), [left, right].concat(), &options)
-            .map_err(internal)?;
-        let mask = filter.mask(&pairs)?;
-        Ok((0..n)
-            .map(|i| {
-                (0..m)
-                    .filter(|&j| !mask.is_null(i * m + j) && mask.value(i * m + j))
-                    .map(|j| other_weights[j])
-                    .sum::<i64>()
-                    > 0
-            })
-            .collect())
+        let mut sums = vec![0i64; keys.len()];
+        if !mine.is_empty() {
+            let mine_indices = UInt32Array::from(mine.clone());
+            let mine_columns = columns
+                .iter()
+                .map(|c| take(c, &mine_indices, None).map_err(internal))
+                .collect::<Result<Vec<_>>>()?;
+            let their_columns = other.gather(&theirs)?;
+            let (left, right) = match side {
+                Side::Left => (mine_columns, their_columns),
+                Side::Right => (their_columns, mine_columns),
+            };
+            let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len()));
+            let pairs =
+                RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), [left, right].concat(), &options)
+                    .map_err(internal)?;
+            let mask = filter.mask(&pairs)?;
+            for (p, &i) in mine.iter().enumerate() {
+                if mask.is_valid(p) && mask.value(p) {
+                    sums[i as usize] += their_weights[p];
+                }
+            }
+        }
+        Ok(sums.into_iter().map(|sum| sum > 0).collect())
     }
 
     /// Rows of one side as output rows: alone (semi, anti) or padded with NULLs (outer).
@@ -352,12 +351,7 @@ impl Join {
     fn match_output(&self, touched: &[Key<'_>]) -> Result<Vec<Delta>> {
         let mut parts = Vec::new();
         for side in [Side::Left, Side::Right] {
-            let Some(matched) = self.spec.kind.by_match(side) else {
-                continue;
-            };
-            for &key in touched {
-                parts.extend(self.by_match(key, side, matched)?);
-            }
+            parts.extend(self.by_match(side, touched.iter().copied())?);
         }
         Ok(parts)
     }
@@ -366,49 +360,56 @@ impl Join {
     fn match_output_of(&self, keys: &[HashSet<Key<'_>>; 2]) -> Result<Vec<Delta>> {
         let mut parts = Vec::new();
         for side in [Side::Left, Side::Right] {
-            let Some(matched) = self.spec.kind.by_match(side) else {
-                continue;
-            };
-            for &key in &keys[side as usize] {
-                parts.extend(self.by_match(key, side, matched)?);
-            }
+            parts.extend(self.by_match(side, keys[side as usize].iter().copied())?);
         }
         Ok(parts)
     }
 
+    /// The rows of `side` at `keys` that the join outputs for having a match or not.
+    fn by_match<'k>(&self, side: Side, keys: impl Iterator<Item = Key<'k>>) -> Result<Option<Delta>> {
+        let Some(matched) = self.spec.kind.by_match(side) else {
+            return Ok(None);
+        };
+        let stored = self.rows(side);
+        let mut row_keys = Vec::new();
+        let mut rows = Vec::new();
+        let mut weights = Vec::new();
+        for key in keys {
+            for (row, weight) in stored.entries(key) {
+                row_keys.push(key);
+                rows.push(row);
+                weights.push(weight);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let columns = stored.gather(&rows)?;
+        self.select_by_match(side, &row_keys, columns, &weights, matched)
+    }
+
     /// The changed rows of `side` at keys not `recomputed` whose having a match (which the
     /// epoch did not change) is what the join outputs them for.
-    fn changed_by_match(&self, side: Side, changes: &Encoded, recomputed: &HashSet<Key<'_>>) -> Result<Vec<Delta>> {
+    fn changed_by_match(&self, side: Side, changes: &Encoded, recomputed: &HashSet<Key<'_>>) -> Result<Option<Delta>> {
         let Some(matched) = self.spec.kind.by_match(side) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        // The rows by key, in first-seen order.
-        let mut by_key: HashMap<Key<'_>, Vec<u32>> = HashMap::new();
-        let mut order = Vec::new();
-        for (i, key) in (0..changes.matchable.len()).map(|i| (i, changes.keys.key(i))) {
-            if !changes.matchable[i] || recomputed.contains(&key) {
-                continue;
-            }
-            by_key
-                .entry(key)
-                .or_insert_with(|| {
-                    order.push(key);
-                    Vec::new()
-                })
-                .push(i as u32);
+        let (indices, keys): (Vec<u32>, Vec<Key<'_>>) = (0..changes.matchable.len())
+            .filter(|&i| changes.matchable[i])
+            .map(|i| (i as u32, changes.keys.key(i)))
+            .filter(|(_, key)| !recomputed.contains(key))
+            .unzip();
+        if indices.is_empty() {
+            return Ok(None);
         }
-        let mut parts = Vec::new();
-        for key in order {
-            let rows = changes.delta.take(&UInt32Array::from(by_key[&key].clone()))?;
-            parts.extend(self.select_by_match(
-                side,
-                key,
-                rows.data.columns().to_vec(),
-                rows.weights.values(),
-                matched,
-            )?);
-        }
-        Ok(parts)
+        let rows = changes.delta.take(&UInt32Array::from(indices))?;
+        self.select_by_match(
+            side,
+            &keys,
+            rows.data.columns().to_vec(),
+            rows.weights.values(),
+            matched,
+        )
     }
 
     /// Rows whose key never matches (a NULL key) that the join outputs anyway.
