@@ -13,6 +13,10 @@ const DENSE_MIN_KEYS: usize = 1024;
 /// An array slot of a `u32` value is 8 bytes and a table entry 16, at a load of 44–87 %: at
 /// four slots per key the array is at most about twice the table, and usually smaller.
 const DENSE_SLOTS_PER_KEY: u64 = 4;
+/// A hashed map becomes an array only at half that many values per key, so that keys whose
+/// density sits at the limit (TPC-H's order keys use one value in four) do not switch the map
+/// back and forth, copying it whole at every key they add.
+const DENSE_ENTER_SLOTS_PER_KEY: u64 = DENSE_SLOTS_PER_KEY / 2;
 /// An array whose keys thinned out to fewer than one per this many slots becomes a hashed map
 /// again (apart from the other threshold, so that a map near one does not switch back and forth).
 const SPARSE_SLOTS_PER_KEY: u64 = 16;
@@ -72,6 +76,11 @@ fn dense_enough(keys: usize, span: u64) -> bool {
     keys >= DENSE_MIN_KEYS && span <= DENSE_SLOTS_PER_KEY.saturating_mul(keys as u64)
 }
 
+/// Whether a hashed map of `keys` keys spanning `span` values becomes an array.
+fn dense_enough_to_switch(keys: usize, span: u64) -> bool {
+    keys >= DENSE_MIN_KEYS && span <= DENSE_ENTER_SLOTS_PER_KEY.saturating_mul(keys as u64)
+}
+
 impl<V> Default for IntMap<V> {
     fn default() -> Self {
         IntMap::Hashed {
@@ -113,7 +122,7 @@ impl<V> IntMap<V> {
                 *low = (*low).min(key);
                 *high = (*high).max(key);
                 let previous = map.insert(key, value);
-                if previous.is_none() && dense_enough(map.len(), span(*low, *high)) {
+                if previous.is_none() && dense_enough_to_switch(map.len(), span(*low, *high)) {
                     self.make_dense();
                 }
                 previous
@@ -141,6 +150,12 @@ impl<V> IntMap<V> {
                 // number of times.
                 let limit = DENSE_SLOTS_PER_KEY.saturating_mul(dense.len as u64 + 1);
                 let room = (dense.values.len() as u64 / 2).min(limit - needed);
+                // Without room to grow by a share of its size, an array at the density limit
+                // would be copied at nearly every key: a table then.
+                if room < dense.values.len() as u64 / 8 {
+                    self.make_hashed();
+                    return self.insert(key, value);
+                }
                 if key < dense.base {
                     let base = low.saturating_sub_unsigned(room);
                     let mut values = Vec::with_capacity(span(base, last) as usize);
@@ -419,5 +434,41 @@ mod tests {
         assert!(!map.is_dense());
         assert_eq!(map.len(), 100);
         assert_eq!(map.get(9_950), Some(&0));
+    }
+
+    #[test]
+    fn keys_at_the_density_limit_do_not_switch_the_map_back_and_forth() {
+        // Keys using one value in four (and in three, and five), ascending, descending and
+        // shuffled: each switch copies the map, so a map switching at every key costs
+        // quadratic time.
+        let mut random = Random(7);
+        for (every, order) in [3, 4, 5]
+            .into_iter()
+            .flat_map(|every| [(every, 0), (every, 1), (every, 2)])
+        {
+            let mut keys: Vec<i64> = (0..50_000i64).map(|key| key * every).collect();
+            if order == 1 {
+                keys.reverse();
+            }
+            if order == 2 {
+                for i in (1..keys.len()).rev() {
+                    keys.swap(i, (random.next() % (i as u64 + 1)) as usize);
+                }
+            }
+            let mut map = IntMap::<u32>::default();
+            let mut switches = 0;
+            let mut dense = map.is_dense();
+            for key in keys {
+                map.insert(key, 0);
+                if map.is_dense() != dense {
+                    switches += 1;
+                    dense = map.is_dense();
+                }
+            }
+            assert!(
+                switches <= 2,
+                "{switches} switches at one key in {every} (order {order})"
+            );
+        }
     }
 }
