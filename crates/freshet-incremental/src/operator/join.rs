@@ -13,7 +13,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array, new_null_array};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::compute::take_arrays;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use freshet_common::{Key, KeyCodec, Keys, Result, RowKey};
@@ -228,21 +228,26 @@ impl Join {
         if changed.is_empty() {
             return Ok(Delta::empty(self.spec.pair_schema.clone()));
         }
-        let changed = UInt32Array::from(changed);
-        let changed_columns = changes
-            .delta
-            .data
-            .columns()
-            .iter()
-            .map(|c| take(c, &changed, None).map_err(internal))
-            .collect::<Result<Vec<_>>>()?;
-        let stored_columns = other.gather(&stored)?;
-        let columns = match side {
-            Side::Left => [changed_columns, stored_columns].concat(),
-            Side::Right => [stored_columns, changed_columns].concat(),
-        };
+        let columns = self.pair_columns(side, changes.delta.data.columns(), &UInt32Array::from(changed), &stored)?;
         let pairs = Delta::from_columns(&self.spec.pair_schema, columns, Int64Array::from(weights))?;
         self.filtered(pairs)
+    }
+
+    /// The columns of pairs of rows of `side` (`mine`, its rows `indices`) with the other
+    /// side's stored rows `theirs`: left columns, then right ones.
+    fn pair_columns(
+        &self,
+        side: Side,
+        mine: &[ArrayRef],
+        indices: &UInt32Array,
+        theirs: &[u64],
+    ) -> Result<Vec<ArrayRef>> {
+        let mine = take_arrays(mine, indices, None).map_err(internal)?;
+        let theirs = self.rows(opposite(side)).gather(theirs)?;
+        Ok(match side {
+            Side::Left => [mine, theirs].concat(),
+            Side::Right => [theirs, mine].concat(),
+        })
     }
 
     fn filtered(&self, pairs: Delta) -> Result<Delta> {
@@ -269,10 +274,7 @@ impl Join {
         if keep.is_empty() {
             return Ok(None);
         }
-        let columns = columns
-            .iter()
-            .map(|c| take(c, &keep, None).map_err(internal))
-            .collect::<Result<Vec<_>>>()?;
+        let columns = take_arrays(&columns, &keep, None).map_err(internal)?;
         let weights: Int64Array = keep.values().iter().map(|&i| weights[i as usize]).collect();
         self.output_of(side, columns, weights).map(Some)
     }
@@ -303,22 +305,13 @@ impl Join {
         }
         let mut sums = vec![0i64; keys.len()];
         if !mine.is_empty() {
-            let mine_indices = UInt32Array::from(mine.clone());
-            let mine_columns = columns
-                .iter()
-                .map(|c| take(c, &mine_indices, None).map_err(internal))
-                .collect::<Result<Vec<_>>>()?;
-            let their_columns = other.gather(&theirs)?;
-            let (left, right) = match side {
-                Side::Left => (mine_columns, their_columns),
-                Side::Right => (their_columns, mine_columns),
-            };
+            let mine = UInt32Array::from(mine);
+            let columns = self.pair_columns(side, columns, &mine, &theirs)?;
             let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len()));
-            let pairs =
-                RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), [left, right].concat(), &options)
-                    .map_err(internal)?;
+            let pairs = RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), columns, &options)
+                .map_err(internal)?;
             let mask = filter.mask(&pairs)?;
-            for (p, &i) in mine.iter().enumerate() {
+            for (p, &i) in mine.values().iter().enumerate() {
                 if mask.is_valid(p) && mask.value(p) {
                     sums[i as usize] += their_weights[p];
                 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array, new_empty_array,
 };
-use datafusion::arrow::compute::{concat_batches, interleave, take};
+use datafusion::arrow::compute::{concat_batches, interleave, take_arrays};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use foldhash::{HashMap, HashMapExt};
@@ -392,15 +392,11 @@ fn gather(batches: &[RecordBatch], starts: &[u64], rows: &[u64]) -> Result<Vec<A
     }
     let batch_of = |row: u64| starts.partition_point(|&start| start <= row) - 1;
     // Most gathers read one batch (the state built in one epoch, or a chain of one epoch).
-    let single = rows.first().map(|&r| batch_of(r));
-    if let Some(b) = single
-        && rows.iter().all(|&r| batch_of(r) == b)
-    {
-        let start = starts[b];
+    let first = batch_of(rows[0]);
+    let (start, end) = (starts[first], starts.get(first + 1).copied().unwrap_or(u64::MAX));
+    if rows.iter().all(|&r| (start..end).contains(&r)) {
         let indices = UInt64Array::from_iter_values(rows.iter().map(|&r| r - start));
-        return (0..num_columns)
-            .map(|c| take(batches[b].column(c), &indices, None).map_err(internal))
-            .collect();
+        return take_arrays(batches[first].columns(), &indices, None).map_err(internal);
     }
     // Only the batches referred to are handed to `interleave`.
     let mut local = vec![usize::MAX; batches.len()];
