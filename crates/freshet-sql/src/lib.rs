@@ -5,10 +5,13 @@
 //! Flink's grammar) and a dialect with time-travel clauses. The result is a
 //! list of [`ParsedStatement`]s, each with the text it came from, for the engine to plan.
 
+mod connector_table;
 mod dialect;
+mod grammar;
 mod materialized;
 mod statement;
 
+pub use connector_table::{ColumnKind, CreateConnectorTable, TableColumn, Watermark};
 pub use dialect::FreshetDialect;
 pub use materialized::{AlterMaterializedTable, CreateMaterializedTable, Freshness, FreshnessUnit, RefreshMode};
 pub use statement::{FreshetStatement, ParsedStatement, parse_statements};

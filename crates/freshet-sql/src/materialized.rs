@@ -25,11 +25,15 @@ use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Query};
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use serde::{Deserialize, Serialize};
 
-use freshet_common::{FreshetError, Result};
+use freshet_common::Result;
 
+use crate::grammar::{
+    accept_words, at, expect_token, expect_words, identifier, identifier_list, object_name, option_list, query,
+    string_literal, unexpected, word,
+};
 use crate::statement::FreshetStatement;
 
 /// How often a materialized table must reflect its inputs: `FRESHNESS = INTERVAL '1' HOUR`.
@@ -192,7 +196,7 @@ pub(crate) fn parse_materialized(parser: &mut Parser<'_>, sql: &str) -> Result<F
         "SHOW" if word(parser, 0) == "CREATE" => {
             expect_words(parser, &["CREATE", "MATERIALIZED", "TABLE"])?;
             Ok(FreshetStatement::ShowCreateMaterializedTable {
-                name: object_name(parser)?,
+                name: object_name(parser, "a materialized table's name")?,
             })
         }
         "SHOW" => {
@@ -202,19 +206,19 @@ pub(crate) fn parse_materialized(parser: &mut Parser<'_>, sql: &str) -> Result<F
         "EXPLAIN" => {
             expect_words(parser, &["MATERIALIZED", "TABLE"])?;
             Ok(FreshetStatement::ExplainMaterializedTable {
-                name: object_name(parser)?,
+                name: object_name(parser, "a materialized table's name")?,
             })
         }
         "DESCRIBE" | "DESC" => {
             expect_words(parser, &["MATERIALIZED", "TABLE"])?;
             Ok(FreshetStatement::DescribeMaterializedTable {
-                name: object_name(parser)?,
+                name: object_name(parser, "a materialized table's name")?,
             })
         }
         "DROP" => {
             expect_words(parser, &["MATERIALIZED", "TABLE"])?;
             let if_exists = accept_words(parser, &["IF", "EXISTS"]);
-            let name = object_name(parser)?;
+            let name = object_name(parser, "a materialized table's name")?;
             let cascade = accept_words(parser, &["CASCADE"]);
             if !cascade {
                 accept_words(parser, &["RESTRICT"]);
@@ -227,7 +231,7 @@ pub(crate) fn parse_materialized(parser: &mut Parser<'_>, sql: &str) -> Result<F
         }
         "ALTER" => {
             expect_words(parser, &["MATERIALIZED", "TABLE"])?;
-            let name = object_name(parser)?;
+            let name = object_name(parser, "a materialized table's name")?;
             let action = parse_alter(parser, sql)?;
             Ok(FreshetStatement::AlterMaterializedTable { name, action })
         }
@@ -240,7 +244,7 @@ pub(crate) fn parse_materialized(parser: &mut Parser<'_>, sql: &str) -> Result<F
 
 fn parse_create(parser: &mut Parser<'_>, sql: &str) -> Result<CreateMaterializedTable> {
     let if_not_exists = accept_words(parser, &["IF", "NOT", "EXISTS"]);
-    let name = object_name(parser)?;
+    let name = object_name(parser, "a materialized table's name")?;
     let mut primary_key = Vec::new();
     if parser.consume_token(&Token::LParen) {
         if accept_words(parser, &["CONSTRAINT"]) {
@@ -428,130 +432,6 @@ fn refresh_mode(parser: &mut Parser<'_>) -> Result<RefreshMode> {
             ),
         )
     })
-}
-
-/// The rest of the statement as a query, and its text.
-fn query(parser: &mut Parser<'_>, sql: &str) -> Result<(Box<Query>, String)> {
-    let start = parser.peek_token_ref().span.start;
-    let query = parser.parse_query().map_err(crate::statement::parse_error)?;
-    let end = parser.get_current_token().span.end;
-    let text = crate::statement::slice(sql, start, end).trim().to_string();
-    Ok((query, text))
-}
-
-fn option_list(parser: &mut Parser<'_>) -> Result<Vec<(String, String)>> {
-    expect_token(parser, &Token::LParen, "( after WITH")?;
-    let mut options = Vec::new();
-    if parser.consume_token(&Token::RParen) {
-        return Ok(options);
-    }
-    loop {
-        let key = string_literal(parser, "an option name as a quoted string, such as 'format'")?;
-        expect_token(parser, &Token::Eq, "=")?;
-        let value = string_literal(parser, "the option's value as a quoted string")?;
-        options.push((key, value));
-        if !parser.consume_token(&Token::Comma) {
-            break;
-        }
-    }
-    expect_token(parser, &Token::RParen, ")")?;
-    Ok(options)
-}
-
-fn identifier_list(parser: &mut Parser<'_>, what: &str) -> Result<Vec<Ident>> {
-    expect_token(parser, &Token::LParen, "(")?;
-    let mut out = Vec::new();
-    loop {
-        out.push(identifier(parser, what)?);
-        if !parser.consume_token(&Token::Comma) {
-            break;
-        }
-    }
-    expect_token(parser, &Token::RParen, ")")?;
-    Ok(out)
-}
-
-fn identifier(parser: &mut Parser<'_>, what: &str) -> Result<Ident> {
-    match &parser.peek_token_ref().token {
-        Token::Word(_) => parser.parse_identifier().map_err(crate::statement::parse_error),
-        _ => Err(unexpected(parser, what)),
-    }
-}
-
-fn object_name(parser: &mut Parser<'_>) -> Result<ObjectName> {
-    match &parser.peek_token_ref().token {
-        Token::Word(_) => parser.parse_object_name(false).map_err(crate::statement::parse_error),
-        _ => Err(unexpected(parser, "a materialized table's name")),
-    }
-}
-
-fn string_literal(parser: &mut Parser<'_>, what: &str) -> Result<String> {
-    match &parser.peek_token_ref().token {
-        Token::SingleQuotedString(s) => {
-            let s = s.clone();
-            parser.next_token();
-            Ok(s)
-        }
-        _ => Err(unexpected(parser, what)),
-    }
-}
-
-/// The upper-cased word `n` tokens ahead, or an empty string.
-fn word(parser: &Parser<'_>, n: usize) -> String {
-    match &parser.peek_nth_token_ref(n).token {
-        Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
-        _ => String::new(),
-    }
-}
-
-/// Consumes `words` if the next tokens are exactly them.
-fn accept_words(parser: &mut Parser<'_>, words: &[&str]) -> bool {
-    if words.iter().enumerate().all(|(n, w)| word(parser, n) == *w) {
-        for _ in words {
-            parser.next_token();
-        }
-        true
-    } else {
-        false
-    }
-}
-
-fn expect_words(parser: &mut Parser<'_>, words: &[&str]) -> Result<()> {
-    for w in words {
-        if !accept_words(parser, &[w]) {
-            return Err(unexpected(parser, w));
-        }
-    }
-    Ok(())
-}
-
-fn expect_token(parser: &mut Parser<'_>, token: &Token, what: &str) -> Result<()> {
-    if parser.consume_token(token) {
-        Ok(())
-    } else {
-        Err(unexpected(parser, what))
-    }
-}
-
-fn unexpected(parser: &Parser<'_>, expected: &str) -> FreshetError {
-    let next = parser.peek_token_ref();
-    let found = match next.token {
-        Token::EOF => "end of input".to_string(),
-        ref t => t.to_string(),
-    };
-    at(next, format!("expected {expected}, found {found}"))
-}
-
-fn at(token: &TokenWithSpan, message: String) -> FreshetError {
-    FreshetError::InvalidStatement(format!("SQL error: {message}{}", position(token.span.start)))
-}
-
-fn position(location: Location) -> String {
-    if location.line == 0 {
-        String::new()
-    } else {
-        format!(" at line {}, column {}", location.line, location.column)
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,10 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token};
 
 use freshet_common::{FreshetError, Result};
 
+use crate::connector_table::{
+    CreateConnectorTable, JobStatement, is_connector_table, is_job_statement, parse_create_connector_table,
+    parse_job_statement,
+};
 use crate::dialect::FreshetDialect;
 use crate::materialized::{
     AlterMaterializedTable, CreateMaterializedTable, is_materialized_statement, parse_materialized,
@@ -78,6 +82,20 @@ pub enum FreshetStatement {
         /// The materialized table.
         name: ObjectName,
     },
+    /// `CREATE TABLE ... WITH ('connector' = ...)`: a source or sink table in Flink's grammar.
+    CreateConnectorTable(Box<CreateConnectorTable>),
+    /// `SHOW JOBS`.
+    ShowJobs,
+    /// `STOP JOB 'id'`.
+    StopJob {
+        /// The job's id.
+        id: String,
+    },
+    /// `EXECUTE STATEMENT SET BEGIN INSERT ...; ... END`: the inserts run as one job.
+    StatementSet {
+        /// The inserts, each parsed with its text.
+        inserts: Vec<ParsedStatement>,
+    },
     /// `SET 'key' = 'value'`: Apache Flink's form of setting an option, for keys such as
     /// `materialized-table.refresh-mode.freshness-threshold` that are not SQL identifiers.
     SetOption {
@@ -127,6 +145,23 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>> {
 fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
     if is_materialized_statement(&parser.parser) {
         return parse_materialized(&mut parser.parser, sql);
+    }
+    if is_connector_table(&parser.parser) {
+        let create = parse_create_connector_table(&mut parser.parser)?;
+        return Ok(FreshetStatement::CreateConnectorTable(Box::new(create)));
+    }
+    if is_job_statement(&parser.parser) {
+        return Ok(match parse_job_statement(&mut parser.parser, sql)? {
+            JobStatement::Show => FreshetStatement::ShowJobs,
+            JobStatement::Stop { id } => FreshetStatement::StopJob { id },
+            JobStatement::StatementSet(texts) => {
+                let mut inserts = Vec::new();
+                for text in texts {
+                    inserts.extend(parse_statements(&text)?);
+                }
+                FreshetStatement::StatementSet { inserts }
+            }
+        });
     }
     if parser.parser.peek_keyword(Keyword::SET)
         && let Token::SingleQuotedString(key) = &parser.parser.peek_nth_token_ref(1).token
