@@ -120,6 +120,17 @@ pub enum FreshetError {
         /// Why.
         reason: String,
     },
+    /// A source's data cannot be read: a missing file, a malformed line, a value of the wrong
+    /// type. `at` says where (`file /data/bid.jsonl, line 17, column 5`).
+    #[error("table \"{table}\": {at}: {reason}")]
+    BadSourceData {
+        /// The source table.
+        table: String,
+        /// Where in the source.
+        at: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An error raised by DataFusion while planning or running a statement.
     #[error(transparent)]
     DataFusion(DataFusionError),
@@ -152,6 +163,7 @@ impl FreshetError {
             FreshetError::Locked { .. }
             | FreshetError::ConcurrentCommit { .. }
             | FreshetError::CorruptFile { .. }
+            | FreshetError::BadSourceData { .. }
             | FreshetError::Storage { .. } => ErrorDomain::External,
             FreshetError::Internal(_) => ErrorDomain::Internal,
             FreshetError::Context { source, .. } => source.domain(),

@@ -1,0 +1,325 @@
+//! Connectors and their `WITH` options, with Apache Flink's names and defaults. An option a
+//! connector does not know is an error naming it; an option Flink has that Freshet does not
+//! implement yet is an error saying so.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use freshet_common::{FreshetError, Result};
+
+/// A connector and its options, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Connector {
+    /// `'connector' = 'filesystem'`: files of one format, a file or a directory; a source and a
+    /// sink.
+    Filesystem(FilesystemOptions),
+    /// `'connector' = 'blackhole'`: a sink that discards what it receives.
+    Blackhole,
+    /// `'connector' = 'print'`: a sink that prints each change (`+I[...]`, `-D[...]`).
+    Print(PrintOptions),
+}
+
+/// The options of the `filesystem` connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesystemOptions {
+    /// `path`: a file or a directory (`file://` URLs or plain paths).
+    pub path: PathBuf,
+    /// `format`.
+    pub format: FileFormat,
+    /// `source.monitor-interval`: read new files of the directory at this interval (the source
+    /// is then unbounded); absent, the source is bounded: the files there when it is read.
+    pub monitor_interval: Option<Duration>,
+    /// `json.ignore-parse-errors`: skip (and count) lines that do not parse, rather than fail.
+    pub ignore_parse_errors: bool,
+    /// `json.fail-on-missing-field`: a line without one of the columns is an error (default:
+    /// the column is NULL).
+    pub fail_on_missing_field: bool,
+}
+
+/// The formats of the `filesystem` connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `json`: one JSON object per line.
+    Json,
+}
+
+/// The options of the `print` connector.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PrintOptions {
+    /// `print-identifier`: a prefix for every line.
+    pub identifier: Option<String>,
+    /// `standard-error`: print to standard error rather than standard output.
+    pub standard_error: bool,
+}
+
+/// The `WITH` options of a connector table, as written.
+#[derive(Debug, Clone)]
+pub struct ConnectorOptions<'a> {
+    table: &'a str,
+    options: &'a [(String, String)],
+}
+
+impl<'a> ConnectorOptions<'a> {
+    /// The options of the table `table`.
+    pub fn new(table: &'a str, options: &'a [(String, String)]) -> Self {
+        Self { table, options }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.options.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn error(&self, message: String) -> FreshetError {
+        FreshetError::InvalidStatement(format!("table \"{}\": {message}", self.table))
+    }
+
+    fn required(&self, key: &str, connector: &str) -> Result<&'a str> {
+        self.get(key)
+            .ok_or_else(|| self.error(format!("the '{connector}' connector needs the option '{key}'")))
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool> {
+        match self.get(key).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(self.error(format!("option '{key}' must be 'true' or 'false', not '{other}'"))),
+        }
+    }
+
+    /// Every option must be one of `known`; the ones in `later` are Flink's but not Freshet's yet.
+    fn check_keys(&self, connector: &str, known: &[&str], later: &[&str]) -> Result<()> {
+        for (key, _) in self.options {
+            if key == "connector" || known.contains(&key.as_str()) {
+                continue;
+            }
+            if later.contains(&key.as_str()) {
+                return Err(FreshetError::Unsupported(format!(
+                    "table \"{}\": option '{key}' of the '{connector}' connector",
+                    self.table
+                )));
+            }
+            let mut all: Vec<&str> = known.to_vec();
+            all.insert(0, "connector");
+            return Err(self.error(format!(
+                "unknown option '{key}' for the '{connector}' connector (it takes {})",
+                all.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The connector the options name, validated.
+    pub fn connector(&self) -> Result<Connector> {
+        let Some(name) = self.get("connector") else {
+            return Err(
+                self.error("a table with WITH options needs 'connector' (filesystem, blackhole or print)".into())
+            );
+        };
+        match name {
+            "filesystem" => self.filesystem().map(Connector::Filesystem),
+            "blackhole" => {
+                self.check_keys("blackhole", &[], &[])?;
+                Ok(Connector::Blackhole)
+            }
+            "print" => {
+                self.check_keys(
+                    "print",
+                    &["print-identifier", "standard-error", "sink.parallelism"],
+                    &[],
+                )?;
+                Ok(Connector::Print(PrintOptions {
+                    identifier: self.get("print-identifier").map(str::to_string),
+                    standard_error: self.boolean("standard-error")?,
+                }))
+            }
+            "datagen" | "nexmark" | "kafka" | "upsert-kafka" | "jdbc" | "postgres-cdc" | "mysql-cdc" => {
+                Err(FreshetError::Unsupported(format!(
+                    "table \"{}\": the '{name}' connector (Freshet has filesystem, blackhole and print)",
+                    self.table
+                )))
+            }
+            other => Err(self.error(format!(
+                "unknown connector '{other}' (Freshet has filesystem, blackhole and print)"
+            ))),
+        }
+    }
+
+    fn filesystem(&self) -> Result<FilesystemOptions> {
+        self.check_keys(
+            "filesystem",
+            &[
+                "path",
+                "format",
+                "source.monitor-interval",
+                "json.ignore-parse-errors",
+                "json.fail-on-missing-field",
+                "json.timestamp-format.standard",
+            ],
+            &[
+                "source.path.regex-pattern",
+                "partition.default-name",
+                "sink.rolling-policy.file-size",
+                "sink.rolling-policy.rollover-interval",
+                "sink.rolling-policy.check-interval",
+                "sink.rolling-policy.inactivity-interval",
+                "auto-compaction",
+                "compaction.file-size",
+                "sink.partition-commit.trigger",
+                "sink.partition-commit.delay",
+                "sink.partition-commit.policy.kind",
+                "json.map-null-key.mode",
+                "json.encode.decimal-as-plain-number",
+            ],
+        )?;
+        let path = self.required("path", "filesystem")?;
+        let path = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
+        if path.as_os_str().is_empty() {
+            return Err(self.error("option 'path' is empty".into()));
+        }
+        let format = match self.required("format", "filesystem")? {
+            "json" => FileFormat::Json,
+            "csv" | "parquet" | "avro" | "orc" | "raw" | "debezium-json" | "canal-json" => {
+                return Err(FreshetError::Unsupported(format!(
+                    "table \"{}\": format '{}' of the filesystem connector (Freshet reads 'json' so far)",
+                    self.table,
+                    self.get("format").unwrap_or_default()
+                )));
+            }
+            other => return Err(self.error(format!("unknown format '{other}' (expected json)"))),
+        };
+        match self.get("json.timestamp-format.standard") {
+            None | Some("SQL" | "ISO-8601") => {}
+            Some(other) => {
+                return Err(self.error(format!(
+                    "option 'json.timestamp-format.standard' must be 'SQL' or 'ISO-8601', not '{other}'"
+                )));
+            }
+        }
+        let monitor_interval = match self.get("source.monitor-interval") {
+            None => None,
+            Some(text) => Some(
+                parse_duration(text)
+                    .map_err(|why| self.error(format!("option 'source.monitor-interval' = '{text}': {why}")))?,
+            ),
+        };
+        if monitor_interval.is_some_and(|d| d.is_zero()) {
+            return Err(self.error("option 'source.monitor-interval' must be more than 0".into()));
+        }
+        Ok(FilesystemOptions {
+            path,
+            format,
+            monitor_interval,
+            ignore_parse_errors: self.boolean("json.ignore-parse-errors")?,
+            fail_on_missing_field: self.boolean("json.fail-on-missing-field")?,
+        })
+    }
+}
+
+impl Connector {
+    /// Whether rows can be read from it.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Connector::Filesystem(_))
+    }
+
+    /// The connector's name, as written in `'connector' = ...`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Connector::Filesystem(_) => "filesystem",
+            Connector::Blackhole => "blackhole",
+            Connector::Print(_) => "print",
+        }
+    }
+}
+
+/// A duration as Flink writes them: a number and a unit (`100 ms`, `1s`, `5 min`, `1 h`, `2 d`);
+/// without a unit, milliseconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let amount: u64 = number
+        .parse()
+        .map_err(|_| "expected a number and a unit, such as '10 s' or '1 min'".to_string())?;
+    let millis = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        other => return Err(format!("unknown unit '{other}' (ms, s, min, h or d)")),
+    };
+    Ok(Duration::from_millis(amount.saturating_mul(millis)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn validates_filesystem_options() {
+        let o = options(&[
+            ("connector", "filesystem"),
+            ("path", "file:///data/bid"),
+            ("format", "json"),
+            ("source.monitor-interval", "2 s"),
+            ("json.ignore-parse-errors", "true"),
+        ]);
+        let Connector::Filesystem(fs) = ConnectorOptions::new("bid", &o).connector().unwrap() else {
+            panic!()
+        };
+        assert_eq!(fs.path, PathBuf::from("/data/bid"));
+        assert_eq!(fs.monitor_interval, Some(Duration::from_secs(2)));
+        assert!(fs.ignore_parse_errors);
+    }
+
+    #[test]
+    fn names_unknown_and_missing_options() {
+        for (pairs, expected) in [
+            (
+                vec![("connector", "filesystem"), ("format", "json")],
+                "needs the option 'path'",
+            ),
+            (
+                vec![
+                    ("connector", "filesystem"),
+                    ("path", "/x"),
+                    ("format", "json"),
+                    ("pth", "/y"),
+                ],
+                "unknown option 'pth'",
+            ),
+            (
+                vec![("connector", "blackhole"), ("path", "/x")],
+                "unknown option 'path'",
+            ),
+            (vec![("connector", "kinesis2")], "unknown connector 'kinesis2'"),
+            (vec![("format", "json")], "needs 'connector'"),
+            (
+                vec![
+                    ("connector", "filesystem"),
+                    ("path", "/x"),
+                    ("format", "json"),
+                    ("source.monitor-interval", "soon"),
+                ],
+                "source.monitor-interval",
+            ),
+        ] {
+            let o = options(&pairs);
+            let err = ConnectorOptions::new("t", &o).connector().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn parses_flink_durations() {
+        assert_eq!(parse_duration("100").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5 min").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1 h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("1 fortnight").is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! Where a job's output goes.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use freshet_common::{ChangeBatch, FreshetError, Result};
+use freshet_storage::Table;
+
+use crate::connector::PrintOptions;
+
+/// A job's sink.
+#[derive(Debug)]
+pub enum Sink {
+    /// Discards every change (`'connector' = 'blackhole'`): for benchmarks and tests.
+    Blackhole,
+    /// Prints every change as Flink does (`+I[1, a]`, `-D[1, a]`), one line per row.
+    Print(PrintOptions),
+    /// Appends to a Freshet table.
+    Table(Arc<Table>),
+}
+
+impl Sink {
+    /// Whether the sink takes only insertions: a query whose result updates (retracts rows)
+    /// cannot write to it.
+    pub fn append_only(&self) -> bool {
+        matches!(self, Sink::Table(_))
+    }
+
+    /// Writes one epoch's changes (consolidated: each row once, with a non-zero weight).
+    /// Returns the rows written.
+    pub async fn write(&self, changes: &ChangeBatch) -> Result<u64> {
+        let rows = changes.num_rows() as u64;
+        match self {
+            Sink::Blackhole => Ok(rows),
+            Sink::Print(options) => {
+                let text = render(changes, options)?;
+                if options.standard_error {
+                    std::io::stderr().lock().write_all(text.as_bytes())
+                } else {
+                    std::io::stdout().lock().write_all(text.as_bytes())
+                }
+                .map_err(|e| FreshetError::Internal(format!("print sink: {e}")))?;
+                Ok(rows)
+            }
+            Sink::Table(table) => {
+                let weights = changes.weights();
+                if weights.values().iter().any(|&w| w < 0) {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{}\" has no primary key: rows of an updating result cannot be deleted from it \
+                         (the query retracted rows it had written)",
+                        table.name()
+                    )));
+                }
+                let data = changes.data();
+                let data = repeat_by_weight(&data, weights.values())?;
+                let mut txn = table.begin("INSERT").await?;
+                let batch = RecordBatch::try_new(table.schema(), data.columns().to_vec())
+                    .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))?;
+                txn.insert(&batch).await?;
+                let committed = txn.commit().await?;
+                Ok(committed.inserted)
+            }
+        }
+    }
+}
+
+/// Each row as many times as its weight (weights are positive).
+fn repeat_by_weight(data: &RecordBatch, weights: &[i64]) -> Result<RecordBatch> {
+    if weights.iter().all(|&w| w == 1) {
+        return Ok(data.clone());
+    }
+    let mut indices = Vec::new();
+    for (row, &w) in weights.iter().enumerate() {
+        for _ in 0..w {
+            indices.push(row as u32);
+        }
+    }
+    let indices = datafusion::arrow::array::UInt32Array::from(indices);
+    datafusion::arrow::compute::take_record_batch(data, &indices).map_err(|e| FreshetError::Internal(e.to_string()))
+}
+
+/// Flink's print format: the row kind and the values, one line per copy.
+fn render(changes: &ChangeBatch, options: &PrintOptions) -> Result<String> {
+    let data = changes.data();
+    let format = FormatOptions::default().with_null("NULL");
+    let formatters = data
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &format))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| FreshetError::Internal(e.to_string()))?;
+    let prefix = options
+        .identifier
+        .as_ref()
+        .map(|i| format!("{i}> "))
+        .unwrap_or_default();
+    let mut out = String::new();
+    for (row, &weight) in changes.weights().values().iter().enumerate() {
+        let values: Vec<String> = formatters.iter().map(|f| f.value(row).to_string()).collect();
+        let kind = if weight > 0 { "+I" } else { "-D" };
+        for _ in 0..weight.unsigned_abs() {
+            out.push_str(&format!("{prefix}{kind}[{}]\n", values.join(", ")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn prints_as_flink_does() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let data = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+                Arc::new(StringArray::from(vec![Some("a"), Some("b")])),
+            ],
+        )
+        .unwrap();
+        let changes = ChangeBatch::from_parts(&data, Arc::new(Int64Array::from(vec![2, -1]))).unwrap();
+        let text = render(
+            &changes,
+            &PrintOptions {
+                identifier: Some("q1".into()),
+                standard_error: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(text, "q1> +I[1, a]\nq1> +I[1, a]\nq1> -D[NULL, b]\n");
+    }
+}

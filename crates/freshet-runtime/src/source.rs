@@ -1,0 +1,224 @@
+//! Sources: what a connector has made available, ingested into the connector table's versioned
+//! storage together with the position it reached.
+//!
+//! An ingestion is one transaction: the new rows and, in the version's record, the position
+//! after them (for files: the files read). It reads the position from the version it writes on
+//! top of, under the table's writer lock, so two ingestions never read the same rows, and a
+//! crash before the commit leaves the position where the rows it would have added begin.
+
+mod filesystem;
+mod json_lines;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, StructArray};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_expr::PhysicalExpr;
+use serde::{Deserialize, Serialize};
+
+use freshet_common::{FreshetError, Result};
+use freshet_storage::Table;
+
+use crate::connector::{Connector, FilesystemOptions};
+use filesystem::FileSource;
+
+/// Where a table's column comes from.
+#[derive(Debug, Clone)]
+pub enum SourceColumn {
+    /// The physical column at this index of the decoded rows.
+    Physical(usize),
+    /// An expression over the physical columns (a computed column).
+    Computed(Arc<dyn PhysicalExpr>),
+}
+
+/// A connector table's source: reads the connector and appends to the table.
+#[derive(Debug)]
+pub struct Source {
+    table: String,
+    reader: FileSource,
+    /// The physical columns with the table's names (identifiers as the engine normalized them).
+    physical: SchemaRef,
+    columns: Vec<SourceColumn>,
+    /// The table's columns: physical and computed, in the order declared.
+    schema: SchemaRef,
+    monitor_interval: Option<Duration>,
+    skipped: AtomicU64,
+}
+
+/// What one ingestion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IngestReport {
+    /// Rows appended.
+    pub rows: u64,
+    /// The table's version after it (unchanged when nothing was new).
+    pub version: u64,
+    /// Malformed lines skipped (`json.ignore-parse-errors`).
+    pub skipped: u64,
+}
+
+/// The position of a source, kept in the record of the version that reached it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Position {
+    /// Files read whole, by their path.
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+/// The key of the version record under which a source keeps its position.
+const POSITION_KEY: &str = "source";
+
+impl Source {
+    /// The source of `table`. `decode` is the physical columns as the data names them (JSON
+    /// keys as written in the DDL), `physical` the same columns as the table names them.
+    pub fn new(
+        table: &str,
+        connector: &Connector,
+        decode: SchemaRef,
+        physical: SchemaRef,
+        columns: Vec<SourceColumn>,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let Connector::Filesystem(options) = connector else {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{table}\": the '{}' connector is a sink: it cannot be read",
+                connector.name()
+            )));
+        };
+        let FilesystemOptions {
+            path,
+            monitor_interval,
+            ignore_parse_errors,
+            ..
+        } = options.clone();
+        Ok(Self {
+            table: table.to_string(),
+            reader: FileSource::new(table, path, decode, ignore_parse_errors),
+            physical,
+            columns,
+            schema,
+            monitor_interval,
+            skipped: AtomicU64::new(0),
+        })
+    }
+
+    /// The table's columns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Whether the source ends: without a monitor interval, a file source is the files there
+    /// when it is read.
+    pub fn is_bounded(&self) -> bool {
+        self.monitor_interval.is_none()
+    }
+
+    /// How often an unbounded source looks for new data.
+    pub fn monitor_interval(&self) -> Option<Duration> {
+        self.monitor_interval
+    }
+
+    /// Malformed lines skipped since the engine opened.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Appends what the connector has made available since the table's position, with the new
+    /// position, as one version (none when nothing is new).
+    pub async fn ingest(&self, table: &Arc<Table>) -> Result<IngestReport> {
+        let mut txn = table.begin("INGEST").await?;
+        let mut position: Position = txn
+            .base()
+            .manifest()
+            .refresh
+            .as_ref()
+            .and_then(|record| record.get(POSITION_KEY))
+            .map(|p| serde_json::from_value(p.clone()))
+            .transpose()
+            .map_err(|e| FreshetError::corrupt(table.dir().to_string(), format!("source position: {e}")))?
+            .unwrap_or_default();
+        let new_files = self.reader.new_files(&position).await?;
+        if new_files.is_empty() {
+            return Ok(IngestReport {
+                version: txn.base().version(),
+                ..IngestReport::default()
+            });
+        }
+        let mut rows = 0;
+        let mut skipped = 0;
+        for file in new_files {
+            let read = self.reader.read(&file).await?;
+            skipped += read.skipped;
+            for batch in read.batches {
+                let batch = self.complete(batch)?;
+                rows += batch.num_rows() as u64;
+                txn.insert(&batch).await?;
+            }
+            position.files.push(file.display().to_string());
+        }
+        let record = serde_json::json!({ POSITION_KEY: position });
+        txn.set_refresh(record);
+        let committed = txn.commit().await?;
+        self.skipped.fetch_add(skipped, Ordering::Relaxed);
+        Ok(IngestReport {
+            rows,
+            version: committed.version,
+            skipped,
+        })
+    }
+
+    /// The table's row from decoded physical columns: renamed as the table names them, with
+    /// the computed columns evaluated.
+    fn complete(&self, decoded: RecordBatch) -> Result<RecordBatch> {
+        let physical: Vec<ArrayRef> = decoded
+            .columns()
+            .iter()
+            .zip(self.physical.fields())
+            .map(|(array, field)| rename_fields(array.clone(), field.data_type()))
+            .collect::<Result<_>>()?;
+        let physical = RecordBatch::try_new(self.physical.clone(), physical)
+            .map_err(|e| FreshetError::Internal(format!("table \"{}\": {e}", self.table)))?;
+        let columns = self
+            .columns
+            .iter()
+            .map(|column| match column {
+                SourceColumn::Physical(i) => Ok(physical.column(*i).clone()),
+                SourceColumn::Computed(expr) => Ok(expr.evaluate(&physical)?.into_array(physical.num_rows())?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| FreshetError::BadSourceData {
+            table: self.table.clone(),
+            at: "a computed column".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The same values with the struct field names of `target` (the data names fields as written,
+/// the table as normalized).
+fn rename_fields(array: ArrayRef, target: &DataType) -> Result<ArrayRef> {
+    match (array.data_type(), target) {
+        (DataType::Struct(_), DataType::Struct(fields)) => {
+            let Some(structs) = array.as_any().downcast_ref::<StructArray>() else {
+                return Ok(array);
+            };
+            let (_, columns, nulls) = structs.clone().into_parts();
+            let columns = columns
+                .into_iter()
+                .zip(fields.iter())
+                .map(|(c, f)| rename_fields(c, f.data_type()))
+                .collect::<Result<Vec<_>>>()?;
+            let fields: Fields = fields
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| -> FieldRef { Arc::new(f.as_ref().clone().with_data_type(c.data_type().clone())) })
+                .collect();
+            Ok(Arc::new(
+                StructArray::try_new(fields, columns, nulls).map_err(|e| FreshetError::Internal(e.to_string()))?,
+            ))
+        }
+        _ => Ok(array),
+    }
+}
