@@ -126,6 +126,12 @@ pub(crate) trait Operator: Send {
     fn next_change(&self) -> Option<i64> {
         None
     }
+    /// Whether the operator may retract rows it output even when its inputs only insert (an
+    /// aggregate's group changes, an outer join's padded row is replaced): its result is an
+    /// updating one, which an append-only sink cannot take.
+    fn updates(&self) -> bool {
+        false
+    }
 }
 
 /// An expression compiled against the columns of an input.

@@ -144,6 +144,18 @@ impl Pipeline {
         walk(self.root.as_ref())
     }
 
+    /// The first operator (root first, depth-first) whose output may retract rows although its
+    /// inputs only insert, described: the reason the pipeline's result is an updating one.
+    pub fn updating_operator(&self) -> Option<String> {
+        fn walk(operator: &dyn Operator) -> Option<String> {
+            if operator.updates() {
+                return Some(operator.describe());
+            }
+            operator.inputs().into_iter().find_map(walk)
+        }
+        walk(self.root.as_ref())
+    }
+
     /// The operators, root first, depth-first.
     pub fn operators(&self) -> Vec<OperatorInfo> {
         fn walk(operator: &dyn Operator, depth: usize, out: &mut Vec<OperatorInfo>) {

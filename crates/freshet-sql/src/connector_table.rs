@@ -81,7 +81,7 @@ pub enum ColumnKind {
         not_null: bool,
     },
     /// `name AS expr`: computed from the physical columns of the same row.
-    Computed(Expr),
+    Computed(Box<Expr>),
 }
 
 /// `WATERMARK FOR column AS expression`.
@@ -257,7 +257,7 @@ fn parse_element(parser: &mut Parser<'_>, table: &mut CreateConnectorTable) -> R
     }
     let name = identifier(parser, "a column name")?;
     let kind = if accept_words(parser, &["AS"]) {
-        ColumnKind::Computed(parser.parse_expr().map_err(parse_error)?)
+        ColumnKind::Computed(Box::new(parser.parse_expr().map_err(parse_error)?))
     } else {
         let (data_type, extra) = data_type(parser)?;
         if extra {

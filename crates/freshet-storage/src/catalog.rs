@@ -51,6 +51,15 @@ pub enum CatalogEntry {
         /// The engine's definition.
         definition: serde_json::Value,
     },
+    /// A table fed by or feeding a connector (`CREATE TABLE ... WITH ('connector' = ...)`):
+    /// stored like a table in `tables/<id>/` (a source's ingested rows), and defined by its
+    /// statement, which the engine parses again on open.
+    ConnectorTable {
+        /// The table's directory name.
+        id: String,
+        /// The `CREATE TABLE` statement.
+        sql: String,
+    },
     /// An object defined by a statement that the engine re-runs on open (an external table
     /// over files); Freshet stores only the definition.
     Definition {
@@ -65,7 +74,9 @@ impl CatalogEntry {
     /// The directory name of a stored table (plain or materialized).
     pub fn table_id(&self) -> Option<&str> {
         match self {
-            CatalogEntry::Table { id } | CatalogEntry::MaterializedTable { id, .. } => Some(id),
+            CatalogEntry::Table { id }
+            | CatalogEntry::MaterializedTable { id, .. }
+            | CatalogEntry::ConnectorTable { id, .. } => Some(id),
             CatalogEntry::Definition { .. } => None,
         }
     }
@@ -187,6 +198,33 @@ impl Catalog {
         F: FnOnce(Arc<Table>) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
+        let entry = move |id: String| match definition {
+            Some(definition) => CatalogEntry::MaterializedTable { id, definition },
+            None => CatalogEntry::Table { id },
+        };
+        self.create_stored(name, schema, primary_key, entry, fill).await
+    }
+
+    /// Creates a connector table, defined by its `CREATE TABLE` statement.
+    pub async fn create_connector_table(&self, name: &str, schema: SchemaRef, sql: &str) -> Result<Arc<Table>> {
+        let sql = sql.to_string();
+        let entry = move |id: String| CatalogEntry::ConnectorTable { id, sql };
+        self.create_stored(name, schema, Vec::new(), entry, |_| async { Ok(()) })
+            .await
+    }
+
+    async fn create_stored<F, Fut>(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        primary_key: Vec<String>,
+        entry: impl FnOnce(String) -> CatalogEntry,
+        fill: F,
+    ) -> Result<Arc<Table>>
+    where
+        F: FnOnce(Arc<Table>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
         let _ddl = self.ddl.lock().await;
         if self.contains(name) {
             return Err(FreshetError::TableExists { name: name.into() });
@@ -204,10 +242,7 @@ impl Catalog {
         )
         .await?;
         fill(table.clone()).await?;
-        let entry = match definition {
-            Some(definition) => CatalogEntry::MaterializedTable { id, definition },
-            None => CatalogEntry::Table { id },
-        };
+        let entry = entry(id);
         self.commit(|entries| {
             entries.insert(name.into(), entry);
         })

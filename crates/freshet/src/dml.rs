@@ -162,6 +162,12 @@ impl Engine {
             )));
         };
         let table = self.resolve_name(name)?;
+        if let Some(connector) = self.inner.streams.connector_of(&table) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{table}\" is a '{connector}' connector table: its rows come from the connector, \
+                 they cannot be updated or deleted"
+            )));
+        }
         let qualifier = match alias {
             Some(alias) => alias.name.to_string(),
             None => Ident::with_quote('"', table.clone()).to_string(),

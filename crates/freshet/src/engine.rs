@@ -182,11 +182,13 @@ impl EngineBuilder {
                 schema,
                 location,
                 materialized: Materialized::new(clock, self.settings),
+                streams: crate::streams::Streams::default(),
             }),
         };
         system.attach(&engine.inner);
         functions::register(&engine);
         crate::flink_functions::register(&engine.inner.ctx);
+        engine.restore_connector_tables().await;
         engine.restore_definitions().await;
         engine.start_scheduler();
         Ok(engine)
@@ -217,6 +219,7 @@ pub(crate) struct EngineInner {
     pub schema: Arc<FreshetSchema>,
     pub location: Arc<Location>,
     pub materialized: Materialized,
+    pub streams: crate::streams::Streams,
 }
 
 impl std::fmt::Debug for EngineInner {
@@ -291,6 +294,7 @@ impl Engine {
     /// engine can open the location at once and find it quiet. Dropping an engine without
     /// closing it is safe too: a compaction still running then commits (or fails) on its own.
     pub async fn close(self) {
+        self.inner.streams.jobs.stop_all().await;
         self.stop_scheduler().await;
         for (_, table) in self.inner.catalog.tables() {
             table.wait_for_background_work().await;
@@ -329,7 +333,9 @@ impl Engine {
             .iter()
             .filter_map(|(name, entry)| match entry {
                 CatalogEntry::Definition { sql, .. } => Some((name, sql)),
-                CatalogEntry::Table { .. } | CatalogEntry::MaterializedTable { .. } => None,
+                CatalogEntry::Table { .. }
+                | CatalogEntry::MaterializedTable { .. }
+                | CatalogEntry::ConnectorTable { .. } => None,
             })
             .collect();
         let mut errors = Vec::new();

@@ -61,6 +61,13 @@ impl Engine {
                 ])
             }
             FreshetStatement::DataFusion(statement) => self.run_datafusion(parsed, statement).await,
+            FreshetStatement::CreateConnectorTable(create) => {
+                self.create_connector_table(&parsed.text, create).await?;
+                empty_stream()
+            }
+            FreshetStatement::ShowJobs => self.show_jobs(),
+            FreshetStatement::StopJob { id } => self.stop_job(id).await,
+            FreshetStatement::StatementSet { inserts } => self.start_job(inserts).await,
             FreshetStatement::SetOption { key, value } => {
                 self.set_option(key, value)?;
                 empty_stream()
@@ -114,6 +121,10 @@ impl Engine {
             }
             return empty_stream();
         }
+        if self.is_job(&statement) {
+            return self.start_job(std::slice::from_ref(parsed)).await;
+        }
+        self.ingest_sources_of(&statement).await?;
         time_travel::rewrite(self, &mut statement).await?;
         self.target_insert(&mut statement);
 
@@ -268,6 +279,9 @@ impl Engine {
             return Ok(());
         }
         drop(settings);
+        if self.inner.streams.set(key, value)? {
+            return Ok(());
+        }
         let state = self.inner.ctx.state_ref();
         let mut state = state.write();
         state.config_mut().options_mut().set(key, value)?;

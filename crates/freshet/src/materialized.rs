@@ -29,6 +29,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use freshet_common::SharedClock;
 
 pub use definition::{EffectiveMode, MaterializedDefinition, MaterializedSettings, Status};
+pub(crate) use incremental::scan_table_name;
 pub use refresh::{RefreshOutcome, RefreshRecord, Trigger};
 pub(crate) use status::SystemSchema;
 pub use status::{LastRefresh, MaterializedTableInfo};

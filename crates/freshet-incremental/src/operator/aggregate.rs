@@ -455,6 +455,10 @@ impl Operator for Aggregate {
         (!self.is_global()).then(|| (0..self.group_exprs.len()).collect())
     }
 
+    fn updates(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let groups: Vec<String> = self.group_exprs.iter().map(ToString::to_string).collect();
         let aggregates: Vec<&str> = self.specs.iter().map(|s| s.display.as_str()).collect();

@@ -603,6 +603,13 @@ impl Operator for Join {
         Delta::concat(&self.spec.schema, &parts)
     }
 
+    fn updates(&self) -> bool {
+        !matches!(
+            self.spec.kind,
+            JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi
+        )
+    }
+
     fn describe(&self) -> String {
         self.spec.display.clone()
     }

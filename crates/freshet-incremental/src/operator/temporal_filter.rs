@@ -261,6 +261,10 @@ impl Operator for TemporalFilter {
         Delta::concat(&self.schema, &passed)
     }
 
+    fn updates(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let bounds: Vec<&str> = self.bounds.iter().map(|b| b.display.as_str()).collect();
         match &self.predicate {

@@ -157,6 +157,10 @@ impl Operator for TopN {
         Delta::concat(&self.spec.schema, &[retracted, inserted])
     }
 
+    fn updates(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         self.spec.display.clone()
     }

@@ -376,8 +376,10 @@ impl Engine {
             self.inner.materialized.wake.notify_one();
         } else {
             let entry = self.inner.catalog.drop_entry(name).await?;
-            if let CatalogEntry::Definition { .. } = entry {
-                self.inner.schema.forget(name);
+            match entry {
+                CatalogEntry::Definition { .. } => self.inner.schema.forget(name),
+                CatalogEntry::ConnectorTable { .. } => self.inner.streams.forget(name),
+                _ => {}
             }
         }
         Ok(())

@@ -113,7 +113,7 @@ fn rebuild_not_yet(costs: RefreshCosts) -> Option<String> {
 }
 
 /// The scan's table, when it is a Freshet table whose changes can be read.
-fn source_name(scan: &TableScan) -> Option<String> {
+pub(crate) fn scan_table_name(scan: &TableScan) -> Option<String> {
     let provider = source_as_provider(&scan.source).ok()?;
     let table = provider.downcast_ref::<SnapshotTable>()?;
     Some(table.table().name().to_string())
@@ -130,7 +130,7 @@ impl Engine {
         let optimized = state.optimize(timed.as_ref().unwrap_or(&pinned.plan))?;
         // As many parts as DataFusion's batch plans use cores.
         let parallelism = state.config().target_partitions();
-        match Pipeline::build(&optimized, &source_name, parallelism) {
+        match Pipeline::build(&optimized, &scan_table_name, parallelism) {
             Ok(pipeline) => Ok(Ok(pipeline)),
             Err(BuildError::NotIncremental(why)) => Ok(Err(why)),
             Err(BuildError::Failed(e)) => Err(e),

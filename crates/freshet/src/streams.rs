@@ -1,0 +1,479 @@
+//! Connector tables and jobs: the statements and catalog glue over `freshet-runtime`.
+//!
+//! `CREATE TABLE ... WITH ('connector' = ...)` becomes a stored table (its catalog entry keeps
+//! the statement) and, for a source, a [`Source`] that ingests into it. A statement that reads
+//! a source first lets it ingest what is new, so that it reads a consistent version holding
+//! everything that had arrived. `INSERT INTO` a connector sink, or from a source, starts a
+//! job.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, ExprSchemable, LogicalPlan, WriteOp};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    DataType as SqlType, ExprWithAlias, ObjectName, Statement, TableObject, visit_relations,
+};
+use std::ops::ControlFlow;
+
+use freshet_common::{FreshetError, Result};
+use freshet_incremental::{BuildError, Pipeline, time_as_input};
+use freshet_runtime::{Connector, ConnectorOptions, JobInfo, JobInput, Jobs, Sink, Source, SourceColumn};
+use freshet_sql::{ColumnKind, CreateConnectorTable, FreshetStatement, ParsedStatement};
+use freshet_storage::CatalogEntry;
+
+use crate::engine::Engine;
+use crate::execute::batches_stream;
+
+/// `SET 'table.dml-sync' = 'true'`: an INSERT job's statement waits for the job to end.
+pub(crate) const DML_SYNC: &str = "table.dml-sync";
+
+/// The engine's connector tables and jobs.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    tables: RwLock<HashMap<String, Arc<ConnectorTable>>>,
+    pub jobs: Jobs,
+    pub dml_sync: AtomicBool,
+}
+
+/// A connector table as the engine keeps it.
+#[derive(Debug)]
+pub(crate) struct ConnectorTable {
+    connector: Connector,
+    source: Option<Arc<Source>>,
+}
+
+impl Streams {
+    fn get(&self, name: &str) -> Option<Arc<ConnectorTable>> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn insert(&self, name: &str, table: ConnectorTable) {
+        self.tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::new(table));
+    }
+
+    pub(crate) fn forget(&self, name: &str) {
+        self.tables.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    /// Whether a table is a connector table, and its connector's name.
+    pub(crate) fn connector_of(&self, name: &str) -> Option<&'static str> {
+        self.get(name).map(|t| t.connector.name())
+    }
+
+    /// Sets a streaming setting; false when the key is not one.
+    pub(crate) fn set(&self, key: &str, value: &str) -> Result<bool> {
+        if key != DML_SYNC {
+            return Ok(false);
+        }
+        let on = match value.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "setting '{DML_SYNC}' is 'true' or 'false', not '{other}'"
+                )));
+            }
+        };
+        self.dml_sync.store(on, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+impl Engine {
+    /// `CREATE TABLE ... WITH ('connector' = ...)`.
+    pub(crate) async fn create_connector_table(&self, text: &str, create: &CreateConnectorTable) -> Result<()> {
+        let name = self.resolve_name(&create.name)?;
+        if self.inner.catalog.contains(&name) {
+            if create.if_not_exists {
+                return Ok(());
+            }
+            return Err(FreshetError::TableExists { name });
+        }
+        let (table, schema) = self.connector_table(&name, create).await?;
+        self.inner.catalog.create_connector_table(&name, schema, text).await?;
+        self.inner.streams.insert(&name, table);
+        Ok(())
+    }
+
+    /// Connector tables from their stored statements (at open). One that fails is logged and
+    /// reads as broken.
+    pub(crate) async fn restore_connector_tables(&self) {
+        let manifest = self.inner.catalog.manifest();
+        for (name, entry) in &manifest.entries {
+            let CatalogEntry::ConnectorTable { sql, .. } = entry else {
+                continue;
+            };
+            let restored = async {
+                let parsed = freshet_sql::parse_statements(sql)?;
+                let Some(FreshetStatement::CreateConnectorTable(create)) = parsed.first().map(|p| &p.statement) else {
+                    return Err(FreshetError::Internal(format!("not a connector table: {sql}")));
+                };
+                self.connector_table(name, create).await
+            };
+            match restored.await {
+                Ok((table, _)) => self.inner.streams.insert(name, table),
+                Err(e) => tracing::warn!(table = %name, error = %e, "connector table cannot be restored"),
+            }
+        }
+    }
+
+    /// The runtime side of a connector table and its columns.
+    async fn connector_table(&self, name: &str, create: &CreateConnectorTable) -> Result<(ConnectorTable, SchemaRef)> {
+        let connector = ConnectorOptions::new(name, &create.options).connector()?;
+        // DataFusion turns the physical columns' SQL types into Arrow types.
+        let physical: Vec<_> = create
+            .columns
+            .iter()
+            .filter_map(|c| match &c.kind {
+                ColumnKind::Physical { data_type, not_null } => Some((&c.name, data_type, *not_null)),
+                ColumnKind::Computed(_) => None,
+            })
+            .collect();
+        if physical.is_empty() {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{name}\": a connector table needs at least one physical column"
+            )));
+        }
+        let columns_sql = physical
+            .iter()
+            .map(|(n, t, not_null)| format!("{n} {t}{}", if *not_null { " NOT NULL" } else { "" }))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let state = self.inner.ctx.state();
+        let plan = state
+            .create_logical_plan(&format!("CREATE TABLE __columns ({columns_sql})"))
+            .await
+            .map_err(|e| FreshetError::from(e).context(format!("table \"{name}\"")))?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(planned)) = plan else {
+            return Err(FreshetError::Internal(
+                "a column list did not plan as CREATE TABLE".into(),
+            ));
+        };
+        let physical_schema: SchemaRef = Arc::new(planned.input.schema().as_arrow().clone());
+        // The data names its fields as the DDL writes them (JSON keys are case-sensitive).
+        let decode = Arc::new(Schema::new(
+            physical_schema
+                .fields()
+                .iter()
+                .zip(&physical)
+                .map(|(field, (ident, sql_type, _))| written_names(field, &ident.value, sql_type))
+                .collect::<Vec<_>>(),
+        ));
+        let df_physical = DFSchema::try_from(physical_schema.as_ref().clone())?;
+        let mut fields = Vec::new();
+        let mut sources = Vec::new();
+        let mut next_physical = 0;
+        let normalize = self.normalizes_identifiers();
+        for column in &create.columns {
+            match &column.kind {
+                ColumnKind::Physical { .. } => {
+                    fields.push(physical_schema.field(next_physical).as_ref().clone());
+                    sources.push(SourceColumn::Physical(next_physical));
+                    next_physical += 1;
+                }
+                ColumnKind::Computed(expr) => {
+                    let column_name = if normalize && column.name.quote_style.is_none() {
+                        column.name.value.to_lowercase()
+                    } else {
+                        column.name.value.clone()
+                    };
+                    let logical = state
+                        .create_logical_expr_from_sql_expr(
+                            ExprWithAlias {
+                                expr: expr.as_ref().clone(),
+                                alias: None,
+                            },
+                            &df_physical,
+                        )
+                        .map_err(|e| {
+                            FreshetError::from(e)
+                                .context(format!("table \"{name}\": computed column \"{column_name}\""))
+                        })?;
+                    let (_, field) = logical.to_field(&df_physical)?;
+                    let (data_type, nullable) = (field.data_type().clone(), field.is_nullable());
+                    let physical = state.create_physical_expr(logical, &df_physical)?;
+                    fields.push(Field::new(column_name, data_type, nullable));
+                    sources.push(SourceColumn::Computed(physical));
+                }
+            }
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        crate::execute::check_column_names(name, &schema)?;
+        for key in &create.primary_key {
+            if !schema
+                .fields()
+                .iter()
+                .any(|f| f.name().eq_ignore_ascii_case(&key.value))
+            {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "table \"{name}\": primary-key column \"{}\" is not a column",
+                    key.value
+                )));
+            }
+        }
+        if let Some(watermark) = &create.watermark
+            && !schema
+                .fields()
+                .iter()
+                .any(|f| f.name().eq_ignore_ascii_case(&watermark.column.value))
+        {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{name}\": WATERMARK FOR \"{}\": no such column",
+                watermark.column.value
+            )));
+        }
+        let source = if connector.is_source() {
+            Some(Arc::new(Source::new(
+                name,
+                &connector,
+                decode,
+                physical_schema,
+                sources,
+                schema.clone(),
+            )?))
+        } else {
+            None
+        };
+        Ok((ConnectorTable { connector, source }, schema))
+    }
+
+    /// Lets the sources a statement reads ingest what is new, so that it reads all that has
+    /// arrived.
+    pub(crate) async fn ingest_sources_of(&self, statement: &DFStatement) -> Result<()> {
+        let DFStatement::Statement(statement) = statement else {
+            return Ok(());
+        };
+        let mut names = Vec::new();
+        let _ = visit_relations(statement.as_ref(), |relation: &ObjectName| {
+            names.push(relation.clone());
+            ControlFlow::<()>::Continue(())
+        });
+        for name in names {
+            let Ok(name) = self.resolve_name(&name) else { continue };
+            if let Some(table) = self.inner.streams.get(&name)
+                && let Some(source) = &table.source
+            {
+                source.ingest(&self.inner.catalog.table(&name)?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an INSERT is a job: into a connector table, or reading a source.
+    pub(crate) fn is_job(&self, statement: &DFStatement) -> bool {
+        let DFStatement::Statement(inner) = statement else {
+            return false;
+        };
+        let Statement::Insert(insert) = inner.as_ref() else {
+            return false;
+        };
+        let mut streams = false;
+        let _ = visit_relations(inner.as_ref(), |relation: &ObjectName| {
+            if let Ok(name) = self.resolve_name(relation)
+                && self.inner.streams.get(&name).is_some()
+            {
+                streams = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        streams
+            || matches!(&insert.table, TableObject::TableName(n) if self.resolve_name(n).is_ok_and(|n| self.inner.streams.get(&n).is_some()))
+    }
+
+    /// Starts the job of INSERT statements (one, or a statement set's).
+    pub(crate) async fn start_job(&self, inserts: &[ParsedStatement]) -> Result<SendableRecordBatchStream> {
+        let mut jobs = Vec::new();
+        // Every insert is planned before any starts, so that a bad one starts none.
+        let mut planned = Vec::new();
+        for parsed in inserts {
+            let FreshetStatement::DataFusion(statement) = &parsed.statement else {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "a statement set holds INSERT statements, not: {}",
+                    parsed.text
+                )));
+            };
+            planned.push((parsed.text.clone(), self.plan_job(statement).await?));
+        }
+        for (text, (inputs, pipeline, sink)) in planned {
+            let job =
+                self.inner
+                    .streams
+                    .jobs
+                    .start(&text, inputs, pipeline, sink, self.inner.materialized.clock.clone());
+            jobs.push(job);
+        }
+        let mut infos: Vec<JobInfo> = jobs.iter().map(|j| j.info()).collect();
+        if self.inner.streams.dml_sync.load(Ordering::Relaxed) {
+            infos.clear();
+            for job in &jobs {
+                infos.push(job.wait().await);
+            }
+            if let Some(failed) = infos.iter().find(|i| i.error.is_some()) {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "job {} failed: {}",
+                    failed.id,
+                    failed.error.clone().unwrap_or_default()
+                )));
+            }
+        }
+        jobs_result(&infos)
+    }
+
+    async fn plan_job(&self, statement: &DFStatement) -> Result<(Vec<JobInput>, Pipeline, Sink)> {
+        let state = self.inner.ctx.state();
+        let plan = state.statement_to_plan(statement.clone()).await?;
+        let LogicalPlan::Dml(DmlStatement {
+            table_name,
+            op: WriteOp::Insert(_),
+            input,
+            ..
+        }) = plan
+        else {
+            return Err(FreshetError::InvalidStatement(
+                "a job runs INSERT INTO <table> SELECT ...".into(),
+            ));
+        };
+        let target = self.resolve_reference(table_name)?;
+        let sink = match self.inner.streams.get(&target) {
+            Some(table) => match &table.connector {
+                Connector::Blackhole => Sink::Blackhole,
+                Connector::Print(options) => Sink::Print(options.clone()),
+                Connector::Filesystem(_) => {
+                    return Err(FreshetError::Unsupported(format!(
+                        "writing into the filesystem table \"{target}\" (its files are read as a source; a \
+                         filesystem sink comes later)"
+                    )));
+                }
+            },
+            None => {
+                if matches!(
+                    self.inner.catalog.manifest().entries.get(&target),
+                    Some(CatalogEntry::MaterializedTable { .. })
+                ) {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "\"{target}\" is a materialized table: its rows come from its query"
+                    )));
+                }
+                let table = self.inner.catalog.table(&target)?;
+                if !table.snapshot().primary_key().is_empty() {
+                    return Err(FreshetError::Unsupported(format!(
+                        "a continuous INSERT into \"{target}\", which has a primary key (upserts from jobs come later)"
+                    )));
+                }
+                Sink::Table(table)
+            }
+        };
+        let timed = time_as_input(&input)?;
+        let optimized = state.optimize(timed.as_ref().unwrap_or(&input))?;
+        let parallelism = state.config().target_partitions();
+        let pipeline = match Pipeline::build(&optimized, &crate::materialized::scan_table_name, parallelism) {
+            Ok(p) => p,
+            Err(BuildError::NotIncremental(why)) => {
+                return Err(FreshetError::Unsupported(format!(
+                    "a continuous INSERT over a stream whose query has a {why}"
+                )));
+            }
+            Err(BuildError::Failed(e)) => return Err(e),
+        };
+        if sink.append_only()
+            && let Some(operator) = pipeline.updating_operator()
+        {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{target}\" takes only insertions, but the query's {operator} updates rows it has emitted \
+                 (write it to a table with a primary key, or to a materialized table)"
+            )));
+        }
+        let mut inputs = Vec::new();
+        for source in pipeline.sources() {
+            let table = self.inner.catalog.table(source)?;
+            let source = self.inner.streams.get(source).and_then(|t| t.source.clone());
+            inputs.push(JobInput { table, source });
+        }
+        Ok((inputs, pipeline, sink))
+    }
+
+    /// `SHOW JOBS`.
+    pub(crate) fn show_jobs(&self) -> Result<SendableRecordBatchStream> {
+        jobs_result(&self.inner.streams.jobs.list())
+    }
+
+    /// `STOP JOB 'id'`: stops it after its current epoch and waits for it.
+    pub(crate) async fn stop_job(&self, id: &str) -> Result<SendableRecordBatchStream> {
+        let Some(job) = self.inner.streams.jobs.get(id) else {
+            return Err(FreshetError::InvalidStatement(format!(
+                "no job with id '{id}' (SHOW JOBS lists them)"
+            )));
+        };
+        job.stop();
+        let info = job.wait().await;
+        jobs_result(&[info])
+    }
+
+    /// Every job started since the engine opened, running or ended, in the order they started.
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.inner.streams.jobs.list()
+    }
+}
+
+/// A table of jobs.
+fn jobs_result(jobs: &[JobInfo]) -> Result<SendableRecordBatchStream> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("statement", DataType::Utf8, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("epochs", DataType::UInt64, false),
+        Field::new(
+            "started_at",
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("error", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.id.clone()))),
+        Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.status.as_str()))),
+        Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.statement.clone()))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.rows_in))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.rows_out))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.epochs))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            jobs.iter().map(|j| j.started_at_ms),
+        )),
+        Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
+    ];
+    let batch = datafusion::arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| FreshetError::Internal(e.to_string()))?;
+    batches_stream(schema, vec![batch])
+}
+
+/// A field with the names the DDL wrote (struct fields too), rather than normalized ones.
+fn written_names(field: &Field, name: &str, sql: &SqlType) -> Field {
+    let data_type = match (field.data_type(), sql) {
+        (DataType::Struct(fields), SqlType::Struct(sql_fields, _)) if fields.len() == sql_fields.len() => {
+            DataType::Struct(
+                fields
+                    .iter()
+                    .zip(sql_fields)
+                    .map(|(f, s)| {
+                        let written = s.field_name.as_ref().map_or(f.name().as_str(), |n| n.value.as_str());
+                        Arc::new(written_names(f, written, &s.field_type))
+                    })
+                    .collect(),
+            )
+        }
+        (data_type, _) => data_type.clone(),
+    };
+    Field::new(name, data_type, field.is_nullable())
+}
