@@ -6,7 +6,7 @@
 //! pipeline once; write the output to the sink; wait for an input to commit, a source's monitor
 //! interval, or a stop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,9 +70,6 @@ pub struct JobInfo {
     pub rows_out: u64,
     /// Epochs processed.
     pub epochs: u64,
-    /// Input rows ingested from its sources but not processed yet, after the last epoch
-    /// (0 when caught up).
-    pub lag_ms: i64,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -89,19 +86,25 @@ pub struct JobInput {
 /// A running (or ended) job.
 #[derive(Debug)]
 pub struct Job {
-    info: Mutex<JobInfo>,
+    /// What it is and has done, updated after every epoch and when it ends.
+    info: watch::Sender<JobInfo>,
     stop: Notify,
-    ended: watch::Sender<bool>,
 }
 
 impl Job {
     /// What the job is and has done.
     pub fn info(&self) -> JobInfo {
-        self.lock().clone()
+        self.info.borrow().clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, JobInfo> {
-        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    /// Follows the job: the receiver sees its info change after every epoch and when it ends
+    /// (`wait_for` awaits a condition, such as rows written).
+    pub fn subscribe(&self) -> watch::Receiver<JobInfo> {
+        self.info.subscribe()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut JobInfo)) {
+        self.info.send_modify(change);
     }
 
     /// Asks the job to stop after the epoch it is in.
@@ -111,9 +114,9 @@ impl Job {
 
     /// Waits until the job has ended, and returns how.
     pub async fn wait(&self) -> JobInfo {
-        let mut ended = self.ended.subscribe();
-        // An error means the sender is gone, which only happens once the job ended.
-        let _ = ended.wait_for(|ended| *ended).await;
+        let mut info = self.info.subscribe();
+        // The sender lives as long as the job: this cannot fail while `self` is borrowed.
+        let _ = info.wait_for(|i| i.status.is_terminal()).await;
         self.info()
     }
 }
@@ -121,21 +124,21 @@ impl Job {
 /// The jobs of an engine.
 #[derive(Debug, Default)]
 pub struct Jobs {
-    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+    /// In the order they started.
+    jobs: Mutex<Vec<Arc<Job>>>,
 }
 
 impl Jobs {
     /// Every job, running or ended, in the order they started.
     pub fn list(&self) -> Vec<JobInfo> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<JobInfo> = jobs.values().map(|j| j.info()).collect();
-        list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
-        list
+        jobs.iter().map(|j| j.info()).collect()
     }
 
     /// The job of an id.
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter().find(|j| j.info.borrow().id == id).cloned()
     }
 
     /// Starts a job on the current tokio runtime.
@@ -148,9 +151,8 @@ impl Jobs {
         clock: SharedClock,
     ) -> Arc<Job> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (ended, _) = watch::channel(false);
         let job = Arc::new(Job {
-            info: Mutex::new(JobInfo {
+            info: watch::Sender::new(JobInfo {
                 id: id.clone(),
                 statement: statement.to_string(),
                 status: JobStatus::Running,
@@ -159,16 +161,11 @@ impl Jobs {
                 rows_in: 0,
                 rows_out: 0,
                 epochs: 0,
-                lag_ms: 0,
                 error: None,
             }),
             stop: Notify::new(),
-            ended,
         });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, job.clone());
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
         let running = job.clone();
         tokio::spawn(async move {
             let mut run = Run {
@@ -179,33 +176,26 @@ impl Jobs {
                 clock: clock.clone(),
                 processed: HashMap::new(),
             };
-            let status = match run.run().await {
-                Ok(status) => status,
+            let (status, error) = match run.run().await {
+                Ok(status) => (status, None),
                 Err(e) => {
                     tracing::warn!(job = %running.info().id, error = %e, "job failed");
-                    running.lock().error = Some(e.to_string());
-                    JobStatus::Failed
+                    (JobStatus::Failed, Some(e.to_string()))
                 }
             };
-            {
-                let mut info = running.lock();
+            let now = clock.now_ms();
+            running.update(|info| {
                 info.status = status;
-                info.ended_at_ms = Some(clock.now_ms());
-            }
-            running.ended.send_replace(true);
+                info.error = error;
+                info.ended_at_ms = Some(now);
+            });
         });
         job
     }
 
     /// Stops every running job and waits for them (the engine is closing).
     pub async fn stop_all(&self) {
-        let jobs: Vec<Arc<Job>> = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).to_vec();
         for job in &jobs {
             job.stop();
         }
@@ -305,10 +295,11 @@ impl Run {
                 }
                 written = self.sink.write(&output).await?;
             }
-            let mut info = self.job.lock();
-            info.rows_in += rows_in;
-            info.rows_out += written;
-            info.epochs += 1;
+            self.job.update(|info| {
+                info.rows_in += rows_in;
+                info.rows_out += written;
+                info.epochs += 1;
+            });
         }
         self.processed.extend(versions);
         Ok(())

@@ -54,7 +54,7 @@ pub use engine::{DEFAULT_LOCATION, Engine, EngineBuilder};
 pub use freshet_common::{
     ChangeBatch, Clock, ErrorDomain, FreshetError, ManualClock, Result, SharedClock, SystemClock, WEIGHT_COLUMN,
 };
-pub use freshet_runtime::{JobInfo, JobStatus};
+pub use freshet_runtime::{Job, JobInfo, JobStatus};
 pub use freshet_sql::ParsedStatement as Statement;
 pub use freshet_sql::{Freshness, FreshnessUnit, RefreshMode};
 pub use freshet_storage::{ChangeSet, Snapshot, Table};

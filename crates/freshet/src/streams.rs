@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, ExprSchemable, LogicalPlan, WriteOp};
@@ -23,7 +24,7 @@ use std::ops::ControlFlow;
 
 use freshet_common::{FreshetError, Result};
 use freshet_incremental::{BuildError, Pipeline, time_as_input};
-use freshet_runtime::{Connector, ConnectorOptions, JobInfo, JobInput, Jobs, Sink, Source, SourceColumn};
+use freshet_runtime::{Connector, ConnectorOptions, Job, JobInfo, JobInput, Jobs, Sink, Source, SourceColumn};
 use freshet_sql::{ColumnKind, CreateConnectorTable, FreshetStatement, ParsedStatement};
 use freshet_storage::CatalogEntry;
 
@@ -423,10 +424,20 @@ impl Engine {
     pub fn jobs(&self) -> Vec<JobInfo> {
         self.inner.streams.jobs.list()
     }
+
+    /// A job by id: its info, a way to follow it (`Job::subscribe`) and to stop it.
+    pub fn job(&self, id: &str) -> Option<Arc<Job>> {
+        self.inner.streams.jobs.get(id)
+    }
 }
 
-/// A table of jobs.
+/// A table of jobs: `SHOW JOBS` and the system table `freshet.jobs`.
 fn jobs_result(jobs: &[JobInfo]) -> Result<SendableRecordBatchStream> {
+    let batch = jobs_batch(jobs)?;
+    batches_stream(batch.schema(), vec![batch])
+}
+
+pub(crate) fn jobs_batch(jobs: &[JobInfo]) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("job_id", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
@@ -453,9 +464,7 @@ fn jobs_result(jobs: &[JobInfo]) -> Result<SendableRecordBatchStream> {
         )),
         Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
     ];
-    let batch = datafusion::arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| FreshetError::Internal(e.to_string()))?;
-    batches_stream(schema, vec![batch])
+    RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }
 
 /// A field with the names the DDL wrote (struct fields too), rather than normalized ones.

@@ -10,5 +10,6 @@ mod materialized;
 mod properties;
 mod random_schemas;
 mod slt;
+mod streams;
 mod temporal;
 mod tpch;

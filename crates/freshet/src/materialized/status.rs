@@ -197,11 +197,12 @@ impl SystemSchema {
 
 const MATERIALIZED_TABLES: &str = "materialized_tables";
 const REFRESHES: &str = "refreshes";
+const JOBS: &str = "jobs";
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        vec![MATERIALIZED_TABLES.into(), REFRESHES.into()]
+        vec![MATERIALIZED_TABLES.into(), REFRESHES.into(), JOBS.into()]
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -211,6 +212,7 @@ impl SchemaProvider for SystemSchema {
         let batch = match name {
             MATERIALIZED_TABLES => materialized_tables_batch(&engine.materialized_tables().await?)?,
             REFRESHES => refreshes_batch(&engine)?,
+            JOBS => crate::streams::jobs_batch(&engine.jobs())?,
             _ => return Ok(None),
         };
         // Rows computed when a query names the table.
@@ -219,7 +221,7 @@ impl SchemaProvider for SystemSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == MATERIALIZED_TABLES || name == REFRESHES
+        name == MATERIALIZED_TABLES || name == REFRESHES || name == JOBS
     }
 }
 

@@ -1,0 +1,110 @@
+//! Sources and jobs over real files and directories, with files appearing while a job runs.
+
+use freshet::datafusion::arrow::array::{Array, Int64Array};
+use freshet::{Engine, JobStatus};
+
+async fn engine(dir: &std::path::Path) -> Engine {
+    Engine::builder()
+        .location(dir.join("data").display().to_string())
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap()
+}
+
+fn lines(from: i64, to: i64) -> String {
+    (from..to)
+        .map(|i| format!("{{\"id\": {i}, \"v\": {}}}\n", i * 10))
+        .collect()
+}
+
+async fn count(engine: &Engine, sql: &str) -> i64 {
+    let batches = engine.sql(sql).await.unwrap();
+    let column = batches[0].column(0);
+    column.as_any().downcast_ref::<Int64Array>().unwrap().value(0)
+}
+
+/// Places a file as writers should: written under a hidden name, then renamed.
+fn place(dir: &std::path::Path, name: &str, text: &str) {
+    let hidden = dir.join(format!(".{name}"));
+    std::fs::write(&hidden, text).unwrap();
+    std::fs::rename(hidden, dir.join(name)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_a_monitored_directory_follows_files_as_they_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    place(&input, "a.json", &lines(0, 100));
+    let engine = engine(dir.path()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+             'format' = 'json', 'source.monitor-interval' = '20 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine.sql("CREATE TABLE out (id BIGINT, v BIGINT)").await.unwrap();
+    engine
+        .sql("INSERT INTO out SELECT id, v FROM s WHERE v % 20 = 0")
+        .await
+        .unwrap();
+    let jobs = engine.jobs();
+    assert_eq!(jobs.len(), 1);
+    let job = engine.job(&jobs[0].id).unwrap();
+    let mut progress = job.subscribe();
+    progress.wait_for(|i| i.rows_out == 50).await.unwrap();
+
+    place(&input, "b.json", &lines(100, 300));
+    progress.wait_for(|i| i.rows_out == 150).await.unwrap();
+    assert_eq!(job.info().status, JobStatus::Running);
+    assert_eq!(count(&engine, "SELECT count(*) FROM out").await, 150);
+    assert_eq!(count(&engine, "SELECT count(*) FROM s").await, 300);
+
+    engine.sql(&format!("STOP JOB '{}'", jobs[0].id)).await.unwrap();
+    assert_eq!(job.info().status, JobStatus::Canceled);
+    // A file that appears after the stop is not written by the job.
+    place(&input, "c.json", &lines(300, 310));
+    assert_eq!(count(&engine, "SELECT count(*) FROM s").await, 310);
+    assert_eq!(count(&engine, "SELECT count(*) FROM out").await, 150);
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_stop_the_job_with_file_and_line_or_are_skipped_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let mut text = lines(0, 3);
+    text.push_str("{\"id\": 3, \"v\": \n");
+    text.push_str(&lines(4, 6));
+    place(&input, "a.json", &text);
+    let engine = engine(dir.path()).await;
+    for (name, ignore) in [("strict", false), ("lenient", true)] {
+        engine
+            .sql(&format!(
+                "CREATE TABLE {name} (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+                 'format' = 'json', 'json.ignore-parse-errors' = '{ignore}')",
+                input.display()
+            ))
+            .await
+            .unwrap();
+    }
+    let err = engine.sql("SELECT count(*) FROM strict").await.unwrap_err().to_string();
+    assert!(err.contains("a.json, line 4, column"), "{err}");
+    // Nothing of the file was ingested: a failed ingestion commits nothing.
+    engine
+        .sql("CREATE TABLE sink (id BIGINT) WITH ('connector' = 'blackhole')")
+        .await
+        .unwrap();
+    engine.sql("INSERT INTO sink SELECT id FROM strict").await.unwrap();
+    let job = engine.job(&engine.jobs()[0].id).unwrap();
+    let info = job.wait().await;
+    assert_eq!(info.status, JobStatus::Failed);
+    assert!(info.error.unwrap().contains("line 4"));
+
+    assert_eq!(count(&engine, "SELECT count(*) FROM lenient").await, 5);
+    engine.close().await;
+}
