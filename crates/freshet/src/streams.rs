@@ -38,6 +38,8 @@ pub(crate) const DML_SYNC: &str = "table.dml-sync";
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
     tables: RwLock<HashMap<String, Arc<ConnectorTable>>>,
+    /// The tasks ingesting unbounded sources in the background, by table.
+    followers: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     pub jobs: Jobs,
     pub dml_sync: AtomicBool,
 }
@@ -63,6 +65,56 @@ impl Streams {
 
     pub(crate) fn forget(&self, name: &str) {
         self.tables.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        if let Some(follower) = self.lock_followers().remove(name) {
+            follower.abort();
+        }
+    }
+
+    fn lock_followers(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ingests an unbounded source at its monitor interval for as long as the engine is open,
+    /// so that what reads its table — continuous materialized tables, jobs, queries — sees new
+    /// data within the interval. An ingestion that fails is retried at the next interval (the
+    /// error is logged when it changes; statements reading the table report it themselves).
+    /// An ingestion cut short by the engine closing commits nothing.
+    fn follow(&self, name: &str, source: Arc<Source>, table: Arc<freshet_storage::Table>) {
+        let Some(interval) = source.monitor_interval() else {
+            return;
+        };
+        let table_name = name.to_string();
+        // Weak: an engine dropped without closing takes its tables, and this task, with it.
+        let table = Arc::downgrade(&table);
+        let task = tokio::spawn(async move {
+            let mut last_error = None;
+            loop {
+                let Some(table) = table.upgrade() else { return };
+                let ingested = source.ingest(&table).await;
+                drop(table);
+                match ingested {
+                    Ok(_) => last_error = None,
+                    Err(e) => {
+                        let message = e.to_string();
+                        if last_error.as_ref() != Some(&message) {
+                            tracing::warn!(table = %table_name, error = %message, "source ingestion failed");
+                            last_error = Some(message);
+                        }
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        if let Some(previous) = self.lock_followers().insert(name.to_string(), task) {
+            previous.abort();
+        }
+    }
+
+    /// Stops the background ingestion (the engine is closing).
+    pub(crate) fn stop_following(&self) {
+        for (_, follower) in self.lock_followers().drain() {
+            follower.abort();
+        }
     }
 
     /// Whether a table is a connector table, and its connector's name.
@@ -100,7 +152,10 @@ impl Engine {
             return Err(FreshetError::TableExists { name });
         }
         let (table, schema) = self.connector_table(&name, create).await?;
-        self.inner.catalog.create_connector_table(&name, schema, text).await?;
+        let stored = self.inner.catalog.create_connector_table(&name, schema, text).await?;
+        if let Some(source) = &table.source {
+            self.inner.streams.follow(&name, source.clone(), stored);
+        }
         self.inner.streams.insert(&name, table);
         Ok(())
     }
@@ -121,7 +176,12 @@ impl Engine {
                 self.connector_table(name, create).await
             };
             match restored.await {
-                Ok((table, _)) => self.inner.streams.insert(name, table),
+                Ok((table, _)) => {
+                    if let (Some(source), Ok(stored)) = (&table.source, self.inner.catalog.table(name)) {
+                        self.inner.streams.follow(name, source.clone(), stored);
+                    }
+                    self.inner.streams.insert(name, table);
+                }
                 Err(e) => tracing::warn!(table = %name, error = %e, "connector table cannot be restored"),
             }
         }
@@ -247,19 +307,12 @@ impl Engine {
         Ok((ConnectorTable { connector, source }, schema))
     }
 
-    /// Lets the sources a statement reads ingest what is new, so that it reads all that has
-    /// arrived.
+    /// Lets the sources a statement reads (directly or through views) ingest what is new, so
+    /// that it reads all that has arrived.
     pub(crate) async fn ingest_sources_of(&self, statement: &DFStatement) -> Result<()> {
-        let DFStatement::Statement(statement) = statement else {
-            return Ok(());
-        };
-        let mut names = Vec::new();
-        let _ = visit_relations(statement.as_ref(), |relation: &ObjectName| {
-            names.push(relation.clone());
-            ControlFlow::<()>::Continue(())
-        });
-        for name in names {
-            let Ok(name) = self.resolve_name(&name) else { continue };
+        let mut sources = Vec::new();
+        self.sources_read(statement, &mut sources, 0);
+        for name in sources {
             if let Some(table) = self.inner.streams.get(&name)
                 && let Some(source) = &table.source
             {
@@ -267,6 +320,37 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The connector tables a statement names, through views too.
+    fn sources_read(&self, statement: &DFStatement, out: &mut Vec<String>, depth: usize) {
+        let DFStatement::Statement(statement) = statement else {
+            return;
+        };
+        let mut names = Vec::new();
+        let _ = visit_relations(statement.as_ref(), |relation: &ObjectName| {
+            names.push(relation.clone());
+            ControlFlow::<()>::Continue(())
+        });
+        let manifest = self.inner.catalog.manifest();
+        for name in names {
+            let Ok(name) = self.resolve_name(&name) else { continue };
+            if out.contains(&name) {
+                continue;
+            }
+            match manifest.entries.get(&name) {
+                Some(CatalogEntry::ConnectorTable { .. }) => out.push(name),
+                // Views nest a few levels at most; the depth bounds a cycle's recursion.
+                Some(CatalogEntry::Definition { object, sql }) if object == "view" && depth < 16 => {
+                    for view in freshet_sql::parse_statements(sql).into_iter().flatten() {
+                        if let FreshetStatement::DataFusion(inner) = &view.statement {
+                            self.sources_read(inner, out, depth + 1);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Whether an INSERT is a job: into a connector table, or reading a source.

@@ -108,3 +108,47 @@ async fn bad_lines_stop_the_job_with_file_and_line_or_are_skipped_when_asked() {
     assert_eq!(count(&engine, "SELECT count(*) FROM lenient").await, 5);
     engine.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_tables_over_a_stream_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    place(&input, "a.json", &lines(0, 10));
+    let engine = engine(dir.path()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+             'format' = 'json', 'source.monitor-interval' = '20 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE VIEW evens AS SELECT * FROM s WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE MATERIALIZED TABLE live FRESHNESS = INTERVAL '1' SECOND AS SELECT count(*) AS n, sum(v) AS total FROM s")
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE MATERIALIZED TABLE hourly FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = FULL AS SELECT count(*) AS n FROM evens")
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, "SELECT n FROM live").await, 10);
+    assert_eq!(count(&engine, "SELECT n FROM hourly").await, 5);
+
+    // The source is ingested in the background; the continuous table follows its commits.
+    let table = engine.table("s").unwrap();
+    let mut versions = table.subscribe();
+    let before = table.snapshot().version();
+    place(&input, "b.json", &lines(10, 30));
+    versions.wait_for(|v| *v > before).await.unwrap();
+    engine.wait_for_refreshes().await;
+    assert_eq!(count(&engine, "SELECT n FROM live").await, 30);
+    // A scheduled table reads what has arrived when it refreshes (through the view too).
+    engine.sql("ALTER MATERIALIZED TABLE hourly REFRESH").await.unwrap();
+    assert_eq!(count(&engine, "SELECT n FROM hourly").await, 15);
+    engine.close().await;
+}

@@ -178,6 +178,8 @@ impl Engine {
                 "materialized table \"{name}\": the definition must be a query"
             )));
         }
+        // What has arrived from the sources it reads, ingested before the versions are pinned.
+        self.ingest_sources_of(&statement).await.map_err(in_context)?;
         time_travel::rewrite(self, &mut statement).await.map_err(in_context)?;
         let plan = self
             .inner
