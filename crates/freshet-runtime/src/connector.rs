@@ -29,18 +29,31 @@ pub struct FilesystemOptions {
     /// `source.monitor-interval`: read new files of the directory at this interval (the source
     /// is then unbounded); absent, the source is bounded: the files there when it is read.
     pub monitor_interval: Option<Duration>,
-    /// `json.ignore-parse-errors`: skip (and count) lines that do not parse, rather than fail.
+    /// `json.ignore-parse-errors` / `csv.ignore-parse-errors`: skip (and count) lines that do
+    /// not parse, rather than fail.
     pub ignore_parse_errors: bool,
-    /// `json.fail-on-missing-field`: a line without one of the columns is an error (default:
-    /// the column is NULL).
-    pub fail_on_missing_field: bool,
 }
 
 /// The formats of the `filesystem` connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
-    /// `json`: one JSON object per line.
+    /// `json`: one JSON object per line; keys name the columns.
     Json,
+    /// `csv`: one row per line, columns by position, no header (as in Flink).
+    Csv(CsvOptions),
+    /// `parquet`: columns by name.
+    Parquet,
+}
+
+/// The options of the `csv` format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsvOptions {
+    /// `csv.field-delimiter` (default `,`).
+    pub delimiter: u8,
+    /// `csv.quote-character` (default `"`).
+    pub quote: u8,
+    /// `csv.allow-comments`: lines starting with `#` are skipped.
+    pub allow_comments: bool,
 }
 
 /// The options of the `print` connector.
@@ -83,6 +96,17 @@ impl<'a> ConnectorOptions<'a> {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
             Some(other) => Err(self.error(format!("option '{key}' must be 'true' or 'false', not '{other}'"))),
+        }
+    }
+
+    fn single_byte(&self, key: &str, default: u8) -> Result<u8> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(text) => match text.as_bytes() {
+                [b] => Ok(*b),
+                b"\\t" => Ok(b'\t'),
+                _ => Err(self.error(format!("option '{key}' must be one character, not '{text}'"))),
+            },
         }
     }
 
@@ -152,8 +176,11 @@ impl<'a> ConnectorOptions<'a> {
                 "format",
                 "source.monitor-interval",
                 "json.ignore-parse-errors",
-                "json.fail-on-missing-field",
                 "json.timestamp-format.standard",
+                "csv.field-delimiter",
+                "csv.quote-character",
+                "csv.allow-comments",
+                "csv.ignore-parse-errors",
             ],
             &[
                 "source.path.regex-pattern",
@@ -168,6 +195,11 @@ impl<'a> ConnectorOptions<'a> {
                 "sink.partition-commit.delay",
                 "sink.partition-commit.policy.kind",
                 "json.map-null-key.mode",
+                "json.fail-on-missing-field",
+                "csv.null-literal",
+                "csv.escape-character",
+                "csv.array-element-delimiter",
+                "csv.disable-quote-character",
                 "json.encode.decimal-as-plain-number",
             ],
         )?;
@@ -178,15 +210,34 @@ impl<'a> ConnectorOptions<'a> {
         }
         let format = match self.required("format", "filesystem")? {
             "json" => FileFormat::Json,
-            "csv" | "parquet" | "avro" | "orc" | "raw" | "debezium-json" | "canal-json" => {
+            "csv" => FileFormat::Csv(CsvOptions {
+                delimiter: self.single_byte("csv.field-delimiter", b',')?,
+                quote: self.single_byte("csv.quote-character", b'"')?,
+                allow_comments: self.boolean("csv.allow-comments")?,
+            }),
+            "parquet" => FileFormat::Parquet,
+            "avro" | "orc" | "raw" | "debezium-json" | "canal-json" | "maxwell-json" | "ogg-json" => {
                 return Err(FreshetError::Unsupported(format!(
-                    "table \"{}\": format '{}' of the filesystem connector (Freshet reads 'json' so far)",
+                    "table \"{}\": format '{}' of the filesystem connector (Freshet reads json, csv and parquet)",
                     self.table,
                     self.get("format").unwrap_or_default()
                 )));
             }
-            other => return Err(self.error(format!("unknown format '{other}' (expected json)"))),
+            other => return Err(self.error(format!("unknown format '{other}' (expected json, csv or parquet)"))),
         };
+        let format_prefix = match format {
+            FileFormat::Json => Some("json."),
+            FileFormat::Csv(_) => Some("csv."),
+            FileFormat::Parquet => None,
+        };
+        if let Some((key, _)) = self.options.iter().find(|(k, _)| {
+            (k.starts_with("json.") || k.starts_with("csv.")) && !format_prefix.is_some_and(|p| k.starts_with(p))
+        }) {
+            return Err(self.error(format!(
+                "option '{key}' does not apply to format '{}'",
+                self.get("format").unwrap_or_default()
+            )));
+        }
         match self.get("json.timestamp-format.standard") {
             None | Some("SQL" | "ISO-8601") => {}
             Some(other) => {
@@ -209,8 +260,8 @@ impl<'a> ConnectorOptions<'a> {
             path,
             format,
             monitor_interval,
-            ignore_parse_errors: self.boolean("json.ignore-parse-errors")?,
-            fail_on_missing_field: self.boolean("json.fail-on-missing-field")?,
+            ignore_parse_errors: self.boolean("json.ignore-parse-errors")?
+                || self.boolean("csv.ignore-parse-errors")?,
         })
     }
 }

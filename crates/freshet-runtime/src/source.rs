@@ -89,13 +89,13 @@ impl Source {
         };
         let FilesystemOptions {
             path,
+            format,
             monitor_interval,
             ignore_parse_errors,
-            ..
         } = options.clone();
         Ok(Self {
             table: table.to_string(),
-            reader: FileSource::new(table, path, decode, ignore_parse_errors),
+            reader: FileSource::new(table, path, format, decode, ignore_parse_errors),
             physical,
             columns,
             schema,

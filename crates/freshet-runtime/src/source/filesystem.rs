@@ -1,15 +1,21 @@
 //! The `filesystem` source: a file, or the files of a directory, each read whole once (as in
 //! Flink, a file is complete when it appears: writers place files atomically, by rename).
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::csv::ReaderBuilder as CsvReaderBuilder;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use freshet_common::{FreshetError, Result};
 
 use super::Position;
 use super::json_lines::JsonLines;
+use crate::connector::{CsvOptions, FileFormat};
 
 /// Bytes of whole lines decoded at once.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -18,6 +24,7 @@ const CHUNK_BYTES: usize = 8 << 20;
 pub(super) struct FileSource {
     table: String,
     path: PathBuf,
+    format: FileFormat,
     schema: SchemaRef,
     ignore_errors: bool,
 }
@@ -29,10 +36,11 @@ pub(super) struct FileRows {
 }
 
 impl FileSource {
-    pub(super) fn new(table: &str, path: PathBuf, schema: SchemaRef, ignore_errors: bool) -> Self {
+    pub(super) fn new(table: &str, path: PathBuf, format: FileFormat, schema: SchemaRef, ignore_errors: bool) -> Self {
         Self {
             table: table.to_string(),
             path,
+            format,
             schema,
             ignore_errors,
         }
@@ -85,12 +93,20 @@ impl FileSource {
         let bytes = tokio::fs::read(file)
             .await
             .map_err(|e| self.bad(format!("file {}", file.display()), e.to_string()))?;
+        match self.format {
+            FileFormat::Json => self.read_json(file, &bytes),
+            FileFormat::Csv(options) => self.read_csv(file, &bytes, options),
+            FileFormat::Parquet => self.read_parquet(file, bytes),
+        }
+    }
+
+    fn read_json(&self, file: &Path, bytes: &[u8]) -> Result<FileRows> {
         let lines = JsonLines::new(self.schema.clone(), self.ignore_errors);
         let mut rows = FileRows {
             batches: Vec::new(),
             skipped: 0,
         };
-        let mut rest = bytes.as_slice();
+        let mut rest = bytes;
         let mut line = 1u64;
         while !rest.is_empty() {
             // Whole lines, up to about CHUNK_BYTES.
@@ -116,5 +132,95 @@ impl FileSource {
             rest = after;
         }
         Ok(rows)
+    }
+}
+
+impl FileSource {
+    /// CSV rows by position, without a header (Flink's CSV format has none). A bad row is an
+    /// error naming its line, or with `ignore_errors` skipped: the file is then decoded again
+    /// line by line to find the bad rows (quoted values spanning lines are not split then).
+    fn read_csv(&self, file: &Path, bytes: &[u8], options: CsvOptions) -> Result<FileRows> {
+        let builder = || {
+            let builder = CsvReaderBuilder::new(self.schema.clone())
+                .with_header(false)
+                .with_delimiter(options.delimiter)
+                .with_quote(options.quote);
+            if options.allow_comments {
+                builder.with_comment(b'#')
+            } else {
+                builder
+            }
+        };
+        let decode = |bytes: &[u8]| -> std::result::Result<Vec<RecordBatch>, String> {
+            let reader = builder().build(Cursor::new(bytes)).map_err(|e| e.to_string())?;
+            reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())
+        };
+        match decode(bytes) {
+            Ok(batches) => Ok(FileRows { batches, skipped: 0 }),
+            Err(reason) if !self.ignore_errors => Err(self.bad(format!("file {}", file.display()), reason)),
+            Err(_) => {
+                let mut rows = FileRows {
+                    batches: Vec::new(),
+                    skipped: 0,
+                };
+                for line in bytes.split(|&b| b == b'\n') {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match decode(line) {
+                        Ok(batches) => rows.batches.extend(batches),
+                        Err(_) => rows.skipped += 1,
+                    }
+                }
+                Ok(rows)
+            }
+        }
+    }
+
+    /// Parquet columns by name, cast to the table's types.
+    fn read_parquet(&self, file: &Path, bytes: Vec<u8>) -> Result<FileRows> {
+        let at = || format!("file {}", file.display());
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .map_err(|e| self.bad(at(), e.to_string()))?;
+        let file_schema = builder.schema().clone();
+        let mut indices = Vec::new();
+        for field in self.schema.fields() {
+            let index = file_schema
+                .index_of(field.name())
+                .map_err(|_| self.bad(at(), format!("the file has no column \"{}\"", field.name())))?;
+            indices.push(index);
+        }
+        let mut sorted = indices.clone();
+        sorted.sort_unstable();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), sorted.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| self.bad(at(), e.to_string()))?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| self.bad(at(), e.to_string()))?;
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .zip(&indices)
+                .map(|(field, index)| {
+                    let position = sorted.iter().position(|i| i == index).unwrap_or_default();
+                    let column = batch.column(position);
+                    if column.data_type() == field.data_type() {
+                        Ok(column.clone())
+                    } else {
+                        cast(column, field.data_type())
+                            .map_err(|e| self.bad(at(), format!("column \"{}\": {e}", field.name())))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            batches
+                .push(RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.bad(at(), e.to_string()))?);
+        }
+        Ok(FileRows { batches, skipped: 0 })
     }
 }
