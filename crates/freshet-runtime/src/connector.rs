@@ -17,6 +17,40 @@ pub enum Connector {
     Blackhole,
     /// `'connector' = 'print'`: a sink that prints each change (`+I[...]`, `-D[...]`).
     Print(PrintOptions),
+    /// `'connector' = 'datagen'`: generated rows at a rate.
+    Datagen(DatagenOptions),
+}
+
+/// The options of the `datagen` connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatagenOptions {
+    /// `rows-per-second` (default 10,000).
+    pub rows_per_second: u64,
+    /// `number-of-rows`: the source ends after so many (unbounded when absent).
+    pub number_of_rows: Option<u64>,
+    /// `fields.<name>.*`, by column name as written.
+    pub fields: Vec<(String, FieldGenerator)>,
+}
+
+/// How a datagen column's values are made.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FieldGenerator {
+    /// `fields.<f>.kind` = 'sequence': start, start + 1, ... (else random).
+    pub sequence: bool,
+    /// `fields.<f>.min` / `fields.<f>.max`: the range of random numbers.
+    pub min: Option<String>,
+    /// See `min`.
+    pub max: Option<String>,
+    /// `fields.<f>.length`: the length of random strings (default 100).
+    pub length: Option<usize>,
+    /// `fields.<f>.start` / `fields.<f>.end`: a sequence's first and last values.
+    pub start: Option<String>,
+    /// See `start`.
+    pub end: Option<String>,
+    /// `fields.<f>.max-past`: random timestamps this far before now at most.
+    pub max_past: Option<Duration>,
+    /// `fields.<f>.null-rate`: the share of NULLs (0 to 1).
+    pub null_rate: f64,
 }
 
 /// The options of the `filesystem` connector.
@@ -156,16 +190,105 @@ impl<'a> ConnectorOptions<'a> {
                     standard_error: self.boolean("standard-error")?,
                 }))
             }
-            "datagen" | "nexmark" | "kafka" | "upsert-kafka" | "jdbc" | "postgres-cdc" | "mysql-cdc" => {
+            "datagen" => self.datagen().map(Connector::Datagen),
+            "nexmark" | "kafka" | "upsert-kafka" | "jdbc" | "postgres-cdc" | "mysql-cdc" => {
                 Err(FreshetError::Unsupported(format!(
-                    "table \"{}\": the '{name}' connector (Freshet has filesystem, blackhole and print)",
+                    "table \"{}\": the '{name}' connector (Freshet has filesystem, datagen, blackhole and print)",
                     self.table
                 )))
             }
             other => Err(self.error(format!(
-                "unknown connector '{other}' (Freshet has filesystem, blackhole and print)"
+                "unknown connector '{other}' (Freshet has filesystem, datagen, blackhole and print)"
             ))),
         }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<u64>> {
+        self.get(key)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| self.error(format!("option '{key}' must be a whole number, not '{v}'")))
+            })
+            .transpose()
+    }
+
+    fn datagen(&self) -> Result<DatagenOptions> {
+        let mut fields: Vec<(String, FieldGenerator)> = Vec::new();
+        for (key, value) in self.options {
+            match key.as_str() {
+                "connector" | "rows-per-second" | "number-of-rows" | "scan.parallelism" => continue,
+                _ => {}
+            }
+            let Some((field, setting)) = key.strip_prefix("fields.").and_then(|rest| rest.rsplit_once('.')) else {
+                return Err(self.error(format!(
+                    "unknown option '{key}' for the 'datagen' connector (it takes 'rows-per-second', \
+                     'number-of-rows' and 'fields.<column>.kind|min|max|length|start|end|max-past|null-rate')"
+                )));
+            };
+            let index = match fields.iter().position(|(f, _)| f == field) {
+                Some(i) => i,
+                None => {
+                    fields.push((field.to_string(), FieldGenerator::default()));
+                    fields.len() - 1
+                }
+            };
+            let generator = &mut fields[index].1;
+            match setting {
+                "kind" => {
+                    generator.sequence = match value.as_str() {
+                        "sequence" => true,
+                        "random" => false,
+                        other => {
+                            return Err(self.error(format!("option '{key}' is 'random' or 'sequence', not '{other}'")));
+                        }
+                    }
+                }
+                "min" => generator.min = Some(value.clone()),
+                "max" => generator.max = Some(value.clone()),
+                "start" => generator.start = Some(value.clone()),
+                "end" => generator.end = Some(value.clone()),
+                "length" => generator.length = self.number(key)?.map(|n| n as usize),
+                "max-past" => {
+                    generator.max_past = Some(
+                        parse_duration(value)
+                            .map_err(|why| self.error(format!("option '{key}' = '{value}': {why}")))?,
+                    )
+                }
+                "null-rate" => {
+                    generator.null_rate = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or_else(|| {
+                            self.error(format!("option '{key}' must be a number from 0 to 1, not '{value}'"))
+                        })?
+                }
+                "var-len" => {}
+                other => {
+                    return Err(self.error(format!(
+                        "unknown option '{key}' for the 'datagen' connector ('{other}' is not one of kind, min, max, \
+                         length, start, end, max-past, null-rate)"
+                    )));
+                }
+            }
+        }
+        for (field, generator) in &fields {
+            if generator.sequence && (generator.start.is_none() || generator.end.is_none()) {
+                return Err(self.error(format!(
+                    "a sequence field needs 'fields.{field}.start' and 'fields.{field}.end'"
+                )));
+            }
+        }
+        let rows_per_second = self.number("rows-per-second")?.unwrap_or(10_000);
+        if rows_per_second == 0 {
+            return Err(self.error("option 'rows-per-second' must be more than 0".into()));
+        }
+        Ok(DatagenOptions {
+            rows_per_second,
+            number_of_rows: self.number("number-of-rows")?,
+            fields,
+        })
     }
 
     fn filesystem(&self) -> Result<FilesystemOptions> {
@@ -269,7 +392,7 @@ impl<'a> ConnectorOptions<'a> {
 impl Connector {
     /// Whether rows can be read from it.
     pub fn is_source(&self) -> bool {
-        matches!(self, Connector::Filesystem(_))
+        matches!(self, Connector::Filesystem(_) | Connector::Datagen(_))
     }
 
     /// The connector's name, as written in `'connector' = ...`.
@@ -278,6 +401,7 @@ impl Connector {
             Connector::Filesystem(_) => "filesystem",
             Connector::Blackhole => "blackhole",
             Connector::Print(_) => "print",
+            Connector::Datagen(_) => "datagen",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! top of, under the table's writer lock, so two ingestions never read the same rows, and a
 //! crash before the commit leaves the position where the rows it would have added begin.
 
+mod datagen;
 mod filesystem;
 mod json_lines;
 
@@ -19,11 +20,24 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
-use freshet_common::{FreshetError, Result};
+use freshet_common::{FreshetError, Result, SharedClock};
 use freshet_storage::Table;
 
 use crate::connector::{Connector, FilesystemOptions};
+use datagen::Datagen;
 use filesystem::FileSource;
+
+/// Rows one ingestion of a generator adds at most (the next one goes on from there).
+const MAX_GENERATED_ROWS: u64 = 1 << 20;
+
+/// How often a job over a generator looks for rows that have come due.
+const GENERATOR_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+enum Reader {
+    Files(FileSource),
+    Datagen(Datagen),
+}
 
 /// Where a table's column comes from.
 #[derive(Debug, Clone)]
@@ -38,7 +52,8 @@ pub enum SourceColumn {
 #[derive(Debug)]
 pub struct Source {
     table: String,
-    reader: FileSource,
+    reader: Reader,
+    clock: SharedClock,
     /// The physical columns with the table's names (identifiers as the engine normalized them).
     physical: SchemaRef,
     columns: Vec<SourceColumn>,
@@ -57,14 +72,26 @@ pub struct IngestReport {
     pub version: u64,
     /// Malformed lines skipped (`json.ignore-parse-errors`).
     pub skipped: u64,
+    /// Whether the source has ended and all of it is in the table.
+    pub finished: bool,
 }
 
 /// The position of a source, kept in the record of the version that reached it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Position {
     /// Files read whole, by their path.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Rows generated.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows: u64,
+    /// When a generator started (engine clock, ms): its rate counts from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The key of the version record under which a source keeps its position.
@@ -80,22 +107,33 @@ impl Source {
         physical: SchemaRef,
         columns: Vec<SourceColumn>,
         schema: SchemaRef,
+        clock: SharedClock,
     ) -> Result<Self> {
-        let Connector::Filesystem(options) = connector else {
-            return Err(FreshetError::InvalidStatement(format!(
-                "table \"{table}\": the '{}' connector is a sink: it cannot be read",
-                connector.name()
-            )));
+        let (reader, monitor_interval) = match connector {
+            Connector::Filesystem(options) => {
+                let FilesystemOptions {
+                    path,
+                    format,
+                    monitor_interval,
+                    ignore_parse_errors,
+                } = options.clone();
+                (
+                    Reader::Files(FileSource::new(table, path, format, decode, ignore_parse_errors)),
+                    monitor_interval,
+                )
+            }
+            Connector::Datagen(options) => (Reader::Datagen(Datagen::new(table, decode, options.clone())?), None),
+            Connector::Blackhole | Connector::Print(_) => {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "table \"{table}\": the '{}' connector is a sink: it cannot be read",
+                    connector.name()
+                )));
+            }
         };
-        let FilesystemOptions {
-            path,
-            format,
-            monitor_interval,
-            ignore_parse_errors,
-        } = options.clone();
         Ok(Self {
             table: table.to_string(),
-            reader: FileSource::new(table, path, format, decode, ignore_parse_errors),
+            reader,
+            clock,
             physical,
             columns,
             schema,
@@ -110,14 +148,26 @@ impl Source {
     }
 
     /// Whether the source ends: without a monitor interval, a file source is the files there
-    /// when it is read.
+    /// when it is read; a generator with a number of rows (or a sequence field) ends after them.
     pub fn is_bounded(&self) -> bool {
-        self.monitor_interval.is_none()
+        match &self.reader {
+            Reader::Files(_) => self.monitor_interval.is_none(),
+            Reader::Datagen(generator) => generator.total_rows().is_some(),
+        }
     }
 
-    /// How often an unbounded source looks for new data.
+    /// How often a monitored directory is listed for new files (`source.monitor-interval`):
+    /// the engine ingests it in the background at this interval.
     pub fn monitor_interval(&self) -> Option<Duration> {
         self.monitor_interval
+    }
+
+    /// How often a job reading the source looks for new data.
+    pub fn poll_interval(&self) -> Option<Duration> {
+        match &self.reader {
+            Reader::Files(_) => self.monitor_interval,
+            Reader::Datagen(_) => Some(GENERATOR_POLL),
+        }
     }
 
     /// Malformed lines skipped since the engine opened.
@@ -139,24 +189,54 @@ impl Source {
             .transpose()
             .map_err(|e| FreshetError::corrupt(table.dir().to_string(), format!("source position: {e}")))?
             .unwrap_or_default();
-        let new_files = self.reader.new_files(&position).await?;
-        if new_files.is_empty() {
-            return Ok(IngestReport {
-                version: txn.base().version(),
-                ..IngestReport::default()
-            });
-        }
         let mut rows = 0;
         let mut skipped = 0;
-        for file in new_files {
-            let read = self.reader.read(&file).await?;
-            skipped += read.skipped;
-            for batch in read.batches {
-                let batch = self.complete(batch)?;
-                rows += batch.num_rows() as u64;
-                txn.insert(&batch).await?;
+        let finished;
+        match &self.reader {
+            Reader::Files(reader) => {
+                let new_files = reader.new_files(&position).await?;
+                finished = self.is_bounded();
+                if new_files.is_empty() {
+                    return Ok(IngestReport {
+                        version: txn.base().version(),
+                        finished,
+                        ..IngestReport::default()
+                    });
+                }
+                for file in new_files {
+                    let read = reader.read(&file).await?;
+                    skipped += read.skipped;
+                    for batch in read.batches {
+                        let batch = self.complete(batch)?;
+                        rows += batch.num_rows() as u64;
+                        txn.insert(&batch).await?;
+                    }
+                    position.files.push(file.display().to_string());
+                }
             }
-            position.files.push(file.display().to_string());
+            Reader::Datagen(generator) => {
+                let now = self.clock.now_ms();
+                // The first ingestion starts the clock of the rate, and records it.
+                let first = position.started_at_ms.is_none();
+                let started = *position.started_at_ms.get_or_insert(now);
+                let due = generator
+                    .rows_due(now - started)
+                    .min(position.rows.saturating_add(MAX_GENERATED_ROWS));
+                finished = generator.total_rows().is_some_and(|total| due >= total);
+                if due <= position.rows && !first {
+                    return Ok(IngestReport {
+                        version: txn.base().version(),
+                        finished,
+                        ..IngestReport::default()
+                    });
+                }
+                for batch in generator.generate(position.rows, due, now)? {
+                    let batch = self.complete(batch)?;
+                    rows += batch.num_rows() as u64;
+                    txn.insert(&batch).await?;
+                }
+                position.rows = due;
+            }
         }
         let record = serde_json::json!({ POSITION_KEY: position });
         txn.set_refresh(record);
@@ -166,6 +246,7 @@ impl Source {
             rows,
             version: committed.version,
             skipped,
+            finished,
         })
     }
 

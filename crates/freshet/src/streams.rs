@@ -300,6 +300,7 @@ impl Engine {
                 physical_schema,
                 sources,
                 schema.clone(),
+                self.inner.materialized.clock.clone(),
             )?))
         } else {
             None
@@ -433,6 +434,11 @@ impl Engine {
             Some(table) => match &table.connector {
                 Connector::Blackhole => Sink::Blackhole,
                 Connector::Print(options) => Sink::Print(options.clone()),
+                Connector::Datagen(_) => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{target}\" is a 'datagen' source: it cannot be written to"
+                    )));
+                }
                 Connector::Filesystem(_) => {
                     return Err(FreshetError::Unsupported(format!(
                         "writing into the filesystem table \"{target}\" (its files are read as a source; a \
