@@ -6,7 +6,7 @@
 //! pipeline once; write the output to the sink; wait for an input to commit, a source's monitor
 //! interval, or a stop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,32 @@ use freshet_storage::Table;
 
 use crate::sink::Sink;
 use crate::source::Source;
+
+/// Where a job's progress is kept between epochs, so that a restarted engine resumes it.
+#[async_trait::async_trait]
+pub trait JobProgress: Send + Sync + std::fmt::Debug {
+    /// Records that the job has written everything up to these input versions.
+    async fn save(&self, job: &str, versions: &BTreeMap<String, u64>) -> Result<()>;
+    /// The job has ended: forget it.
+    async fn ended(&self, job: &str) -> Result<()>;
+}
+
+/// How a job starts.
+#[derive(Debug)]
+pub struct JobStart {
+    /// Its id: a new one, or the id of the job it resumes.
+    pub id: String,
+    /// The statement it runs.
+    pub statement: String,
+    /// Its inputs.
+    pub inputs: Vec<JobInput>,
+    /// Its pipeline.
+    pub pipeline: Pipeline,
+    /// Its sink.
+    pub sink: Sink,
+    /// The input versions it had written everything of, when it resumes.
+    pub resume: Option<BTreeMap<String, u64>>,
+}
 
 /// The life of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +115,8 @@ pub struct Job {
     /// What it is and has done, updated after every epoch and when it ends.
     info: watch::Sender<JobInfo>,
     stop: Notify,
+    /// Stopped because the engine closes (it resumes when the engine opens again).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Job {
@@ -141,20 +169,25 @@ impl Jobs {
         jobs.iter().find(|j| j.info.borrow().id == id).cloned()
     }
 
+    /// A new job's id.
+    pub fn new_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
     /// Starts a job on the current tokio runtime.
-    pub fn start(
-        &self,
-        statement: &str,
-        inputs: Vec<JobInput>,
-        pipeline: Pipeline,
-        sink: Sink,
-        clock: SharedClock,
-    ) -> Arc<Job> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+    pub fn start(&self, start: JobStart, clock: SharedClock, progress: Arc<dyn JobProgress>) -> Arc<Job> {
+        let JobStart {
+            id,
+            statement,
+            inputs,
+            pipeline,
+            sink,
+            resume,
+        } = start;
         let job = Arc::new(Job {
             info: watch::Sender::new(JobInfo {
                 id: id.clone(),
-                statement: statement.to_string(),
+                statement,
                 status: JobStatus::Running,
                 started_at_ms: clock.now_ms(),
                 ended_at_ms: None,
@@ -164,6 +197,7 @@ impl Jobs {
                 error: None,
             }),
             stop: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
         let running = job.clone();
@@ -175,14 +209,21 @@ impl Jobs {
                 sink,
                 clock: clock.clone(),
                 processed: HashMap::new(),
+                progress: progress.clone(),
             };
-            let (status, error) = match run.run().await {
+            let (status, error) = match run.run(resume).await {
                 Ok(status) => (status, None),
                 Err(e) => {
                     tracing::warn!(job = %running.info().id, error = %e, "job failed");
                     (JobStatus::Failed, Some(e.to_string()))
                 }
             };
+            // A job stopped by the engine closing is resumed when it opens again; one that
+            // ended for any other reason is forgotten.
+            let closing = status == JobStatus::Canceled && running.closing.load(std::sync::atomic::Ordering::Relaxed);
+            if !closing && let Err(e) = progress.ended(&running.info().id).await {
+                tracing::warn!(job = %running.info().id, error = %e, "could not forget an ended job");
+            }
             let now = clock.now_ms();
             running.update(|info| {
                 info.status = status;
@@ -193,10 +234,34 @@ impl Jobs {
         job
     }
 
+    /// Lists a job that could not even start (a stored job that no longer plans when the engine
+    /// opens), as failed with the reason.
+    pub fn failed_to_start(&self, id: &str, statement: &str, error: String, clock: &SharedClock) -> Arc<Job> {
+        let now = clock.now_ms();
+        let job = Arc::new(Job {
+            info: watch::Sender::new(JobInfo {
+                id: id.to_string(),
+                statement: statement.to_string(),
+                status: JobStatus::Failed,
+                started_at_ms: now,
+                ended_at_ms: Some(now),
+                rows_in: 0,
+                rows_out: 0,
+                epochs: 0,
+                error: Some(error),
+            }),
+            stop: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
+        job
+    }
+
     /// Stops every running job and waits for them (the engine is closing).
     pub async fn stop_all(&self) {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).to_vec();
         for job in &jobs {
+            job.closing.store(true, std::sync::atomic::Ordering::Relaxed);
             job.stop();
         }
         for job in jobs {
@@ -214,10 +279,14 @@ struct Run {
     clock: SharedClock,
     /// Per input table, the version its changes have been processed up to.
     processed: HashMap<String, u64>,
+    progress: Arc<dyn JobProgress>,
 }
 
 impl Run {
-    async fn run(&mut self) -> Result<JobStatus> {
+    async fn run(&mut self, resume: Option<BTreeMap<String, u64>>) -> Result<JobStatus> {
+        if let Some(versions) = resume {
+            self.rebuild(&versions).await?;
+        }
         // Subscribed before the first look, so that no commit falls in between.
         let mut commits: Vec<watch::Receiver<u64>> = self.inputs.iter().map(|i| i.table.subscribe()).collect();
         let bounded = self
@@ -251,6 +320,34 @@ impl Run {
                 Either::Right(_) => {}
             }
         }
+    }
+
+    /// Resumes after a restart: the pipeline's state is rebuilt from the inputs at the versions
+    /// the job had written everything of (its output then, already written, is dropped), and
+    /// processing goes on from there.
+    async fn rebuild(&mut self, versions: &BTreeMap<String, u64>) -> Result<()> {
+        let mut epoch = Epoch::at(self.clock.now_ms());
+        for input in &self.inputs {
+            let name = input.table.name().to_string();
+            let Some(&version) = versions.get(&name) else {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "the job cannot resume: it had not recorded how far it read \"{name}\""
+                )));
+            };
+            let snapshot = input.table.snapshot_at(version).await.map_err(|e| {
+                FreshetError::InvalidStatement(format!(
+                    "the job cannot resume: version {version} of \"{name}\", where it stopped, is gone ({e})"
+                ))
+            })?;
+            let columns = self.pipeline.source_columns(&name).map(<[usize]>::to_vec);
+            let mut rows = snapshot.scan(columns, false);
+            while let Some(batch) = rows.try_next().await? {
+                epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
+            }
+            self.processed.insert(name, version);
+        }
+        self.pipeline.step(&epoch)?;
+        Ok(())
     }
 
     /// Processes every input's changes since the last epoch.
@@ -293,7 +390,8 @@ impl Run {
                             .into(),
                     ));
                 }
-                written = self.sink.write(&output).await?;
+                let record = serde_json::json!({ "job": self.job.info().id, "inputs": versions_map(&versions) });
+                written = self.sink.write(&output, record).await?;
             }
             self.job.update(|info| {
                 info.rows_in += rows_in;
@@ -301,7 +399,16 @@ impl Run {
                 info.epochs += 1;
             });
         }
-        self.processed.extend(versions);
+        let advanced = versions.iter().any(|(name, v)| self.processed.get(name) != Some(v));
+        self.processed.extend(versions.iter().cloned());
+        if advanced {
+            let id = self.job.info().id;
+            self.progress.save(&id, &versions_map(&versions)).await?;
+        }
         Ok(())
     }
+}
+
+fn versions_map(versions: &[(String, u64)]) -> BTreeMap<String, u64> {
+    versions.iter().cloned().collect()
 }

@@ -30,8 +30,10 @@ impl Sink {
     }
 
     /// Writes one epoch's changes (consolidated: each row once, with a non-zero weight).
+    /// `record` says what they reflect (the job and its input versions): a Freshet table
+    /// commits it with the rows, so a resumed job knows exactly what it has written.
     /// Returns the rows written.
-    pub async fn write(&self, changes: &ChangeBatch) -> Result<u64> {
+    pub async fn write(&self, changes: &ChangeBatch, record: serde_json::Value) -> Result<u64> {
         let rows = changes.num_rows() as u64;
         match self {
             Sink::Blackhole => Ok(rows),
@@ -60,6 +62,7 @@ impl Sink {
                 let batch = RecordBatch::try_new(table.schema(), data.columns().to_vec())
                     .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))?;
                 txn.insert(&batch).await?;
+                txn.set_refresh(record);
                 let committed = txn.commit().await?;
                 Ok(committed.inserted)
             }

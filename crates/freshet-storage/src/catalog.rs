@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::layout::{catalog_dir, table_dir};
+use crate::layout::{catalog_dir, job_progress_path, table_dir};
 use crate::location::Location;
 use crate::log::{Created, VersionLog};
 use crate::maintenance::VacuumReport;
@@ -32,6 +32,9 @@ pub struct CatalogManifest {
     pub committed_at_ms: i64,
     /// The objects, by name.
     pub entries: BTreeMap<String, CatalogEntry>,
+    /// Running jobs, by id: documents the engine defines (the statement), resumed on open.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jobs: BTreeMap<String, serde_json::Value>,
 }
 
 /// A named object of the catalog.
@@ -269,6 +272,66 @@ impl Catalog {
         .await
     }
 
+    /// Records a running job (resumed when the location is opened again).
+    pub async fn put_job(&self, id: &str, job: serde_json::Value) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        self.commit_with(|manifest| {
+            manifest.jobs.insert(id.into(), job);
+        })
+        .await
+    }
+
+    /// Forgets a job that ended, and its progress.
+    pub async fn remove_job(&self, id: &str) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        if self.manifest().jobs.contains_key(id) {
+            self.commit_with(|manifest| {
+                manifest.jobs.remove(id);
+            })
+            .await?;
+        }
+        let path = job_progress_path(self.location.root(), id);
+        match self.location.store().delete(&path).await {
+            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(FreshetError::Storage {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Saves how far a job has got (replacing what was saved before).
+    pub async fn save_job_progress(&self, id: &str, progress: &serde_json::Value) -> Result<()> {
+        let path = job_progress_path(self.location.root(), id);
+        let bytes = serde_json::to_vec(progress).map_err(|e| FreshetError::Internal(e.to_string()))?;
+        self.location
+            .store()
+            .put(&path, bytes.into())
+            .await
+            .map_err(|source| FreshetError::Storage {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// How far a job had got, if it saved its progress.
+    pub async fn job_progress(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        let path = job_progress_path(self.location.root(), id);
+        let bytes = match self.location.store().get(&path).await {
+            Ok(got) => got.bytes().await,
+            Err(datafusion::object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => Err(e),
+        }
+        .map_err(|source| FreshetError::Storage {
+            path: path.to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| FreshetError::corrupt(&path, e))
+    }
+
     /// Replaces the definition of a materialized table.
     pub async fn update_definition(&self, name: &str, definition: serde_json::Value) -> Result<()> {
         let _ddl = self.ddl.lock().await;
@@ -303,9 +366,13 @@ impl Catalog {
     }
 
     async fn commit(&self, change: impl FnOnce(&mut BTreeMap<String, CatalogEntry>)) -> Result<()> {
+        self.commit_with(|manifest| change(&mut manifest.entries)).await
+    }
+
+    async fn commit_with(&self, change: impl FnOnce(&mut CatalogManifest)) -> Result<()> {
         let current = self.manifest();
         let mut next = (*current).clone();
-        change(&mut next.entries);
+        change(&mut next);
         next.format = FORMAT_VERSION;
         next.version = current.version + 1;
         next.committed_at_ms = self.options.clock.now_ms().max(current.committed_at_ms);

@@ -10,6 +10,14 @@ pub(crate) fn catalog_dir(root: &Path) -> Path {
     root.clone().join("_freshet").join("catalog")
 }
 
+/// Where a running job keeps its progress.
+pub(crate) fn job_progress_path(root: &Path, job_id: &str) -> Path {
+    root.clone()
+        .join("_freshet")
+        .join("jobs")
+        .join(format!("{job_id}.json"))
+}
+
 /// The directory of one table's files.
 pub(crate) fn table_dir(root: &Path, table_id: &str) -> Path {
     root.clone().join("tables").join(table_id)

@@ -191,6 +191,7 @@ impl EngineBuilder {
         engine.restore_connector_tables().await;
         engine.restore_definitions().await;
         engine.start_scheduler();
+        engine.resume_jobs().await;
         Ok(engine)
     }
 }

@@ -24,7 +24,9 @@ use std::ops::ControlFlow;
 
 use freshet_common::{FreshetError, Result};
 use freshet_incremental::{BuildError, Pipeline, time_as_input};
-use freshet_runtime::{Connector, ConnectorOptions, Job, JobInfo, JobInput, Jobs, Sink, Source, SourceColumn};
+use freshet_runtime::{
+    Connector, ConnectorOptions, Job, JobInfo, JobInput, JobProgress, JobStart, Jobs, Sink, Source, SourceColumn,
+};
 use freshet_sql::{ColumnKind, CreateConnectorTable, FreshetStatement, ParsedStatement};
 use freshet_storage::CatalogEntry;
 
@@ -391,12 +393,21 @@ impl Engine {
             planned.push((parsed.text.clone(), self.plan_job(statement).await?));
         }
         for (text, (inputs, pipeline, sink)) in planned {
-            let job =
-                self.inner
-                    .streams
-                    .jobs
-                    .start(&text, inputs, pipeline, sink, self.inner.materialized.clock.clone());
-            jobs.push(job);
+            let id = Jobs::new_id();
+            // Recorded before it starts: a restart resumes it.
+            self.inner
+                .catalog
+                .put_job(&id, serde_json::json!({ "statement": text }))
+                .await?;
+            let start = JobStart {
+                id,
+                statement: text,
+                inputs,
+                pipeline,
+                sink,
+                resume: None,
+            };
+            jobs.push(self.launch(start));
         }
         let mut infos: Vec<JobInfo> = jobs.iter().map(|j| j.info()).collect();
         if self.inner.streams.dml_sync.load(Ordering::Relaxed) {
@@ -413,6 +424,80 @@ impl Engine {
             }
         }
         jobs_result(&infos)
+    }
+
+    fn launch(&self, start: JobStart) -> Arc<Job> {
+        let progress = Arc::new(CatalogProgress {
+            catalog: self.inner.catalog.clone(),
+        });
+        self.inner
+            .streams
+            .jobs
+            .start(start, self.inner.materialized.clock.clone(), progress)
+    }
+
+    /// Resumes the jobs that were running when the engine last closed (or crashed), each from
+    /// the input versions it had written everything of. A job that no longer plans is listed
+    /// as failed, with the reason.
+    pub(crate) async fn resume_jobs(&self) {
+        let stored = self.inner.catalog.manifest().jobs.clone();
+        for (id, job) in stored {
+            let statement = job
+                .get("statement")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let resumed = async {
+                let parsed = freshet_sql::parse_statements(&statement)?;
+                let Some(FreshetStatement::DataFusion(insert)) = parsed.first().map(|p| &p.statement) else {
+                    return Err(FreshetError::Internal(format!(
+                        "a stored job is not an INSERT: {statement}"
+                    )));
+                };
+                let (inputs, pipeline, sink) = self.plan_job(insert).await?;
+                let mut resume = None;
+                if let Sink::Table(table) = &sink {
+                    // What the sink committed is exact: its last record says which inputs.
+                    let record = table.snapshot().manifest().refresh.clone();
+                    if let Some(record) = record.filter(|r| r.get("job").and_then(|j| j.as_str()) == Some(&id)) {
+                        resume = serde_json::from_value(record["inputs"].clone()).ok();
+                    }
+                }
+                if resume.is_none() {
+                    resume = match self.inner.catalog.job_progress(&id).await? {
+                        Some(progress) => Some(
+                            serde_json::from_value(progress)
+                                .map_err(|e| FreshetError::corrupt(format!("the progress of job {id}"), e))?,
+                        ),
+                        None => None,
+                    };
+                }
+                Ok(JobStart {
+                    id: id.clone(),
+                    statement: statement.clone(),
+                    inputs,
+                    pipeline,
+                    sink,
+                    resume,
+                })
+            };
+            match resumed.await {
+                Ok(start) => {
+                    self.launch(start);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "a job cannot be resumed");
+                    let clock = self.inner.materialized.clock.clone();
+                    self.inner
+                        .streams
+                        .jobs
+                        .failed_to_start(&id, &statement, format!("cannot be resumed: {e}"), &clock);
+                    if let Err(e) = self.inner.catalog.remove_job(&id).await {
+                        tracing::warn!(job = %id, error = %e, "could not forget a job");
+                    }
+                }
+            }
+        }
     }
 
     async fn plan_job(&self, statement: &DFStatement) -> Result<(Vec<JobInput>, Pipeline, Sink)> {
@@ -518,6 +603,24 @@ impl Engine {
     /// A job by id: its info, a way to follow it (`Job::subscribe`) and to stop it.
     pub fn job(&self, id: &str) -> Option<Arc<Job>> {
         self.inner.streams.jobs.get(id)
+    }
+}
+
+/// Job progress kept in the location, beside the catalog.
+#[derive(Debug)]
+struct CatalogProgress {
+    catalog: Arc<freshet_storage::Catalog>,
+}
+
+#[async_trait::async_trait]
+impl JobProgress for CatalogProgress {
+    async fn save(&self, job: &str, versions: &std::collections::BTreeMap<String, u64>) -> Result<()> {
+        let value = serde_json::to_value(versions).map_err(|e| FreshetError::Internal(e.to_string()))?;
+        self.catalog.save_job_progress(job, &value).await
+    }
+
+    async fn ended(&self, job: &str) -> Result<()> {
+        self.catalog.remove_job(job).await
     }
 }
 

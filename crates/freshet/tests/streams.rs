@@ -152,3 +152,47 @@ async fn materialized_tables_over_a_stream_follow_it() {
     assert_eq!(count(&engine, "SELECT n FROM hourly").await, 15);
     engine.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_resumes_after_a_restart_without_losing_or_repeating_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    place(&input, "a.json", &lines(0, 50));
+    let engine = engine(dir.path()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+             'format' = 'json', 'source.monitor-interval' = '20 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine.sql("CREATE TABLE out (id BIGINT, v BIGINT)").await.unwrap();
+    engine.sql("INSERT INTO out SELECT id, v FROM s").await.unwrap();
+    let id = engine.jobs()[0].id.clone();
+    engine
+        .job(&id)
+        .unwrap()
+        .subscribe()
+        .wait_for(|i| i.rows_out == 50)
+        .await
+        .unwrap();
+    engine.close().await;
+
+    // Rows that arrive while the engine is closed are read when it opens again.
+    place(&input, "b.json", &lines(50, 80));
+    let engine = self::engine(dir.path()).await;
+    let job = engine.job(&id).expect("the job is resumed under its id");
+    assert_eq!(job.info().status, JobStatus::Running);
+    job.subscribe().wait_for(|i| i.rows_out == 30).await.unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM out").await, 80);
+    assert_eq!(count(&engine, "SELECT count(DISTINCT id) FROM out").await, 80);
+
+    // A stopped job stays stopped.
+    engine.sql(&format!("STOP JOB '{id}'")).await.unwrap();
+    engine.close().await;
+    let engine = self::engine(dir.path()).await;
+    assert!(engine.job(&id).is_none());
+    engine.close().await;
+}
