@@ -66,6 +66,10 @@ pub struct FilesystemOptions {
     /// `json.ignore-parse-errors` / `csv.ignore-parse-errors`: skip (and count) lines that do
     /// not parse, rather than fail.
     pub ignore_parse_errors: bool,
+    /// `sink.rolling-policy.file-size`: a file the sink writes is closed at this size (default
+    /// 128 MB). Files are also closed at the end of every epoch, which keeps
+    /// `sink.rolling-policy.rollover-interval` too.
+    pub file_size: u64,
 }
 
 /// The formats of the `filesystem` connector.
@@ -304,14 +308,14 @@ impl<'a> ConnectorOptions<'a> {
                 "csv.quote-character",
                 "csv.allow-comments",
                 "csv.ignore-parse-errors",
-            ],
-            &[
-                "source.path.regex-pattern",
-                "partition.default-name",
                 "sink.rolling-policy.file-size",
                 "sink.rolling-policy.rollover-interval",
                 "sink.rolling-policy.check-interval",
                 "sink.rolling-policy.inactivity-interval",
+            ],
+            &[
+                "source.path.regex-pattern",
+                "partition.default-name",
                 "auto-compaction",
                 "compaction.file-size",
                 "sink.partition-commit.trigger",
@@ -376,6 +380,15 @@ impl<'a> ConnectorOptions<'a> {
                     .map_err(|why| self.error(format!("option 'source.monitor-interval' = '{text}': {why}")))?,
             ),
         };
+        for key in [
+            "sink.rolling-policy.rollover-interval",
+            "sink.rolling-policy.check-interval",
+            "sink.rolling-policy.inactivity-interval",
+        ] {
+            if let Some(text) = self.get(key) {
+                parse_duration(text).map_err(|why| self.error(format!("option '{key}' = '{text}': {why}")))?;
+            }
+        }
         if monitor_interval.is_some_and(|d| d.is_zero()) {
             return Err(self.error("option 'source.monitor-interval' must be more than 0".into()));
         }
@@ -385,6 +398,11 @@ impl<'a> ConnectorOptions<'a> {
             monitor_interval,
             ignore_parse_errors: self.boolean("json.ignore-parse-errors")?
                 || self.boolean("csv.ignore-parse-errors")?,
+            file_size: match self.get("sink.rolling-policy.file-size") {
+                None => 128 << 20,
+                Some(text) => parse_size(text)
+                    .map_err(|why| self.error(format!("option 'sink.rolling-policy.file-size' = '{text}': {why}")))?,
+            },
         })
     }
 }
@@ -404,6 +422,28 @@ impl Connector {
             Connector::Datagen(_) => "datagen",
         }
     }
+}
+
+/// A memory size as Flink writes them: a number and a unit (`128MB`, `1 kb`, `10 bytes`);
+/// without a unit, bytes.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let amount: u64 = number
+        .parse()
+        .map_err(|_| "expected a number and a unit, such as '128 mb'".to_string())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "bytes" => 1,
+        "k" | "kb" | "kibibytes" => 1 << 10,
+        "m" | "mb" | "mebibytes" => 1 << 20,
+        "g" | "gb" | "gibibytes" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' (bytes, kb, mb or gb)")),
+    };
+    if amount == 0 {
+        return Err("must be more than 0".into());
+    }
+    Ok(amount.saturating_mul(scale))
 }
 
 /// A duration as Flink writes them: a number and a unit (`100 ms`, `1s`, `5 min`, `1 h`, `2 d`);

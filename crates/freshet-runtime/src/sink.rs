@@ -1,5 +1,9 @@
 //! Where a job's output goes.
 
+mod files;
+
+pub use files::FileSink;
+
 use std::io::Write;
 use std::sync::Arc;
 
@@ -20,13 +24,15 @@ pub enum Sink {
     Print(PrintOptions),
     /// Appends to a Freshet table.
     Table(Arc<Table>),
+    /// Writes files into a filesystem table's directory.
+    Files(FileSink),
 }
 
 impl Sink {
     /// Whether the sink takes only insertions: a query whose result updates (retracts rows)
     /// cannot write to it.
     pub fn append_only(&self) -> bool {
-        matches!(self, Sink::Table(_))
+        matches!(self, Sink::Table(_) | Sink::Files(_))
     }
 
     /// Writes one epoch's changes (consolidated: each row once, with a non-zero weight).
@@ -47,17 +53,12 @@ impl Sink {
                 .map_err(|e| FreshetError::Internal(format!("print sink: {e}")))?;
                 Ok(rows)
             }
+            Sink::Files(files) => {
+                let data = insertions(changes)?;
+                files.write(&data).await
+            }
             Sink::Table(table) => {
-                let weights = changes.weights();
-                if weights.values().iter().any(|&w| w < 0) {
-                    return Err(FreshetError::InvalidStatement(format!(
-                        "table \"{}\" has no primary key: rows of an updating result cannot be deleted from it \
-                         (the query retracted rows it had written)",
-                        table.name()
-                    )));
-                }
-                let data = changes.data();
-                let data = repeat_by_weight(&data, weights.values())?;
+                let data = insertions(changes)?;
                 let mut txn = table.begin("INSERT").await?;
                 let batch = RecordBatch::try_new(table.schema(), data.columns().to_vec())
                     .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))?;
@@ -68,6 +69,17 @@ impl Sink {
             }
         }
     }
+}
+
+/// The rows of an append-only change, each as many times as its weight.
+fn insertions(changes: &ChangeBatch) -> Result<RecordBatch> {
+    let weights = changes.weights();
+    if weights.values().iter().any(|&w| w < 0) {
+        return Err(FreshetError::InvalidStatement(
+            "the query retracted rows it had written, which an append-only sink cannot take".into(),
+        ));
+    }
+    repeat_by_weight(&changes.data(), weights.values())
 }
 
 /// Each row as many times as its weight (weights are positive).

@@ -53,6 +53,8 @@ pub enum SourceColumn {
 pub struct Source {
     table: String,
     reader: Reader,
+    /// The physical columns as the data names them.
+    decode: SchemaRef,
     clock: SharedClock,
     /// The physical columns with the table's names (identifiers as the engine normalized them).
     physical: SchemaRef,
@@ -116,13 +118,23 @@ impl Source {
                     format,
                     monitor_interval,
                     ignore_parse_errors,
+                    ..
                 } = options.clone();
                 (
-                    Reader::Files(FileSource::new(table, path, format, decode, ignore_parse_errors)),
+                    Reader::Files(FileSource::new(
+                        table,
+                        path,
+                        format,
+                        decode.clone(),
+                        ignore_parse_errors,
+                    )),
                     monitor_interval,
                 )
             }
-            Connector::Datagen(options) => (Reader::Datagen(Datagen::new(table, decode, options.clone())?), None),
+            Connector::Datagen(options) => (
+                Reader::Datagen(Datagen::new(table, decode.clone(), options.clone())?),
+                None,
+            ),
             Connector::Blackhole | Connector::Print(_) => {
                 return Err(FreshetError::InvalidStatement(format!(
                     "table \"{table}\": the '{}' connector is a sink: it cannot be read",
@@ -133,6 +145,7 @@ impl Source {
         Ok(Self {
             table: table.to_string(),
             reader,
+            decode,
             clock,
             physical,
             columns,
@@ -145,6 +158,19 @@ impl Source {
     /// The table's columns.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The physical columns as the data names them (JSON keys as the DDL writes them), and
+    /// where each is among the table's columns: what a sink of the same table writes.
+    pub fn data_columns(&self) -> (SchemaRef, Vec<usize>) {
+        let positions = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, SourceColumn::Physical(_)))
+            .map(|(i, _)| i)
+            .collect();
+        (self.decode.clone(), positions)
     }
 
     /// Whether the source ends: without a monitor interval, a file source is the files there
@@ -279,7 +305,7 @@ impl Source {
 
 /// The same values with the struct field names of `target` (the data names fields as written,
 /// the table as normalized).
-fn rename_fields(array: ArrayRef, target: &DataType) -> Result<ArrayRef> {
+pub(crate) fn rename_fields(array: ArrayRef, target: &DataType) -> Result<ArrayRef> {
     match (array.data_type(), target) {
         (DataType::Struct(_), DataType::Struct(fields)) => {
             let Some(structs) = array.as_any().downcast_ref::<StructArray>() else {

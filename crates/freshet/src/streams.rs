@@ -24,6 +24,7 @@ use std::ops::ControlFlow;
 
 use freshet_common::{FreshetError, Result};
 use freshet_incremental::{BuildError, Pipeline, time_as_input};
+use freshet_runtime::sink::FileSink;
 use freshet_runtime::{
     Connector, ConnectorOptions, Job, JobInfo, JobInput, JobProgress, JobStart, Jobs, Sink, Source, SourceColumn,
 };
@@ -524,11 +525,14 @@ impl Engine {
                         "table \"{target}\" is a 'datagen' source: it cannot be written to"
                     )));
                 }
-                Connector::Filesystem(_) => {
-                    return Err(FreshetError::Unsupported(format!(
-                        "writing into the filesystem table \"{target}\" (its files are read as a source; a \
-                         filesystem sink comes later)"
-                    )));
+                Connector::Filesystem(options) => {
+                    let Some(source) = &table.source else {
+                        return Err(FreshetError::Internal(format!(
+                            "filesystem table \"{target}\" has no source"
+                        )));
+                    };
+                    let (schema, positions) = source.data_columns();
+                    Sink::Files(FileSink::new(&target, options, schema, positions)?)
                 }
             },
             None => {
