@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use freshet_common::{FreshetError, Result};
 
+pub use crate::source::NexmarkOptions;
+
 /// A connector and its options, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Connector {
@@ -19,6 +21,8 @@ pub enum Connector {
     Print(PrintOptions),
     /// `'connector' = 'datagen'`: generated rows at a rate.
     Datagen(DatagenOptions),
+    /// `'connector' = 'nexmark'`: the Nexmark benchmark's events.
+    Nexmark(NexmarkOptions),
 }
 
 /// The options of the `datagen` connector.
@@ -195,14 +199,15 @@ impl<'a> ConnectorOptions<'a> {
                 }))
             }
             "datagen" => self.datagen().map(Connector::Datagen),
-            "nexmark" | "kafka" | "upsert-kafka" | "jdbc" | "postgres-cdc" | "mysql-cdc" => {
+            "nexmark" => self.nexmark().map(Connector::Nexmark),
+            "kafka" | "upsert-kafka" | "jdbc" | "postgres-cdc" | "mysql-cdc" => {
                 Err(FreshetError::Unsupported(format!(
-                    "table \"{}\": the '{name}' connector (Freshet has filesystem, datagen, blackhole and print)",
+                    "table \"{}\": the '{name}' connector (Freshet has filesystem, datagen, nexmark, blackhole and print)",
                     self.table
                 )))
             }
             other => Err(self.error(format!(
-                "unknown connector '{other}' (Freshet has filesystem, datagen, blackhole and print)"
+                "unknown connector '{other}' (Freshet has filesystem, datagen, nexmark, blackhole and print)"
             ))),
         }
     }
@@ -215,6 +220,83 @@ impl<'a> ConnectorOptions<'a> {
                     .map_err(|_| self.error(format!("option '{key}' must be a whole number, not '{v}'")))
             })
             .transpose()
+    }
+
+    fn nexmark(&self) -> Result<NexmarkOptions> {
+        self.check_keys(
+            "nexmark",
+            &[
+                "first-event.rate",
+                "next-event.rate",
+                "events.num",
+                "person.proportion",
+                "auction.proportion",
+                "bid.proportion",
+                "person.avg-size",
+                "auction.avg-size",
+                "bid.avg-size",
+                "bid.hot-ratio.auctions",
+                "bid.hot-ratio.bidders",
+                "auction.hot-ratio.sellers",
+                "rate.limited",
+                "max-emit-speed",
+                "keep-alive",
+                "event.base-time",
+                "seed",
+                "scan.parallelism",
+            ],
+            &["rate.shape", "rate.period", "stop-at"],
+        )?;
+        let defaults = NexmarkOptions::default();
+        let positive = |key: &str, default: u64| -> Result<u64> {
+            match self.number(key)? {
+                Some(0) => Err(self.error(format!("option '{key}' must be more than 0"))),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
+        let size = |key: &str, default: u64| -> Result<u64> {
+            match self.get(key) {
+                None => Ok(default),
+                Some(text) => parse_size(text).map_err(|why| self.error(format!("option '{key}' = '{text}': {why}"))),
+            }
+        };
+        let rate = positive("first-event.rate", defaults.rate)?;
+        if self
+            .get("next-event.rate")
+            .is_some_and(|next| next.trim() != rate.to_string())
+        {
+            return Err(FreshetError::Unsupported(format!(
+                "table \"{}\": a 'next-event.rate' other than 'first-event.rate' (a rate that changes)",
+                self.table
+            )));
+        }
+        let base_time_ms = match self.get("event.base-time") {
+            None => None,
+            Some(text) => Some(
+                parse_time_ms(text).map_err(|why| self.error(format!("option 'event.base-time' = '{text}': {why}")))?,
+            ),
+        };
+        Ok(NexmarkOptions {
+            rate,
+            events: self.number("events.num")?.unwrap_or(0),
+            proportions: [
+                self.number("person.proportion")?.unwrap_or(defaults.proportions[0]),
+                self.number("auction.proportion")?.unwrap_or(defaults.proportions[1]),
+                positive("bid.proportion", defaults.proportions[2])?,
+            ],
+            avg_sizes: [
+                size("person.avg-size", defaults.avg_sizes[0])?,
+                size("auction.avg-size", defaults.avg_sizes[1])?,
+                size("bid.avg-size", defaults.avg_sizes[2])?,
+            ],
+            hot_auctions: positive("bid.hot-ratio.auctions", defaults.hot_auctions)?,
+            hot_bidders: positive("bid.hot-ratio.bidders", defaults.hot_bidders)?,
+            hot_sellers: positive("auction.hot-ratio.sellers", defaults.hot_sellers)?,
+            rate_limited: self.boolean("rate.limited")?,
+            base_time_ms,
+            seed: self.number("seed")?.unwrap_or(0),
+        })
     }
 
     fn datagen(&self) -> Result<DatagenOptions> {
@@ -410,7 +492,10 @@ impl<'a> ConnectorOptions<'a> {
 impl Connector {
     /// Whether rows can be read from it.
     pub fn is_source(&self) -> bool {
-        matches!(self, Connector::Filesystem(_) | Connector::Datagen(_))
+        matches!(
+            self,
+            Connector::Filesystem(_) | Connector::Datagen(_) | Connector::Nexmark(_)
+        )
     }
 
     /// The connector's name, as written in `'connector' = ...`.
@@ -420,8 +505,29 @@ impl Connector {
             Connector::Blackhole => "blackhole",
             Connector::Print(_) => "print",
             Connector::Datagen(_) => "datagen",
+            Connector::Nexmark(_) => "nexmark",
         }
     }
+}
+
+/// A point in time: milliseconds since the Unix epoch, or a timestamp such as
+/// `2015-07-15 00:00:00` (UTC).
+pub fn parse_time_ms(text: &str) -> std::result::Result<i64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
+        if let Ok(time) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Ok(time.and_utc().timestamp_millis());
+        }
+    }
+    Err("expected milliseconds since 1970 or a timestamp such as '2015-07-15 00:00:00'".into())
 }
 
 /// A memory size as Flink writes them: a number and a unit (`128MB`, `1 kb`, `10 bytes`);

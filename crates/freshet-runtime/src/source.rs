@@ -9,6 +9,9 @@
 mod datagen;
 mod filesystem;
 mod json_lines;
+mod nexmark;
+
+pub use nexmark::NexmarkOptions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +40,7 @@ const GENERATOR_POLL: Duration = Duration::from_millis(100);
 enum Reader {
     Files(FileSource),
     Datagen(Datagen),
+    Nexmark(nexmark::Nexmark),
 }
 
 /// Where a table's column comes from.
@@ -135,6 +139,10 @@ impl Source {
                 Reader::Datagen(Datagen::new(table, decode.clone(), options.clone())?),
                 None,
             ),
+            Connector::Nexmark(options) => (
+                Reader::Nexmark(nexmark::Nexmark::new(table, decode.clone(), options.clone())?),
+                None,
+            ),
             Connector::Blackhole | Connector::Print(_) => {
                 return Err(FreshetError::InvalidStatement(format!(
                     "table \"{table}\": the '{}' connector is a sink: it cannot be read",
@@ -179,6 +187,7 @@ impl Source {
         match &self.reader {
             Reader::Files(_) => self.monitor_interval.is_none(),
             Reader::Datagen(generator) => generator.total_rows().is_some(),
+            Reader::Nexmark(generator) => generator.total_events().is_some(),
         }
     }
 
@@ -192,7 +201,7 @@ impl Source {
     pub fn poll_interval(&self) -> Option<Duration> {
         match &self.reader {
             Reader::Files(_) => self.monitor_interval,
-            Reader::Datagen(_) => Some(GENERATOR_POLL),
+            Reader::Datagen(_) | Reader::Nexmark(_) => Some(GENERATOR_POLL),
         }
     }
 
@@ -257,6 +266,37 @@ impl Source {
                     });
                 }
                 for batch in generator.generate(position.rows, due, now)? {
+                    let batch = self.complete(batch)?;
+                    rows += batch.num_rows() as u64;
+                    txn.insert(&batch).await?;
+                }
+                position.rows = due;
+            }
+            Reader::Nexmark(generator) => {
+                let now = self.clock.now_ms();
+                let options = generator.options();
+                let first = position.started_at_ms.is_none();
+                // The event time of the first event: declared, or the time the source started.
+                let base = *position
+                    .started_at_ms
+                    .get_or_insert(options.base_time_ms.unwrap_or(now));
+                let mut due = position.rows.saturating_add(MAX_GENERATED_ROWS);
+                if options.rate_limited {
+                    let elapsed = (now - base).max(0) as u128;
+                    due = due.min((options.rate as u128 * elapsed / 1_000) as u64);
+                }
+                if let Some(total) = generator.total_events() {
+                    due = due.min(total);
+                }
+                finished = generator.total_events().is_some_and(|total| due >= total);
+                if due <= position.rows && !first {
+                    return Ok(IngestReport {
+                        version: txn.base().version(),
+                        finished,
+                        ..IngestReport::default()
+                    });
+                }
+                for batch in generator.generate(position.rows, due, base)? {
                     let batch = self.complete(batch)?;
                     rows += batch.num_rows() as u64;
                     txn.insert(&batch).await?;

@@ -7,6 +7,7 @@
 
 mod connector_table;
 mod dialect;
+mod field_names;
 mod grammar;
 mod materialized;
 mod statement;

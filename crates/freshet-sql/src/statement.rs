@@ -225,6 +225,10 @@ fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
         },
         other => FreshetError::from(other),
     })?;
+    let mut statement = statement;
+    if let DFStatement::Statement(inner) = &mut statement {
+        crate::field_names::name_field_accesses(inner);
+    }
     Ok(FreshetStatement::DataFusion(Box::new(statement)))
 }
 

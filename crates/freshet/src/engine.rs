@@ -365,7 +365,13 @@ impl Engine {
     /// Runs a defining statement through DataFusion only (it registers the provider).
     pub(crate) async fn define(&self, sql: &str) -> Result<()> {
         let ctx = &self.inner.ctx;
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        // Parsed as statements are (Freshet's dialect and its rewrites), planned by DataFusion.
+        let mut parsed = freshet_sql::parse_statements(sql)?;
+        let statement = match parsed.pop().map(|p| p.statement) {
+            Some(freshet_sql::FreshetStatement::DataFusion(statement)) if parsed.is_empty() => *statement,
+            _ => return Err(FreshetError::Internal(format!("not one definition: {sql}"))),
+        };
+        let plan = ctx.state().statement_to_plan(statement).await?;
         ctx.execute_logical_plan(plan).await?.collect().await?;
         Ok(())
     }

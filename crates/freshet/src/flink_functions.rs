@@ -4,6 +4,8 @@
 //!   (DataFusion's `date_format` is `to_char` with chrono patterns). A pattern containing `%`
 //!   is taken as a chrono pattern, so DataFusion's form keeps working. A text first argument is
 //!   parsed as a timestamp, as Flink does.
+//! - `MOD(a, b)`: the remainder, as `a % b` (which it becomes when the plan is simplified, so
+//!   that incremental maintenance sees plain arithmetic).
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{ScalarValue, plan_err};
@@ -65,7 +67,71 @@ impl ScalarUDFImpl for DateFormat {
     }
 }
 
+/// Flink's `MOD`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Mod {
+    signature: Signature,
+}
+
+impl Mod {
+    pub(crate) fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::new(TypeSignature::UserDefined, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Mod {
+    fn name(&self) -> &str {
+        "mod"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        Ok(args.first().cloned().unwrap_or(DataType::Int64))
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        let [a, b] = args else {
+            return plan_err!("mod takes two numbers, such as mod(auction, 123)");
+        };
+        let integers = |t: &DataType| t.is_integer() || *t == DataType::Null;
+        if integers(a) && integers(b) {
+            Ok(vec![DataType::Int64, DataType::Int64])
+        } else if a.is_numeric() && b.is_numeric() {
+            Ok(vec![DataType::Float64, DataType::Float64])
+        } else {
+            plan_err!("mod takes two numbers, not {a} and {b}")
+        }
+    }
+
+    fn simplify(
+        &self,
+        mut args: Vec<datafusion::logical_expr::Expr>,
+        _info: &datafusion::logical_expr::simplify::SimplifyContext,
+    ) -> DfResult<datafusion::logical_expr::simplify::ExprSimplifyResult> {
+        use datafusion::logical_expr::simplify::ExprSimplifyResult;
+        match (args.pop(), args.pop()) {
+            (Some(b), Some(a)) if args.is_empty() => Ok(ExprSimplifyResult::Simplified(a % b)),
+            (b, a) => Ok(ExprSimplifyResult::Original(a.into_iter().chain(b).collect())),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let [a, b] = args.args.as_slice() else {
+            return plan_err!("mod takes two numbers");
+        };
+        let result = datafusion::arrow::compute::kernels::numeric::rem(&a.to_array(rows)?, &b.to_array(rows)?)?;
+        Ok(ColumnarValue::Array(result))
+    }
+}
+
 /// Registers the Flink functions on the engine's session.
 pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(DateFormat::udf());
+    ctx.register_udf(Mod::udf());
 }

@@ -520,9 +520,10 @@ impl Engine {
             Some(table) => match &table.connector {
                 Connector::Blackhole => Sink::Blackhole,
                 Connector::Print(options) => Sink::Print(options.clone()),
-                Connector::Datagen(_) => {
+                Connector::Datagen(_) | Connector::Nexmark(_) => {
                     return Err(FreshetError::InvalidStatement(format!(
-                        "table \"{target}\" is a 'datagen' source: it cannot be written to"
+                        "table \"{target}\" is a '{}' source: it cannot be written to",
+                        table.connector.name()
                     )));
                 }
                 Connector::Filesystem(options) => {
