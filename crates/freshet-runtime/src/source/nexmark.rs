@@ -176,9 +176,12 @@ fn padding() -> &'static str {
     })
 }
 
+/// Every channel with its URL, and the hot channels' URLs.
+type ChannelUrls = (Vec<(String, String)>, Vec<String>);
+
 /// The channels and their URLs, and the hot channels' URLs.
-fn channels() -> &'static (Vec<(String, String)>, Vec<String>) {
-    static CHANNELS_AND_URLS: OnceLock<(Vec<(String, String)>, Vec<String>)> = OnceLock::new();
+fn channels() -> &'static ChannelUrls {
+    static CHANNELS_AND_URLS: OnceLock<ChannelUrls> = OnceLock::new();
     CHANNELS_AND_URLS.get_or_init(|| {
         let mut rng = Rng(11);
         let url = |rng: &mut Rng| {
