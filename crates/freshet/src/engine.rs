@@ -187,7 +187,7 @@ impl EngineBuilder {
         };
         system.attach(&engine.inner);
         functions::register(&engine);
-        crate::flink_functions::register(&engine.inner.ctx);
+        crate::flink_functions::register(&engine.inner.ctx, engine.inner.materialized.clock.clone());
         engine.restore_connector_tables().await;
         engine.restore_definitions().await;
         engine.start_scheduler();

@@ -4,6 +4,8 @@
 //!   (DataFusion's `date_format` is `to_char` with chrono patterns). A pattern containing `%`
 //!   is taken as a chrono pattern, so DataFusion's form keeps working. A text first argument is
 //!   parsed as a timestamp, as Flink does.
+//! - `PROCTIME()`: the processing time, on the engine's clock. In a connector table's computed
+//!   column (`pt AS PROCTIME()`) it is the time the row was ingested.
 //! - `MOD(a, b)`: the remainder, as `a % b` (which it becomes when the plan is simplified, so
 //!   that incremental maintenance sees plain arithmetic).
 
@@ -130,8 +132,55 @@ impl ScalarUDFImpl for Mod {
     }
 }
 
+/// Flink's `PROCTIME()`.
+#[derive(Debug)]
+pub(crate) struct Proctime {
+    signature: Signature,
+    clock: freshet_common::SharedClock,
+}
+
+impl PartialEq for Proctime {
+    fn eq(&self, _other: &Self) -> bool {
+        // One engine registers one; any two read the time the same way.
+        true
+    }
+}
+
+impl Eq for Proctime {}
+
+impl std::hash::Hash for Proctime {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "proctime".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Proctime {
+    fn name(&self) -> &str {
+        "proctime"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Timestamp(TimeUnit::Millisecond, None))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+            Some(self.clock.now_ms()),
+            None,
+        )))
+    }
+}
+
 /// Registers the Flink functions on the engine's session.
-pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
+pub(crate) fn register(ctx: &datafusion::prelude::SessionContext, clock: freshet_common::SharedClock) {
     ctx.register_udf(DateFormat::udf());
     ctx.register_udf(Mod::udf());
+    ctx.register_udf(ScalarUDF::new_from_impl(Proctime {
+        signature: Signature::nullary(Volatility::Volatile),
+        clock,
+    }));
 }
