@@ -24,6 +24,9 @@ pub enum Sink {
     Print(PrintOptions),
     /// Appends to a Freshet table.
     Table(Arc<Table>),
+    /// Upserts into a Freshet table with a primary key: a retracted row deletes its key's row,
+    /// an inserted one replaces it.
+    Upsert(Arc<Table>),
     /// Writes files into a filesystem table's directory.
     Files(FileSink),
 }
@@ -57,6 +60,32 @@ impl Sink {
                 let data = insertions(changes)?;
                 files.write(&data).await
             }
+            Sink::Upsert(table) => {
+                let data = changes.data();
+                let weights = changes.weights();
+                let positive: datafusion::arrow::array::BooleanArray =
+                    weights.values().iter().map(|&w| Some(w > 0)).collect();
+                let negative = datafusion::arrow::compute::not(&positive).map_err(internal)?;
+                let upserted = datafusion::arrow::compute::filter_record_batch(&data, &positive).map_err(internal)?;
+                let deleted = datafusion::arrow::compute::filter_record_batch(&data, &negative).map_err(internal)?;
+                if weights.values().iter().any(|&w| w > 1) {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{}\": the query's result holds a row twice, so it has no key to upsert by",
+                        table.name()
+                    )));
+                }
+                let conform = |batch: RecordBatch| {
+                    RecordBatch::try_new(table.schema(), batch.columns().to_vec())
+                        .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))
+                };
+                let (upserted, deleted) = (conform(upserted)?, conform(deleted)?);
+                let mut txn = table.begin("UPSERT").await?;
+                freshet_storage::upsert_by_key(&mut txn, &[upserted], &[deleted]).await?;
+                txn.set_refresh(record);
+                txn.commit().await?;
+                // Every change counts: an upserted row and a deleted key alike.
+                Ok(rows)
+            }
             Sink::Table(table) => {
                 let data = insertions(changes)?;
                 let mut txn = table.begin("INSERT").await?;
@@ -69,6 +98,10 @@ impl Sink {
             }
         }
     }
+}
+
+fn internal(e: impl std::fmt::Display) -> FreshetError {
+    FreshetError::Internal(e.to_string())
 }
 
 /// The rows of an append-only change, each as many times as its weight.

@@ -38,7 +38,7 @@ pub use location::Location;
 pub use maintenance::VacuumReport;
 pub use manifest::{ChangeFile, Changes, ColumnDef, DataFile, DeletionVector, FORMAT_VERSION, Manifest, SchemaDef};
 pub use moves::{CompactionMoves, FileMoves, MovesListener};
-pub use provider::{SnapshotScanExec, SnapshotTable, delete_matching, delete_positioned};
+pub use provider::{SnapshotScanExec, SnapshotTable, delete_matching, delete_positioned, upsert_by_key};
 pub use snapshot::{FILE_COLUMN, POSITION_COLUMN, Snapshot};
 pub use table::{Table, WriteOptions};
 pub use transaction::{CommitInfo, Transaction};

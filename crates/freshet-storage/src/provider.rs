@@ -494,6 +494,39 @@ async fn replace(txn: &mut Transaction, data: SendableRecordBatchStream) -> Resu
     Ok(count)
 }
 
+/// Upserts by primary key: every row of the base version whose key is the key of a row of
+/// `upserted` or of `deleted` is deleted, then `upserted` is inserted. Finding the rows scans
+/// the base version (its key columns and positions).
+pub async fn upsert_by_key(txn: &mut Transaction, upserted: &[RecordBatch], deleted: &[RecordBatch]) -> Result<u64> {
+    let base = txn.base().clone();
+    if base.primary_key().is_empty() {
+        return Err(FreshetError::InvalidStatement(format!(
+            "table \"{}\" has no primary key, so rows cannot be upserted by key",
+            base.table_name()
+        )));
+    }
+    let encoder = crate::keys::KeyEncoder::new(&base)?;
+    let mut keys = HashSet::new();
+    for batch in upserted.iter().chain(deleted) {
+        for row in encoder.encode(batch)?.iter() {
+            keys.insert(row.owned());
+        }
+    }
+    if !keys.is_empty() && base.num_rows() > 0 {
+        delete_matching(txn, |batch| {
+            let rows = encoder.encode(batch)?;
+            Ok(Some(rows.iter().map(|r| Some(keys.contains(&r.owned()))).collect()))
+        })
+        .await?;
+    }
+    let mut count = 0;
+    for batch in upserted {
+        count += batch.num_rows() as u64;
+        txn.insert(batch).await?;
+    }
+    Ok(count)
+}
+
 /// Deletes the rows of the transaction's base version that `select` picks (`None`: all rows).
 pub async fn delete_matching(
     txn: &mut Transaction,

@@ -546,12 +546,11 @@ impl Engine {
                     )));
                 }
                 let table = self.inner.catalog.table(&target)?;
-                if !table.snapshot().primary_key().is_empty() {
-                    return Err(FreshetError::Unsupported(format!(
-                        "a continuous INSERT into \"{target}\", which has a primary key (upserts from jobs come later)"
-                    )));
+                if table.snapshot().primary_key().is_empty() {
+                    Sink::Table(table)
+                } else {
+                    Sink::Upsert(table)
                 }
-                Sink::Table(table)
             }
         };
         let timed = time_as_input(&input)?;
