@@ -128,13 +128,20 @@ async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, s
         result = crate::script::run_script(engine, printer, origin, sql) => {
             if let Err(message) = result {
                 eprintln!("{message}");
+                return;
             }
         }
         _ = tokio::signal::ctrl_c() => {
             // Dropping the running statement cancels it; a statement that had not committed
             // leaves nothing behind.
             eprintln!("cancelled");
+            return;
         }
+    }
+    // A query over a stream that does not end is followed as rows arrive, until Ctrl-C.
+    let sources = engine.unbounded_sources_read(sql);
+    if !sources.is_empty() {
+        crate::watch::follow_query(engine, printer, sql, &sources).await;
     }
 }
 

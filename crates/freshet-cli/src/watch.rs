@@ -121,3 +121,47 @@ fn changes_query(name: &str, from: u64, to: u64) -> String {
         name.replace('\'', "''")
     )
 }
+
+/// Follows a query over unbounded sources (Flink's SQL client shows such a result as it
+/// changes): the query runs again at each commit of those sources' tables — new rows ingested —
+/// until Ctrl-C. Its first result has been printed already.
+pub(crate) async fn follow_query(engine: &Engine, printer: &mut Printer, sql: &str, sources: &[String]) {
+    let mut versions = Vec::new();
+    for name in sources {
+        match engine.table(name) {
+            Ok(table) => versions.push(table.subscribe()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return;
+            }
+        }
+    }
+    let pager = std::mem::replace(&mut printer.pager, false);
+    let in_place = printer.to_terminal();
+    let names = sources.join(", ");
+    println!("(following {names}: the result is shown again as rows arrive; Ctrl-C to stop)");
+    loop {
+        for v in &mut versions {
+            v.borrow_and_update();
+        }
+        let changed = futures::future::select_all(versions.iter_mut().map(|v| Box::pin(v.changed())));
+        tokio::select! {
+            (changed, _, _) = changed => {
+                if changed.is_err() {
+                    eprintln!("a source was dropped");
+                    break;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if in_place {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!("(following {names}; Ctrl-C to stop)");
+        if let Err(message) = crate::script::run_script(engine, printer, "query", sql).await {
+            eprintln!("{message}");
+            break;
+        }
+    }
+    printer.pager = pager;
+}

@@ -229,3 +229,36 @@ fn background_refresh_failures_are_reported_at_the_prompt() {
     shell.send_control('d').unwrap();
     shell.exp_eof().unwrap();
 }
+
+#[test]
+fn a_query_over_a_stream_is_followed_as_rows_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, input) = (dir.path().join("data"), dir.path().join("in"));
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.json"), "{\"x\": 5}\n{\"x\": 7}\n").unwrap();
+    let mut shell = shell(&data, dir.path(), "");
+    shell
+        .send_line(&format!(
+            "CREATE TABLE s (x INT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', \
+             'source.monitor-interval' = '50 ms');",
+            input.display()
+        ))
+        .unwrap();
+    shell.exp_string("OK").unwrap();
+    prompt(&mut shell);
+    shell.send_line("SELECT count(*) AS n, sum(x) AS total FROM s;").unwrap();
+    shell.exp_regex(r"\| 2 +\| 12 +\|").unwrap();
+    shell.exp_string("(following s").unwrap();
+    // A file placed in the directory (whole, by rename) is ingested and the result shown again.
+    std::fs::write(input.join(".b.json"), "{\"x\": 30}\n").unwrap();
+    std::fs::rename(input.join(".b.json"), input.join("b.json")).unwrap();
+    shell.exp_regex(r"\| 3 +\| 42 +\|").unwrap();
+    shell.send_control('c').unwrap();
+    prompt(&mut shell);
+    shell.send_line("\\q").unwrap();
+    shell.exp_eof().unwrap();
+
+    // In a script, the same query reads what has arrived and returns.
+    let scripted = other_session(&data, "SELECT count(*) AS n FROM s");
+    assert_eq!(String::from_utf8_lossy(&scripted.stdout), "n\n3\n");
+}

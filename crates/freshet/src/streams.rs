@@ -326,6 +326,34 @@ impl Engine {
         Ok(())
     }
 
+    /// The unbounded sources (a monitored directory, an endless generator) that a single query
+    /// reads, directly or through views: a shell follows such a query as the sources bring
+    /// rows. Empty for anything else.
+    pub fn unbounded_sources_read(&self, sql: &str) -> Vec<String> {
+        let Ok(parsed) = freshet_sql::parse_statements(sql) else {
+            return Vec::new();
+        };
+        let [statement] = parsed.as_slice() else {
+            return Vec::new();
+        };
+        let FreshetStatement::DataFusion(statement) = &statement.statement else {
+            return Vec::new();
+        };
+        if !matches!(statement.as_ref(), DFStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_))) {
+            return Vec::new();
+        }
+        let mut sources = Vec::new();
+        self.sources_read(statement, &mut sources, 0);
+        sources.retain(|name| {
+            self.inner
+                .streams
+                .get(name)
+                .and_then(|t| t.source.clone())
+                .is_some_and(|s| !s.is_bounded())
+        });
+        sources
+    }
+
     /// The connector tables a statement names, through views too.
     fn sources_read(&self, statement: &DFStatement, out: &mut Vec<String>, depth: usize) {
         let DFStatement::Statement(statement) = statement else {
