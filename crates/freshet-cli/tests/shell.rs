@@ -246,7 +246,9 @@ fn a_query_over_a_stream_is_followed_as_rows_arrive() {
         .unwrap();
     shell.exp_string("OK").unwrap();
     prompt(&mut shell);
-    shell.send_line("SELECT count(*) AS n, sum(x) AS total FROM s;").unwrap();
+    shell
+        .send_line("SELECT count(*) AS n, sum(x) AS total FROM s;")
+        .unwrap();
     shell.exp_regex(r"\| 2 +\| 12 +\|").unwrap();
     shell.exp_string("(following s").unwrap();
     // A file placed in the directory (whole, by rename) is ingested and the result shown again.

@@ -45,6 +45,9 @@ pub struct JobStart {
     pub sink: Sink,
     /// The input versions it had written everything of, when it resumes.
     pub resume: Option<BTreeMap<String, u64>>,
+    /// Its operator state's share of the engine's memory pool, resized after every epoch: a
+    /// state that outgrows the limit fails the job.
+    pub memory: datafusion::execution::memory_pool::MemoryReservation,
 }
 
 /// The life of a job.
@@ -183,6 +186,7 @@ impl Jobs {
             pipeline,
             sink,
             resume,
+            memory,
         } = start;
         let job = Arc::new(Job {
             info: watch::Sender::new(JobInfo {
@@ -210,6 +214,7 @@ impl Jobs {
                 clock: clock.clone(),
                 processed: HashMap::new(),
                 progress: progress.clone(),
+                memory,
             };
             let (status, error) = match run.run(resume).await {
                 Ok(status) => (status, None),
@@ -280,32 +285,43 @@ struct Run {
     /// Per input table, the version its changes have been processed up to.
     processed: HashMap<String, u64>,
     progress: Arc<dyn JobProgress>,
+    memory: datafusion::execution::memory_pool::MemoryReservation,
 }
 
 impl Run {
+    /// Resizes the state's reservation; past the engine's memory limit the job fails.
+    fn account(&mut self) -> Result<()> {
+        let bytes = usize::try_from(self.pipeline.state_size().bytes).unwrap_or(usize::MAX);
+        self.memory.try_resize(bytes).map_err(|e| {
+            FreshetError::from(e).context(format!(
+                "job {}: its operator state needs {bytes} bytes of memory",
+                self.job.info().id
+            ))
+        })
+    }
+
     async fn run(&mut self, resume: Option<BTreeMap<String, u64>>) -> Result<JobStatus> {
         if let Some(versions) = resume {
             self.rebuild(&versions).await?;
         }
         // Subscribed before the first look, so that no commit falls in between.
         let mut commits: Vec<watch::Receiver<u64>> = self.inputs.iter().map(|i| i.table.subscribe()).collect();
-        let bounded = self
-            .inputs
-            .iter()
-            .all(|i| i.source.as_ref().is_none_or(|s| s.is_bounded()));
         let interval = self
             .inputs
             .iter()
-            .filter_map(|i| i.source.as_ref().and_then(|s| s.monitor_interval()))
+            .filter_map(|i| i.source.as_ref().and_then(|s| s.poll_interval()))
             .min();
         loop {
+            // Ends once every source has ended and been read (tables without a source are read
+            // as they are: a bounded input).
+            let mut finished = true;
             for input in &self.inputs {
                 if let Some(source) = &input.source {
-                    source.ingest(&input.table).await?;
+                    finished &= source.ingest(&input.table).await?.finished;
                 }
             }
             self.epoch().await?;
-            if bounded {
+            if finished {
                 return Ok(JobStatus::Finished);
             }
             for c in &mut commits {
@@ -347,7 +363,7 @@ impl Run {
             self.processed.insert(name, version);
         }
         self.pipeline.step(&epoch)?;
-        Ok(())
+        self.account()
     }
 
     /// Processes every input's changes since the last epoch.
@@ -382,6 +398,7 @@ impl Run {
         let rows_in = epoch.rows() as u64;
         if rows_in > 0 || first {
             let output = self.pipeline.step(&epoch)?;
+            self.account()?;
             let mut written = 0;
             if let Some(output) = output {
                 if self.sink.append_only() && output.weights().values().iter().any(|&w| w < 0) {

@@ -435,6 +435,7 @@ impl Engine {
                 pipeline,
                 sink,
                 resume: None,
+                memory: self.job_memory(),
             };
             jobs.push(self.launch(start));
         }
@@ -453,6 +454,12 @@ impl Engine {
             }
         }
         jobs_result(&infos)
+    }
+
+    /// A job's share of the engine's memory pool.
+    fn job_memory(&self) -> datafusion::execution::memory_pool::MemoryReservation {
+        datafusion::execution::memory_pool::MemoryConsumer::new("job")
+            .register(&self.inner.ctx.runtime_env().memory_pool)
     }
 
     fn launch(&self, start: JobStart) -> Arc<Job> {
@@ -508,6 +515,7 @@ impl Engine {
                     pipeline,
                     sink,
                     resume,
+                    memory: self.job_memory(),
                 })
             };
             match resumed.await {

@@ -196,3 +196,37 @@ async fn a_running_job_resumes_after_a_restart_without_losing_or_repeating_rows(
     assert!(engine.job(&id).is_none());
     engine.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_state_outgrows_the_memory_limit_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .memory_limit(2 << 20)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE g (id BIGINT, v INT) WITH ('connector' = 'datagen', 'rows-per-second' = '100000000', \
+             'number-of-rows' = '300000', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1', \
+             'fields.id.end' = '300000')",
+        )
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE per_id (id BIGINT PRIMARY KEY, n BIGINT)")
+        .await
+        .unwrap();
+    engine.sql("SET 'table.dml-sync' = 'true'").await.unwrap();
+    let result = engine
+        .sql("INSERT INTO per_id SELECT id, count(*) FROM g GROUP BY id")
+        .await;
+    let err = match result {
+        Ok(_) => panic!("{:?}", engine.jobs()),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("operator state needs"), "{err}");
+    assert_eq!(engine.jobs()[0].status, JobStatus::Failed);
+    engine.close().await;
+}
