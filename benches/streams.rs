@@ -25,27 +25,16 @@ mod support;
 use std::time::{Duration, Instant};
 
 use freshet::Engine;
+use freshet::nexmark::BID_COLUMNS;
 use support::{commit, env_usize, machine, median};
 
-const BID_COLUMNS: &str =
-    "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, `dateTime` TIMESTAMP(3), extra VARCHAR";
-
 fn nexmark_ddl(events: usize) -> String {
-    format!(
-        "CREATE TABLE datagen (
-            event_type INT,
-            person ROW<id BIGINT, name VARCHAR, emailAddress VARCHAR, creditCard VARCHAR, city VARCHAR, state VARCHAR,
-                `dateTime` TIMESTAMP(3), extra VARCHAR>,
-            auction ROW<id BIGINT, itemName VARCHAR, description VARCHAR, initialBid BIGINT, reserve BIGINT,
-                `dateTime` TIMESTAMP(3), expires TIMESTAMP(3), seller BIGINT, category BIGINT, extra VARCHAR>,
-            bid ROW<auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
-                `dateTime` TIMESTAMP(3), extra VARCHAR>,
-            `dateTime` AS CASE WHEN event_type = 0 THEN person.`dateTime` WHEN event_type = 1 THEN auction.`dateTime`
-                ELSE bid.`dateTime` END
-        ) WITH ('connector' = 'nexmark', 'events.num' = '{events}', 'event.base-time' = '2015-07-15 00:00:00');
-        CREATE VIEW bid AS SELECT bid.auction, bid.bidder, bid.price, bid.channel, bid.url, `dateTime`, bid.extra
-            FROM datagen WHERE event_type = 2;"
-    )
+    let options = [
+        ("events.num", events.to_string()),
+        ("event.base-time", "2015-07-15 00:00:00".to_string()),
+    ];
+    let [_, _, bid] = freshet::nexmark::views_ddl("datagen");
+    format!("{};\n{bid};", freshet::nexmark::generator_ddl("datagen", &options))
 }
 
 /// CPU time of the process so far (user + system), from /proc.

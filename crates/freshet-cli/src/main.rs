@@ -69,6 +69,68 @@ fn command() -> Command {
                 .default_value("table")
                 .help("Output format"),
         )
+        .subcommand(
+            Command::new("nexmark-export")
+                .about("Write Nexmark events as JSON lines (DIR/person, DIR/auction, DIR/bid), for any engine to read")
+                .arg(Arg::new("dir").value_name("DIR").required(true).help("Where to write"))
+                .arg(
+                    Arg::new("events")
+                        .long("events")
+                        .value_name("N")
+                        .value_parser(value_parser!(u64).range(1..))
+                        .default_value("1000000")
+                        .help("Number of events (persons, auctions and bids 1:3:46)"),
+                )
+                .arg(
+                    Arg::new("rate")
+                        .long("rate")
+                        .value_name("EVENTS_PER_SECOND")
+                        .value_parser(value_parser!(u64).range(1..))
+                        .default_value("10000")
+                        .help("Events per second of event time"),
+                )
+                .arg(
+                    Arg::new("base-time")
+                        .long("base-time")
+                        .value_name("TIMESTAMP")
+                        .default_value("2015-07-15 00:00:00")
+                        .help("Event time of the first event"),
+                )
+                .arg(
+                    Arg::new("seed")
+                        .long("seed")
+                        .value_name("N")
+                        .value_parser(value_parser!(u64))
+                        .default_value("0")
+                        .help("Seed of the random numbers (the same seed, the same events)"),
+                ),
+        )
+}
+
+/// `freshet nexmark-export DIR ...`.
+async fn nexmark_export(matches: &clap::ArgMatches) -> ExitCode {
+    let value = |name: &str| matches.get_one::<String>(name).cloned().unwrap_or_default();
+    let number = |name: &str| matches.get_one::<u64>(name).copied().unwrap_or_default();
+    let dir = std::path::PathBuf::from(value("dir"));
+    let options = [
+        ("events.num", number("events").to_string()),
+        ("first-event.rate", number("rate").to_string()),
+        ("event.base-time", value("base-time")),
+        ("seed", number("seed").to_string()),
+    ];
+    match freshet::nexmark::export_json_lines(&options, &dir).await {
+        Ok([persons, auctions, bids]) => {
+            println!(
+                "wrote {persons} persons, {auctions} auctions and {bids} bids as JSON lines into {}",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn sources(matches: &clap::ArgMatches) -> Vec<Source> {
@@ -104,6 +166,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(("nexmark-export", export)) = matches.subcommand() {
+        return runtime.block_on(nexmark_export(export));
+    }
     runtime.block_on(async move {
         let interactive = sources.is_empty() && std::io::stdin().is_terminal();
         let engine = match Engine::builder().location(&location).open().await {

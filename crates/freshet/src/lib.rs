@@ -45,6 +45,7 @@ mod execute;
 mod flink_functions;
 mod functions;
 pub mod materialized;
+pub mod nexmark;
 mod progress;
 mod schema;
 mod streams;

@@ -230,3 +230,46 @@ async fn a_job_whose_state_outgrows_the_memory_limit_fails_naming_it() {
     assert_eq!(engine.jobs()[0].status, JobStatus::Failed);
     engine.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexmark_events_exported_as_json_lines_read_back_as_the_same_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = [
+        ("events.num", "5000".to_string()),
+        ("event.base-time", "2015-07-15 00:00:00".to_string()),
+        ("seed", "3".to_string()),
+    ];
+    let written = freshet::nexmark::export_json_lines(&options, &dir.path().join("json"))
+        .await
+        .unwrap();
+    assert_eq!(written, [100, 300, 4600]);
+    let engine = engine(dir.path()).await;
+    engine
+        .sql(&freshet::nexmark::generator_ddl("generated", &options))
+        .await
+        .unwrap();
+    for view in freshet::nexmark::views_ddl("generated") {
+        engine.sql(&view).await.unwrap();
+    }
+    for (kind, columns) in [
+        ("person", freshet::nexmark::PERSON_COLUMNS),
+        ("auction", freshet::nexmark::AUCTION_COLUMNS),
+        ("bid", freshet::nexmark::BID_COLUMNS),
+    ] {
+        engine
+            .sql(&format!(
+                "CREATE TABLE {kind}_file ({columns}, WATERMARK FOR `dateTime` AS `dateTime` - INTERVAL '4' SECOND) \
+                 WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+                dir.path().join("json").join(kind).display()
+            ))
+            .await
+            .unwrap();
+        // Every row of the files is a row of the generator's view, and as many.
+        let differ = format!(
+            "SELECT count(*) FROM ((SELECT * FROM {kind} EXCEPT ALL SELECT * FROM {kind}_file) \
+             UNION ALL (SELECT * FROM {kind}_file EXCEPT ALL SELECT * FROM {kind}))"
+        );
+        assert_eq!(count(&engine, &differ).await, 0, "{kind}");
+    }
+    engine.close().await;
+}
