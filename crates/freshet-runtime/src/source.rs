@@ -249,15 +249,34 @@ impl Source {
                     position.files.push(file.display().to_string());
                 }
             }
-            Reader::Datagen(generator) => {
+            Reader::Datagen(_) | Reader::Nexmark(_) => {
                 let now = self.clock.now_ms();
-                // The first ingestion starts the clock of the rate, and records it.
+                // The first ingestion starts the generator's clock (or Nexmark's declared base
+                // time) and records it: its rate counts from there.
                 let first = position.started_at_ms.is_none();
-                let started = *position.started_at_ms.get_or_insert(now);
-                let due = generator
-                    .rows_due(now - started)
-                    .min(position.rows.saturating_add(MAX_GENERATED_ROWS));
-                finished = generator.total_rows().is_some_and(|total| due >= total);
+                let (start, due, total) = match &self.reader {
+                    Reader::Datagen(generator) => {
+                        let start = *position.started_at_ms.get_or_insert(now);
+                        (start, generator.rows_due(now - start), generator.total_rows())
+                    }
+                    Reader::Nexmark(generator) => {
+                        let options = generator.options();
+                        let start = *position
+                            .started_at_ms
+                            .get_or_insert(options.base_time_ms.unwrap_or(now));
+                        let due = if options.rate_limited {
+                            (options.rate as u128 * (now - start).max(0) as u128 / 1_000) as u64
+                        } else {
+                            u64::MAX
+                        };
+                        (start, due, generator.total_events())
+                    }
+                    Reader::Files(_) => return Err(FreshetError::Internal("a file source generating rows".into())),
+                };
+                let due = due
+                    .min(position.rows.saturating_add(MAX_GENERATED_ROWS))
+                    .min(total.unwrap_or(u64::MAX));
+                finished = total.is_some_and(|total| due >= total);
                 if due <= position.rows && !first {
                     return Ok(IngestReport {
                         version: txn.base().version(),
@@ -265,38 +284,14 @@ impl Source {
                         ..IngestReport::default()
                     });
                 }
-                for batch in generator.generate(position.rows, due, now)? {
-                    let batch = self.complete(batch)?;
-                    rows += batch.num_rows() as u64;
-                    txn.insert(&batch).await?;
-                }
-                position.rows = due;
-            }
-            Reader::Nexmark(generator) => {
-                let now = self.clock.now_ms();
-                let options = generator.options();
-                let first = position.started_at_ms.is_none();
-                // The event time of the first event: declared, or the time the source started.
-                let base = *position
-                    .started_at_ms
-                    .get_or_insert(options.base_time_ms.unwrap_or(now));
-                let mut due = position.rows.saturating_add(MAX_GENERATED_ROWS);
-                if options.rate_limited {
-                    let elapsed = (now - base).max(0) as u128;
-                    due = due.min((options.rate as u128 * elapsed / 1_000) as u64);
-                }
-                if let Some(total) = generator.total_events() {
-                    due = due.min(total);
-                }
-                finished = generator.total_events().is_some_and(|total| due >= total);
-                if due <= position.rows && !first {
-                    return Ok(IngestReport {
-                        version: txn.base().version(),
-                        finished,
-                        ..IngestReport::default()
-                    });
-                }
-                for batch in generator.generate(position.rows, due, base)? {
+                let batches = match &self.reader {
+                    // Datagen stamps rows with the time they are generated; Nexmark's event
+                    // time follows the event number from the base time.
+                    Reader::Datagen(generator) => generator.generate(position.rows, due, now)?,
+                    Reader::Nexmark(generator) => generator.generate(position.rows, due, start)?,
+                    Reader::Files(_) => Vec::new(),
+                };
+                for batch in batches {
                     let batch = self.complete(batch)?;
                     rows += batch.num_rows() as u64;
                     txn.insert(&batch).await?;

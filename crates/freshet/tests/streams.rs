@@ -24,6 +24,18 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
     column.as_any().downcast_ref::<Int64Array>().unwrap().value(0)
 }
 
+/// `s (id, v)`: JSON lines in `input`, a directory followed every 20 ms.
+async fn monitored_source(engine: &Engine, input: &std::path::Path) {
+    engine
+        .sql(&format!(
+            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+             'format' = 'json', 'source.monitor-interval' = '20 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+}
+
 /// Places a file as writers should: written under a hidden name, then renamed.
 fn place(dir: &std::path::Path, name: &str, text: &str) {
     let hidden = dir.join(format!(".{name}"));
@@ -38,14 +50,7 @@ async fn a_job_over_a_monitored_directory_follows_files_as_they_appear() {
     std::fs::create_dir(&input).unwrap();
     place(&input, "a.json", &lines(0, 100));
     let engine = engine(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
-             'format' = 'json', 'source.monitor-interval' = '20 ms')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    monitored_source(&engine, &input).await;
     engine.sql("CREATE TABLE out (id BIGINT, v BIGINT)").await.unwrap();
     engine
         .sql("INSERT INTO out SELECT id, v FROM s WHERE v % 20 = 0")
@@ -116,14 +121,7 @@ async fn materialized_tables_over_a_stream_follow_it() {
     std::fs::create_dir(&input).unwrap();
     place(&input, "a.json", &lines(0, 10));
     let engine = engine(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
-             'format' = 'json', 'source.monitor-interval' = '20 ms')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    monitored_source(&engine, &input).await;
     engine
         .sql("CREATE VIEW evens AS SELECT * FROM s WHERE id % 2 = 0")
         .await
@@ -160,14 +158,7 @@ async fn a_running_job_resumes_after_a_restart_without_losing_or_repeating_rows(
     std::fs::create_dir(&input).unwrap();
     place(&input, "a.json", &lines(0, 50));
     let engine = engine(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE s (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
-             'format' = 'json', 'source.monitor-interval' = '20 ms')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    monitored_source(&engine, &input).await;
     engine.sql("CREATE TABLE out (id BIGINT, v BIGINT)").await.unwrap();
     engine.sql("INSERT INTO out SELECT id, v FROM s").await.unwrap();
     let id = engine.jobs()[0].id.clone();
