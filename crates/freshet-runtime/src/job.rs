@@ -223,6 +223,9 @@ impl Jobs {
                     (JobStatus::Failed, Some(e.to_string()))
                 }
             };
+            // Its inputs and sink are let go before it says it has ended, so that an engine
+            // closing after it holds nothing of theirs.
+            drop(run);
             // A job stopped by the engine closing is resumed when it opens again; one that
             // ended for any other reason is forgotten.
             let closing = status == JobStatus::Canceled && running.closing.load(std::sync::atomic::Ordering::Relaxed);

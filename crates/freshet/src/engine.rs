@@ -296,7 +296,7 @@ impl Engine {
     /// closing it is safe too: a compaction still running then commits (or fails) on its own.
     pub async fn close(self) {
         self.inner.streams.jobs.stop_all().await;
-        self.inner.streams.stop_following();
+        self.inner.streams.stop_following().await;
         self.stop_scheduler().await;
         for (_, table) in self.inner.catalog.tables() {
             table.wait_for_background_work().await;

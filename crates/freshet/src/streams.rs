@@ -113,10 +113,20 @@ impl Streams {
         }
     }
 
-    /// Stops the background ingestion (the engine is closing).
-    pub(crate) fn stop_following(&self) {
-        for (_, follower) in self.lock_followers().drain() {
+    /// Stops the background ingestion and waits until it has (the engine is closing: an
+    /// ingestion in flight holds the table, and so the location's lock).
+    pub(crate) async fn stop_following(&self) {
+        let followers: Vec<_> = self.lock_followers().drain().map(|(_, f)| f).collect();
+        for follower in &followers {
             follower.abort();
+        }
+        for follower in followers {
+            // Cancelled is the expected end; a panic in an ingestion is not worth more than a log.
+            if let Err(e) = follower.await
+                && !e.is_cancelled()
+            {
+                tracing::warn!(error = %e, "a source's background ingestion ended abnormally");
+            }
         }
     }
 
