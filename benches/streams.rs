@@ -14,6 +14,12 @@
 //! Each line: events (or rows) per second of wall time, per second of CPU time (process user +
 //! system, so "per core"), and the CPU time.
 //!
+//! Then freshness (`PARTS` holds `freshness`): a CONTINUOUS materialized table (an aggregate)
+//! over a directory source followed every MONITOR_MS (default 20 ms), while files of JSON lines
+//! are placed into it at RATE events/s (default 100,000) in files of FILE_EVENTS (default
+//! 1,000) for SECONDS (default 10): for each file, the time from its placement to the first
+//! version of the materialized table that counts its events; p50, p99 and max.
+//!
 //! Run: `cargo bench -p freshet --bench streams`. Prints what it measured, the machine and the
 //! commit.
 
@@ -75,7 +81,96 @@ async fn timed<F: std::future::Future<Output = ()>>(work: F) -> (Duration, Durat
     (start.elapsed(), cpu_time().saturating_sub(cpu))
 }
 
+/// Freshness of a continuous materialized table over a followed directory.
+async fn freshness_part(root: &std::path::Path) {
+    let rate = env_usize("RATE", 100_000);
+    let file_events = env_usize("FILE_EVENTS", 1_000).max(1);
+    let seconds = env_usize("SECONDS", 10);
+    let monitor_ms = env_usize("MONITOR_MS", 20);
+    let input = root.join("stream");
+    std::fs::create_dir_all(&input).unwrap();
+    let engine = engine(&root.join("freshness")).await;
+    run(
+        &engine,
+        &format!(
+            "CREATE TABLE src (id BIGINT, channel VARCHAR, price BIGINT) WITH ('connector' = 'filesystem', \
+             'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '{monitor_ms} ms');\n\
+             CREATE MATERIALIZED TABLE per_channel FRESHNESS = INTERVAL '1' SECOND AS \
+             SELECT channel, count(*) AS n, sum(price) AS total FROM src GROUP BY channel",
+            input.display()
+        ),
+    )
+    .await;
+    let files = rate * seconds / file_events;
+    let interval = Duration::from_secs_f64(file_events as f64 / rate as f64);
+    let placed: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> = Default::default();
+    // The watcher: at each version of the table, how many events it counts.
+    let watcher = {
+        let engine = engine.clone();
+        let placed = placed.clone();
+        let mut versions = engine.table("per_channel").unwrap().subscribe();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut seen = 0usize;
+            while seen < files {
+                if versions.changed().await.is_err() {
+                    break;
+                }
+                let now = Instant::now();
+                let batches = engine
+                    .sql("SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM per_channel")
+                    .await
+                    .unwrap();
+                let counted = batches[0]
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<freshet::datafusion::arrow::array::Int64Array>()
+                    .unwrap()
+                    .value(0) as usize;
+                let visible = counted / file_events;
+                let placed = placed.lock().unwrap().clone();
+                for at in placed.iter().take(visible).skip(seen) {
+                    latencies.push(now.duration_since(*at));
+                }
+                seen = seen.max(visible);
+            }
+            latencies
+        })
+    };
+    let mut next = Instant::now();
+    for file in 0..files {
+        let mut text = String::with_capacity(file_events * 48);
+        for i in 0..file_events {
+            let id = file * file_events + i;
+            text.push_str(&format!(
+                "{{\"id\": {id}, \"channel\": \"channel-{}\", \"price\": {}}}\n",
+                id % 100,
+                id % 997
+            ));
+        }
+        let hidden = input.join(format!(".{file:08}.json"));
+        std::fs::write(&hidden, text).unwrap();
+        std::fs::rename(&hidden, input.join(format!("{file:08}.json"))).unwrap();
+        placed.lock().unwrap().push(Instant::now());
+        next += interval;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let mut latencies = watcher.await.unwrap();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "freshness of a continuous aggregate over a followed directory, {rate} events/s in files of {file_events}, \
+         monitor {monitor_ms} ms, {seconds} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} files)",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+        latencies.len()
+    );
+    engine.close().await;
+}
+
 fn main() {
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "ingest,freshness".into());
     let events = env_usize("EVENTS", 1_000_000);
     let runs = env_usize("RUNS", 3).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -85,6 +180,12 @@ fn main() {
     println!("machine: {}; commit: {}", machine(), commit());
     runtime.block_on(async {
         let root = tempfile::tempdir().unwrap();
+        if parts.contains("freshness") {
+            freshness_part(root.path()).await;
+        }
+        if !parts.contains("ingest") {
+            return;
+        }
         let files = root.path().join("files");
         // The input files, written once by Freshet's own sink.
         {
