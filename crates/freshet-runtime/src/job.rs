@@ -19,7 +19,7 @@ use freshet_incremental::{Epoch, Pipeline};
 use freshet_storage::Table;
 
 use crate::sink::Sink;
-use crate::source::Source;
+use crate::source::{IngestReport, Source};
 
 /// Where a job's progress is kept between epochs, so that a restarted engine resumes it.
 #[async_trait::async_trait]
@@ -318,12 +318,17 @@ impl Run {
             // Ends once every source has ended and been read (tables without a source are read
             // as they are: a bounded input).
             let mut finished = true;
+            let mut ingested = HashMap::new();
             for input in &self.inputs {
                 if let Some(source) = &input.source {
-                    finished &= source.ingest(&input.table).await?.finished;
+                    let report = source.ingest_keeping_rows(&input.table).await?;
+                    finished &= report.finished;
+                    if report.version > report.base {
+                        ingested.insert(input.table.name().to_string(), report);
+                    }
                 }
             }
-            self.epoch().await?;
+            self.epoch(ingested).await?;
             if finished {
                 return Ok(JobStatus::Finished);
             }
@@ -369,8 +374,11 @@ impl Run {
         self.account()
     }
 
-    /// Processes every input's changes since the last epoch.
-    async fn epoch(&mut self) -> Result<()> {
+    /// Processes every input's changes since the last epoch. `ingested` holds the rows this
+    /// job's own ingestion just appended to its inputs: where they are exactly the changes
+    /// since the version processed (nothing else committed in between), they are taken as they
+    /// are instead of being read back from the table's files.
+    async fn epoch(&mut self, mut ingested: HashMap<String, IngestReport>) -> Result<()> {
         let mut epoch = Epoch::at(self.clock.now_ms());
         let mut versions = Vec::new();
         for input in &self.inputs {
@@ -383,6 +391,22 @@ impl Run {
                 None => {
                     let mut rows = snapshot.scan(columns, false);
                     while let Some(batch) = rows.try_next().await? {
+                        epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
+                    }
+                }
+                Some(&from)
+                    if ingested
+                        .get(&name)
+                        .is_some_and(|report| report.base == from && report.version == version) =>
+                {
+                    let report = ingested.remove(&name).unwrap_or_default();
+                    for batch in report.batches {
+                        let batch = match &columns {
+                            Some(columns) => batch
+                                .project(columns)
+                                .map_err(|e| FreshetError::Internal(e.to_string()))?,
+                            None => batch,
+                        };
                         epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
                     }
                 }

@@ -70,10 +70,14 @@ pub struct Source {
 }
 
 /// What one ingestion did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct IngestReport {
     /// Rows appended.
     pub rows: u64,
+    /// The version it wrote on (its rows are the changes from `base` to `version`).
+    pub base: u64,
+    /// The rows appended, when asked for ([`Source::ingest_keeping_rows`]).
+    pub batches: Vec<RecordBatch>,
     /// The table's version after it (unchanged when nothing was new).
     pub version: u64,
     /// Malformed lines skipped (`json.ignore-parse-errors`).
@@ -213,7 +217,20 @@ impl Source {
     /// Appends what the connector has made available since the table's position, with the new
     /// position, as one version (none when nothing is new).
     pub async fn ingest(&self, table: &Arc<Table>) -> Result<IngestReport> {
+        self.ingest_rows(table, false).await
+    }
+
+    /// Like [`Source::ingest`], and returns the rows appended too: a job that has processed the
+    /// table up to the version this one writes on takes them as its changes rather than reading
+    /// them back.
+    pub async fn ingest_keeping_rows(&self, table: &Arc<Table>) -> Result<IngestReport> {
+        self.ingest_rows(table, true).await
+    }
+
+    async fn ingest_rows(&self, table: &Arc<Table>, keep: bool) -> Result<IngestReport> {
         let mut txn = table.begin("INGEST").await?;
+        let base = txn.base().version();
+        let mut kept = Vec::new();
         let mut position: Position = txn
             .base()
             .manifest()
@@ -233,7 +250,8 @@ impl Source {
                 finished = self.is_bounded();
                 if new_files.is_empty() {
                     return Ok(IngestReport {
-                        version: txn.base().version(),
+                        base,
+                        version: base,
                         finished,
                         ..IngestReport::default()
                     });
@@ -245,6 +263,9 @@ impl Source {
                         let batch = self.complete(batch)?;
                         rows += batch.num_rows() as u64;
                         txn.insert(&batch).await?;
+                        if keep {
+                            kept.push(batch);
+                        }
                     }
                     position.files.push(file.display().to_string());
                 }
@@ -279,7 +300,8 @@ impl Source {
                 finished = total.is_some_and(|total| due >= total);
                 if due <= position.rows && !first {
                     return Ok(IngestReport {
-                        version: txn.base().version(),
+                        base,
+                        version: base,
                         finished,
                         ..IngestReport::default()
                     });
@@ -295,6 +317,9 @@ impl Source {
                     let batch = self.complete(batch)?;
                     rows += batch.num_rows() as u64;
                     txn.insert(&batch).await?;
+                    if keep {
+                        kept.push(batch);
+                    }
                 }
                 position.rows = due;
             }
@@ -305,6 +330,8 @@ impl Source {
         self.skipped.fetch_add(skipped, Ordering::Relaxed);
         Ok(IngestReport {
             rows,
+            base,
+            batches: kept,
             version: committed.version,
             skipped,
             finished,
