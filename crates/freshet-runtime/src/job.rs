@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use futures::future::{self, Either};
 use tokio::sync::{Notify, watch};
@@ -232,6 +233,8 @@ impl Jobs {
             if !closing && let Err(e) = progress.ended(&running.info().id).await {
                 tracing::warn!(job = %running.info().id, error = %e, "could not forget an ended job");
             }
+            // The progress store holds the catalog (and the location's lock): let go of it too.
+            drop(progress);
             let now = clock.now_ms();
             running.update(|info| {
                 info.status = status;
@@ -387,9 +390,17 @@ impl Run {
             let snapshot = input.table.snapshot();
             let version = snapshot.version();
             match self.processed.get(&name) {
-                // The first epoch reads the input's contents.
+                // The first epoch reads the input's contents: those before this job's own
+                // ingestion, and the rows it just appended as they are.
                 None => {
-                    let mut rows = snapshot.scan(columns, false);
+                    let read_from = match ingested.remove(&name) {
+                        Some(report) if report.version == version => {
+                            add_rows(&mut epoch, &name, report.batches, columns.as_deref())?;
+                            input.table.snapshot_at(report.base).await?
+                        }
+                        _ => snapshot,
+                    };
+                    let mut rows = read_from.scan(columns, false);
                     while let Some(batch) = rows.try_next().await? {
                         epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
                     }
@@ -451,6 +462,20 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// Inserted rows of a source, with the columns the pipeline reads.
+fn add_rows(epoch: &mut Epoch, name: &str, batches: Vec<RecordBatch>, columns: Option<&[usize]>) -> Result<()> {
+    for batch in batches {
+        let batch = match columns {
+            Some(columns) => batch
+                .project(columns)
+                .map_err(|e| FreshetError::Internal(e.to_string()))?,
+            None => batch,
+        };
+        epoch.add(name, ChangeBatch::with_weight(&batch, 1)?);
+    }
+    Ok(())
 }
 
 fn versions_map(versions: &[(String, u64)]) -> BTreeMap<String, u64> {
