@@ -1,0 +1,341 @@
+//! Jobs: `INSERT INTO` a connector table, or from a source, planned into an incremental
+//! pipeline and run by `freshet-runtime`; recorded in the catalog so that a restart resumes them;
+//! `SHOW JOBS`, `STOP JOB` and the system table `freshet.jobs`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{ObjectName, Statement, TableObject, visit_relations};
+use std::ops::ControlFlow;
+
+use freshet_common::{FreshetError, Result};
+use freshet_incremental::{BuildError, Pipeline, time_as_input};
+use freshet_runtime::sink::FileSink;
+use freshet_runtime::{Connector, Job, JobInfo, JobInput, JobProgress, JobStart, Jobs, Sink};
+use freshet_sql::{FreshetStatement, ParsedStatement};
+use freshet_storage::CatalogEntry;
+
+use crate::engine::Engine;
+use crate::execute::batches_stream;
+
+impl Engine {
+    /// Whether an INSERT is a job: into a connector table, or reading a source.
+    pub(crate) fn is_job(&self, statement: &DFStatement) -> bool {
+        let DFStatement::Statement(inner) = statement else {
+            return false;
+        };
+        let Statement::Insert(insert) = inner.as_ref() else {
+            return false;
+        };
+        let mut streams = false;
+        let _ = visit_relations(inner.as_ref(), |relation: &ObjectName| {
+            if let Ok(name) = self.resolve_name(relation)
+                && self.inner.streams.get(&name).is_some()
+            {
+                streams = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        streams
+            || matches!(&insert.table, TableObject::TableName(n) if self.resolve_name(n).is_ok_and(|n| self.inner.streams.get(&n).is_some()))
+    }
+
+    /// Starts the job of INSERT statements (one, or a statement set's).
+    pub(crate) async fn start_job(&self, inserts: &[ParsedStatement]) -> Result<SendableRecordBatchStream> {
+        let mut jobs = Vec::new();
+        // Every insert is planned before any starts, so that a bad one starts none.
+        let mut planned = Vec::new();
+        for parsed in inserts {
+            let FreshetStatement::DataFusion(statement) = &parsed.statement else {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "a statement set holds INSERT statements, not: {}",
+                    parsed.text
+                )));
+            };
+            planned.push((parsed.text.clone(), self.plan_job(statement).await?));
+        }
+        for (text, (inputs, pipeline, sink)) in planned {
+            let id = Jobs::new_id();
+            // Recorded before it starts: a restart resumes it.
+            self.inner
+                .catalog
+                .put_job(&id, serde_json::json!({ "statement": text }))
+                .await?;
+            let start = JobStart {
+                id,
+                statement: text,
+                inputs,
+                pipeline,
+                sink,
+                resume: None,
+                memory: self.job_memory(),
+            };
+            jobs.push(self.launch(start));
+        }
+        let mut infos: Vec<JobInfo> = jobs.iter().map(|j| j.info()).collect();
+        if self.inner.streams.dml_sync.load(Ordering::Relaxed) {
+            infos.clear();
+            for job in &jobs {
+                infos.push(job.wait().await);
+            }
+            if let Some(failed) = infos.iter().find(|i| i.error.is_some()) {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "job {} failed: {}",
+                    failed.id,
+                    failed.error.clone().unwrap_or_default()
+                )));
+            }
+        }
+        jobs_result(&infos)
+    }
+
+    /// A job's share of the engine's memory pool.
+    fn job_memory(&self) -> datafusion::execution::memory_pool::MemoryReservation {
+        datafusion::execution::memory_pool::MemoryConsumer::new("job")
+            .register(&self.inner.ctx.runtime_env().memory_pool)
+    }
+
+    fn launch(&self, start: JobStart) -> Arc<Job> {
+        let progress = Arc::new(CatalogProgress {
+            catalog: self.inner.catalog.clone(),
+        });
+        self.inner
+            .streams
+            .jobs
+            .start(start, self.inner.materialized.clock.clone(), progress)
+    }
+
+    /// Resumes the jobs that were running when the engine last closed (or crashed), each from
+    /// the input versions it had written everything of. A job that no longer plans is listed
+    /// as failed, with the reason.
+    pub(crate) async fn resume_jobs(&self) {
+        let stored = self.inner.catalog.manifest().jobs.clone();
+        for (id, job) in stored {
+            let statement = job
+                .get("statement")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let resumed = async {
+                let parsed = freshet_sql::parse_statements(&statement)?;
+                let Some(FreshetStatement::DataFusion(insert)) = parsed.first().map(|p| &p.statement) else {
+                    return Err(FreshetError::Internal(format!(
+                        "a stored job is not an INSERT: {statement}"
+                    )));
+                };
+                let (inputs, pipeline, sink) = self.plan_job(insert).await?;
+                let mut resume = None;
+                if let Sink::Table(table) = &sink {
+                    // What the sink committed is exact: its last record says which inputs.
+                    let record = table.snapshot().manifest().refresh.clone();
+                    if let Some(record) = record.filter(|r| r.get("job").and_then(|j| j.as_str()) == Some(&id)) {
+                        resume = serde_json::from_value(record["inputs"].clone()).ok();
+                    }
+                }
+                if resume.is_none() {
+                    resume = match self.inner.catalog.job_progress(&id).await? {
+                        Some(progress) => Some(
+                            serde_json::from_value(progress)
+                                .map_err(|e| FreshetError::corrupt(format!("the progress of job {id}"), e))?,
+                        ),
+                        None => None,
+                    };
+                }
+                Ok(JobStart {
+                    id: id.clone(),
+                    statement: statement.clone(),
+                    inputs,
+                    pipeline,
+                    sink,
+                    resume,
+                    memory: self.job_memory(),
+                })
+            };
+            match resumed.await {
+                Ok(start) => {
+                    self.launch(start);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "a job cannot be resumed");
+                    let clock = self.inner.materialized.clock.clone();
+                    self.inner
+                        .streams
+                        .jobs
+                        .failed_to_start(&id, &statement, format!("cannot be resumed: {e}"), &clock);
+                    if let Err(e) = self.inner.catalog.remove_job(&id).await {
+                        tracing::warn!(job = %id, error = %e, "could not forget a job");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn plan_job(&self, statement: &DFStatement) -> Result<(Vec<JobInput>, Pipeline, Sink)> {
+        let state = self.inner.ctx.state();
+        let plan = state.statement_to_plan(statement.clone()).await?;
+        let LogicalPlan::Dml(DmlStatement {
+            table_name,
+            op: WriteOp::Insert(_),
+            input,
+            ..
+        }) = plan
+        else {
+            return Err(FreshetError::InvalidStatement(
+                "a job runs INSERT INTO <table> SELECT ...".into(),
+            ));
+        };
+        let target = self.resolve_reference(table_name)?;
+        let sink = match self.inner.streams.get(&target) {
+            Some(table) => match &table.connector {
+                Connector::Blackhole => Sink::Blackhole,
+                Connector::Print(options) => Sink::Print(options.clone()),
+                Connector::Datagen(_) | Connector::Nexmark(_) => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{target}\" is a '{}' source: it cannot be written to",
+                        table.connector.name()
+                    )));
+                }
+                Connector::Filesystem(options) => {
+                    let Some(source) = &table.source else {
+                        return Err(FreshetError::Internal(format!(
+                            "filesystem table \"{target}\" has no source"
+                        )));
+                    };
+                    let (schema, positions) = source.data_columns();
+                    Sink::Files(FileSink::new(&target, options, schema, positions)?)
+                }
+            },
+            None => {
+                if matches!(
+                    self.inner.catalog.manifest().entries.get(&target),
+                    Some(CatalogEntry::MaterializedTable { .. })
+                ) {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "\"{target}\" is a materialized table: its rows come from its query"
+                    )));
+                }
+                let table = self.inner.catalog.table(&target)?;
+                if table.snapshot().primary_key().is_empty() {
+                    Sink::Table(table)
+                } else {
+                    Sink::Upsert(table)
+                }
+            }
+        };
+        let timed = time_as_input(&input)?;
+        let optimized = state.optimize(timed.as_ref().unwrap_or(&input))?;
+        let parallelism = state.config().target_partitions();
+        let pipeline = match Pipeline::build(&optimized, &crate::materialized::scan_table_name, parallelism) {
+            Ok(p) => p,
+            Err(BuildError::NotIncremental(why)) => {
+                return Err(FreshetError::Unsupported(format!(
+                    "a continuous INSERT over a stream whose query has a {why}"
+                )));
+            }
+            Err(BuildError::Failed(e)) => return Err(e),
+        };
+        if sink.append_only()
+            && let Some(operator) = pipeline.updating_operator()
+        {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{target}\" takes only insertions, but the query's {operator} updates rows it has emitted \
+                 (write it to a table with a primary key, or to a materialized table)"
+            )));
+        }
+        let mut inputs = Vec::new();
+        for source in pipeline.sources() {
+            let table = self.inner.catalog.table(source)?;
+            let source = self.inner.streams.get(source).and_then(|t| t.source.clone());
+            inputs.push(JobInput { table, source });
+        }
+        Ok((inputs, pipeline, sink))
+    }
+
+    /// `SHOW JOBS`.
+    pub(crate) fn show_jobs(&self) -> Result<SendableRecordBatchStream> {
+        jobs_result(&self.inner.streams.jobs.list())
+    }
+
+    /// `STOP JOB 'id'`: stops it after its current epoch and waits for it.
+    pub(crate) async fn stop_job(&self, id: &str) -> Result<SendableRecordBatchStream> {
+        let Some(job) = self.inner.streams.jobs.get(id) else {
+            return Err(FreshetError::InvalidStatement(format!(
+                "no job with id '{id}' (SHOW JOBS lists them)"
+            )));
+        };
+        job.stop();
+        let info = job.wait().await;
+        jobs_result(&[info])
+    }
+
+    /// Every job started since the engine opened, running or ended, in the order they started.
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.inner.streams.jobs.list()
+    }
+
+    /// A job by id: its info, a way to follow it (`Job::subscribe`) and to stop it.
+    pub fn job(&self, id: &str) -> Option<Arc<Job>> {
+        self.inner.streams.jobs.get(id)
+    }
+}
+
+/// Job progress kept in the location, beside the catalog.
+#[derive(Debug)]
+struct CatalogProgress {
+    catalog: Arc<freshet_storage::Catalog>,
+}
+
+#[async_trait::async_trait]
+impl JobProgress for CatalogProgress {
+    async fn save(&self, job: &str, versions: &std::collections::BTreeMap<String, u64>) -> Result<()> {
+        let value = serde_json::to_value(versions).map_err(|e| FreshetError::Internal(e.to_string()))?;
+        self.catalog.save_job_progress(job, &value).await
+    }
+
+    async fn ended(&self, job: &str) -> Result<()> {
+        self.catalog.remove_job(job).await
+    }
+}
+
+/// A table of jobs: `SHOW JOBS` and the system table `freshet.jobs`.
+fn jobs_result(jobs: &[JobInfo]) -> Result<SendableRecordBatchStream> {
+    let batch = jobs_batch(jobs)?;
+    batches_stream(batch.schema(), vec![batch])
+}
+
+pub(crate) fn jobs_batch(jobs: &[JobInfo]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("statement", DataType::Utf8, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("epochs", DataType::UInt64, false),
+        Field::new(
+            "started_at",
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("error", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.id.clone()))),
+        Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.status.as_str()))),
+        Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.statement.clone()))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.rows_in))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.rows_out))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.epochs))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            jobs.iter().map(|j| j.started_at_ms),
+        )),
+        Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
+}
