@@ -320,11 +320,23 @@ impl Engine {
     pub(crate) async fn ingest_sources_of(&self, statement: &DFStatement) -> Result<()> {
         let mut sources = Vec::new();
         self.sources_read(statement, &mut sources, 0);
+        let is_query = matches!(statement, DFStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)));
         for name in sources {
-            if let Some(table) = self.inner.streams.get(&name)
-                && let Some(source) = &table.source
-            {
-                source.ingest(&self.inner.catalog.table(&name)?).await?;
+            let Some(table) = self.inner.streams.get(&name) else {
+                continue;
+            };
+            match &table.source {
+                Some(source) => {
+                    source.ingest(&self.inner.catalog.table(&name)?).await?;
+                }
+                // As in Flink: a sink-only connector has nothing to read.
+                None if is_query => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{name}\" is a '{}' sink: it can be written to (INSERT INTO), not read",
+                        table.connector.name()
+                    )));
+                }
+                None => {}
             }
         }
         Ok(())
