@@ -109,18 +109,24 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Whether the input ends with a `;` that is not inside a string or a comment.
+/// Whether the input ends with a `;` that is not inside a string or a comment (and, for
+/// Flink's `BEGIN STATEMENT SET;`, with its `END;`).
 pub(crate) fn is_complete(sql: &str) -> bool {
     let dialect = GenericDialect {};
-    match Tokenizer::new(&dialect, sql).tokenize() {
-        Ok(tokens) => tokens
-            .iter()
-            .rev()
-            .find(|t| !matches!(t, Token::Whitespace(_)))
-            .is_some_and(|t| *t == Token::SemiColon),
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
         // An unterminated string or comment: more input is coming.
-        Err(_) => false,
+        return false;
+    };
+    let words: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    if words.last() != Some(&&Token::SemiColon) {
+        return false;
     }
+    let word = |i: usize| match words.get(i) {
+        Some(Token::Word(w)) => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    let is_set = word(0) == "BEGIN" && word(1) == "STATEMENT" && word(2) == "SET";
+    !is_set || (words.len() >= 2 && word(words.len() - 2) == "END")
 }
 
 async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, sql: &str) {
@@ -283,6 +289,13 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
 #[cfg(test)]
 mod tests {
     use super::is_complete;
+
+    #[test]
+    fn a_statement_set_ends_at_its_end() {
+        assert!(!is_complete("BEGIN STATEMENT SET;"));
+        assert!(!is_complete("BEGIN STATEMENT SET;\nINSERT INTO a SELECT 1;"));
+        assert!(is_complete("BEGIN STATEMENT SET;\nINSERT INTO a SELECT 1;\nEND;"));
+    }
 
     #[test]
     fn statements_end_at_a_semicolon_outside_strings_and_comments() {

@@ -11,6 +11,7 @@
 //! SHOW JOBS
 //! STOP JOB 'id' [WITH SAVEPOINT] [WITH DRAIN]
 //! EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END
+//! BEGIN STATEMENT SET; INSERT ...; INSERT ...; END      -- the SQL client's form
 //! ```
 //!
 //! DataFusion's parser knows none of WATERMARK, computed columns or `ROW<...>`, so a `CREATE
@@ -420,7 +421,7 @@ pub(crate) fn is_job_statement(parser: &Parser<'_>) -> bool {
             word(parser, 1).as_str(),
             word(parser, 2).as_str()
         ),
-        ("SHOW", "JOBS", _) | ("STOP", "JOB", _) | ("EXECUTE", "STATEMENT", "SET")
+        ("SHOW", "JOBS", _) | ("STOP", "JOB", _) | ("EXECUTE", "STATEMENT", "SET") | ("BEGIN", "STATEMENT", "SET")
     )
 }
 
@@ -451,32 +452,42 @@ pub(crate) fn parse_job_statement(parser: &mut Parser<'_>, sql: &str) -> Result<
             }
             Ok(JobStatement::Stop { id })
         }
+        // The SQL client's form: `BEGIN STATEMENT SET; INSERT ...; INSERT ...; END;`.
+        "BEGIN" => {
+            parser.next_token(); // SET
+            statement_set(parser, sql)
+        }
         _ => {
             parser.next_token(); // SET
             if !accept_words(parser, &["BEGIN"]) {
                 return Err(unexpected(parser, "BEGIN after EXECUTE STATEMENT SET"));
             }
-            let mut inserts = Vec::new();
-            loop {
-                while parser.consume_token(&Token::SemiColon) {}
-                if accept_words(parser, &["END"]) {
-                    break;
-                }
-                if parser.peek_keyword(Keyword::INSERT) {
-                    let start = parser.peek_token_ref().span.start;
-                    parser.parse_statement().map_err(parse_error)?;
-                    let end = parser.get_current_token().span.end;
-                    inserts.push(crate::statement::slice(sql, start, end).trim().to_string());
-                    continue;
-                }
-                return Err(unexpected(parser, "INSERT INTO ... or END in a statement set"));
-            }
-            if inserts.is_empty() {
-                return Err(unexpected(parser, "at least one INSERT in a statement set"));
-            }
-            Ok(JobStatement::StatementSet(inserts))
+            statement_set(parser, sql)
         }
     }
+}
+
+/// The INSERTs of a statement set, up to its `END`.
+fn statement_set(parser: &mut Parser<'_>, sql: &str) -> Result<JobStatement> {
+    let mut inserts = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if accept_words(parser, &["END"]) {
+            break;
+        }
+        if parser.peek_keyword(Keyword::INSERT) {
+            let start = parser.peek_token_ref().span.start;
+            parser.parse_statement().map_err(parse_error)?;
+            let end = parser.get_current_token().span.end;
+            inserts.push(crate::statement::slice(sql, start, end).trim().to_string());
+            continue;
+        }
+        return Err(unexpected(parser, "INSERT INTO ... or END in a statement set"));
+    }
+    if inserts.is_empty() {
+        return Err(unexpected(parser, "at least one INSERT in a statement set"));
+    }
+    Ok(JobStatement::StatementSet(inserts))
 }
 
 #[cfg(test)]
@@ -602,5 +613,11 @@ mod tests {
         };
         assert_eq!(inserts.len(), 2);
         assert_eq!(inserts[1].text, "INSERT INTO b SELECT 2");
+        // The SQL client's form, across statements.
+        let parsed =
+            parse_statements("BEGIN STATEMENT SET;\nINSERT INTO a SELECT 1;\nINSERT INTO b SELECT 2;\nEND;\nSHOW JOBS")
+                .unwrap();
+        assert!(matches!(&parsed[0].statement, FreshetStatement::StatementSet { inserts } if inserts.len() == 2));
+        assert!(matches!(parsed[1].statement, FreshetStatement::ShowJobs));
     }
 }
