@@ -43,7 +43,8 @@ impl Sink {
     /// commits it with the rows, so a resumed job knows exactly what it has written.
     /// Returns the rows written.
     pub async fn write(&self, changes: &ChangeBatch, record: serde_json::Value) -> Result<u64> {
-        let rows = changes.num_rows() as u64;
+        // Rows as the query's result has them: a row of weight 2 is two rows.
+        let rows: u64 = changes.weights().values().iter().map(|w| w.unsigned_abs()).sum();
         match self {
             Sink::Blackhole => Ok(rows),
             Sink::Print(options) => {

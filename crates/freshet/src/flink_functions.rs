@@ -6,6 +6,11 @@
 //!   parsed as a timestamp, as Flink does.
 //! - `PROCTIME()`: the processing time, on the engine's clock. In a connector table's computed
 //!   column (`pt AS PROCTIME()`) it is the time the row was ingested.
+//! - `SPLIT_INDEX(text, separator, n)`: the n-th (from 0) part of the text split at the
+//!   separator; NULL when there is none or n is negative.
+//! - `REGEXP_EXTRACT(text, regex [, group])`: the match of a group (0, the default: the whole
+//!   match); NULL without a match. It becomes DataFusion's `regexp_match` when the plan is
+//!   simplified.
 //! - `MOD(a, b)`: the remainder, as `a % b` (which it becomes when the plan is simplified, so
 //!   that incremental maintenance sees plain arithmetic).
 
@@ -175,10 +180,138 @@ impl ScalarUDFImpl for Proctime {
     }
 }
 
+/// Flink's `SPLIT_INDEX`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SplitIndex {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SplitIndex {
+    fn name(&self) -> &str {
+        "split_index"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        if args.len() != 3 {
+            return plan_err!("split_index takes a text, a separator and an index, such as split_index(url, '/', 3)");
+        }
+        Ok(vec![DataType::Utf8, DataType::Utf8, DataType::Int64])
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::array::{Array, AsArray, StringBuilder};
+        use datafusion::arrow::datatypes::Int64Type;
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<DfResult<Vec<_>>>()?;
+        let [text, separator, index] = arrays.as_slice() else {
+            return plan_err!("split_index takes three arguments");
+        };
+        let (text, separator, index) = (
+            text.as_string::<i32>(),
+            separator.as_string::<i32>(),
+            index.as_primitive::<Int64Type>(),
+        );
+        let mut out = StringBuilder::with_capacity(rows, 0);
+        for row in 0..rows {
+            if text.is_null(row) || separator.is_null(row) || index.is_null(row) || index.value(row) < 0 {
+                out.append_null();
+                continue;
+            }
+            let separator = separator.value(row);
+            let part = if separator.is_empty() {
+                None
+            } else {
+                usize::try_from(index.value(row))
+                    .ok()
+                    .and_then(|n| text.value(row).split(separator).nth(n))
+            };
+            out.append_option(part);
+        }
+        Ok(ColumnarValue::Array(std::sync::Arc::new(out.finish())))
+    }
+}
+
+/// Flink's `REGEXP_EXTRACT`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RegexpExtract {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for RegexpExtract {
+    fn name(&self) -> &str {
+        "regexp_extract"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        match args.len() {
+            2 => Ok(vec![DataType::Utf8, DataType::Utf8]),
+            3 => Ok(vec![DataType::Utf8, DataType::Utf8, DataType::Int64]),
+            _ => plan_err!("regexp_extract takes a text, a regular expression and maybe a group number"),
+        }
+    }
+
+    fn simplify(
+        &self,
+        mut args: Vec<datafusion::logical_expr::Expr>,
+        _info: &datafusion::logical_expr::simplify::SimplifyContext,
+    ) -> DfResult<datafusion::logical_expr::simplify::ExprSimplifyResult> {
+        use datafusion::logical_expr::simplify::ExprSimplifyResult;
+        use datafusion::logical_expr::{Expr, lit};
+        if !(2..=3).contains(&args.len()) {
+            return Ok(ExprSimplifyResult::Original(args));
+        }
+        let group = if args.len() == 3 {
+            args.pop().unwrap_or_else(|| lit(0i64))
+        } else {
+            lit(0i64)
+        };
+        let (Some(regex), Some(text)) = (args.pop(), args.pop()) else {
+            return Ok(ExprSimplifyResult::Original(args));
+        };
+        // The whole expression as group 1, so that group n is capture n + 1 (1-based).
+        let wrapped = datafusion::functions::expr_fn::concat(vec![lit("("), regex, lit(")")]);
+        let captures = datafusion::functions::expr_fn::regexp_match(text, wrapped, None);
+        let element: Expr = datafusion::functions_nested::expr_fn::array_element(captures, group + lit(1i64));
+        Ok(ExprSimplifyResult::Simplified(Expr::Cast(
+            datafusion::logical_expr::Cast::new(Box::new(element), DataType::Utf8),
+        )))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        plan_err!("regexp_extract is evaluated as regexp_match once the plan is simplified")
+    }
+}
+
 /// Registers the Flink functions on the engine's session.
 pub(crate) fn register(ctx: &datafusion::prelude::SessionContext, clock: freshet_common::SharedClock) {
     ctx.register_udf(DateFormat::udf());
     ctx.register_udf(Mod::udf());
+    ctx.register_udf(ScalarUDF::new_from_impl(SplitIndex {
+        signature: Signature::new(TypeSignature::UserDefined, Volatility::Immutable),
+    }));
+    ctx.register_udf(ScalarUDF::new_from_impl(RegexpExtract {
+        signature: Signature::new(TypeSignature::UserDefined, Volatility::Immutable),
+    }));
     ctx.register_udf(ScalarUDF::new_from_impl(Proctime {
         signature: Signature::nullary(Volatility::Volatile),
         clock,
