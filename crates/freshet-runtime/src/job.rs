@@ -121,6 +121,8 @@ pub struct Job {
     stop: Notify,
     /// Stopped because the engine closes (it resumes when the engine opens again).
     closing: std::sync::atomic::AtomicBool,
+    /// The tables it reads and the one it writes, if a table.
+    tables: Vec<String>,
 }
 
 impl Job {
@@ -189,6 +191,8 @@ impl Jobs {
             resume,
             memory,
         } = start;
+        let mut tables: Vec<String> = inputs.iter().map(|i| i.table.name().to_string()).collect();
+        tables.extend(sink.table().map(str::to_string));
         let job = Arc::new(Job {
             info: watch::Sender::new(JobInfo {
                 id: id.clone(),
@@ -203,6 +207,7 @@ impl Jobs {
             }),
             stop: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            tables,
         });
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
         let running = job.clone();
@@ -263,9 +268,18 @@ impl Jobs {
             }),
             stop: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            tables: Vec::new(),
         });
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
         job
+    }
+
+    /// The id of a running job that reads or writes a table, if any.
+    pub fn running_on(&self, table: &str) -> Option<String> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter()
+            .find(|j| !j.info.borrow().status.is_terminal() && j.tables.iter().any(|t| t == table))
+            .map(|j| j.info.borrow().id.clone())
     }
 
     /// Stops every running job and waits for them (the engine is closing).

@@ -38,6 +38,15 @@ impl Sink {
         matches!(self, Sink::Table(_) | Sink::Files(_))
     }
 
+    /// The Freshet table it writes, if it writes one.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Sink::Table(table) | Sink::Upsert(table) => Some(table.name()),
+            Sink::Files(files) => Some(files.table()),
+            Sink::Blackhole | Sink::Print(_) => None,
+        }
+    }
+
     /// Writes one epoch's changes (consolidated: each row once, with a non-zero weight).
     /// `record` says what they reflect (the job and its input versions): a Freshet table
     /// commits it with the rows, so a resumed job knows exactly what it has written.

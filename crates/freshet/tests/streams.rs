@@ -68,6 +68,15 @@ async fn a_job_over_a_monitored_directory_follows_files_as_they_appear() {
     assert_eq!(count(&engine, "SELECT count(*) FROM out").await, 150);
     assert_eq!(count(&engine, "SELECT count(*) FROM s").await, 300);
 
+    // What a running job reads or writes cannot be dropped from under it.
+    for table in ["s", "out"] {
+        let err = engine
+            .sql(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("running job") && err.contains("STOP JOB"), "{err}");
+    }
     engine.sql(&format!("STOP JOB '{}'", jobs[0].id)).await.unwrap();
     assert_eq!(job.info().status, JobStatus::Canceled);
     // A file that appears after the stop is not written by the job.

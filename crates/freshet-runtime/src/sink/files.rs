@@ -59,6 +59,11 @@ impl FileSink {
         })
     }
 
+    /// The filesystem table written.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     fn failed(&self, what: &str, e: impl std::fmt::Display) -> FreshetError {
         FreshetError::BadSourceData {
             table: self.table.clone(),

@@ -347,6 +347,11 @@ impl Engine {
     /// Drops a table or materialized table; with `cascade`, first every materialized table
     /// that reads it; without, an error naming them.
     pub(crate) async fn drop_with_dependents(&self, name: &str, cascade: bool) -> Result<()> {
+        if let Some(job) = self.inner.streams.jobs.running_on(name) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "cannot drop \"{name}\": running job {job} reads or writes it (STOP JOB '{job}' first)"
+            )));
+        }
         let dependents = self.dependents(name);
         if !dependents.is_empty() && !cascade {
             return Err(FreshetError::InvalidStatement(format!(
