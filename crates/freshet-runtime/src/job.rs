@@ -100,6 +100,8 @@ pub struct JobInfo {
     pub rows_out: u64,
     /// Epochs processed.
     pub epochs: u64,
+    /// Per input table, the version processed up to (empty before the first epoch).
+    pub inputs: BTreeMap<String, u64>,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -203,6 +205,7 @@ impl Jobs {
                 rows_in: 0,
                 rows_out: 0,
                 epochs: 0,
+                inputs: BTreeMap::new(),
                 error: None,
             }),
             stop: Notify::new(),
@@ -264,6 +267,7 @@ impl Jobs {
                 rows_in: 0,
                 rows_out: 0,
                 epochs: 0,
+                inputs: BTreeMap::new(),
                 error: Some(error),
             }),
             stop: Notify::new(),
@@ -470,6 +474,10 @@ impl Run {
         }
         let advanced = versions.iter().any(|(name, v)| self.processed.get(name) != Some(v));
         self.processed.extend(versions.iter().cloned());
+        if advanced {
+            let inputs = versions_map(&versions);
+            self.job.update(|info| info.inputs = inputs);
+        }
         if advanced {
             let id = self.job.info().id;
             self.progress.save(&id, &versions_map(&versions)).await?;

@@ -65,7 +65,7 @@ impl Engine {
                 self.create_connector_table(&parsed.text, create).await?;
                 empty_stream()
             }
-            FreshetStatement::ShowJobs => self.show_jobs(),
+            FreshetStatement::ShowJobs => self.show_jobs().await,
             FreshetStatement::StopJob { id } => self.stop_job(id).await,
             FreshetStatement::StatementSet { inserts } => self.start_job(inserts).await,
             FreshetStatement::SetOption { key, value } => {

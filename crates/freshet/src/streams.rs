@@ -8,8 +8,6 @@
 
 mod jobs;
 
-pub(crate) use jobs::jobs_batch;
-
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};

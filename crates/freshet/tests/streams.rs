@@ -68,6 +68,15 @@ async fn a_job_over_a_monitored_directory_follows_files_as_they_appear() {
     assert_eq!(count(&engine, "SELECT count(*) FROM out").await, 150);
     assert_eq!(count(&engine, "SELECT count(*) FROM s").await, 300);
 
+    // A running job has a lag (how far behind its inputs it is); an ended one has none.
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM freshet.jobs WHERE status = 'RUNNING' AND lag_ms >= 0"
+        )
+        .await,
+        1
+    );
     // What a running job reads or writes cannot be dropped from under it.
     for table in ["s", "out"] {
         let err = engine

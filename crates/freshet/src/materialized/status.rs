@@ -212,7 +212,7 @@ impl SchemaProvider for SystemSchema {
         let batch = match name {
             MATERIALIZED_TABLES => materialized_tables_batch(&engine.materialized_tables().await?)?,
             REFRESHES => refreshes_batch(&engine)?,
-            JOBS => crate::streams::jobs_batch(&engine.jobs())?,
+            JOBS => engine.jobs_batch(&engine.jobs()).await?,
             _ => return Ok(None),
         };
         // Rows computed when a query names the table.

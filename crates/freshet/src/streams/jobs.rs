@@ -93,7 +93,7 @@ impl Engine {
                 )));
             }
         }
-        jobs_result(&infos)
+        self.jobs_result(&infos).await
     }
 
     /// A job's share of the engine's memory pool.
@@ -259,8 +259,8 @@ impl Engine {
     }
 
     /// `SHOW JOBS`.
-    pub(crate) fn show_jobs(&self) -> Result<SendableRecordBatchStream> {
-        jobs_result(&self.inner.streams.jobs.list())
+    pub(crate) async fn show_jobs(&self) -> Result<SendableRecordBatchStream> {
+        self.jobs_result(&self.inner.streams.jobs.list()).await
     }
 
     /// `STOP JOB 'id'`: stops it after its current epoch and waits for it.
@@ -272,7 +272,7 @@ impl Engine {
         };
         job.stop();
         let info = job.wait().await;
-        jobs_result(&[info])
+        self.jobs_result(&[info]).await
     }
 
     /// Every job started since the engine opened, running or ended, in the order they started.
@@ -304,13 +304,45 @@ impl JobProgress for CatalogProgress {
     }
 }
 
-/// A table of jobs: `SHOW JOBS` and the system table `freshet.jobs`.
-fn jobs_result(jobs: &[JobInfo]) -> Result<SendableRecordBatchStream> {
-    let batch = jobs_batch(jobs)?;
-    batches_stream(batch.schema(), vec![batch])
+impl Engine {
+    /// A table of jobs: `SHOW JOBS` and the system table `freshet.jobs`.
+    async fn jobs_result(&self, jobs: &[JobInfo]) -> Result<SendableRecordBatchStream> {
+        let batch = self.jobs_batch(jobs).await?;
+        batches_stream(batch.schema(), vec![batch])
+    }
+
+    /// How far behind its inputs a running job is: now minus the commit time of the oldest
+    /// input version it has not processed (0 when it has processed them all); NULL for a job
+    /// that has ended or not yet run an epoch.
+    async fn job_lag_ms(&self, job: &JobInfo) -> Option<i64> {
+        if job.status.is_terminal() || job.inputs.is_empty() {
+            return None;
+        }
+        let now = self.inner.materialized.clock.now_ms();
+        let mut lag = 0;
+        for (name, &processed) in &job.inputs {
+            let Ok(table) = self.inner.catalog.table(name) else {
+                continue;
+            };
+            if table.snapshot().version() > processed
+                && let Ok(next) = table.snapshot_at(processed + 1).await
+            {
+                lag = lag.max(now - next.manifest().committed_at_ms);
+            }
+        }
+        Some(lag.max(0))
+    }
+
+    pub(crate) async fn jobs_batch(&self, jobs: &[JobInfo]) -> Result<RecordBatch> {
+        let mut lags = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            lags.push(self.job_lag_ms(job).await);
+        }
+        jobs_batch(jobs, lags)
+    }
 }
 
-pub(crate) fn jobs_batch(jobs: &[JobInfo]) -> Result<RecordBatch> {
+fn jobs_batch(jobs: &[JobInfo], lags: Vec<Option<i64>>) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("job_id", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
@@ -318,6 +350,7 @@ pub(crate) fn jobs_batch(jobs: &[JobInfo]) -> Result<RecordBatch> {
         Field::new("rows_in", DataType::UInt64, false),
         Field::new("rows_out", DataType::UInt64, false),
         Field::new("epochs", DataType::UInt64, false),
+        Field::new("lag_ms", DataType::Int64, true),
         Field::new(
             "started_at",
             DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
@@ -332,6 +365,7 @@ pub(crate) fn jobs_batch(jobs: &[JobInfo]) -> Result<RecordBatch> {
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.rows_in))),
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.rows_out))),
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.epochs))),
+        Arc::new(datafusion::arrow::array::Int64Array::from(lags)),
         Arc::new(TimestampMillisecondArray::from_iter_values(
             jobs.iter().map(|j| j.started_at_ms),
         )),
