@@ -216,6 +216,7 @@ impl Jobs {
         let running = job.clone();
         tokio::spawn(async move {
             let mut run = Run {
+                id: id.clone(),
                 job: running.clone(),
                 inputs,
                 pipeline,
@@ -228,7 +229,7 @@ impl Jobs {
             let (status, error) = match run.run(resume).await {
                 Ok(status) => (status, None),
                 Err(e) => {
-                    tracing::warn!(job = %running.info().id, error = %e, "job failed");
+                    tracing::warn!(job = %id, error = %e, "job failed");
                     (JobStatus::Failed, Some(e.to_string()))
                 }
             };
@@ -238,8 +239,8 @@ impl Jobs {
             // A job stopped by the engine closing is resumed when it opens again; one that
             // ended for any other reason is forgotten.
             let closing = status == JobStatus::Canceled && running.closing.load(std::sync::atomic::Ordering::Relaxed);
-            if !closing && let Err(e) = progress.ended(&running.info().id).await {
-                tracing::warn!(job = %running.info().id, error = %e, "could not forget an ended job");
+            if !closing && let Err(e) = progress.ended(&id).await {
+                tracing::warn!(job = %id, error = %e, "could not forget an ended job");
             }
             // The progress store holds the catalog (and the location's lock): let go of it too.
             drop(progress);
@@ -301,6 +302,8 @@ impl Jobs {
 
 /// A job's loop and what it has processed.
 struct Run {
+    /// The job's id (its info is published; this is read at every epoch).
+    id: String,
     job: Arc<Job>,
     inputs: Vec<JobInput>,
     pipeline: Pipeline,
@@ -319,7 +322,7 @@ impl Run {
         self.memory.try_resize(bytes).map_err(|e| {
             FreshetError::from(e).context(format!(
                 "job {}: its operator state needs {bytes} bytes of memory",
-                self.job.info().id
+                self.id
             ))
         })
     }
@@ -463,7 +466,7 @@ impl Run {
                             .into(),
                     ));
                 }
-                let record = serde_json::json!({ "job": self.job.info().id, "inputs": versions_map(&versions) });
+                let record = serde_json::json!({ "job": self.id, "inputs": versions_map(&versions) });
                 written = self.sink.write(&output, record).await?;
             }
             self.job.update(|info| {
@@ -479,7 +482,7 @@ impl Run {
             self.job.update(|info| info.inputs = inputs);
         }
         if advanced {
-            let id = self.job.info().id;
+            let id = self.id.clone();
             self.progress.save(&id, &versions_map(&versions)).await?;
         }
         Ok(())
