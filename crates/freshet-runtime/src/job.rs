@@ -121,6 +121,8 @@ pub struct Job {
     /// What it is and has done, updated after every epoch and when it ends.
     info: watch::Sender<JobInfo>,
     stop: Notify,
+    /// Set by [`Job::stop`] (the notification wakes a waiting job; this tells a busy one).
+    stopping: std::sync::atomic::AtomicBool,
     /// Stopped because the engine closes (it resumes when the engine opens again).
     closing: std::sync::atomic::AtomicBool,
     /// The tables it reads and the one it writes, if a table.
@@ -145,7 +147,12 @@ impl Job {
 
     /// Asks the job to stop after the epoch it is in.
     pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.stop.notify_one();
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the job has ended, and returns how.
@@ -209,6 +216,7 @@ impl Jobs {
                 error: None,
             }),
             stop: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             tables,
         });
@@ -272,6 +280,7 @@ impl Jobs {
                 error: Some(error),
             }),
             stop: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             tables: Vec::new(),
         });
@@ -342,11 +351,13 @@ impl Run {
             // Ends once every source has ended and been read (tables without a source are read
             // as they are: a bounded input).
             let mut finished = true;
+            let mut pending = false;
             let mut ingested = HashMap::new();
             for input in &self.inputs {
                 if let Some(source) = &input.source {
                     let report = source.ingest_keeping_rows(&input.table).await?;
                     finished &= report.finished;
+                    pending |= report.pending;
                     if report.version > report.base {
                         ingested.insert(input.table.name().to_string(), report);
                     }
@@ -358,6 +369,14 @@ impl Run {
             }
             for c in &mut commits {
                 c.borrow_and_update();
+            }
+            // A source that had more than one epoch takes is read on at once (a stop still
+            // ends the job between epochs): the job pulls its input no faster than it writes it.
+            if pending {
+                if self.job.stop_requested() {
+                    return Ok(JobStatus::Canceled);
+                }
+                continue;
             }
             let changed = future::select_all(commits.iter_mut().map(|c| Box::pin(c.changed())));
             let tick = tokio::time::sleep(interval.unwrap_or(Duration::from_secs(3_600)));

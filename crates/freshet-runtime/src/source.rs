@@ -14,7 +14,7 @@ mod nexmark;
 pub use nexmark::NexmarkOptions;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, StructArray};
@@ -32,6 +32,11 @@ use filesystem::FileSource;
 
 /// Rows one ingestion of a generator adds at most (the next one goes on from there).
 const MAX_GENERATED_ROWS: u64 = 1 << 20;
+
+/// Bytes of decoded rows after which one ingestion of files stops (at the end of a file) and
+/// leaves the rest to the next: what a job holds of its input at once stays bounded however far
+/// behind it is.
+const MAX_INGEST_BYTES: usize = 128 << 20;
 
 /// How often a job over a generator looks for rows that have come due.
 const GENERATOR_POLL: Duration = Duration::from_millis(100);
@@ -67,6 +72,8 @@ pub struct Source {
     schema: SchemaRef,
     monitor_interval: Option<Duration>,
     skipped: AtomicU64,
+    /// Bytes of decoded rows after which an ingestion of files stops ([`MAX_INGEST_BYTES`]).
+    max_ingest_bytes: AtomicUsize,
 }
 
 /// What one ingestion did.
@@ -84,6 +91,9 @@ pub struct IngestReport {
     pub skipped: u64,
     /// Whether the source has ended and all of it is in the table.
     pub finished: bool,
+    /// Whether more is available already: the ingestion stopped at its size limit, and the
+    /// next one should follow without waiting.
+    pub pending: bool,
 }
 
 /// The position of a source, kept in the record of the version that reached it.
@@ -164,6 +174,7 @@ impl Source {
             schema,
             monitor_interval,
             skipped: AtomicU64::new(0),
+            max_ingest_bytes: AtomicUsize::new(MAX_INGEST_BYTES),
         })
     }
 
@@ -209,6 +220,13 @@ impl Source {
         }
     }
 
+    /// Sets how many bytes of decoded rows one ingestion of files takes at most (it ends at the
+    /// end of the file that reaches the limit; the default is 128 MiB): what a job reading a
+    /// source that is far ahead holds at once.
+    pub fn set_max_ingest_bytes(&self, bytes: usize) {
+        self.max_ingest_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+
     /// Malformed lines skipped since the engine opened.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
@@ -243,6 +261,7 @@ impl Source {
             .unwrap_or_default();
         let mut rows = 0;
         let mut skipped = 0;
+        let mut pending = false;
         let finished;
         match &self.reader {
             Reader::Files(reader) => {
@@ -256,18 +275,26 @@ impl Source {
                         ..IngestReport::default()
                     });
                 }
-                for file in new_files {
+                let mut bytes = 0;
+                let limit = self.max_ingest_bytes.load(Ordering::Relaxed);
+                let count = new_files.len();
+                for (n, file) in new_files.into_iter().enumerate() {
                     let read = reader.read(&file).await?;
                     skipped += read.skipped;
                     for batch in read.batches {
                         let batch = self.complete(batch)?;
                         rows += batch.num_rows() as u64;
+                        bytes += batch.get_array_memory_size();
                         txn.insert(&batch).await?;
                         if keep {
                             kept.push(batch);
                         }
                     }
                     position.files.push(file.display().to_string());
+                    if bytes >= limit && n + 1 < count {
+                        pending = true;
+                        break;
+                    }
                 }
             }
             Reader::Datagen(_) | Reader::Nexmark(_) => {
@@ -294,9 +321,9 @@ impl Source {
                     }
                     Reader::Files(_) => return Err(FreshetError::Internal("a file source generating rows".into())),
                 };
-                let due = due
-                    .min(position.rows.saturating_add(MAX_GENERATED_ROWS))
-                    .min(total.unwrap_or(u64::MAX));
+                let available = due.min(total.unwrap_or(u64::MAX));
+                let due = available.min(position.rows.saturating_add(MAX_GENERATED_ROWS));
+                pending = available > due;
                 finished = total.is_some_and(|total| due >= total);
                 if due <= position.rows && !first {
                     return Ok(IngestReport {
@@ -334,7 +361,9 @@ impl Source {
             batches: kept,
             version: committed.version,
             skipped,
-            finished,
+            // A bounded source with more to read has not finished.
+            finished: finished && !pending,
+            pending,
         })
     }
 
@@ -389,5 +418,68 @@ pub(crate) fn rename_fields(array: ArrayRef, target: &DataType) -> Result<ArrayR
             ))
         }
         _ => Ok(array),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::ConnectorOptions;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use freshet_storage::{Catalog, Location, WriteOptions};
+
+    #[tokio::test]
+    async fn a_backlog_of_files_is_ingested_in_bounded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 0..5 {
+            let lines: String = (0..100).map(|i| format!("{{\"v\": {}}}\n", n * 100 + i)).collect();
+            std::fs::write(dir.path().join(format!("part-{n}.json")), lines).unwrap();
+        }
+        let options = vec![
+            ("connector".to_string(), "filesystem".to_string()),
+            ("path".to_string(), dir.path().display().to_string()),
+            ("format".to_string(), "json".to_string()),
+        ];
+        let connector = ConnectorOptions::new("t", &options).connector().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let clock: SharedClock = Arc::new(freshet_common::SystemClock);
+        let source = Source::new(
+            "t",
+            &connector,
+            schema.clone(),
+            schema.clone(),
+            vec![SourceColumn::Physical(0)],
+            schema.clone(),
+            clock,
+        )
+        .unwrap();
+        let location = Arc::new(Location::open("memory://").unwrap());
+        let catalog = Catalog::open(location, WriteOptions::default()).await.unwrap();
+        let table = catalog
+            .create_connector_table("t", schema, "CREATE TABLE t ...")
+            .await
+            .unwrap();
+        // Every file's rows reach the limit: each ingestion takes one file and says more is there.
+        source.set_max_ingest_bytes(1);
+        let created = table.snapshot().version();
+        let mut steps = Vec::new();
+        loop {
+            let report = source.ingest(&table).await.unwrap();
+            steps.push((report.rows, report.pending, report.finished));
+            if !report.pending {
+                break;
+            }
+        }
+        assert_eq!(
+            steps,
+            vec![
+                (100, true, false),
+                (100, true, false),
+                (100, true, false),
+                (100, true, false),
+                (100, false, true)
+            ]
+        );
+        assert_eq!(table.snapshot().version(), created + 5);
     }
 }

@@ -88,6 +88,11 @@ impl Streams {
                 let ingested = source.ingest(&table).await;
                 drop(table);
                 match ingested {
+                    // More is there already: read on without waiting.
+                    Ok(report) if report.pending => {
+                        last_error = None;
+                        continue;
+                    }
                     Ok(_) => last_error = None,
                     Err(e) => {
                         let message = e.to_string();
@@ -325,7 +330,8 @@ impl Engine {
             };
             match &table.source {
                 Some(source) => {
-                    source.ingest(&self.inner.catalog.table(&name)?).await?;
+                    let table = self.inner.catalog.table(&name)?;
+                    while source.ingest(&table).await?.pending {}
                 }
                 // As in Flink: a sink-only connector has nothing to read.
                 None if is_query => {
