@@ -6,7 +6,7 @@
 //! pipeline once; write the output to the sink; wait for an input to commit, a source's monitor
 //! interval, or a stop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,19 +36,27 @@ pub trait JobProgress: Send + Sync + std::fmt::Debug {
 pub struct JobStart {
     /// Its id: a new one, or the id of the job it resumes.
     pub id: String,
-    /// The statement it runs.
+    /// The statement it runs (an INSERT, or a statement set of several).
     pub statement: String,
-    /// Its inputs.
+    /// Its inputs: every table its branches read, each once.
     pub inputs: Vec<JobInput>,
+    /// What it writes: one branch per INSERT. The branches of a statement set read their
+    /// common inputs once per epoch.
+    pub branches: Vec<JobBranch>,
+    /// Its operator state's share of the engine's memory pool, resized after every epoch: a
+    /// state that outgrows the limit fails the job.
+    pub memory: datafusion::execution::memory_pool::MemoryReservation,
+}
+
+/// One INSERT of a job: its pipeline and its sink.
+#[derive(Debug)]
+pub struct JobBranch {
     /// Its pipeline.
     pub pipeline: Pipeline,
     /// Its sink.
     pub sink: Sink,
-    /// The input versions it had written everything of, when it resumes.
+    /// The input versions it had written everything of, when the job resumes.
     pub resume: Option<BTreeMap<String, u64>>,
-    /// Its operator state's share of the engine's memory pool, resized after every epoch: a
-    /// state that outgrows the limit fails the job.
-    pub memory: datafusion::execution::memory_pool::MemoryReservation,
 }
 
 /// The life of a job.
@@ -96,8 +104,10 @@ pub struct JobInfo {
     pub ended_at_ms: Option<i64>,
     /// Input rows (changes) processed.
     pub rows_in: u64,
-    /// Rows written to the sink.
+    /// Rows written to the sinks.
     pub rows_out: u64,
+    /// Rows written by each INSERT of the job (one, or a statement set's), in order.
+    pub rows_out_by_insert: Vec<u64>,
     /// Epochs processed.
     pub epochs: u64,
     /// Per input table, the version processed up to (empty before the first epoch).
@@ -195,13 +205,22 @@ impl Jobs {
             id,
             statement,
             inputs,
-            pipeline,
-            sink,
-            resume,
+            branches,
             memory,
         } = start;
         let mut tables: Vec<String> = inputs.iter().map(|i| i.table.name().to_string()).collect();
-        tables.extend(sink.table().map(str::to_string));
+        tables.extend(branches.iter().filter_map(|b| b.sink.table()).map(str::to_string));
+        let (branches, resume): (Vec<Branch>, Vec<_>) = branches
+            .into_iter()
+            .map(|b| {
+                let branch = Branch {
+                    pipeline: b.pipeline,
+                    sink: b.sink,
+                    processed: HashMap::new(),
+                };
+                (branch, b.resume)
+            })
+            .unzip();
         let job = Arc::new(Job {
             info: watch::Sender::new(JobInfo {
                 id: id.clone(),
@@ -211,6 +230,7 @@ impl Jobs {
                 ended_at_ms: None,
                 rows_in: 0,
                 rows_out: 0,
+                rows_out_by_insert: vec![0; branches.len()],
                 epochs: 0,
                 inputs: BTreeMap::new(),
                 error: None,
@@ -227,10 +247,8 @@ impl Jobs {
                 id: id.clone(),
                 job: running.clone(),
                 inputs,
-                pipeline,
-                sink,
+                branches,
                 clock: clock.clone(),
-                processed: HashMap::new(),
                 progress: progress.clone(),
                 memory,
             };
@@ -275,6 +293,7 @@ impl Jobs {
                 ended_at_ms: Some(now),
                 rows_in: 0,
                 rows_out: 0,
+                rows_out_by_insert: Vec::new(),
                 epochs: 0,
                 inputs: BTreeMap::new(),
                 error: Some(error),
@@ -315,19 +334,32 @@ struct Run {
     id: String,
     job: Arc<Job>,
     inputs: Vec<JobInput>,
-    pipeline: Pipeline,
-    sink: Sink,
+    branches: Vec<Branch>,
     clock: SharedClock,
-    /// Per input table, the version its changes have been processed up to.
-    processed: HashMap<String, u64>,
     progress: Arc<dyn JobProgress>,
     memory: datafusion::execution::memory_pool::MemoryReservation,
+}
+
+/// One INSERT of a running job.
+struct Branch {
+    pipeline: Pipeline,
+    sink: Sink,
+    /// Per input table it reads, the version its changes have been processed up to (empty
+    /// before its first epoch).
+    processed: HashMap<String, u64>,
+}
+
+impl Branch {
+    fn reads(&self, table: &str) -> bool {
+        self.pipeline.sources().contains(table)
+    }
 }
 
 impl Run {
     /// Resizes the state's reservation; past the engine's memory limit the job fails.
     fn account(&mut self) -> Result<()> {
-        let bytes = usize::try_from(self.pipeline.state_size().bytes).unwrap_or(usize::MAX);
+        let bytes: u64 = self.branches.iter().map(|b| b.pipeline.state_size().bytes).sum();
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         self.memory.try_resize(bytes).map_err(|e| {
             FreshetError::from(e).context(format!(
                 "job {}: its operator state needs {bytes} bytes of memory",
@@ -336,9 +368,11 @@ impl Run {
         })
     }
 
-    async fn run(&mut self, resume: Option<BTreeMap<String, u64>>) -> Result<JobStatus> {
-        if let Some(versions) = resume {
-            self.rebuild(&versions).await?;
+    async fn run(&mut self, resume: Vec<Option<BTreeMap<String, u64>>>) -> Result<JobStatus> {
+        for (branch, versions) in resume.into_iter().enumerate() {
+            if let Some(versions) = versions {
+                self.rebuild(branch, &versions).await?;
+            }
         }
         // Subscribed before the first look, so that no commit falls in between.
         let mut commits: Vec<watch::Receiver<u64>> = self.inputs.iter().map(|i| i.table.subscribe()).collect();
@@ -389,13 +423,17 @@ impl Run {
         }
     }
 
-    /// Resumes after a restart: the pipeline's state is rebuilt from the inputs at the versions
-    /// the job had written everything of (its output then, already written, is dropped), and
-    /// processing goes on from there.
-    async fn rebuild(&mut self, versions: &BTreeMap<String, u64>) -> Result<()> {
+    /// Resumes a branch after a restart: its pipeline's state is rebuilt from the inputs at the
+    /// versions it had written everything of (its output then, already written, is dropped),
+    /// and processing goes on from there.
+    async fn rebuild(&mut self, branch: usize, versions: &BTreeMap<String, u64>) -> Result<()> {
         let mut epoch = Epoch::at(self.clock.now_ms());
+        let branch = &mut self.branches[branch];
         for input in &self.inputs {
             let name = input.table.name().to_string();
+            if !branch.reads(&name) {
+                continue;
+            }
             let Some(&version) = versions.get(&name) else {
                 return Err(FreshetError::InvalidStatement(format!(
                     "the job cannot resume: it had not recorded how far it read \"{name}\""
@@ -406,122 +444,156 @@ impl Run {
                     "the job cannot resume: version {version} of \"{name}\", where it stopped, is gone ({e})"
                 ))
             })?;
-            let columns = self.pipeline.source_columns(&name).map(<[usize]>::to_vec);
+            let columns = branch.pipeline.source_columns(&name).map(<[usize]>::to_vec);
             let mut rows = snapshot.scan(columns, false);
             while let Some(batch) = rows.try_next().await? {
                 epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
             }
-            self.processed.insert(name, version);
+            branch.processed.insert(name, version);
         }
-        self.pipeline.step(&epoch)?;
+        branch.pipeline.step(&epoch)?;
         self.account()
     }
 
-    /// Processes every input's changes since the last epoch. `ingested` holds the rows this
-    /// job's own ingestion just appended to its inputs: where they are exactly the changes
-    /// since the version processed (nothing else committed in between), they are taken as they
-    /// are instead of being read back from the table's files.
-    async fn epoch(&mut self, mut ingested: HashMap<String, IngestReport>) -> Result<()> {
-        let mut epoch = Epoch::at(self.clock.now_ms());
-        let mut versions = Vec::new();
+    /// Processes every input's changes since the last epoch: each input is read once for the
+    /// branches that have processed it up to the same version (all of them, but after a
+    /// restart that found them at different points). `ingested` holds the rows this job's own
+    /// ingestion just appended to its inputs: where they are exactly the changes wanted (nothing
+    /// else committed in between), they are taken as they are instead of being read back.
+    async fn epoch(&mut self, ingested: HashMap<String, IngestReport>) -> Result<()> {
+        let mut versions = BTreeMap::new();
+        let mut reads: HashMap<(String, Option<u64>), Vec<ChangeBatch>> = HashMap::new();
+        let mut rows_in = 0;
         for input in &self.inputs {
             let name = input.table.name().to_string();
-            let columns = self.pipeline.source_columns(&name).map(<[usize]>::to_vec);
             let snapshot = input.table.snapshot();
             let version = snapshot.version();
-            match self.processed.get(&name) {
-                // The first epoch reads the input's contents: those before this job's own
-                // ingestion, and the rows it just appended as they are.
-                None => {
-                    let read_from = match ingested.remove(&name) {
-                        Some(report) if report.version == version => {
-                            add_rows(&mut epoch, &name, report.batches, columns.as_deref())?;
-                            input.table.snapshot_at(report.base).await?
-                        }
-                        _ => snapshot,
-                    };
-                    let mut rows = read_from.scan(columns, false);
-                    while let Some(batch) = rows.try_next().await? {
-                        epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
-                    }
+            let (columns, froms) = {
+                let readers: Vec<&Branch> = self.branches.iter().filter(|b| b.reads(&name)).collect();
+                // One branch reads only the columns it needs; several read all (a pipeline
+                // takes changes of all columns too).
+                let columns = match readers.as_slice() {
+                    [only] => only.pipeline.source_columns(&name).map(<[usize]>::to_vec),
+                    _ => None,
+                };
+                let froms: BTreeSet<Option<u64>> = readers.iter().map(|b| b.processed.get(&name).copied()).collect();
+                (columns, froms)
+            };
+            for from in froms {
+                if from.is_some_and(|from| from >= version) {
+                    continue;
                 }
-                Some(&from)
-                    if ingested
-                        .get(&name)
-                        .is_some_and(|report| report.base == from && report.version == version) =>
-                {
-                    let report = ingested.remove(&name).unwrap_or_default();
-                    for batch in report.batches {
-                        let batch = match &columns {
-                            Some(columns) => batch
-                                .project(columns)
-                                .map_err(|e| FreshetError::Internal(e.to_string()))?,
-                            None => batch,
-                        };
-                        epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
-                    }
-                }
-                Some(&from) if from < version => {
-                    let changes = input.table.changes(from, version).await?;
-                    let mut rows = changes.stream_columns(columns.as_deref());
-                    while let Some(batch) = rows.try_next().await? {
-                        epoch.add(&name, batch);
-                    }
-                }
-                Some(_) => {}
+                let changes = read_changes(input, from, &snapshot, columns.as_deref(), ingested.get(&name)).await?;
+                rows_in += changes.iter().map(ChangeBatch::num_rows).sum::<usize>() as u64;
+                reads.insert((name.clone(), from), changes);
             }
-            versions.push((name, version));
+            versions.insert(name, version);
         }
-        let first = self.processed.is_empty();
-        let rows_in = epoch.rows() as u64;
-        if rows_in > 0 || first {
-            let output = self.pipeline.step(&epoch)?;
-            self.account()?;
-            let mut written = 0;
-            if let Some(output) = output {
-                if self.sink.append_only() && output.weights().values().iter().any(|&w| w < 0) {
-                    return Err(FreshetError::InvalidStatement(
-                        "the query's result retracted rows it had emitted, which an append-only sink cannot take"
-                            .into(),
-                    ));
+        let now = self.clock.now_ms();
+        let mut written = vec![0; self.branches.len()];
+        let mut stepped = false;
+        for (index, branch) in self.branches.iter_mut().enumerate() {
+            let mut epoch = Epoch::at(now);
+            for name in branch.pipeline.sources() {
+                if let Some(changes) = reads.get(&(name.clone(), branch.processed.get(name).copied())) {
+                    for batch in changes {
+                        epoch.add(name, batch.clone());
+                    }
                 }
-                let record = serde_json::json!({ "job": self.id, "inputs": versions_map(&versions) });
-                written = self.sink.write(&output, record).await?;
             }
+            let inputs: BTreeMap<String, u64> = versions
+                .iter()
+                .filter(|(name, _)| branch.reads(name))
+                .map(|(name, &v)| (name.clone(), v))
+                .collect();
+            if epoch.rows() > 0 || branch.processed.is_empty() {
+                stepped = true;
+                if let Some(output) = branch.pipeline.step(&epoch)? {
+                    if branch.sink.append_only() && output.weights().values().iter().any(|&w| w < 0) {
+                        return Err(FreshetError::InvalidStatement(
+                            "the query's result retracted rows it had emitted, which an append-only sink cannot take"
+                                .into(),
+                        ));
+                    }
+                    let record = serde_json::json!({ "job": self.id, "branch": index, "inputs": inputs });
+                    written[index] = branch.sink.write(&output, record).await?;
+                }
+            }
+            branch.processed.extend(inputs);
+        }
+        if stepped {
+            self.account()?;
             self.job.update(|info| {
                 info.rows_in += rows_in;
-                info.rows_out += written;
+                info.rows_out += written.iter().sum::<u64>();
+                for (total, rows) in info.rows_out_by_insert.iter_mut().zip(&written) {
+                    *total += rows;
+                }
                 info.epochs += 1;
             });
         }
-        let advanced = versions.iter().any(|(name, v)| self.processed.get(name) != Some(v));
-        self.processed.extend(versions.iter().cloned());
+        let advanced = self.job.info.borrow().inputs != versions;
         if advanced {
-            let inputs = versions_map(&versions);
-            self.job.update(|info| info.inputs = inputs);
-        }
-        if advanced {
+            self.job.update(|info| info.inputs = versions.clone());
             let id = self.id.clone();
-            self.progress.save(&id, &versions_map(&versions)).await?;
+            self.progress.save(&id, &versions).await?;
         }
         Ok(())
     }
 }
 
+/// The changes of `input` from version `from` (its contents when none) to `snapshot`'s.
+/// `ingested` is what the job's own ingestion just appended, taken as it is where it is exactly
+/// those changes (or their end).
+async fn read_changes(
+    input: &JobInput,
+    from: Option<u64>,
+    snapshot: &Arc<freshet_storage::Snapshot>,
+    columns: Option<&[usize]>,
+    ingested: Option<&IngestReport>,
+) -> Result<Vec<ChangeBatch>> {
+    let version = snapshot.version();
+    let mut changes = Vec::new();
+    let ingested = ingested.filter(|report| report.version == version);
+    match from {
+        // The contents: those before this job's own ingestion, and the rows it just appended.
+        None => {
+            let read_from = match ingested {
+                Some(report) => {
+                    add_rows(&mut changes, &report.batches, columns)?;
+                    input.table.snapshot_at(report.base).await?
+                }
+                None => snapshot.clone(),
+            };
+            let mut rows = read_from.scan(columns.map(<[usize]>::to_vec), false);
+            while let Some(batch) = rows.try_next().await? {
+                changes.push(ChangeBatch::with_weight(&batch, 1)?);
+            }
+        }
+        Some(from) => match ingested {
+            Some(report) if report.base == from => add_rows(&mut changes, &report.batches, columns)?,
+            _ => {
+                let read = input.table.changes(from, version).await?;
+                let mut rows = read.stream_columns(columns);
+                while let Some(batch) = rows.try_next().await? {
+                    changes.push(batch);
+                }
+            }
+        },
+    }
+    Ok(changes)
+}
+
 /// Inserted rows of a source, with the columns the pipeline reads.
-fn add_rows(epoch: &mut Epoch, name: &str, batches: Vec<RecordBatch>, columns: Option<&[usize]>) -> Result<()> {
+fn add_rows(changes: &mut Vec<ChangeBatch>, batches: &[RecordBatch], columns: Option<&[usize]>) -> Result<()> {
     for batch in batches {
         let batch = match columns {
             Some(columns) => batch
                 .project(columns)
                 .map_err(|e| FreshetError::Internal(e.to_string()))?,
-            None => batch,
+            None => batch.clone(),
         };
-        epoch.add(name, ChangeBatch::with_weight(&batch, 1)?);
+        changes.push(ChangeBatch::with_weight(&batch, 1)?);
     }
     Ok(())
-}
-
-fn versions_map(versions: &[(String, u64)]) -> BTreeMap<String, u64> {
-    versions.iter().cloned().collect()
 }

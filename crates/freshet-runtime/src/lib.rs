@@ -20,6 +20,6 @@ pub mod sink;
 pub mod source;
 
 pub use connector::{Connector, ConnectorOptions, FileFormat};
-pub use job::{Job, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs};
+pub use job::{Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs};
 pub use sink::Sink;
 pub use source::{IngestReport, Source, SourceColumn};

@@ -80,10 +80,11 @@ pub async fn export_json_lines(options: &[(&str, String)], dir: &std::path::Path
     engine
         .sql(&format!("EXECUTE STATEMENT SET BEGIN {} END", inserts.join(" ")))
         .await?;
-    let jobs = engine.jobs();
     let mut rows = [0; 3];
-    for (slot, job) in rows.iter_mut().zip(&jobs) {
-        *slot = job.rows_out;
+    if let Some(job) = engine.jobs().first() {
+        for (slot, written) in rows.iter_mut().zip(&job.rows_out_by_insert) {
+            *slot = *written;
+        }
     }
     engine.close().await;
     Ok(rows)

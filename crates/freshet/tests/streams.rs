@@ -207,6 +207,62 @@ async fn a_running_job_resumes_after_a_restart_without_losing_or_repeating_rows(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_set_is_one_job_writing_every_sink_and_resumes_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    place(&input, "a.json", &lines(0, 40));
+    let engine = engine(dir.path()).await;
+    monitored_source(&engine, &input).await;
+    engine.sql("CREATE TABLE evens (id BIGINT, v BIGINT)").await.unwrap();
+    engine
+        .sql("CREATE TABLE totals (parity BIGINT, n BIGINT, PRIMARY KEY (parity))")
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "EXECUTE STATEMENT SET BEGIN \
+               INSERT INTO evens SELECT id, v FROM s WHERE id % 2 = 0; \
+               INSERT INTO totals SELECT id % 2, count(*) FROM s GROUP BY id % 2; \
+             END",
+        )
+        .await
+        .unwrap();
+    let jobs = engine.jobs();
+    assert_eq!(jobs.len(), 1, "the statement set runs as one job");
+    let id = jobs[0].id.clone();
+    assert!(
+        jobs[0].statement.starts_with("EXECUTE STATEMENT SET"),
+        "{}",
+        jobs[0].statement
+    );
+    let totals = |engine: &Engine| {
+        let engine = engine.clone();
+        async move { count(&engine, "SELECT sum(n) FROM totals").await }
+    };
+    // Each epoch reads the input once for both inserts: 40 rows in, 20 + 2 out.
+    let job = engine.job(&id).unwrap();
+    let info = job.subscribe().wait_for(|i| i.rows_out >= 22).await.unwrap().clone();
+    assert_eq!(info.rows_in, 40);
+    assert_eq!(count(&engine, "SELECT count(*) FROM evens").await, 20);
+    assert_eq!(totals(&engine).await, 40);
+    engine.close().await;
+
+    place(&input, "b.json", &lines(40, 70));
+    let engine = self::engine(dir.path()).await;
+    let job = engine
+        .job(&id)
+        .expect("the statement set's job is resumed under its id");
+    // 15 new evens, and the two parities' counts updated (a retraction and an insertion each).
+    job.subscribe().wait_for(|i| i.rows_out >= 19).await.unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM evens").await, 35);
+    assert_eq!(count(&engine, "SELECT count(DISTINCT id) FROM evens").await, 35);
+    assert_eq!(totals(&engine).await, 70);
+    assert_eq!(count(&engine, "SELECT count(*) FROM totals").await, 2);
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_state_outgrows_the_memory_limit_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::builder()

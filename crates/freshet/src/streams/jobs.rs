@@ -2,6 +2,7 @@
 //! pipeline and run by `freshet-runtime`; recorded in the catalog so that a restart resumes them;
 //! `SHOW JOBS`, `STOP JOB` and the system table `freshet.jobs`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -17,7 +18,7 @@ use std::ops::ControlFlow;
 use freshet_common::{FreshetError, Result};
 use freshet_incremental::{BuildError, Pipeline, time_as_input};
 use freshet_runtime::sink::FileSink;
-use freshet_runtime::{Connector, Job, JobInfo, JobInput, JobProgress, JobStart, Jobs, Sink};
+use freshet_runtime::{Connector, Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, Jobs, Sink};
 use freshet_sql::{FreshetStatement, ParsedStatement};
 use freshet_storage::CatalogEntry;
 
@@ -47,53 +48,81 @@ impl Engine {
             || matches!(&insert.table, TableObject::TableName(n) if self.resolve_name(n).is_ok_and(|n| self.inner.streams.get(&n).is_some()))
     }
 
-    /// Starts the job of INSERT statements (one, or a statement set's).
+    /// Starts the job of INSERT statements: one, or a statement set's, whose inserts run as one
+    /// job reading their common inputs once.
     pub(crate) async fn start_job(&self, inserts: &[ParsedStatement]) -> Result<SendableRecordBatchStream> {
-        let mut jobs = Vec::new();
-        // Every insert is planned before any starts, so that a bad one starts none.
-        let mut planned = Vec::new();
+        let mut texts = Vec::new();
         for parsed in inserts {
-            let FreshetStatement::DataFusion(statement) = &parsed.statement else {
+            if !matches!(&parsed.statement, FreshetStatement::DataFusion(_)) {
                 return Err(FreshetError::InvalidStatement(format!(
                     "a statement set holds INSERT statements, not: {}",
                     parsed.text
                 )));
-            };
-            planned.push((parsed.text.clone(), self.plan_job(statement).await?));
-        }
-        for (text, (inputs, pipeline, sink)) in planned {
-            let id = Jobs::new_id();
-            // Recorded before it starts: a restart resumes it.
-            self.inner
-                .catalog
-                .put_job(&id, serde_json::json!({ "statement": text }))
-                .await?;
-            let start = JobStart {
-                id,
-                statement: text,
-                inputs,
-                pipeline,
-                sink,
-                resume: None,
-                memory: self.job_memory(),
-            };
-            jobs.push(self.launch(start));
-        }
-        let mut infos: Vec<JobInfo> = jobs.iter().map(|j| j.info()).collect();
-        if self.inner.streams.dml_sync.load(Ordering::Relaxed) {
-            infos.clear();
-            for job in &jobs {
-                infos.push(job.wait().await);
             }
-            if let Some(failed) = infos.iter().find(|i| i.error.is_some()) {
+            texts.push(parsed.text.clone());
+        }
+        // Every insert is planned before the job starts, so that a bad one starts nothing.
+        let start = self.plan_job_start(Jobs::new_id(), &texts).await?;
+        // Recorded before it starts: a restart resumes it.
+        self.inner
+            .catalog
+            .put_job(&start.id, serde_json::json!({ "statements": texts }))
+            .await?;
+        let job = self.launch(start);
+        let mut info = job.info();
+        if self.inner.streams.dml_sync.load(Ordering::Relaxed) {
+            info = job.wait().await;
+            if let Some(error) = &info.error {
                 return Err(FreshetError::InvalidStatement(format!(
-                    "job {} failed: {}",
-                    failed.id,
-                    failed.error.clone().unwrap_or_default()
+                    "job {} failed: {error}",
+                    info.id
                 )));
             }
         }
-        self.jobs_result(&infos).await
+        self.jobs_result(&[info]).await
+    }
+
+    /// Plans a job's inserts into its start: one branch per insert, over the union of their
+    /// inputs.
+    async fn plan_job_start(&self, id: String, texts: &[String]) -> Result<JobStart> {
+        let mut inputs: Vec<JobInput> = Vec::new();
+        let mut branches = Vec::new();
+        for text in texts {
+            let parsed = freshet_sql::parse_statements(text)?;
+            let [
+                ParsedStatement {
+                    statement: FreshetStatement::DataFusion(insert),
+                    ..
+                },
+            ] = parsed.as_slice()
+            else {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "a job runs INSERT statements, not: {text}"
+                )));
+            };
+            let (branch_inputs, pipeline, sink) = self.plan_job(insert).await?;
+            for input in branch_inputs {
+                if !inputs.iter().any(|i| i.table.name() == input.table.name()) {
+                    inputs.push(input);
+                }
+            }
+            branches.push(JobBranch {
+                pipeline,
+                sink,
+                resume: None,
+            });
+        }
+        let statement = match texts {
+            [one] => one.clone(),
+            _ => format!("EXECUTE STATEMENT SET BEGIN\n{};\nEND", texts.join(";\n")),
+        };
+        Ok(JobStart {
+            id,
+            statement,
+            inputs,
+            branches,
+            memory: self.job_memory(),
+        })
     }
 
     /// A job's share of the engine's memory pool.
@@ -112,51 +141,49 @@ impl Engine {
             .start(start, self.inner.materialized.clock.clone(), progress)
     }
 
-    /// Resumes the jobs that were running when the engine last closed (or crashed), each from
-    /// the input versions it had written everything of. A job that no longer plans is listed
-    /// as failed, with the reason.
+    /// Resumes the jobs that were running when the engine last closed (or crashed), each
+    /// branch from the input versions it had written everything of. A job that no longer plans
+    /// is listed as failed, with the reason.
     pub(crate) async fn resume_jobs(&self) {
         let stored = self.inner.catalog.manifest().jobs.clone();
         for (id, job) in stored {
-            let statement = job
-                .get("statement")
-                .and_then(|s| s.as_str())
-                .unwrap_or_default()
-                .to_string();
+            // One statement (`statement`, as first stored) or a statement set's (`statements`).
+            let texts: Vec<String> = match job.get("statements") {
+                Some(list) => serde_json::from_value(list.clone()).unwrap_or_default(),
+                None => job
+                    .get("statement")
+                    .and_then(|s| s.as_str())
+                    .map(|s| vec![s.to_string()])
+                    .unwrap_or_default(),
+            };
             let resumed = async {
-                let parsed = freshet_sql::parse_statements(&statement)?;
-                let Some(FreshetStatement::DataFusion(insert)) = parsed.first().map(|p| &p.statement) else {
-                    return Err(FreshetError::Internal(format!(
-                        "a stored job is not an INSERT: {statement}"
-                    )));
+                let mut start = self.plan_job_start(id.clone(), &texts).await?;
+                let progress: Option<BTreeMap<String, u64>> = match self.inner.catalog.job_progress(&id).await? {
+                    Some(progress) => Some(
+                        serde_json::from_value(progress)
+                            .map_err(|e| FreshetError::corrupt(format!("the progress of job {id}"), e))?,
+                    ),
+                    None => None,
                 };
-                let (inputs, pipeline, sink) = self.plan_job(insert).await?;
-                let mut resume = None;
-                if let Sink::Table(table) = &sink {
-                    // What the sink committed is exact: its last record says which inputs.
-                    let record = table.snapshot().manifest().refresh.clone();
-                    if let Some(record) = record.filter(|r| r.get("job").and_then(|j| j.as_str()) == Some(&id)) {
-                        resume = serde_json::from_value(record["inputs"].clone()).ok();
+                for (index, branch) in start.branches.iter_mut().enumerate() {
+                    branch.resume = progress.clone();
+                    if let Sink::Table(table) = &branch.sink {
+                        // What a table sink committed is exact: its last record says which
+                        // inputs (when no other branch of the job wrote the table since).
+                        let record = table.snapshot().manifest().refresh.clone();
+                        let ours = |r: &serde_json::Value| {
+                            r.get("job").and_then(|j| j.as_str()) == Some(&id)
+                                && r.get("branch").and_then(|b| b.as_u64()).unwrap_or(0) == index as u64
+                        };
+                        if let Some(record) = record.filter(ours)
+                            && let Ok(inputs) =
+                                serde_json::from_value::<BTreeMap<String, u64>>(record["inputs"].clone())
+                        {
+                            branch.resume = Some(inputs);
+                        }
                     }
                 }
-                if resume.is_none() {
-                    resume = match self.inner.catalog.job_progress(&id).await? {
-                        Some(progress) => Some(
-                            serde_json::from_value(progress)
-                                .map_err(|e| FreshetError::corrupt(format!("the progress of job {id}"), e))?,
-                        ),
-                        None => None,
-                    };
-                }
-                Ok(JobStart {
-                    id: id.clone(),
-                    statement: statement.clone(),
-                    inputs,
-                    pipeline,
-                    sink,
-                    resume,
-                    memory: self.job_memory(),
-                })
+                Ok::<_, FreshetError>(start)
             };
             match resumed.await {
                 Ok(start) => {
@@ -165,6 +192,7 @@ impl Engine {
                 Err(e) => {
                     tracing::warn!(job = %id, error = %e, "a job cannot be resumed");
                     let clock = self.inner.materialized.clock.clone();
+                    let statement = texts.join(";\n");
                     self.inner
                         .streams
                         .jobs
