@@ -195,6 +195,11 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Filter(filter) if matches!(filter.input.as_ref(), LogicalPlan::Window(_)) => {
             row_number_filter(filter, cx)?
         }
+        // A rank filter above a projection that only picks columns of the window (a top-N of a
+        // subquery that does not select all its columns): the same with the filter first.
+        LogicalPlan::Filter(filter) if let Some(swapped) = filter_below_column_projection(filter)? => {
+            build(&swapped, cx)?
+        }
         // The rows of a table have no order: an ORDER BY without a limit changes nothing.
         LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, cx)?,
         LogicalPlan::Sort(sort) => {
@@ -448,6 +453,37 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
         Some(predicate) => Box::new(Filter::new(operator, Compiled::new(&predicate, &window.schema)?)),
         None => operator,
     })
+}
+
+/// `Filter(Projection(columns, Window))` as `Projection(columns, Filter(Window))`, when every
+/// projected expression is a column (aliased or not) of the window, so that the top-N pattern
+/// sees its filter directly over the window.
+fn filter_below_column_projection(filter: &logical::Filter) -> Result<Option<LogicalPlan>, BuildError> {
+    let LogicalPlan::Projection(projection) = filter.input.as_ref() else {
+        return Ok(None);
+    };
+    if !matches!(projection.input.as_ref(), LogicalPlan::Window(_)) {
+        return Ok(None);
+    }
+    let mut columns = HashMap::new();
+    for (expr, (qualifier, field)) in projection.expr.iter().zip(projection.schema.iter()) {
+        if !matches!(unalias(expr), Expr::Column(_)) {
+            return Ok(None);
+        }
+        let name = datafusion::common::Column::new(qualifier.cloned(), field.name()).flat_name();
+        columns.insert(name, unalias(expr).clone());
+    }
+    let failed = |e: datafusion::error::DataFusionError| BuildError::Failed(e.into());
+    let predicate = datafusion::optimizer::push_down_filter::replace_cols_by_name(filter.predicate.clone(), &columns)
+        .map_err(failed)?;
+    let below = logical::Filter::try_new(predicate, projection.input.clone()).map_err(failed)?;
+    let above = logical::Projection::try_new_with_schema(
+        projection.expr.clone(),
+        std::sync::Arc::new(LogicalPlan::Filter(below)),
+        projection.schema.clone(),
+    )
+    .map_err(failed)?;
+    Ok(Some(LogicalPlan::Projection(above)))
 }
 
 /// The error for a plan node that has no incremental operator.

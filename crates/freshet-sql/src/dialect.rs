@@ -3,7 +3,13 @@
 
 use std::any::TypeId;
 
+use datafusion::sql::sqlparser::ast::{
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+};
 use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 /// The generic dialect with time travel. It reports itself as the generic dialect, so that the
 /// parser's dialect-specific choices are exactly DataFusion's.
@@ -15,6 +21,36 @@ pub struct FreshetDialect {
 impl Dialect for FreshetDialect {
     fn dialect(&self) -> TypeId {
         TypeId::of::<GenericDialect>()
+    }
+
+    /// `TABLE t` as an argument of Flink's window functions (`TUMBLE(TABLE t, ...)`), which
+    /// the parser does not take: parsed into a marker call that the window rewrite replaces.
+    fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+        let is_table_argument = matches!(&parser.peek_token_ref().token, Token::Word(w) if w.keyword == Keyword::TABLE)
+            && matches!(&parser.peek_nth_token_ref(1).token, Token::Word(_));
+        if !is_table_argument {
+            return None;
+        }
+        parser.next_token();
+        Some(parser.parse_object_name(false).map(|name| {
+            let parts: Vec<Ident> = name.0.iter().filter_map(|p| p.as_ident().cloned()).collect();
+            Expr::Function(Function {
+                name: ObjectName::from(vec![Ident::new(crate::window_tvf::TABLE_ARGUMENT)]),
+                uses_odbc_syntax: false,
+                parameters: FunctionArguments::None,
+                args: FunctionArguments::List(FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(
+                        parts,
+                    )))],
+                    clauses: Vec::new(),
+                }),
+                filter: None,
+                null_treatment: None,
+                over: None,
+                within_group: Vec::new(),
+            })
+        }))
     }
 
     fn supports_table_versioning(&self) -> bool {

@@ -10,7 +10,8 @@ use freshet_common::{FreshetError, Result};
 /// The rest of the statement as a query, and its text.
 pub(crate) fn query(parser: &mut Parser<'_>, sql: &str) -> Result<(Box<Query>, String)> {
     let start = parser.peek_token_ref().span.start;
-    let query = parser.parse_query().map_err(crate::statement::parse_error)?;
+    let mut query = parser.parse_query().map_err(crate::statement::parse_error)?;
+    crate::window_tvf::rewrite_query(&mut query)?;
     let end = parser.get_current_token().span.end;
     let text = crate::statement::slice(sql, start, end).trim().to_string();
     Ok((query, text))

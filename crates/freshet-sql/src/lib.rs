@@ -11,6 +11,7 @@ mod field_names;
 mod grammar;
 mod materialized;
 mod statement;
+mod window_tvf;
 
 pub use connector_table::{ColumnKind, CreateConnectorTable, TableColumn, Watermark};
 pub use dialect::FreshetDialect;

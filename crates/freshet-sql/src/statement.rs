@@ -226,10 +226,22 @@ fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
         other => FreshetError::from(other),
     })?;
     let mut statement = statement;
-    if let DFStatement::Statement(inner) = &mut statement {
-        crate::field_names::name_field_accesses(inner);
-    }
+    rewrite_flink_constructs(&mut statement)?;
     Ok(FreshetStatement::DataFusion(Box::new(statement)))
+}
+
+/// Rewrites what Flink writes and DataFusion plans otherwise (window functions, names of field
+/// accesses), in a statement and in the statement an EXPLAIN explains.
+fn rewrite_flink_constructs(statement: &mut DFStatement) -> Result<()> {
+    match statement {
+        DFStatement::Statement(inner) => {
+            crate::window_tvf::rewrite_statement(inner)?;
+            crate::field_names::name_field_accesses(inner);
+        }
+        DFStatement::Explain(explain) => rewrite_flink_constructs(&mut explain.statement)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// `ALTER TABLE <name> COMPACT`, looking ahead without consuming.

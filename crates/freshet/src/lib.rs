@@ -50,6 +50,7 @@ mod progress;
 mod schema;
 mod streams;
 mod time_travel;
+mod window_functions;
 
 pub use engine::{DEFAULT_LOCATION, Engine, EngineBuilder};
 pub use freshet_common::{

@@ -13,3 +13,4 @@ mod slt;
 mod streams;
 mod temporal;
 mod tpch;
+mod windows;

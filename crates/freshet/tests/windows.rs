@@ -1,0 +1,137 @@
+//! The oracle of window table functions: random events (key, event time, value) inserted,
+//! moved in time, revalued and deleted; after every step each windowed materialized table,
+//! refreshed incrementally, must equal DataFusion's batch evaluation of its query.
+
+use freshet::Engine;
+use proptest::prelude::*;
+
+use crate::incremental::{check, create_corpus};
+
+const CORPUS: &[(&str, &str)] = &[
+    (
+        "tumbling",
+        "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total, max(v) AS top \
+         FROM TABLE(TUMBLE(TABLE e, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY k, window_start, window_end",
+    ),
+    (
+        "hopping",
+        "SELECT window_start, window_end, window_time, count(*) AS n, min(v) AS low \
+         FROM TABLE(HOP(DATA => TABLE e, TIMECOL => DESCRIPTOR(ts), SLIDE => INTERVAL '5' SECOND, \
+                        SIZE => INTERVAL '15' SECOND)) \
+         GROUP BY window_start, window_end, window_time",
+    ),
+    (
+        "cumulating",
+        "SELECT k, window_start, window_end, sum(v) AS total \
+         FROM TABLE(CUMULATE(TABLE e, DESCRIPTOR(ts), INTERVAL '4' SECOND, INTERVAL '12' SECOND)) \
+         GROUP BY k, window_start, window_end",
+    ),
+    (
+        "offset",
+        "SELECT window_start, count(*) AS n \
+         FROM TABLE(TUMBLE(TABLE e, DESCRIPTOR(ts), INTERVAL '10' SECOND, INTERVAL '3' SECOND)) \
+         GROUP BY window_start",
+    ),
+    (
+        "group_window",
+        "SELECT k, TUMBLE_START(ts, INTERVAL '20' SECOND) AS s, TUMBLE_END(ts, INTERVAL '20' SECOND) AS e, \
+                TUMBLE_ROWTIME(ts, INTERVAL '20' SECOND) AS r, count(*) AS n \
+         FROM e GROUP BY k, TUMBLE(ts, INTERVAL '20' SECOND)",
+    ),
+    (
+        "window_top",
+        "SELECT window_start, k, v FROM ( \
+           SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY v DESC, id) AS rn \
+           FROM TABLE(TUMBLE(TABLE e, DESCRIPTOR(ts), INTERVAL '10' SECOND))) \
+         WHERE rn <= 2",
+    ),
+    (
+        "window_join",
+        "SELECT a.k, a.window_start, a.n, b.total FROM \
+           (SELECT k, window_start, window_end, count(*) AS n \
+              FROM TABLE(TUMBLE(TABLE e, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY k, window_start, window_end) a \
+         JOIN \
+           (SELECT k, window_start, window_end, sum(v) AS total \
+              FROM TABLE(TUMBLE(TABLE e, DESCRIPTOR(ts), INTERVAL '10' SECOND)) WHERE v > 0 \
+              GROUP BY k, window_start, window_end) b \
+         ON a.k = b.k AND a.window_start = b.window_start AND a.window_end = b.window_end",
+    ),
+];
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Rows (key, seconds, value).
+    Insert(Vec<(i32, i64, i64)>),
+    Shift {
+        modulus: i32,
+        remainder: i32,
+        seconds: i64,
+    },
+    Revalue {
+        modulus: i32,
+        remainder: i32,
+        value: i64,
+    },
+    Delete {
+        modulus: i32,
+        remainder: i32,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        // Times around a few windows, often on a window's bound.
+        4 => proptest::collection::vec((0..3i32, prop_oneof![0..40i64, (0..8i64).prop_map(|w| w * 5)], -5..20i64), 1..6)
+            .prop_map(Step::Insert),
+        1 => (2..4i32, 0..3i32, -12..12i64)
+            .prop_map(|(modulus, remainder, seconds)| Step::Shift { modulus, remainder, seconds }),
+        1 => (2..4i32, 0..3i32, -5..20i64)
+            .prop_map(|(modulus, remainder, value)| Step::Revalue { modulus, remainder, value }),
+        1 => (2..5i32, 0..3i32).prop_map(|(modulus, remainder)| Step::Delete { modulus, remainder }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(crate::incremental::oracle_config(12))]
+
+    #[test]
+    fn window_table_functions_equal_batch_evaluation(steps in proptest::collection::vec(step(), 1..12)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let engine = Engine::builder()
+                .location("memory://")
+                .max_file_rows(8)
+                .target_partitions(2)
+                .open()
+                .await
+                .unwrap();
+            engine.sql("CREATE TABLE e (id INT PRIMARY KEY, k INT, ts TIMESTAMP(3), v BIGINT)").await.unwrap();
+            create_corpus(&engine, CORPUS).await;
+            let mut next_id = 0;
+            for (i, step) in steps.iter().enumerate() {
+                let statement = match step {
+                    Step::Insert(rows) => {
+                        let rows: Vec<String> = rows
+                            .iter()
+                            .map(|(k, seconds, v)| {
+                                next_id += 1;
+                                format!("({next_id}, {k}, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL '{seconds}' SECOND, {v})")
+                            })
+                            .collect();
+                        format!("INSERT INTO e VALUES {}", rows.join(", "))
+                    }
+                    Step::Shift { modulus, remainder, seconds } => format!(
+                        "UPDATE e SET ts = ts + INTERVAL '{seconds}' SECOND WHERE id % {modulus} = {remainder}"
+                    ),
+                    Step::Revalue { modulus, remainder, value } => {
+                        format!("UPDATE e SET v = {value} WHERE id % {modulus} = {remainder}")
+                    }
+                    Step::Delete { modulus, remainder } => format!("DELETE FROM e WHERE id % {modulus} = {remainder}"),
+                };
+                engine.sql(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+                check(&engine, CORPUS, i, &statement).await;
+            }
+            engine.close().await;
+        });
+    }
+}
