@@ -25,6 +25,48 @@ pub enum Connector {
     Nexmark(NexmarkOptions),
 }
 
+/// What becomes of a row whose event time is below its source's watermark when it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LateData {
+    /// `'late-data' = 'drop'` (the default): it is not ingested, and counted.
+    #[default]
+    Drop,
+    /// `'late-data' = 'update'`: it is ingested, and the windows it falls in are corrected, as
+    /// long as it is no later than `late-data.max-lateness` (older rows are dropped and
+    /// counted).
+    Update,
+}
+
+/// Event-time options of a source table with a `WATERMARK` (every source connector takes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventTimeOptions {
+    /// `late-data`.
+    pub late_data: LateData,
+    /// `late-data.max-lateness`: how far below the watermark a row may be and still be applied
+    /// (with `update`; without it, any late row is); windows stay open to corrections that long
+    /// after the watermark passes.
+    pub max_lateness: Option<Duration>,
+    /// `scan.watermark.idle-timeout` (Flink's): a source that has brought no rows for so long
+    /// no longer holds back the watermark of what reads it with other inputs.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl EventTimeOptions {
+    /// How far below the watermark (ms) a row is still taken: 0 when late rows are dropped,
+    /// `None` when every late row is applied.
+    pub fn allowed_lateness_ms(&self) -> Option<i64> {
+        match self.late_data {
+            LateData::Drop => Some(0),
+            LateData::Update => self
+                .max_lateness
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// The options every source connector takes, beside its own.
+const EVENT_TIME_KEYS: &[&str] = &["late-data", "late-data.max-lateness", "scan.watermark.idle-timeout"];
+
 /// The options of the `datagen` connector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatagenOptions {
@@ -154,6 +196,11 @@ impl<'a> ConnectorOptions<'a> {
 
     /// Every option must be one of `known`; the ones in `later` are Flink's but not Freshet's yet.
     fn check_keys(&self, connector: &str, known: &[&str], later: &[&str]) -> Result<()> {
+        let source = matches!(connector, "filesystem" | "datagen" | "nexmark");
+        let mut known = known.to_vec();
+        if source {
+            known.extend_from_slice(EVENT_TIME_KEYS);
+        }
         for (key, _) in self.options {
             if key == "connector" || known.contains(&key.as_str()) {
                 continue;
@@ -164,7 +211,7 @@ impl<'a> ConnectorOptions<'a> {
                     self.table
                 )));
             }
-            let mut all: Vec<&str> = known.to_vec();
+            let mut all = known.clone();
             all.insert(0, "connector");
             return Err(self.error(format!(
                 "unknown option '{key}' for the '{connector}' connector (it takes {})",
@@ -172,6 +219,32 @@ impl<'a> ConnectorOptions<'a> {
             )));
         }
         Ok(())
+    }
+
+    /// The event-time options (of a source table; [`ConnectorOptions::connector`] checks that
+    /// only sources have them).
+    pub fn event_time(&self) -> Result<EventTimeOptions> {
+        let late_data = match self.get("late-data").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("drop") => LateData::Drop,
+            Some("update") => LateData::Update,
+            Some(other) => {
+                return Err(self.error(format!("option 'late-data' must be 'drop' or 'update', not '{other}'")));
+            }
+        };
+        let duration = |key: &str| -> Result<Option<Duration>> {
+            self.get(key)
+                .map(|text| parse_duration(text).map_err(|why| self.error(format!("option '{key}' = '{text}': {why}"))))
+                .transpose()
+        };
+        let max_lateness = duration("late-data.max-lateness")?;
+        if max_lateness.is_some() && late_data != LateData::Update {
+            return Err(self.error("option 'late-data.max-lateness' applies with 'late-data' = 'update' only".into()));
+        }
+        Ok(EventTimeOptions {
+            late_data,
+            max_lateness,
+            idle_timeout: duration("scan.watermark.idle-timeout")?,
+        })
     }
 
     /// The connector the options name, validated.

@@ -19,7 +19,7 @@ pub mod job;
 pub mod sink;
 pub mod source;
 
-pub use connector::{Connector, ConnectorOptions, FileFormat};
+pub use connector::{Connector, ConnectorOptions, EventTimeOptions, FileFormat, LateData};
 pub use job::{Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs};
 pub use sink::Sink;
-pub use source::{IngestReport, Source, SourceColumn};
+pub use source::{EventTime, IngestReport, Source, SourceColumn, SourceProgress};

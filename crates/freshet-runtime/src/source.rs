@@ -17,8 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use datafusion::arrow::array::{ArrayRef, StructArray};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, StructArray};
+use datafusion::arrow::compute::kernels::aggregate::max;
+use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
+use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use freshet_common::{FreshetError, Result, SharedClock};
 use freshet_storage::Table;
 
-use crate::connector::{Connector, FilesystemOptions};
+use crate::connector::{Connector, EventTimeOptions, FilesystemOptions};
 use datagen::Datagen;
 use filesystem::FileSource;
 
@@ -74,6 +77,56 @@ pub struct Source {
     skipped: AtomicU64,
     /// Bytes of decoded rows after which an ingestion of files stops ([`MAX_INGEST_BYTES`]).
     max_ingest_bytes: AtomicUsize,
+    event_time: Option<EventTime>,
+}
+
+/// A source table's event time: `WATERMARK FOR column AS expression`.
+#[derive(Debug, Clone)]
+pub struct EventTime {
+    /// The event-time column, among the table's columns.
+    pub column: usize,
+    /// The watermark's expression over the table's columns.
+    pub watermark: Arc<dyn PhysicalExpr>,
+    /// What becomes of late rows.
+    pub options: EventTimeOptions,
+}
+
+/// The event time of one ingestion: the watermark it started from, the largest watermark
+/// value of the rows it took, and the rows it dropped as late.
+#[derive(Debug, Default)]
+struct EventTimeStep {
+    before: Option<i64>,
+    max: Option<i64>,
+    late: u64,
+}
+
+/// The watermark and late rows of a source table at a version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceProgress {
+    /// The watermark (ms since the Unix epoch; `i64::MAX` once a bounded generator has ended),
+    /// none before the first row.
+    pub watermark_ms: Option<i64>,
+    /// Rows dropped for arriving below the watermark.
+    pub late_rows: u64,
+}
+
+impl SourceProgress {
+    /// What the source had reached at a version of its table.
+    pub fn at(snapshot: &freshet_storage::Snapshot) -> Self {
+        let position: Option<Position> = snapshot
+            .manifest()
+            .refresh
+            .as_ref()
+            .and_then(|record| record.get(POSITION_KEY))
+            .and_then(|p| serde_json::from_value(p.clone()).ok());
+        match position {
+            Some(p) => Self {
+                watermark_ms: if p.ended { Some(i64::MAX) } else { p.watermark_ms },
+                late_rows: p.late_rows,
+            },
+            None => Self::default(),
+        }
+    }
 }
 
 /// What one ingestion did.
@@ -108,6 +161,16 @@ pub(crate) struct Position {
     /// When a generator started (engine clock, ms): its rate counts from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// The source's watermark (ms): the largest value of its `WATERMARK` expression over the
+    /// rows ingested so far; none before the first row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
+    /// Rows dropped so far for arriving below the watermark.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late_rows: u64,
+    /// A bounded generator has produced all its rows: its watermark is +infinity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -175,7 +238,21 @@ impl Source {
             monitor_interval,
             skipped: AtomicU64::new(0),
             max_ingest_bytes: AtomicUsize::new(MAX_INGEST_BYTES),
+            event_time: None,
         })
+    }
+
+    /// The source with an event time: each ingestion drops (and counts) the rows below the
+    /// watermark it starts from, as its options say, and moves the watermark up to the largest
+    /// value of the watermark expression over the rows it took.
+    pub fn with_event_time(mut self, event_time: EventTime) -> Self {
+        self.event_time = Some(event_time);
+        self
+    }
+
+    /// The event time, if the table declares a watermark.
+    pub fn event_time(&self) -> Option<&EventTime> {
+        self.event_time.as_ref()
     }
 
     /// The table's columns.
@@ -262,6 +339,10 @@ impl Source {
         let mut rows = 0;
         let mut skipped = 0;
         let mut pending = false;
+        let mut event_time = EventTimeStep {
+            before: position.watermark_ms.map(|w| if position.ended { i64::MAX } else { w }),
+            ..EventTimeStep::default()
+        };
         let finished;
         match &self.reader {
             Reader::Files(reader) => {
@@ -282,7 +363,7 @@ impl Source {
                     let read = reader.read(&file).await?;
                     skipped += read.skipped;
                     for batch in read.batches {
-                        let batch = self.complete(batch)?;
+                        let batch = self.on_time(self.complete(batch)?, &mut event_time)?;
                         rows += batch.num_rows() as u64;
                         bytes += batch.get_array_memory_size();
                         txn.insert(&batch).await?;
@@ -341,7 +422,7 @@ impl Source {
                     Reader::Files(_) => Vec::new(),
                 };
                 for batch in batches {
-                    let batch = self.complete(batch)?;
+                    let batch = self.on_time(self.complete(batch)?, &mut event_time)?;
                     rows += batch.num_rows() as u64;
                     txn.insert(&batch).await?;
                     if keep {
@@ -349,8 +430,13 @@ impl Source {
                     }
                 }
                 position.rows = due;
+                position.ended |= finished;
             }
         }
+        if let Some(max) = event_time.max {
+            position.watermark_ms = Some(position.watermark_ms.map_or(max, |w| w.max(max)));
+        }
+        position.late_rows += event_time.late;
         let record = serde_json::json!({ POSITION_KEY: position });
         txn.set_refresh(record);
         let committed = txn.commit().await?;
@@ -365,6 +451,41 @@ impl Source {
             finished: finished && !pending,
             pending,
         })
+    }
+
+    /// The rows of a batch that are not late, with the watermark values of those taken
+    /// recorded in `step`.
+    fn on_time(&self, batch: RecordBatch, step: &mut EventTimeStep) -> Result<RecordBatch> {
+        let Some(event_time) = &self.event_time else {
+            return Ok(batch);
+        };
+        let rows = batch.num_rows();
+        let millis = |array: ArrayRef| -> Result<Int64Array> {
+            let array = cast(&array, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                .and_then(|a| cast(&a, &DataType::Int64))
+                .map_err(|e| FreshetError::Internal(format!("table \"{}\": event time: {e}", self.table)))?;
+            Ok(array.as_primitive::<Int64Type>().clone())
+        };
+        let times = millis(batch.column(event_time.column).clone())?;
+        let kept = match (step.before, event_time.options.allowed_lateness_ms()) {
+            (Some(watermark), Some(lateness)) => {
+                let bound = watermark.saturating_sub(lateness);
+                let keep: BooleanArray = times.iter().map(|t| Some(t.is_none_or(|t| t >= bound))).collect();
+                let late = rows - keep.true_count();
+                if late == 0 {
+                    batch
+                } else {
+                    step.late += late as u64;
+                    filter_record_batch(&batch, &keep).map_err(|e| FreshetError::Internal(e.to_string()))?
+                }
+            }
+            _ => batch,
+        };
+        let values = event_time.watermark.evaluate(&kept)?.into_array(kept.num_rows())?;
+        if let Some(max) = max(&millis(values)?) {
+            step.max = Some(step.max.map_or(max, |m| m.max(max)));
+        }
+        Ok(kept)
     }
 
     /// The table's row from decoded physical columns: renamed as the table names them, with

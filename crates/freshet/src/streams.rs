@@ -20,7 +20,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExprWithAlias, ObjectName, Statement, visit_relations};
 
 use freshet_common::{FreshetError, Result};
-use freshet_runtime::{Connector, ConnectorOptions, Jobs, Source, SourceColumn};
+use freshet_runtime::{Connector, ConnectorOptions, EventTime, Jobs, Source, SourceColumn};
 use freshet_sql::{ColumnKind, CreateConnectorTable, FreshetStatement};
 use freshet_storage::CatalogEntry;
 
@@ -47,6 +47,17 @@ pub(crate) struct ConnectorTable {
 }
 
 impl Streams {
+    /// The connector tables that are sources, by name.
+    fn sources(&self) -> Vec<(String, Arc<Source>)> {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        let mut sources: Vec<_> = tables
+            .iter()
+            .filter_map(|(name, table)| table.source.clone().map(|s| (name.clone(), s)))
+            .collect();
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
+        sources
+    }
+
     fn get(&self, name: &str) -> Option<Arc<ConnectorTable>> {
         self.tables.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
@@ -291,19 +302,20 @@ impl Engine {
                 )));
             }
         }
-        if let Some(watermark) = &create.watermark
-            && !schema
-                .fields()
-                .iter()
-                .any(|f| f.name().eq_ignore_ascii_case(&watermark.column.value))
-        {
-            return Err(FreshetError::InvalidStatement(format!(
-                "table \"{name}\": WATERMARK FOR \"{}\": no such column",
-                watermark.column.value
-            )));
-        }
+        let options = ConnectorOptions::new(name, &create.options);
+        let event_time = match &create.watermark {
+            Some(watermark) => Some(self.event_time(name, watermark, &schema, options.event_time()?)?),
+            None => {
+                if let Some((key, _)) = create.options.iter().find(|(k, _)| k.starts_with("late-data")) {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{name}\": option '{key}' applies to a table with a WATERMARK"
+                    )));
+                }
+                None
+            }
+        };
         let source = if connector.is_source() {
-            Some(Arc::new(Source::new(
+            let source = Source::new(
                 name,
                 &connector,
                 decode,
@@ -311,11 +323,66 @@ impl Engine {
                 sources,
                 schema.clone(),
                 self.inner.materialized.clock.clone(),
-            )?))
+            )?;
+            Some(Arc::new(match event_time {
+                Some(event_time) => source.with_event_time(event_time),
+                None => source,
+            }))
         } else {
             None
         };
         Ok((ConnectorTable { connector, source }, schema))
+    }
+
+    /// A source's event time from its `WATERMARK FOR column AS expression`: the column must be a
+    /// timestamp, and so must the expression (over the table's columns).
+    fn event_time(
+        &self,
+        name: &str,
+        watermark: &freshet_sql::Watermark,
+        schema: &SchemaRef,
+        options: freshet_runtime::EventTimeOptions,
+    ) -> Result<EventTime> {
+        let in_context = |message: String| {
+            FreshetError::InvalidStatement(format!(
+                "table \"{name}\": WATERMARK FOR \"{}\": {message}",
+                watermark.column.value
+            ))
+        };
+        let column = schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(&watermark.column.value))
+            .ok_or_else(|| in_context("no such column".into()))?;
+        if !matches!(schema.field(column).data_type(), DataType::Timestamp(_, _)) {
+            return Err(in_context(format!(
+                "the event-time column must be a TIMESTAMP, not {}",
+                schema.field(column).data_type()
+            )));
+        }
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let state = self.inner.ctx.state();
+        let logical = state
+            .create_logical_expr_from_sql_expr(
+                ExprWithAlias {
+                    expr: watermark.expression.clone(),
+                    alias: None,
+                },
+                &df_schema,
+            )
+            .map_err(|e| in_context(e.to_string()))?;
+        let (_, field) = logical.to_field(&df_schema)?;
+        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+            return Err(in_context(format!(
+                "the watermark expression must be a TIMESTAMP, not {}",
+                field.data_type()
+            )));
+        }
+        Ok(EventTime {
+            column,
+            watermark: state.create_physical_expr(logical, &df_schema)?,
+            options,
+        })
     }
 
     /// Lets the sources a statement reads (directly or through views) ingest what is new, so
@@ -424,4 +491,56 @@ fn written_names(field: &Field, name: &str, sql: &SqlType) -> Field {
         (data_type, _) => data_type.clone(),
     };
     Field::new(name, data_type, field.is_nullable())
+}
+
+impl Engine {
+    /// The system table `freshet.sources`: each source table's connector, the version it has
+    /// been ingested to, its watermark and the rows it dropped as late or skipped as malformed.
+    pub(crate) fn sources_batch(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+        use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt64Array};
+        let mut names = Vec::new();
+        let mut connectors = Vec::new();
+        let mut versions = Vec::new();
+        let mut watermarks = Vec::new();
+        let mut late = Vec::new();
+        let mut skipped = Vec::new();
+        let mut bounded = Vec::new();
+        for (name, source) in self.inner.streams.sources() {
+            let Ok(table) = self.inner.catalog.table(&name) else {
+                continue;
+            };
+            let snapshot = table.snapshot();
+            let progress = freshet_runtime::SourceProgress::at(&snapshot);
+            let connector = self.inner.streams.get(&name).map(|t| t.connector.name()).unwrap_or("");
+            names.push(name);
+            connectors.push(connector);
+            versions.push(snapshot.version());
+            // +infinity (an ended generator) shows as NULL with `bounded`: a timestamp cannot hold it.
+            watermarks.push(progress.watermark_ms.filter(|&w| w != i64::MAX));
+            late.push(progress.late_rows);
+            skipped.push(source.skipped());
+            bounded.push(source.is_bounded());
+        }
+        let ts = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("connector", DataType::Utf8, false),
+            Field::new("version", DataType::UInt64, false),
+            Field::new("watermark", ts, true),
+            Field::new("late_rows", DataType::UInt64, false),
+            Field::new("skipped_rows", DataType::UInt64, false),
+            Field::new("bounded", DataType::Boolean, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(connectors)),
+            Arc::new(UInt64Array::from(versions)),
+            Arc::new(TimestampMillisecondArray::from(watermarks)),
+            Arc::new(UInt64Array::from(late)),
+            Arc::new(UInt64Array::from(skipped)),
+            Arc::new(BooleanArray::from(bounded)),
+        ];
+        datafusion::arrow::record_batch::RecordBatch::try_new(schema, columns)
+            .map_err(|e| FreshetError::Internal(e.to_string()))
+    }
 }

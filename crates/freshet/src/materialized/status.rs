@@ -198,11 +198,17 @@ impl SystemSchema {
 const MATERIALIZED_TABLES: &str = "materialized_tables";
 const REFRESHES: &str = "refreshes";
 const JOBS: &str = "jobs";
+const SOURCES: &str = "sources";
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        vec![MATERIALIZED_TABLES.into(), REFRESHES.into(), JOBS.into()]
+        vec![
+            MATERIALIZED_TABLES.into(),
+            REFRESHES.into(),
+            JOBS.into(),
+            SOURCES.into(),
+        ]
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -213,6 +219,7 @@ impl SchemaProvider for SystemSchema {
             MATERIALIZED_TABLES => materialized_tables_batch(&engine.materialized_tables().await?)?,
             REFRESHES => refreshes_batch(&engine)?,
             JOBS => engine.jobs_batch(&engine.jobs()).await?,
+            SOURCES => engine.sources_batch()?,
             _ => return Ok(None),
         };
         // Rows computed when a query names the table.
@@ -221,7 +228,7 @@ impl SchemaProvider for SystemSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == MATERIALIZED_TABLES || name == REFRESHES || name == JOBS
+        [MATERIALIZED_TABLES, REFRESHES, JOBS, SOURCES].contains(&name)
     }
 }
 
