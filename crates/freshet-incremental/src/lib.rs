@@ -19,6 +19,7 @@
 //! [`LogicalPlan`]: datafusion::logical_expr::LogicalPlan
 
 mod delta;
+mod event_time;
 mod operator;
 mod pipeline;
 mod planner;
@@ -26,6 +27,7 @@ mod rows;
 mod temporal;
 
 pub use delta::Delta;
+pub use event_time::{EventTimeColumn, EventTimes, WINDOW_BOUND};
 pub use operator::{Epoch, StateSize};
 pub use pipeline::{OperatorInfo, Pipeline};
 pub use planner::{BuildError, NotIncremental, SourceResolver};

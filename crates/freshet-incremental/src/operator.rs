@@ -25,7 +25,7 @@ use freshet_common::{ChangeBatch, Result};
 
 use crate::delta::{Delta, internal};
 
-pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec};
+pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec, WindowClosing};
 pub(crate) use join::{Join, JoinKind, JoinSpec};
 pub(crate) use map::{Constant, Filter, Project};
 pub(crate) use scan::Scan;
@@ -39,6 +39,9 @@ pub struct Epoch {
     changes: HashMap<String, Vec<ChangeBatch>>,
     /// The time the epoch is evaluated at (ns since the Unix epoch), for `now()`.
     time_ns: Option<i64>,
+    /// The watermark (ms) of each source with one, at the versions whose changes the epoch
+    /// holds: windows it has passed are closed.
+    watermarks: HashMap<String, i64>,
 }
 
 impl Epoch {
@@ -53,7 +56,18 @@ impl Epoch {
         Self {
             changes: HashMap::new(),
             time_ns: Some(time_ms.saturating_mul(1_000_000)),
+            watermarks: HashMap::new(),
         }
+    }
+
+    /// Sets the watermark (ms) of a source at the version whose changes the epoch holds.
+    pub fn set_watermark(&mut self, source: &str, watermark_ms: i64) {
+        self.watermarks.insert(source.to_string(), watermark_ms);
+    }
+
+    /// The watermark of a source, if it has one.
+    pub(crate) fn watermark(&self, source: &str) -> Option<i64> {
+        self.watermarks.get(source).copied()
     }
 
     /// The epoch's time, in ns.

@@ -7,6 +7,7 @@ use datafusion::logical_expr::LogicalPlan;
 
 use freshet_common::{ChangeBatch, Result, consolidate};
 
+use crate::event_time::EventTimes;
 use crate::operator::{Epoch, Operator, StateSize, arrow_schema};
 use crate::planner::{BuildError, Context, SourceResolver, build, read_columns, scalar_subqueries_as_joins};
 
@@ -49,6 +50,18 @@ impl Pipeline {
     /// each scan reads; state kept by key is split into `parallelism` parts, which step on as
     /// many threads.
     pub fn build(plan: &LogicalPlan, resolve: SourceResolver<'_>, parallelism: usize) -> Result<Self, BuildError> {
+        Self::build_with_event_times(plan, resolve, parallelism, &EventTimes::new())
+    }
+
+    /// Like [`Pipeline::build`], knowing the event time of the sources that have one: an
+    /// aggregate grouped by a window's end over such a source forgets the windows its
+    /// watermark closes (the epoch's [`Epoch::set_watermark`](crate::Epoch::set_watermark)).
+    pub fn build_with_event_times(
+        plan: &LogicalPlan,
+        resolve: SourceResolver<'_>,
+        parallelism: usize,
+        event_times: &EventTimes,
+    ) -> Result<Self, BuildError> {
         let joined = scalar_subqueries_as_joins(plan)?;
         let plan = joined.as_ref().unwrap_or(plan);
         let mut cx = Context {
@@ -56,6 +69,7 @@ impl Pipeline {
             sources: BTreeSet::new(),
             parallelism: parallelism.max(1),
             read_columns: read_columns(plan, resolve)?,
+            event_times,
         };
         let root = build(plan, &mut cx)?;
         Ok(Self {

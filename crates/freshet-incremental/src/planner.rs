@@ -17,9 +17,10 @@ use datafusion::logical_expr::{
 use freshet_common::FreshetError;
 
 use crate::delta::internal;
+use crate::event_time::EventTimes;
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
-    Scan, TopN, TopNSpec, Union, arrow_schema,
+    Scan, TopN, TopNSpec, Union, WindowClosing, arrow_schema,
 };
 
 mod scalar_subquery;
@@ -79,6 +80,8 @@ pub(crate) struct Context<'a> {
     pub parallelism: usize,
     /// The columns of each source the pipeline reads (see [`read_columns`]).
     pub read_columns: HashMap<String, Option<Vec<usize>>>,
+    /// The event time of the sources that have one.
+    pub event_times: &'a EventTimes,
 }
 
 /// The columns of each source table that the plan's scans read — their projections and the
@@ -281,18 +284,11 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Distinct(logical::Distinct::All(input)) => {
             let operator = build(input, cx)?;
             let groups: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
-            aggregate(operator, input, &groups, &[], plan, cx.parallelism)?
+            aggregate(operator, input, &groups, &[], plan, cx)?
         }
         LogicalPlan::Aggregate(agg) => {
             let operator = build(&agg.input, cx)?;
-            aggregate(
-                operator,
-                &agg.input,
-                &agg.group_expr,
-                &agg.aggr_expr,
-                plan,
-                cx.parallelism,
-            )?
+            aggregate(operator, &agg.input, &agg.group_expr, &agg.aggr_expr, plan, cx)?
         }
         LogicalPlan::Join(join) => {
             let left = build(&join.left, cx)?;
@@ -561,8 +557,9 @@ fn aggregate(
     group_expr: &[Expr],
     aggr_expr: &[Expr],
     plan: &LogicalPlan,
-    parallelism: usize,
+    cx: &Context<'_>,
 ) -> Result<Box<dyn Operator>, BuildError> {
+    let parallelism = cx.parallelism;
     let input_schema = input_plan.schema();
     let mut groups = Vec::new();
     let mut group_types = Vec::new();
@@ -620,14 +617,32 @@ fn aggregate(
             display,
         });
     }
-    Ok(Box::new(Aggregate::new(
-        input,
-        groups,
-        group_types,
-        specs,
-        output,
-        parallelism,
-    )?))
+    let aggregate = Aggregate::new(input, groups, group_types, specs, output, parallelism)?;
+    Ok(Box::new(match window_closing(input_plan, group_expr, cx) {
+        Some(closing) => aggregate.with_window_closing(closing),
+        None => aggregate,
+    }))
+}
+
+/// How an aggregate's windows close: when one of its group columns is a window's end over a
+/// source's event time, and nothing below it can change a window once closed.
+fn window_closing(input: &LogicalPlan, group_expr: &[Expr], cx: &Context<'_>) -> Option<WindowClosing> {
+    if !crate::event_time::closes_only_open_windows(input, cx.resolve, cx.event_times) {
+        return None;
+    }
+    group_expr.iter().enumerate().find_map(|(column, expr)| {
+        let Expr::Column(c) = unalias(expr) else {
+            return None;
+        };
+        let index = input.schema().index_of_column(c).ok()?;
+        let source = crate::event_time::window_end_source(input, index, cx.resolve, cx.event_times)?;
+        let allowed_lateness_ms = cx.event_times.get(&source)?.allowed_lateness_ms?;
+        Some(WindowClosing {
+            column,
+            source,
+            allowed_lateness_ms,
+        })
+    })
 }
 
 /// Whether `expr` is a non-null literal (`count(*)` counts one) or a column declared NOT NULL.

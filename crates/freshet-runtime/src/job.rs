@@ -449,6 +449,9 @@ impl Run {
             while let Some(batch) = rows.try_next().await? {
                 epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
             }
+            if let Some(watermark) = input_watermark(input, &snapshot) {
+                epoch.set_watermark(&name, watermark);
+            }
             branch.processed.insert(name, version);
         }
         branch.pipeline.step(&epoch)?;
@@ -462,12 +465,16 @@ impl Run {
     /// else committed in between), they are taken as they are instead of being read back.
     async fn epoch(&mut self, ingested: HashMap<String, IngestReport>) -> Result<()> {
         let mut versions = BTreeMap::new();
+        let mut watermarks = Vec::new();
         let mut reads: HashMap<(String, Option<u64>), Vec<ChangeBatch>> = HashMap::new();
         let mut rows_in = 0;
         for input in &self.inputs {
             let name = input.table.name().to_string();
             let snapshot = input.table.snapshot();
             let version = snapshot.version();
+            if let Some(watermark) = input_watermark(input, &snapshot) {
+                watermarks.push((name.clone(), watermark));
+            }
             let (columns, froms) = {
                 let readers: Vec<&Branch> = self.branches.iter().filter(|b| b.reads(&name)).collect();
                 // One branch reads only the columns it needs; several read all (a pipeline
@@ -494,6 +501,9 @@ impl Run {
         let mut stepped = false;
         for (index, branch) in self.branches.iter_mut().enumerate() {
             let mut epoch = Epoch::at(now);
+            for (name, watermark) in &watermarks {
+                epoch.set_watermark(name, *watermark);
+            }
             for name in branch.pipeline.sources() {
                 if let Some(changes) = reads.get(&(name.clone(), branch.processed.get(name).copied())) {
                     for batch in changes {
@@ -582,6 +592,12 @@ async fn read_changes(
         },
     }
     Ok(changes)
+}
+
+/// The watermark of an input whose source has an event time, at a version of its table.
+fn input_watermark(input: &JobInput, snapshot: &freshet_storage::Snapshot) -> Option<i64> {
+    input.source.as_ref()?.event_time()?;
+    crate::source::SourceProgress::at(snapshot).watermark_ms
 }
 
 /// Inserted rows of a source, with the columns the pipeline reads.

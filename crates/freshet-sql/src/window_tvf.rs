@@ -281,9 +281,13 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
             "date_bin(INTERVAL '{stride} milliseconds', {time}, TIMESTAMP '1970-01-01 00:00:00' + INTERVAL '{offset} milliseconds')"
         )
     };
+    // `window_bound(end, ts)` is `end`, and tells incremental maintenance that the column is a
+    // window's end after the row's time: once the watermark of `ts`'s source passes it, the
+    // window is final and its state can go.
+    let column = format!("__window_input.{}", call.time);
     let select = |start: String, end: String, filter: Option<String>| {
         format!(
-            "SELECT __window_input.*, {start} AS window_start, {end} AS window_end, \
+            "SELECT __window_input.*, {start} AS window_start, window_bound({end}, {column}) AS window_end, \
              {end} - INTERVAL '1 milliseconds' AS window_time FROM {table} AS __window_input{}",
             filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
         )

@@ -494,6 +494,50 @@ fn written_names(field: &Field, name: &str, sql: &SqlType) -> Field {
 }
 
 impl Engine {
+    /// The event time of every source table that declares a watermark: incremental pipelines
+    /// close the windows over them as their watermarks pass.
+    pub(crate) fn event_times(&self) -> freshet_incremental::EventTimes {
+        self.inner
+            .streams
+            .sources()
+            .into_iter()
+            .filter_map(|(name, source)| {
+                let event_time = source.event_time()?;
+                let column = source.schema().field(event_time.column).name().clone();
+                let allowed_lateness_ms = event_time.options.allowed_lateness_ms();
+                Some((
+                    name,
+                    freshet_incremental::EventTimeColumn {
+                        column,
+                        allowed_lateness_ms,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets on an epoch the watermark of each source with an event time among `versions`
+    /// (table → version), as of that version.
+    pub(crate) async fn set_watermarks(
+        &self,
+        epoch: &mut freshet_incremental::Epoch,
+        versions: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<()> {
+        for (name, &version) in versions {
+            let Some(table) = self.inner.streams.get(name) else {
+                continue;
+            };
+            if table.source.as_ref().is_none_or(|s| s.event_time().is_none()) {
+                continue;
+            }
+            let snapshot = self.inner.catalog.table(name)?.snapshot_at(version).await?;
+            if let Some(watermark) = freshet_runtime::SourceProgress::at(&snapshot).watermark_ms {
+                epoch.set_watermark(name, watermark);
+            }
+        }
+        Ok(())
+    }
+
     /// The system table `freshet.sources`: each source table's connector, the version it has
     /// been ingested to, its watermark and the rows it dropped as late or skipped as malformed.
     pub(crate) fn sources_batch(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {

@@ -135,3 +135,98 @@ proptest! {
         });
     }
 }
+
+/// The operator state entries EXPLAIN shows for a materialized table (0 when none).
+async fn state_entries(engine: &Engine, name: &str) -> u64 {
+    let batches = engine.sql(&format!("EXPLAIN MATERIALIZED TABLE {name}")).await.unwrap();
+    let text = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    text.split("in memory: ")
+        .nth(1)
+        .and_then(|after| after.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Events arrive out of order in files, second by second; the windows the watermark closes are
+/// final and forgotten: the state holds the open windows only, while the table keeps every
+/// window and equals the query evaluated in batch, late rows dropped alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_windows_leave_the_state_and_the_result_equals_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    let query = "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
+                 FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_start, window_end";
+    engine
+        .sql(&format!(
+            "CREATE MATERIALIZED TABLE per_second FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL AS {query}"
+        ))
+        .await
+        .unwrap();
+    let mut most = 0;
+    for second in 0..30i64 {
+        // Each file: 40 events of its second and 10 of earlier ones (up to 4 s back: some
+        // within the watermark's 2 s delay, some late).
+        let lines: String = (0..50i64)
+            .map(|i| {
+                let at = if i < 40 {
+                    second * 1000 + i * 23
+                } else {
+                    (second - (i % 5)) * 1000 + i * 7
+                };
+                format!("{{\"k\": {}, \"ts\": \"2024-01-01 00:00:00\", \"v\": {i}}}\n", i % 10).replace(
+                    "00:00:00",
+                    &format!(
+                        "00:{:02}:{:02}.{:03}",
+                        at.max(0) / 60_000,
+                        at.max(0) / 1000 % 60,
+                        at.max(0) % 1000
+                    ),
+                )
+            })
+            .collect();
+        std::fs::write(input.join(format!("part-{second:03}.json")), lines).unwrap();
+        engine.sql("ALTER MATERIALIZED TABLE per_second REFRESH").await.unwrap();
+        let maintained = crate::incremental::multiset(&engine.sql("SELECT * FROM per_second").await.unwrap());
+        let expected = crate::incremental::multiset(&engine.sql(query).await.unwrap());
+        assert_eq!(maintained, expected, "after second {second}");
+        if second > 1 {
+            most = most.max(state_entries(&engine, "per_second").await);
+        }
+    }
+    let windows = crate::incremental::multiset(&engine.sql("SELECT count(*) FROM per_second").await.unwrap());
+    // 30 windows of 10 keys in the table; the state holds the few open windows (a 2 s delay
+    // keeps about three of them open).
+    assert!(format!("{windows:?}").contains("300"), "{windows:?}");
+    let explain = engine.sql("EXPLAIN MATERIALIZED TABLE per_second").await.unwrap();
+    let explain = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&explain)
+        .unwrap()
+        .to_string();
+    assert!(most > 0 && most <= 40, "state entries {most}: {explain}");
+    // The windows closed: without a watermark, every group would stay.
+    assert!(explain.contains("closing windows by window_end"), "{explain}");
+    let late = engine
+        .sql("SELECT late_rows FROM freshet.sources WHERE name = 'ev'")
+        .await
+        .unwrap();
+    let late = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&late)
+        .unwrap()
+        .to_string();
+    assert!(!late.contains("| 0 "), "some rows are late: {late}");
+    engine.close().await;
+}

@@ -7,15 +7,19 @@
 //! for every group it touched, the group's old row with weight −1 and its new row with +1 (neither
 //! when they are equal); a group whose last row is deleted disappears; a global aggregate always
 //! has its one row.
+//!
+//! An aggregate grouped by a window's end that a source's watermark closes (see
+//! `event_time`) forgets the groups of closed windows after each epoch: their rows in the result
+//! are final, and its state holds the open windows only.
 
 mod accumulator;
 mod float_sum;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::or;
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 
 use freshet_common::{CACHED_BYTES, Key, KeyCodec, KeyMap, Keys, Result, run_parts_by_key, sweep_order};
 
@@ -59,6 +63,18 @@ pub(crate) struct Aggregate {
     schema: SchemaRef,
     /// A global aggregate's row has been emitted.
     started: bool,
+    closing: Option<WindowClosing>,
+}
+
+/// Groups keyed by a window's end, closed by a source's watermark.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowClosing {
+    /// The group column holding the window's end.
+    pub column: usize,
+    /// The source whose watermark closes the windows.
+    pub source: String,
+    /// How far below the watermark rows are still taken (ms).
+    pub allowed_lateness_ms: i64,
 }
 
 /// The groups of one part of an aggregate.
@@ -81,6 +97,10 @@ struct Groups {
     /// Slots whose group vanished.
     free: Vec<u32>,
     epoch: u64,
+    /// With window closing: each slot's window end (ms; `i64::MAX` for none), and how many
+    /// groups have each end.
+    ends: Vec<i64>,
+    open_windows: std::collections::BTreeMap<i64, usize>,
 }
 
 /// A slot's row count and the last epoch that touched it.
@@ -103,6 +123,8 @@ struct Step<'a> {
     weights: &'a [i64],
     /// A global aggregate's row has been emitted.
     started: bool,
+    /// With window closing: each row's window end (ms).
+    ends: Option<&'a [i64]>,
 }
 
 /// A group an epoch touched: its slot, the first row of the epoch's delta in it, whether it
@@ -170,7 +192,14 @@ impl Aggregate {
             parts,
             schema,
             started: false,
+            closing: None,
         })
+    }
+
+    /// Forgets the groups of windows that the watermark of `closing.source` has closed.
+    pub(crate) fn with_window_closing(mut self, closing: WindowClosing) -> Self {
+        self.closing = Some(closing);
+        self
     }
 
     fn is_global(&self) -> bool {
@@ -186,6 +215,8 @@ impl Groups {
             accumulators: specs.iter().map(Accumulators::new).collect(),
             free: Vec::new(),
             epoch: 0,
+            ends: Vec::new(),
+            open_windows: std::collections::BTreeMap::new(),
         }
     }
 
@@ -195,6 +226,7 @@ impl Groups {
             return slot;
         }
         self.marks.push(SlotMark::default());
+        self.ends.push(i64::MAX);
         for accumulators in &mut self.accumulators {
             accumulators.push();
         }
@@ -204,10 +236,46 @@ impl Groups {
     /// Forgets the group `key` in `slot`.
     fn release(&mut self, key: Key<'_>, slot: u32) {
         self.slots.remove(key);
+        self.clear(slot);
+    }
+
+    fn clear(&mut self, slot: u32) {
         for accumulators in &mut self.accumulators {
             accumulators.clear(slot as usize);
         }
+        let end = std::mem::replace(&mut self.ends[slot as usize], i64::MAX);
+        if end != i64::MAX
+            && let std::collections::btree_map::Entry::Occupied(mut groups) = self.open_windows.entry(end)
+        {
+            *groups.get_mut() -= 1;
+            if *groups.get() == 0 {
+                groups.remove();
+            }
+        }
+        self.marks[slot as usize] = SlotMark {
+            rows: 0,
+            touched_in: self.marks[slot as usize].touched_in,
+        };
         self.free.push(slot);
+    }
+
+    /// Forgets the groups whose window ends at or before `bound` (ms).
+    fn close_windows(&mut self, bound: i64) {
+        if self.open_windows.first_key_value().is_none_or(|(&end, _)| end > bound) {
+            return;
+        }
+        let mut closed = Vec::new();
+        let ends = &self.ends;
+        self.slots.retain(|slot| {
+            let open = ends[*slot as usize] > bound;
+            if !open {
+                closed.push(*slot);
+            }
+            open
+        });
+        for slot in closed {
+            self.clear(slot);
+        }
     }
 
     /// The slot of each row's group among `rows` (all of the epoch's rows when `None`), the
@@ -244,6 +312,12 @@ impl Groups {
                     let slot = self.allocate();
                     self.slots.insert(key, slot);
                     created.insert(slot);
+                    if let Some(ends) = step.ends
+                        && ends[row] != i64::MAX
+                    {
+                        self.ends[slot as usize] = ends[row];
+                        *self.open_windows.entry(ends[row]).or_default() += 1;
+                    }
                     slot
                 }
             };
@@ -336,7 +410,7 @@ impl Groups {
     fn bytes(&self) -> usize {
         let slots = self.marks.len();
         let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
-        slots * SLOT_BYTES + self.slots.bytes() + accumulators
+        slots * (SLOT_BYTES + size_of::<i64>()) + self.slots.bytes() + accumulators
     }
 }
 
@@ -392,10 +466,36 @@ fn drop_unchanged(
     ))
 }
 
+impl Aggregate {
+    /// Forgets the groups of the windows the epoch's watermark has closed.
+    fn close_windows(&mut self, epoch: &Epoch) {
+        let Some(closing) = &self.closing else {
+            return;
+        };
+        let Some(watermark) = epoch.watermark(&closing.source) else {
+            return;
+        };
+        let bound = watermark.saturating_sub(closing.allowed_lateness_ms);
+        for part in &mut self.parts {
+            part.close_windows(bound);
+        }
+    }
+}
+
+/// Window ends as ms (`i64::MAX` for NULL: never closed).
+fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
+    let millis = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))
+        .and_then(|a| cast(&a, &DataType::Int64))
+        .map_err(internal)?;
+    let millis = millis.as_primitive::<Int64Type>();
+    Ok(millis.iter().map(|v| v.unwrap_or(i64::MAX)).collect())
+}
+
 impl Operator for Aggregate {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
         let delta = self.input.step(epoch)?;
         if delta.is_empty() && (self.started || !self.is_global()) {
+            self.close_windows(epoch);
             return Ok(Delta::empty(self.schema.clone()));
         }
         let key_columns = self
@@ -418,6 +518,11 @@ impl Operator for Aggregate {
             .map(|(spec, codec)| Arguments::evaluate(spec, codec.as_ref(), &delta.data))
             .collect::<Result<Vec<_>>>()?;
         let keys = self.keys.as_ref().map(|codec| codec.encode(&key_columns)).transpose()?;
+        let ends = self
+            .closing
+            .as_ref()
+            .map(|closing| window_ends(&key_columns[closing.column]))
+            .transpose()?;
         let step = Step {
             specs: &self.specs,
             value_codecs: &self.value_codecs,
@@ -427,6 +532,7 @@ impl Operator for Aggregate {
             arguments: &arguments,
             weights: delta.weights.values(),
             started: self.started,
+            ends: ends.as_deref(),
         };
         let outputs = match (&keys, self.parts.len()) {
             (Some(keys), parts) if parts > 1 => run_parts_by_key(
@@ -441,6 +547,7 @@ impl Operator for Aggregate {
         // Retractions first, then insertions, as one part alone would give them.
         let (retracted, inserted): (Vec<Delta>, Vec<Delta>) =
             outputs.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        self.close_windows(epoch);
         Delta::concat(&self.schema, &[retracted, inserted].concat())
     }
 
@@ -462,8 +569,20 @@ impl Operator for Aggregate {
     fn describe(&self) -> String {
         let groups: Vec<String> = self.group_exprs.iter().map(ToString::to_string).collect();
         let aggregates: Vec<&str> = self.specs.iter().map(|s| s.display.as_str()).collect();
+        let closing = match &self.closing {
+            Some(c) => format!(
+                " closing windows by {} at the watermark of {}{}",
+                self.group_exprs[c.column],
+                c.source,
+                match c.allowed_lateness_ms {
+                    0 => String::new(),
+                    ms => format!(" less {ms} ms"),
+                }
+            ),
+            None => String::new(),
+        };
         format!(
-            "Aggregate: group=[{}] aggregates=[{}]",
+            "Aggregate: group=[{}] aggregates=[{}]{closing}",
             groups.join(", "),
             aggregates.join(", ")
         )

@@ -130,7 +130,7 @@ impl Engine {
         let optimized = state.optimize(timed.as_ref().unwrap_or(&pinned.plan))?;
         // As many parts as DataFusion's batch plans use cores.
         let parallelism = state.config().target_partitions();
-        match Pipeline::build(&optimized, &scan_table_name, parallelism) {
+        match Pipeline::build_with_event_times(&optimized, &scan_table_name, parallelism, &self.event_times()) {
             Ok(pipeline) => Ok(Ok(pipeline)),
             Err(BuildError::NotIncremental(why)) => Ok(Err(why)),
             Err(BuildError::Failed(e)) => Err(e),
@@ -317,6 +317,7 @@ impl Engine {
                 epoch.add(&source, ChangeBatch::with_weight(&batch, 1)?);
             }
         }
+        self.set_watermarks(&mut epoch, &previous.inputs).await?;
         let outputs: Vec<ChangeBatch> = pipeline.step(&epoch)?.into_iter().collect();
         // The table should hold exactly the pipeline's output. Float sums may differ in their
         // last bits (DataFusion adds in another order, the pipeline exactly), and a table may
@@ -392,6 +393,7 @@ impl Engine {
                 epoch.add(source, batch);
             }
         }
+        self.set_watermarks(&mut epoch, &pinned.inputs).await?;
         let input_changes = epoch.rows() as u64;
         let output = state.pipeline.step(&epoch)?;
         state.account(name)?;

@@ -260,7 +260,12 @@ impl Engine {
         let timed = time_as_input(&input)?;
         let optimized = state.optimize(timed.as_ref().unwrap_or(&input))?;
         let parallelism = state.config().target_partitions();
-        let pipeline = match Pipeline::build(&optimized, &crate::materialized::scan_table_name, parallelism) {
+        let pipeline = match Pipeline::build_with_event_times(
+            &optimized,
+            &crate::materialized::scan_table_name,
+            parallelism,
+            &self.event_times(),
+        ) {
             Ok(p) => p,
             Err(BuildError::NotIncremental(why)) => {
                 return Err(FreshetError::Unsupported(format!(
