@@ -146,6 +146,12 @@ pub(crate) trait Operator: Send {
     fn updates(&self) -> bool {
         false
     }
+
+    /// Whether the operator's output only inserts whatever its inputs do (a window emitter
+    /// passes final rows): an updating operator below it does not make the result updating.
+    fn final_output(&self) -> bool {
+        false
+    }
 }
 
 /// An expression compiled against the columns of an input.

@@ -50,17 +50,22 @@ impl Pipeline {
     /// each scan reads; state kept by key is split into `parallelism` parts, which step on as
     /// many threads.
     pub fn build(plan: &LogicalPlan, resolve: SourceResolver<'_>, parallelism: usize) -> Result<Self, BuildError> {
-        Self::build_with_event_times(plan, resolve, parallelism, &EventTimes::new())
+        Self::build_with_event_times(plan, resolve, parallelism, &EventTimes::new(), false)
     }
 
     /// Like [`Pipeline::build`], knowing the event time of the sources that have one: an
     /// aggregate grouped by a window's end over such a source forgets the windows its
     /// watermark closes (the epoch's [`Epoch::set_watermark`](crate::Epoch::set_watermark)).
+    ///
+    /// With `emit_on_close`, such an aggregate's rows pass only once their window has closed,
+    /// each once and final (Flink's emission of window results, what jobs write); without it,
+    /// open windows' rows are in the result and change as rows arrive (materialized tables).
     pub fn build_with_event_times(
         plan: &LogicalPlan,
         resolve: SourceResolver<'_>,
         parallelism: usize,
         event_times: &EventTimes,
+        emit_on_close: bool,
     ) -> Result<Self, BuildError> {
         let joined = scalar_subqueries_as_joins(plan)?;
         let plan = joined.as_ref().unwrap_or(plan);
@@ -70,6 +75,7 @@ impl Pipeline {
             parallelism: parallelism.max(1),
             read_columns: read_columns(plan, resolve)?,
             event_times,
+            emit_on_close,
         };
         let root = build(plan, &mut cx)?;
         Ok(Self {
@@ -169,6 +175,9 @@ impl Pipeline {
         fn walk(operator: &dyn Operator) -> Option<String> {
             if operator.updates() {
                 return Some(operator.describe());
+            }
+            if operator.final_output() {
+                return None;
             }
             operator.inputs().into_iter().find_map(walk)
         }

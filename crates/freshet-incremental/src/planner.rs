@@ -20,7 +20,7 @@ use crate::delta::internal;
 use crate::event_time::EventTimes;
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
-    Scan, TopN, TopNSpec, Union, WindowClosing, arrow_schema,
+    Scan, TemporalFilter, TopN, TopNSpec, Union, WindowClosing, arrow_schema,
 };
 
 mod scalar_subquery;
@@ -82,6 +82,8 @@ pub(crate) struct Context<'a> {
     pub read_columns: HashMap<String, Option<Vec<usize>>>,
     /// The event time of the sources that have one.
     pub event_times: &'a EventTimes,
+    /// Window aggregates emit their rows once their window closes.
+    pub emit_on_close: bool,
 }
 
 /// The columns of each source table that the plan's scans read — their projections and the
@@ -617,11 +619,19 @@ fn aggregate(
             display,
         });
     }
-    let aggregate = Aggregate::new(input, groups, group_types, specs, output, parallelism)?;
-    Ok(Box::new(match window_closing(input_plan, group_expr, cx) {
-        Some(closing) => aggregate.with_window_closing(closing),
+    let aggregate = Aggregate::new(input, groups, group_types, specs, output.clone(), parallelism)?;
+    let Some(closing) = window_closing(input_plan, group_expr, cx) else {
+        return Ok(Box::new(aggregate));
+    };
+    let emitter = cx.emit_on_close.then(|| (closing.column, closing.source.clone()));
+    let aggregate: Box<dyn Operator> = Box::new(aggregate.with_window_closing(closing));
+    Ok(match emitter {
+        Some((column, source)) => {
+            let end = Compiled::new(&Expr::Column(plan.schema().columns()[column].clone()), plan.schema())?;
+            Box::new(TemporalFilter::window_emitter(aggregate, end, &source, output)?)
+        }
         None => aggregate,
-    }))
+    })
 }
 
 /// How an aggregate's windows close: when one of its group columns is a window's end over a

@@ -397,8 +397,11 @@ impl Run {
                     }
                 }
             }
-            self.epoch(ingested).await?;
+            self.epoch(ingested, false).await?;
             if finished {
+                // At the end of bounded inputs the watermarks jump to +infinity: every window
+                // closes and its result is written, as in Flink.
+                self.epoch(HashMap::new(), true).await?;
                 return Ok(JobStatus::Finished);
             }
             for c in &mut commits {
@@ -463,7 +466,7 @@ impl Run {
     /// restart that found them at different points). `ingested` holds the rows this job's own
     /// ingestion just appended to its inputs: where they are exactly the changes wanted (nothing
     /// else committed in between), they are taken as they are instead of being read back.
-    async fn epoch(&mut self, ingested: HashMap<String, IngestReport>) -> Result<()> {
+    async fn epoch(&mut self, ingested: HashMap<String, IngestReport>, end_of_input: bool) -> Result<()> {
         let mut versions = BTreeMap::new();
         let mut watermarks = Vec::new();
         let mut reads: HashMap<(String, Option<u64>), Vec<ChangeBatch>> = HashMap::new();
@@ -472,7 +475,9 @@ impl Run {
             let name = input.table.name().to_string();
             let snapshot = input.table.snapshot();
             let version = snapshot.version();
-            if let Some(watermark) = input_watermark(input, &snapshot) {
+            if end_of_input && input.source.as_ref().is_some_and(|s| s.event_time().is_some()) {
+                watermarks.push((name.clone(), i64::MAX));
+            } else if let Some(watermark) = input_watermark(input, &snapshot) {
                 watermarks.push((name.clone(), watermark));
             }
             let (columns, froms) = {
@@ -516,7 +521,7 @@ impl Run {
                 .filter(|(name, _)| branch.reads(name))
                 .map(|(name, &v)| (name.clone(), v))
                 .collect();
-            if epoch.rows() > 0 || branch.processed.is_empty() {
+            if epoch.rows() > 0 || branch.processed.is_empty() || end_of_input {
                 stepped = true;
                 if let Some(output) = branch.pipeline.step(&epoch)? {
                     if branch.sink.append_only() && output.weights().values().iter().any(|&w| w < 0) {

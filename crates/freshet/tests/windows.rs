@@ -230,3 +230,76 @@ async fn closed_windows_leave_the_state_and_the_result_equals_batch() {
     assert!(!late.contains("| 0 "), "some rows are late: {late}");
     engine.close().await;
 }
+
+/// A job over a followed directory writes each window once, when the watermark has passed its
+/// end, into an append-only table: what it has written equals the query's closed windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_writes_each_window_once_when_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE out (k BIGINT, window_end TIMESTAMP(3), n BIGINT)")
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "INSERT INTO out SELECT k, window_end, count(*) FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+             GROUP BY k, window_start, window_end",
+        )
+        .await
+        .unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let job = engine.job(&id).unwrap();
+    for second in 0..10i64 {
+        let lines: String = (0..6i64)
+            .map(|i| {
+                format!(
+                    "{{\"k\": {}, \"ts\": \"2024-01-01 00:00:{second:02}.{:03}\"}}\n",
+                    i % 2,
+                    i * 150
+                )
+            })
+            .collect();
+        let hidden = input.join(format!(".part-{second}.json"));
+        std::fs::write(&hidden, lines).unwrap();
+        std::fs::rename(&hidden, input.join(format!("part-{second}.json"))).unwrap();
+        // The watermark is at second + 0.75 - 1: windows ending at or before it are closed.
+        let closed = (second - 1).max(0) / 2;
+        job.subscribe()
+            .wait_for(|info| info.rows_out >= (closed * 2) as u64)
+            .await
+            .unwrap();
+    }
+    // The last file: the watermark reaches 8.75 s; the windows ending at 2, 4, 6 and 8 s are
+    // written, for both keys, each once.
+    job.subscribe().wait_for(|info| info.rows_out >= 8).await.unwrap();
+    engine.sql(&format!("STOP JOB '{id}'")).await.unwrap();
+    let written = crate::incremental::multiset(&engine.sql("SELECT * FROM out").await.unwrap());
+    let expected = crate::incremental::multiset(
+        &engine
+            .sql(
+                "SELECT k, window_end, count(*) FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+                 WHERE window_end <= TIMESTAMP '2024-01-01 00:00:08.750' GROUP BY k, window_start, window_end",
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(written, expected);
+    assert_eq!(written.len(), 8);
+    engine.close().await;
+}

@@ -90,6 +90,9 @@ pub(crate) struct TemporalFilter {
     /// The time of the last epoch (ns).
     time: i64,
     bytes: u64,
+    /// The time the bounds compare with: `None` for the epoch's time (`now()`); a source's
+    /// watermark for a window emitter.
+    watermark_of: Option<String>,
 }
 
 impl TemporalFilter {
@@ -109,7 +112,33 @@ impl TemporalFilter {
             expiring: BTreeMap::new(),
             time: i64::MIN,
             bytes: 0,
+            watermark_of: None,
         })
+    }
+
+    /// Emits the rows of a window-closing aggregate only once the watermark of `source` has
+    /// passed their window's end (output column `end`): Flink's emission of window results,
+    /// final and append-only. Changes of a window until then cancel out here.
+    pub(crate) fn window_emitter(
+        input: Box<dyn Operator>,
+        end: Compiled,
+        source: &str,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let display = format!("{end} <= watermark of {source}");
+        let mut filter = Self::new(
+            input,
+            None,
+            vec![TimeBound {
+                comparison: TimeComparison::GtEq,
+                key: end,
+                by_day: false,
+                display,
+            }],
+            schema,
+        )?;
+        filter.watermark_of = Some(source.to_string());
+        Ok(filter)
     }
 
     fn add_expiring(&mut self, until: i64, row: RowKey, weight: i64) {
@@ -222,10 +251,18 @@ fn nanos(array: &ArrayRef) -> Result<Int64Array> {
 
 impl Operator for TemporalFilter {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
-        let time = epoch
-            .time_ns()
-            .ok_or_else(|| internal("an epoch without a time reached a temporal filter"))?
-            .max(self.time);
+        let time = match &self.watermark_of {
+            // Before the source's first watermark, no window has closed.
+            // (+infinity, the end of a bounded input, stays below the end of spans that have
+            // none.)
+            Some(source) => epoch
+                .watermark(source)
+                .map_or(i64::MIN, |ms| ms.saturating_mul(1_000_000).min(i64::MAX - 1)),
+            None => epoch
+                .time_ns()
+                .ok_or_else(|| internal("an epoch without a time reached a temporal filter"))?,
+        }
+        .max(self.time);
         let mut entering = Vec::new();
         let mut leaving = Vec::new();
         self.pass_time(time, &mut entering, &mut leaving);
@@ -262,11 +299,19 @@ impl Operator for TemporalFilter {
     }
 
     fn updates(&self) -> bool {
-        true
+        self.watermark_of.is_none()
+    }
+
+    /// A window emitter passes each window's row once, final.
+    fn final_output(&self) -> bool {
+        self.watermark_of.is_some()
     }
 
     fn describe(&self) -> String {
         let bounds: Vec<&str> = self.bounds.iter().map(|b| b.display.as_str()).collect();
+        if self.watermark_of.is_some() {
+            return format!("WindowEmitter: [{}]", bounds.join(", "));
+        }
         match &self.predicate {
             Some(predicate) => format!("TemporalFilter: [{}] and {predicate}", bounds.join(", ")),
             None => format!("TemporalFilter: [{}]", bounds.join(", ")),
@@ -274,7 +319,11 @@ impl Operator for TemporalFilter {
     }
 
     fn state_kind(&self) -> &'static str {
-        "rows waiting to enter the result or to leave it, by time"
+        if self.watermark_of.is_some() {
+            "rows of open windows, until the watermark passes their end"
+        } else {
+            "rows waiting to enter the result or to leave it, by time"
+        }
     }
 
     fn state_size(&self) -> StateSize {
@@ -289,6 +338,10 @@ impl Operator for TemporalFilter {
     }
 
     fn next_change(&self) -> Option<i64> {
+        // A watermark moves with the data, not with the clock.
+        if self.watermark_of.is_some() {
+            return None;
+        }
         let entering = self.pending.keys().next().map(|k| k.0);
         let leaving = self.expiring.keys().next().map(|k| k.0);
         entering.into_iter().chain(leaving).min()

@@ -130,7 +130,15 @@ impl Engine {
         let optimized = state.optimize(timed.as_ref().unwrap_or(&pinned.plan))?;
         // As many parts as DataFusion's batch plans use cores.
         let parallelism = state.config().target_partitions();
-        match Pipeline::build_with_event_times(&optimized, &scan_table_name, parallelism, &self.event_times()) {
+        // A materialized table shows open windows as they stand (see docs/architecture.md).
+        let emit_on_close = false;
+        match Pipeline::build_with_event_times(
+            &optimized,
+            &scan_table_name,
+            parallelism,
+            &self.event_times(),
+            emit_on_close,
+        ) {
             Ok(pipeline) => Ok(Ok(pipeline)),
             Err(BuildError::NotIncremental(why)) => Ok(Err(why)),
             Err(BuildError::Failed(e)) => Err(e),

@@ -265,6 +265,8 @@ impl Engine {
             &crate::materialized::scan_table_name,
             parallelism,
             &self.event_times(),
+            // As in Flink, a job writes a window's result once the window has closed.
+            true,
         ) {
             Ok(p) => p,
             Err(BuildError::NotIncremental(why)) => {
