@@ -42,6 +42,8 @@ pub struct Epoch {
     /// The watermark (ms) of each source with one, at the versions whose changes the epoch
     /// holds: windows it has passed are closed.
     watermarks: HashMap<String, i64>,
+    /// Sources idle for longer than their idle timeout.
+    idle: std::collections::HashSet<String>,
 }
 
 impl Epoch {
@@ -57,6 +59,7 @@ impl Epoch {
             changes: HashMap::new(),
             time_ns: Some(time_ms.saturating_mul(1_000_000)),
             watermarks: HashMap::new(),
+            idle: std::collections::HashSet::new(),
         }
     }
 
@@ -65,9 +68,22 @@ impl Epoch {
         self.watermarks.insert(source.to_string(), watermark_ms);
     }
 
-    /// The watermark of a source, if it has one.
-    pub(crate) fn watermark(&self, source: &str) -> Option<i64> {
-        self.watermarks.get(source).copied()
+    /// Marks a source idle: it has brought no rows for longer than its idle timeout, and no
+    /// longer holds back the watermark combined with other sources.
+    pub fn set_idle(&mut self, source: &str) {
+        self.idle.insert(source.to_string());
+    }
+
+    /// The watermark of several sources combined, as Flink combines a job's inputs: the least
+    /// of theirs, leaving out idle ones unless all are; none while one of them has none.
+    pub(crate) fn watermark(&self, sources: &[String]) -> Option<i64> {
+        let active: Vec<&String> = sources.iter().filter(|s| !self.idle.contains(*s)).collect();
+        let counted: Vec<&String> = if active.is_empty() {
+            sources.iter().collect()
+        } else {
+            active
+        };
+        counted.iter().map(|s| self.watermarks.get(*s).copied()).min().flatten()
     }
 
     /// The epoch's time, in ns.
@@ -198,4 +214,25 @@ impl std::fmt::Display for Compiled {
 /// The schema of a delta's rows at a plan node.
 pub(crate) fn arrow_schema(schema: &DFSchema) -> SchemaRef {
     Arc::new(schema.as_arrow().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Epoch;
+
+    #[test]
+    fn watermarks_combine_as_the_least_leaving_idle_sources_out() {
+        let sources = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut epoch = Epoch::at(0);
+        epoch.set_watermark("a", 100);
+        epoch.set_watermark("b", 40);
+        assert_eq!(epoch.watermark(&sources(&["a"])), Some(100));
+        assert_eq!(epoch.watermark(&sources(&["a", "b"])), Some(40));
+        // A source without a watermark yet holds everything back.
+        assert_eq!(epoch.watermark(&sources(&["a", "c"])), None);
+        // An idle one does not, unless all are idle.
+        epoch.set_idle("b");
+        assert_eq!(epoch.watermark(&sources(&["a", "b"])), Some(100));
+        assert_eq!(epoch.watermark(&sources(&["b"])), Some(40));
+    }
 }

@@ -623,12 +623,12 @@ fn aggregate(
     let Some(closing) = window_closing(input_plan, group_expr, cx) else {
         return Ok(Box::new(aggregate));
     };
-    let emitter = cx.emit_on_close.then(|| (closing.column, closing.source.clone()));
+    let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
     let aggregate: Box<dyn Operator> = Box::new(aggregate.with_window_closing(closing));
     Ok(match emitter {
-        Some((column, source)) => {
+        Some((column, sources)) => {
             let end = Compiled::new(&Expr::Column(plan.schema().columns()[column].clone()), plan.schema())?;
-            Box::new(TemporalFilter::window_emitter(aggregate, end, &source, output)?)
+            Box::new(TemporalFilter::window_emitter(aggregate, end, &sources, output)?)
         }
         None => aggregate,
     })
@@ -645,11 +645,24 @@ fn window_closing(input: &LogicalPlan, group_expr: &[Expr], cx: &Context<'_>) ->
             return None;
         };
         let index = input.schema().index_of_column(c).ok()?;
-        let source = crate::event_time::window_end_source(input, index, cx.resolve, cx.event_times)?;
-        let allowed_lateness_ms = cx.event_times.get(&source)?.allowed_lateness_ms?;
+        crate::event_time::window_end_source(input, index, cx.resolve, cx.event_times)?;
+        // Every source below: their watermarks combine, and the most lateness any allows holds.
+        let mut sources = std::collections::BTreeSet::new();
+        let _ = input.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Some(table) = (cx.resolve)(scan)
+            {
+                sources.insert(table);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let mut allowed_lateness_ms = 0;
+        for source in &sources {
+            allowed_lateness_ms = allowed_lateness_ms.max(cx.event_times.get(source)?.allowed_lateness_ms?);
+        }
         Some(WindowClosing {
             column,
-            source,
+            sources: sources.into_iter().collect(),
             allowed_lateness_ms,
         })
     })

@@ -476,9 +476,12 @@ impl Run {
             let snapshot = input.table.snapshot();
             let version = snapshot.version();
             if end_of_input && input.source.as_ref().is_some_and(|s| s.event_time().is_some()) {
-                watermarks.push((name.clone(), i64::MAX));
-            } else if let Some(watermark) = input_watermark(input, &snapshot) {
-                watermarks.push((name.clone(), watermark));
+                watermarks.push((name.clone(), i64::MAX, false));
+            } else if let Some(source) = input.source.as_ref().filter(|s| s.event_time().is_some()) {
+                let progress = crate::source::SourceProgress::at(&snapshot);
+                if let Some(watermark) = progress.watermark_ms {
+                    watermarks.push((name.clone(), watermark, source.is_idle(&progress, self.clock.now_ms())));
+                }
             }
             let (columns, froms) = {
                 let readers: Vec<&Branch> = self.branches.iter().filter(|b| b.reads(&name)).collect();
@@ -506,8 +509,11 @@ impl Run {
         let mut stepped = false;
         for (index, branch) in self.branches.iter_mut().enumerate() {
             let mut epoch = Epoch::at(now);
-            for (name, watermark) in &watermarks {
+            for (name, watermark, idle) in &watermarks {
                 epoch.set_watermark(name, *watermark);
+                if *idle {
+                    epoch.set_idle(name);
+                }
             }
             for name in branch.pipeline.sources() {
                 if let Some(changes) = reads.get(&(name.clone(), branch.processed.get(name).copied())) {

@@ -108,6 +108,8 @@ pub struct SourceProgress {
     pub watermark_ms: Option<i64>,
     /// Rows dropped for arriving below the watermark.
     pub late_rows: u64,
+    /// When rows last came (engine clock, ms).
+    pub rows_at_ms: Option<i64>,
 }
 
 impl SourceProgress {
@@ -123,6 +125,7 @@ impl SourceProgress {
             Some(p) => Self {
                 watermark_ms: if p.ended { Some(i64::MAX) } else { p.watermark_ms },
                 late_rows: p.late_rows,
+                rows_at_ms: p.rows_at_ms,
             },
             None => Self::default(),
         }
@@ -171,6 +174,10 @@ pub(crate) struct Position {
     /// A bounded generator has produced all its rows: its watermark is +infinity.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ended: bool,
+    /// When the last rows came (engine clock, ms): a source idle for longer than its
+    /// `scan.watermark.idle-timeout` stops holding back a combined watermark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_at_ms: Option<i64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -248,6 +255,18 @@ impl Source {
     pub fn with_event_time(mut self, event_time: EventTime) -> Self {
         self.event_time = Some(event_time);
         self
+    }
+
+    /// Whether the source, with an event time, has been idle longer than its
+    /// `scan.watermark.idle-timeout` at `now_ms`, as of `progress`.
+    pub fn is_idle(&self, progress: &SourceProgress, now_ms: i64) -> bool {
+        let Some(timeout) = self.event_time.as_ref().and_then(|e| e.options.idle_timeout) else {
+            return false;
+        };
+        let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        progress
+            .rows_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) > timeout)
     }
 
     /// The event time, if the table declares a watermark.
@@ -437,6 +456,9 @@ impl Source {
             position.watermark_ms = Some(position.watermark_ms.map_or(max, |w| w.max(max)));
         }
         position.late_rows += event_time.late;
+        if rows > 0 {
+            position.rows_at_ms = Some(self.clock.now_ms());
+        }
         let record = serde_json::json!({ POSITION_KEY: position });
         txn.set_refresh(record);
         let committed = txn.commit().await?;

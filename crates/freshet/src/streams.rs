@@ -523,16 +523,21 @@ impl Engine {
         epoch: &mut freshet_incremental::Epoch,
         versions: &std::collections::BTreeMap<String, u64>,
     ) -> Result<()> {
+        let now = self.inner.materialized.clock.now_ms();
         for (name, &version) in versions {
-            let Some(table) = self.inner.streams.get(name) else {
+            let Some(source) = self.inner.streams.get(name).and_then(|t| t.source.clone()) else {
                 continue;
             };
-            if table.source.as_ref().is_none_or(|s| s.event_time().is_none()) {
+            if source.event_time().is_none() {
                 continue;
             }
             let snapshot = self.inner.catalog.table(name)?.snapshot_at(version).await?;
-            if let Some(watermark) = freshet_runtime::SourceProgress::at(&snapshot).watermark_ms {
+            let progress = freshet_runtime::SourceProgress::at(&snapshot);
+            if let Some(watermark) = progress.watermark_ms {
                 epoch.set_watermark(name, watermark);
+            }
+            if source.is_idle(&progress, now) {
+                epoch.set_idle(name);
             }
         }
         Ok(())

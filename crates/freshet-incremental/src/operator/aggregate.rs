@@ -8,7 +8,7 @@
 //! when they are equal); a group whose last row is deleted disappears; a global aggregate always
 //! has its one row.
 //!
-//! An aggregate grouped by a window's end that a source's watermark closes (see
+//! An aggregate grouped by a window's end that its sources' watermark closes (see
 //! `event_time`) forgets the groups of closed windows after each epoch: their rows in the result
 //! are final, and its state holds the open windows only.
 
@@ -64,15 +64,20 @@ pub(crate) struct Aggregate {
     /// A global aggregate's row has been emitted.
     started: bool,
     closing: Option<WindowClosing>,
+    /// Windows ending at or before this (ms) are closed: a row for one (a source that was
+    /// idle and held no watermark back brings it) is dropped and counted, never reopening it.
+    closed_up_to: Option<i64>,
+    late_rows: u64,
 }
 
-/// Groups keyed by a window's end, closed by a source's watermark.
+/// Groups keyed by a window's end, closed by the watermark of the sources below.
 #[derive(Debug, Clone)]
 pub(crate) struct WindowClosing {
     /// The group column holding the window's end.
     pub column: usize,
-    /// The source whose watermark closes the windows.
-    pub source: String,
+    /// The sources whose combined watermark (the least) closes the windows: every source
+    /// below the aggregate, since a row of any of them may join an old row of another.
+    pub sources: Vec<String>,
     /// How far below the watermark rows are still taken (ms).
     pub allowed_lateness_ms: i64,
 }
@@ -193,10 +198,12 @@ impl Aggregate {
             schema,
             started: false,
             closing: None,
+            closed_up_to: None,
+            late_rows: 0,
         })
     }
 
-    /// Forgets the groups of windows that the watermark of `closing.source` has closed.
+    /// Forgets the groups of windows that the watermark of `closing.sources` has closed.
     pub(crate) fn with_window_closing(mut self, closing: WindowClosing) -> Self {
         self.closing = Some(closing);
         self
@@ -472,13 +479,31 @@ impl Aggregate {
         let Some(closing) = &self.closing else {
             return;
         };
-        let Some(watermark) = epoch.watermark(&closing.source) else {
+        let Some(watermark) = epoch.watermark(&closing.sources) else {
             return;
         };
         let bound = watermark.saturating_sub(closing.allowed_lateness_ms);
         for part in &mut self.parts {
             part.close_windows(bound);
         }
+        self.closed_up_to = Some(self.closed_up_to.map_or(bound, |b| b.max(bound)));
+    }
+
+    /// The rows of `delta` whose window is still open.
+    fn drop_closed(&mut self, delta: Delta) -> Result<Delta> {
+        let (Some(closing), Some(bound)) = (&self.closing, self.closed_up_to) else {
+            return Ok(delta);
+        };
+        if delta.is_empty() {
+            return Ok(delta);
+        }
+        let ends = window_ends(&self.group_exprs[closing.column].evaluate(&delta.data)?)?;
+        if ends.iter().all(|&end| end > bound) {
+            return Ok(delta);
+        }
+        let open: BooleanArray = ends.iter().map(|&end| Some(end > bound)).collect();
+        self.late_rows += (open.len() - open.true_count()) as u64;
+        delta.filter(&open)
     }
 }
 
@@ -494,6 +519,7 @@ fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
 impl Operator for Aggregate {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
         let delta = self.input.step(epoch)?;
+        let delta = self.drop_closed(delta)?;
         if delta.is_empty() && (self.started || !self.is_global()) {
             self.close_windows(epoch);
             return Ok(Delta::empty(self.schema.clone()));
@@ -571,12 +597,16 @@ impl Operator for Aggregate {
         let aggregates: Vec<&str> = self.specs.iter().map(|s| s.display.as_str()).collect();
         let closing = match &self.closing {
             Some(c) => format!(
-                " closing windows by {} at the watermark of {}{}",
+                " closing windows by {} at the watermark of {}{}{}",
                 self.group_exprs[c.column],
-                c.source,
+                c.sources.join(", "),
                 match c.allowed_lateness_ms {
                     0 => String::new(),
                     ms => format!(" less {ms} ms"),
+                },
+                match self.late_rows {
+                    0 => String::new(),
+                    n => format!(" ({n} rows for closed windows dropped)"),
                 }
             ),
             None => String::new(),

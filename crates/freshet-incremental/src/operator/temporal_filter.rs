@@ -90,9 +90,9 @@ pub(crate) struct TemporalFilter {
     /// The time of the last epoch (ns).
     time: i64,
     bytes: u64,
-    /// The time the bounds compare with: `None` for the epoch's time (`now()`); a source's
-    /// watermark for a window emitter.
-    watermark_of: Option<String>,
+    /// The time the bounds compare with: `None` for the epoch's time (`now()`); the sources'
+    /// combined watermark for a window emitter.
+    watermark_of: Option<Vec<String>>,
 }
 
 impl TemporalFilter {
@@ -116,16 +116,16 @@ impl TemporalFilter {
         })
     }
 
-    /// Emits the rows of a window-closing aggregate only once the watermark of `source` has
+    /// Emits the rows of a window-closing aggregate only once the watermark of `sources` has
     /// passed their window's end (output column `end`): Flink's emission of window results,
     /// final and append-only. Changes of a window until then cancel out here.
     pub(crate) fn window_emitter(
         input: Box<dyn Operator>,
         end: Compiled,
-        source: &str,
+        sources: &[String],
         schema: SchemaRef,
     ) -> Result<Self> {
-        let display = format!("{end} <= watermark of {source}");
+        let display = format!("{end} <= watermark of {}", sources.join(", "));
         let mut filter = Self::new(
             input,
             None,
@@ -137,7 +137,7 @@ impl TemporalFilter {
             }],
             schema,
         )?;
-        filter.watermark_of = Some(source.to_string());
+        filter.watermark_of = Some(sources.to_vec());
         Ok(filter)
     }
 
@@ -255,8 +255,8 @@ impl Operator for TemporalFilter {
             // Before the source's first watermark, no window has closed.
             // (+infinity, the end of a bounded input, stays below the end of spans that have
             // none.)
-            Some(source) => epoch
-                .watermark(source)
+            Some(sources) => epoch
+                .watermark(sources)
                 .map_or(i64::MIN, |ms| ms.saturating_mul(1_000_000).min(i64::MAX - 1)),
             None => epoch
                 .time_ns()
