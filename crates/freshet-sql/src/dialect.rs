@@ -32,17 +32,36 @@ impl Dialect for FreshetDialect {
             return None;
         }
         parser.next_token();
-        Some(parser.parse_object_name(false).map(|name| {
+        let parsed = parser.parse_object_name(false).and_then(|name| {
+            // `TABLE t PARTITION BY k` or `PARTITION BY (k1, k2)` (SESSION windows, as Flink
+            // writes them): the keys follow the table.
+            let keys = if !parser.parse_keywords(&[Keyword::PARTITION, Keyword::BY]) {
+                Vec::new()
+            } else if parser.consume_token(&Token::LParen) {
+                let keys = parser.parse_comma_separated(|p| p.parse_identifier())?;
+                parser.expect_token(&Token::RParen)?;
+                keys
+            } else {
+                vec![parser.parse_identifier()?]
+            };
+            Ok((name, keys))
+        });
+        Some(parsed.map(|(name, keys)| {
             let parts: Vec<Ident> = name.0.iter().filter_map(|p| p.as_ident().cloned()).collect();
+            let mut args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(
+                parts,
+            )))];
+            args.extend(
+                keys.into_iter()
+                    .map(|key| FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(key)))),
+            );
             Expr::Function(Function {
                 name: ObjectName::from(vec![Ident::new(crate::window_tvf::TABLE_ARGUMENT)]),
                 uses_odbc_syntax: false,
                 parameters: FunctionArguments::None,
                 args: FunctionArguments::List(FunctionArgumentList {
                     duplicate_treatment: None,
-                    args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(
-                        parts,
-                    )))],
+                    args,
                     clauses: Vec::new(),
                 }),
                 filter: None,

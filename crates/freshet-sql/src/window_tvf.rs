@@ -72,7 +72,10 @@ impl VisitorMut for Rewriter {
         let Some(kind) = WindowKind::of(&function.name) else {
             return ControlFlow::Continue(());
         };
-        match window_table(kind, function).and_then(|query| derived(query, alias.take())) {
+        // Without an alias, the rows are named after the table (`sum(bid.price)`, as a query
+        // of the table itself names them).
+        let alias = alias.take().or_else(|| table_alias(function));
+        match window_table(kind, function).and_then(|query| derived(query, alias)) {
             Ok(derived) => {
                 *factor = derived;
                 ControlFlow::Continue(())
@@ -163,6 +166,8 @@ fn invalid(kind: WindowKind, message: impl std::fmt::Display) -> FreshetError {
 /// The arguments of a window call, by name.
 struct WindowCall {
     table: ObjectName,
+    /// `TABLE t PARTITION BY k, ...` (SESSION).
+    keys: Vec<String>,
     time: String,
     /// In milliseconds, by parameter name.
     durations: Vec<(&'static str, i64)>,
@@ -227,15 +232,28 @@ fn window_call(kind: WindowKind, function: &Function) -> Result<WindowCall> {
             return Err(invalid(kind, format!("argument {} is given twice", names[slot])));
         }
     }
-    let table = match given[0] {
+    let (table, keys) = match given[0] {
         Some(Expr::Function(f)) if function_name(&f.name) == TABLE_ARGUMENT => match arguments(f) {
-            [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] => {
-                ObjectName::from(parts.clone())
+            [
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts))),
+                keys @ ..,
+            ] => {
+                let keys: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| match k {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(key))) => Some(key.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                (ObjectName::from(parts.clone()), keys)
             }
             _ => return Err(invalid(kind, "the first argument is a table: TABLE t")),
         },
         _ => return Err(invalid(kind, "the first argument (DATA) is a table: TABLE t")),
     };
+    if !keys.is_empty() && kind != WindowKind::Session {
+        return Err(invalid(kind, "PARTITION BY belongs to SESSION windows"));
+    }
     let time = match given[1] {
         Some(Expr::Function(f)) if function_name(&f.name).eq_ignore_ascii_case("DESCRIPTOR") => match arguments(f) {
             [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(column)))] => column.to_string(),
@@ -266,7 +284,12 @@ fn window_call(kind: WindowKind, function: &Function) -> Result<WindowCall> {
             None => return Err(invalid(kind, format!("the argument {name} is missing"))),
         }
     }
-    Ok(WindowCall { table, time, durations })
+    Ok(WindowCall {
+        table,
+        keys,
+        time,
+        durations,
+    })
 }
 
 /// The query of a window call's rows.
@@ -337,10 +360,66 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
                 .collect();
             Ok(parts.join(" UNION ALL "))
         }
-        WindowKind::Session => Err(FreshetError::Unsupported(
-            "SESSION windows are not supported yet (TUMBLE, HOP and CUMULATE are)".into(),
-        )),
+        WindowKind::Session => {
+            // A row opens a session unless the previous row of its partition (by time) is less
+            // than the gap before it; a session is its rows' time span plus the gap. Window
+            // functions compute it in batch; incremental maintenance refuses them (by name).
+            let gap = call.duration("GAP").unwrap_or(1);
+            let partition = if call.keys.is_empty() {
+                String::new()
+            } else {
+                format!("PARTITION BY {} ", call.keys.join(", "))
+            };
+            let session_keys = call
+                .keys
+                .iter()
+                .map(String::as_str)
+                .chain(["__window_session"])
+                .collect::<Vec<_>>()
+                .join(", ");
+            let ts = &call.time;
+            Ok(format!(
+                "SELECT * EXCLUDE (__window_opens, __window_session), \
+                   min({ts}) OVER (PARTITION BY {session_keys}) AS window_start, \
+                   window_bound(max({ts}) OVER (PARTITION BY {session_keys}) + INTERVAL '{gap} milliseconds', {ts}) \
+                     AS window_end, \
+                   max({ts}) OVER (PARTITION BY {session_keys}) + INTERVAL '{gap} milliseconds' - INTERVAL '1 milliseconds' \
+                     AS window_time \
+                 FROM (SELECT *, sum(__window_opens) OVER ({partition}ORDER BY {ts} \
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __window_session \
+                       FROM (SELECT __window_input.*, CASE WHEN lag({time}) OVER ({partition}ORDER BY {time}) \
+                               + INTERVAL '{gap} milliseconds' > {time} THEN 0 ELSE 1 END AS __window_opens \
+                             FROM {table} AS __window_input) AS __window_rows) AS __window_sessions"
+            ))
+        }
     }
+}
+
+/// The last name part of a window call's `TABLE t`, as an alias.
+fn table_alias(function: &Function) -> Option<TableAlias> {
+    let data = arguments(function).iter().find_map(|arg| match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Function(f))) if function_name(&f.name) == TABLE_ARGUMENT => {
+            Some(f)
+        }
+        FunctionArg::Named {
+            arg: FunctionArgExpr::Expr(Expr::Function(f)),
+            ..
+        } if function_name(&f.name) == TABLE_ARGUMENT => Some(f),
+        _ => None,
+    })?;
+    let [
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts))),
+        ..,
+    ] = arguments(data)
+    else {
+        return None;
+    };
+    Some(TableAlias {
+        explicit: true,
+        name: parts.last()?.clone(),
+        columns: Vec::new(),
+        at: None,
+    })
 }
 
 fn derived(query: String, alias: Option<TableAlias>) -> Result<TableFactor> {
@@ -528,6 +607,10 @@ mod tests {
                 .contains("no fixed length")
         );
         assert!(error("SELECT count(TABLE t)").contains("argument of a window function only"));
+        assert!(
+            error("SELECT * FROM TABLE(TUMBLE(TABLE t PARTITION BY k, DESCRIPTOR(ts), INTERVAL '1' SECOND))")
+                .contains("PARTITION BY belongs to SESSION windows")
+        );
     }
 
     #[test]
