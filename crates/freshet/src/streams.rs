@@ -543,6 +543,34 @@ impl Engine {
         Ok(())
     }
 
+    /// The combined watermark (the least; none while an input has none) and the late rows of
+    /// the inputs with an event time among `versions` (table → version), as of those versions;
+    /// `None` when no input has an event time.
+    pub(crate) async fn inputs_event_time(
+        &self,
+        versions: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<Option<(Option<i64>, u64)>> {
+        let mut combined: Option<(Option<i64>, u64)> = None;
+        for (name, &version) in versions {
+            let Some(source) = self.inner.streams.get(name).and_then(|t| t.source.clone()) else {
+                continue;
+            };
+            if source.event_time().is_none() {
+                continue;
+            }
+            let snapshot = self.inner.catalog.table(name)?.snapshot_at(version).await?;
+            let progress = freshet_runtime::SourceProgress::at(&snapshot);
+            combined = Some(match combined {
+                None => (progress.watermark_ms, progress.late_rows),
+                Some((watermark, late)) => (
+                    watermark.zip(progress.watermark_ms).map(|(a, b)| a.min(b)),
+                    late + progress.late_rows,
+                ),
+            });
+        }
+        Ok(combined)
+    }
+
     /// The system table `freshet.sources`: each source table's connector, the version it has
     /// been ingested to, its watermark and the rows it dropped as late or skipped as malformed.
     pub(crate) fn sources_batch(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {

@@ -820,6 +820,20 @@ impl Engine {
             .collect();
         rows.push(("incremental_plan", lines.join("\n")));
         rows.push(("state", state));
+        if let Some(record) = RefreshRecord::of(&self.inner.catalog.table(name)?.snapshot())
+            && let Some((watermark, late)) = self.inputs_event_time(&record.inputs).await?
+        {
+            let watermark = match watermark {
+                None => "none yet".to_string(),
+                Some(i64::MAX) => "+infinity (the inputs ended)".to_string(),
+                Some(ms) => chrono::DateTime::from_timestamp_millis(ms)
+                    .map_or_else(|| format!("{ms} ms"), |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()),
+            };
+            rows.push((
+                "event_time",
+                format!("watermark of the inputs {watermark}; {late} late rows dropped by their sources"),
+            ));
+        }
         if let Some(index) = index {
             rows.push(("row_index", index));
         }

@@ -75,6 +75,12 @@ pub struct MaterializedTableInfo {
     /// row of `WHERE ts > now() - INTERVAL '7' DAY` leaving), as far as the table's
     /// incremental state knows (ms since the epoch).
     pub result_changes_at_ms: Option<i64>,
+    /// The combined watermark (ms since the epoch; `i64::MAX` once bounded inputs ended) of
+    /// the inputs with an event time, at the versions the contents reflect: windows ending at
+    /// or before it are final. `None` before the first rows, or without such inputs.
+    pub watermark_ms: Option<i64>,
+    /// Rows of those inputs dropped as late, up to those versions.
+    pub late_rows: Option<u64>,
     /// Consecutive failed refreshes.
     pub failures: u32,
     /// The last refresh error, until a refresh succeeds.
@@ -100,6 +106,10 @@ impl Engine {
         let record = RefreshRecord::of(&snapshot);
         let data_lag_ms = match &record {
             Some(record) => Some(self.data_lag(record).await?),
+            None => None,
+        };
+        let event_time = match &record {
+            Some(record) => self.inputs_event_time(&record.inputs).await?,
             None => None,
         };
         let last_refresh = record.map(|r| LastRefresh {
@@ -129,6 +139,8 @@ impl Engine {
             next_refresh_ms,
             data_lag_ms,
             result_changes_at_ms,
+            watermark_ms: event_time.and_then(|(watermark, _)| watermark),
+            late_rows: event_time.map(|(_, late)| late),
             failures: definition.failures,
             last_error: definition.last_error,
             primary_key: definition.primary_key,
@@ -265,6 +277,8 @@ fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBa
             DataType::Timestamp(TimeUnit::Millisecond, None),
             true,
         ),
+        Field::new("watermark", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("late_rows", DataType::UInt64, true),
     ]));
     let last = |f: &dyn Fn(&LastRefresh) -> Option<String>| -> ArrayRef {
         text(infos.iter().map(|i| i.last_refresh.as_ref().and_then(f)).collect())
@@ -305,6 +319,14 @@ fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBa
         text(infos.iter().map(|i| i.last_error.clone()).collect()),
         text(infos.iter().map(|i| Some(i.query.clone())).collect()),
         timestamps(infos.iter().map(|i| i.result_changes_at_ms).collect()),
+        // +infinity (inputs ended) shows as NULL: a timestamp cannot hold it.
+        timestamps(
+            infos
+                .iter()
+                .map(|i| i.watermark_ms.filter(|&w| w != i64::MAX))
+                .collect(),
+        ),
+        Arc::new(UInt64Array::from(infos.iter().map(|i| i.late_rows).collect::<Vec<_>>())),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }
