@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, Operator};
 
 use crate::planner::SourceResolver;
 
@@ -163,5 +163,162 @@ fn unalias(expr: &Expr) -> &Expr {
     match expr {
         Expr::Alias(alias) => unalias(&alias.expr),
         other => other,
+    }
+}
+
+/// The source whose event-time column output column `index` of `plan` is (through
+/// projections, filters, unions and joins).
+fn rowtime_source(
+    plan: &LogicalPlan,
+    index: usize,
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> Option<String> {
+    trace(plan, index, resolve, event_times, true)
+}
+
+/// The tables scanned below `plan`.
+fn scanned(plan: &LogicalPlan, resolve: SourceResolver<'_>) -> Vec<String> {
+    let mut sources = std::collections::BTreeSet::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(table) = resolve(scan)
+        {
+            sources.insert(table);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    sources.into_iter().collect()
+}
+
+/// The most lateness any of `sources` allows (ms); `None` when one applies every late row.
+fn allowed_lateness(sources: &[String], event_times: &EventTimes) -> Option<i64> {
+    sources
+        .iter()
+        .try_fold(0, |most, s| Some(most.max(event_times.get(s)?.allowed_lateness_ms?)))
+}
+
+/// How each side of an inner join over streams stops matching (left, right): by equal window
+/// ends (a window join), or by a condition bounding its time from below by the other side's
+/// event time (an interval join: `a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`). The
+/// other side's future rows are no older than its watermark less its lateness, so a row
+/// below that bound (plus the interval) can never match again.
+pub(crate) fn join_expiries(
+    join: &datafusion::logical_expr::logical_plan::Join,
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> [Option<crate::operator::SideExpiry>; 2] {
+    let mut expiries = [None, None];
+    if join.join_type != datafusion::logical_expr::JoinType::Inner
+        || !closes_only_open_windows(&join.left, resolve, event_times)
+        || !closes_only_open_windows(&join.right, resolve, event_times)
+    {
+        return expiries;
+    }
+    let inputs = [join.left.as_ref(), join.right.as_ref()];
+    // Both sides' sources: a row may also still be retracted by its own side (an aggregate
+    // updating an open window) until that side's watermark has passed it, so the bound is the
+    // least of all.
+    let mut all = scanned(&join.left, resolve);
+    all.extend(scanned(&join.right, resolve));
+    all.sort();
+    all.dedup();
+    let Some(lateness) = allowed_lateness(&all, event_times) else {
+        return expiries;
+    };
+    let column_of = |side: usize, expr: &Expr| -> Option<usize> {
+        let Expr::Column(column) = unalias(expr) else {
+            return None;
+        };
+        inputs[side].schema().index_of_column(column).ok()
+    };
+    // `side`'s column `column` is at least the other side's event time plus `plus_ms`.
+    let mut bound = |side: usize, column: usize, plus_ms: i64, display: String| {
+        let expiry = crate::operator::SideExpiry {
+            column,
+            sources: all.clone(),
+            offset_ms: lateness.saturating_sub(plus_ms),
+            display,
+        };
+        // The tightest bound wins.
+        if expiries[side]
+            .as_ref()
+            .is_none_or(|e: &crate::operator::SideExpiry| e.offset_ms > expiry.offset_ms)
+        {
+            expiries[side] = Some(expiry);
+        }
+    };
+    // Window join: equal window ends.
+    for (l, r) in &join.on {
+        let (Some(li), Some(ri)) = (column_of(0, l), column_of(1, r)) else {
+            continue;
+        };
+        if window_end_source(&join.left, li, resolve, event_times).is_some()
+            && window_end_source(&join.right, ri, resolve, event_times).is_some()
+        {
+            // A window ending at or before the other side's bound has all its rows there.
+            bound(0, li, 1, format!("of windows {l} closed on the right"));
+            bound(1, ri, 1, format!("of windows {r} closed on the left"));
+        }
+    }
+    // Interval join: `x >= y + k` (or `>`, or written the other way round).
+    let Some(filter) = &join.filter else {
+        return expiries;
+    };
+    let operand = |expr: &Expr| -> Option<(usize, usize, i64)> {
+        let (column, plus) = match unalias(expr) {
+            Expr::BinaryExpr(b) if matches!(b.op, Operator::Plus | Operator::Minus) => {
+                let ms = interval_ms(&b.right)?;
+                (b.left.as_ref(), if b.op == Operator::Plus { ms } else { -ms })
+            }
+            other => (other, 0),
+        };
+        let Expr::Column(c) = column else {
+            return None;
+        };
+        match (
+            inputs[0].schema().index_of_column(c),
+            inputs[1].schema().index_of_column(c),
+        ) {
+            (Ok(i), _) => Some((0, i, plus)),
+            (_, Ok(i)) => Some((1, i, plus)),
+            _ => None,
+        }
+    };
+    for conjunct in datafusion::logical_expr::utils::split_conjunction(filter) {
+        let Expr::BinaryExpr(b) = conjunct else {
+            continue;
+        };
+        // As `low <= high`: high's column is at least low's plus (low's offset - high's).
+        let (low, high) = match b.op {
+            Operator::Lt | Operator::LtEq => (&b.left, &b.right),
+            Operator::Gt | Operator::GtEq => (&b.right, &b.left),
+            _ => continue,
+        };
+        let (Some((ls, lc, lplus)), Some((hs, hc, hplus))) = (operand(low), operand(high)) else {
+            continue;
+        };
+        if ls == hs {
+            continue;
+        }
+        // high + hplus >= low + lplus, with low the other side's event time.
+        if rowtime_source(inputs[ls], lc, resolve, event_times).is_some() {
+            bound(hs, hc, lplus - hplus, format!("by {conjunct}"));
+        }
+    }
+    expiries
+}
+
+/// An interval literal in milliseconds (days and smaller units only).
+fn interval_ms(expr: &Expr) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    match unalias(expr) {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+        }
+        _ => None,
     }
 }

@@ -26,7 +26,7 @@ use freshet_common::{ChangeBatch, Result};
 use crate::delta::{Delta, internal};
 
 pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec, WindowClosing};
-pub(crate) use join::{Join, JoinKind, JoinSpec};
+pub(crate) use join::{Join, JoinKind, JoinSpec, SideExpiry};
 pub(crate) use map::{Constant, Filter, Project};
 pub(crate) use scan::Scan;
 pub(crate) use temporal_filter::{TemporalFilter, TimeBound, TimeComparison};
@@ -209,6 +209,17 @@ impl std::fmt::Display for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.expr)
     }
+}
+
+/// Timestamps as milliseconds since the Unix epoch.
+pub(crate) fn millis(column: &datafusion::arrow::array::ArrayRef) -> Result<datafusion::arrow::array::Int64Array> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+    let millis = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))
+        .and_then(|a| cast(&a, &DataType::Int64))
+        .map_err(internal)?;
+    Ok(millis.as_primitive::<Int64Type>().clone())
 }
 
 /// The schema of a delta's rows at a plan node.

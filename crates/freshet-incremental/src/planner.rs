@@ -295,7 +295,15 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Join(join) => {
             let left = build(&join.left, cx)?;
             let right = build(&join.right, cx)?;
-            Box::new(Join::new(left, right, join_spec(join)?)?)
+            let mut operator = Join::new(left, right, join_spec(join)?)?;
+            let [left_expiry, right_expiry] = crate::event_time::join_expiries(join, cx.resolve, cx.event_times);
+            if let Some(expiry) = left_expiry {
+                operator = operator.with_expiry(true, expiry);
+            }
+            if let Some(expiry) = right_expiry {
+                operator = operator.with_expiry(false, expiry);
+            }
+            Box::new(operator)
         }
         LogicalPlan::EmptyRelation(empty) => {
             let rows = usize::from(empty.produce_one_row);

@@ -303,3 +303,89 @@ async fn a_job_writes_each_window_once_when_it_closes() {
     assert_eq!(written.len(), 8);
     engine.close().await;
 }
+
+/// Two streams joined on a key and an interval of their times: rows the other stream's
+/// watermark has left behind by more than the interval leave the join's state, and the table
+/// equals the join evaluated in batch; a window join over the same streams likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap();
+    for name in ["a", "b"] {
+        let input = dir.path().join(name);
+        std::fs::create_dir(&input).unwrap();
+        engine
+            .sql(&format!(
+                "CREATE TABLE {name} (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+                 WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+                input.display()
+            ))
+            .await
+            .unwrap();
+    }
+    let interval = "SELECT a.k, a.ts AS a_ts, b.ts AS b_ts FROM a JOIN b ON a.k = b.k \
+                    AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts";
+    let windows = "SELECT x.k, x.window_start, x.n AS a_rows, y.n AS b_rows FROM \
+          (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE a, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+           GROUP BY k, window_start, window_end) x \
+        JOIN \
+          (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE b, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+           GROUP BY k, window_start, window_end) y \
+        ON x.k = y.k AND x.window_start = y.window_start AND x.window_end = y.window_end";
+    for (name, query) in [("interval_join", interval), ("window_join", windows)] {
+        engine
+            .sql(&format!(
+                "CREATE MATERIALIZED TABLE {name} FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL AS {query}"
+            ))
+            .await
+            .unwrap();
+    }
+    let mut most = [0, 0];
+    for second in 0..30i64 {
+        for (name, shift) in [("a", 0), ("b", 400)] {
+            let lines: String = (0..8i64)
+                .map(|i| {
+                    let ms = second * 1000 + i * 110 + shift;
+                    format!(
+                        "{{\"k\": {}, \"ts\": \"2024-01-01 00:{:02}:{:02}.{:03}\"}}\n",
+                        i % 3,
+                        ms / 60_000,
+                        ms / 1000 % 60,
+                        ms % 1000
+                    )
+                })
+                .collect();
+            std::fs::write(dir.path().join(name).join(format!("part-{second:03}.json")), lines).unwrap();
+        }
+        for (n, (name, query)) in [("interval_join", interval), ("window_join", windows)]
+            .into_iter()
+            .enumerate()
+        {
+            engine
+                .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
+                .await
+                .unwrap();
+            let maintained = crate::incremental::multiset(&engine.sql(&format!("SELECT * FROM {name}")).await.unwrap());
+            let expected = crate::incremental::multiset(&engine.sql(query).await.unwrap());
+            assert_eq!(maintained, expected, "{name} after second {second}");
+            if second > 1 {
+                most[n] = most[n].max(state_entries(&engine, name).await);
+            }
+        }
+    }
+    // 480 rows came; the interval join keeps about 3 s of both streams, the window join the
+    // open windows' groups and rows.
+    assert!(most[0] > 0 && most[0] <= 80, "interval join state {most:?}");
+    assert!(most[1] > 0 && most[1] <= 60, "window join state {most:?}");
+    let explain = engine.sql("EXPLAIN MATERIALIZED TABLE interval_join").await.unwrap();
+    let explain = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&explain)
+        .unwrap()
+        .to_string();
+    assert!(explain.contains("dropping rows by"), "{explain}");
+    engine.close().await;
+}

@@ -15,11 +15,11 @@
 mod accumulator;
 mod float_sum;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::or;
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use freshet_common::{CACHED_BYTES, Key, KeyCodec, KeyMap, Keys, Result, run_parts_by_key, sweep_order};
 
@@ -509,11 +509,7 @@ impl Aggregate {
 
 /// Window ends as ms (`i64::MAX` for NULL: never closed).
 fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
-    let millis = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))
-        .and_then(|a| cast(&a, &DataType::Int64))
-        .map_err(internal)?;
-    let millis = millis.as_primitive::<Int64Type>();
-    Ok(millis.iter().map(|v| v.unwrap_or(i64::MAX)).collect())
+    Ok(super::millis(column)?.iter().map(|v| v.unwrap_or(i64::MAX)).collect())
 }
 
 impl Operator for Aggregate {

@@ -119,6 +119,25 @@ pub(crate) struct Join {
     left_nulls: Multiset,
     right_count: i64,
     right_null_count: i64,
+    /// Per side (left, right), when its rows stop matching as the other side's watermark
+    /// passes their time.
+    expiry: [Option<SideExpiry>; 2],
+}
+
+/// When a side's rows can no longer match: an inner join over streams whose condition bounds
+/// this side's time from below by the other side's (`a.ts >= b.ts - INTERVAL ...`, or equal
+/// window ends). A row whose time is below the other side's combined watermark less
+/// `offset_ms` is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct SideExpiry {
+    /// The column of the side's rows holding their time.
+    pub column: usize,
+    /// The join's sources, whose combined watermark bounds the other side's future rows'
+    /// times (and this side's own retractions).
+    pub sources: Vec<String>,
+    pub offset_ms: i64,
+    /// For EXPLAIN.
+    pub display: String,
 }
 
 /// What a null-aware anti join outputs, from its right side.
@@ -164,7 +183,33 @@ impl Join {
             left_nulls: HashMap::new(),
             right_count: 0,
             right_null_count: 0,
+            expiry: [None, None],
         })
+    }
+
+    /// Drops a side's rows as the other side's watermark passes their time (see
+    /// [`SideExpiry`]); `left` says which side.
+    pub(crate) fn with_expiry(mut self, left: bool, expiry: SideExpiry) -> Self {
+        let (rows, slot) = if left {
+            (&mut self.left_rows, 0)
+        } else {
+            (&mut self.right_rows, 1)
+        };
+        rows.set_expiry(expiry.column);
+        self.expiry[slot] = Some(expiry);
+        self
+    }
+
+    /// Drops the rows the watermarks say can no longer match.
+    fn expire(&mut self, epoch: &Epoch) -> Result<()> {
+        for (slot, rows) in [(0, &mut self.left_rows), (1, &mut self.right_rows)] {
+            if let Some(expiry) = &self.expiry[slot]
+                && let Some(watermark) = epoch.watermark(&expiry.sources)
+            {
+                rows.expire(watermark.saturating_sub(expiry.offset_ms))?;
+            }
+        }
+        Ok(())
     }
 
     fn encode(&self, delta: Delta, side: Side) -> Result<Encoded> {
@@ -569,6 +614,7 @@ impl Operator for Join {
         let left = self.left.step(epoch)?;
         let right = self.right.step(epoch)?;
         if left.is_empty() && right.is_empty() {
+            self.expire(epoch)?;
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
         let left = self.encode(left, Side::Left)?;
@@ -600,6 +646,7 @@ impl Operator for Join {
         }
         parts.extend(self.unmatchable(&left, Side::Left)?);
         parts.extend(self.unmatchable(&right, Side::Right)?);
+        self.expire(epoch)?;
         Delta::concat(&self.spec.schema, &parts)
     }
 
@@ -611,7 +658,12 @@ impl Operator for Join {
     }
 
     fn describe(&self) -> String {
-        self.spec.display.clone()
+        let expiries: Vec<&str> = self.expiry.iter().flatten().map(|e| e.display.as_str()).collect();
+        if expiries.is_empty() {
+            self.spec.display.clone()
+        } else {
+            format!("{} dropping rows {}", self.spec.display, expiries.join(" and "))
+        }
     }
 
     fn state_kind(&self) -> &'static str {

@@ -76,6 +76,17 @@ pub(super) struct Arrangement {
     live: u64,
     /// Memory of the kept batches.
     batch_bytes: u64,
+    /// With expiry: the column of a row's time, the newest time kept (ms), and the bound at
+    /// which the next pass over the rows is due.
+    expiry: Option<Expiry>,
+}
+
+/// Rows that can never match again, by time (see [`Arrangement::expire`]).
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    column: usize,
+    newest: i64,
+    next_pass: i64,
 }
 
 impl Arrangement {
@@ -90,7 +101,99 @@ impl Arrangement {
             chains: keys.map(),
             live: 0,
             batch_bytes: 0,
+            expiry: None,
         })
+    }
+
+    /// Rows whose time (column `column`) falls below a bound given to [`Arrangement::expire`]
+    /// are dropped.
+    pub(super) fn set_expiry(&mut self, column: usize) {
+        self.expiry = Some(Expiry {
+            column,
+            newest: i64::MIN,
+            next_pass: i64::MIN,
+        });
+    }
+
+    /// Drops the rows whose time is below `bound` (ms): a watermark says no row that could
+    /// match them will come. A pass over the rows costs their number, so one runs only once
+    /// the bound has moved half way from the last pass's to the newest time kept: each row is
+    /// looked at a few times in its life.
+    pub(super) fn expire(&mut self, bound: i64) -> Result<()> {
+        let Some(expiry) = self.expiry else {
+            return Ok(());
+        };
+        if bound <= expiry.next_pass || self.live == 0 {
+            return Ok(());
+        }
+        let mut members = Vec::with_capacity(self.live as usize);
+        for (_, chain) in self.chains.iter() {
+            let mut next = chain.head;
+            while let Some(entry) = self.entries.get(next as usize) {
+                members.push(next);
+                next = entry.next;
+            }
+        }
+        let rows: Vec<u64> = members.iter().map(|&m| self.entries[m as usize].row).collect();
+        let column = self.gather_column(expiry.column, &rows)?;
+        let times = crate::operator::millis(&column)?;
+        let mut expired = vec![false; self.entries.len()];
+        let mut any = false;
+        for (member, time) in members.iter().zip(times.iter()) {
+            if time.is_some_and(|t| t < bound) {
+                expired[*member as usize] = true;
+                any = true;
+            }
+        }
+        if any {
+            let entries = &mut self.entries;
+            let mut dropped = 0;
+            self.chains.retain(|chain| {
+                let (mut head, mut len, mut negatives, mut weight) = (NIL, 0, 0, 0);
+                let mut kept = Vec::new();
+                let mut next = chain.head;
+                while let Some(entry) = entries.get(next as usize) {
+                    if expired[next as usize] {
+                        dropped += 1;
+                    } else {
+                        kept.push(next);
+                    }
+                    next = entry.next;
+                }
+                for &member in kept.iter().rev() {
+                    let entry = &mut entries[member as usize];
+                    entry.next = head;
+                    head = member;
+                    len += 1;
+                    weight += entry.weight;
+                    negatives += u32::from(entry.weight < 0);
+                }
+                *chain = Chain {
+                    head,
+                    len,
+                    negatives,
+                    weight,
+                    due: false,
+                };
+                len > 0
+            });
+            self.live -= dropped;
+        }
+        let newest = expiry.newest.max(bound);
+        if let Some(expiry) = &mut self.expiry {
+            expiry.next_pass = bound.saturating_add(newest.saturating_sub(bound) / 2);
+        }
+        self.collect_garbage()
+    }
+
+    /// One column of the rows with global numbers `rows`.
+    fn gather_column(&self, column: usize, rows: &[u64]) -> Result<ArrayRef> {
+        let batches = self
+            .batches
+            .iter()
+            .map(|b| b.project(&[column]).map_err(internal))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(gather(&batches, &self.starts, rows)?.remove(0))
     }
 
     /// Entries kept (distinct rows, once consolidated).
@@ -151,6 +254,14 @@ impl Arrangement {
             return Ok(());
         }
         let start = self.stored;
+        if let Some(expiry) = &mut self.expiry
+            && let Some(newest) = crate::operator::millis(data.column(expiry.column))?
+                .iter()
+                .flatten()
+                .max()
+        {
+            expiry.newest = expiry.newest.max(newest);
+        }
         self.push_batch(data.clone())?;
         self.chains.reserve(rows.len());
         let mut due = Vec::new();
