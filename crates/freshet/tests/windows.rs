@@ -389,3 +389,88 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
     assert!(explain.contains("dropping rows by"), "{explain}");
     engine.close().await;
 }
+
+/// A batch of events of one file: (key, ms after the start, value).
+type EventFile = Vec<(i64, i64, i64)>;
+
+fn event_files() -> impl Strategy<Value = (i64, Vec<EventFile>)> {
+    // A watermark delay, then files whose events move forward in time with a random spread
+    // around the front: some within the delay, some beyond it (late), some far ahead.
+    (
+        prop_oneof![Just(0i64), 1..3000i64],
+        proptest::collection::vec(
+            (
+                0..4000i64,
+                proptest::collection::vec((0..3i64, -4000..1500i64, -5..20i64), 0..8),
+            ),
+            1..10,
+        ),
+    )
+        .prop_map(|(delay, steps)| {
+            let mut front = 0;
+            let files = steps
+                .into_iter()
+                .map(|(advance, events)| {
+                    front += advance;
+                    events
+                        .into_iter()
+                        .map(|(k, offset, v)| (k, (front + offset).max(0), v))
+                        .collect()
+                })
+                .collect();
+            (delay, files)
+        })
+}
+
+proptest! {
+    #![proptest_config(crate::incremental::oracle_config(10))]
+
+    /// Out-of-order events arrive file by file; after each, windowed materialized tables over
+    /// the stream (whose closed windows leave the state, whose late rows the source drops)
+    /// equal their queries evaluated in batch over the same versions.
+    #[test]
+    fn windows_over_out_of_order_streams_equal_batch_evaluation((delay, files) in event_files()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let input = dir.path().join("in");
+            std::fs::create_dir(&input).unwrap();
+            let engine = Engine::builder().location("memory://").target_partitions(2).open().await.unwrap();
+            engine
+                .sql(&format!(
+                    "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, \
+                       WATERMARK FOR ts AS ts - INTERVAL '{delay}' MILLISECOND) \
+                     WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+                    input.display()
+                ))
+                .await
+                .unwrap();
+            let corpus = [
+                ("tumbling", "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total, max(v) AS top \
+                  FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_start, window_end"),
+                ("hopping", "SELECT window_start, window_end, count(*) AS n, min(v) AS low \
+                  FROM TABLE(HOP(TABLE ev, DESCRIPTOR(ts), INTERVAL '500' MILLISECOND, INTERVAL '2' SECOND)) \
+                  GROUP BY window_start, window_end"),
+                ("nested", "SELECT window_end, max(n) AS busiest FROM (SELECT k, window_end, count(*) AS n \
+                  FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_end) GROUP BY window_end"),
+            ];
+            create_corpus(&engine, &corpus).await;
+            for (i, events) in files.iter().enumerate() {
+                let lines: String = events
+                    .iter()
+                    .map(|(k, ms, v)| {
+                        format!(
+                            "{{\"k\": {k}, \"ts\": \"2024-01-01 00:{:02}:{:02}.{:03}\", \"v\": {v}}}\n",
+                            ms / 60_000,
+                            ms / 1000 % 60,
+                            ms % 1000
+                        )
+                    })
+                    .collect();
+                std::fs::write(input.join(format!("part-{i:03}.json")), lines).unwrap();
+                check(&engine, &corpus, i, &format!("file {i}")).await;
+            }
+            engine.close().await;
+        });
+    }
+}
