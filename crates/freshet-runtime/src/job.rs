@@ -110,6 +110,14 @@ pub struct JobInfo {
     pub rows_out_by_insert: Vec<u64>,
     /// Epochs processed.
     pub epochs: u64,
+    /// The operator state's bytes after the last epoch, and the most it has held.
+    pub state_bytes: u64,
+    /// The most the operator state has held (bytes).
+    pub peak_state_bytes: u64,
+    /// Entries (rows, groups) in the operator state after the last epoch.
+    pub state_rows: u64,
+    /// The most entries the operator state has held.
+    pub peak_state_rows: u64,
     /// Per input table, the version processed up to (empty before the first epoch).
     pub inputs: BTreeMap<String, u64>,
     /// Why it failed.
@@ -232,6 +240,10 @@ impl Jobs {
                 rows_out: 0,
                 rows_out_by_insert: vec![0; branches.len()],
                 epochs: 0,
+                state_bytes: 0,
+                peak_state_bytes: 0,
+                state_rows: 0,
+                peak_state_rows: 0,
                 inputs: BTreeMap::new(),
                 error: None,
             }),
@@ -295,6 +307,10 @@ impl Jobs {
                 rows_out: 0,
                 rows_out_by_insert: Vec::new(),
                 epochs: 0,
+                state_bytes: 0,
+                peak_state_bytes: 0,
+                state_rows: 0,
+                peak_state_rows: 0,
                 inputs: BTreeMap::new(),
                 error: Some(error),
             }),
@@ -544,7 +560,13 @@ impl Run {
         }
         if stepped {
             self.account()?;
+            let state_bytes: u64 = self.branches.iter().map(|b| b.pipeline.state_size().bytes).sum();
+            let state_rows: u64 = self.branches.iter().map(|b| b.pipeline.state_size().rows).sum();
             self.job.update(|info| {
+                info.state_bytes = state_bytes;
+                info.peak_state_bytes = info.peak_state_bytes.max(state_bytes);
+                info.state_rows = state_rows;
+                info.peak_state_rows = info.peak_state_rows.max(state_rows);
                 info.rows_in += rows_in;
                 info.rows_out += written.iter().sum::<u64>();
                 for (total, rows) in info.rows_out_by_insert.iter_mut().zip(&written) {

@@ -34,7 +34,7 @@ use datagen::Datagen;
 use filesystem::FileSource;
 
 /// Rows one ingestion of a generator adds at most (the next one goes on from there).
-const MAX_GENERATED_ROWS: u64 = 1 << 20;
+const MAX_GENERATED_ROWS: u64 = 1 << 17;
 
 /// Bytes of decoded rows after which one ingestion of files stops (at the end of a file) and
 /// leaves the rest to the next: what a job holds of its input at once stays bounded however far

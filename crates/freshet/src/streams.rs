@@ -388,6 +388,10 @@ impl Engine {
     /// Lets the sources a statement reads (directly or through views) ingest what is new, so
     /// that it reads all that has arrived.
     pub(crate) async fn ingest_sources_of(&self, statement: &DFStatement) -> Result<()> {
+        // Defining a view reads nothing: what it reads is ingested when the view is read.
+        if matches!(statement, DFStatement::Statement(s) if matches!(s.as_ref(), Statement::CreateView(_))) {
+            return Ok(());
+        }
         let mut sources = Vec::new();
         self.sources_read(statement, &mut sources, 0);
         let is_query = matches!(statement, DFStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)));

@@ -392,6 +392,8 @@ fn jobs_batch(jobs: &[JobInfo], lags: Vec<Option<i64>>) -> Result<RecordBatch> {
             false,
         ),
         Field::new("error", DataType::Utf8, true),
+        Field::new("state_rows", DataType::UInt64, false),
+        Field::new("state_bytes", DataType::UInt64, false),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.id.clone()))),
@@ -405,6 +407,8 @@ fn jobs_batch(jobs: &[JobInfo], lags: Vec<Option<i64>>) -> Result<RecordBatch> {
             jobs.iter().map(|j| j.started_at_ms),
         )),
         Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.state_rows))),
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.state_bytes))),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }
