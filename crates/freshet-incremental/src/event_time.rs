@@ -125,7 +125,7 @@ pub(crate) fn closes_only_open_windows(
         LogicalPlan::Sort(sort) if sort.fetch.is_none() => below(&sort.input),
         LogicalPlan::Union(union) => union.inputs.iter().all(|i| below(i)),
         LogicalPlan::Join(join) => {
-            join.join_type == datafusion::logical_expr::JoinType::Inner
+            inserts_only(join.join_type)
                 && join.filter.as_ref().is_none_or(|f| !mentions_time(f))
                 && below(&join.left)
                 && below(&join.right)
@@ -198,7 +198,7 @@ fn allowed_lateness(sources: &[String], event_times: &EventTimes) -> Option<i64>
         .try_fold(0, |most, s| Some(most.max(event_times.get(s)?.allowed_lateness_ms?)))
 }
 
-/// How each side of an inner join over streams stops matching (left, right): by equal window
+/// How each side of an inner (or semi) join over streams stops matching (left, right): by equal window
 /// ends (a window join), or by a condition bounding its time from below by the other side's
 /// event time (an interval join: `a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`). The
 /// other side's future rows are no older than its watermark less its lateness, so a row
@@ -209,7 +209,7 @@ pub(crate) fn join_expiries(
     event_times: &EventTimes,
 ) -> [Option<crate::operator::SideExpiry>; 2] {
     let mut expiries = [None, None];
-    if join.join_type != datafusion::logical_expr::JoinType::Inner
+    if !inserts_only(join.join_type)
         || !closes_only_open_windows(&join.left, resolve, event_times)
         || !closes_only_open_windows(&join.right, resolve, event_times)
     {
@@ -307,6 +307,13 @@ pub(crate) fn join_expiries(
         }
     }
     expiries
+}
+
+/// Joins whose output only grows while their inputs do (an inner join's pairs, a semi join's
+/// matched rows): neither pads rows with NULLs nor retracts them when a match appears.
+fn inserts_only(join_type: datafusion::logical_expr::JoinType) -> bool {
+    use datafusion::logical_expr::JoinType;
+    matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
 }
 
 /// An interval literal in milliseconds (days and smaller units only).

@@ -453,6 +453,14 @@ proptest! {
                   GROUP BY window_start, window_end"),
                 ("nested", "SELECT window_end, max(n) AS busiest FROM (SELECT k, window_end, count(*) AS n \
                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_end) GROUP BY window_end"),
+                // Nexmark q5's shape: the busiest keys of each window (a semi join on the window).
+                ("busiest", "SELECT c.k, c.window_end, c.n FROM \
+                  (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
+                   GROUP BY k, window_start, window_end) c \
+                  JOIN (SELECT window_start, window_end, max(n) AS top FROM (SELECT k, window_start, window_end, count(*) AS n \
+                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_start, window_end) \
+                   GROUP BY window_start, window_end) m \
+                  ON c.window_start = m.window_start AND c.window_end = m.window_end AND c.n >= m.top"),
             ];
             create_corpus(&engine, &corpus).await;
             for (i, events) in files.iter().enumerate() {
