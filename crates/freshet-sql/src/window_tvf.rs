@@ -27,6 +27,8 @@ use freshet_common::{FreshetError, Result};
 
 use crate::dialect::FreshetDialect;
 
+mod group_windows;
+
 /// The function name under which the dialect parses `TABLE t` (a window function's argument).
 pub(crate) const TABLE_ARGUMENT: &str = "__freshet_table_argument";
 
@@ -60,6 +62,18 @@ impl Rewriter {
 
 impl VisitorMut for Rewriter {
     type Break = ();
+
+    /// Group windows of HOP and SESSION become window table functions before the query's
+    /// parts are visited.
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        match group_windows::rewrite(&mut query.body) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
         let TableFactor::TableFunction {
@@ -447,11 +461,10 @@ fn group_window(name: &str, function: &Function) -> Result<Option<Expr>> {
         "TUMBLE_START" => "_START",
         "TUMBLE_END" => "_END",
         "TUMBLE_ROWTIME" => "_ROWTIME",
-        "HOP" | "HOP_START" | "HOP_END" | "HOP_ROWTIME" | "SESSION" | "SESSION_START" | "SESSION_END"
-        | "SESSION_ROWTIME" => {
-            return Err(FreshetError::Unsupported(format!(
-                "the group window function {upper} is not supported yet: use the window table function \
-                 TABLE({}(TABLE t, DESCRIPTOR(ts), ...))",
+        // Left by the group-window rewrite: not in a GROUP BY of one table.
+        "HOP_START" | "HOP_END" | "HOP_ROWTIME" | "SESSION_START" | "SESSION_END" | "SESSION_ROWTIME" => {
+            return Err(FreshetError::InvalidStatement(format!(
+                "{upper} names the window of a GROUP BY {}(...) of the same query",
                 upper.split('_').next().unwrap_or_default()
             )));
         }
@@ -625,9 +638,21 @@ mod tests {
             3,
             "{sql}"
         );
+        let hop = rewritten(
+            "SELECT k, HOP_END(ts, INTERVAL '1' MINUTE, INTERVAL '1' HOUR), count(*) FROM bid b \
+             GROUP BY k, HOP(b.ts, INTERVAL '1' MINUTE, INTERVAL '1' HOUR)",
+        );
         assert!(
-            error("SELECT count(*) FROM bid GROUP BY HOP(ts, INTERVAL '1' MINUTE, INTERVAL '1' HOUR)")
-                .contains("not supported yet")
+            hop.contains("GROUP BY k, b.window_start, b.window_end, b.window_time"),
+            "{hop}"
+        );
+        assert!(hop.starts_with("SELECT k, b.window_end, count(*)"), "{hop}");
+        assert!(
+            error("SELECT count(*) FROM a JOIN b ON a.k = b.k GROUP BY SESSION(a.ts, INTERVAL '1' MINUTE)")
+                .contains("SESSION in GROUP BY over anything but one table")
+        );
+        assert!(
+            error("SELECT HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '1' HOUR) FROM t").contains("names the window")
         );
     }
 }
