@@ -29,6 +29,6 @@ mod temporal;
 pub use delta::Delta;
 pub use event_time::{EventTimeColumn, EventTimes, WINDOW_BOUND};
 pub use operator::{Epoch, StateSize};
-pub use pipeline::{OperatorInfo, Pipeline};
+pub use pipeline::{OperatorInfo, Pipeline, PipelineOptions};
 pub use planner::{BuildError, NotIncremental, SourceResolver};
 pub use temporal::{FRESHET_NOW, time_as_input};

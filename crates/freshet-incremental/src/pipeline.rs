@@ -23,6 +23,24 @@ pub struct Pipeline {
     read_columns: HashMap<String, Option<Vec<usize>>>,
 }
 
+/// What a pipeline over streams knows beyond its plan.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineOptions {
+    /// The event time of the sources that have one: an aggregate grouped by a window's end over
+    /// such sources forgets the windows their watermark closes (the epoch's
+    /// [`Epoch::set_watermark`](crate::Epoch::set_watermark)), and joins bounded by windows or
+    /// time intervals forget rows that can no longer match.
+    pub event_times: EventTimes,
+    /// Such an aggregate's rows pass only once their window has closed, each once and final
+    /// (Flink's emission of window results, what jobs write); without it, open windows' rows
+    /// are in the result and change as rows arrive (materialized tables).
+    pub emit_on_close: bool,
+    /// Flink's `table.exec.state.ttl`: an aggregate that closes no windows forgets a group no
+    /// change has touched for so long (ms of the epochs' time). Its row is then final, and a
+    /// later row of the group starts it anew, as in Flink.
+    pub state_ttl_ms: Option<i64>,
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -50,23 +68,22 @@ impl Pipeline {
     /// each scan reads; state kept by key is split into `parallelism` parts, which step on as
     /// many threads.
     pub fn build(plan: &LogicalPlan, resolve: SourceResolver<'_>, parallelism: usize) -> Result<Self, BuildError> {
-        Self::build_with_event_times(plan, resolve, parallelism, &EventTimes::new(), false)
+        Self::build_with(plan, resolve, parallelism, &PipelineOptions::default())
     }
 
-    /// Like [`Pipeline::build`], knowing the event time of the sources that have one: an
-    /// aggregate grouped by a window's end over such a source forgets the windows its
-    /// watermark closes (the epoch's [`Epoch::set_watermark`](crate::Epoch::set_watermark)).
-    ///
-    /// With `emit_on_close`, such an aggregate's rows pass only once their window has closed,
-    /// each once and final (Flink's emission of window results, what jobs write); without it,
-    /// open windows' rows are in the result and change as rows arrive (materialized tables).
-    pub fn build_with_event_times(
+    /// Like [`Pipeline::build`], with what stream processing adds (see [`PipelineOptions`]).
+    pub fn build_with(
         plan: &LogicalPlan,
         resolve: SourceResolver<'_>,
         parallelism: usize,
-        event_times: &EventTimes,
-        emit_on_close: bool,
+        options: &PipelineOptions,
     ) -> Result<Self, BuildError> {
+        let PipelineOptions {
+            event_times,
+            emit_on_close,
+            state_ttl_ms,
+        } = options;
+        let (event_times, emit_on_close, state_ttl_ms) = (event_times, *emit_on_close, *state_ttl_ms);
         let joined = scalar_subqueries_as_joins(plan)?;
         let plan = joined.as_ref().unwrap_or(plan);
         let mut cx = Context {
@@ -76,6 +93,7 @@ impl Pipeline {
             read_columns: read_columns(plan, resolve)?,
             event_times,
             emit_on_close,
+            state_ttl_ms,
         };
         let root = build(plan, &mut cx)?;
         Ok(Self {

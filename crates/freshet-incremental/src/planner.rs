@@ -84,6 +84,8 @@ pub(crate) struct Context<'a> {
     pub event_times: &'a EventTimes,
     /// Window aggregates emit their rows once their window closes.
     pub emit_on_close: bool,
+    /// Other aggregates forget groups untouched for so long (ms).
+    pub state_ttl_ms: Option<i64>,
 }
 
 /// The columns of each source table that the plan's scans read — their projections and the
@@ -629,7 +631,10 @@ fn aggregate(
     }
     let aggregate = Aggregate::new(input, groups, group_types, specs, output.clone(), parallelism)?;
     let Some(closing) = window_closing(input_plan, group_expr, cx) else {
-        return Ok(Box::new(aggregate));
+        return Ok(Box::new(match cx.state_ttl_ms {
+            Some(ttl) if !group_expr.is_empty() => aggregate.with_state_ttl(ttl),
+            _ => aggregate,
+        }));
     };
     let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
     let aggregate: Box<dyn Operator> = Box::new(aggregate.with_window_closing(closing));

@@ -28,6 +28,8 @@ use crate::engine::Engine;
 
 /// `SET 'table.dml-sync' = 'true'`: an INSERT job's statement waits for the job to end.
 pub(crate) const DML_SYNC: &str = "table.dml-sync";
+/// Flink's setting bounding the state of jobs' non-windowed aggregates.
+pub(crate) const STATE_TTL: &str = "table.exec.state.ttl";
 
 /// The engine's connector tables and jobs.
 #[derive(Debug, Default)]
@@ -37,6 +39,8 @@ pub(crate) struct Streams {
     followers: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     pub jobs: Jobs,
     pub dml_sync: AtomicBool,
+    /// Flink's `table.exec.state.ttl` for the jobs started from now (ms; 0: none).
+    pub state_ttl_ms: std::sync::atomic::AtomicI64,
 }
 
 /// A connector table as the engine keeps it.
@@ -145,6 +149,18 @@ impl Streams {
 
     /// Sets a streaming setting; false when the key is not one.
     pub(crate) fn set(&self, key: &str, value: &str) -> Result<bool> {
+        if key == STATE_TTL {
+            let ms = match value.trim() {
+                "0" => 0,
+                text => freshet_runtime::connector::parse_duration(text)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .map_err(|why| {
+                        FreshetError::InvalidStatement(format!("setting '{STATE_TTL}' = '{value}': {why}"))
+                    })?,
+            };
+            self.state_ttl_ms.store(ms, Ordering::Relaxed);
+            return Ok(true);
+        }
         if key != DML_SYNC {
             return Ok(false);
         }

@@ -338,3 +338,62 @@ async fn nexmark_events_exported_as_json_lines_read_back_as_the_same_events() {
     }
     engine.close().await;
 }
+
+/// `SET 'table.exec.state.ttl'`: a job's aggregate forgets the groups no row has touched for
+/// that long (on the engine's clock); a later row of such a group starts it anew, as in Flink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_ttl_forgets_idle_groups_of_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .clock(std::sync::Arc::new(clock.clone()))
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap();
+    monitored_source(&engine, &input).await;
+    engine
+        .sql("CREATE TABLE counts (id BIGINT, n BIGINT, PRIMARY KEY (id))")
+        .await
+        .unwrap();
+    engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    engine
+        .sql("INSERT INTO counts SELECT id, count(*) FROM s GROUP BY id")
+        .await
+        .unwrap();
+    let job = engine.job(&engine.jobs()[0].id).unwrap();
+    let written = |n: u64| {
+        let mut info = job.subscribe();
+        async move {
+            info.wait_for(|i| i.rows_out >= n).await.unwrap();
+        }
+    };
+    let n_of = |id: i64| {
+        let engine = engine.clone();
+        async move { count(&engine, &format!("SELECT n FROM counts WHERE id = {id}")).await }
+    };
+    place(&input, "a.json", &lines(1, 3));
+    written(2).await;
+    // Two hours later, a row of another group: the idle groups 1 and 2 are forgotten after it.
+    clock.advance(std::time::Duration::from_secs(2 * 3600));
+    place(&input, "b.json", &lines(3, 4));
+    written(3).await;
+    // Group 1 again: it starts anew (its count is 1, not 2), and the table is upserted.
+    place(&input, "c.json", &lines(1, 2));
+    written(4).await;
+    assert_eq!(n_of(1).await, 1);
+    assert_eq!(n_of(2).await, 1);
+    assert_eq!(n_of(3).await, 1);
+    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
+    let state = state[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(state, 2, "groups 3 and 1 are kept; 2 was forgotten");
+    engine.close().await;
+}

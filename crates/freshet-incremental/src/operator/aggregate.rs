@@ -68,6 +68,9 @@ pub(crate) struct Aggregate {
     /// idle and held no watermark back brings it) is dropped and counted, never reopening it.
     closed_up_to: Option<i64>,
     late_rows: u64,
+    /// `table.exec.state.ttl` (ms), and the epoch time (ms) at which idle groups are looked
+    /// for next.
+    state_ttl: Option<(i64, i64)>,
 }
 
 /// Groups keyed by a window's end, closed by the watermark of the sources below.
@@ -106,6 +109,8 @@ struct Groups {
     /// groups have each end.
     ends: Vec<i64>,
     open_windows: std::collections::BTreeMap<i64, usize>,
+    /// With a state TTL: the epoch time (ms) each slot's group was last touched.
+    touched_at: Vec<i64>,
 }
 
 /// A slot's row count and the last epoch that touched it.
@@ -130,6 +135,8 @@ struct Step<'a> {
     started: bool,
     /// With window closing: each row's window end (ms).
     ends: Option<&'a [i64]>,
+    /// With a state TTL: the epoch's time (ms).
+    now_ms: Option<i64>,
 }
 
 /// A group an epoch touched: its slot, the first row of the epoch's delta in it, whether it
@@ -200,7 +207,15 @@ impl Aggregate {
             closing: None,
             closed_up_to: None,
             late_rows: 0,
+            state_ttl: None,
         })
+    }
+
+    /// Forgets groups no change has touched for `ttl_ms` of the epochs' time (Flink's
+    /// `table.exec.state.ttl`).
+    pub(crate) fn with_state_ttl(mut self, ttl_ms: i64) -> Self {
+        self.state_ttl = Some((ttl_ms.max(1), i64::MIN));
+        self
     }
 
     /// Forgets the groups of windows that the watermark of `closing.sources` has closed.
@@ -224,6 +239,7 @@ impl Groups {
             epoch: 0,
             ends: Vec::new(),
             open_windows: std::collections::BTreeMap::new(),
+            touched_at: Vec::new(),
         }
     }
 
@@ -234,6 +250,7 @@ impl Groups {
         }
         self.marks.push(SlotMark::default());
         self.ends.push(i64::MAX);
+        self.touched_at.push(i64::MAX);
         for accumulators in &mut self.accumulators {
             accumulators.push();
         }
@@ -264,6 +281,22 @@ impl Groups {
             touched_in: self.marks[slot as usize].touched_in,
         };
         self.free.push(slot);
+    }
+
+    /// Forgets the groups last touched before `cutoff` (ms).
+    fn forget_idle(&mut self, cutoff: i64) {
+        let mut idle = Vec::new();
+        let touched_at = &self.touched_at;
+        self.slots.retain(|slot| {
+            let keep = touched_at[*slot as usize] >= cutoff;
+            if !keep {
+                idle.push(*slot);
+            }
+            keep
+        });
+        for slot in idle {
+            self.clear(slot);
+        }
     }
 
     /// Forgets the groups whose window ends at or before `bound` (ms).
@@ -349,6 +382,9 @@ impl Groups {
             let mark = &mut self.marks[slot as usize];
             if mark.touched_in != self.epoch {
                 mark.touched_in = self.epoch;
+                if let Some(now) = step.now_ms {
+                    self.touched_at[slot as usize] = now;
+                }
                 touched.push(Touched {
                     slot,
                     row,
@@ -380,6 +416,11 @@ impl Groups {
         for group in touched {
             let rows = self.marks[group.slot as usize].rows;
             if rows < 0 {
+                // A retraction of a group the state TTL forgot: ignored, as Flink does.
+                if let (true, Some(keys)) = (step.now_ms.is_some(), step.keys) {
+                    self.release(keys.key(group.row as usize), group.slot);
+                    continue;
+                }
                 return Err(internal("a group's row count went below zero"));
             }
             match step.keys {
@@ -489,6 +530,22 @@ impl Aggregate {
         self.closed_up_to = Some(self.closed_up_to.map_or(bound, |b| b.max(bound)));
     }
 
+    /// With a state TTL, forgets the groups idle for longer, in a pass over the groups at most
+    /// every half TTL.
+    fn forget_idle(&mut self, epoch: &Epoch) {
+        let (Some((ttl, next_pass)), Some(now)) = (self.state_ttl, epoch.time_ns()) else {
+            return;
+        };
+        let now = now.div_euclid(1_000_000);
+        if now < next_pass {
+            return;
+        }
+        for part in &mut self.parts {
+            part.forget_idle(now.saturating_sub(ttl));
+        }
+        self.state_ttl = Some((ttl, now.saturating_add(ttl / 2)));
+    }
+
     /// The rows of `delta` whose window is still open.
     fn drop_closed(&mut self, delta: Delta) -> Result<Delta> {
         let (Some(closing), Some(bound)) = (&self.closing, self.closed_up_to) else {
@@ -518,6 +575,7 @@ impl Operator for Aggregate {
         let delta = self.drop_closed(delta)?;
         if delta.is_empty() && (self.started || !self.is_global()) {
             self.close_windows(epoch);
+            self.forget_idle(epoch);
             return Ok(Delta::empty(self.schema.clone()));
         }
         let key_columns = self
@@ -555,6 +613,7 @@ impl Operator for Aggregate {
             weights: delta.weights.values(),
             started: self.started,
             ends: ends.as_deref(),
+            now_ms: self.state_ttl.and(epoch.time_ns()).map(|ns| ns.div_euclid(1_000_000)),
         };
         let outputs = match (&keys, self.parts.len()) {
             (Some(keys), parts) if parts > 1 => run_parts_by_key(
@@ -570,6 +629,7 @@ impl Operator for Aggregate {
         let (retracted, inserted): (Vec<Delta>, Vec<Delta>) =
             outputs.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
         self.close_windows(epoch);
+        self.forget_idle(epoch);
         Delta::concat(&self.schema, &[retracted, inserted].concat())
     }
 
@@ -606,6 +666,10 @@ impl Operator for Aggregate {
                 }
             ),
             None => String::new(),
+        };
+        let closing = match self.state_ttl {
+            Some((ttl, _)) => format!("{closing} forgetting groups idle for {ttl} ms (table.exec.state.ttl)"),
+            None => closing,
         };
         format!(
             "Aggregate: group=[{}] aggregates=[{}]{closing}",

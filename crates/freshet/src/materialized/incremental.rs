@@ -132,13 +132,13 @@ impl Engine {
         let parallelism = state.config().target_partitions();
         // A materialized table shows open windows as they stand (see docs/architecture.md).
         let emit_on_close = false;
-        match Pipeline::build_with_event_times(
-            &optimized,
-            &scan_table_name,
-            parallelism,
-            &self.event_times(),
+        let options = freshet_incremental::PipelineOptions {
+            event_times: self.event_times(),
             emit_on_close,
-        ) {
+            // A table equals its query: no state is forgotten while it could still change.
+            state_ttl_ms: None,
+        };
+        match Pipeline::build_with(&optimized, &scan_table_name, parallelism, &options) {
             Ok(pipeline) => Ok(Ok(pipeline)),
             Err(BuildError::NotIncremental(why)) => Ok(Err(why)),
             Err(BuildError::Failed(e)) => Err(e),

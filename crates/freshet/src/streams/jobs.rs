@@ -62,11 +62,17 @@ impl Engine {
             texts.push(parsed.text.clone());
         }
         // Every insert is planned before the job starts, so that a bad one starts nothing.
-        let start = self.plan_job_start(Jobs::new_id(), &texts).await?;
+        // The state TTL set now holds for the job's life, restarts included.
+        let ttl = self.inner.streams.state_ttl_ms.load(Ordering::Relaxed);
+        let ttl = (ttl > 0).then_some(ttl);
+        let start = self.plan_job_start(Jobs::new_id(), &texts, ttl).await?;
         // Recorded before it starts: a restart resumes it.
         self.inner
             .catalog
-            .put_job(&start.id, serde_json::json!({ "statements": texts }))
+            .put_job(
+                &start.id,
+                serde_json::json!({ "statements": texts, "state_ttl_ms": ttl }),
+            )
             .await?;
         let job = self.launch(start);
         let mut info = job.info();
@@ -84,7 +90,7 @@ impl Engine {
 
     /// Plans a job's inserts into its start: one branch per insert, over the union of their
     /// inputs.
-    async fn plan_job_start(&self, id: String, texts: &[String]) -> Result<JobStart> {
+    async fn plan_job_start(&self, id: String, texts: &[String], state_ttl_ms: Option<i64>) -> Result<JobStart> {
         let mut inputs: Vec<JobInput> = Vec::new();
         let mut branches = Vec::new();
         for text in texts {
@@ -100,7 +106,7 @@ impl Engine {
                     "a job runs INSERT statements, not: {text}"
                 )));
             };
-            let (branch_inputs, pipeline, sink) = self.plan_job(insert).await?;
+            let (branch_inputs, pipeline, sink) = self.plan_job(insert, state_ttl_ms).await?;
             for input in branch_inputs {
                 if !inputs.iter().any(|i| i.table.name() == input.table.name()) {
                     inputs.push(input);
@@ -157,7 +163,8 @@ impl Engine {
                     .unwrap_or_default(),
             };
             let resumed = async {
-                let mut start = self.plan_job_start(id.clone(), &texts).await?;
+                let ttl = job.get("state_ttl_ms").and_then(serde_json::Value::as_i64);
+                let mut start = self.plan_job_start(id.clone(), &texts, ttl).await?;
                 let progress: Option<BTreeMap<String, u64>> = match self.inner.catalog.job_progress(&id).await? {
                     Some(progress) => Some(
                         serde_json::from_value(progress)
@@ -205,7 +212,11 @@ impl Engine {
         }
     }
 
-    async fn plan_job(&self, statement: &DFStatement) -> Result<(Vec<JobInput>, Pipeline, Sink)> {
+    async fn plan_job(
+        &self,
+        statement: &DFStatement,
+        state_ttl_ms: Option<i64>,
+    ) -> Result<(Vec<JobInput>, Pipeline, Sink)> {
         let state = self.inner.ctx.state();
         let plan = state.statement_to_plan(statement.clone()).await?;
         let LogicalPlan::Dml(DmlStatement {
@@ -260,22 +271,22 @@ impl Engine {
         let timed = time_as_input(&input)?;
         let optimized = state.optimize(timed.as_ref().unwrap_or(&input))?;
         let parallelism = state.config().target_partitions();
-        let pipeline = match Pipeline::build_with_event_times(
-            &optimized,
-            &crate::materialized::scan_table_name,
-            parallelism,
-            &self.event_times(),
+        let options = freshet_incremental::PipelineOptions {
+            event_times: self.event_times(),
             // As in Flink, a job writes a window's result once the window has closed.
-            true,
-        ) {
-            Ok(p) => p,
-            Err(BuildError::NotIncremental(why)) => {
-                return Err(FreshetError::Unsupported(format!(
-                    "a continuous INSERT over a stream whose query has a {why}"
-                )));
-            }
-            Err(BuildError::Failed(e)) => return Err(e),
+            emit_on_close: true,
+            state_ttl_ms,
         };
+        let pipeline =
+            match Pipeline::build_with(&optimized, &crate::materialized::scan_table_name, parallelism, &options) {
+                Ok(p) => p,
+                Err(BuildError::NotIncremental(why)) => {
+                    return Err(FreshetError::Unsupported(format!(
+                        "a continuous INSERT over a stream whose query has a {why}"
+                    )));
+                }
+                Err(BuildError::Failed(e)) => return Err(e),
+            };
         if sink.append_only()
             && let Some(operator) = pipeline.updating_operator()
         {
