@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use freshet::Engine;
 use freshet::nexmark::BID_COLUMNS;
-use support::{commit, env_usize, machine, median};
+use support::{commit, cpu_time, env_usize, machine, median};
 
 fn nexmark_ddl(events: usize) -> String {
     let options = [
@@ -41,18 +41,6 @@ fn nexmark_ddl(events: usize) -> String {
     ];
     let [_, _, bid] = freshet::nexmark::views_ddl("datagen");
     format!("{};\n{bid};", freshet::nexmark::generator_ddl("datagen", &options))
-}
-
-/// CPU time of the process so far (user + system), from /proc.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let clock_ticks = 100;
-    Duration::from_millis((ticks(11) + ticks(12)) * 1_000 / clock_ticks)
 }
 
 async fn engine(dir: &std::path::Path) -> Engine {

@@ -24,19 +24,10 @@
 #[path = "support.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use freshet::Engine;
-use support::{commit, env_usize, machine, median};
-
-/// CPU time of the process so far (user + system), from /proc.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((ticks(11) + ticks(12)) * 1_000 / 100)
-}
+use support::{commit, cpu_time, env_usize, machine, median};
 
 fn sources(events: usize, rate: usize) -> Vec<String> {
     let options = [

@@ -536,14 +536,13 @@ impl Engine {
             .collect()
     }
 
-    /// Sets on an epoch the watermark of each source with an event time among `versions`
+    /// The progress (watermark, late rows) of each source with an event time among `versions`
     /// (table → version), as of that version.
-    pub(crate) async fn set_watermarks(
+    async fn event_time_progress(
         &self,
-        epoch: &mut freshet_incremental::Epoch,
         versions: &std::collections::BTreeMap<String, u64>,
-    ) -> Result<()> {
-        let now = self.inner.materialized.clock.now_ms();
+    ) -> Result<Vec<(String, Arc<Source>, freshet_runtime::SourceProgress)>> {
+        let mut out = Vec::new();
         for (name, &version) in versions {
             let Some(source) = self.inner.streams.get(name).and_then(|t| t.source.clone()) else {
                 continue;
@@ -552,12 +551,25 @@ impl Engine {
                 continue;
             }
             let snapshot = self.inner.catalog.table(name)?.snapshot_at(version).await?;
-            let progress = freshet_runtime::SourceProgress::at(&snapshot);
+            out.push((name.clone(), source, freshet_runtime::SourceProgress::at(&snapshot)));
+        }
+        Ok(out)
+    }
+
+    /// Sets on an epoch the watermark of each source with an event time among `versions`
+    /// (table → version), as of that version, and which are idle.
+    pub(crate) async fn set_watermarks(
+        &self,
+        epoch: &mut freshet_incremental::Epoch,
+        versions: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let now = self.inner.materialized.clock.now_ms();
+        for (name, source, progress) in self.event_time_progress(versions).await? {
             if let Some(watermark) = progress.watermark_ms {
-                epoch.set_watermark(name, watermark);
+                epoch.set_watermark(&name, watermark);
             }
             if source.is_idle(&progress, now) {
-                epoch.set_idle(name);
+                epoch.set_idle(&name);
             }
         }
         Ok(())
@@ -571,15 +583,7 @@ impl Engine {
         versions: &std::collections::BTreeMap<String, u64>,
     ) -> Result<Option<(Option<i64>, u64)>> {
         let mut combined: Option<(Option<i64>, u64)> = None;
-        for (name, &version) in versions {
-            let Some(source) = self.inner.streams.get(name).and_then(|t| t.source.clone()) else {
-                continue;
-            };
-            if source.event_time().is_none() {
-                continue;
-            }
-            let snapshot = self.inner.catalog.table(name)?.snapshot_at(version).await?;
-            let progress = freshet_runtime::SourceProgress::at(&snapshot);
+        for (_, _, progress) in self.event_time_progress(versions).await? {
             combined = Some(match combined {
                 None => (progress.watermark_ms, progress.late_rows),
                 Some((watermark, late)) => (

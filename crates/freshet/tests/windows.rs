@@ -136,6 +136,26 @@ proptest! {
     }
 }
 
+/// An engine over `dir/data`, with two partitions.
+async fn engine_in(dir: &std::path::Path) -> Engine {
+    Engine::builder()
+        .location(dir.join("data").display().to_string())
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap()
+}
+
+/// `ms` after 2024-01-01 00:00:00 as JSON's timestamp text (within the hour).
+fn at(ms: i64) -> String {
+    format!(
+        "2024-01-01 00:{:02}:{:02}.{:03}",
+        ms / 60_000,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 /// The operator state entries EXPLAIN shows for a materialized table (0 when none).
 async fn state_entries(engine: &Engine, name: &str) -> u64 {
     let batches = engine.sql(&format!("EXPLAIN MATERIALIZED TABLE {name}")).await.unwrap();
@@ -156,12 +176,7 @@ async fn closed_windows_leave_the_state_and_the_result_equals_batch() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
-    let engine = Engine::builder()
-        .location(dir.path().join("data").display().to_string())
-        .target_partitions(2)
-        .open()
-        .await
-        .unwrap();
+    let engine = engine_in(dir.path()).await;
     engine
         .sql(&format!(
             "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
@@ -184,20 +199,12 @@ async fn closed_windows_leave_the_state_and_the_result_equals_batch() {
         // within the watermark's 2 s delay, some late).
         let lines: String = (0..50i64)
             .map(|i| {
-                let at = if i < 40 {
+                let ms = if i < 40 {
                     second * 1000 + i * 23
                 } else {
                     (second - (i % 5)) * 1000 + i * 7
                 };
-                format!("{{\"k\": {}, \"ts\": \"2024-01-01 00:00:00\", \"v\": {i}}}\n", i % 10).replace(
-                    "00:00:00",
-                    &format!(
-                        "00:{:02}:{:02}.{:03}",
-                        at.max(0) / 60_000,
-                        at.max(0) / 1000 % 60,
-                        at.max(0) % 1000
-                    ),
-                )
+                format!("{{\"k\": {}, \"ts\": \"{}\", \"v\": {i}}}\n", i % 10, at(ms.max(0)))
             })
             .collect();
         std::fs::write(input.join(format!("part-{second:03}.json")), lines).unwrap();
@@ -238,12 +245,7 @@ async fn a_job_writes_each_window_once_when_it_closes() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
-    let engine = Engine::builder()
-        .location(dir.path().join("data").display().to_string())
-        .target_partitions(2)
-        .open()
-        .await
-        .unwrap();
+    let engine = engine_in(dir.path()).await;
     engine
         .sql(&format!(
             "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
@@ -310,12 +312,7 @@ async fn a_job_writes_each_window_once_when_it_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .location(dir.path().join("data").display().to_string())
-        .target_partitions(2)
-        .open()
-        .await
-        .unwrap();
+    let engine = engine_in(dir.path()).await;
     for name in ["a", "b"] {
         let input = dir.path().join(name);
         std::fs::create_dir(&input).unwrap();
@@ -351,13 +348,7 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
             let lines: String = (0..8i64)
                 .map(|i| {
                     let ms = second * 1000 + i * 110 + shift;
-                    format!(
-                        "{{\"k\": {}, \"ts\": \"2024-01-01 00:{:02}:{:02}.{:03}\"}}\n",
-                        i % 3,
-                        ms / 60_000,
-                        ms / 1000 % 60,
-                        ms % 1000
-                    )
+                    format!("{{\"k\": {}, \"ts\": \"{}\"}}\n", i % 3, at(ms))
                 })
                 .collect();
             std::fs::write(dir.path().join(name).join(format!("part-{second:03}.json")), lines).unwrap();
@@ -467,12 +458,7 @@ proptest! {
                 let lines: String = events
                     .iter()
                     .map(|(k, ms, v)| {
-                        format!(
-                            "{{\"k\": {k}, \"ts\": \"2024-01-01 00:{:02}:{:02}.{:03}\", \"v\": {v}}}\n",
-                            ms / 60_000,
-                            ms / 1000 % 60,
-                            ms % 1000
-                        )
+                        format!("{{\"k\": {k}, \"ts\": \"{}\", \"v\": {v}}}\n", at(*ms))
                     })
                     .collect();
                 std::fs::write(input.join(format!("part-{i:03}.json")), lines).unwrap();
