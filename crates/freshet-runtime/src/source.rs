@@ -302,6 +302,12 @@ impl Source {
         }
     }
 
+    /// Whether the source reads files (whose backlog is finite), rather than generating rows
+    /// (an unlimited generator always has more).
+    pub fn reads_files(&self) -> bool {
+        matches!(self.reader, Reader::Files(_))
+    }
+
     /// How often a monitored directory is listed for new files (`source.monitor-interval`):
     /// the engine ingests it in the background at this interval.
     pub fn monitor_interval(&self) -> Option<Duration> {

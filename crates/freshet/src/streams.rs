@@ -418,7 +418,9 @@ impl Engine {
             match &table.source {
                 Some(source) => {
                     let table = self.inner.catalog.table(&name)?;
-                    while source.ingest(&table).await?.pending {}
+                    // Every file that has arrived; a generator's one step (one without a rate
+                    // always has more).
+                    while source.ingest(&table).await?.pending && source.reads_files() {}
                 }
                 // As in Flink: a sink-only connector has nothing to read.
                 None if is_query => {
