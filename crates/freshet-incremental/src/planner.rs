@@ -392,12 +392,7 @@ fn top_n(
 /// The top-N-per-group pattern: a filter keeping `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY
 /// ...) <= n` (or `< n`, or `= 1`) over the window; other conditions of the filter apply after.
 fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
-    let window_unsupported = || {
-        not_incremental(
-            "window function (OVER)",
-            "cannot be maintained incrementally; ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= n can",
-        )
-    };
+    let window_unsupported = || window_not_incremental(filter.input.as_ref());
     let LogicalPlan::Window(window) = filter.input.as_ref() else {
         return Err(window_unsupported());
     };
@@ -494,17 +489,32 @@ fn filter_below_column_projection(filter: &logical::Filter) -> Result<Option<Log
     Ok(Some(LogicalPlan::Projection(above)))
 }
 
+/// The error for a window function (OVER) other than a top-N's: a SESSION window (computed
+/// with window functions, see `freshet-sql`'s window rewrite) is named as such.
+fn window_not_incremental(plan: &LogicalPlan) -> BuildError {
+    let session = matches!(plan, LogicalPlan::Window(window)
+    if window.window_expr.iter().any(|e| {
+        let name = e.schema_name().to_string();
+        name.contains("__window_opens") || name.contains("__window_session")
+    }));
+    if session {
+        return not_incremental(
+            "SESSION window",
+            "cannot be maintained incrementally yet (TUMBLE, HOP and CUMULATE windows can)",
+        );
+    }
+    not_incremental(
+        "window function (OVER)",
+        "cannot be maintained incrementally; ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= n can",
+    )
+}
+
 /// The error for a plan node that has no incremental operator.
 fn unsupported_node(plan: &LogicalPlan) -> BuildError {
     let operator = match plan {
         LogicalPlan::Sort(_) => "ORDER BY ... LIMIT (top-N)".to_string(),
         LogicalPlan::Limit(_) => "LIMIT".to_string(),
-        LogicalPlan::Window(_) => {
-            return not_incremental(
-                "window function (OVER)",
-                "cannot be maintained incrementally; ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= n can",
-            );
-        }
+        LogicalPlan::Window(_) => return window_not_incremental(plan),
         LogicalPlan::Distinct(logical::Distinct::On(_)) => "DISTINCT ON".to_string(),
         LogicalPlan::Unnest(_) => "UNNEST".to_string(),
         LogicalPlan::RecursiveQuery(_) => "recursive query (WITH RECURSIVE)".to_string(),
