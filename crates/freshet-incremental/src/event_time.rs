@@ -132,12 +132,7 @@ pub(crate) fn closes_only_open_windows(
         }
         LogicalPlan::Aggregate(aggregate) => {
             below(&aggregate.input)
-                && aggregate.group_expr.iter().any(|expr| {
-                    matches!(unalias(expr), Expr::Column(c) if aggregate.input.schema().index_of_column(c)
-                        .ok()
-                        .and_then(|index| window_end_source(&aggregate.input, index, resolve, event_times))
-                        .is_some())
-                })
+                && window_end_group(&aggregate.input, &aggregate.group_expr, resolve, event_times).is_some()
         }
         _ => false,
     }
@@ -164,6 +159,47 @@ fn unalias(expr: &Expr) -> &Expr {
         Expr::Alias(alias) => unalias(&alias.expr),
         other => other,
     }
+}
+
+/// How an aggregate's windows close: when one of its group columns is a window's end over a
+/// source's event time, and nothing below it can change a window once closed. The watermarks of
+/// every source below combine (a row of one may join an old row of another), and the most
+/// lateness any allows holds.
+pub(crate) fn window_closing(
+    input: &LogicalPlan,
+    group_expr: &[Expr],
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> Option<crate::operator::WindowClosing> {
+    if !closes_only_open_windows(input, resolve, event_times) {
+        return None;
+    }
+    let column = window_end_group(input, group_expr, resolve, event_times)?;
+    let sources = scanned(input, resolve);
+    let allowed_lateness_ms = allowed_lateness(&sources, event_times)?;
+    Some(crate::operator::WindowClosing {
+        column,
+        sources,
+        allowed_lateness_ms,
+    })
+}
+
+/// The first group column of an aggregate over `input` that is a window's end over a source's
+/// event time.
+fn window_end_group(
+    input: &LogicalPlan,
+    group_expr: &[Expr],
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> Option<usize> {
+    group_expr.iter().position(|expr| {
+        matches!(unalias(expr), Expr::Column(c) if input
+            .schema()
+            .index_of_column(c)
+            .ok()
+            .and_then(|index| window_end_source(input, index, resolve, event_times))
+            .is_some())
+    })
 }
 
 /// The source whose event-time column output column `index` of `plan` is (through

@@ -20,7 +20,7 @@ use crate::delta::internal;
 use crate::event_time::EventTimes;
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, Constant, Filter, Join, JoinKind, JoinSpec, Operator, Project,
-    Scan, TemporalFilter, TopN, TopNSpec, Union, WindowClosing, arrow_schema,
+    Scan, TemporalFilter, TopN, TopNSpec, Union, arrow_schema,
 };
 
 mod scalar_subquery;
@@ -640,7 +640,7 @@ fn aggregate(
         });
     }
     let aggregate = Aggregate::new(input, groups, group_types, specs, output.clone(), parallelism)?;
-    let Some(closing) = window_closing(input_plan, group_expr, cx) else {
+    let Some(closing) = crate::event_time::window_closing(input_plan, group_expr, cx.resolve, cx.event_times) else {
         return Ok(Box::new(match cx.state_ttl_ms {
             Some(ttl) if !group_expr.is_empty() => aggregate.with_state_ttl(ttl),
             _ => aggregate,
@@ -654,40 +654,6 @@ fn aggregate(
             Box::new(TemporalFilter::window_emitter(aggregate, end, &sources, output)?)
         }
         None => aggregate,
-    })
-}
-
-/// How an aggregate's windows close: when one of its group columns is a window's end over a
-/// source's event time, and nothing below it can change a window once closed.
-fn window_closing(input: &LogicalPlan, group_expr: &[Expr], cx: &Context<'_>) -> Option<WindowClosing> {
-    if !crate::event_time::closes_only_open_windows(input, cx.resolve, cx.event_times) {
-        return None;
-    }
-    group_expr.iter().enumerate().find_map(|(column, expr)| {
-        let Expr::Column(c) = unalias(expr) else {
-            return None;
-        };
-        let index = input.schema().index_of_column(c).ok()?;
-        crate::event_time::window_end_source(input, index, cx.resolve, cx.event_times)?;
-        // Every source below: their watermarks combine, and the most lateness any allows holds.
-        let mut sources = std::collections::BTreeSet::new();
-        let _ = input.apply(|node| {
-            if let LogicalPlan::TableScan(scan) = node
-                && let Some(table) = (cx.resolve)(scan)
-            {
-                sources.insert(table);
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        let mut allowed_lateness_ms = 0;
-        for source in &sources {
-            allowed_lateness_ms = allowed_lateness_ms.max(cx.event_times.get(source)?.allowed_lateness_ms?);
-        }
-        Some(WindowClosing {
-            column,
-            sources: sources.into_iter().collect(),
-            allowed_lateness_ms,
-        })
     })
 }
 

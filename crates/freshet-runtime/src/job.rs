@@ -468,8 +468,11 @@ impl Run {
             while let Some(batch) = rows.try_next().await? {
                 epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
             }
-            if let Some(watermark) = input_watermark(input, &snapshot) {
+            if let Some((watermark, idle)) = input_watermark(input, &snapshot, self.clock.now_ms()) {
                 epoch.set_watermark(&name, watermark);
+                if idle {
+                    epoch.set_idle(&name);
+                }
             }
             branch.processed.insert(name, version);
         }
@@ -493,11 +496,8 @@ impl Run {
             let version = snapshot.version();
             if end_of_input && input.source.as_ref().is_some_and(|s| s.event_time().is_some()) {
                 watermarks.push((name.clone(), i64::MAX, false));
-            } else if let Some(source) = input.source.as_ref().filter(|s| s.event_time().is_some()) {
-                let progress = crate::source::SourceProgress::at(&snapshot);
-                if let Some(watermark) = progress.watermark_ms {
-                    watermarks.push((name.clone(), watermark, source.is_idle(&progress, self.clock.now_ms())));
-                }
+            } else if let Some((watermark, idle)) = input_watermark(input, &snapshot, self.clock.now_ms()) {
+                watermarks.push((name.clone(), watermark, idle));
             }
             let (columns, froms) = {
                 let readers: Vec<&Branch> = self.branches.iter().filter(|b| b.reads(&name)).collect();
@@ -627,10 +627,13 @@ async fn read_changes(
     Ok(changes)
 }
 
-/// The watermark of an input whose source has an event time, at a version of its table.
-fn input_watermark(input: &JobInput, snapshot: &freshet_storage::Snapshot) -> Option<i64> {
-    input.source.as_ref()?.event_time()?;
-    crate::source::SourceProgress::at(snapshot).watermark_ms
+/// The watermark of an input whose source has an event time, at a version of its table, and
+/// whether the source is idle at `now_ms`.
+fn input_watermark(input: &JobInput, snapshot: &freshet_storage::Snapshot, now_ms: i64) -> Option<(i64, bool)> {
+    let source = input.source.as_ref()?;
+    source.event_time()?;
+    let progress = crate::source::SourceProgress::at(snapshot);
+    Some((progress.watermark_ms?, source.is_idle(&progress, now_ms)))
 }
 
 /// Inserted rows of a source, with the columns the pipeline reads.

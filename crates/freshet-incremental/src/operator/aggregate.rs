@@ -546,38 +546,9 @@ impl Aggregate {
         self.state_ttl = Some((ttl, now.saturating_add(ttl / 2)));
     }
 
-    /// The rows of `delta` whose window is still open.
-    fn drop_closed(&mut self, delta: Delta) -> Result<Delta> {
-        let (Some(closing), Some(bound)) = (&self.closing, self.closed_up_to) else {
-            return Ok(delta);
-        };
-        if delta.is_empty() {
-            return Ok(delta);
-        }
-        let ends = window_ends(&self.group_exprs[closing.column].evaluate(&delta.data)?)?;
-        if ends.iter().all(|&end| end > bound) {
-            return Ok(delta);
-        }
-        let open: BooleanArray = ends.iter().map(|&end| Some(end > bound)).collect();
-        self.late_rows += (open.len() - open.true_count()) as u64;
-        delta.filter(&open)
-    }
-}
-
-/// Window ends as ms (`i64::MAX` for NULL: never closed).
-fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
-    Ok(super::millis(column)?.iter().map(|v| v.unwrap_or(i64::MAX)).collect())
-}
-
-impl Operator for Aggregate {
-    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
-        let delta = self.input.step(epoch)?;
-        let delta = self.drop_closed(delta)?;
-        if delta.is_empty() && (self.started || !self.is_global()) {
-            self.close_windows(epoch);
-            self.forget_idle(epoch);
-            return Ok(Delta::empty(self.schema.clone()));
-        }
+    /// The group key columns of `delta`'s rows and, with window closing, their window ends
+    /// (ms), without the rows of windows already closed (counted as late).
+    fn keyed(&mut self, delta: Delta) -> Result<(Delta, Vec<ArrayRef>, Option<Vec<i64>>)> {
         let key_columns = self
             .group_exprs
             .iter()
@@ -591,6 +562,38 @@ impl Operator for Aggregate {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        let Some(closing) = &self.closing else {
+            return Ok((delta, key_columns, None));
+        };
+        let ends = window_ends(&key_columns[closing.column])?;
+        let Some(bound) = self.closed_up_to.filter(|&bound| ends.iter().any(|&end| end <= bound)) else {
+            return Ok((delta, key_columns, Some(ends)));
+        };
+        let open: BooleanArray = ends.iter().map(|&end| Some(end > bound)).collect();
+        self.late_rows += (open.len() - open.true_count()) as u64;
+        let key_columns = key_columns
+            .iter()
+            .map(|c| datafusion::arrow::compute::filter(c, &open).map_err(internal))
+            .collect::<Result<Vec<_>>>()?;
+        let ends = ends.into_iter().filter(|&end| end > bound).collect();
+        Ok((delta.filter(&open)?, key_columns, Some(ends)))
+    }
+}
+
+/// Window ends as ms (`i64::MAX` for NULL: never closed).
+fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
+    Ok(super::millis(column)?.iter().map(|v| v.unwrap_or(i64::MAX)).collect())
+}
+
+impl Operator for Aggregate {
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let delta = self.input.step(epoch)?;
+        let (delta, key_columns, ends) = self.keyed(delta)?;
+        if delta.is_empty() && (self.started || !self.is_global()) {
+            self.close_windows(epoch);
+            self.forget_idle(epoch);
+            return Ok(Delta::empty(self.schema.clone()));
+        }
         let arguments = self
             .specs
             .iter()
@@ -598,11 +601,6 @@ impl Operator for Aggregate {
             .map(|(spec, codec)| Arguments::evaluate(spec, codec.as_ref(), &delta.data))
             .collect::<Result<Vec<_>>>()?;
         let keys = self.keys.as_ref().map(|codec| codec.encode(&key_columns)).transpose()?;
-        let ends = self
-            .closing
-            .as_ref()
-            .map(|closing| window_ends(&key_columns[closing.column]))
-            .transpose()?;
         let step = Step {
             specs: &self.specs,
             value_codecs: &self.value_codecs,
