@@ -102,6 +102,10 @@ fn trace(
             }
         }
         LogicalPlan::Aggregate(aggregate) => child(&aggregate.input, unalias(aggregate.group_expr.get(index)?), bound),
+        // A window function's node passes its input's columns through.
+        LogicalPlan::Window(window) if index < window.input.schema().fields().len() => {
+            trace(&window.input, index, resolve, event_times, bound)
+        }
         _ => None,
     }
 }
@@ -134,8 +138,69 @@ pub(crate) fn closes_only_open_windows(
             below(&aggregate.input)
                 && window_end_group(&aggregate.input, &aggregate.group_expr, resolve, event_times).is_some()
         }
+        // Window functions change rows from the first changed one on in their order: at or
+        // above the watermark when that order is the event time. A SESSION window's rows
+        // change only while their session is open.
+        LogicalPlan::Window(window) => {
+            below(&window.input)
+                && (ordered_by_event_time(window, resolve, event_times).is_some()
+                    || window.window_expr.iter().all(|e| {
+                        matches!(unalias(e), Expr::WindowFunction(f) if f.params.partition_by.iter().any(
+                            |p| matches!(p, Expr::Column(c) if c.name == SESSION_COLUMN)))
+                    }))
+        }
         _ => false,
     }
+}
+
+/// The column numbering sessions of a SESSION window (see `freshet-sql`'s window rewrite).
+const SESSION_COLUMN: &str = "__window_session";
+
+/// The input column of a window node whose functions all look backward over one ascending
+/// order, an event time whose late rows are dropped.
+fn ordered_by_event_time(
+    window: &datafusion::logical_expr::logical_plan::Window,
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> Option<usize> {
+    let mut column = None;
+    for expr in &window.window_expr {
+        let Expr::WindowFunction(function) = unalias(expr) else {
+            return None;
+        };
+        let [sort] = function.params.order_by.as_slice() else {
+            return None;
+        };
+        let Expr::Column(c) = &sort.expr else {
+            return None;
+        };
+        let index = window.input.schema().index_of_column(c).ok()?;
+        if !sort.asc || !crate::planner::looks_backward(function) || column.is_some_and(|i| i != index) {
+            return None;
+        }
+        column = Some(index);
+    }
+    let column = column?;
+    rowtime_source(&window.input, column, resolve, event_times)?;
+    Some(column)
+}
+
+/// How the rows of a window node ordered by input column `column` become final: when it is an
+/// event time and nothing below changes rows under the watermark. The sources whose watermarks
+/// combine, and the most lateness any allows (ms).
+pub(crate) fn order_time_closing(
+    input: &LogicalPlan,
+    column: usize,
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> Option<(Vec<String>, i64)> {
+    if !closes_only_open_windows(input, resolve, event_times) {
+        return None;
+    }
+    rowtime_source(input, column, resolve, event_times)?;
+    let sources = scanned(input, resolve);
+    let lateness = allowed_lateness(&sources, event_times)?;
+    Some((sources, lateness))
 }
 
 /// Whether an expression reads the epoch's time (a temporal filter: rows leave as time passes).

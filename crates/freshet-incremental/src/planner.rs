@@ -23,8 +23,11 @@ use crate::operator::{
     Scan, TemporalFilter, TopN, TopNSpec, Union, arrow_schema,
 };
 
+mod over;
 mod scalar_subquery;
 mod time_bounds;
+
+pub(crate) use over::looks_backward;
 
 pub(crate) use scalar_subquery::scalar_subqueries_as_joins;
 
@@ -207,6 +210,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Filter(filter) if let Some(swapped) = filter_below_column_projection(filter)? => {
             build(&swapped, cx)?
         }
+        LogicalPlan::Window(window) => over::window(window, cx)?,
         // The rows of a table have no order: an ORDER BY without a limit changes nothing.
         LogicalPlan::Sort(sort) if sort.fetch.is_none() => build(&sort.input, cx)?,
         LogicalPlan::Sort(sort) => {
@@ -392,18 +396,17 @@ fn top_n(
 /// The top-N-per-group pattern: a filter keeping `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY
 /// ...) <= n` (or `< n`, or `= 1`) over the window; other conditions of the filter apply after.
 fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
-    let window_unsupported = || window_not_incremental(filter.input.as_ref());
     let LogicalPlan::Window(window) = filter.input.as_ref() else {
-        return Err(window_unsupported());
+        return Err(internal("a rank filter over something but a window").into());
     };
     let [expr] = window.window_expr.as_slice() else {
-        return Err(window_unsupported());
+        return filtered_window(filter, window, cx);
     };
     let Expr::WindowFunction(function) = unalias(expr) else {
-        return Err(window_unsupported());
+        return filtered_window(filter, window, cx);
     };
     if function.fun.name() != "row_number" || function.params.order_by.is_empty() {
-        return Err(window_unsupported());
+        return filtered_window(filter, window, cx);
     }
     let rank_field = window.schema.field(window.schema.fields().len() - 1).name().clone();
     let is_rank = |e: &Expr| matches!(e, Expr::Column(c) if c.name == rank_field);
@@ -439,7 +442,7 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
         }
     }
     let Some(limit) = limit else {
-        return Err(window_unsupported());
+        return filtered_window(filter, window, cx);
     };
     let input = build(&window.input, cx)?;
     let operator = top_n(
@@ -456,6 +459,19 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
         Some(predicate) => Box::new(Filter::new(operator, Compiled::new(&predicate, &window.schema)?)),
         None => operator,
     })
+}
+
+/// Any other filter over window functions: the functions' values, then the filter.
+fn filtered_window(
+    filter: &logical::Filter,
+    window: &logical::Window,
+    cx: &mut Context<'_>,
+) -> Result<Box<dyn Operator>, BuildError> {
+    let input = over::window(window, cx)?;
+    Ok(Box::new(Filter::new(
+        input,
+        Compiled::new(&filter.predicate, &window.schema)?,
+    )))
 }
 
 /// `Filter(Projection(columns, Window))` as `Projection(columns, Filter(Window))`, when every
@@ -489,32 +505,11 @@ fn filter_below_column_projection(filter: &logical::Filter) -> Result<Option<Log
     Ok(Some(LogicalPlan::Projection(above)))
 }
 
-/// The error for a window function (OVER) other than a top-N's: a SESSION window (computed
-/// with window functions, see `freshet-sql`'s window rewrite) is named as such.
-fn window_not_incremental(plan: &LogicalPlan) -> BuildError {
-    let session = matches!(plan, LogicalPlan::Window(window)
-    if window.window_expr.iter().any(|e| {
-        let name = e.schema_name().to_string();
-        name.contains("__window_opens") || name.contains("__window_session")
-    }));
-    if session {
-        return not_incremental(
-            "SESSION window",
-            "cannot be maintained incrementally yet (TUMBLE, HOP and CUMULATE windows can)",
-        );
-    }
-    not_incremental(
-        "window function (OVER)",
-        "cannot be maintained incrementally; ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= n can",
-    )
-}
-
 /// The error for a plan node that has no incremental operator.
 fn unsupported_node(plan: &LogicalPlan) -> BuildError {
     let operator = match plan {
         LogicalPlan::Sort(_) => "ORDER BY ... LIMIT (top-N)".to_string(),
         LogicalPlan::Limit(_) => "LIMIT".to_string(),
-        LogicalPlan::Window(_) => return window_not_incremental(plan),
         LogicalPlan::Distinct(logical::Distinct::On(_)) => "DISTINCT ON".to_string(),
         LogicalPlan::Unnest(_) => "UNNEST".to_string(),
         LogicalPlan::RecursiveQuery(_) => "recursive query (WITH RECURSIVE)".to_string(),

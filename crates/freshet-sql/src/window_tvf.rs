@@ -376,8 +376,10 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
         }
         WindowKind::Session => {
             // A row opens a session unless the previous row of its partition (by time) is less
-            // than the gap before it; a session is its rows' time span plus the gap. Window
-            // functions compute it in batch; incremental maintenance refuses them (by name).
+            // than the gap before it; a session is its rows' time span plus the gap. Of rows
+            // with equal times only the first (in any order) can open one, and the running
+            // count of openings takes all of them (RANGE): every order of ties gives the same
+            // sessions, in batch and in the incremental window operator alike.
             let gap = call.duration("GAP").unwrap_or(1);
             let partition = if call.keys.is_empty() {
                 String::new()
@@ -400,7 +402,7 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
                    max({ts}) OVER (PARTITION BY {session_keys}) + INTERVAL '{gap} milliseconds' - INTERVAL '1 milliseconds' \
                      AS window_time \
                  FROM (SELECT *, sum(__window_opens) OVER ({partition}ORDER BY {ts} \
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __window_session \
+                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __window_session \
                        FROM (SELECT __window_input.*, CASE WHEN lag({time}) OVER ({partition}ORDER BY {time}) \
                                + INTERVAL '{gap} milliseconds' > {time} THEN 0 ELSE 1 END AS __window_opens \
                              FROM {table} AS __window_input) AS __window_rows) AS __window_sessions"

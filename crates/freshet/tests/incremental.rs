@@ -119,6 +119,31 @@ const CORPUS: &[(&str, &str)] = &[
         "SELECT id, k, v FROM (SELECT id, k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY id DESC) AS rn FROM t1) \
          WHERE rn = 1 AND v IS NOT NULL",
     ),
+    (
+        "over_running",
+        "SELECT id, g, sum(v) OVER (PARTITION BY g ORDER BY v, id) AS run, \
+         count(*) OVER (PARTITION BY g ORDER BY v, id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS c3 FROM t1",
+    ),
+    (
+        "over_range",
+        "SELECT id, k, sum(v) OVER (PARTITION BY k ORDER BY v RANGE BETWEEN 2 PRECEDING AND CURRENT ROW) AS s, \
+         min(d) OVER (PARTITION BY k ORDER BY v DESC RANGE BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS m FROM t1",
+    ),
+    (
+        "over_rank",
+        "SELECT id, rank() OVER (ORDER BY v DESC) AS r, dense_rank() OVER (PARTITION BY g ORDER BY k) AS dr, \
+         percent_rank() OVER (PARTITION BY g ORDER BY k) AS pr, cume_dist() OVER (PARTITION BY g ORDER BY k) AS cd \
+         FROM t1",
+    ),
+    (
+        "over_whole",
+        "SELECT id, v - max(v) OVER (PARTITION BY g) AS below, count(d) OVER (PARTITION BY k) AS n, \
+         lag(v) OVER (PARTITION BY g ORDER BY id) AS prev, lead(v, 2) OVER (PARTITION BY g ORDER BY id) AS next FROM t1",
+    ),
+    (
+        "over_filter",
+        "SELECT * FROM (SELECT id, v, rank() OVER (PARTITION BY k ORDER BY v) AS r FROM t1) WHERE r = 2",
+    ),
     ("chained", "SELECT g, c, s FROM agg WHERE c > 1"),
     (
         "scalar_having",

@@ -56,6 +56,23 @@ const CORPUS: &[(&str, &str)] = &[
               GROUP BY k, window_start, window_end) b \
          ON a.k = b.k AND a.window_start = b.window_start AND a.window_end = b.window_end",
     ),
+    (
+        "sessions",
+        "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
+         FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '4' SECOND)) \
+         GROUP BY k, window_start, window_end",
+    ),
+    (
+        "global_sessions",
+        "SELECT window_start, window_time, count(*) AS n \
+         FROM TABLE(SESSION(TABLE e, DESCRIPTOR(ts), INTERVAL '3' SECOND)) GROUP BY window_start, window_time",
+    ),
+    (
+        "over_range",
+        "SELECT id, k, sum(v) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '10' SECOND PRECEDING \
+           AND CURRENT ROW) AS recent, count(*) OVER (PARTITION BY k ORDER BY ts, id ROWS BETWEEN 2 PRECEDING \
+           AND CURRENT ROW) AS last3 FROM e",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -444,6 +461,13 @@ proptest! {
                   GROUP BY window_start, window_end"),
                 ("nested", "SELECT window_end, max(n) AS busiest FROM (SELECT k, window_end, count(*) AS n \
                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_end) GROUP BY window_end"),
+                ("sessions", "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
+                  FROM TABLE(SESSION(TABLE ev PARTITION BY k, DESCRIPTOR(ts), INTERVAL '700' MILLISECOND)) \
+                  GROUP BY k, window_start, window_end"),
+                ("over_range", "SELECT k, ts, v, sum(v) OVER (PARTITION BY k ORDER BY ts \
+                  RANGE BETWEEN INTERVAL '1' SECOND PRECEDING AND CURRENT ROW) AS recent, \
+                  max(v) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '300' MILLISECOND PRECEDING \
+                  AND CURRENT ROW) AS top FROM ev"),
                 // Nexmark q5's shape: the busiest keys of each window (a semi join on the window).
                 ("busiest", "SELECT c.k, c.window_end, c.n FROM \
                   (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
