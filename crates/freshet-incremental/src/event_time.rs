@@ -17,6 +17,12 @@ use crate::planner::SourceResolver;
 /// The name of the function that marks a window's end (see the module's documentation).
 pub const WINDOW_BOUND: &str = "window_bound";
 
+/// The window functions giving each row the start and the end of its SESSION window:
+/// `window_session_start(ts, gap_ms) OVER (PARTITION BY ... ORDER BY ts)`.
+pub const SESSION_START: &str = "window_session_start";
+/// See [`SESSION_START`].
+pub const SESSION_END: &str = "window_session_end";
+
 /// A source table's event time, as incremental maintenance needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTimeColumn {
@@ -140,21 +146,43 @@ pub(crate) fn closes_only_open_windows(
         }
         // Window functions change rows from the first changed one on in their order: at or
         // above the watermark when that order is the event time. A SESSION window's rows
-        // change only while their session is open.
+        // change only while their session is open (a row at or above the watermark reaches
+        // only sessions ending after it).
         LogicalPlan::Window(window) => {
             below(&window.input)
                 && (ordered_by_event_time(window, resolve, event_times).is_some()
-                    || window.window_expr.iter().all(|e| {
-                        matches!(unalias(e), Expr::WindowFunction(f) if f.params.partition_by.iter().any(
-                            |p| matches!(p, Expr::Column(c) if c.name == SESSION_COLUMN)))
-                    }))
+                    || session_gap(&window.window_expr).is_some())
         }
         _ => false,
     }
 }
 
-/// The column numbering sessions of a SESSION window (see `freshet-sql`'s window rewrite).
-const SESSION_COLUMN: &str = "__window_session";
+/// The gap (ms) of a window node computing SESSION windows' bounds, and nothing else.
+pub(crate) fn session_gap(window_expr: &[Expr]) -> Option<i64> {
+    let mut gap = None;
+    for expr in window_expr {
+        let Expr::WindowFunction(function) = unalias(expr) else {
+            return None;
+        };
+        if ![SESSION_START, SESSION_END].contains(&function.fun.name()) {
+            return None;
+        }
+        let this = match function.params.args.get(1) {
+            Some(Expr::Literal(value, _)) => {
+                match value.cast_to(&datafusion::arrow::datatypes::DataType::Int64).ok()? {
+                    datafusion::common::ScalarValue::Int64(Some(ms)) => ms,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        if gap.is_some_and(|g| g != this) {
+            return None;
+        }
+        gap = Some(this);
+    }
+    gap
+}
 
 /// The input column of a window node whose functions all look backward over one ascending
 /// order, an event time whose late rows are dropped.

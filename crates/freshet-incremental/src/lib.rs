@@ -27,7 +27,7 @@ mod rows;
 mod temporal;
 
 pub use delta::Delta;
-pub use event_time::{EventTimeColumn, EventTimes, WINDOW_BOUND};
+pub use event_time::{EventTimeColumn, EventTimes, SESSION_END, SESSION_START, WINDOW_BOUND};
 pub use operator::{Epoch, StateSize};
 pub use pipeline::{OperatorInfo, Pipeline, PipelineOptions};
 pub use planner::{BuildError, NotIncremental, SourceResolver};

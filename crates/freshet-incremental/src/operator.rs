@@ -29,7 +29,7 @@ use crate::delta::{Delta, internal};
 pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec, WindowClosing};
 pub(crate) use join::{Join, JoinKind, JoinSpec, SideExpiry};
 pub(crate) use map::{Constant, Filter, Project};
-pub(crate) use over::{Over, OverExpiry, OverSpec};
+pub(crate) use over::{Over, OverExpiry, OverReach, OverSpec};
 pub(crate) use scan::Scan;
 pub(crate) use temporal_filter::{TemporalFilter, TimeBound, TimeComparison};
 pub(crate) use top_n::{TopN, TopNSpec};

@@ -375,37 +375,26 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
             Ok(parts.join(" UNION ALL "))
         }
         WindowKind::Session => {
-            // A row opens a session unless the previous row of its partition (by time) is less
-            // than the gap before it; a session is its rows' time span plus the gap. Of rows
-            // with equal times only the first (in any order) can open one, and the running
-            // count of openings takes all of them (RANGE): every order of ties gives the same
-            // sessions, in batch and in the incremental window operator alike.
+            // Rows of a partition less than the gap apart share a session, which ends one gap
+            // after its last row: window functions of Freshet's own give each row its
+            // session's bounds (see `freshet`'s window functions), which incremental
+            // maintenance knows how to keep and to close.
             let gap = call.duration("GAP").unwrap_or(1);
             let partition = if call.keys.is_empty() {
                 String::new()
             } else {
                 format!("PARTITION BY {} ", call.keys.join(", "))
             };
-            let session_keys = call
-                .keys
-                .iter()
-                .map(String::as_str)
-                .chain(["__window_session"])
-                .collect::<Vec<_>>()
-                .join(", ");
             let ts = &call.time;
+            let over = format!("OVER ({partition}ORDER BY {time})");
             Ok(format!(
-                "SELECT * EXCLUDE (__window_opens, __window_session), \
-                   min({ts}) OVER (PARTITION BY {session_keys}) AS window_start, \
-                   window_bound(max({ts}) OVER (PARTITION BY {session_keys}) + INTERVAL '{gap} milliseconds', {ts}) \
-                     AS window_end, \
-                   max({ts}) OVER (PARTITION BY {session_keys}) + INTERVAL '{gap} milliseconds' - INTERVAL '1 milliseconds' \
-                     AS window_time \
-                 FROM (SELECT *, sum(__window_opens) OVER ({partition}ORDER BY {ts} \
-                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __window_session \
-                       FROM (SELECT __window_input.*, CASE WHEN lag({time}) OVER ({partition}ORDER BY {time}) \
-                               + INTERVAL '{gap} milliseconds' > {time} THEN 0 ELSE 1 END AS __window_opens \
-                             FROM {table} AS __window_input) AS __window_rows) AS __window_sessions"
+                "SELECT * EXCLUDE (__window_start, __window_end), __window_start AS window_start, \
+                   window_bound(__window_end, {ts}) AS window_end, \
+                   __window_end - INTERVAL '1 milliseconds' AS window_time \
+                 FROM (SELECT __window_input.*, \
+                         window_session_start({time}, {gap}) {over} AS __window_start, \
+                         window_session_end({time}, {gap}) {over} AS __window_end \
+                       FROM {table} AS __window_input) AS __window_sessions"
             ))
         }
     }

@@ -8,13 +8,22 @@
 //! - `window_bound(end, ts)` is `end`, a window's end computed from the row's time `ts`. It stays
 //!   in the plan (it is not simplified away) so that incremental maintenance can tell that a
 //!   group keyed by the column is a window that the watermark of `ts`'s source closes.
+//! - `window_session_start(ts, gap_ms)` and `window_session_end(ts, gap_ms)`, window functions over a
+//!   partition ordered by `ts`, give each row the start and the end of its SESSION window: rows
+//!   less than the gap apart share a session, which ends one gap after its last row.
 
-use datafusion::arrow::datatypes::DataType;
-use datafusion::common::plan_err;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit};
+use datafusion::common::{ScalarValue, plan_err};
 use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    ColumnarValue, Expr, PartitionEvaluator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility, WindowUDF, WindowUDFImpl,
 };
 
 /// The checked time column of a window.
@@ -101,5 +110,102 @@ impl ScalarUDFImpl for WindowBound {
             Some(end) => Ok(end),
             None => plan_err!("window_bound takes a window's end and the row's time"),
         }
+    }
+}
+
+/// A bound of each row's SESSION window (see the module's documentation).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionBound {
+    end: bool,
+    signature: Signature,
+}
+
+impl SessionBound {
+    /// `session_start` or, with `end`, `session_end`.
+    pub(crate) fn udwf(end: bool) -> WindowUDF {
+        WindowUDF::new_from_impl(Self {
+            end,
+            signature: Signature::new(TypeSignature::Any(2), Volatility::Immutable),
+        })
+    }
+}
+
+impl WindowUDFImpl for SessionBound {
+    fn name(&self) -> &str {
+        if self.end {
+            freshet_incremental::SESSION_END
+        } else {
+            freshet_incremental::SESSION_START
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> DfResult<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(SessionEvaluator { end: self.end }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> DfResult<FieldRef> {
+        let data_type = match field_args.get_input_field(0).map(|f| f.data_type().clone()) {
+            Some(t @ DataType::Timestamp(_, _)) => t,
+            other => return plan_err!("{} takes a TIMESTAMP, not {other:?}", self.name()),
+        };
+        Ok(Arc::new(Field::new(field_args.name(), data_type, true)))
+    }
+}
+
+#[derive(Debug)]
+struct SessionEvaluator {
+    end: bool,
+}
+
+impl PartitionEvaluator for SessionEvaluator {
+    /// The partition's rows come ordered by their time (NULLs last, in sessions of their own
+    /// with no bounds).
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> DfResult<ArrayRef> {
+        let [times, gap] = values else {
+            return plan_err!("a session bound takes a time and a gap");
+        };
+        let gap = match ScalarValue::try_from_array(gap, 0)?.cast_to(&DataType::Int64)? {
+            ScalarValue::Int64(Some(gap)) if gap > 0 => gap,
+            other => return plan_err!("a session's gap must be a positive number of milliseconds, not {other}"),
+        };
+        // Times in their own unit; the gap compared in nanoseconds.
+        let unit_ns: i128 = match times.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000_000,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => 1,
+            other => return plan_err!("a session window's time must be a TIMESTAMP, not {other}"),
+        };
+        let gap_ns = i128::from(gap) * 1_000_000;
+        let within = |from: i64, to: i64| (i128::from(to) - i128::from(from)) * unit_ns < gap_ns;
+        let gap = i64::try_from(gap_ns / unit_ns).unwrap_or(i64::MAX);
+        let raw = cast(times, &DataType::Int64)?;
+        let raw = raw.as_primitive::<Int64Type>();
+        let mut bounds: Vec<Option<i64>> = vec![None; num_rows];
+        let mut first = 0;
+        while first < num_rows {
+            if raw.is_null(first) {
+                first += 1;
+                continue;
+            }
+            // The session runs on while the next row is less than the gap after the last.
+            let mut last = first;
+            while last + 1 < num_rows && raw.is_valid(last + 1) && within(raw.value(last), raw.value(last + 1)) {
+                last += 1;
+            }
+            let bound = if self.end {
+                raw.value(last).saturating_add(gap)
+            } else {
+                raw.value(first)
+            };
+            bounds[first..=last].fill(Some(bound));
+            first = last + 1;
+        }
+        let bounds: ArrayRef = Arc::new(Int64Array::from(bounds));
+        Ok(cast(&bounds, times.data_type())?)
     }
 }

@@ -492,3 +492,122 @@ proptest! {
         });
     }
 }
+
+/// OVER aggregations and SESSION windows over a stream, second by second: the tables equal
+/// their queries in batch, while the state keeps only the rows open frames and sessions still
+/// reach — a few seconds' worth, not the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_and_session_state_stays_bounded_on_a_long_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = engine_in(dir.path()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    let corpus = [
+        (
+            "over_range",
+            "SELECT k, ts, v, sum(v) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '500' MILLISECOND \
+             PRECEDING AND CURRENT ROW) AS recent FROM ev",
+        ),
+        (
+            "over_rows",
+            "SELECT k, ts, avg(v) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS a, \
+             lag(v, 2) OVER (PARTITION BY k ORDER BY ts) AS before FROM ev",
+        ),
+        (
+            "sessions",
+            "SELECT k, window_start, window_end, count(*) AS n FROM TABLE(SESSION(TABLE ev PARTITION BY k, \
+             DESCRIPTOR(ts), INTERVAL '300' MILLISECOND)) GROUP BY k, window_start, window_end",
+        ),
+    ];
+    create_corpus(&engine, &corpus).await;
+    let mut most = [0; 3];
+    for second in 0..30i64 {
+        // Per key, a burst of 10 rows in the first 200 ms of the second (distinct times), and
+        // a few rows of the previous seconds (some within the delay, some late).
+        let lines: String = (0..44i64)
+            .map(|i| {
+                let ms = if i < 40 {
+                    second * 1000 + (i / 4) * 20 + i % 4
+                } else {
+                    (second - 1 - i % 2).max(0) * 1000 + 150 + i
+                };
+                format!("{{\"k\": {}, \"ts\": \"{}\", \"v\": {}}}\n", i % 4, at(ms), i % 7)
+            })
+            .collect();
+        std::fs::write(input.join(format!("part-{second:03}.json")), lines).unwrap();
+        check(&engine, &corpus, second as usize, &format!("second {second}")).await;
+        if second > 2 {
+            for (n, (name, _)) in corpus.iter().enumerate() {
+                most[n] = most[n].max(state_entries(&engine, name).await);
+            }
+        }
+    }
+    // 1,300 rows came; each keeps about two seconds of them (80 rows) and its open groups.
+    assert!(most.iter().all(|&m| m > 0 && m <= 200), "state entries {most:?}");
+    engine.close().await;
+}
+
+/// A job computing an OVER aggregation over a followed directory writes each row once, when
+/// the watermark has passed its time, into an append-only table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_writes_over_rows_once_the_watermark_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = engine_in(dir.path()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE out (k BIGINT, ts TIMESTAMP(3), n BIGINT)")
+        .await
+        .unwrap();
+    let query = "SELECT k, ts, count(*) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '2' SECOND \
+                 PRECEDING AND CURRENT ROW) FROM ev";
+    engine.sql(&format!("INSERT INTO out {query}")).await.unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let job = engine.job(&id).unwrap();
+    for second in 0..8i64 {
+        let lines: String = (0..6i64)
+            .map(|i| format!("{{\"k\": {}, \"ts\": \"{}\"}}\n", i % 2, at(second * 1000 + i * 150)))
+            .collect();
+        let hidden = input.join(format!(".part-{second}.json"));
+        std::fs::write(&hidden, lines).unwrap();
+        std::fs::rename(&hidden, input.join(format!("part-{second}.json"))).unwrap();
+        // The watermark is at second - 0.25 s: the rows of the seconds before are final.
+        let mut watch = job.subscribe();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            watch.wait_for(|info| info.rows_out >= (second * 6 - 2).max(0) as u64),
+        )
+        .await
+        .is_ok();
+        assert!(waited, "second {second}: {:?}", engine.job(&id).unwrap().info());
+    }
+    engine.sql(&format!("STOP JOB '{id}'")).await.unwrap();
+    let written = crate::incremental::multiset(&engine.sql("SELECT * FROM out").await.unwrap());
+    let expected = crate::incremental::multiset(
+        &engine
+            .sql(&format!(
+                "SELECT * FROM ({query}) WHERE ts < TIMESTAMP '2024-01-01 00:00:06.750'"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(written, expected);
+    assert_eq!(written.len(), 7 * 6 - 1);
+    engine.close().await;
+}

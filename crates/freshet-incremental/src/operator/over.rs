@@ -46,18 +46,26 @@ pub(crate) struct OverSpec {
     pub display: String,
 }
 
-/// How far back the frames of rows still to come reach, over an event-time order column.
+/// Which rows rows still to come can reach, over an event-time order column.
 #[derive(Debug, Clone)]
 pub(crate) struct OverExpiry {
     /// The sources whose combined watermark bounds the order column.
     pub sources: Vec<String>,
     /// The type of the window's only ORDER BY column, an ascending event time.
     pub time_type: DataType,
-    /// Rows ordered this far (ms) below the watermark are still reached by a RANGE frame.
-    pub range_ms: i64,
-    /// Rows this many places before the first row at the watermark are still reached by a
-    /// ROWS frame (or LAG).
-    pub rows: usize,
+    /// Rows to come are no older than the watermark less this (ms): the lateness allowed.
+    pub lateness_ms: i64,
+    pub reach: OverReach,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OverReach {
+    /// Frames reach rows ordered this far (ms) before them (RANGE), and this many rows before
+    /// them (ROWS, LAG).
+    Frames { range_ms: i64, rows: usize },
+    /// SESSION windows of this gap (ms): the rows of a session that ended at or before the
+    /// watermark are reached by no row to come.
+    Sessions { gap_ms: i64 },
 }
 
 /// Rows of one partition: (sort key, row) → multiplicity.
@@ -149,8 +157,9 @@ impl Over {
         Delta::from_columns(&self.spec.schema, columns, Int64Array::from_value(weight, count))
     }
 
-    /// Forgets the rows no future row's frame reaches: below the watermark less the RANGE
-    /// frames' extent, but for the last ROWS-frame extent of them.
+    /// Forgets the rows that no row to come reaches: below the watermark less the RANGE
+    /// frames' extent but for the last ROWS-frame extent of them, or the rows of sessions
+    /// that have ended.
     fn expire(&mut self, epoch: &Epoch) -> Result<()> {
         let Some(expiry) = &self.spec.expiry else {
             return Ok(());
@@ -162,18 +171,40 @@ impl Over {
             return Ok(());
         }
         self.expired_to = Some(watermark);
-        // The sort key of the bound: the order is the time alone, ascending.
-        let bound: ArrayRef = Arc::new(Int64Array::from(vec![watermark.saturating_sub(expiry.range_ms)]));
-        let bound = cast(&bound, &DataType::Timestamp(TimeUnit::Millisecond, None))
-            .and_then(|b| cast(&b, &expiry.time_type))
-            .map_err(internal)?;
-        let bound: RowKey = self.sort_codec.encode(&[bound], 1)?.row(0).data().into();
-        let below = (bound, RowKey::from(&[][..]));
+        let front = watermark.saturating_sub(expiry.lateness_ms);
+        // Rows below this time (ms) may be forgotten.
+        let below_ms = match expiry.reach {
+            OverReach::Frames { range_ms, .. } => front.saturating_sub(range_ms),
+            OverReach::Sessions { gap_ms } => front.saturating_sub(gap_ms).saturating_add(1),
+        };
+        let below = (self.time_key(below_ms)?, RowKey::from(&[][..]));
         let mut emptied = Vec::new();
         for (partition, ordered) in &mut self.partitions {
-            let expired: Vec<(RowKey, RowKey)> = ordered.range(..below.clone()).map(|(k, _)| k.clone()).collect();
-            let forget = expired.len().saturating_sub(expiry.rows);
-            for key in expired.into_iter().take(forget) {
+            let candidates: Vec<(RowKey, RowKey)> = ordered.range(..below.clone()).map(|(k, _)| k.clone()).collect();
+            let forget = match expiry.reach {
+                OverReach::Frames { rows, .. } => candidates.len().saturating_sub(rows),
+                OverReach::Sessions { gap_ms } => {
+                    // Up to the last row whose session has ended: the next row (if any) is at
+                    // least the gap after it, and it is at least the gap below the front.
+                    let next = ordered.range(below.clone()..).next().map(|(k, _)| k.0.clone());
+                    let sorts = candidates.iter().map(|(sort, _)| sort).chain(next.as_ref());
+                    let parser = self.sort_codec.parser();
+                    let times = self.sort_codec.decode(sorts.map(|s| parser.parse(s)))?;
+                    let times = match times.first() {
+                        Some(times) => super::millis(times)?,
+                        None => continue,
+                    };
+                    let ended = (0..candidates.len()).rev().find(|&i| {
+                        times.is_valid(i)
+                            && times.value(i).saturating_add(gap_ms) <= front
+                            && (i + 1 >= times.len()
+                                || times.is_null(i + 1)
+                                || times.value(i + 1) - times.value(i) >= gap_ms)
+                    });
+                    ended.map_or(0, |i| i + 1)
+                }
+            };
+            for key in candidates.into_iter().take(forget) {
                 ordered.remove(&key);
                 self.rows -= 1;
                 self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
@@ -186,6 +217,18 @@ impl Over {
             self.partitions.remove(&partition);
         }
         Ok(())
+    }
+
+    /// The sort key of time `ms` (the order is the time alone, ascending).
+    fn time_key(&self, ms: i64) -> Result<RowKey> {
+        let Some(expiry) = &self.spec.expiry else {
+            return Err(internal("a time key without an event-time order"));
+        };
+        let time: ArrayRef = Arc::new(Int64Array::from(vec![ms]));
+        let time = cast(&time, &DataType::Timestamp(TimeUnit::Millisecond, None))
+            .and_then(|t| cast(&t, &expiry.time_type))
+            .map_err(internal)?;
+        Ok(self.sort_codec.encode(&[time], 1)?.row(0).data().into())
     }
 }
 

@@ -12,7 +12,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable, WindowFrameBound, WindowFram
 use datafusion::physical_planner::create_window_expr;
 
 use super::{BuildError, Context, build, not_incremental};
-use crate::operator::{Compiled, Operator, Over, OverExpiry, OverSpec, TemporalFilter, arrow_schema};
+use crate::operator::{Compiled, Operator, Over, OverExpiry, OverReach, OverSpec, TemporalFilter, arrow_schema};
 
 /// Builds the operator of a `Window` node: every function must share one PARTITION BY and
 /// ORDER BY (DataFusion stacks a node per distinct pair, so they do).
@@ -82,10 +82,11 @@ pub(super) fn window(window: &Window, cx: &mut Context<'_>) -> Result<Box<dyn Op
     let backward = functions.iter().all(|f| looks_backward(f));
 
     // Ordered by an event time alone, ascending, over inputs that only insert rows at or above
-    // the watermark (less the lateness allowed): rows below it are final, and those no frame of
-    // a future row reaches can be forgotten.
+    // the watermark (less the lateness allowed): the rows no row to come can reach are
+    // forgotten, and those below the watermark are final when every function looks backward.
+    let sessions = crate::event_time::session_gap(&window.window_expr);
     let time = match order_by.as_slice() {
-        [sort] if sort.asc && backward => match &sort.expr {
+        [sort] if sort.asc && (backward || sessions.is_some()) => match &sort.expr {
             Expr::Column(c) => input_schema.index_of_column(c).ok(),
             _ => None,
         },
@@ -94,15 +95,21 @@ pub(super) fn window(window: &Window, cx: &mut Context<'_>) -> Result<Box<dyn Op
     let closing = time
         .and_then(|column| crate::event_time::order_time_closing(&window.input, column, cx.resolve, cx.event_times));
     let expiry = closing.as_ref().and_then(|(sources, lateness)| {
-        let (range_ms, rows) = functions.iter().try_fold((0i64, 0usize), |(range, rows), f| {
-            let (r, n) = frame_reach(f)?;
-            Some((range.max(r), rows.max(n)))
-        })?;
+        let reach = match sessions {
+            Some(gap_ms) => OverReach::Sessions { gap_ms },
+            None => {
+                let (range_ms, rows) = functions.iter().try_fold((0i64, 0usize), |(range, rows), f| {
+                    let (r, n) = frame_reach(f)?;
+                    Some((range.max(r), rows.max(n)))
+                })?;
+                OverReach::Frames { range_ms, rows }
+            }
+        };
         Some(OverExpiry {
             sources: sources.clone(),
             time_type: order_by[0].expr.get_type(input_schema).ok()?,
-            range_ms: range_ms.saturating_add(*lateness),
-            rows,
+            lateness_ms: *lateness,
+            reach,
         })
     });
 
@@ -130,7 +137,7 @@ pub(super) fn window(window: &Window, cx: &mut Context<'_>) -> Result<Box<dyn Op
     )?);
     // A job emits a row once the watermark has passed its time: no row to come is ordered
     // before it or among its peers.
-    match (closing, cx.emit_on_close) {
+    match (closing, cx.emit_on_close && backward) {
         (Some((sources, lateness)), true) => {
             let time = order_by[0].expr.clone();
             let final_at = time + Expr::Literal(ScalarValue::new_interval_mdn(0, 0, (lateness + 1) * 1_000_000), None);
