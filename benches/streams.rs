@@ -20,6 +20,11 @@
 //! 1,000) for SECONDS (default 10): for each file, the time from its placement to the first
 //! version of the materialized table that counts its events; p50, p99 and max.
 //!
+//! Then windowed freshness (`windowed-freshness`): the same stream with an event time that
+//! follows the wall clock, counted by a job per tumbling window of WINDOW_MS (default 100) into
+//! a table, each window written once the watermark passes its end: for each window, the time
+//! from the placement of the file that moves the watermark past its end to its row.
+//!
 //! Run: `cargo bench -p freshet --bench streams`. Prints what it measured, the machine and the
 //! commit.
 
@@ -125,8 +130,7 @@ async fn freshness_part(root: &std::path::Path) {
             latencies
         })
     };
-    let mut next = Instant::now();
-    for file in 0..files {
+    place_files(&input, files, interval, &placed, |file| {
         let mut text = String::with_capacity(file_events * 48);
         for i in 0..file_events {
             let id = file * file_events + i;
@@ -136,29 +140,151 @@ async fn freshness_part(root: &std::path::Path) {
                 id % 997
             ));
         }
+        text
+    })
+    .await;
+    let latencies = watcher.await.unwrap();
+    print_latencies(
+        &format!(
+            "freshness of a continuous aggregate over a followed directory, {rate} events/s in files of \
+             {file_events}, monitor {monitor_ms} ms, {seconds} s"
+        ),
+        latencies,
+        "files",
+    );
+    engine.close().await;
+}
+
+/// Places `files` files of JSON lines (`text(file)`) into `input` every `interval`, each
+/// written aside and renamed into place (a reader never sees half a file); records when.
+async fn place_files(
+    input: &std::path::Path,
+    files: usize,
+    interval: Duration,
+    placed: &std::sync::Mutex<Vec<Instant>>,
+    text: impl Fn(usize) -> String,
+) {
+    let mut next = Instant::now();
+    for file in 0..files {
         let hidden = input.join(format!(".{file:08}.json"));
-        std::fs::write(&hidden, text).unwrap();
+        std::fs::write(&hidden, text(file)).unwrap();
         std::fs::rename(&hidden, input.join(format!("{file:08}.json"))).unwrap();
         placed.lock().unwrap().push(Instant::now());
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }
-    let mut latencies = watcher.await.unwrap();
+}
+
+/// Prints p50, p99 and the maximum of `latencies`.
+fn print_latencies(what: &str, mut latencies: Vec<Duration>, unit: &str) {
+    if latencies.is_empty() {
+        println!("{what}: nothing became visible");
+        return;
+    }
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     println!(
-        "freshness of a continuous aggregate over a followed directory, {rate} events/s in files of {file_events}, \
-         monitor {monitor_ms} ms, {seconds} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} files)",
+        "{what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} {unit})",
         at(0.5).as_secs_f64() * 1e3,
         at(0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
         latencies.len()
     );
+}
+
+/// Freshness of a windowed job: events whose event time follows the wall clock are placed in
+/// files; a job counts them per tumbling window of WINDOW_MS (default 100 ms) into a Freshet
+/// table, writing each window once the watermark (the latest event time, no delay) passes its
+/// end. For each window, the time from the placement of the file whose events move the
+/// watermark past its end to the version of the table holding its row.
+async fn windowed_freshness_part(root: &std::path::Path) {
+    let rate = env_usize("RATE", 100_000);
+    let file_events = env_usize("FILE_EVENTS", 1_000).max(1);
+    let seconds = env_usize("SECONDS", 10);
+    let monitor_ms = env_usize("MONITOR_MS", 20);
+    let window_ms = env_usize("WINDOW_MS", 100).max(1) as i64;
+    let input = root.join("windowed-stream");
+    std::fs::create_dir_all(&input).unwrap();
+    let engine = engine(&root.join("windowed-freshness")).await;
+    run(
+        &engine,
+        &format!(
+            "CREATE TABLE ev (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('connector' = 'filesystem', \
+             'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '{monitor_ms} ms');\n\
+             CREATE TABLE per_window (window_end TIMESTAMP(3), n BIGINT);\n\
+             INSERT INTO per_window SELECT window_end, count(*) FROM \
+             TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '{window_ms}' MILLISECOND)) GROUP BY window_start, window_end",
+            input.display()
+        ),
+    )
+    .await;
+    let files = rate * seconds / file_events;
+    let interval = Duration::from_secs_f64(file_events as f64 / rate as f64);
+    // Event time (ms from the start) of event `id`: as many ms per event as the wall clock.
+    let event_ms = move |id: usize| (id as f64 * 1000.0 / rate as f64) as i64;
+    // The file whose last event first reaches each window's end closes it.
+    let last_ms = |file: usize| event_ms((file + 1) * file_events - 1);
+    let closing: Vec<usize> = (1..)
+        .map(|window: i64| window * window_ms)
+        .map_while(|end| (0..files).find(|&f| last_ms(f) >= end))
+        .collect();
+    let placed: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> = Default::default();
+    let watcher = {
+        let engine = engine.clone();
+        let placed = placed.clone();
+        let windows = closing.len();
+        let mut versions = engine.table("per_window").unwrap().subscribe();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while latencies.len() < windows {
+                if versions.changed().await.is_err() {
+                    break;
+                }
+                let now = Instant::now();
+                let batches = engine.sql("SELECT count(*) FROM per_window").await.unwrap();
+                let visible = batches[0]
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<freshet::datafusion::arrow::array::Int64Array>()
+                    .unwrap()
+                    .value(0) as usize;
+                let placed = placed.lock().unwrap().clone();
+                for file in closing.iter().take(visible).skip(latencies.len()) {
+                    latencies.push(placed.get(*file).map_or(Duration::ZERO, |at| now.duration_since(*at)));
+                }
+            }
+            latencies
+        })
+    };
+    place_files(&input, files, interval, &placed, |file| {
+        let mut text = String::with_capacity(file_events * 64);
+        for id in file * file_events..(file + 1) * file_events {
+            let ms = event_ms(id);
+            text.push_str(&format!(
+                "{{\"id\": {id}, \"ts\": \"2024-01-01 00:{:02}:{:02}.{:03}\"}}\n",
+                ms / 60_000 % 60,
+                ms / 1000 % 60,
+                ms % 1000
+            ));
+        }
+        text
+    })
+    .await;
+    let latencies = watcher.await.unwrap();
+    print_latencies(
+        &format!(
+            "freshness of a windowed job (tumbling {window_ms} ms, emitted on close) over a followed directory, \
+             {rate} events/s in files of {file_events}, monitor {monitor_ms} ms, {seconds} s: from the watermark \
+             passing a window's end to its row"
+        ),
+        latencies,
+        "windows",
+    );
     engine.close().await;
 }
 
 fn main() {
-    let parts = std::env::var("PARTS").unwrap_or_else(|_| "ingest,freshness".into());
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "ingest,freshness,windowed-freshness".into());
     let events = env_usize("EVENTS", 1_000_000);
     let runs = env_usize("RUNS", 3).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -168,8 +294,11 @@ fn main() {
     println!("machine: {}; commit: {}", machine(), commit());
     runtime.block_on(async {
         let root = tempfile::tempdir().unwrap();
-        if parts.contains("freshness") {
+        if parts.split(',').any(|p| p == "freshness") {
             freshness_part(root.path()).await;
+        }
+        if parts.contains("windowed-freshness") {
+            windowed_freshness_part(root.path()).await;
         }
         if !parts.contains("ingest") {
             return;
