@@ -340,27 +340,7 @@ fn top_n(
     schema: SchemaRef,
 ) -> Result<Box<dyn Operator>, BuildError> {
     let input_schema = input_plan.schema();
-    let partition = partition_by
-        .iter()
-        .map(|e| Compiled::new(e, input_schema))
-        .collect::<Result<_, _>>()?;
-    let partition_types = partition_by
-        .iter()
-        .map(|e| e.get_type(input_schema))
-        .collect::<Result<_, _>>()?;
-    let order = order_by
-        .iter()
-        .map(|s| {
-            let options = SortOptions {
-                descending: !s.asc,
-                nulls_first: s.nulls_first,
-            };
-            Ok((
-                Compiled::new(&s.expr, input_schema)?,
-                SortField::new_with_options(s.expr.get_type(input_schema)?, options),
-            ))
-        })
-        .collect::<Result<_, BuildError>>()?;
+    let (partition, partition_types, order) = partition_and_order(partition_by, order_by, input_schema)?;
     let sorted: Vec<String> = order_by.iter().map(ToString::to_string).collect();
     let groups: Vec<String> = partition_by.iter().map(ToString::to_string).collect();
     let limit = if fetch == usize::MAX {
@@ -391,6 +371,38 @@ fn top_n(
             display,
         },
     )?))
+}
+
+/// The compiled PARTITION BY expressions, their types, and the ORDER BY expressions with the
+/// row-format fields that order as they do.
+#[allow(clippy::type_complexity)]
+fn partition_and_order(
+    partition_by: &[Expr],
+    order_by: &[SortExpr],
+    input_schema: &DFSchema,
+) -> Result<(Vec<Compiled>, Vec<DataType>, Vec<(Compiled, SortField)>), BuildError> {
+    let partition = partition_by
+        .iter()
+        .map(|e| Compiled::new(e, input_schema))
+        .collect::<Result<_, _>>()?;
+    let partition_types = partition_by
+        .iter()
+        .map(|e| e.get_type(input_schema))
+        .collect::<Result<_, _>>()?;
+    let order = order_by
+        .iter()
+        .map(|s| {
+            let options = SortOptions {
+                descending: !s.asc,
+                nulls_first: s.nulls_first,
+            };
+            Ok((
+                Compiled::new(&s.expr, input_schema)?,
+                SortField::new_with_options(s.expr.get_type(input_schema)?, options),
+            ))
+        })
+        .collect::<Result<_, BuildError>>()?;
+    Ok((partition, partition_types, order))
 }
 
 /// The top-N-per-group pattern: a filter keeping `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY

@@ -25,6 +25,7 @@ use datafusion::physical_expr::window::WindowExpr;
 
 use freshet_common::{Result, RowKey};
 
+use super::top_n::add_ordered;
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::delta::{Delta, internal};
 use crate::rows::RowCodec;
@@ -68,8 +69,8 @@ pub(crate) enum OverReach {
     Sessions { gap_ms: i64 },
 }
 
-/// Rows of one partition: (sort key, row) → multiplicity.
-type Ordered = std::collections::BTreeMap<(RowKey, RowKey), i64>;
+/// Rows of one partition: (sort key, row) → multiplicity, as a top-N's group keeps them.
+type Ordered = super::top_n::Ranked;
 
 /// The window-function operator.
 pub(crate) struct Over {
@@ -266,21 +267,11 @@ impl Operator for Over {
         let before = self.evaluate(&touched, -1)?;
 
         for i in 0..delta.len() {
-            let weight = delta.weights.value(i);
             let ordered = self.partitions.entry(partitions.row(i).data().into()).or_default();
-            let key: (RowKey, RowKey) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
-            let size = (key.0.len() + key.1.len() + 48) as u64;
-            let n = ordered.entry(key.clone()).or_insert(0);
-            if *n == 0 {
-                self.rows += 1;
-                self.bytes += size;
-            }
-            *n += weight;
-            if *n == 0 {
-                ordered.remove(&key);
-                self.rows -= 1;
-                self.bytes -= size;
-            }
+            let key = (sort_keys.row(i).data().into(), rows.row(i).data().into());
+            let (rows, bytes) = add_ordered(ordered, key, delta.weights.value(i));
+            self.rows = self.rows.wrapping_add_signed(rows);
+            self.bytes = self.bytes.wrapping_add_signed(bytes);
         }
         for (partition, _) in &touched {
             if self.partitions.get(partition).is_some_and(|o| o.is_empty()) {

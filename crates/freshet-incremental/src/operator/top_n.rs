@@ -38,7 +38,24 @@ pub(crate) struct TopNSpec {
 }
 
 /// Rows of one group: (sort key, row) → multiplicity.
-type Ranked = BTreeMap<(RowKey, RowKey), i64>;
+pub(super) type Ranked = BTreeMap<(RowKey, RowKey), i64>;
+
+/// Adds `weight` copies of a row to ordered rows; returns how the entries and their bytes
+/// changed.
+pub(super) fn add_ordered(ranked: &mut Ranked, key: (RowKey, RowKey), weight: i64) -> (i64, i64) {
+    let size = (key.0.len() + key.1.len() + 48) as i64;
+    let n = ranked.entry(key.clone()).or_insert(0);
+    let before = *n != 0;
+    *n += weight;
+    match (before, *n != 0) {
+        (false, true) => (1, size),
+        (true, false) | (false, false) => {
+            ranked.remove(&key);
+            if before { (-1, -size) } else { (0, 0) }
+        }
+        (true, true) => (0, 0),
+    }
+}
 
 /// The top-N operator.
 pub(crate) struct TopN {
@@ -127,22 +144,11 @@ impl Operator for TopN {
         let retracted = self.emit(&before, -1)?;
 
         for i in 0..delta.len() {
-            let weight = delta.weights.value(i);
             let ranked = self.groups.entry(groups.row(i).data().into()).or_default();
-            let entry: (RowKey, RowKey) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
-            let size = (entry.0.len() + entry.1.len() + 48) as u64;
-            let n = ranked.entry(entry).or_insert(0);
-            if *n == 0 {
-                self.rows += 1;
-                self.bytes += size;
-            }
-            *n += weight;
-            if *n == 0 {
-                let key: (RowKey, RowKey) = (sort_keys.row(i).data().into(), rows.row(i).data().into());
-                ranked.remove(&key);
-                self.rows -= 1;
-                self.bytes -= size;
-            }
+            let key = (sort_keys.row(i).data().into(), rows.row(i).data().into());
+            let (rows, bytes) = add_ordered(ranked, key, delta.weights.value(i));
+            self.rows = self.rows.wrapping_add_signed(rows);
+            self.bytes = self.bytes.wrapping_add_signed(bytes);
         }
         for group in &touched {
             if self.groups.get(group).is_some_and(BTreeMap::is_empty) {

@@ -1,8 +1,6 @@
 //! Window functions (`OVER`) as the [`Over`] operator, with the window emitter above it in
 //! jobs when its rows are ordered by an event time.
 
-use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::row::SortField;
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::WindowFunction;
@@ -58,27 +56,7 @@ pub(super) fn window(window: &Window, cx: &mut Context<'_>) -> Result<Box<dyn Op
         .iter()
         .map(|e| create_window_expr(e, input_schema, &props, &PhysicalPlanningContext::default()))
         .collect::<Result<Vec<_>, _>>()?;
-    let partition = partition_by
-        .iter()
-        .map(|e| Compiled::new(e, input_schema))
-        .collect::<Result<_, _>>()?;
-    let partition_types = partition_by
-        .iter()
-        .map(|e| e.get_type(input_schema))
-        .collect::<Result<_, _>>()?;
-    let order = order_by
-        .iter()
-        .map(|s| {
-            let options = SortOptions {
-                descending: !s.asc,
-                nulls_first: s.nulls_first,
-            };
-            Ok((
-                Compiled::new(&s.expr, input_schema)?,
-                SortField::new_with_options(s.expr.get_type(input_schema)?, options),
-            ))
-        })
-        .collect::<Result<_, BuildError>>()?;
+    let (partition, partition_types, order) = super::partition_and_order(partition_by, order_by, input_schema)?;
     let backward = functions.iter().all(|f| looks_backward(f));
 
     // Ordered by an event time alone, ascending, over inputs that only insert rows at or above
