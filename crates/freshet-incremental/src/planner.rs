@@ -23,6 +23,7 @@ use crate::operator::{
     Scan, TemporalFilter, TopN, TopNSpec, Union, arrow_schema,
 };
 
+mod grouping_sets;
 mod over;
 mod scalar_subquery;
 mod time_bounds;
@@ -294,6 +295,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
             let groups: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
             aggregate(operator, input, &groups, &[], plan, cx)?
         }
+        LogicalPlan::Aggregate(agg) if let Some(union) = grouping_sets::as_union(agg)? => build(&union, cx)?,
         LogicalPlan::Aggregate(agg) => {
             let operator = build(&agg.input, cx)?;
             aggregate(operator, &agg.input, &agg.group_expr, &agg.aggr_expr, plan, cx)?
@@ -594,10 +596,7 @@ fn aggregate(
     let mut group_types = Vec::new();
     for expr in group_expr {
         if matches!(expr, Expr::GroupingSet(_)) {
-            return Err(not_incremental(
-                "GROUPING SETS / ROLLUP / CUBE",
-                "cannot be maintained incrementally",
-            ));
+            return Err(internal("grouping sets reach an aggregate operator").into());
         }
         groups.push(Compiled::new(expr, input_schema)?);
         group_types.push(expr.get_type(input_schema)?);

@@ -144,6 +144,19 @@ const CORPUS: &[(&str, &str)] = &[
         "over_filter",
         "SELECT * FROM (SELECT id, v, rank() OVER (PARTITION BY k ORDER BY v) AS r FROM t1) WHERE r = 2",
     ),
+    (
+        "grouping_sets",
+        "SELECT g, k, count(*) AS c, sum(v) AS s, GROUPING(g) AS gg, GROUPING(k) AS gk FROM t1 \
+         GROUP BY GROUPING SETS ((g, k), (g), ())",
+    ),
+    (
+        "rollup",
+        "SELECT g, b, max(v) AS m, count(d) AS n FROM t1 GROUP BY ROLLUP (g, b)",
+    ),
+    (
+        "cube",
+        "SELECT k, b, min(d) AS m FROM t1 WHERE v > 0 GROUP BY CUBE (k, b)",
+    ),
     ("chained", "SELECT g, c, s FROM agg WHERE c > 1"),
     (
         "scalar_having",

@@ -57,6 +57,12 @@ const CORPUS: &[(&str, &str)] = &[
          ON a.k = b.k AND a.window_start = b.window_start AND a.window_end = b.window_end",
     ),
     (
+        "window_rollup",
+        "SELECT window_start, window_end, k, count(*) AS n, sum(v) AS total \
+         FROM TABLE(TUMBLE(TABLE e, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+         GROUP BY window_start, window_end, ROLLUP (k)",
+    ),
+    (
         "sessions",
         "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
          FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '4' SECOND)) \
@@ -461,6 +467,8 @@ proptest! {
                   GROUP BY window_start, window_end"),
                 ("nested", "SELECT window_end, max(n) AS busiest FROM (SELECT k, window_end, count(*) AS n \
                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_end) GROUP BY window_end"),
+                ("cube", "SELECT window_end, k, v % 2 AS odd, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, \
+                  DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end, CUBE (k, v % 2)"),
                 ("sessions", "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
                   FROM TABLE(SESSION(TABLE ev PARTITION BY k, DESCRIPTOR(ts), INTERVAL '700' MILLISECOND)) \
                   GROUP BY k, window_start, window_end"),
