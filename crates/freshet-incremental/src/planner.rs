@@ -217,7 +217,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Sort(sort) => {
             let input = build(&sort.input, cx)?;
             let fetch = sort.fetch.unwrap_or(usize::MAX);
-            top_n(input, &sort.input, &[], &sort.expr, 0, fetch, false, schema)?
+            Box::new(top_n(input, &sort.input, &[], &sort.expr, 0, fetch, false, schema)?)
         }
         LogicalPlan::Limit(limit) => {
             let (skip, fetch) = match (limit.get_skip_type()?, limit.get_fetch_type()?) {
@@ -252,7 +252,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
             };
             let input = build(&sort.input, cx)?;
             let fetch = fetch.min(sort.fetch.map_or(usize::MAX, |f| f.saturating_sub(skip)));
-            let mut operator = top_n(
+            let mut operator: Box<dyn Operator> = Box::new(top_n(
                 input,
                 &sort.input,
                 &[],
@@ -261,7 +261,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
                 fetch,
                 false,
                 arrow_schema(sort.input.schema()),
-            )?;
+            )?);
             for projection in projections.into_iter().rev() {
                 let exprs = projection
                     .expr
@@ -340,7 +340,7 @@ fn top_n(
     fetch: usize,
     row_number: bool,
     schema: SchemaRef,
-) -> Result<Box<dyn Operator>, BuildError> {
+) -> Result<TopN, BuildError> {
     let input_schema = input_plan.schema();
     let (partition, partition_types, order) = partition_and_order(partition_by, order_by, input_schema)?;
     let sorted: Vec<String> = order_by.iter().map(ToString::to_string).collect();
@@ -359,7 +359,7 @@ fn top_n(
     } else {
         format!("TopN: order=[{}] offset={skip} limit={limit}", sorted.join(", "))
     };
-    Ok(Box::new(TopN::new(
+    Ok(TopN::new(
         input,
         TopNSpec {
             partition,
@@ -372,7 +372,7 @@ fn top_n(
             schema,
             display,
         },
-    )?))
+    )?)
 }
 
 /// The compiled PARTITION BY expressions, their types, and the ORDER BY expressions with the
@@ -459,7 +459,7 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
         return filtered_window(filter, window, cx);
     };
     let input = build(&window.input, cx)?;
-    let operator = top_n(
+    let top = top_n(
         input,
         &window.input,
         &function.params.partition_by,
@@ -469,6 +469,29 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
         true,
         arrow_schema(&window.schema),
     )?;
+    // A window top-N (partitioned by a window's end over an event time) forgets the windows
+    // the watermark closes; a job emits their rows then.
+    let closing =
+        crate::event_time::window_closing(&window.input, &function.params.partition_by, cx.resolve, cx.event_times);
+    let operator: Box<dyn Operator> = match closing {
+        None => Box::new(top),
+        Some(closing) => {
+            let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
+            let top = Box::new(top.with_window_closing(closing));
+            match emitter {
+                Some((column, sources)) => {
+                    let end = Compiled::new(&function.params.partition_by[column], &window.schema)?;
+                    Box::new(TemporalFilter::window_emitter(
+                        top,
+                        end,
+                        &sources,
+                        arrow_schema(&window.schema),
+                    )?)
+                }
+                None => top,
+            }
+        }
+    };
     Ok(match conjunction(rest) {
         Some(predicate) => Box::new(Filter::new(operator, Compiled::new(&predicate, &window.schema)?)),
         None => operator,

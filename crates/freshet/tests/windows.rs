@@ -467,6 +467,12 @@ proptest! {
                   GROUP BY window_start, window_end"),
                 ("nested", "SELECT window_end, max(n) AS busiest FROM (SELECT k, window_end, count(*) AS n \
                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_end) GROUP BY window_end"),
+                ("window_top", "SELECT window_start, k, v FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY \
+                  window_start, window_end ORDER BY v DESC, k) AS rn FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), \
+                  INTERVAL '1' SECOND))) WHERE rn <= 2"),
+                ("window_dedup", "SELECT window_end, k, ts FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY \
+                  window_start, window_end, k ORDER BY ts) AS rn FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), \
+                  INTERVAL '1' SECOND))) WHERE rn = 1"),
                 ("cube", "SELECT window_end, k, v % 2 AS odd, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, \
                   DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end, CUBE (k, v % 2)"),
                 ("sessions", "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
@@ -501,9 +507,9 @@ proptest! {
     }
 }
 
-/// OVER aggregations and SESSION windows over a stream, second by second: the tables equal
-/// their queries in batch, while the state keeps only the rows open frames and sessions still
-/// reach — a few seconds' worth, not the stream.
+/// OVER aggregations, SESSION windows and a window top-N over a stream, second by second: the
+/// tables equal their queries in batch, while the state keeps only the rows open frames,
+/// sessions and windows still reach — a few seconds' worth, not the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_and_session_state_stays_bounded_on_a_long_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -534,9 +540,15 @@ async fn over_and_session_state_stays_bounded_on_a_long_stream() {
             "SELECT k, window_start, window_end, count(*) AS n FROM TABLE(SESSION(TABLE ev PARTITION BY k, \
              DESCRIPTOR(ts), INTERVAL '300' MILLISECOND)) GROUP BY k, window_start, window_end",
         ),
+        (
+            "window_top",
+            "SELECT * FROM (SELECT k, ts, v, window_end, ROW_NUMBER() OVER (PARTITION BY window_start, window_end \
+             ORDER BY v DESC, ts) AS rn FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '500' MILLISECOND))) \
+             WHERE rn <= 3",
+        ),
     ];
     create_corpus(&engine, &corpus).await;
-    let mut most = [0; 3];
+    let mut most = [0; 4];
     for second in 0..30i64 {
         // Per key, a burst of 10 rows in the first 200 ms of the second (distinct times), and
         // a few rows of the previous seconds (some within the delay, some late).

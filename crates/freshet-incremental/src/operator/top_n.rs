@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use datafusion::arrow::array::{Int64Array, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::SortField;
 
 use freshet_common::{Result, RowKey};
 
-use super::{Compiled, Epoch, Operator, StateSize};
+use super::{Compiled, Epoch, Operator, StateSize, WindowClosing};
 use crate::delta::Delta;
 use crate::rows::RowCodec;
 
@@ -67,6 +67,13 @@ pub(crate) struct TopN {
     groups: HashMap<RowKey, Ranked>,
     rows: u64,
     bytes: u64,
+    /// Groups keyed by a window's end, forgotten when the watermark closes it.
+    closing: Option<WindowClosing>,
+    /// Each group's window end (ms), with window closing.
+    ends: std::collections::BTreeSet<(i64, RowKey)>,
+    /// Windows ending at or before this (ms) are closed: their rows are dropped and counted.
+    closed_up_to: Option<i64>,
+    late_rows: u64,
 }
 
 impl TopN {
@@ -80,7 +87,61 @@ impl TopN {
             groups: HashMap::new(),
             rows: 0,
             bytes: 0,
+            closing: None,
+            ends: std::collections::BTreeSet::new(),
+            closed_up_to: None,
+            late_rows: 0,
         })
+    }
+
+    /// Forgets the groups of windows (partition column `closing.column`) that the watermark
+    /// of `closing.sources` has closed.
+    pub(crate) fn with_window_closing(mut self, closing: WindowClosing) -> Self {
+        self.closing = Some(closing);
+        self
+    }
+
+    /// Rows of windows already closed leave the delta (counted as late); each new group's
+    /// window end is recorded.
+    fn drop_closed(&mut self, delta: Delta, partition_columns: &[ArrayRef]) -> Result<Delta> {
+        let Some(closing) = &self.closing else {
+            return Ok(delta);
+        };
+        let ends = super::millis(&partition_columns[closing.column])?;
+        let Some(bound) = self.closed_up_to else {
+            return Ok(delta);
+        };
+        let open: BooleanArray = ends.iter().map(|end| Some(end.is_none_or(|end| end > bound))).collect();
+        self.late_rows += (open.len() - open.true_count()) as u64;
+        if open.true_count() == open.len() {
+            return Ok(delta);
+        }
+        delta.filter(&open)
+    }
+
+    /// Forgets the groups of the windows the epoch's watermark has closed.
+    fn close_windows(&mut self, epoch: &Epoch) {
+        let Some(closing) = &self.closing else {
+            return;
+        };
+        let Some(watermark) = epoch.watermark(&closing.sources) else {
+            return;
+        };
+        let bound = watermark.saturating_sub(closing.allowed_lateness_ms);
+        while let Some((end, _)) = self.ends.first()
+            && *end <= bound
+        {
+            let Some((_, group)) = self.ends.pop_first() else {
+                break;
+            };
+            if let Some(ranked) = self.groups.remove(&group) {
+                for (key, _) in ranked {
+                    self.rows -= 1;
+                    self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
+                }
+            }
+        }
+        self.closed_up_to = Some(self.closed_up_to.map_or(bound, |b| b.max(bound)));
     }
 
     /// The output rows of a group: its rows at the kept ranks, with their ranks.
@@ -116,9 +177,19 @@ impl TopN {
     }
 }
 
-impl Operator for TopN {
-    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
-        let delta = self.input.step(epoch)?;
+impl TopN {
+    /// The output changes for the input's changes.
+    fn changes(&mut self, delta: Delta) -> Result<Delta> {
+        if delta.is_empty() {
+            return Ok(Delta::empty(self.spec.schema.clone()));
+        }
+        let partition_columns = self
+            .spec
+            .partition
+            .iter()
+            .map(|e| e.evaluate(&delta.data))
+            .collect::<Result<Vec<_>>>()?;
+        let delta = self.drop_closed(delta, &partition_columns)?;
         if delta.is_empty() {
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
@@ -143,12 +214,23 @@ impl Operator for TopN {
         }
         let retracted = self.emit(&before, -1)?;
 
+        let ends = match &self.closing {
+            Some(closing) => Some(super::millis(&group_columns[closing.column])?),
+            None => None,
+        };
         for i in 0..delta.len() {
-            let ranked = self.groups.entry(groups.row(i).data().into()).or_default();
+            let group: RowKey = groups.row(i).data().into();
+            if let Some(ends) = &ends
+                && ends.is_valid(i)
+                && !self.groups.contains_key(&group)
+            {
+                self.ends.insert((ends.value(i), group.clone()));
+            }
+            let ranked = self.groups.entry(group).or_default();
             let key = (sort_keys.row(i).data().into(), rows.row(i).data().into());
-            let (rows, bytes) = add_ordered(ranked, key, delta.weights.value(i));
-            self.rows = self.rows.wrapping_add_signed(rows);
-            self.bytes = self.bytes.wrapping_add_signed(bytes);
+            let (entries, size) = add_ordered(ranked, key, delta.weights.value(i));
+            self.rows = self.rows.wrapping_add_signed(entries);
+            self.bytes = self.bytes.wrapping_add_signed(size);
         }
         for group in &touched {
             if self.groups.get(group).is_some_and(BTreeMap::is_empty) {
@@ -162,13 +244,38 @@ impl Operator for TopN {
         let inserted = self.emit(&after, 1)?;
         Delta::concat(&self.spec.schema, &[retracted, inserted])
     }
+}
+
+impl Operator for TopN {
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let delta = self.input.step(epoch)?;
+        let output = self.changes(delta)?;
+        self.close_windows(epoch);
+        Ok(output)
+    }
 
     fn updates(&self) -> bool {
         true
     }
 
     fn describe(&self) -> String {
-        self.spec.display.clone()
+        match &self.closing {
+            Some(closing) => format!(
+                "{} closing windows by {} at the watermark of {}{}{}",
+                self.spec.display,
+                self.spec.partition[closing.column],
+                closing.sources.join(", "),
+                match closing.allowed_lateness_ms {
+                    0 => String::new(),
+                    ms => format!(" less {ms} ms"),
+                },
+                match self.late_rows {
+                    0 => String::new(),
+                    n => format!(" ({n} rows for closed windows dropped)"),
+                }
+            ),
+            None => self.spec.display.clone(),
+        }
     }
 
     fn state_kind(&self) -> &'static str {
