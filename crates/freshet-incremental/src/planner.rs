@@ -305,6 +305,13 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
             let right = build(&join.right, cx)?;
             let mut operator = Join::new(left, right, join_spec(join)?)?;
             let [left_expiry, right_expiry] = crate::event_time::join_expiries(join, cx.resolve, cx.event_times);
+            // A join no watermark bounds forgets rows after the state TTL, if one is set.
+            if let Some(ttl) = cx.state_ttl_ms
+                && left_expiry.is_none()
+                && right_expiry.is_none()
+            {
+                operator = operator.with_state_ttl(ttl);
+            }
             if let Some(expiry) = left_expiry {
                 operator = operator.with_expiry(true, expiry);
             }

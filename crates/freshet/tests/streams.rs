@@ -397,3 +397,71 @@ async fn the_state_ttl_forgets_idle_groups_of_a_job() {
     assert_eq!(state, 2, "groups 3 and 1 are kept; 2 was forgotten");
     engine.close().await;
 }
+
+/// `SET 'table.exec.state.ttl'`: a regular join over streams forgets the rows it has kept for
+/// longer, on both sides; a later row no longer matches them, fresh rows do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_ttl_forgets_old_rows_of_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .clock(std::sync::Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap();
+    for name in ["l", "r"] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        engine
+            .sql(&format!(
+                "CREATE TABLE {name} (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+                 'format' = 'json', 'source.monitor-interval' = '20 ms')",
+                dir.path().join(name).display()
+            ))
+            .await
+            .unwrap();
+    }
+    engine
+        .sql("CREATE TABLE pairs (id BIGINT, lv BIGINT, rv BIGINT)")
+        .await
+        .unwrap();
+    engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    engine
+        .sql("INSERT INTO pairs SELECT l.id, l.v, r.v FROM l JOIN r ON l.id = r.id")
+        .await
+        .unwrap();
+    let job = engine.job(&engine.jobs()[0].id).unwrap();
+    let read = |n: u64| {
+        let mut info = job.subscribe();
+        async move {
+            info.wait_for(|i| i.rows_in >= n).await.unwrap();
+        }
+    };
+    place(&dir.path().join("l"), "a.json", &lines(1, 3));
+    read(2).await;
+    place(&dir.path().join("r"), "a.json", &lines(1, 2));
+    read(3).await;
+    // Two hours later: the rows kept so far are forgotten at the next epoch.
+    clock.advance(std::time::Duration::from_secs(2 * 3600));
+    place(&dir.path().join("r"), "b.json", &lines(2, 3));
+    read(4).await;
+    place(&dir.path().join("l"), "b.json", &lines(2, 3));
+    read(5).await;
+    let pairs = crate::incremental::multiset(&engine.sql("SELECT * FROM pairs").await.unwrap());
+    // (1, 10, 10) before; (2, 20, 20) from the fresh rows of both sides; the old left row 2
+    // no longer met the right row 2.
+    assert_eq!(pairs.len(), 2, "{pairs:?}");
+    let explain = engine.sql("SHOW JOBS").await.unwrap();
+    let explain = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&explain)
+        .unwrap()
+        .to_string();
+    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
+    let state = state[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(state, 2, "the fresh rows of both sides are kept: {explain}");
+    engine.close().await;
+}

@@ -122,6 +122,7 @@ pub(crate) struct Join {
     /// Per side (left, right), when its rows stop matching as the other side's watermark
     /// passes their time.
     expiry: [Option<SideExpiry>; 2],
+    state_ttl_ms: Option<i64>,
 }
 
 /// When a side's rows can no longer match: an inner join over streams whose condition bounds
@@ -184,6 +185,7 @@ impl Join {
             right_count: 0,
             right_null_count: 0,
             expiry: [None, None],
+            state_ttl_ms: None,
         })
     }
 
@@ -197,6 +199,16 @@ impl Join {
         };
         rows.set_expiry(expiry.column);
         self.expiry[slot] = Some(expiry);
+        self
+    }
+
+    /// Forgets each side's rows once they have been kept for `ttl_ms` on the epochs' clock
+    /// (`table.exec.state.ttl`): a regular join over streams keeps bounded state, as in Flink,
+    /// at the price of missing matches with rows older than that.
+    pub(crate) fn with_state_ttl(mut self, ttl_ms: i64) -> Self {
+        self.left_rows.set_ttl(ttl_ms);
+        self.right_rows.set_ttl(ttl_ms);
+        self.state_ttl_ms = Some(ttl_ms);
         self
     }
 
@@ -613,6 +625,13 @@ impl Operator for Join {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
         let left = self.left.step(epoch)?;
         let right = self.right.step(epoch)?;
+        if self.state_ttl_ms.is_some()
+            && let Some(now) = epoch.time_ns()
+        {
+            let now = now.div_euclid(1_000_000);
+            self.left_rows.forget_old(now)?;
+            self.right_rows.forget_old(now)?;
+        }
         if left.is_empty() && right.is_empty() {
             self.expire(epoch)?;
             return Ok(Delta::empty(self.spec.schema.clone()));
@@ -659,10 +678,14 @@ impl Operator for Join {
 
     fn describe(&self) -> String {
         let expiries: Vec<&str> = self.expiry.iter().flatten().map(|e| e.display.as_str()).collect();
+        let ttl = match self.state_ttl_ms {
+            Some(ttl) => format!(" forgetting rows kept for {ttl} ms (table.exec.state.ttl)"),
+            None => String::new(),
+        };
         if expiries.is_empty() {
-            self.spec.display.clone()
+            format!("{}{ttl}", self.spec.display)
         } else {
-            format!("{} dropping rows {}", self.spec.display, expiries.join(" and "))
+            format!("{} dropping rows {}{ttl}", self.spec.display, expiries.join(" and "))
         }
     }
 

@@ -79,6 +79,8 @@ pub(super) struct Arrangement {
     /// With expiry: the column of a row's time, the newest time kept (ms), and the bound at
     /// which the next pass over the rows is due.
     expiry: Option<Expiry>,
+    /// With a state TTL: rows are forgotten once they have been kept that long.
+    ttl: Option<Ttl>,
 }
 
 /// Rows that can never match again, by time (see [`Arrangement::expire`]).
@@ -86,6 +88,18 @@ pub(super) struct Arrangement {
 struct Expiry {
     column: usize,
     newest: i64,
+    next_pass: i64,
+}
+
+/// Rows forgotten a time after they came (`table.exec.state.ttl`).
+#[derive(Debug, Clone)]
+struct Ttl {
+    ttl_ms: i64,
+    /// The time (ms) rows applied now come at.
+    now_ms: i64,
+    /// When each entry came (ms), by entry index.
+    born: Vec<i64>,
+    /// The time (ms) at which the next pass over the rows is due.
     next_pass: i64,
 }
 
@@ -102,7 +116,38 @@ impl Arrangement {
             live: 0,
             batch_bytes: 0,
             expiry: None,
+            ttl: None,
         })
+    }
+
+    /// Rows kept for longer than `ttl_ms` (by the times given to [`Arrangement::forget_old`])
+    /// are dropped.
+    pub(super) fn set_ttl(&mut self, ttl_ms: i64) {
+        self.ttl = Some(Ttl {
+            ttl_ms,
+            now_ms: i64::MIN,
+            born: vec![i64::MIN; self.entries.len()],
+            next_pass: i64::MIN,
+        });
+    }
+
+    /// Rows applied from now on come at `now_ms`; drops the rows that came more than the TTL
+    /// before it, in a pass over the rows at most every half TTL.
+    pub(super) fn forget_old(&mut self, now_ms: i64) -> Result<()> {
+        let Some(ttl) = &mut self.ttl else {
+            return Ok(());
+        };
+        ttl.now_ms = now_ms;
+        if now_ms < ttl.next_pass || self.live == 0 {
+            return Ok(());
+        }
+        ttl.next_pass = now_ms.saturating_add(ttl.ttl_ms / 2);
+        let horizon = now_ms.saturating_sub(ttl.ttl_ms);
+        let expired: Vec<bool> = ttl.born.iter().map(|&born| born <= horizon).collect();
+        if expired.iter().any(|&e| e) {
+            self.drop_marked(&expired);
+        }
+        self.collect_garbage()
     }
 
     /// Rows whose time (column `column`) falls below a bound given to [`Arrangement::expire`]
@@ -146,44 +191,49 @@ impl Arrangement {
             }
         }
         if any {
-            let entries = &mut self.entries;
-            let mut dropped = 0;
-            self.chains.retain(|chain| {
-                let (mut head, mut len, mut negatives, mut weight) = (NIL, 0, 0, 0);
-                let mut kept = Vec::new();
-                let mut next = chain.head;
-                while let Some(entry) = entries.get(next as usize) {
-                    if expired[next as usize] {
-                        dropped += 1;
-                    } else {
-                        kept.push(next);
-                    }
-                    next = entry.next;
-                }
-                for &member in kept.iter().rev() {
-                    let entry = &mut entries[member as usize];
-                    entry.next = head;
-                    head = member;
-                    len += 1;
-                    weight += entry.weight;
-                    negatives += u32::from(entry.weight < 0);
-                }
-                *chain = Chain {
-                    head,
-                    len,
-                    negatives,
-                    weight,
-                    due: false,
-                };
-                len > 0
-            });
-            self.live -= dropped;
+            self.drop_marked(&expired);
         }
         let newest = expiry.newest.max(bound);
         if let Some(expiry) = &mut self.expiry {
             expiry.next_pass = bound.saturating_add(newest.saturating_sub(bound) / 2);
         }
         self.collect_garbage()
+    }
+
+    /// Takes the entries marked in `expired` (by index) out of their chains.
+    fn drop_marked(&mut self, expired: &[bool]) {
+        let entries = &mut self.entries;
+        let mut dropped = 0;
+        self.chains.retain(|chain| {
+            let (mut head, mut len, mut negatives, mut weight) = (NIL, 0, 0, 0);
+            let mut kept = Vec::new();
+            let mut next = chain.head;
+            while let Some(entry) = entries.get(next as usize) {
+                if expired[next as usize] {
+                    dropped += 1;
+                } else {
+                    kept.push(next);
+                }
+                next = entry.next;
+            }
+            for &member in kept.iter().rev() {
+                let entry = &mut entries[member as usize];
+                entry.next = head;
+                head = member;
+                len += 1;
+                weight += entry.weight;
+                negatives += u32::from(entry.weight < 0);
+            }
+            *chain = Chain {
+                head,
+                len,
+                negatives,
+                weight,
+                due: false,
+            };
+            len > 0
+        });
+        self.live -= dropped;
     }
 
     /// One column of the rows with global numbers `rows`.
@@ -296,6 +346,9 @@ impl Arrangement {
                 weight,
                 next: chain.head,
             });
+            if let Some(ttl) = &mut self.ttl {
+                ttl.born.push(ttl.now_ms);
+            }
             chain.head = index;
             chain.len += 1;
             chain.weight += weight;
@@ -416,6 +469,7 @@ impl Arrangement {
         }
         let mut entries = Vec::with_capacity(self.live as usize);
         let mut rows = Vec::with_capacity(self.live as usize);
+        let mut born = Vec::new();
         for chain in self.chains.values_mut() {
             let mut next = chain.head;
             let mut previous = NIL;
@@ -432,6 +486,9 @@ impl Arrangement {
                     weight: entry.weight,
                     next: NIL,
                 });
+                if let Some(ttl) = &self.ttl {
+                    born.push(ttl.born.get(next as usize).copied().unwrap_or(i64::MIN));
+                }
                 rows.push(entry.row);
                 previous = index;
                 next = entry.next;
@@ -456,6 +513,9 @@ impl Arrangement {
         self.stored = rows.len() as u64;
         self.entries = entries;
         self.live = self.entries.len() as u64;
+        if let Some(ttl) = &mut self.ttl {
+            ttl.born = born;
+        }
         Ok(())
     }
 }
