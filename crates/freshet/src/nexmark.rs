@@ -1,6 +1,7 @@
 //! The Nexmark benchmark's tables as Flink users declare them (nexmark-flink's `ddl_gen.sql` and
-//! `ddl_views.sql`), and an export of the generator's events as JSON lines, so that other
-//! engines can be run on identical input.
+//! `ddl_views.sql`), its queries q0–q22 as Flink SQL jobs into blackhole sinks (`QUERIES`, the
+//! files in `crates/freshet/nexmark/`), and an export of the generator's events as JSON lines,
+//! so that other engines can be run on identical input.
 
 use crate::{Engine, Result};
 
@@ -13,6 +14,78 @@ pub const AUCTION_COLUMNS: &str = "id BIGINT, itemName VARCHAR, description VARC
 /// The columns of the `bid` view.
 pub const BID_COLUMNS: &str = "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, \
      `dateTime` TIMESTAMP(3), extra VARCHAR";
+
+/// A Nexmark query: its name (`q0` … `q22`) and its Flink SQL, a `CREATE TABLE nexmark_<name>`
+/// sink with `'connector' = 'blackhole'` and an `INSERT INTO nexmark_<name> SELECT ...` over the
+/// views `person`, `auction` and `bid`.
+#[derive(Debug, Clone, Copy)]
+pub struct Query {
+    pub name: &'static str,
+    pub sql: &'static str,
+    /// Why Freshet cannot run it yet, when it cannot.
+    pub unsupported: Option<&'static str>,
+}
+
+impl Query {
+    /// The query's `SELECT ...`: what follows its `INSERT INTO nexmark_<name>`.
+    pub fn select(&self) -> &'static str {
+        let insert = format!("INSERT INTO nexmark_{}", self.name);
+        self.sql
+            .find(&insert)
+            .map_or(self.sql, |at| &self.sql[at + insert.len()..])
+            .trim()
+            .trim_end_matches(';')
+    }
+}
+
+macro_rules! query {
+    ($name:literal) => {
+        query!($name, None)
+    };
+    ($name:literal, $unsupported:expr) => {
+        Query {
+            name: $name,
+            sql: include_str!(concat!("../nexmark/", $name, ".sql")),
+            unsupported: $unsupported,
+        }
+    };
+}
+
+/// Nexmark's queries q0–q22, as nexmark-flink defines what they compute.
+pub const QUERIES: &[Query] = &[
+    query!("q0"),
+    query!("q1"),
+    query!("q2"),
+    query!("q3"),
+    query!("q4"),
+    query!("q5"),
+    query!("q6"),
+    query!("q7"),
+    query!("q8"),
+    query!("q9"),
+    query!("q10"),
+    query!("q11"),
+    query!(
+        "q12",
+        Some("windows over processing time (PROCTIME()) are not supported: only event-time windows are")
+    ),
+    query!(
+        "q13",
+        Some("lookup joins (FOR SYSTEM_TIME AS OF a processing time) against a side-input file are not supported")
+    ),
+    query!(
+        "q14",
+        Some("it calls count_char, a user-defined function of nexmark-flink's (and Flink's HOUR)")
+    ),
+    query!("q15"),
+    query!("q16"),
+    query!("q17"),
+    query!("q18"),
+    query!("q19"),
+    query!("q20"),
+    query!("q21"),
+    query!("q22"),
+];
 
 /// `CREATE TABLE <table> (...) WITH ('connector' = 'nexmark', <options>)`: one generator table
 /// with `event_type`, the three ROW columns, the computed `dateTime` and its watermark.
@@ -48,6 +121,24 @@ pub fn views_ddl(table: &str) -> [String; 3] {
              bid.extra FROM {table} WHERE event_type = 2"
         ),
     ]
+}
+
+/// `CREATE TABLE person|auction|bid (...) WITH ('connector' = 'filesystem', ...)`: the JSON-lines
+/// files [`export_json_lines`] writes under `dir`, with the views' columns and the generator's
+/// watermark (`dateTime` less 4 seconds).
+pub fn files_ddl(dir: &std::path::Path) -> [String; 3] {
+    [
+        ("person", PERSON_COLUMNS),
+        ("auction", AUCTION_COLUMNS),
+        ("bid", BID_COLUMNS),
+    ]
+    .map(|(kind, columns)| {
+        format!(
+            "CREATE TABLE {kind} ({columns}, WATERMARK FOR `dateTime` AS `dateTime` - INTERVAL '4' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+            dir.join(kind).display().to_string().replace('\'', "''")
+        )
+    })
 }
 
 /// Writes the events of a Nexmark generator with `options` (nexmark-flink's option names, and

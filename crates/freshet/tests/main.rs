@@ -7,6 +7,7 @@ mod api;
 mod floats;
 mod incremental;
 mod materialized;
+mod nexmark;
 mod properties;
 mod random_schemas;
 mod slt;
