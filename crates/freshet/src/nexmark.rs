@@ -20,7 +20,9 @@ pub const BID_COLUMNS: &str = "auction BIGINT, bidder BIGINT, price BIGINT, chan
 /// views `person`, `auction` and `bid`.
 #[derive(Debug, Clone, Copy)]
 pub struct Query {
+    /// `q0` … `q22`.
     pub name: &'static str,
+    /// The sink's `CREATE TABLE` and the `INSERT INTO`, as a Flink user writes them.
     pub sql: &'static str,
     /// Why Freshet cannot run it yet, when it cannot.
     pub unsupported: Option<&'static str>,
