@@ -1,0 +1,155 @@
+//! The Nexmark benchmark: nexmark-flink's queries (`freshet::nexmark::QUERIES`), each an
+//! `INSERT INTO <blackhole> SELECT ...` job run to the end of a bounded input, on a fresh engine.
+//!
+//! Options (environment variables):
+//! - `EVENTS`: Nexmark events, persons, auctions and bids together (default 1,000,000);
+//! - `RATE`: events per second of event time (default 10,000,000, Nexmark's standard; windowed
+//!   queries want a lower rate, such as 10,000, to cover more than a few windows);
+//! - `QUERIES`: the queries to run, by name, comma-separated (default: every one Freshet runs);
+//! - `SOURCE`: `generator` (the `nexmark` connector and nexmark-flink's views, default) or
+//!   `files` (three JSON-lines `filesystem` tables written once by Freshet's export);
+//! - `PARALLELISM`: the engine's target partitions (default: the cores);
+//! - `RUNS`: runs per query, the median reported (default 1).
+//!
+//! Each row: events per second of wall time, per CPU-second (process user + system time: per
+//! core), the CPU time, the process's peak resident memory during the run, and the job's peak
+//! operator state (entries and bytes). Queries Freshet does not run are listed with the reason.
+//!
+//! Run: `cargo bench -p freshet --bench nexmark`. Prints what it measured, the machine and the
+//! commit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use freshet::Engine;
+use freshet::nexmark::QUERIES;
+use support::{commit, cpu_time, env_usize, machine, median};
+
+/// The process's peak resident memory (bytes) since the last reset.
+fn peak_memory() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts measuring the peak resident memory anew (Linux: writing 5 to `clear_refs`).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / f64::from(1 << 30))
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+fn main() {
+    let events = env_usize("EVENTS", 1_000_000);
+    let rate = env_usize("RATE", 10_000_000);
+    let runs = env_usize("RUNS", 1).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallelism = env_usize("PARALLELISM", cores).max(1);
+    let source = std::env::var("SOURCE").unwrap_or_else(|_| "generator".into());
+    let wanted: Option<Vec<String>> = std::env::var("QUERIES")
+        .ok()
+        .map(|q| q.split(',').map(|s| s.trim().to_lowercase()).collect());
+    let options = [
+        ("events.num", events.to_string()),
+        ("first-event.rate", rate.to_string()),
+        ("next-event.rate", rate.to_string()),
+        ("event.base-time", "2015-07-15 00:00:00".to_string()),
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("machine: {}; commit: {}", machine(), commit());
+    println!(
+        "{events} Nexmark events at {rate} events/s of event time, source {source}, parallelism {parallelism}; \
+         median of {runs} run(s)"
+    );
+    runtime.block_on(async {
+        let root = tempfile::tempdir().unwrap();
+        let files = root.path().join("files");
+        if source == "files" {
+            freshet::nexmark::export_json_lines(&options, &files).await.unwrap();
+        }
+        let tables: Vec<String> = if source == "files" {
+            freshet::nexmark::files_ddl(&files).to_vec()
+        } else {
+            let mut tables = vec![freshet::nexmark::generator_ddl("datagen", &options)];
+            tables.extend(freshet::nexmark::views_ddl("datagen"));
+            tables
+        };
+        println!("| query | events/s | events/s per CPU-second | CPU time | peak memory | peak state entries | peak state bytes |");
+        println!("|---|---|---|---|---|---|---|");
+        let mut skipped = Vec::new();
+        for query in QUERIES {
+            if wanted.as_ref().is_some_and(|w| !w.iter().any(|n| n == query.name)) {
+                continue;
+            }
+            if let Some(reason) = query.unsupported {
+                skipped.push(format!("{}: {reason}", query.name));
+                continue;
+            }
+            let mut walls = Vec::new();
+            let mut cpus: Vec<Duration> = Vec::new();
+            let mut measures = Vec::new();
+            for _ in 0..runs {
+                let dir = root.path().join("run");
+                let _ = std::fs::remove_dir_all(&dir);
+                let engine = Engine::builder()
+                    .location(dir.display().to_string())
+                    .target_partitions(parallelism)
+                    .open()
+                    .await
+                    .unwrap();
+                for table in &tables {
+                    engine.sql(table).await.unwrap();
+                }
+                engine.sql("SET 'table.dml-sync' = 'true'").await.unwrap();
+                reset_peak_memory();
+                let cpu = cpu_time();
+                let start = Instant::now();
+                for statement in query.sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+                    engine
+                        .sql(statement)
+                        .await
+                        .unwrap_or_else(|e| panic!("{}: {e}", query.name));
+                }
+                walls.push(start.elapsed());
+                cpus.push(cpu_time().saturating_sub(cpu));
+                let job = engine.jobs().pop().unwrap();
+                measures.push((peak_memory(), job.peak_state_rows, job.peak_state_bytes));
+                engine.close().await;
+            }
+            let (wall, cpu) = (median(walls), median(cpus));
+            measures.sort();
+            let (memory, rows, bytes) = measures[measures.len() / 2];
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2} s | {} | {} | {} |",
+                query.name,
+                events as f64 / wall.as_secs_f64(),
+                events as f64 / cpu.as_secs_f64().max(1e-9),
+                cpu.as_secs_f64(),
+                human(memory),
+                rows,
+                human(bytes)
+            );
+        }
+        for line in skipped {
+            println!("not run: {line}");
+        }
+    });
+}
