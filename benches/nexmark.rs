@@ -12,8 +12,8 @@
 //! - `RUNS`: runs per query, the median reported (default 1).
 //!
 //! Each row: events per second of wall time, per CPU-second (process user + system time: per
-//! core), the CPU time, the process's peak resident memory during the run, and the job's peak
-//! operator state (entries and bytes). Queries Freshet does not run are listed with the reason.
+//! core), the CPU time, the process's peak resident memory during the run (sampled every
+//! 10 ms), and the job's peak operator state (entries and bytes). Queries Freshet does not run are listed with the reason.
 //!
 //! Run: `cargo bench -p freshet --bench nexmark`. Prints what it measured, the machine and the
 //! commit.
@@ -29,19 +29,44 @@ use freshet::Engine;
 use freshet::nexmark::QUERIES;
 use support::{commit, cpu_time, env_usize, machine, median};
 
-/// The process's peak resident memory (bytes) since the last reset.
-fn peak_memory() -> u64 {
+/// The process's resident memory (bytes).
+fn resident_memory() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Starts measuring the peak resident memory anew (Linux: writing 5 to `clear_refs`).
-fn reset_peak_memory() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// Samples the resident memory every 10 ms until dropped; `peak` is the most seen.
+struct MemorySampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl MemorySampler {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = resident_memory();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                peak = peak.max(resident_memory());
+            }
+            peak
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn peak(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
 }
 
 fn human(bytes: u64) -> String {
@@ -119,7 +144,7 @@ fn main() {
                     engine.sql(table).await.unwrap();
                 }
                 engine.sql("SET 'table.dml-sync' = 'true'").await.unwrap();
-                reset_peak_memory();
+                let memory = MemorySampler::start();
                 let cpu = cpu_time();
                 let start = Instant::now();
                 for statement in query.sql.split(";\n").filter(|s| !s.trim().is_empty()) {
@@ -131,7 +156,7 @@ fn main() {
                 walls.push(start.elapsed());
                 cpus.push(cpu_time().saturating_sub(cpu));
                 let job = engine.jobs().pop().unwrap();
-                measures.push((peak_memory(), job.peak_state_rows, job.peak_state_bytes));
+                measures.push((memory.peak(), job.peak_state_rows, job.peak_state_bytes));
                 engine.close().await;
             }
             let (wall, cpu) = (median(walls), median(cpus));
