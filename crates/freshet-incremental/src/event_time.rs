@@ -327,22 +327,73 @@ fn allowed_lateness(sources: &[String], event_times: &EventTimes) -> Option<i64>
         .try_fold(0, |most, s| Some(most.max(event_times.get(s)?.allowed_lateness_ms?)))
 }
 
-/// How each side of an inner (or semi) join over streams stops matching (left, right): by equal window
-/// ends (a window join), or by a condition bounding its time from below by the other side's
-/// event time (an interval join: `a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`). The
-/// other side's future rows are no older than its watermark less its lateness, so a row
-/// below that bound (plus the interval) can never match again.
+/// How each side of a join over streams is dropped from its state (left, right).
+///
+/// In an inner (or semi) join a row is dropped once it can never match again (see
+/// [`matching_expiries`]). An outer join must also keep answering whether a row it preserves
+/// has a match, whenever a change at its key asks again: a preserved row is dropped once it
+/// can never gain a match (its result is then final, and the inputs only append, so it never
+/// loses one), and the other side's rows are kept until every preserved row they can have
+/// matched is final — their bound widened by the preserved side's interval. Both sides of a
+/// full join are preserved, so both are kept that long.
 pub(crate) fn join_expiries(
     join: &datafusion::logical_expr::logical_plan::Join,
     resolve: SourceResolver<'_>,
     event_times: &EventTimes,
 ) -> [Option<crate::operator::SideExpiry>; 2] {
+    use datafusion::logical_expr::JoinType;
+    let preserved = match join.join_type {
+        JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => [false, false],
+        JoinType::Left => [true, false],
+        JoinType::Right => [false, true],
+        JoinType::Full => [true, true],
+        _ => return [None, None],
+    };
+    let Some(([left, right], lateness)) = matching_expiries(join, resolve, event_times) else {
+        return [None, None];
+    };
+    if preserved == [false, false] {
+        return [left, right];
+    }
+    match (left, right) {
+        (Some(left), Some(right)) => {
+            let both = left.offset_ms.saturating_add(right.offset_ms).saturating_sub(lateness);
+            let widen = |mut expiry: crate::operator::SideExpiry| {
+                expiry.offset_ms = both;
+                expiry.display = format!("{} once the rows they matched are final", expiry.display);
+                expiry
+            };
+            // A preserved side alone (left or right join) drops its rows once final; the
+            // other waits for them.
+            match preserved {
+                [true, false] => [Some(left), Some(widen(right))],
+                [false, true] => [Some(widen(left)), Some(right)],
+                _ => [Some(widen(left)), Some(widen(right))],
+            }
+        }
+        // Only the preserved side is bounded: its rows go once final, the other side's stay.
+        (Some(left), None) if preserved == [true, false] => [Some(left), None],
+        (None, Some(right)) if preserved == [false, true] => [None, Some(right)],
+        _ => [None, None],
+    }
+}
+
+/// How each side of a join over streams stops matching (left, right), and the lateness
+/// allowed: by equal window ends (a window join), or by a condition bounding its time from
+/// below by the other side's event time (an interval join: `a.ts BETWEEN b.ts - INTERVAL '10'
+/// SECOND AND b.ts`). The other side's future rows are no older than its watermark less its
+/// lateness, so a row below that bound (plus the interval) can never match again. `None`
+/// when the inputs may change other than by appending rows.
+fn matching_expiries(
+    join: &datafusion::logical_expr::logical_plan::Join,
+    resolve: SourceResolver<'_>,
+    event_times: &EventTimes,
+) -> Option<([Option<crate::operator::SideExpiry>; 2], i64)> {
     let mut expiries = [None, None];
-    if !inserts_only(join.join_type)
-        || !closes_only_open_windows(&join.left, resolve, event_times)
+    if !closes_only_open_windows(&join.left, resolve, event_times)
         || !closes_only_open_windows(&join.right, resolve, event_times)
     {
-        return expiries;
+        return None;
     }
     let inputs = [join.left.as_ref(), join.right.as_ref()];
     // Both sides' sources: a row may also still be retracted by its own side (an aggregate
@@ -352,9 +403,7 @@ pub(crate) fn join_expiries(
     all.extend(scanned(&join.right, resolve));
     all.sort();
     all.dedup();
-    let Some(lateness) = allowed_lateness(&all, event_times) else {
-        return expiries;
-    };
+    let lateness = allowed_lateness(&all, event_times)?;
     let column_of = |side: usize, expr: &Expr| -> Option<usize> {
         let Expr::Column(column) = unalias(expr) else {
             return None;
@@ -392,7 +441,7 @@ pub(crate) fn join_expiries(
     }
     // Interval join: `x >= y + k` (or `>`, or written the other way round).
     let Some(filter) = &join.filter else {
-        return expiries;
+        return Some((expiries, lateness));
     };
     let operand = |expr: &Expr| -> Option<(usize, usize, i64)> {
         let (column, plus) = match unalias(expr) {
@@ -435,7 +484,7 @@ pub(crate) fn join_expiries(
             bound(hs, hc, lplus - hplus, format!("by {conjunct}"));
         }
     }
-    expiries
+    Some((expiries, lateness))
 }
 
 /// Joins whose output only grows while their inputs do (an inner join's pairs, a semi join's

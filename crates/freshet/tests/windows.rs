@@ -331,7 +331,8 @@ async fn a_job_writes_each_window_once_when_it_closes() {
 
 /// Two streams joined on a key and an interval of their times: rows the other stream's
 /// watermark has left behind by more than the interval leave the join's state, and the table
-/// equals the join evaluated in batch; a window join over the same streams likewise.
+/// equals the join evaluated in batch; a window join and a left interval join (whose
+/// unmatched rows are padded) over the same streams likewise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
     let dir = tempfile::tempdir().unwrap();
@@ -350,6 +351,8 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
     }
     let interval = "SELECT a.k, a.ts AS a_ts, b.ts AS b_ts FROM a JOIN b ON a.k = b.k \
                     AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts";
+    let left = "SELECT a.k, a.ts AS a_ts, b.ts AS b_ts FROM a LEFT JOIN b ON a.k = b.k \
+                AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '300' MILLISECOND";
     let windows = "SELECT x.k, x.window_start, x.n AS a_rows, y.n AS b_rows FROM \
           (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE a, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
            GROUP BY k, window_start, window_end) x \
@@ -357,7 +360,11 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
           (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE b, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
            GROUP BY k, window_start, window_end) y \
         ON x.k = y.k AND x.window_start = y.window_start AND x.window_end = y.window_end";
-    for (name, query) in [("interval_join", interval), ("window_join", windows)] {
+    for (name, query) in [
+        ("interval_join", interval),
+        ("window_join", windows),
+        ("left_join", left),
+    ] {
         engine
             .sql(&format!(
                 "CREATE MATERIALIZED TABLE {name} FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL AS {query}"
@@ -365,7 +372,7 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
             .await
             .unwrap();
     }
-    let mut most = [0, 0];
+    let mut most = [0, 0, 0];
     for second in 0..30i64 {
         for (name, shift) in [("a", 0), ("b", 400)] {
             let lines: String = (0..8i64)
@@ -376,9 +383,13 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
                 .collect();
             std::fs::write(dir.path().join(name).join(format!("part-{second:03}.json")), lines).unwrap();
         }
-        for (n, (name, query)) in [("interval_join", interval), ("window_join", windows)]
-            .into_iter()
-            .enumerate()
+        for (n, (name, query)) in [
+            ("interval_join", interval),
+            ("window_join", windows),
+            ("left_join", left),
+        ]
+        .into_iter()
+        .enumerate()
         {
             engine
                 .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
@@ -396,6 +407,8 @@ async fn interval_and_window_joins_forget_rows_that_can_no_longer_match() {
     // open windows' groups and rows.
     assert!(most[0] > 0 && most[0] <= 80, "interval join state {most:?}");
     assert!(most[1] > 0 && most[1] <= 60, "window join state {most:?}");
+    // The left join keeps about the same as the inner one (its right rows a little longer).
+    assert!(most[2] > 0 && most[2] <= 100, "left interval join state {most:?}");
     let explain = engine.sql("EXPLAIN MATERIALIZED TABLE interval_join").await.unwrap();
     let explain = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&explain)
         .unwrap()
@@ -467,6 +480,12 @@ proptest! {
                   GROUP BY window_start, window_end"),
                 ("nested", "SELECT window_end, max(n) AS busiest FROM (SELECT k, window_end, count(*) AS n \
                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_end) GROUP BY window_end"),
+                // Outer interval joins (a self join): preserved rows go once final, the others
+                // once every row they matched is.
+                ("left_interval", "SELECT a.k, a.ts AS a_ts, a.v, b.ts AS b_ts FROM ev a LEFT JOIN ev b \
+                  ON a.k = b.k AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '400' MILLISECOND AND b.v > a.v"),
+                ("full_interval", "SELECT a.ts AS a_ts, b.ts AS b_ts FROM ev a FULL JOIN ev b \
+                  ON a.k = b.k AND a.v = b.v + 1 AND b.ts BETWEEN a.ts - INTERVAL '300' MILLISECOND AND a.ts"),
                 ("window_top", "SELECT window_start, k, v FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY \
                   window_start, window_end ORDER BY v DESC, k) AS rn FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), \
                   INTERVAL '1' SECOND))) WHERE rn <= 2"),
@@ -629,5 +648,55 @@ async fn a_job_writes_over_rows_once_the_watermark_passes_them() {
     );
     assert_eq!(written, expected);
     assert_eq!(written.len(), 7 * 6 - 1);
+    engine.close().await;
+}
+
+/// A left interval join whose right row has left the matching bound while the left row it
+/// matched can still gain matches, and then gains one: the table equals the join in batch at
+/// every step (the right row stays until the left one is final).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outer_interval_join_keeps_the_rows_its_open_rows_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_in(dir.path()).await;
+    for name in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        engine
+            .sql(&format!(
+                "CREATE TABLE {name} (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) \
+                 WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+                dir.path().join(name).display()
+            ))
+            .await
+            .unwrap();
+    }
+    let query = "SELECT a.k, a.ts AS a_ts, b.ts AS b_ts FROM a LEFT JOIN b ON a.k = b.k \
+                 AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '300' MILLISECOND";
+    engine
+        .sql(&format!(
+            "CREATE MATERIALIZED TABLE joined FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL AS {query}"
+        ))
+        .await
+        .unwrap();
+    // (file, [(table, key, ms)]): the left row at 1.000 s matches the right one at 1.100 s; the
+    // watermarks reach 1.200 s (the right row can match no future left row, the left row can
+    // still match right rows up to 1.300 s); a right row at 1.250 s matches it again.
+    let steps: [&[(&str, i64, i64)]; 3] = [
+        &[("a", 1, 1000), ("b", 1, 1100)],
+        &[("a", 2, 1200), ("b", 2, 1200)],
+        &[("b", 1, 1250)],
+    ];
+    for (i, rows) in steps.iter().enumerate() {
+        for (table, key, ms) in rows.iter() {
+            std::fs::write(
+                dir.path().join(table).join(format!("part-{i}-{key}.json")),
+                format!("{{\"k\": {key}, \"ts\": \"{}\"}}\n", at(*ms)),
+            )
+            .unwrap();
+        }
+        engine.sql("ALTER MATERIALIZED TABLE joined REFRESH").await.unwrap();
+        let maintained = crate::incremental::multiset(&engine.sql("SELECT * FROM joined").await.unwrap());
+        let expected = crate::incremental::multiset(&engine.sql(query).await.unwrap());
+        assert_eq!(maintained, expected, "after step {i}");
+    }
     engine.close().await;
 }
