@@ -2,6 +2,7 @@
 //! of its output, keeping whatever state that needs.
 
 mod aggregate;
+mod idle;
 mod join;
 mod map;
 mod over;

@@ -481,7 +481,10 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
     let closing =
         crate::event_time::window_closing(&window.input, &function.params.partition_by, cx.resolve, cx.event_times);
     let operator: Box<dyn Operator> = match closing {
-        None => Box::new(top),
+        None => match cx.state_ttl_ms {
+            Some(ttl) => Box::new(top.with_state_ttl(ttl)),
+            None => Box::new(top),
+        },
         Some(closing) => {
             let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
             let top = Box::new(top.with_window_closing(closing));

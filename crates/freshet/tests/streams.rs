@@ -465,3 +465,56 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
     assert_eq!(state, 2, "the fresh rows of both sides are kept: {explain}");
     engine.close().await;
 }
+
+/// `SET 'table.exec.state.ttl'` bounds a job's top-N per group too (Nexmark q19's shape): the
+/// groups idle for longer are forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = Engine::builder()
+        .location(dir.path().join("data").display().to_string())
+        .clock(std::sync::Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap();
+    monitored_source(&engine, &input).await;
+    engine
+        .sql("CREATE TABLE best (id BIGINT, v BIGINT, rn BIGINT, PRIMARY KEY (id, rn))")
+        .await
+        .unwrap();
+    engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    engine
+        .sql(
+            "INSERT INTO best SELECT * FROM (SELECT id, v, ROW_NUMBER() OVER (PARTITION BY id ORDER BY v DESC) AS rn \
+             FROM s) WHERE rn <= 2",
+        )
+        .await
+        .unwrap();
+    let job = engine.job(&engine.jobs()[0].id).unwrap();
+    let read = |n: u64| {
+        let mut info = job.subscribe();
+        async move {
+            info.wait_for(|i| i.rows_in >= n).await.unwrap();
+        }
+    };
+    place(&input, "a.json", &lines(1, 3));
+    read(2).await;
+    clock.advance(std::time::Duration::from_secs(2 * 3600));
+    place(&input, "b.json", &lines(3, 4));
+    read(3).await;
+    place(&input, "c.json", &lines(1, 2));
+    read(4).await;
+    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
+    let state = state[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0);
+    // Groups 3 and 1 (started anew, one row) are kept; group 2 was forgotten.
+    assert_eq!(state, 2);
+    engine.close().await;
+}

@@ -84,6 +84,8 @@ pub(crate) struct Over {
     bytes: u64,
     /// The watermark up to which rows were forgotten.
     expired_to: Option<i64>,
+    /// With `table.exec.state.ttl`: partitions forgotten once idle for that long.
+    idle: Option<super::idle::IdleGroups>,
 }
 
 impl Over {
@@ -98,7 +100,34 @@ impl Over {
             rows: 0,
             bytes: 0,
             expired_to: None,
+            idle: None,
         })
+    }
+
+    /// Forgets the partitions no change has touched for `ttl_ms` on the epochs' clock
+    /// (`table.exec.state.ttl`): a later row of such a partition starts it anew, as in Flink.
+    pub(crate) fn with_state_ttl(mut self, ttl_ms: i64) -> Self {
+        self.idle = Some(super::idle::IdleGroups::new(ttl_ms));
+        self
+    }
+
+    /// Notes the touched partitions' time and forgets those idle past the TTL.
+    fn forget_idle(&mut self, epoch: &Epoch, touched: &[(RowKey, RowKey)]) {
+        let (Some(idle), Some(now)) = (&mut self.idle, epoch.time_ns()) else {
+            return;
+        };
+        let now = now.div_euclid(1_000_000);
+        for (partition, _) in touched {
+            idle.touch(partition, now);
+        }
+        for partition in idle.expired(now) {
+            if let Some(ordered) = self.partitions.remove(&partition) {
+                for (key, _) in ordered {
+                    self.rows -= 1;
+                    self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
+                }
+            }
+        }
     }
 
     /// The output rows of the touched partitions whose values may have changed, with `weight`:
@@ -238,6 +267,7 @@ impl Operator for Over {
         let delta = self.input.step(epoch)?;
         if delta.is_empty() {
             self.expire(epoch)?;
+            self.forget_idle(epoch, &[]);
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
         let evaluate = |exprs: &mut dyn Iterator<Item = &Compiled>| {
@@ -280,6 +310,7 @@ impl Operator for Over {
         }
         let after = self.evaluate(&touched, 1)?;
         self.expire(epoch)?;
+        self.forget_idle(epoch, &touched);
         Delta::concat(&self.spec.schema, &[before, after])
     }
 
@@ -288,7 +319,14 @@ impl Operator for Over {
     }
 
     fn describe(&self) -> String {
-        self.spec.display.clone()
+        match &self.idle {
+            Some(idle) => format!(
+                "{} forgetting partitions idle for {} ms (table.exec.state.ttl)",
+                self.spec.display,
+                idle.ttl_ms()
+            ),
+            None => self.spec.display.clone(),
+        }
     }
 
     fn state_kind(&self) -> &'static str {

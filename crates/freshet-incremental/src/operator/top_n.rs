@@ -74,6 +74,8 @@ pub(crate) struct TopN {
     /// Windows ending at or before this (ms) are closed: their rows are dropped and counted.
     closed_up_to: Option<i64>,
     late_rows: u64,
+    /// With `table.exec.state.ttl`: groups forgotten once idle for that long.
+    idle: Option<super::idle::IdleGroups>,
 }
 
 impl TopN {
@@ -91,7 +93,34 @@ impl TopN {
             ends: std::collections::BTreeSet::new(),
             closed_up_to: None,
             late_rows: 0,
+            idle: None,
         })
+    }
+
+    /// Forgets the groups no change has touched for `ttl_ms` on the epochs' clock
+    /// (`table.exec.state.ttl`): a later row of such a group starts it anew, as in Flink.
+    pub(crate) fn with_state_ttl(mut self, ttl_ms: i64) -> Self {
+        self.idle = Some(super::idle::IdleGroups::new(ttl_ms));
+        self
+    }
+
+    /// Notes the touched groups' time and forgets the groups idle past the TTL.
+    fn forget_idle(&mut self, epoch: &Epoch, touched: &[RowKey]) {
+        let (Some(idle), Some(now)) = (&mut self.idle, epoch.time_ns()) else {
+            return;
+        };
+        let now = now.div_euclid(1_000_000);
+        for group in touched {
+            idle.touch(group, now);
+        }
+        for group in idle.expired(now) {
+            if let Some(ranked) = self.groups.remove(&group) {
+                for (key, _) in ranked {
+                    self.rows -= 1;
+                    self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
+                }
+            }
+        }
     }
 
     /// Forgets the groups of windows (partition column `closing.column`) that the watermark
@@ -178,10 +207,10 @@ impl TopN {
 }
 
 impl TopN {
-    /// The output changes for the input's changes.
-    fn changes(&mut self, delta: Delta) -> Result<Delta> {
+    /// The output changes for the input's changes, and the groups they touched.
+    fn changes(&mut self, delta: Delta) -> Result<(Delta, Vec<RowKey>)> {
         if delta.is_empty() {
-            return Ok(Delta::empty(self.spec.schema.clone()));
+            return Ok((Delta::empty(self.spec.schema.clone()), Vec::new()));
         }
         let partition_columns = self
             .spec
@@ -191,7 +220,7 @@ impl TopN {
             .collect::<Result<Vec<_>>>()?;
         let delta = self.drop_closed(delta, &partition_columns)?;
         if delta.is_empty() {
-            return Ok(Delta::empty(self.spec.schema.clone()));
+            return Ok((Delta::empty(self.spec.schema.clone()), Vec::new()));
         }
         let evaluate = |exprs: &mut dyn Iterator<Item = &Compiled>| {
             exprs.map(|e| e.evaluate(&delta.data)).collect::<Result<Vec<_>>>()
@@ -242,15 +271,16 @@ impl TopN {
             self.top(group, &mut after);
         }
         let inserted = self.emit(&after, 1)?;
-        Delta::concat(&self.spec.schema, &[retracted, inserted])
+        Ok((Delta::concat(&self.spec.schema, &[retracted, inserted])?, touched))
     }
 }
 
 impl Operator for TopN {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
         let delta = self.input.step(epoch)?;
-        let output = self.changes(delta)?;
+        let (output, touched) = self.changes(delta)?;
         self.close_windows(epoch);
+        self.forget_idle(epoch, &touched);
         Ok(output)
     }
 
@@ -274,7 +304,14 @@ impl Operator for TopN {
                     n => format!(" ({n} rows for closed windows dropped)"),
                 }
             ),
-            None => self.spec.display.clone(),
+            None => match &self.idle {
+                Some(idle) => format!(
+                    "{} forgetting groups idle for {} ms (table.exec.state.ttl)",
+                    self.spec.display,
+                    idle.ttl_ms()
+                ),
+                None => self.spec.display.clone(),
+            },
         }
     }
 

@@ -99,7 +99,8 @@ pub(super) fn window(window: &Window, cx: &mut Context<'_>) -> Result<Box<dyn Op
         order_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
     );
     let schema = arrow_schema(&window.schema);
-    let operator: Box<dyn Operator> = Box::new(Over::new(
+    let no_expiry = expiry.is_none();
+    let over = Over::new(
         input,
         OverSpec {
             partition,
@@ -112,7 +113,12 @@ pub(super) fn window(window: &Window, cx: &mut Context<'_>) -> Result<Box<dyn Op
             schema: schema.clone(),
             display,
         },
-    )?);
+    )?;
+    // Over a stream that no watermark bounds here, the state TTL (if set) bounds it.
+    let operator: Box<dyn Operator> = match cx.state_ttl_ms {
+        Some(ttl) if no_expiry => Box::new(over.with_state_ttl(ttl)),
+        _ => Box::new(over),
+    };
     // A job emits a row once the watermark has passed its time: no row to come is ordered
     // before it or among its peers.
     match (closing, cx.emit_on_close && backward) {
