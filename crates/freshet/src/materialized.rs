@@ -71,6 +71,12 @@ pub struct RefreshAttempt {
     pub corrected_rows: Option<u64>,
     /// The error of a failed refresh, or why a refresh was skipped.
     pub detail: Option<String>,
+    /// For a committed refresh over sources with an event time: the watermark of the input
+    /// versions it reflects (the least over them; `i64::MAX` once they all ended).
+    pub watermark_ms: Option<i64>,
+    /// For a committed refresh over sources with an event time: the rows those sources had
+    /// dropped as late by the versions it reflects.
+    pub late_rows: Option<u64>,
 }
 
 /// In-memory state of one materialized table.

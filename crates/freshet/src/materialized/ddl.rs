@@ -154,7 +154,8 @@ impl Engine {
             })
             .await?;
         if let Some(outcome) = outcome {
-            self.record_attempt(&name, &request_for_history, started, &Ok(outcome));
+            self.record_attempt(&name, &request_for_history, started, &Ok(outcome))
+                .await;
         }
         let due = started.saturating_add(millis(definition.effective.freshness));
         self.inner.materialized.set_next_due(&name, Some(due));

@@ -307,12 +307,12 @@ impl Engine {
             (Ok(definition), Ok(table)) => self.refresh_table(name, &table, &definition, &request, started).await,
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        self.record_attempt(name, &request, started, &result);
+        self.record_attempt(name, &request, started, &result).await;
         result
     }
 
     /// Puts a refresh attempt into the in-memory history (`freshet.refreshes`).
-    pub(crate) fn record_attempt(
+    pub(crate) async fn record_attempt(
         &self,
         name: &str,
         request: &RefreshRequest,
@@ -335,6 +335,8 @@ impl Engine {
             input_changes: None,
             corrected_rows: None,
             detail: None,
+            watermark_ms: None,
+            late_rows: None,
         };
         match result {
             Ok(RefreshOutcome::Committed { version, rows }) => {
@@ -342,6 +344,10 @@ impl Engine {
                 attempt.version = Some(*version);
                 attempt.rows = *rows;
                 if let Some(record) = materialized.committed_record(name, *version) {
+                    if let Ok(Some((watermark, late))) = self.inputs_event_time(&record.inputs).await {
+                        attempt.watermark_ms = watermark;
+                        attempt.late_rows = Some(late);
+                    }
                     attempt.algorithm = Some(record.algorithm);
                     attempt.reason = record.reason;
                     attempt.input_changes = record.input_changes;

@@ -347,6 +347,8 @@ fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
         Field::new("input_changes", DataType::UInt64, true),
         Field::new("detail", DataType::Utf8, true),
         Field::new("corrected_rows", DataType::UInt64, true),
+        Field::new("watermark", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("late_rows", DataType::UInt64, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
         text(history.iter().map(|a| Some(a.table.clone())).collect()),
@@ -367,6 +369,16 @@ fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
         text(history.iter().map(|a| a.detail.clone()).collect()),
         Arc::new(UInt64Array::from(
             history.iter().map(|a| a.corrected_rows).collect::<Vec<_>>(),
+        )),
+        // +infinity (inputs ended) shows as NULL, as in `materialized_tables`.
+        timestamps(
+            history
+                .iter()
+                .map(|a| a.watermark_ms.filter(|&w| w != i64::MAX))
+                .collect(),
+        ),
+        Arc::new(UInt64Array::from(
+            history.iter().map(|a| a.late_rows).collect::<Vec<_>>(),
         )),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
