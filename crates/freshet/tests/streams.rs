@@ -36,6 +36,17 @@ async fn monitored_source(engine: &Engine, input: &std::path::Path) {
         .unwrap();
 }
 
+/// The operator state entries of the first job (`freshet.jobs`).
+async fn job_state_rows(engine: &Engine) -> u64 {
+    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
+    state[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0)
+}
+
 /// Places a file as writers should: written under a hidden name, then renamed.
 fn place(dir: &std::path::Path, name: &str, text: &str) {
     let hidden = dir.join(format!(".{name}"));
@@ -387,13 +398,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_job() {
     assert_eq!(n_of(1).await, 1);
     assert_eq!(n_of(2).await, 1);
     assert_eq!(n_of(3).await, 1);
-    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
-    let state = state[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
-        .unwrap()
-        .value(0);
+    let state = job_state_rows(&engine).await;
     assert_eq!(state, 2, "groups 3 and 1 are kept; 2 was forgotten");
     engine.close().await;
 }
@@ -455,13 +460,7 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
     let explain = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&explain)
         .unwrap()
         .to_string();
-    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
-    let state = state[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
-        .unwrap()
-        .value(0);
+    let state = job_state_rows(&engine).await;
     assert_eq!(state, 2, "the fresh rows of both sides are kept: {explain}");
     engine.close().await;
 }
@@ -507,13 +506,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
     read(3).await;
     place(&input, "c.json", &lines(1, 2));
     read(4).await;
-    let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
-    let state = state[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
-        .unwrap()
-        .value(0);
+    let state = job_state_rows(&engine).await;
     // Groups 3 and 1 (started anew, one row) are kept; group 2 was forgotten.
     assert_eq!(state, 2);
     engine.close().await;

@@ -122,10 +122,7 @@ impl Over {
         }
         for partition in idle.expired(now) {
             if let Some(ordered) = self.partitions.remove(&partition) {
-                for (key, _) in ordered {
-                    self.rows -= 1;
-                    self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
-                }
+                super::top_n::forget_ordered(ordered, &mut self.rows, &mut self.bytes);
             }
         }
     }

@@ -40,6 +40,14 @@ pub(crate) struct TopNSpec {
 /// Rows of one group: (sort key, row) → multiplicity.
 pub(super) type Ranked = BTreeMap<(RowKey, RowKey), i64>;
 
+/// Takes a forgotten group's entries off the operator's counts of entries and bytes.
+pub(super) fn forget_ordered(ranked: Ranked, rows: &mut u64, bytes: &mut u64) {
+    for (key, _) in ranked {
+        *rows -= 1;
+        *bytes -= (key.0.len() + key.1.len() + 48) as u64;
+    }
+}
+
 /// Adds `weight` copies of a row to ordered rows; returns how the entries and their bytes
 /// changed.
 pub(super) fn add_ordered(ranked: &mut Ranked, key: (RowKey, RowKey), weight: i64) -> (i64, i64) {
@@ -115,10 +123,7 @@ impl TopN {
         }
         for group in idle.expired(now) {
             if let Some(ranked) = self.groups.remove(&group) {
-                for (key, _) in ranked {
-                    self.rows -= 1;
-                    self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
-                }
+                forget_ordered(ranked, &mut self.rows, &mut self.bytes);
             }
         }
     }
@@ -164,10 +169,7 @@ impl TopN {
                 break;
             };
             if let Some(ranked) = self.groups.remove(&group) {
-                for (key, _) in ranked {
-                    self.rows -= 1;
-                    self.bytes -= (key.0.len() + key.1.len() + 48) as u64;
-                }
+                forget_ordered(ranked, &mut self.rows, &mut self.bytes);
             }
         }
         self.closed_up_to = Some(self.closed_up_to.map_or(bound, |b| b.max(bound)));
