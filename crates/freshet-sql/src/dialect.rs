@@ -38,11 +38,11 @@ impl Dialect for FreshetDialect {
             let keys = if !parser.parse_keywords(&[Keyword::PARTITION, Keyword::BY]) {
                 Vec::new()
             } else if parser.consume_token(&Token::LParen) {
-                let keys = parser.parse_comma_separated(|p| p.parse_identifier())?;
+                let keys = parser.parse_comma_separated(|p| p.parse_object_name(false))?;
                 parser.expect_token(&Token::RParen)?;
                 keys
             } else {
-                vec![parser.parse_identifier()?]
+                vec![parser.parse_object_name(false)?]
             };
             Ok((name, keys))
         });
@@ -51,10 +51,15 @@ impl Dialect for FreshetDialect {
             let mut args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(
                 parts,
             )))];
-            args.extend(
-                keys.into_iter()
-                    .map(|key| FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(key)))),
-            );
+            // A key is a column, or a field of a ROW column (`bid.bidder`).
+            args.extend(keys.into_iter().map(|key| {
+                let mut parts: Vec<Ident> = key.0.iter().filter_map(|p| p.as_ident().cloned()).collect();
+                let key = match parts.len() {
+                    1 => Expr::Identifier(parts.remove(0)),
+                    _ => Expr::CompoundIdentifier(parts),
+                };
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(key))
+            }));
             Expr::Function(Function {
                 name: ObjectName::from(vec![Ident::new(crate::window_tvf::TABLE_ARGUMENT)]),
                 uses_odbc_syntax: false,

@@ -256,6 +256,10 @@ fn window_call(kind: WindowKind, function: &Function) -> Result<WindowCall> {
                     .iter()
                     .filter_map(|k| match k {
                         FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(key))) => Some(key.to_string()),
+                        // A field of a ROW column (`bid.bidder`).
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts))) => {
+                            Some(parts.iter().map(ToString::to_string).collect::<Vec<_>>().join("."))
+                        }
                         _ => None,
                     })
                     .collect();

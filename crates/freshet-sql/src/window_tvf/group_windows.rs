@@ -81,13 +81,19 @@ fn rewrite_select(select: &mut Select) -> Result<()> {
         .map(|a| a.name.clone())
         .or_else(|| table.0.last().and_then(|p| p.as_ident().cloned()))
         .unwrap_or_else(|| Ident::new("w"));
-    // A session is per value of the other grouping columns.
+    // A session is per value of the other grouping columns (`B.bidder` is the table's
+    // column `bidder`; `bid.bidder`, with no table `bid`, a field of the ROW column `bid`).
     let partition = if name == "SESSION" {
         let keys: Vec<String> = groups
             .iter()
             .filter_map(|g| match g {
                 Expr::Identifier(i) => Some(i.to_string()),
-                Expr::CompoundIdentifier(parts) => parts.last().map(ToString::to_string),
+                Expr::CompoundIdentifier(parts) => match parts.split_first() {
+                    Some((first, rest)) if first.value.eq_ignore_ascii_case(&qualifier.value) => {
+                        Some(rest.iter().map(ToString::to_string).collect::<Vec<_>>().join("."))
+                    }
+                    _ => Some(parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(".")),
+                },
                 _ => None,
             })
             .collect();
