@@ -36,6 +36,27 @@ impl IdleGroups {
         }
     }
 
+    /// Notes that `touched` changed at `now_ms`, and takes the groups idle past the TTL out of
+    /// `groups` (ordered rows, as a top-N or a window operator keeps them), with their entries
+    /// and bytes off the counts.
+    pub(crate) fn forget(
+        &mut self,
+        now_ms: i64,
+        touched: impl IntoIterator<Item = RowKey>,
+        groups: &mut HashMap<RowKey, super::top_n::Ranked>,
+        rows: &mut u64,
+        bytes: &mut u64,
+    ) {
+        for group in touched {
+            self.touch(&group, now_ms);
+        }
+        for group in self.expired(now_ms) {
+            if let Some(ranked) = groups.remove(&group) {
+                super::top_n::forget_ordered(ranked, rows, bytes);
+            }
+        }
+    }
+
     /// The groups idle for longer than the TTL at `now_ms`, forgotten here, when a pass is due.
     pub(crate) fn expired(&mut self, now_ms: i64) -> Vec<RowKey> {
         if now_ms < self.next_pass {

@@ -113,17 +113,15 @@ impl Over {
 
     /// Notes the touched partitions' time and forgets those idle past the TTL.
     fn forget_idle(&mut self, epoch: &Epoch, touched: &[(RowKey, RowKey)]) {
-        let (Some(idle), Some(now)) = (&mut self.idle, epoch.time_ns()) else {
-            return;
-        };
-        let now = now.div_euclid(1_000_000);
-        for (partition, _) in touched {
-            idle.touch(partition, now);
-        }
-        for partition in idle.expired(now) {
-            if let Some(ordered) = self.partitions.remove(&partition) {
-                super::top_n::forget_ordered(ordered, &mut self.rows, &mut self.bytes);
-            }
+        if let (Some(idle), Some(now)) = (&mut self.idle, epoch.time_ns()) {
+            let touched = touched.iter().map(|(partition, _)| partition.clone());
+            idle.forget(
+                now.div_euclid(1_000_000),
+                touched,
+                &mut self.partitions,
+                &mut self.rows,
+                &mut self.bytes,
+            );
         }
     }
 

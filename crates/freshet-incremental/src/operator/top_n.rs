@@ -114,17 +114,15 @@ impl TopN {
 
     /// Notes the touched groups' time and forgets the groups idle past the TTL.
     fn forget_idle(&mut self, epoch: &Epoch, touched: &[RowKey]) {
-        let (Some(idle), Some(now)) = (&mut self.idle, epoch.time_ns()) else {
-            return;
-        };
-        let now = now.div_euclid(1_000_000);
-        for group in touched {
-            idle.touch(group, now);
-        }
-        for group in idle.expired(now) {
-            if let Some(ranked) = self.groups.remove(&group) {
-                forget_ordered(ranked, &mut self.rows, &mut self.bytes);
-            }
+        if let (Some(idle), Some(now)) = (&mut self.idle, epoch.time_ns()) {
+            let touched = touched.iter().cloned();
+            idle.forget(
+                now.div_euclid(1_000_000),
+                touched,
+                &mut self.groups,
+                &mut self.rows,
+                &mut self.bytes,
+            );
         }
     }
 
