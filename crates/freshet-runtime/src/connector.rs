@@ -119,7 +119,7 @@ pub struct FilesystemOptions {
 }
 
 /// The formats of the `filesystem` connector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileFormat {
     /// `json`: one JSON object per line; keys name the columns.
     Json,
@@ -130,7 +130,7 @@ pub enum FileFormat {
 }
 
 /// The options of the `csv` format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsvOptions {
     /// `csv.field-delimiter` (default `,`).
     pub delimiter: u8,
@@ -138,6 +138,9 @@ pub struct CsvOptions {
     pub quote: u8,
     /// `csv.allow-comments`: lines starting with `#` are skipped.
     pub allow_comments: bool,
+    /// `csv.null-literal`: the text that reads as NULL, and that NULL is written as (by
+    /// default an empty field reads as NULL and NULL is written empty).
+    pub null_literal: Option<String>,
 }
 
 /// The options of the `print` connector.
@@ -463,6 +466,7 @@ impl<'a> ConnectorOptions<'a> {
                 "csv.quote-character",
                 "csv.allow-comments",
                 "csv.ignore-parse-errors",
+                "csv.null-literal",
                 "sink.rolling-policy.file-size",
                 "sink.rolling-policy.rollover-interval",
                 "sink.rolling-policy.check-interval",
@@ -478,7 +482,6 @@ impl<'a> ConnectorOptions<'a> {
                 "sink.partition-commit.policy.kind",
                 "json.map-null-key.mode",
                 "json.fail-on-missing-field",
-                "csv.null-literal",
                 "csv.escape-character",
                 "csv.array-element-delimiter",
                 "csv.disable-quote-character",
@@ -496,6 +499,7 @@ impl<'a> ConnectorOptions<'a> {
                 delimiter: self.single_byte("csv.field-delimiter", b',')?,
                 quote: self.single_byte("csv.quote-character", b'"')?,
                 allow_comments: self.boolean("csv.allow-comments")?,
+                null_literal: self.get("csv.null-literal").map(str::to_string),
             }),
             "parquet" => FileFormat::Parquet,
             "avro" | "orc" | "raw" | "debezium-json" | "canal-json" | "maxwell-json" | "ogg-json" => {

@@ -52,7 +52,7 @@ impl FileSink {
         Ok(Self {
             table: table.to_string(),
             dir: options.path.clone(),
-            format: options.format,
+            format: options.format.clone(),
             file_size: options.file_size,
             schema,
             positions,
@@ -85,7 +85,7 @@ impl FileSink {
         let count = batch.num_rows() as u64;
         let sink = FileSinkJob {
             dir: self.dir.clone(),
-            format: self.format,
+            format: self.format.clone(),
             file_size: self.file_size,
         };
         let result = tokio::task::spawn_blocking(move || sink.write_files(&batch))
@@ -144,7 +144,7 @@ impl FileSinkJob {
             inner: BufWriter::new(file),
             bytes: written.clone(),
         };
-        let mut writer = Writer::new(self.format, out, batch.schema())?;
+        let mut writer = Writer::new(&self.format, out, batch.schema())?;
         while offset < batch.num_rows() {
             let length = SLICE_ROWS.min(batch.num_rows() - offset);
             writer.write(&batch.slice(offset, length))?;
@@ -173,16 +173,22 @@ enum Writer {
 }
 
 impl Writer {
-    fn new(format: FileFormat, out: Counting, schema: SchemaRef) -> std::result::Result<Self, Failure> {
+    fn new(format: &FileFormat, out: Counting, schema: SchemaRef) -> std::result::Result<Self, Failure> {
         Ok(match format {
             FileFormat::Json => Writer::Json(LineDelimitedWriter::new(out)),
-            FileFormat::Csv(options) => Writer::Csv(
-                CsvWriterBuilder::new()
+            FileFormat::Csv(options) => {
+                let builder = CsvWriterBuilder::new()
                     .with_header(false)
                     .with_delimiter(options.delimiter)
-                    .with_quote(options.quote)
+                    .with_quote(options.quote);
+                Writer::Csv(
+                    match &options.null_literal {
+                        Some(null) => builder.with_null(null.clone()),
+                        None => builder,
+                    }
                     .build(out),
-            ),
+                )
+            }
             FileFormat::Parquet => {
                 Writer::Parquet(ArrowWriter::try_new(out, schema, None).map_err(|e| other("starting a file", e))?)
             }

@@ -93,7 +93,7 @@ impl FileSource {
         let bytes = tokio::fs::read(file)
             .await
             .map_err(|e| self.bad(format!("file {}", file.display()), e.to_string()))?;
-        match self.format {
+        match &self.format {
             FileFormat::Json => self.read_json(file, &bytes),
             FileFormat::Csv(options) => self.read_csv(file, &bytes, options),
             FileFormat::Parquet => self.read_parquet(file, bytes),
@@ -139,12 +139,24 @@ impl FileSource {
     /// CSV rows by position, without a header (Flink's CSV format has none). A bad row is an
     /// error naming its line, or with `ignore_errors` skipped: the file is then decoded again
     /// line by line to find the bad rows (quoted values spanning lines are not split then).
-    fn read_csv(&self, file: &Path, bytes: &[u8], options: CsvOptions) -> Result<FileRows> {
+    fn read_csv(&self, file: &Path, bytes: &[u8], options: &CsvOptions) -> Result<FileRows> {
+        // `csv.null-literal`: exactly that text reads as NULL.
+        let null = match &options.null_literal {
+            Some(literal) => Some(
+                regex::Regex::new(&format!("^{}$", regex::escape(literal)))
+                    .map_err(|e| FreshetError::Internal(format!("csv.null-literal: {e}")))?,
+            ),
+            None => None,
+        };
         let builder = || {
             let builder = CsvReaderBuilder::new(self.schema.clone())
                 .with_header(false)
                 .with_delimiter(options.delimiter)
                 .with_quote(options.quote);
+            let builder = match &null {
+                Some(null) => builder.with_null_regex(null.clone()),
+                None => builder,
+            };
             if options.allow_comments {
                 builder.with_comment(b'#')
             } else {
