@@ -36,6 +36,22 @@ async fn monitored_source(engine: &Engine, input: &std::path::Path) {
         .unwrap();
 }
 
+/// An engine over `dir/data` on a manual clock, with two partitions.
+async fn clocked_engine(dir: &std::path::Path, clock: &freshet::ManualClock) -> Engine {
+    Engine::builder()
+        .location(dir.join("data").display().to_string())
+        .clock(std::sync::Arc::new(clock.clone()))
+        .target_partitions(2)
+        .open()
+        .await
+        .unwrap()
+}
+
+/// Waits until a job's count (`count` of its info: rows in or out) reaches `n`.
+async fn wait_for_rows(job: &freshet::Job, n: u64, count: impl Fn(&freshet::JobInfo) -> u64) {
+    job.subscribe().wait_for(|info| count(info) >= n).await.unwrap();
+}
+
 /// The operator state entries of the first job (`freshet.jobs`).
 async fn job_state_rows(engine: &Engine) -> u64 {
     let state = engine.sql("SELECT state_rows FROM freshet.jobs").await.unwrap();
@@ -358,13 +374,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_job() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = Engine::builder()
-        .location(dir.path().join("data").display().to_string())
-        .clock(std::sync::Arc::new(clock.clone()))
-        .target_partitions(2)
-        .open()
-        .await
-        .unwrap();
+    let engine = clocked_engine(dir.path(), &clock).await;
     monitored_source(&engine, &input).await;
     engine
         .sql("CREATE TABLE counts (id BIGINT, n BIGINT, PRIMARY KEY (id))")
@@ -376,12 +386,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_job() {
         .await
         .unwrap();
     let job = engine.job(&engine.jobs()[0].id).unwrap();
-    let written = |n: u64| {
-        let mut info = job.subscribe();
-        async move {
-            info.wait_for(|i| i.rows_out >= n).await.unwrap();
-        }
-    };
+    let written = |n: u64| wait_for_rows(&job, n, |i| i.rows_out);
     let n_of = |id: i64| {
         let engine = engine.clone();
         async move { count(&engine, &format!("SELECT n FROM counts WHERE id = {id}")).await }
@@ -409,12 +414,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_job() {
 async fn the_state_ttl_forgets_old_rows_of_a_join() {
     let dir = tempfile::tempdir().unwrap();
     let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = Engine::builder()
-        .location(dir.path().join("data").display().to_string())
-        .clock(std::sync::Arc::new(clock.clone()))
-        .open()
-        .await
-        .unwrap();
+    let engine = clocked_engine(dir.path(), &clock).await;
     for name in ["l", "r"] {
         std::fs::create_dir(dir.path().join(name)).unwrap();
         engine
@@ -436,12 +436,7 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
         .await
         .unwrap();
     let job = engine.job(&engine.jobs()[0].id).unwrap();
-    let read = |n: u64| {
-        let mut info = job.subscribe();
-        async move {
-            info.wait_for(|i| i.rows_in >= n).await.unwrap();
-        }
-    };
+    let read = |n: u64| wait_for_rows(&job, n, |i| i.rows_in);
     place(&dir.path().join("l"), "a.json", &lines(1, 3));
     read(2).await;
     place(&dir.path().join("r"), "a.json", &lines(1, 2));
@@ -473,12 +468,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = Engine::builder()
-        .location(dir.path().join("data").display().to_string())
-        .clock(std::sync::Arc::new(clock.clone()))
-        .open()
-        .await
-        .unwrap();
+    let engine = clocked_engine(dir.path(), &clock).await;
     monitored_source(&engine, &input).await;
     engine
         .sql("CREATE TABLE best (id BIGINT, v BIGINT, rn BIGINT, PRIMARY KEY (id, rn))")
@@ -493,12 +483,7 @@ async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
         .await
         .unwrap();
     let job = engine.job(&engine.jobs()[0].id).unwrap();
-    let read = |n: u64| {
-        let mut info = job.subscribe();
-        async move {
-            info.wait_for(|i| i.rows_in >= n).await.unwrap();
-        }
-    };
+    let read = |n: u64| wait_for_rows(&job, n, |i| i.rows_in);
     place(&input, "a.json", &lines(1, 3));
     read(2).await;
     clock.advance(std::time::Duration::from_secs(2 * 3600));
