@@ -138,9 +138,10 @@ async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, s
             }
         }
         _ = tokio::signal::ctrl_c() => {
-            // Dropping the running statement cancels it; a statement that had not committed
-            // leaves nothing behind.
-            eprintln!("cancelled");
+            // Dropping the running statement cancels it: what it had not begun to commit
+            // leaves nothing behind, and a commit already under way runs to its end (a store
+            // may have taken it already), so the statement may have landed.
+            eprintln!("cancelled (a commit already under way completes: check before running it again)");
             return;
         }
     }

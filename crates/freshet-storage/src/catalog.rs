@@ -35,6 +35,10 @@ pub struct CatalogManifest {
     /// Running jobs, by id: documents the engine defines (the statement), resumed on open.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub jobs: BTreeMap<String, serde_json::Value>,
+    /// A fresh id of the commit that wrote this version, by which the writer recognises its
+    /// own commit when the store's answer to the put was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 /// A named object of the catalog.
@@ -99,10 +103,14 @@ pub enum TableSlot {
 pub struct Catalog {
     location: Arc<Location>,
     log: VersionLog,
-    current: RwLock<Arc<CatalogManifest>>,
-    tables: RwLock<HashMap<String, TableSlot>>,
+    // Shared with a commit's task, which updates them even when its caller stopped waiting.
+    current: Arc<RwLock<Arc<CatalogManifest>>>,
+    tables: Arc<RwLock<HashMap<String, TableSlot>>>,
     /// Serializes DDL: one catalog commit at a time.
     ddl: Mutex<()>,
+    /// Held by a commit's task from reading the current version until it has replaced it, so
+    /// that a commit whose caller was cancelled still comes before the next one.
+    committing: Arc<Mutex<()>>,
     options: WriteOptions,
 }
 
@@ -153,9 +161,10 @@ impl Catalog {
         Ok(Self {
             location,
             log,
-            current: RwLock::new(Arc::new(manifest)),
-            tables: RwLock::new(tables),
+            current: Arc::new(RwLock::new(Arc::new(manifest))),
+            tables: Arc::new(RwLock::new(tables)),
             ddl: Mutex::new(()),
+            committing: Arc::new(Mutex::new(())),
             options,
         })
     }
@@ -246,11 +255,16 @@ impl Catalog {
         .await?;
         fill(table.clone()).await?;
         let entry = entry(id);
-        self.commit(|entries| {
-            entries.insert(name.into(), entry);
-        })
+        let (key, opened) = (name.to_string(), table.clone());
+        self.commit_then(
+            |manifest| {
+                manifest.entries.insert(name.into(), entry);
+            },
+            move |tables| {
+                tables.insert(key, TableSlot::Open(opened));
+            },
+        )
         .await?;
-        write_lock(&self.tables).insert(name.into(), TableSlot::Open(table.clone()));
         Ok(table)
     }
 
@@ -357,11 +371,16 @@ impl Catalog {
             .get(name)
             .cloned()
             .ok_or_else(|| FreshetError::TableNotFound { name: name.into() })?;
-        self.commit(|entries| {
-            entries.remove(name);
-        })
+        let key = name.to_string();
+        self.commit_then(
+            |manifest| {
+                manifest.entries.remove(name);
+            },
+            move |tables| {
+                tables.remove(&key);
+            },
+        )
         .await?;
-        write_lock(&self.tables).remove(name);
         Ok(entry)
     }
 
@@ -370,25 +389,54 @@ impl Catalog {
     }
 
     async fn commit_with(&self, change: impl FnOnce(&mut CatalogManifest)) -> Result<()> {
+        self.commit_then(change, |_| {}).await
+    }
+
+    /// Commits the next catalog version made by `change`, then applies `opened` to the open
+    /// tables. The commit runs to its end on a task of its own even when the caller stops
+    /// waiting (a cancelled statement), so that a version the store took is always the one
+    /// the engine knows: else the next DDL would build on a stale version and be refused.
+    async fn commit_then(
+        &self,
+        change: impl FnOnce(&mut CatalogManifest),
+        opened: impl FnOnce(&mut HashMap<String, TableSlot>) + Send + 'static,
+    ) -> Result<()> {
+        let committing = self.committing.clone().lock_owned().await;
         let current = self.manifest();
         let mut next = (*current).clone();
         change(&mut next);
         next.format = FORMAT_VERSION;
         next.version = current.version + 1;
         next.committed_at_ms = self.options.clock.now_ms().max(current.committed_at_ms);
-        match self.log.create(next.version, &next).await? {
-            Created::Yes => {
-                *write_lock(&self.current) = Arc::new(next);
-                Ok(())
+        let transaction = uuid::Uuid::new_v4().to_string();
+        next.transaction = Some(transaction.clone());
+        let (log, slot, tables) = (self.log.clone(), self.current.clone(), self.tables.clone());
+        let location = self.location.display().to_string();
+        let finish = async move {
+            let _committing = committing;
+            let created = log
+                .create_resolved(next.version, &next, &transaction, |m: &CatalogManifest| {
+                    m.transaction.as_deref()
+                })
+                .await?;
+            match created {
+                Created::Yes => {
+                    *write_lock(&slot) = Arc::new(next);
+                    opened(&mut write_lock(&tables));
+                    Ok(())
+                }
+                Created::AlreadyExists => Err(FreshetError::Locked {
+                    location,
+                    detail: format!(
+                        "catalog version {} was committed by another engine; reopen to see its changes",
+                        next.version
+                    ),
+                }),
             }
-            Created::AlreadyExists => Err(FreshetError::Locked {
-                location: self.location.display().into(),
-                detail: format!(
-                    "catalog version {} was committed by another engine; reopen to see its changes",
-                    next.version
-                ),
-            }),
-        }
+        };
+        tokio::spawn(finish)
+            .await
+            .map_err(|e| FreshetError::Internal(format!("a catalog commit's task failed: {e}")))?
     }
 
     /// Opened tables, by name.

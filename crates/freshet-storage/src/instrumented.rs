@@ -4,7 +4,10 @@
 //! shows what an operation costs (a change read must not read the table). Arming a failure
 //! with a path fragment makes the next write of such a path fail as if the storage had gone
 //! away — the state a crash between writing data files and committing a manifest leaves
-//! behind, for tests of crash safety.
+//! behind, for tests of crash safety. A write can also be made to land and then report an
+//! error (the store took it, its answer was lost: an ambiguous commit), or be held until the
+//! test releases it, running on a task of its own as the local store's writes do (so that a
+//! caller that stops waiting does not stop the write).
 
 use std::fmt;
 use std::ops::Range;
@@ -24,7 +27,7 @@ use futures::stream::BoxStream;
 /// the store.
 #[derive(Debug, Clone, Default)]
 pub struct Instruments {
-    armed: Arc<Mutex<Vec<String>>>,
+    armed: Arc<Mutex<Vec<(String, Fault)>>>,
     bytes_read: Arc<AtomicU64>,
     reads: Arc<AtomicU64>,
 }
@@ -58,7 +61,21 @@ impl Instruments {
 
     /// Makes the next write of a path containing `fragment` fail (once).
     pub fn fail_next_write(&self, fragment: &str) {
-        self.lock().push(fragment.to_string());
+        self.lock().push((fragment.to_string(), Fault::Fail));
+    }
+
+    /// Makes the next write of a path containing `fragment` land and then report an error
+    /// (once), as a store does whose answer was lost after it took the write.
+    pub fn land_then_fail_next_write(&self, fragment: &str) {
+        self.lock().push((fragment.to_string(), Fault::LandThenFail));
+    }
+
+    /// Holds the next write of a path containing `fragment` until the returned hold is
+    /// released; the write then runs to its end whether or not its caller still waits.
+    pub fn hold_next_write(&self, fragment: &str) -> WriteHold {
+        let hold = WriteHold::default();
+        self.lock().push((fragment.to_string(), Fault::Hold(hold.clone())));
+        hold
     }
 
     /// Whether an armed failure is still waiting for its write.
@@ -66,22 +83,43 @@ impl Instruments {
         !self.lock().is_empty()
     }
 
-    fn take(&self, path: &Path) -> bool {
+    fn take(&self, path: &Path) -> Option<Fault> {
         let mut armed = self.lock();
-        match armed
+        let index = armed
             .iter()
-            .position(|fragment| path.as_ref().contains(fragment.as_str()))
-        {
-            Some(index) => {
-                armed.remove(index);
-                true
-            }
-            None => false,
-        }
+            .position(|(fragment, _)| path.as_ref().contains(fragment.as_str()))?;
+        Some(armed.remove(index).1)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Fault)>> {
         self.armed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What happens to an armed write.
+#[derive(Debug, Clone)]
+enum Fault {
+    Fail,
+    LandThenFail,
+    Hold(WriteHold),
+}
+
+/// A write held by [`Instruments::hold_next_write`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteHold {
+    reached: Arc<tokio::sync::Notify>,
+    released: Arc<tokio::sync::Notify>,
+}
+
+impl WriteHold {
+    /// Waits until the held write has been asked for.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held write go on.
+    pub fn release(&self) {
+        self.released.notify_one();
     }
 }
 
@@ -99,13 +137,17 @@ impl InstrumentedStore {
     }
 
     fn check(&self, location: &Path) -> object_store::Result<()> {
-        if self.instruments.take(location) {
-            return Err(object_store::Error::Generic {
-                store: "fault-injection",
-                source: format!("injected failure writing {location}").into(),
-            });
+        match self.instruments.take(location) {
+            Some(_) => Err(injected(location)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+fn injected(location: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "fault-injection",
+        source: format!("injected failure writing {location}").into(),
     }
 }
 
@@ -123,8 +165,26 @@ impl ObjectStore for InstrumentedStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.check(location)?;
-        self.inner.put_opts(location, payload, opts).await
+        match self.instruments.take(location) {
+            None => self.inner.put_opts(location, payload, opts).await,
+            Some(Fault::Fail) => Err(injected(location)),
+            Some(Fault::LandThenFail) => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(injected(location))
+            }
+            Some(Fault::Hold(hold)) => {
+                let (inner, location) = (self.inner.clone(), location.clone());
+                let write = tokio::spawn(async move {
+                    hold.reached.notify_one();
+                    hold.released.notified().await;
+                    inner.put_opts(&location, payload, opts).await
+                });
+                write.await.map_err(|e| object_store::Error::Generic {
+                    store: "fault-injection",
+                    source: Box::new(e),
+                })?
+            }
+        }
     }
 
     async fn put_multipart_opts(

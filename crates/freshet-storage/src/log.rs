@@ -94,6 +94,44 @@ impl VersionLog {
         }
     }
 
+    /// Writes a version carrying `transaction` (a fresh id that `id_of` reads back), and tells
+    /// whether it landed even when the put's answer does not: a put that failed may have
+    /// written (a timeout after the store took it), and one that found the version taken may
+    /// have found its own earlier attempt (a client retrying a put that had landed). Either
+    /// way the version's file decides — ours if it carries our id. `Err` only when neither the
+    /// put nor the read-back can say.
+    pub(crate) async fn create_resolved<T: Serialize + DeserializeOwned>(
+        &self,
+        version: u64,
+        value: &T,
+        transaction: &str,
+        id_of: impl Fn(&T) -> Option<&str>,
+    ) -> Result<Created> {
+        let put_error = match self.create(version, value).await {
+            Ok(Created::Yes) => return Ok(Created::Yes),
+            Ok(Created::AlreadyExists) => None,
+            Err(e) => Some(e),
+        };
+        match self.read::<T>(version).await {
+            Ok(Some(found)) if id_of(&found) == Some(transaction) => {
+                if let Some(e) = &put_error {
+                    tracing::warn!(path = %self.path(version), error = %e, "a put reported an error but had landed");
+                }
+                Ok(Created::Yes)
+            }
+            Ok(Some(_)) => Ok(Created::AlreadyExists),
+            Ok(None) => match put_error {
+                Some(e) => Err(e),
+                // Taken, then removed (a vacuum of another engine): still not ours.
+                None => Ok(Created::AlreadyExists),
+            },
+            Err(read_error) => Err(put_error.unwrap_or(read_error).context(format!(
+                "{} may or may not have been written (its read-back failed too)",
+                self.path(version)
+            ))),
+        }
+    }
+
     /// Deletes a version's file (retention).
     pub(crate) async fn remove(&self, version: u64) -> Result<()> {
         let path = self.path(version);

@@ -462,6 +462,7 @@ mod tests {
             files,
             changes: Changes::default(),
             refresh: Some(serde_json::json!({"inputs": {"orders": 7}})),
+            transaction: None,
         }
     }
 

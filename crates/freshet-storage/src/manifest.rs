@@ -39,6 +39,11 @@ pub struct Manifest {
     /// atomically with the rows, and later versions that do not refresh (compaction) keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<serde_json::Value>,
+    /// A fresh id of the transaction that wrote this version, by which a writer recognises
+    /// its own commit when the store's answer to the put was lost (see `log.rs`). Absent in
+    /// versions written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 impl Manifest {

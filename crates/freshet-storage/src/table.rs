@@ -82,6 +82,10 @@ pub struct Table {
     pub(crate) moves_wanted: std::sync::atomic::AtomicBool,
     pub(crate) moves: KeptMoves,
     pub(crate) options: WriteOptions,
+    /// A commit failed in a way that may leave the newest snapshot behind the store (a version
+    /// committed by another engine, or an outcome no read-back could settle): the next writer
+    /// reads the store's newest version first.
+    pub(crate) stale: std::sync::atomic::AtomicBool,
 }
 
 impl Table {
@@ -108,6 +112,7 @@ impl Table {
             files: Vec::new(),
             changes: Changes::default(),
             refresh: None,
+            transaction: None,
         };
         if let Created::AlreadyExists = log.create(1, &manifest).await? {
             return Err(FreshetError::Internal(format!("table directory {dir} already exists")));
@@ -162,6 +167,7 @@ impl Table {
             moves_wanted: std::sync::atomic::AtomicBool::new(false),
             moves: KeptMoves::default(),
             options,
+            stale: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -303,7 +309,28 @@ impl Table {
     /// Starts a transaction, waiting for any other writer of this table to finish.
     pub async fn begin(self: &Arc<Self>, operation: &str) -> Result<Transaction> {
         let guard = self.writer.clone().lock_owned().await;
+        if self.stale.load(std::sync::atomic::Ordering::Acquire) {
+            self.catch_up().await?;
+        }
         Ok(Transaction::new(self.clone(), guard, self.snapshot(), operation))
+    }
+
+    /// Makes the store's newest version the newest snapshot, after a commit that left the
+    /// snapshot in doubt. Called with the writer lock held.
+    pub(crate) async fn catch_up(&self) -> Result<()> {
+        let latest = self
+            .log
+            .latest()
+            .await?
+            .ok_or_else(|| FreshetError::corrupt(self.log.path(1), "the table has no manifest"))?;
+        if latest > self.snapshot().version() {
+            let manifest = self.read_manifest(latest).await?;
+            let schema = manifest.schema.to_arrow(self.log.path(latest).as_ref())?;
+            tracing::info!(table = self.name(), version = latest, "caught up with the store");
+            self.publish(Arc::new(Snapshot::new(self.files.clone(), Arc::new(manifest), schema)));
+        }
+        self.stale.store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 }
 

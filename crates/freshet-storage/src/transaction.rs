@@ -454,28 +454,42 @@ impl Transaction {
                 removed,
             },
             refresh: self.refresh.take().or_else(|| base_manifest.refresh.clone()),
+            transaction: None,
         };
-        self.table
-            .commit_manifest(manifest, self.schema().clone(), &known)
-            .await?;
-        if !self.deletes.is_empty() {
-            self.table.deleted_since_compaction.store(true, Ordering::Release);
-        }
-        if let Some((_, delta)) = self.keys.take() {
-            if delta.cleared {
-                self.writer.keys = Some(KeyIndex::replaced(delta, version));
-            } else if let Some(index) = self.writer.keys.as_mut() {
-                index.apply(delta, version);
-            }
-        }
-        drop(self.writer);
-        self.table.compact_in_background_if_needed();
-        Ok(CommitInfo {
+        let table = self.table.clone();
+        let schema = self.schema().clone();
+        let deleted_rows = !self.deletes.is_empty();
+        let keys = self.keys.take();
+        let mut writer = self.writer;
+        let info = CommitInfo {
             version,
             inserted: self.inserted,
             deleted: self.deleted,
             placements,
-        })
+        };
+        // From here on the commit runs to its end even if the caller stops waiting (a
+        // cancelled statement): a put the store already took would land anyway (the local
+        // store writes on a thread of its own), and the table's snapshot, key index and writer
+        // lock must follow it, or the next writer would build on a version that is gone.
+        let finish = async move {
+            table.commit_manifest(manifest, schema, &known).await?;
+            if deleted_rows {
+                table.deleted_since_compaction.store(true, Ordering::Release);
+            }
+            if let Some((_, delta)) = keys {
+                if delta.cleared {
+                    writer.keys = Some(KeyIndex::replaced(delta, version));
+                } else if let Some(index) = writer.keys.as_mut() {
+                    index.apply(delta, version);
+                }
+            }
+            drop(writer);
+            table.compact_in_background_if_needed();
+            Ok(info)
+        };
+        tokio::spawn(finish)
+            .await
+            .map_err(|e| FreshetError::Internal(format!("a commit's task failed: {e}")))?
     }
 
     async fn ensure_key_index(&mut self) -> Result<()> {
@@ -540,21 +554,37 @@ fn missing_index() -> FreshetError {
 }
 
 impl Table {
-    /// Creates the manifest of a new version and makes it the newest snapshot.
+    /// Creates the manifest of a new version and makes it the newest snapshot. The manifest is
+    /// given a fresh transaction id, by which an ambiguous put is resolved (`log.rs`).
     pub(crate) async fn commit_manifest(
         &self,
-        manifest: Manifest,
+        mut manifest: Manifest,
         schema: datafusion::arrow::datatypes::SchemaRef,
         known_deletes: &KnownDeletes,
     ) -> Result<()> {
         let version = manifest.version;
-        match self.log.create(version, &manifest).await? {
-            Created::Yes => {}
-            Created::AlreadyExists => {
+        let transaction = uuid::Uuid::new_v4().to_string();
+        manifest.transaction = Some(transaction.clone());
+        let created = self
+            .log
+            .create_resolved(version, &manifest, &transaction, |m: &Manifest| {
+                m.transaction.as_deref()
+            })
+            .await;
+        match created {
+            Ok(Created::Yes) => {}
+            Ok(Created::AlreadyExists) => {
+                // Another engine on a shared store committed first: the next writer starts
+                // from its version, so a retry of the statement can succeed.
+                self.stale.store(true, Ordering::Release);
                 return Err(FreshetError::ConcurrentCommit {
                     table: self.name().into(),
                     version,
                 });
+            }
+            Err(e) => {
+                self.stale.store(true, Ordering::Release);
+                return Err(e);
             }
         }
         self.publish(Arc::new(Snapshot::with_deletes(

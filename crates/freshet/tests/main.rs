@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod durability;
 mod floats;
 mod incremental;
 mod materialized;

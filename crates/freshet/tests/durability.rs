@@ -1,0 +1,118 @@
+//! Commits that cannot be left ambiguous: a put whose answer was lost, a put that failed, a
+//! statement cancelled while its commit is in flight, and two engines committing to one store.
+
+use std::sync::Arc;
+
+use freshet::datafusion::arrow::array::Int64Array;
+use freshet::datafusion::object_store::memory::InMemory;
+use freshet::datafusion::object_store::path::Path;
+use freshet::storage::instrumented::{InstrumentedStore, Instruments};
+use freshet::{Engine, FreshetError};
+
+async fn engine_on(store: Arc<InMemory>, instruments: &Instruments) -> Engine {
+    let instruments = instruments.clone();
+    Engine::builder()
+        .object_store(store, Path::default(), "memory://shared")
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, instruments)))
+        .open()
+        .await
+        .unwrap()
+}
+
+async fn count(engine: &Engine, sql: &str) -> i64 {
+    let batches = engine.sql(sql).await.unwrap();
+    let column = batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    column.value(0)
+}
+
+fn manifests_of(engine: &Engine, table: &str) -> String {
+    format!("{}/manifests/", engine.table(table).unwrap().id())
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_recognised_as_landed() {
+    let instruments = Instruments::new();
+    let engine = engine_on(Arc::new(InMemory::new()), &instruments).await;
+    engine.sql("CREATE TABLE t (v BIGINT)").await.unwrap();
+    // The store takes the manifest, then its answer is an error: the engine reads the version
+    // back, finds its own transaction there, and reports the commit (a retry would duplicate).
+    instruments.land_then_fail_next_write(&manifests_of(&engine, "t"));
+    engine.sql("INSERT INTO t VALUES (1)").await.unwrap();
+    assert!(!instruments.pending());
+    assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 1);
+    engine.sql("INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!(count(&engine, "SELECT sum(v) FROM t").await, 3);
+    assert_eq!(engine.table("t").unwrap().snapshot().version(), 3);
+
+    // The same for the catalog.
+    instruments.land_then_fail_next_write("_freshet/catalog/");
+    engine.sql("CREATE TABLE u (v BIGINT)").await.unwrap();
+    engine
+        .sql("INSERT INTO u VALUES (7); CREATE TABLE w (v BIGINT)")
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, "SELECT sum(v) FROM u").await, 7);
+}
+
+#[tokio::test]
+async fn a_failed_commit_commits_nothing_and_the_next_write_goes_on() {
+    let instruments = Instruments::new();
+    let engine = engine_on(Arc::new(InMemory::new()), &instruments).await;
+    engine.sql("CREATE TABLE t (v BIGINT)").await.unwrap();
+    instruments.fail_next_write(&manifests_of(&engine, "t"));
+    let error = engine.sql("INSERT INTO t VALUES (1)").await.unwrap_err();
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 0);
+    engine.sql("INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!(count(&engine, "SELECT sum(v) FROM t").await, 2);
+}
+
+#[tokio::test]
+async fn a_statement_cancelled_during_its_commit_leaves_the_engine_current() {
+    let instruments = Instruments::new();
+    let engine = engine_on(Arc::new(InMemory::new()), &instruments).await;
+    engine.sql("CREATE TABLE t (v BIGINT)").await.unwrap();
+    // The manifest's put is held (as the local store's write runs on a thread of its own, it
+    // lands whether or not the statement still waits) and the statement is dropped meanwhile.
+    let hold = instruments.hold_next_write(&manifests_of(&engine, "t"));
+    tokio::select! {
+        result = engine.sql("INSERT INTO t VALUES (1)") => panic!("the held commit finished: {result:?}"),
+        () = hold.reached() => {}
+    }
+    hold.release();
+    // The next write waits for the cancelled commit and builds on it, instead of failing on
+    // a version it did not know of.
+    engine.sql("INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!(count(&engine, "SELECT sum(v) FROM t").await, 3);
+
+    let hold = instruments.hold_next_write("_freshet/catalog/");
+    tokio::select! {
+        result = engine.sql("CREATE TABLE u (v BIGINT)") => panic!("the held commit finished: {result:?}"),
+        () = hold.reached() => {}
+    }
+    hold.release();
+    engine.sql("CREATE TABLE w (v BIGINT)").await.unwrap();
+    engine
+        .sql("INSERT INTO u VALUES (5); INSERT INTO w VALUES (6)")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&engine, "SELECT (SELECT sum(v) FROM u) + (SELECT sum(v) FROM w)").await,
+        11
+    );
+}
+
+#[tokio::test]
+async fn a_writer_that_lost_a_race_to_another_engine_catches_up() {
+    let store = Arc::new(InMemory::new());
+    let first = engine_on(store.clone(), &Instruments::new()).await;
+    first.sql("CREATE TABLE t (v BIGINT)").await.unwrap();
+    let second = engine_on(store, &Instruments::new()).await;
+    first.sql("INSERT INTO t VALUES (1)").await.unwrap();
+    let error = second.sql("INSERT INTO t VALUES (2)").await.unwrap_err();
+    assert!(matches!(error, FreshetError::ConcurrentCommit { .. }), "{error}");
+    // Nothing of the refused statement landed, and its retry builds on the other's version.
+    second.sql("INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!(count(&second, "SELECT sum(v) FROM t").await, 3);
+    assert_eq!(second.table("t").unwrap().snapshot().version(), 3);
+}
