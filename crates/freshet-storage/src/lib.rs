@@ -28,6 +28,7 @@ mod provider;
 mod prune;
 mod read;
 mod snapshot;
+pub mod synced;
 mod table;
 mod transaction;
 mod write;

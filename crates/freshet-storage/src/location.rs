@@ -11,6 +11,8 @@ use datafusion::object_store::path::Path;
 
 use freshet_common::{FreshetError, Result};
 
+use crate::synced::SyncedStore;
+
 /// An opened location.
 #[derive(Debug)]
 pub struct Location {
@@ -26,6 +28,14 @@ impl Location {
     /// the `cloud` feature also `s3://bucket/path`, `gs://...` and `az://...`, configured from
     /// the environment. Other stores can be built by the caller ([`Location::from_store`]).
     pub fn open(location: &str) -> Result<Self> {
+        Self::open_with(location, true)
+    }
+
+    /// As [`Location::open`]; `sync` says whether a local directory's writes are synced to disk
+    /// before they return ([`crate::synced::SyncedStore`]). Without it a power loss (not a
+    /// crash of the process) can lose or corrupt the last commits; it is for scratch data and
+    /// measurements that exclude the disk.
+    pub fn open_with(location: &str, sync: bool) -> Result<Self> {
         if let Some(rest) = location.strip_prefix("memory://") {
             if !rest.is_empty() {
                 return Err(FreshetError::InvalidLocation {
@@ -40,7 +50,7 @@ impl Location {
             Some(_) => return Self::open_url(location),
             None => location,
         };
-        Self::open_local(dir)
+        Self::open_local(dir, sync)
     }
 
     #[cfg(feature = "cloud")]
@@ -75,7 +85,7 @@ impl Location {
         })
     }
 
-    fn open_local(dir: &str) -> Result<Self> {
+    fn open_local(dir: &str, sync: bool) -> Result<Self> {
         let invalid = |reason: String| FreshetError::InvalidLocation {
             location: dir.into(),
             reason,
@@ -104,11 +114,15 @@ impl Location {
                 return Err(invalid(format!("cannot lock {}: {e}", lock_path.display())));
             }
         }
-        let store = LocalFileSystem::new_with_prefix(&dir_path)
+        let local = LocalFileSystem::new_with_prefix(&dir_path)
             .map_err(|e| invalid(e.to_string()))?
             .with_automatic_cleanup(true);
+        let store: Arc<dyn ObjectStore> = match sync {
+            true => Arc::new(SyncedStore::new(local, dir_path.clone())),
+            false => Arc::new(local),
+        };
         Ok(Self {
-            store: Arc::new(store),
+            store,
             root: Path::default(),
             display: dir_path.display().to_string(),
             _lock: Some(lock),

@@ -36,6 +36,8 @@ pub struct EngineBuilder {
     compact_min_files: Option<usize>,
     clock: Option<SharedClock>,
     memory_limit: Option<usize>,
+    /// Local writes are not synced ([`EngineBuilder::sync_writes`]); off by default.
+    unsynced: bool,
     settings: MaterializedSettings,
 }
 
@@ -103,6 +105,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether writes to a local directory are synced to disk before a commit is acknowledged
+    /// (the default). Turning it off is faster for small commits, and a power loss — not a
+    /// crash of the process — may then lose or corrupt the last commits: for scratch data and
+    /// measurements that leave the disk out.
+    pub fn sync_writes(mut self, sync: bool) -> Self {
+        self.unsynced = !sync;
+        self
+    }
+
     /// The clock the engine reads time from (commit times, schedules, data lag); the system
     /// clock by default. Tests pass a [`freshet_common::ManualClock`] and advance it.
     pub fn clock(mut self, clock: SharedClock) -> Self {
@@ -124,7 +135,7 @@ impl EngineBuilder {
     pub async fn open(self) -> Result<Engine> {
         let location = match self.store {
             Some((store, root, name)) => Location::from_store(store, root, &name),
-            None => Location::open(self.location.as_deref().unwrap_or(DEFAULT_LOCATION))?,
+            None => Location::open_with(self.location.as_deref().unwrap_or(DEFAULT_LOCATION), !self.unsynced)?,
         };
         let location = match self.layer {
             Some(layer) => location.layer(layer),

@@ -103,12 +103,15 @@ async fn change_reads_of_some_columns_decode_only_those() {
     engine
         .sql(
             "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT, note TEXT); \
-             INSERT INTO t SELECT value, value * 10, repeat('x', 200) FROM generate_series(1, 5000); \
-             UPDATE t SET v = v + 1 WHERE id <= 3000",
+             INSERT INTO t SELECT value, value * 10, repeat(CAST(value AS TEXT), 20) FROM generate_series(1, 50000); \
+             UPDATE t SET v = v + 1 WHERE id <= 30000",
         )
         .await
         .unwrap();
     let changes = engine.changes("t", 2, 3).await.unwrap();
+    // The UPDATE deleted most of a file: its compaction must not be counted with the reads.
+    // (Files are larger than the footer's prefetch, which reads a small file whole.)
+    engine.table("t").unwrap().wait_for_background_work().await;
     instruments.reset_counters();
     let all: Vec<_> = changes.stream().try_collect().await.unwrap();
     let all_bytes = instruments.bytes_read();
@@ -117,7 +120,7 @@ async fn change_reads_of_some_columns_decode_only_those() {
     let some_bytes = instruments.bytes_read();
     assert!(some.iter().all(|c| c.data().num_columns() == 1));
     assert_eq!(weighted_values(&some, 0), weighted_values(&all, 1));
-    assert_eq!(weighted_values(&some, 0).len(), 6000);
+    assert_eq!(weighted_values(&some, 0).len(), 60000);
     assert!(
         some_bytes * 2 < all_bytes,
         "{some_bytes} bytes of one column, {all_bytes} of all"
