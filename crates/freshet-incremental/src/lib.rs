@@ -18,6 +18,7 @@
 //!
 //! [`LogicalPlan`]: datafusion::logical_expr::LogicalPlan
 
+mod checkpoint;
 mod delta;
 mod event_time;
 mod operator;
@@ -26,6 +27,7 @@ mod planner;
 mod rows;
 mod temporal;
 
+pub use checkpoint::PipelineState;
 pub use delta::Delta;
 pub use event_time::{EventTimeColumn, EventTimes, SESSION_END, SESSION_START, WINDOW_BOUND};
 pub use operator::{Epoch, StateSize};

@@ -25,6 +25,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use freshet_common::{ChangeBatch, Result};
 
+use crate::checkpoint::SavedState;
 use crate::delta::{Delta, internal};
 
 pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec, WindowClosing};
@@ -145,6 +146,27 @@ pub(crate) trait Operator: Send {
     }
     /// The inputs.
     fn inputs(&self) -> Vec<&dyn Operator>;
+    /// The inputs, to change (restoring a checkpoint).
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator>;
+    /// Whether [`Operator::save_state`] can save the operator's own state (or it has none).
+    fn can_save_state(&self) -> bool {
+        self.state_kind().is_empty()
+    }
+    /// The operator's own state (not its inputs'), for a checkpoint.
+    fn save_state(&self) -> Result<SavedState> {
+        Ok(match self.state_kind() {
+            "" => SavedState::Stateless,
+            _ => SavedState::Unsupported,
+        })
+    }
+    /// Takes back the state [`Operator::save_state`] gave, into an operator built from the same
+    /// plan that has not stepped yet.
+    fn restore_state(&mut self, _batches: Vec<RecordBatch>) -> Result<()> {
+        Err(crate::checkpoint::mismatch(format!(
+            "{} keeps no saved state",
+            self.describe()
+        )))
+    }
     /// Whether every output of an epoch is already consolidated: each row at most once, with a
     /// non-zero weight. The pipeline then need not consolidate it again.
     fn output_consolidated(&self) -> bool {

@@ -3,10 +3,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
 
 use freshet_common::{ChangeBatch, Result, consolidate};
 
+use crate::checkpoint::{PipelineState, SavedState, mismatch};
 use crate::event_time::EventTimes;
 use crate::operator::{Epoch, Operator, StateSize, arrow_schema};
 use crate::planner::{BuildError, Context, SourceResolver, build, read_columns, scalar_subqueries_as_joins};
@@ -21,6 +23,9 @@ pub struct Pipeline {
     parallelism: usize,
     /// The columns of each source it reads, when not all.
     read_columns: HashMap<String, Option<Vec<usize>>>,
+    /// Identifies the operator tree, for checkpoints (taken before any epoch, whose counts
+    /// some descriptions show).
+    fingerprint: String,
 }
 
 /// What a pipeline over streams knows beyond its plan.
@@ -96,12 +101,15 @@ impl Pipeline {
             state_ttl_ms,
         };
         let root = build(plan, &mut cx)?;
+        let schema = arrow_schema(plan.schema());
+        let fingerprint = fingerprint(root.as_ref(), &schema);
         Ok(Self {
+            fingerprint,
             root,
             sources: cx.sources,
             parallelism: cx.parallelism,
             read_columns: cx.read_columns,
-            schema: arrow_schema(plan.schema()),
+            schema,
             epochs: 0,
         })
     }
@@ -202,6 +210,85 @@ impl Pipeline {
         walk(self.root.as_ref())
     }
 
+    /// The first operator (root first, depth-first) that cannot save its state for a
+    /// checkpoint yet, described; `None` when the pipeline can be checkpointed.
+    pub fn checkpoint_blocker(&self) -> Option<String> {
+        fn walk(operator: &dyn Operator) -> Option<String> {
+            if !operator.can_save_state() {
+                return Some(operator.describe());
+            }
+            operator.inputs().into_iter().find_map(walk)
+        }
+        walk(self.root.as_ref())
+    }
+
+    /// The state of every operator, for a checkpoint; `Ok(Err(operator))` names an operator
+    /// that cannot save its state yet (the state is then rebuilt from the inputs).
+    pub fn save_state(&self) -> Result<std::result::Result<PipelineState, String>> {
+        fn walk(operator: &dyn Operator, out: &mut Vec<Vec<RecordBatch>>) -> Result<std::result::Result<(), String>> {
+            match operator.save_state()? {
+                SavedState::Stateless => {}
+                SavedState::Unsupported => return Ok(Err(operator.describe())),
+                SavedState::Batches(batches) => out.push(batches),
+            }
+            for input in operator.inputs() {
+                if let Err(operator) = walk(input, out)? {
+                    return Ok(Err(operator));
+                }
+            }
+            Ok(Ok(()))
+        }
+        let mut operators = Vec::new();
+        if let Err(operator) = walk(self.root.as_ref(), &mut operators)? {
+            return Ok(Err(operator));
+        }
+        Ok(Ok(PipelineState {
+            fingerprint: self.fingerprint.clone(),
+            operators,
+        }))
+    }
+
+    /// Takes back a state [`Pipeline::save_state`] gave, into a pipeline built from the same
+    /// plan that has not stepped yet. An error (a state of another operator tree, or corrupt)
+    /// leaves the pipeline unusable: build it again.
+    pub fn restore_state(&mut self, state: PipelineState) -> Result<()> {
+        fn walk(operator: &mut dyn Operator, states: &mut std::vec::IntoIter<Vec<RecordBatch>>) -> Result<()> {
+            match operator.save_state()? {
+                SavedState::Stateless => {}
+                SavedState::Unsupported => {
+                    return Err(mismatch(format!("{} cannot take a saved state", operator.describe())));
+                }
+                SavedState::Batches(_) => {
+                    let batches = states
+                        .next()
+                        .ok_or_else(|| mismatch("fewer operator states than operators"))?;
+                    operator.restore_state(batches)?;
+                }
+            }
+            for input in operator.inputs_mut() {
+                walk(input, states)?;
+            }
+            Ok(())
+        }
+        if state.fingerprint != self.fingerprint {
+            return Err(mismatch("it was taken of another operator tree"));
+        }
+        if self.epochs > 0 {
+            return Err(mismatch("the pipeline has stepped already"));
+        }
+        let mut states = state.operators.into_iter();
+        walk(self.root.as_mut(), &mut states)?;
+        if states.next().is_some() {
+            return Err(mismatch("more operator states than operators"));
+        }
+        Ok(())
+    }
+
+    /// Identifies the operator tree (see [`PipelineState::fingerprint`]).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// The operators, root first, depth-first.
     pub fn operators(&self) -> Vec<OperatorInfo> {
         fn walk(operator: &dyn Operator, depth: usize, out: &mut Vec<OperatorInfo>) {
@@ -219,6 +306,28 @@ impl Pipeline {
         walk(self.root.as_ref(), 0, &mut out);
         out
     }
+}
+
+/// A stable hash (FNV-1a, 64 bits) of every operator's description and output columns,
+/// root first, depth-first, in hex.
+fn fingerprint(root: &dyn Operator, schema: &SchemaRef) -> String {
+    fn walk(operator: &dyn Operator, depth: usize, text: &mut String) {
+        text.push_str(&format!("{depth}:{}\n", operator.describe()));
+        for input in operator.inputs() {
+            walk(input, depth + 1, text);
+        }
+    }
+    let mut text = String::new();
+    walk(root, 0, &mut text);
+    for field in schema.fields() {
+        text.push_str(&format!("{}: {}\n", field.name(), field.data_type()));
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub(crate) enum FileKind {
     Retraction,
     /// A deletion vector: positions of deleted rows in one data file.
     Deletes,
+    /// Operator state of a materialized table, in a checkpoint.
+    State,
 }
 
 /// A new, unique path for a file of `kind` in a table directory, relative to the table directory.
@@ -62,6 +64,7 @@ pub(crate) fn new_file_name(kind: FileKind) -> String {
         FileKind::Data => format!("data/{id}.parquet"),
         FileKind::Retraction => format!("retractions/{id}.parquet"),
         FileKind::Deletes => format!("deletes/{id}.roaring"),
+        FileKind::State => format!("state/{id}.arrow"),
     }
 }
 

@@ -37,7 +37,10 @@ pub use catalog::{Catalog, CatalogEntry, CatalogManifest, TableSlot};
 pub use changes::ChangeSet;
 pub use location::Location;
 pub use maintenance::VacuumReport;
-pub use manifest::{ChangeFile, Changes, ColumnDef, DataFile, DeletionVector, FORMAT_VERSION, Manifest, SchemaDef};
+pub use manifest::{
+    ChangeFile, Changes, ColumnDef, DataFile, DeletionVector, FORMAT_VERSION, Manifest, SchemaDef, StateCheckpoint,
+    StateFile,
+};
 pub use moves::{CompactionMoves, FileMoves, MovesListener};
 pub use provider::{SnapshotScanExec, SnapshotTable, delete_matching, delete_positioned, upsert_by_key};
 pub use snapshot::{FILE_COLUMN, POSITION_COLUMN, Snapshot};

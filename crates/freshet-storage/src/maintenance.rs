@@ -324,6 +324,9 @@ impl Table {
             for file in manifest.changes.inserted.iter().chain(&manifest.changes.retracted) {
                 referenced.insert(file.path.clone());
             }
+            for file in manifest.state.iter().flat_map(|state| &state.files) {
+                referenced.insert(file.path.clone());
+            }
         }
         for &version in versions.iter().filter(|&&v| v < oldest_kept) {
             self.log.remove(version).await?;
@@ -462,6 +465,7 @@ mod tests {
             files,
             changes: Changes::default(),
             refresh: Some(serde_json::json!({"inputs": {"orders": 7}})),
+            state: None,
             transaction: None,
         }
     }

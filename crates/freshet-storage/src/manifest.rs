@@ -39,6 +39,11 @@ pub struct Manifest {
     /// atomically with the rows, and later versions that do not refresh (compaction) keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<serde_json::Value>,
+    /// A checkpoint of the operator state that maintains the table (materialized tables): files
+    /// the engine wrote and a document saying what they hold. Committed atomically with the
+    /// rows; later versions keep it until one replaces it, and VACUUM keeps its files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateCheckpoint>,
     /// A fresh id of the transaction that wrote this version, by which a writer recognises
     /// its own commit when the store's answer to the put was lost (see `log.rs`). Absent in
     /// versions written before it existed.
@@ -51,6 +56,27 @@ impl Manifest {
     pub fn live_rows(&self) -> u64 {
         self.files.iter().map(DataFile::live_rows).sum()
     }
+}
+
+/// Files of operator state and what they hold (see [`Manifest::state`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateCheckpoint {
+    /// The files, paths relative to the table directory (`state/<uuid>.arrow`).
+    pub files: Vec<StateFile>,
+    /// What the engine needs to read them back; storage does not look inside.
+    pub meta: serde_json::Value,
+}
+
+/// One file of a [`StateCheckpoint`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateFile {
+    /// Path relative to the table directory.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// The BLAKE3 hash of its contents, in hex: a checkpoint read back is checked whole, so
+    /// that a damaged one is refused rather than restored into wrong results.
+    pub blake3: String,
 }
 
 /// A Parquet data file and the rows of it that are deleted.

@@ -3,8 +3,8 @@
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
@@ -112,6 +112,7 @@ impl Table {
             files: Vec::new(),
             changes: Changes::default(),
             refresh: None,
+            state: None,
             transaction: None,
         };
         if let Created::AlreadyExists = log.create(1, &manifest).await? {
@@ -304,6 +305,33 @@ impl Table {
             properties: file_properties(&self.options.parquet, tier, schema),
             max_rows: self.options.max_file_rows,
         }
+    }
+
+    /// Reads a file of a checkpoint of operator state.
+    pub async fn read_state_file(&self, file: &crate::manifest::StateFile) -> Result<bytes::Bytes> {
+        let location = crate::layout::table_file(&self.files.dir, &file.path);
+        let bytes = self
+            .files
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| FreshetError::storage(&location, e))?
+            .bytes()
+            .await
+            .map_err(|e| FreshetError::storage(&location, e))?;
+        if bytes.len() as u64 != file.bytes {
+            return Err(FreshetError::corrupt(
+                &location,
+                format!("{} bytes, the manifest says {}", bytes.len(), file.bytes),
+            ));
+        }
+        if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
+            return Err(FreshetError::corrupt(
+                &location,
+                "its contents do not hash to what the manifest says",
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Starts a transaction, waiting for any other writer of this table to finish.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use datafusion::object_store::{ObjectStoreExt, PutPayload};
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
 use tokio::sync::OwnedMutexGuard;
@@ -17,9 +18,9 @@ use tokio::sync::OwnedMutexGuard;
 use freshet_common::{FreshetError, Result};
 
 use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
-use crate::layout::FileKind;
+use crate::layout::{FileKind, new_file_name, table_file};
 use crate::log::Created;
-use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest};
+use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest, StateCheckpoint, StateFile};
 use crate::snapshot::{KnownDeletes, Snapshot};
 use crate::table::{Table, Tier, WriterState};
 use crate::write::{ParallelWriter, Placements, Written, write_deletes};
@@ -54,6 +55,9 @@ pub struct Transaction {
     /// The table's new columns, when the transaction replaces every row and the schema.
     new_schema: Option<datafusion::arrow::datatypes::SchemaRef>,
     refresh: Option<serde_json::Value>,
+    /// A new checkpoint of operator state, or none (`Some(None)`); the base version's is kept
+    /// otherwise.
+    state: Option<Option<StateCheckpoint>>,
     /// How the transaction's files are compressed.
     tier: Tier,
     inserted: u64,
@@ -133,6 +137,7 @@ impl Transaction {
             removed_all: false,
             new_schema: None,
             refresh: None,
+            state: None,
             tier: Tier::Fresh,
             inserted: 0,
             deleted: 0,
@@ -342,6 +347,38 @@ impl Transaction {
         self.refresh = Some(record);
     }
 
+    /// Writes a file of operator state for a checkpoint; it becomes part of the table when the
+    /// transaction commits a checkpoint naming it ([`Transaction::set_state`]), and is an
+    /// orphan (removed by VACUUM) otherwise.
+    pub async fn write_state_file(&mut self, bytes: bytes::Bytes) -> Result<StateFile> {
+        let path = new_file_name(FileKind::State);
+        let location = table_file(&self.table.files.dir, &path);
+        let size = bytes.len() as u64;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        self.table
+            .files
+            .store
+            .put(&location, PutPayload::from(bytes))
+            .await
+            .map_err(|e| FreshetError::storage(&location, e))?;
+        Ok(StateFile {
+            path,
+            bytes: size,
+            blake3: hash,
+        })
+    }
+
+    /// Commits a checkpoint of operator state with the version, replacing the base version's.
+    pub fn set_state(&mut self, state: StateCheckpoint) {
+        self.state = Some(Some(state));
+    }
+
+    /// Drops the base version's checkpoint of operator state: the rows this transaction
+    /// writes were not made by that state (a full recomputation).
+    pub fn clear_state(&mut self) {
+        self.state = Some(None);
+    }
+
     /// Commits the transaction as the next version. A transaction that changed nothing commits
     /// nothing and reports the base version.
     pub async fn commit(mut self) -> Result<CommitInfo> {
@@ -353,7 +390,12 @@ impl Transaction {
                 self.deleted, self.retracted
             )));
         }
-        if self.inserted == 0 && self.deleted == 0 && self.refresh.is_none() && self.new_schema.is_none() {
+        if self.inserted == 0
+            && self.deleted == 0
+            && self.refresh.is_none()
+            && self.new_schema.is_none()
+            && self.state.is_none()
+        {
             return Ok(CommitInfo {
                 version: self.base.version(),
                 inserted: 0,
@@ -454,6 +496,7 @@ impl Transaction {
                 removed,
             },
             refresh: self.refresh.take().or_else(|| base_manifest.refresh.clone()),
+            state: self.state.take().unwrap_or_else(|| base_manifest.state.clone()),
             transaction: None,
         };
         let table = self.table.clone();

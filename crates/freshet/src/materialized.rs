@@ -11,6 +11,7 @@
 //!   failures, on the engine's injectable clock;
 //! - `status`: status, data lag, and the `freshet.materialized_tables` system table.
 
+mod checkpoint;
 mod correction;
 mod ddl;
 pub mod definition;

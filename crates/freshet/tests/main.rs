@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod checkpoints;
 mod durability;
 mod floats;
 mod incremental;

@@ -13,6 +13,7 @@
 //! are final, and its state holds the open windows only.
 
 mod accumulator;
+mod checkpoint;
 mod float_sum;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
@@ -699,5 +700,21 @@ impl Operator for Aggregate {
 
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![self.input.as_ref()]
+    }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.input.as_mut()]
+    }
+
+    fn can_save_state(&self) -> bool {
+        true
+    }
+
+    fn save_state(&self) -> Result<crate::checkpoint::SavedState> {
+        self.save()
+    }
+
+    fn restore_state(&mut self, batches: Vec<datafusion::arrow::record_batch::RecordBatch>) -> Result<()> {
+        self.restore(batches)
     }
 }

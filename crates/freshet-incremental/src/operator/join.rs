@@ -16,9 +16,10 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32A
 use datafusion::arrow::compute::take_arrays;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::{Key, KeyCodec, Keys, Result, RowKey};
+use freshet_common::{ChangeBatch, Key, KeyCodec, Keys, Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize};
+use crate::checkpoint::{SavedState, mismatch};
 use crate::delta::{Delta, internal, multiply};
 use crate::rows::RowCodec;
 use arrangement::Arrangement;
@@ -703,5 +704,40 @@ impl Operator for Join {
 
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![self.left.as_ref(), self.right.as_ref()]
+    }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.left.as_mut(), self.right.as_mut()]
+    }
+
+    fn can_save_state(&self) -> bool {
+        !self.spec.null_aware
+    }
+
+    /// Both sides' rows, consolidated, each with its weight. (`NOT IN`'s counts of the right
+    /// side and its left rows with NULL keys are not saved yet.)
+    fn save_state(&self) -> Result<SavedState> {
+        if self.spec.null_aware {
+            return Ok(SavedState::Unsupported);
+        }
+        Ok(SavedState::Batches(vec![
+            self.left_rows.contents()?.into_batch(),
+            self.right_rows.contents()?.into_batch(),
+        ]))
+    }
+
+    fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let [left, right] =
+            <[RecordBatch; 2]>::try_from(batches).map_err(|_| mismatch("a join's state is two batches"))?;
+        for (batch, side, schema) in [
+            (left, Side::Left, self.spec.left_schema.clone()),
+            (right, Side::Right, self.spec.right_schema.clone()),
+        ] {
+            let changes = ChangeBatch::try_new(batch)?;
+            let delta = Delta::from_changes(&schema, &[changes])?;
+            let encoded = self.encode(delta, side)?;
+            self.apply(&encoded, side)?;
+        }
+        Ok(())
     }
 }

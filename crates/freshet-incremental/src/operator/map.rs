@@ -39,6 +39,10 @@ impl Operator for Filter {
         vec![self.input.as_ref()]
     }
 
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.input.as_mut()]
+    }
+
     fn output_consolidated(&self) -> bool {
         self.input.output_consolidated()
     }
@@ -94,6 +98,10 @@ impl Operator for Project {
         vec![self.input.as_ref()]
     }
 
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.input.as_mut()]
+    }
+
     fn output_consolidated(&self) -> bool {
         self.keeps_every_column && self.input.output_consolidated()
     }
@@ -136,6 +144,10 @@ impl Operator for Constant {
     }
 
     fn inputs(&self) -> Vec<&dyn Operator> {
+        vec![]
+    }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
         vec![]
     }
 }

@@ -342,4 +342,8 @@ impl Operator for Over {
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![self.input.as_ref()]
     }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.input.as_mut()]
+    }
 }

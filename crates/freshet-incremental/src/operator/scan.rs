@@ -93,4 +93,8 @@ impl Operator for Scan {
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![]
     }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![]
+    }
 }

@@ -337,6 +337,10 @@ impl Operator for TemporalFilter {
         vec![self.input.as_ref()]
     }
 
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.input.as_mut()]
+    }
+
     fn next_change(&self) -> Option<i64> {
         // A watermark moves with the data, not with the clock.
         if self.watermark_of.is_some() {

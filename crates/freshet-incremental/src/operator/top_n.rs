@@ -329,4 +329,8 @@ impl Operator for TopN {
     fn inputs(&self) -> Vec<&dyn Operator> {
         vec![self.input.as_ref()]
     }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        vec![self.input.as_mut()]
+    }
 }

@@ -36,4 +36,11 @@ impl Operator for Union {
     fn inputs(&self) -> Vec<&dyn Operator> {
         self.inputs.iter().map(|i| i.as_ref()).collect()
     }
+
+    fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
+        self.inputs
+            .iter_mut()
+            .map(|i| i.as_mut() as &mut dyn Operator)
+            .collect()
+    }
 }

@@ -25,6 +25,7 @@ use freshet_sql::RefreshMode;
 use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, Table, Transaction, delete_matching};
 
 use super::RefreshCosts;
+use super::checkpoint::{checkpoint_due, saved_state, write_checkpoint};
 use super::correction::drifted_rows;
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
@@ -40,26 +41,29 @@ pub const AUTO_MAX_CHANGE_RATIO_COLD: f64 = 0.1;
 /// A table's pipeline and the input versions its state reflects.
 #[derive(Debug)]
 pub(crate) struct IncrementalState {
-    pipeline: Pipeline,
-    query: String,
-    inputs: BTreeMap<String, u64>,
+    pub(super) pipeline: Pipeline,
+    pub(super) query: String,
+    pub(super) inputs: BTreeMap<String, u64>,
     /// Changes that bring the table to the pipeline's output, found when the state was
     /// rebuilt; applied with the next refresh.
-    correction: Option<ChangeBatch>,
+    pub(super) correction: Option<ChangeBatch>,
     /// Of those, the rows that are not float re-roundings (`None`: the state was not rebuilt
     /// for the next refresh).
-    drifted: Option<u64>,
+    pub(super) drifted: Option<u64>,
     /// Where the table's rows are, for retractions without a scan (`None`: not built yet, or
     /// the table is too large to index).
-    index: Option<RowIndex>,
+    pub(super) index: Option<RowIndex>,
     /// The state's memory, in the engine's memory pool.
-    memory: MemoryReservation,
+    pub(super) memory: MemoryReservation,
+    /// Input change rows the state processed since the table's checkpoint of it (`None`: the
+    /// table has no checkpoint of this state).
+    pub(super) since_checkpoint: Option<u64>,
 }
 
 impl IncrementalState {
     /// Accounts the state's current size in the memory pool; fails when the engine's memory
     /// limit does not allow it.
-    fn account(&mut self, name: &str) -> Result<()> {
+    pub(super) fn account(&mut self, name: &str) -> Result<()> {
         let operators = usize::try_from(self.pipeline.state_size().bytes).unwrap_or(usize::MAX);
         let index = self.index.as_ref().map_or(0, RowIndex::bytes);
         if index > 0 && self.memory.try_resize(operators.saturating_add(index)).is_ok() {
@@ -221,12 +225,17 @@ impl Engine {
         }
         let share = changed as f64 / total.max(1) as f64;
         let runtime = self.inner.materialized.runtime(name);
-        let kept = runtime
+        let mut kept = runtime
             .incremental
             .lock()
             .await
             .take()
             .filter(|s| s.query == definition.query && s.inputs == previous.inputs);
+        let mut restored = false;
+        if kept.is_none() {
+            kept = self.restore_state(name, pinned, previous, &definition.query).await?;
+            restored = kept.is_some();
+        }
         let reason = match mode {
             RefreshMode::Auto => {
                 let limit = if kept.is_some() {
@@ -257,6 +266,10 @@ impl Engine {
             other => format!("REFRESH_MODE = {other}"),
         };
         if let Some(state) = kept {
+            let reason = match restored {
+                true => format!("{reason}; operator state restored from the table's checkpoint"),
+                false => reason,
+            };
             return Ok(Algorithm::Incremental {
                 state: Box::new(state),
                 changes,
@@ -363,6 +376,7 @@ impl Engine {
             drifted: Some(drifted),
             index: None,
             memory,
+            since_checkpoint: None,
         };
         state.account(name)?;
         let spent = u64::try_from(timer.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -464,6 +478,16 @@ impl Engine {
             rows: applied.written,
             partition: None,
         };
+        let saved = match checkpoint_due(&state, input_changes) {
+            true => saved_state(&state.pipeline)?,
+            false => None,
+        };
+        if let Some(saved) = saved {
+            write_checkpoint(&mut txn, saved, &pinned.inputs).await?;
+            state.since_checkpoint = Some(0);
+        } else if let Some(since) = &mut state.since_checkpoint {
+            *since += input_changes;
+        }
         let committed = self.commit_refresh(name, txn, record).await?;
         let version = committed.version;
         *super::lock(&self.inner.materialized.runtime(name).time_change_ms) = state.pipeline.next_change_ms();

@@ -455,6 +455,9 @@ impl Engine {
         let mut rows = execute_stream(physical, state.task_ctx())?;
 
         let mut txn = table.begin("REFRESH").await?;
+        // Rows recomputed by DataFusion, not made by the operator state: a checkpoint of that
+        // state no longer describes the table (float sums, for one, differ in their last bits).
+        txn.clear_state();
         let partition = match &request.partition {
             Some((column, value)) => {
                 let index = schema.index_of(column).map_err(|_| {
@@ -600,7 +603,9 @@ impl Engine {
             let Some(record) = RefreshRecord::of(&table.snapshot()) else {
                 continue;
             };
-            for (input, version) in record.inputs {
+            // A restore from the table's checkpoint reads the changes since its versions.
+            let checkpointed = super::checkpoint::checkpoint_inputs(&table).unwrap_or_default();
+            for (input, version) in record.inputs.into_iter().chain(checkpointed) {
                 let kept = oldest.entry(input).or_insert(version);
                 *kept = (*kept).min(version);
             }

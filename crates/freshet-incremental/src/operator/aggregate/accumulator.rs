@@ -15,6 +15,7 @@ use freshet_common::{FreshetError, Result, RowKey};
 
 use super::AggregateSpec;
 use super::float_sum::FloatSums;
+use crate::checkpoint::{StateReader, StateWriter};
 use crate::delta::internal;
 use crate::rows::RowCodec;
 
@@ -156,6 +157,57 @@ impl Accumulators {
             }
             Accumulators::Bools(truths) => truths[slot] = Truths::default(),
         }
+    }
+
+    /// Writes a slot's state for a checkpoint.
+    pub(crate) fn save_slot(&self, slot: usize, out: &mut StateWriter) {
+        match self {
+            Accumulators::Rows => {}
+            Accumulators::Count(counts) => {
+                out.i64(counts[slot]);
+            }
+            Accumulators::Exact(tallies) => {
+                let Tally { sum, count } = tallies[slot];
+                out.i128(sum).i64(count);
+            }
+            Accumulators::Float(sums) => sums.save_slot(slot as u32, out),
+            Accumulators::Values { sets, .. } => {
+                out.i64(sets[slot].len() as i64);
+                for (value, n) in &sets[slot] {
+                    out.bytes(value.as_bytes()).i64(*n);
+                }
+            }
+            Accumulators::Bools(truths) => {
+                let Truths { trues, falses } = truths[slot];
+                out.i64(trues).i64(falses);
+            }
+        }
+    }
+
+    /// Reads a slot's state written by [`Accumulators::save_slot`] into an empty slot.
+    pub(crate) fn restore_slot(&mut self, slot: usize, input: &mut StateReader<'_>) -> Result<()> {
+        match self {
+            Accumulators::Rows => {}
+            Accumulators::Count(counts) => counts[slot] = input.i64()?,
+            Accumulators::Exact(tallies) => {
+                let (sum, count) = (input.i128()?, input.i64()?);
+                tallies[slot] = Tally { sum, count };
+            }
+            Accumulators::Float(sums) => sums.restore_slot(slot as u32, input)?,
+            Accumulators::Values { sets, bytes } => {
+                for _ in 0..input.i64()? {
+                    let value = RowKey::from(input.bytes()?);
+                    let n = input.i64()?;
+                    *bytes += value_bytes(&value);
+                    sets[slot].insert(value, n);
+                }
+            }
+            Accumulators::Bools(truths) => {
+                let (trues, falses) = (input.i64()?, input.i64()?);
+                truths[slot] = Truths { trues, falses };
+            }
+        }
+        Ok(())
     }
 
     /// Memory held: `slots` slots of fixed-size state plus the multisets' contents.

@@ -12,6 +12,10 @@
 
 use foldhash::{HashMap, HashMapExt};
 
+use freshet_common::Result;
+
+use crate::checkpoint::{StateReader, StateWriter, mismatch};
+
 /// The exact sum of a group's finite values, `sum * 2^scale`, and how many values (NULLs
 /// aside) the group holds. `spilled` says the group's sum (or some of its values) is kept in
 /// the aside map instead. Packed to 8-byte alignment: 32 bytes.
@@ -66,6 +70,72 @@ impl FloatSums {
     pub(crate) fn bytes(&self, slots: usize) -> usize {
         let wide = self.aside.values().filter(|a| a.wide.is_some()).count();
         slots * size_of::<FloatTally>() + self.aside.len() * 48 + wide * size_of::<WideSum>()
+    }
+
+    /// Writes a slot's sum for a checkpoint.
+    pub(crate) fn save_slot(&self, slot: u32, out: &mut StateWriter) {
+        let FloatTally {
+            sum,
+            count,
+            scale,
+            spilled,
+        } = self.tallies[slot as usize];
+        out.i128(sum).i64(count).i64(i64::from(scale)).i64(i64::from(spilled));
+        if !spilled {
+            return;
+        }
+        let aside = self.aside.get(&slot);
+        let counts = aside.map_or([0; 3], |a| [a.nan, a.positive_infinity, a.negative_infinity]);
+        for n in counts {
+            out.i64(n);
+        }
+        match aside.and_then(|a| a.wide.as_ref()) {
+            Some(wide) => {
+                out.i64(1);
+                for limb in wide.limbs {
+                    out.i64(limb);
+                }
+            }
+            None => {
+                out.i64(0);
+            }
+        }
+    }
+
+    /// Reads a slot's sum written by [`FloatSums::save_slot`] into an empty slot.
+    pub(crate) fn restore_slot(&mut self, slot: u32, input: &mut StateReader<'_>) -> Result<()> {
+        let (sum, count) = (input.i128()?, input.i64()?);
+        let scale = i32::try_from(input.i64()?).map_err(|_| mismatch("a float sum's scale"))?;
+        let spilled = input.i64()? != 0;
+        self.tallies[slot as usize] = FloatTally {
+            sum,
+            count,
+            scale,
+            spilled,
+        };
+        if spilled {
+            let (nan, positive_infinity, negative_infinity) = (input.i64()?, input.i64()?, input.i64()?);
+            let wide = match input.i64()? {
+                0 => None,
+                _ => {
+                    let mut wide = Box::new(WideSum::default());
+                    for limb in &mut wide.limbs {
+                        *limb = input.i64()?;
+                    }
+                    Some(wide)
+                }
+            };
+            self.aside.insert(
+                slot,
+                Aside {
+                    wide,
+                    nan,
+                    positive_infinity,
+                    negative_infinity,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Adds `value`, `weight` times (negative: takes it out), to the group of `slot`.

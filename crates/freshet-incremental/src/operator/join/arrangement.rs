@@ -23,7 +23,7 @@ use datafusion::arrow::compute::{concat_batches, interleave, take_arrays};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use foldhash::{HashMap, HashMapExt};
-use freshet_common::{Key, KeyCodec, KeyMap, Keys, Result};
+use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Result, consolidate};
 
 use crate::delta::internal;
 use crate::rows::RowCodec;
@@ -274,6 +274,32 @@ impl Arrangement {
             next = entry.next;
             Some((entry.row, entry.weight))
         })
+    }
+
+    /// The multiset of rows kept, consolidated: one row per distinct row with its weight (for
+    /// a checkpoint).
+    pub(super) fn contents(&self) -> Result<ChangeBatch> {
+        let (mut rows, mut weights) = (Vec::new(), Vec::new());
+        for key in self.keys() {
+            for (row, weight) in self.entries(key) {
+                rows.push(row);
+                weights.push(weight);
+            }
+        }
+        if rows.is_empty() {
+            return ChangeBatch::with_weight(&RecordBatch::new_empty(self.schema.clone()), 1);
+        }
+        let data = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            self.gather(&rows)?,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )
+        .map_err(internal)?;
+        let changes = ChangeBatch::from_parts(&data, Arc::new(Int64Array::from(weights)))?;
+        match consolidate(&self.schema, &[changes])? {
+            Some(consolidated) => Ok(consolidated),
+            None => ChangeBatch::with_weight(&RecordBatch::new_empty(self.schema.clone()), 1),
+        }
     }
 
     /// Looks up `keys` in the order that sweeps the index's memory (see `KeyMap::probe_order`).

@@ -1,0 +1,249 @@
+//! Checkpoints of a materialized table's operator state.
+//!
+//! A refresh that commits incrementally may also write the pipeline's state: one file
+//! (`state/<uuid>.arrow` in the table's directory) holding, one after the other, an Arrow IPC
+//! file per batch of each stateful operator, listed in the version's manifest (`state`) with a
+//! document saying what it holds — the pipeline's fingerprint, the input versions the state
+//! reflects, and the byte range of each operator's batches. The file is written (and synced)
+//! before the manifest and committed with it, so a crash leaves either the old checkpoint or
+//! the new one, never half of one. Later versions keep the checkpoint
+//! until a newer one replaces it.
+//!
+//! When the state is not in memory (the engine opened, a refresh failed), it is restored from
+//! the checkpoint instead of being rebuilt from every input: the files are read back into a
+//! pipeline built from the same plan, and the input changes between the checkpoint's versions
+//! and the versions the table reflects are stepped through it with the output dropped (the
+//! table holds it already). So a checkpoint need not be written at every refresh: one is
+//! written when the input changes processed since the last reach a quarter of the state's
+//! rows, which bounds both what checkpoints cost per change and what a restore replays.
+//! Anything wrong with a checkpoint (missing or corrupt files, another query, versions no
+//! longer readable) is logged and the state is rebuilt from the inputs as before.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use freshet_common::{FreshetError, Result};
+use freshet_incremental::{Epoch, Pipeline, PipelineState};
+use freshet_storage::{StateCheckpoint, Table, Transaction};
+
+use super::incremental::IncrementalState;
+use super::refresh::{PinnedQuery, RefreshRecord};
+use crate::engine::Engine;
+
+/// Format of the checkpoint document written by this build.
+const CHECKPOINT_FORMAT: u32 = 1;
+
+/// A checkpoint is written once the input changes since the last one reach this fraction of
+/// the state's rows.
+const CHECKPOINT_CHANGE_FRACTION: f64 = 0.25;
+
+/// What a checkpoint's files hold (the manifest's `state.meta`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointMeta {
+    format: u32,
+    /// The pipeline the state belongs to.
+    fingerprint: String,
+    /// The input versions the state reflects.
+    inputs: BTreeMap<String, u64>,
+    /// The byte ranges (start, end) in the file of each stateful operator's batches, in the
+    /// pipeline's order.
+    operators: Vec<Vec<(usize, usize)>>,
+}
+
+/// Whether a refresh that processed `changes` input rows should write a checkpoint of `state`.
+pub(super) fn checkpoint_due(state: &IncrementalState, changes: u64) -> bool {
+    match state.since_checkpoint {
+        None => true,
+        Some(since) => {
+            let rows = state.pipeline.state_size().rows;
+            (since + changes) as f64 >= rows as f64 * CHECKPOINT_CHANGE_FRACTION
+        }
+    }
+}
+
+/// The state of `pipeline` to checkpoint, when it can be (no operator that cannot save its
+/// state yet).
+pub(super) fn saved_state(pipeline: &Pipeline) -> Result<Option<PipelineState>> {
+    if pipeline.checkpoint_blocker().is_some() {
+        return Ok(None);
+    }
+    Ok(pipeline.save_state()?.ok())
+}
+
+/// Writes a pipeline's saved state, which reflects `inputs`, into `txn`'s version.
+pub(super) async fn write_checkpoint(
+    txn: &mut Transaction,
+    state: PipelineState,
+    inputs: &BTreeMap<String, u64>,
+) -> Result<()> {
+    let mut bytes = Vec::new();
+    let mut operators = Vec::new();
+    for batches in &state.operators {
+        let mut ranges = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let start = bytes.len();
+            encode(batch, &mut bytes)?;
+            ranges.push((start, bytes.len()));
+        }
+        operators.push(ranges);
+    }
+    let files = vec![txn.write_state_file(Bytes::from(bytes)).await?];
+    let meta = CheckpointMeta {
+        format: CHECKPOINT_FORMAT,
+        fingerprint: state.fingerprint,
+        inputs: inputs.clone(),
+        operators,
+    };
+    let meta = serde_json::to_value(meta).map_err(|e| FreshetError::Internal(e.to_string()))?;
+    txn.set_state(StateCheckpoint { files, meta });
+    Ok(())
+}
+
+/// The input versions the table's checkpoint reflects, if it has one.
+pub(crate) fn checkpoint_inputs(table: &Table) -> Option<BTreeMap<String, u64>> {
+    let state = table.snapshot().manifest().state.clone()?;
+    serde_json::from_value::<CheckpointMeta>(state.meta)
+        .ok()
+        .map(|m| m.inputs)
+}
+
+/// Appends `batch` to `buffer` as an Arrow IPC file.
+fn encode(batch: &RecordBatch, buffer: &mut Vec<u8>) -> Result<()> {
+    let mut writer = FileWriter::try_new(buffer, &batch.schema()).map_err(ipc_error)?;
+    writer.write(batch).map_err(ipc_error)?;
+    writer.finish().map_err(ipc_error)
+}
+
+fn decode(bytes: Bytes) -> Result<RecordBatch> {
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(ipc_error)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(ipc_error)?;
+    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(ipc_error)
+}
+
+fn ipc_error(e: datafusion::arrow::error::ArrowError) -> FreshetError {
+    FreshetError::Internal(format!("a checkpoint file of operator state: {e}"))
+}
+
+impl Engine {
+    /// The table's operator state restored from its checkpoint and brought to the input
+    /// versions the table reflects (`previous.inputs`); `Ok(None)` when there is no usable
+    /// checkpoint (why is logged).
+    pub(super) async fn restore_state(
+        &self,
+        name: &str,
+        pinned: &PinnedQuery,
+        previous: &RefreshRecord,
+        query: &str,
+    ) -> Result<Option<IncrementalState>> {
+        let table = self.inner.catalog.table(name)?;
+        let Some(checkpoint) = table.snapshot().manifest().state.clone() else {
+            return Ok(None);
+        };
+        match self.restore_from(&table, checkpoint, pinned, previous, query).await {
+            Ok(restored) => Ok(restored),
+            Err(e) => {
+                tracing::warn!(
+                    table = name,
+                    error = %e,
+                    "the operator state's checkpoint cannot be used; the state is rebuilt from the inputs"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    async fn restore_from(
+        &self,
+        table: &Arc<Table>,
+        checkpoint: StateCheckpoint,
+        pinned: &PinnedQuery,
+        previous: &RefreshRecord,
+        query: &str,
+    ) -> Result<Option<IncrementalState>> {
+        let name = table.name();
+        let meta: CheckpointMeta = serde_json::from_value(checkpoint.meta)
+            .map_err(|e| FreshetError::Internal(format!("the checkpoint's document: {e}")))?;
+        if meta.format > CHECKPOINT_FORMAT {
+            return Ok(None);
+        }
+        let Ok(mut pipeline) = self.pipeline(pinned)? else {
+            return Ok(None);
+        };
+        if pipeline.fingerprint() != meta.fingerprint {
+            tracing::info!(
+                table = name,
+                "the checkpoint is of another operator tree; the state is rebuilt"
+            );
+            return Ok(None);
+        }
+        if meta.inputs.keys().ne(previous.inputs.keys())
+            || meta
+                .inputs
+                .iter()
+                .any(|(input, v)| previous.inputs.get(input) < Some(v))
+        {
+            return Ok(None);
+        }
+        let [file] = checkpoint.files.as_slice() else {
+            return Err(FreshetError::Internal("a checkpoint is one file".into()));
+        };
+        let bytes = table.read_state_file(file).await?;
+        let mut operators = Vec::with_capacity(meta.operators.len());
+        for ranges in &meta.operators {
+            let mut batches = Vec::with_capacity(ranges.len());
+            for &(start, end) in ranges {
+                if start > end || end > bytes.len() {
+                    return Err(FreshetError::Internal(
+                        "a checkpoint's range is outside its file".into(),
+                    ));
+                }
+                batches.push(decode(bytes.slice(start..end))?);
+            }
+            operators.push(batches);
+        }
+        pipeline.restore_state(PipelineState {
+            fingerprint: meta.fingerprint,
+            operators,
+        })?;
+        // The changes since the checkpoint, whose output the table holds already.
+        let mut epoch = Epoch::at(previous.started_at_ms);
+        for (input, &to) in &previous.inputs {
+            let from = meta.inputs.get(input).copied().unwrap_or(to);
+            if from >= to || !pipeline.sources().contains(input) {
+                continue;
+            }
+            let changes = self.inner.catalog.table(input)?.changes(from, to).await?;
+            let mut stream = changes.stream_columns(pipeline.source_columns(input));
+            while let Some(batch) = stream.try_next().await? {
+                epoch.add(input, batch);
+            }
+        }
+        let replayed = epoch.rows() as u64;
+        self.set_watermarks(&mut epoch, &previous.inputs).await?;
+        pipeline.step(&epoch)?;
+        let memory = MemoryConsumer::new(format!("materialized table {name}"))
+            .register(&self.inner.ctx.runtime_env().memory_pool);
+        let mut state = IncrementalState {
+            pipeline,
+            query: query.to_string(),
+            inputs: previous.inputs.clone(),
+            correction: None,
+            drifted: None,
+            index: None,
+            memory,
+            since_checkpoint: Some(replayed),
+        };
+        state.account(name)?;
+        tracing::debug!(table = name, replayed, "operator state restored from its checkpoint");
+        Ok(Some(state))
+    }
+}

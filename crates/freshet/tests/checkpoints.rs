@@ -1,0 +1,207 @@
+//! Checkpoints of materialized tables' operator state: a restart restores the state instead of
+//! reading every input, replays the changes since the checkpoint, and falls back to a rebuild
+//! when the checkpoint cannot be used.
+
+use std::sync::Arc;
+
+use freshet::storage::instrumented::{InstrumentedStore, Instruments};
+use freshet::{Engine, ManualClock};
+
+use crate::incremental::{last_refresh, multiset};
+
+/// 2026-11-20 00:00:00 UTC.
+const START_MS: i64 = 1_795_132_800_000;
+
+/// Aggregates of every kind of accumulator, a join, and an outer join, each with its query.
+const TABLES: [(&str, &str); 4] = [
+    (
+        "totals",
+        "SELECT customer, count(*) AS n, sum(amount) AS total, avg(price) AS mean_price FROM orders GROUP BY customer",
+    ),
+    (
+        "by_customer",
+        "SELECT customer, count(*) AS n, sum(amount) AS total, min(amount) AS low, max(note) AS last_note, \
+         avg(price) AS mean_price, count(DISTINCT amount % 7) AS kinds, bool_or(amount > 990) AS big \
+         FROM orders GROUP BY customer",
+    ),
+    (
+        "by_region",
+        "SELECT c.region, sum(o.amount) AS total, count(*) AS n FROM orders o JOIN customers c ON o.customer = c.id \
+         GROUP BY c.region",
+    ),
+    (
+        "unmatched",
+        "SELECT c.id, c.region, o.id AS order_id FROM customers c LEFT JOIN orders o ON o.customer = c.id AND o.amount > 995",
+    ),
+];
+
+async fn open(dir: &std::path::Path, clock: &ManualClock, instruments: &Instruments) -> Engine {
+    let instruments = instruments.clone();
+    Engine::builder()
+        .location(dir.display().to_string())
+        .clock(Arc::new(clock.clone()))
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, instruments)))
+        .open()
+        .await
+        .unwrap()
+}
+
+async fn setup(dir: &std::path::Path, clock: &ManualClock, instruments: &Instruments) -> Engine {
+    let engine = open(dir, clock, instruments).await;
+    engine
+        .sql(
+            "CREATE TABLE customers (id INT PRIMARY KEY, region TEXT);
+             INSERT INTO customers SELECT value, 'r' || CAST(value % 5 AS TEXT) FROM generate_series(0, 120);
+             CREATE TABLE orders (id BIGINT PRIMARY KEY, customer INT, amount BIGINT, price DOUBLE, note TEXT);
+             INSERT INTO orders SELECT value, CAST(value % 100 AS INT), value % 1000, CAST(value % 97 AS DOUBLE) / 8, \
+               'n' || CAST(value % 13 AS TEXT) FROM generate_series(1, 100000)",
+        )
+        .await
+        .unwrap();
+    for (name, query) in TABLES {
+        engine
+            .sql(&format!(
+                "CREATE MATERIALIZED TABLE {name} FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL AS {query}"
+            ))
+            .await
+            .unwrap();
+    }
+    engine
+}
+
+async fn round(engine: &Engine, round: i64) {
+    engine
+        .sql(&format!(
+            "UPDATE orders SET amount = amount + {round}, note = 'u{round}' WHERE id % 1000 = {round};
+             DELETE FROM orders WHERE id % 1000 = {round} + 500;
+             INSERT INTO orders VALUES ({id}, {round}, 999, 1.5, NULL);
+             UPDATE customers SET region = 'moved' WHERE id = {round}",
+            id = 100_000 + round
+        ))
+        .await
+        .unwrap();
+    for (name, _) in TABLES {
+        engine
+            .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
+            .await
+            .unwrap();
+    }
+}
+
+async fn assert_equal_batch(engine: &Engine) {
+    for (name, query) in TABLES {
+        let maintained = multiset(&engine.sql(&format!("SELECT * FROM {name}")).await.unwrap());
+        let expected = multiset(&engine.sql(query).await.unwrap());
+        assert_eq!(maintained, expected, "{name} differs from its query");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = setup(dir.path(), &clock, &instruments).await;
+    // The first incremental refresh builds the state and checkpoints it; the next few change
+    // too little of it to be worth another checkpoint.
+    for r in 1..=4 {
+        round(&engine, r).await;
+    }
+    assert_equal_batch(&engine).await;
+    let join = engine.table("by_region").unwrap();
+    let checkpoint = join.snapshot().manifest().state.clone().expect("a checkpoint");
+    let checkpointed = checkpoint.meta["inputs"]["orders"].as_u64().unwrap();
+    let orders_version = engine.table("orders").unwrap().snapshot().version();
+    assert!(
+        checkpointed < orders_version,
+        "the checkpoint ({checkpointed}) is older than the inputs ({orders_version}): a restore replays"
+    );
+    let input_bytes: u64 = engine
+        .table("orders")
+        .unwrap()
+        .snapshot()
+        .manifest()
+        .files
+        .iter()
+        .map(|f| f.bytes)
+        .sum();
+    engine.close().await;
+
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine
+        .sql("INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late')")
+        .await
+        .unwrap();
+    for (name, _) in TABLES {
+        instruments.reset_counters();
+        engine
+            .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
+            .await
+            .unwrap();
+        let (_, algorithm, reason) = last_refresh(&engine, name).await;
+        assert_eq!(algorithm, "incremental", "{name}: {reason}");
+        assert!(
+            reason.contains("restored from the table's checkpoint"),
+            "{name}: {reason}"
+        );
+        // Sums and counts are a row per group: restoring them reads far less than the input.
+        // (A join's state is its inputs' rows, and MIN/MAX keep every distinct value: their
+        // checkpoints are that large.)
+        let read = instruments.bytes_read();
+        if name == "totals" {
+            assert!(
+                read * 10 < input_bytes,
+                "restoring read {read} bytes; the orders alone are {input_bytes}"
+            );
+        }
+    }
+    assert_equal_batch(&engine).await;
+    round(&engine, 5).await;
+    assert_equal_batch(&engine).await;
+    // A restored state is never found to differ from the table.
+    let drifted = engine
+        .sql("SELECT name FROM freshet.refreshes WHERE corrected_rows > 0")
+        .await
+        .unwrap();
+    assert!(multiset(&drifted).is_empty());
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_cannot_be_read_falls_back_to_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = setup(dir.path(), &clock, &instruments).await;
+    round(&engine, 1).await;
+    let mut damaged = Vec::new();
+    for (name, _) in TABLES {
+        let table = engine.table(name).unwrap();
+        let checkpoint = table.snapshot().manifest().state.clone().expect("a checkpoint");
+        for file in checkpoint.files {
+            damaged.push(dir.path().join("tables").join(table.id()).join(&file.path));
+        }
+    }
+    engine.close().await;
+    for (i, path) in damaged.iter().enumerate() {
+        let mut bytes = std::fs::read(path).unwrap();
+        if i % 2 == 0 {
+            // Cut short.
+            bytes.truncate(bytes.len() / 2);
+        } else {
+            // Same length, one value changed (a data buffer, not the file's structure).
+            let middle = bytes.len() / 2;
+            bytes[middle] = bytes[middle].wrapping_add(1);
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+    let engine = open(dir.path(), &clock, &instruments).await;
+    round(&engine, 2).await;
+    for (name, _) in TABLES {
+        let (_, algorithm, reason) = last_refresh(&engine, name).await;
+        assert_eq!(algorithm, "incremental", "{name}: {reason}");
+        assert!(reason.contains("rebuilt"), "{name}: {reason}");
+    }
+    assert_equal_batch(&engine).await;
+    engine.close().await;
+}
