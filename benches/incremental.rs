@@ -53,13 +53,17 @@ const QUERIES: [(&str, &str); 4] = [
     ),
 ];
 
+/// An engine on `dir`; `SYNC=0` leaves local writes unsynced (see `EngineBuilder::sync_writes`),
+/// to tell the disk's share of a figure.
+fn builder(dir: &tempfile::TempDir) -> freshet::EngineBuilder {
+    Engine::builder()
+        .location(dir.path().display().to_string())
+        .sync_writes(std::env::var("SYNC").map_or(true, |v| v != "0"))
+}
+
 /// An engine on a temporary directory with `rows` orders and the customers.
 async fn load(rows: usize, dir: &tempfile::TempDir) -> Engine {
-    let engine = Engine::builder()
-        .location(dir.path().display().to_string())
-        .open()
-        .await
-        .expect("engine");
+    let engine = builder(dir).open().await.expect("engine");
     let mut random = Random(0x9E37_79B9_7F4A_7C15);
     engine
         .session()
@@ -222,11 +226,7 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
     // A restart: the engine opens again and its first refresh restores the operator state
     // from the table's checkpoint (and replays the changes since it) instead of rebuilding it.
     let opened = Instant::now();
-    let engine = Engine::builder()
-        .location(dir.path().display().to_string())
-        .open()
-        .await
-        .expect("engine");
+    let engine = builder(&dir).open().await.expect("engine");
     let open = opened.elapsed();
     engine
         .sql("UPDATE orders SET amount = amount + 1 WHERE id = 1")

@@ -74,8 +74,14 @@ impl StateWriter {
         self
     }
 
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.bytes)
+    /// What was written since the last [`StateWriter::clear`].
+    pub(crate) fn written(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Starts again, keeping the buffer.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
     }
 }
 
@@ -127,7 +133,9 @@ mod tests {
 
     #[test]
     fn values_read_back_as_written_and_a_short_buffer_is_an_error() {
-        let bytes = StateWriter::new().i64(-3).i128(1 << 100).bytes(b"abc").finish();
+        let mut writer = StateWriter::new();
+        writer.i64(-3).i128(1 << 100).bytes(b"abc");
+        let bytes = writer.written().to_vec();
         let mut reader = StateReader::new(&bytes);
         assert_eq!(reader.i64().unwrap(), -3);
         assert_eq!(reader.i128().unwrap(), 1 << 100);

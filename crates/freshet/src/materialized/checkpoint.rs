@@ -14,8 +14,10 @@
 //! pipeline built from the same plan, and the input changes between the checkpoint's versions
 //! and the versions the table reflects are stepped through it with the output dropped (the
 //! table holds it already). So a checkpoint need not be written at every refresh: one is
-//! written when the input changes processed since the last reach a quarter of the state's
-//! rows, which bounds both what checkpoints cost per change and what a restore replays.
+//! written when the state has none, when the last is older than Flink's
+//! `execution.checkpointing.interval` (1 minute by default) and changes came since, and when
+//! the changes since the last reach eight times the state's rows — which bounds what a restore
+//! replays by the state's size, whatever the input's.
 //! Anything wrong with a checkpoint (missing or corrupt files, another query, versions no
 //! longer readable) is logged and the state is rebuilt from the inputs as before.
 
@@ -41,9 +43,9 @@ use crate::engine::Engine;
 /// Format of the checkpoint document written by this build.
 const CHECKPOINT_FORMAT: u32 = 1;
 
-/// A checkpoint is written once the input changes since the last one reach this fraction of
-/// the state's rows.
-const CHECKPOINT_CHANGE_FRACTION: f64 = 0.25;
+/// A checkpoint is written once the input changes since the last one reach this many times the
+/// state's rows, whatever the interval: what a restore replays stays proportional to the state.
+const CHECKPOINT_MAX_CHANGES_PER_ROW: u64 = 8;
 
 /// What a checkpoint's files hold (the manifest's `state.meta`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,20 +55,25 @@ struct CheckpointMeta {
     fingerprint: String,
     /// The input versions the state reflects.
     inputs: BTreeMap<String, u64>,
+    /// When it was taken (engine clock, ms since the Unix epoch).
+    #[serde(default)]
+    at_ms: i64,
     /// The byte ranges (start, end) in the file of each stateful operator's batches, in the
     /// pipeline's order.
     operators: Vec<Vec<(usize, usize)>>,
 }
 
-/// Whether a refresh that processed `changes` input rows should write a checkpoint of `state`.
-pub(super) fn checkpoint_due(state: &IncrementalState, changes: u64) -> bool {
-    match state.since_checkpoint {
-        None => true,
-        Some(since) => {
-            let rows = state.pipeline.state_size().rows;
-            (since + changes) as f64 >= rows as f64 * CHECKPOINT_CHANGE_FRACTION
-        }
-    }
+/// Whether a refresh at `now_ms` that processed `changes` input rows should write a checkpoint
+/// of `state`: when the table has none of it, when the last is older than `interval_ms` and
+/// changes came since, or when the changes since reach [`CHECKPOINT_MAX_CHANGES_PER_ROW`] times
+/// the state's rows.
+pub(super) fn checkpoint_due(state: &IncrementalState, changes: u64, now_ms: i64, interval_ms: i64) -> bool {
+    let Some((since, at_ms)) = state.since_checkpoint else {
+        return true;
+    };
+    let since = since + changes;
+    let rows = state.pipeline.state_size().rows.max(1);
+    since > 0 && (now_ms - at_ms >= interval_ms || since >= rows.saturating_mul(CHECKPOINT_MAX_CHANGES_PER_ROW))
 }
 
 /// The state of `pipeline` to checkpoint, when it can be (no operator that cannot save its
@@ -83,6 +90,7 @@ pub(super) async fn write_checkpoint(
     txn: &mut Transaction,
     state: PipelineState,
     inputs: &BTreeMap<String, u64>,
+    at_ms: i64,
 ) -> Result<()> {
     let mut bytes = Vec::new();
     let mut operators = Vec::new();
@@ -100,6 +108,7 @@ pub(super) async fn write_checkpoint(
         format: CHECKPOINT_FORMAT,
         fingerprint: state.fingerprint,
         inputs: inputs.clone(),
+        at_ms,
         operators,
     };
     let meta = serde_json::to_value(meta).map_err(|e| FreshetError::Internal(e.to_string()))?;
@@ -211,7 +220,7 @@ impl Engine {
             operators.push(batches);
         }
         pipeline.restore_state(PipelineState {
-            fingerprint: meta.fingerprint,
+            fingerprint: meta.fingerprint.clone(),
             operators,
         })?;
         // The changes since the checkpoint, whose output the table holds already.
@@ -240,7 +249,7 @@ impl Engine {
             drifted: None,
             index: None,
             memory,
-            since_checkpoint: Some(replayed),
+            since_checkpoint: Some((replayed, meta.at_ms)),
         };
         state.account(name)?;
         tracing::debug!(table = name, replayed, "operator state restored from its checkpoint");

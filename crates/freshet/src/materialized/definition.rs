@@ -21,6 +21,12 @@ pub const DEFAULT_FRESHNESS_FULL: &str = "materialized-table.default-freshness.f
 /// index).
 pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
 
+/// Setting (Flink's key): the longest time between checkpoints of a materialized table's
+/// operator state while its inputs change. A checkpoint is also written when the state has none,
+/// and when the changes since the last reach eight times the state's rows (which bounds what a
+/// restart replays).
+pub const CHECKPOINT_INTERVAL: &str = "execution.checkpointing.interval";
+
 /// Engine-wide settings of materialized tables; set with the engine's builder or with
 /// `SET 'materialized-table....' = '...'`.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +39,8 @@ pub struct MaterializedSettings {
     pub default_freshness_full: Freshness,
     /// Largest materialized table kept indexed by row for incremental refreshes.
     pub row_index_max_rows: u64,
+    /// Longest time between checkpoints of operator state while inputs change.
+    pub checkpoint_interval: Freshness,
 }
 
 impl Default for MaterializedSettings {
@@ -42,6 +50,7 @@ impl Default for MaterializedSettings {
             default_freshness_continuous: Freshness::new(3, FreshnessUnit::Minute),
             default_freshness_full: Freshness::new(1, FreshnessUnit::Hour),
             row_index_max_rows: 4_000_000,
+            checkpoint_interval: Freshness::new(1, FreshnessUnit::Minute),
         }
     }
 }
@@ -59,6 +68,7 @@ impl MaterializedSettings {
             FRESHNESS_THRESHOLD => &mut self.freshness_threshold,
             DEFAULT_FRESHNESS_CONTINUOUS => &mut self.default_freshness_continuous,
             DEFAULT_FRESHNESS_FULL => &mut self.default_freshness_full,
+            CHECKPOINT_INTERVAL => &mut self.checkpoint_interval,
             _ => return Ok(false),
         };
         *slot = parse_duration(value).map_err(|e| FreshetError::InvalidStatement(format!("setting '{key}': {e}")))?;
@@ -75,6 +85,7 @@ impl MaterializedSettings {
             ),
             (DEFAULT_FRESHNESS_FULL, self.default_freshness_full.to_string()),
             (ROW_INDEX_MAX_ROWS, self.row_index_max_rows.to_string()),
+            (CHECKPOINT_INTERVAL, self.checkpoint_interval.to_string()),
         ]
     }
 }

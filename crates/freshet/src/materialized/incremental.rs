@@ -55,9 +55,9 @@ pub(crate) struct IncrementalState {
     pub(super) index: Option<RowIndex>,
     /// The state's memory, in the engine's memory pool.
     pub(super) memory: MemoryReservation,
-    /// Input change rows the state processed since the table's checkpoint of it (`None`: the
-    /// table has no checkpoint of this state).
-    pub(super) since_checkpoint: Option<u64>,
+    /// Input change rows the state processed since the table's checkpoint of it, and when that
+    /// checkpoint was taken (`None`: the table has no checkpoint of this state).
+    pub(super) since_checkpoint: Option<(u64, i64)>,
 }
 
 impl IncrementalState {
@@ -478,14 +478,16 @@ impl Engine {
             rows: applied.written,
             partition: None,
         };
-        let saved = match checkpoint_due(&state, input_changes) {
+        let interval = self.inner.materialized.settings().checkpoint_interval.duration();
+        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        let saved = match checkpoint_due(&state, input_changes, started, interval_ms) {
             true => saved_state(&state.pipeline)?,
             false => None,
         };
         if let Some(saved) = saved {
-            write_checkpoint(&mut txn, saved, &pinned.inputs).await?;
-            state.since_checkpoint = Some(0);
-        } else if let Some(since) = &mut state.since_checkpoint {
+            write_checkpoint(&mut txn, saved, &pinned.inputs, started).await?;
+            state.since_checkpoint = Some((0, started));
+        } else if let Some((since, _)) = &mut state.since_checkpoint {
             *since += input_changes;
         }
         let committed = self.commit_refresh(name, txn, record).await?;

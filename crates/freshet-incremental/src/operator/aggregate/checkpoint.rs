@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
 use freshet_common::{Key, Result, part_of};
@@ -24,7 +24,12 @@ impl Aggregate {
     pub(super) fn save(&self) -> Result<SavedState> {
         let (mut key_int, mut key_row) = (Vec::new(), Vec::new());
         let (mut rows, mut ends, mut touched_at) = (Vec::new(), Vec::new(), Vec::new());
-        let mut accumulators: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.specs.len()];
+        let groups: usize = self.parts.iter().map(|p| p.slots.len()).sum::<usize>().max(1);
+        // One buffer per aggregate, no allocation per group: a checkpoint of many groups is on
+        // the refresh's path.
+        let mut accumulators: Vec<BinaryBuilder> = (0..self.specs.len())
+            .map(|_| BinaryBuilder::with_capacity(groups, groups * 16))
+            .collect();
         let mut writer = StateWriter::new();
         let mut save_slot = |groups: &Groups, slot: u32| {
             let slot = slot as usize;
@@ -32,8 +37,9 @@ impl Aggregate {
             ends.push(groups.ends[slot]);
             touched_at.push(groups.touched_at[slot]);
             for (column, accumulator) in accumulators.iter_mut().zip(&groups.accumulators) {
+                writer.clear();
                 accumulator.save_slot(slot, &mut writer);
-                column.push(writer.finish());
+                column.append_value(writer.written());
             }
         };
         if self.is_global() {
@@ -71,9 +77,9 @@ impl Aggregate {
             Arc::new(Int64Array::from(ends)),
             Arc::new(Int64Array::from(touched_at)),
         ];
-        for (i, column) in accumulators.iter().enumerate() {
+        for (i, column) in accumulators.iter_mut().enumerate() {
             fields.push(Field::new(format!("aggregate_{i}"), DataType::Binary, false));
-            columns.push(Arc::new(BinaryArray::from_iter_values(column)));
+            columns.push(Arc::new(column.finish()));
         }
         let mut metadata = HashMap::new();
         metadata.insert(STARTED.to_string(), self.started.to_string());
