@@ -5,8 +5,8 @@
 //! - the base table holds exactly a prefix of the committed transactions (whole ones),
 //! - every materialized table equals its query over its inputs once refreshed (its state
 //!   restored from a checkpoint, rebuilt, or recomputed),
-//! - the streaming job's sink holds each source event at most once, and only events of the
-//!   source.
+//! - the streaming jobs' sinks (a Freshet table, and files written by the filesystem sink)
+//!   hold each source event at most once, and only events of the source.
 //!
 //! `CRASH_TRIALS` trials (default 6, for CI); `CRASH_SEED` picks the random moments. The
 //! documented long run: `CRASH_TRIALS=1000 cargo nextest run -p freshet-cli --test main crash`.
@@ -58,7 +58,7 @@ fn rows(csv: &str) -> Vec<String> {
 const AGGREGATE: &str = "SELECT g, count(*) AS n, sum(v) AS total FROM t GROUP BY g";
 const JOINED: &str = "SELECT t.g, d.label, count(*) AS n FROM t JOIN d ON t.g = d.g GROUP BY t.g, d.label";
 
-fn setup(data: &Path, events: &Path) {
+fn setup(data: &Path, events: &Path, out: &Path) {
     freshet(
         data,
         &format!(
@@ -70,8 +70,12 @@ fn setup(data: &Path, events: &Path) {
              CREATE TABLE events (id BIGINT, payload VARCHAR) WITH ('connector' = 'filesystem', 'path' = '{}',
                'format' = 'json', 'source.monitor-interval' = '20 ms');
              CREATE TABLE received (id BIGINT, payload VARCHAR);
-             INSERT INTO received SELECT id, payload FROM events",
-            events.display()
+             INSERT INTO received SELECT id, payload FROM events;
+             CREATE TABLE written (id BIGINT, payload VARCHAR) WITH ('connector' = 'filesystem', 'path' = '{}',
+               'format' = 'json');
+             INSERT INTO written SELECT id, payload FROM events",
+            events.display(),
+            out.display()
         ),
     );
 }
@@ -108,8 +112,28 @@ fn write_events(events: &Path, file: usize, first: i64, count: i64) {
     std::fs::rename(&hidden, events.join(format!("part-{file}.json"))).unwrap();
 }
 
+/// The ids of the events in the files the filesystem sink placed in `out` (hidden files, still
+/// staged, left out as every reader of the directory leaves them out).
+fn placed_events(out: &Path) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            ids.push(value["id"].as_i64().unwrap());
+        }
+    }
+    ids
+}
+
 /// Checks every invariant; returns the number of rows of `t`.
-fn check(data: &Path, trial: usize, events_written: i64) -> i64 {
+fn check(data: &Path, out: &Path, trial: usize, events_written: i64) -> i64 {
     let found = rows(&freshet(
         data,
         "SELECT count(*), coalesce(min(id), 1), coalesce(max(id), 0) FROM t",
@@ -151,6 +175,15 @@ fn check(data: &Path, trial: usize, events_written: i64) -> i64 {
         numbers[2] <= events_written,
         "trial {trial}: the sink holds events never written"
     );
+    let mut placed = placed_events(out);
+    let total = placed.len();
+    placed.sort_unstable();
+    placed.dedup();
+    assert_eq!(placed.len(), total, "trial {trial}: the files hold an event twice");
+    assert!(
+        placed.last().is_none_or(|&id| id <= events_written),
+        "trial {trial}: the files hold events never written"
+    );
     count
 }
 
@@ -166,9 +199,13 @@ fn killed_at_random_moments_the_data_stays_whole_and_consistent() {
         .unwrap_or(0x5EED_CAFE);
     let mut random = Random(seed.max(1));
     let dir = tempfile::tempdir().unwrap();
-    let (data, events) = (dir.path().join("data"), dir.path().join("events"));
+    let (data, events, out) = (
+        dir.path().join("data"),
+        dir.path().join("events"),
+        dir.path().join("out"),
+    );
     std::fs::create_dir_all(&events).unwrap();
-    setup(&data, &events);
+    setup(&data, &events, &out);
     let mut rows_of_t = 0;
     let mut events_written = 0;
     for trial in 0..trials {
@@ -192,7 +229,18 @@ fn killed_at_random_moments_the_data_stays_whole_and_consistent() {
         // SIGKILL: no destructor, no flush, no close.
         let _ = child.kill();
         child.wait().unwrap();
-        rows_of_t = check(&data, trial, events_written);
+        rows_of_t = check(&data, &out, trial, events_written);
     }
-    eprintln!("{trials} trials (seed {seed}): {rows_of_t} rows committed, {events_written} events written");
+    // The jobs did run between the kills (else the checks of their sinks prove nothing).
+    let received = rows(&freshet(&data, "SELECT count(*) FROM received"));
+    let placed = placed_events(&out).len();
+    assert!(
+        received[0] != "0" && placed > 0,
+        "the jobs wrote nothing: {received:?} rows received, {placed} events in files"
+    );
+    eprintln!(
+        "{trials} trials (seed {seed}): {rows_of_t} rows committed, {events_written} events written, \
+         {} received by the table sink, {placed} placed in files",
+        received[0]
+    );
 }

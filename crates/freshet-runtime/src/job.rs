@@ -25,10 +25,36 @@ use crate::source::{IngestReport, Source};
 /// Where a job's progress is kept between epochs, so that a restarted engine resumes it.
 #[async_trait::async_trait]
 pub trait JobProgress: Send + Sync + std::fmt::Debug {
-    /// Records that the job has written everything up to these input versions.
-    async fn save(&self, job: &str, versions: &BTreeMap<String, u64>) -> Result<()>;
+    /// Records, atomically, that the job has written everything up to these input versions,
+    /// and which staged files of its sinks hold the output (put in place after this returns).
+    async fn save(&self, job: &str, progress: &SavedProgress) -> Result<()>;
     /// The job has ended: forget it.
     async fn ended(&self, job: &str) -> Result<()>;
+}
+
+/// What a job has committed: the input versions whose output it has written, and the files its
+/// file sinks staged for that output (by branch), which a resumed job puts in place if a crash
+/// came before it did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedProgress {
+    /// Input versions processed.
+    pub inputs: BTreeMap<String, u64>,
+    /// Staged files (target names) of the last committed epoch, by branch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub staged: BTreeMap<usize, Vec<String>>,
+}
+
+impl SavedProgress {
+    /// Reads a saved progress; also the earlier form, a map of input versions alone.
+    pub fn from_json(value: serde_json::Value) -> std::result::Result<Self, serde_json::Error> {
+        match value.get("inputs") {
+            Some(serde_json::Value::Object(_)) => serde_json::from_value(value),
+            _ => Ok(Self {
+                inputs: serde_json::from_value(value)?,
+                staged: BTreeMap::new(),
+            }),
+        }
+    }
 }
 
 /// How a job starts.
@@ -575,11 +601,26 @@ impl Run {
                 info.epochs += 1;
             });
         }
+        let staged: BTreeMap<usize, Vec<String>> = self
+            .branches
+            .iter()
+            .enumerate()
+            .map(|(index, branch)| (index, branch.sink.take_staged()))
+            .filter(|(_, files)| !files.is_empty())
+            .collect();
         let advanced = self.job.info.borrow().inputs != versions;
-        if advanced {
+        if advanced || !staged.is_empty() {
             self.job.update(|info| info.inputs = versions.clone());
             let id = self.id.clone();
-            self.progress.save(&id, &versions).await?;
+            // The commit point of the epoch: its output reaches external sinks only after it.
+            let progress = SavedProgress {
+                inputs: versions,
+                staged,
+            };
+            self.progress.save(&id, &progress).await?;
+            for (index, files) in &progress.staged {
+                self.branches[*index].sink.publish(files).await?;
+            }
         }
         Ok(())
     }

@@ -20,6 +20,6 @@ pub mod sink;
 pub mod source;
 
 pub use connector::{Connector, ConnectorOptions, EventTimeOptions, FileFormat, LateData};
-pub use job::{Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs};
+pub use job::{Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs, SavedProgress};
 pub use sink::Sink;
 pub use source::{EventTime, IngestReport, Source, SourceColumn, SourceProgress};

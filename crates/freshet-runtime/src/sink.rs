@@ -32,6 +32,23 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// Files the last epochs wrote that are not in place yet (a file sink's): the job commits
+    /// their names with its progress, then [`Sink::publish`]es them.
+    pub fn take_staged(&self) -> Vec<String> {
+        match self {
+            Sink::Files(files) => files.take_staged(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Puts staged files in place, once the epoch that wrote them is committed.
+    pub async fn publish(&self, staged: &[String]) -> Result<()> {
+        match self {
+            Sink::Files(files) => files.publish(staged).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the sink takes only insertions: a query whose result updates (retracts rows)
     /// cannot write to it.
     pub fn append_only(&self) -> bool {

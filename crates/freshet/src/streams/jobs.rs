@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 use freshet_common::{FreshetError, Result};
 use freshet_incremental::{BuildError, Pipeline, time_as_input};
 use freshet_runtime::sink::FileSink;
-use freshet_runtime::{Connector, Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, Jobs, Sink};
+use freshet_runtime::{Connector, Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, Jobs, SavedProgress, Sink};
 use freshet_sql::{FreshetStatement, ParsedStatement};
 use freshet_storage::CatalogEntry;
 
@@ -106,7 +106,10 @@ impl Engine {
                     "a job runs INSERT statements, not: {text}"
                 )));
             };
-            let (branch_inputs, pipeline, sink) = self.plan_job(insert, state_ttl_ms).await?;
+            let (branch_inputs, pipeline, mut sink) = self.plan_job(insert, state_ttl_ms).await?;
+            if let Sink::Files(files) = &mut sink {
+                files.set_job(&id);
+            }
             for input in branch_inputs {
                 if !inputs.iter().any(|i| i.table.name() == input.table.name()) {
                     inputs.push(input);
@@ -165,15 +168,21 @@ impl Engine {
             let resumed = async {
                 let ttl = job.get("state_ttl_ms").and_then(serde_json::Value::as_i64);
                 let mut start = self.plan_job_start(id.clone(), &texts, ttl).await?;
-                let progress: Option<BTreeMap<String, u64>> = match self.inner.catalog.job_progress(&id).await? {
+                let progress: Option<SavedProgress> = match self.inner.catalog.job_progress(&id).await? {
                     Some(progress) => Some(
-                        serde_json::from_value(progress)
+                        SavedProgress::from_json(progress)
                             .map_err(|e| FreshetError::corrupt(format!("the progress of job {id}"), e))?,
                     ),
                     None => None,
                 };
                 for (index, branch) in start.branches.iter_mut().enumerate() {
-                    branch.resume = progress.clone();
+                    branch.resume = progress.as_ref().map(|p| p.inputs.clone());
+                    if let Sink::Files(files) = &branch.sink {
+                        // Files of the last committed epoch go in place (a crash may have come
+                        // before); files of an epoch that never committed go away.
+                        let committed = progress.as_ref().and_then(|p| p.staged.get(&index));
+                        files.recover(committed.map_or(&[][..], Vec::as_slice)).await?;
+                    }
                     if let Sink::Table(table) = &branch.sink {
                         // What a table sink committed is exact: its last record says which
                         // inputs (when no other branch of the job wrote the table since).
@@ -340,8 +349,8 @@ struct CatalogProgress {
 
 #[async_trait::async_trait]
 impl JobProgress for CatalogProgress {
-    async fn save(&self, job: &str, versions: &std::collections::BTreeMap<String, u64>) -> Result<()> {
-        let value = serde_json::to_value(versions).map_err(|e| FreshetError::Internal(e.to_string()))?;
+    async fn save(&self, job: &str, progress: &SavedProgress) -> Result<()> {
+        let value = serde_json::to_value(progress).map_err(|e| FreshetError::Internal(e.to_string()))?;
         self.catalog.save_job_progress(job, &value).await
     }
 
