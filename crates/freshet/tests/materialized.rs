@@ -228,3 +228,77 @@ async fn refresh_attempts_are_streamed_as_they_are_recorded() {
     assert_eq!(failed.outcome, "failed");
     assert!(failed.detail.unwrap().contains("duplicate"), "the error is named");
 }
+
+/// Waits for `table` to commit a version after `after`; fails the test after a minute of wall
+/// time (a hang, not a timing assertion).
+async fn committed_after(engine: &Engine, table: &str, after: u64) {
+    let mut versions = engine.table(table).unwrap().subscribe();
+    tokio::time::timeout(Duration::from_secs(60), versions.wait_for(|v| *v > after))
+        .await
+        .unwrap_or_else(|_| panic!("{table} committed nothing after version {after}"))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_scheduled_refresh_does_not_hold_back_a_continuous_table() {
+    let (_dir, clock, instruments, engine) = fresh().await;
+    engine
+        .sql(
+            "CREATE TABLE a (v BIGINT); CREATE TABLE b (v BIGINT);
+             CREATE MATERIALIZED TABLE slow FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = FULL AS SELECT count(*) AS n FROM b;
+             CREATE MATERIALIZED TABLE fast FRESHNESS = INTERVAL '1' SECOND AS SELECT count(*) AS n FROM a",
+        )
+        .await
+        .unwrap();
+    // The hourly refresh of `slow` is held at its commit, as a long one would be.
+    let slow = engine.table("slow").unwrap().id().to_string();
+    let hold = instruments.hold_next_write(&format!("{slow}/manifests/"));
+    engine.sql("INSERT INTO b VALUES (1)").await.unwrap();
+    clock.advance(Duration::from_secs(3_600));
+    hold.reached().await;
+    // Meanwhile `fast` follows its input's commits.
+    let before = engine.table("fast").unwrap().snapshot().version();
+    engine.sql("INSERT INTO a VALUES (1), (2)").await.unwrap();
+    committed_after(&engine, "fast", before).await;
+    let n = engine.sql("SELECT n FROM fast").await.unwrap();
+    let n = n[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+    assert_eq!(n, 2);
+    hold.release();
+    engine.wait_for_refreshes().await;
+    let n = engine.sql("SELECT n FROM slow").await.unwrap();
+    assert_eq!(
+        n[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0),
+        1
+    );
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspend_during_a_refresh_stands() {
+    let (_dir, clock, instruments, engine) = fresh().await;
+    engine
+        .sql(
+            "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1);
+             CREATE MATERIALIZED TABLE sums FRESHNESS = INTERVAL '1' HOUR AS SELECT sum(v) AS total FROM t",
+        )
+        .await
+        .unwrap();
+    let id = engine.table("sums").unwrap().id().to_string();
+    // A failed refresh: the next one, if it succeeds, clears the failure and records that.
+    engine.sql("INSERT INTO t VALUES (5)").await.unwrap();
+    instruments.fail_next_write(&format!("{id}/manifests/"));
+    clock.advance(Duration::from_secs(3_600));
+    engine.wait_for_refreshes().await;
+    assert_eq!(engine.materialized_table("sums").await.unwrap().failures, 1);
+    // The retry is held at its commit while the table is suspended.
+    let hold = instruments.hold_next_write(&format!("{id}/manifests/"));
+    clock.advance(Duration::from_secs(1));
+    hold.reached().await;
+    engine.sql("ALTER MATERIALIZED TABLE sums SUSPEND").await.unwrap();
+    hold.release();
+    engine.wait_for_refreshes().await;
+    let info = engine.materialized_table("sums").await.unwrap();
+    assert_eq!(info.status, Status::Suspended, "{info:?}");
+    assert_eq!(total(&engine).await, 6, "the refresh under way committed");
+    engine.close().await;
+}

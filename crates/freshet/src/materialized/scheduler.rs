@@ -131,40 +131,58 @@ impl Engine {
         }
     }
 
-    /// Runs the refreshes due at `now`, upstream tables first.
-    async fn run_due(&self, now: i64) {
+    /// Starts the refreshes due at `now` that can start: upstream tables first (a table waits
+    /// while a table it reads is due or refreshing), at most `slots.total` at once, of which
+    /// scheduled (not CONTINUOUS) ones take at most all but one — so that a long scheduled
+    /// refresh never holds back a CONTINUOUS table.
+    fn launch_due(&self, now: i64, work: &mut Work) {
         let mut due = BTreeSet::new();
         let mut inputs = HashMap::new();
+        let mut continuous = BTreeSet::new();
         for name in self.materialized_names() {
             let Ok(definition) = self.materialized_definition(&name) else {
                 continue;
             };
             let is_due = self.inner.materialized.next_due(&name).is_some_and(|t| t <= now);
-            if definition.status == Status::Active && is_due {
+            if definition.status == Status::Active && is_due && !work.inflight.contains_key(&name) {
                 due.insert(name.clone());
+            }
+            if definition.effective.mode == RefreshMode::Continuous {
+                continuous.insert(name.clone());
             }
             inputs.insert(name, definition.inputs);
         }
-        while !due.is_empty() {
-            // A table runs once no table it reads is still waiting to run.
-            let ready: Vec<String> = due
-                .iter()
-                .filter(|n| {
-                    !inputs
-                        .get(*n)
-                        .is_some_and(|i| i.iter().any(|x| due.contains(x) && x != *n))
-                })
-                .cloned()
-                .collect();
-            let batch = if ready.is_empty() {
-                due.iter().cloned().collect()
-            } else {
-                ready
-            };
-            for name in batch {
-                due.remove(&name);
-                self.scheduled_refresh(&name, now).await;
+        work.waiting.retain(|name, _| due.contains(name));
+        for name in &due {
+            work.waiting.entry(name.clone()).or_insert(work.iteration);
+        }
+        let blocked = |name: &String| {
+            inputs.get(name).is_some_and(|i| {
+                i.iter()
+                    .any(|x| x != name && (due.contains(x) || work.inflight.contains_key(x)))
+            })
+        };
+        let mut ready: Vec<String> = due.iter().filter(|n| !blocked(n)).cloned().collect();
+        if ready.is_empty() && work.inflight.is_empty() {
+            // Tables reading each other in a cycle: all of them, in name order.
+            ready = due.iter().cloned().collect();
+        }
+        // CONTINUOUS tables first: they are the ones a delay shows in.
+        ready.sort_by_key(|n| !continuous.contains(n));
+        for name in ready {
+            let scheduled = !continuous.contains(&name);
+            let scheduled_running = work.inflight.keys().filter(|n| !continuous.contains(*n)).count();
+            if work.running.len() >= work.slots || (scheduled && scheduled_running + 1 >= work.slots) {
+                continue;
             }
+            let since = work.waiting.remove(&name).unwrap_or(work.iteration);
+            work.inflight.insert(name.clone(), since);
+            let engine = self.clone();
+            let table = name.clone();
+            let task = work.running.spawn(async move {
+                engine.scheduled_refresh(&table, now).await;
+            });
+            work.tasks.insert(task.id(), name);
         }
     }
 
@@ -230,6 +248,10 @@ impl Engine {
         let Ok(mut current) = self.materialized_definition(name) else {
             return;
         };
+        if current.status != Status::Active {
+            // SUSPEND (or anything else) came while the refresh ran: the user's word stands.
+            return;
+        }
         current.status = status.status;
         current.failures = status.failures;
         current.last_error = status.last_error.clone();
@@ -239,25 +261,75 @@ impl Engine {
     }
 }
 
+/// The scheduler's refreshes in flight and waiting.
+struct Work {
+    /// How many refreshes may run at once.
+    slots: usize,
+    running: tokio::task::JoinSet<()>,
+    /// The table each running task refreshes.
+    tasks: HashMap<tokio::task::Id, String>,
+    /// Tables refreshing, with the iteration of the loop at which they came due.
+    inflight: HashMap<String, u64>,
+    /// Tables due but not started (an input still due or refreshing, or no slot free), with the
+    /// iteration at which they came due.
+    waiting: HashMap<String, u64>,
+    /// The loop's iterations, counted.
+    iteration: u64,
+    /// Rounds asked for by `wait_for_refreshes`, with the iteration that looked at them: a
+    /// round is done once nothing due at or before its iteration is waiting or refreshing.
+    rounds: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Work {
+    /// The rounds done by now.
+    fn finished_round(&mut self) -> Option<u64> {
+        let oldest = self.inflight.values().chain(self.waiting.values()).min().copied();
+        let mut done = None;
+        while let Some(&(iteration, round)) = self.rounds.front() {
+            if oldest.is_some_and(|o| o <= iteration) {
+                break;
+            }
+            done = Some(round);
+            self.rounds.pop_front();
+        }
+        done
+    }
+}
+
 async fn run(engine: Weak<EngineInner>) {
+    let mut work = Work {
+        slots: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+        running: tokio::task::JoinSet::new(),
+        tasks: HashMap::new(),
+        inflight: HashMap::new(),
+        waiting: HashMap::new(),
+        iteration: 0,
+        rounds: std::collections::VecDeque::new(),
+    };
     loop {
         let (sleep, wake, mut closing, mut commits) = {
-            let Some(inner) = engine.upgrade() else { return };
+            let Some(inner) = engine.upgrade() else { break };
             let engine = Engine { inner };
             let materialized = &engine.inner.materialized;
             if *materialized.closing.borrow() {
-                return;
+                break;
             }
+            work.iteration += 1;
             let round = materialized.requested.load(Ordering::SeqCst);
             let now = materialized.clock.now_ms();
             // Subscribed before looking, so that no commit falls between the two.
             let commits = engine.continuous_inputs();
             engine.mark_continuous_due(now);
-            engine.run_due(now).await;
-            materialized.processed.send_replace(round);
+            engine.launch_due(now, &mut work);
+            work.rounds.push_back((work.iteration, round));
+            if let Some(done) = work.finished_round() {
+                materialized.processed.send_replace(done);
+            }
+            // Tables refreshing or waiting for one are looked at again when a refresh ends.
             let next = engine
                 .materialized_names()
                 .iter()
+                .filter(|n| !work.inflight.contains_key(*n) && !work.waiting.contains_key(*n))
                 .filter_map(|n| materialized.next_due(n))
                 .min();
             let sleep = match next {
@@ -277,13 +349,33 @@ async fn run(engine: Weak<EngineInner>) {
             }
             let _ = futures::future::select_all(commits.iter_mut().map(|c| Box::pin(c.changed()))).await;
         };
+        let finished = async {
+            match work.running.join_next_with_id().await {
+                Some(result) => result,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sleep => {}
             _ = wake.notified() => {}
             _ = committed => {}
-            _ = closing.wait_for(|c| *c) => return,
+            ended = finished => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a scheduled refresh's task failed");
+                        e.id()
+                    }
+                };
+                if let Some(name) = work.tasks.remove(&id) {
+                    work.inflight.remove(&name);
+                }
+            }
+            _ = closing.wait_for(|c| *c) => break,
         }
     }
+    // Closing: the refreshes under way finish (their commits land or not, never half).
+    while work.running.join_next().await.is_some() {}
 }
 
 pub(crate) fn millis(freshness: Freshness) -> i64 {
