@@ -12,8 +12,9 @@ use crate::incremental::{last_refresh, multiset};
 /// 2026-11-20 00:00:00 UTC.
 const START_MS: i64 = 1_795_132_800_000;
 
-/// Aggregates of every kind of accumulator, a join, and an outer join, each with its query.
-const TABLES: [(&str, &str); 4] = [
+/// Aggregates of every kind of accumulator, a join, a top-N, a NOT IN and an outer join, each
+/// with its query.
+const TABLES: [(&str, &str); 6] = [
     (
         "totals",
         "SELECT customer, count(*) AS n, sum(amount) AS total, avg(price) AS mean_price FROM orders GROUP BY customer",
@@ -28,6 +29,14 @@ const TABLES: [(&str, &str); 4] = [
         "by_region",
         "SELECT c.region, sum(o.amount) AS total, count(*) AS n FROM orders o JOIN customers c ON o.customer = c.id \
          GROUP BY c.region",
+    ),
+    (
+        "top_orders",
+        "SELECT id, amount FROM orders ORDER BY amount DESC, id LIMIT 5",
+    ),
+    (
+        "without_big_orders",
+        "SELECT id, region FROM customers WHERE id NOT IN (SELECT customer FROM orders WHERE amount > 990)",
     ),
     (
         "unmatched",

@@ -86,6 +86,10 @@ pub(crate) struct JoinSpec {
     pub display: String,
 }
 
+/// Keys of a `NOT IN` join's saved state (the right side's batch's metadata).
+const RIGHT_COUNT: &str = "right_count";
+const RIGHT_NULL_COUNT: &str = "right_null_count";
+
 /// Rows (encoded) and their multiplicities.
 type Multiset = HashMap<RowKey, i64>;
 
@@ -711,33 +715,67 @@ impl Operator for Join {
     }
 
     fn can_save_state(&self) -> bool {
-        !self.spec.null_aware
+        true
     }
 
-    /// Both sides' rows, consolidated, each with its weight. (`NOT IN`'s counts of the right
-    /// side and its left rows with NULL keys are not saved yet.)
+    /// Both sides' rows, consolidated, each with its weight; for `NOT IN`, the left side's rows
+    /// with NULL keys too, and the right side's counts in its batch's metadata.
     fn save_state(&self) -> Result<SavedState> {
+        let mut left = self.left_rows.contents()?.into_batch();
+        let mut right = self.right_rows.contents()?.into_batch();
         if self.spec.null_aware {
-            return Ok(SavedState::Unsupported);
+            if !self.left_nulls.is_empty() {
+                let parser = self.left_codec.parser();
+                let columns = self
+                    .left_codec
+                    .decode(self.left_nulls.keys().map(|r| parser.parse(r)))?;
+                let weights: Int64Array = self.left_nulls.values().copied().collect();
+                let data = RecordBatch::try_new(self.spec.left_schema.clone(), columns).map_err(internal)?;
+                let nulls = ChangeBatch::from_parts(&data, Arc::new(weights))?.into_batch();
+                left = datafusion::arrow::compute::concat_batches(&left.schema(), &[left.clone(), nulls])
+                    .map_err(internal)?;
+            }
+            let mut metadata = std::collections::HashMap::new();
+            metadata.insert(RIGHT_COUNT.to_string(), self.right_count.to_string());
+            metadata.insert(RIGHT_NULL_COUNT.to_string(), self.right_null_count.to_string());
+            let schema = Arc::new(right.schema().as_ref().clone().with_metadata(metadata));
+            right = right.with_schema(schema).map_err(internal)?;
         }
-        Ok(SavedState::Batches(vec![
-            self.left_rows.contents()?.into_batch(),
-            self.right_rows.contents()?.into_batch(),
-        ]))
+        Ok(SavedState::Batches(vec![left, right]))
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
         let [left, right] =
             <[RecordBatch; 2]>::try_from(batches).map_err(|_| mismatch("a join's state is two batches"))?;
+        let count = |key: &str| -> Result<i64> {
+            right
+                .schema()
+                .metadata()
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| mismatch(format!("a NOT IN state without {key}")))
+        };
+        let counts = match self.spec.null_aware {
+            true => Some((count(RIGHT_COUNT)?, count(RIGHT_NULL_COUNT)?)),
+            false => None,
+        };
+        let mut encoded = Vec::with_capacity(2);
         for (batch, side, schema) in [
             (left, Side::Left, self.spec.left_schema.clone()),
             (right, Side::Right, self.spec.right_schema.clone()),
         ] {
             let changes = ChangeBatch::try_new(batch)?;
             let delta = Delta::from_changes(&schema, &[changes])?;
-            let encoded = self.encode(delta, side)?;
-            self.apply(&encoded, side)?;
+            encoded.push(self.encode(delta, side)?);
         }
-        Ok(())
+        let right = encoded.pop().ok_or_else(|| mismatch("no right side"))?;
+        let left = encoded.pop().ok_or_else(|| mismatch("no left side"))?;
+        match counts {
+            Some((rows, null_rows)) => self.apply_not_in(&left, &right, rows, null_rows),
+            None => {
+                self.apply(&left, Side::Left)?;
+                self.apply(&right, Side::Right)
+            }
+        }
     }
 }

@@ -11,13 +11,16 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int64Array, RecordBatch, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::SortField;
 
 use freshet_common::{Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize, WindowClosing};
+use crate::checkpoint::{SavedState, mismatch};
 use crate::delta::Delta;
 use crate::rows::RowCodec;
 
@@ -332,5 +335,66 @@ impl Operator for TopN {
 
     fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
         vec![self.input.as_mut()]
+    }
+
+    /// Groups closed by windows or forgotten when idle keep more than their rows: not saved yet.
+    fn can_save_state(&self) -> bool {
+        self.closing.is_none() && self.idle.is_none()
+    }
+
+    /// Every kept row: its group, sort key and row (all row-encoded) and multiplicity.
+    fn save_state(&self) -> Result<SavedState> {
+        if !self.can_save_state() {
+            return Ok(SavedState::Unsupported);
+        }
+        let mut group = BinaryBuilder::new();
+        let mut sort = BinaryBuilder::new();
+        let mut row = BinaryBuilder::new();
+        let mut count = Vec::with_capacity(self.rows as usize);
+        for (key, ranked) in &self.groups {
+            for ((sort_key, row_key), n) in ranked {
+                group.append_value(key.as_bytes());
+                sort.append_value(sort_key.as_bytes());
+                row.append_value(row_key.as_bytes());
+                count.push(*n);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("group", DataType::Binary, false),
+            Field::new("sort", DataType::Binary, false),
+            Field::new("row", DataType::Binary, false),
+            Field::new("count", DataType::Int64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(group.finish()),
+            Arc::new(sort.finish()),
+            Arc::new(row.finish()),
+            Arc::new(Int64Array::from(count)),
+        ];
+        let batch = RecordBatch::try_new(schema, columns).map_err(crate::delta::internal)?;
+        Ok(SavedState::Batches(vec![batch]))
+    }
+
+    fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let [batch] = <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("a top-N's state is one batch"))?;
+        let binary = |i: usize| {
+            batch
+                .column(i)
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| mismatch("a top-N's state column is not binary"))
+        };
+        let (group, sort, row) = (binary(0)?, binary(1)?, binary(2)?);
+        let count = batch
+            .column(3)
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+            .ok_or_else(|| mismatch("a top-N's counts are not Int64"))?;
+        for i in 0..batch.num_rows() {
+            let ranked = self.groups.entry(RowKey::from(group.value(i))).or_default();
+            let key = (RowKey::from(sort.value(i)), RowKey::from(row.value(i)));
+            let (entries, size) = add_ordered(ranked, key, count.value(i));
+            self.rows = self.rows.wrapping_add_signed(entries);
+            self.bytes = self.bytes.wrapping_add_signed(size);
+        }
+        Ok(())
     }
 }
