@@ -9,8 +9,12 @@
 //! state build (the first incremental refresh, which reads the inputs whole) against the first
 //! full refresh, and the operator state kept.
 //!
+//! Then RESTARTS rounds (default 1) of the last share as from the command line, one process per
+//! statement: the engine is opened again before each refresh, so the incremental tables' state
+//! comes from their checkpoints (or is rebuilt), and each refresh's time includes the opening.
+//!
 //! Run: `cargo bench -p freshet --bench tpch` (env: SF, default 1; SHARES, default 0.001,0.01;
-//! ROUNDS, default 3; ONLY=q03,q05 for some queries).
+//! ROUNDS, default 3; RESTARTS, default 1; ONLY=q03,q05 for some queries).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
@@ -65,17 +69,21 @@ struct Figures {
     full: BTreeMap<String, Vec<Duration>>,
 }
 
-async fn run(sf: f64, shares: &[f64], rounds: usize, only: &[String]) {
+async fn open(dir: &tempfile::TempDir) -> Engine {
+    Engine::builder()
+        .location(dir.path().display().to_string())
+        .open()
+        .await
+        .unwrap()
+}
+
+async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[String]) {
     let data_dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
     data::generate(data_dir.path(), sf);
     println!("generated SF {sf} in {:.1} s", start.elapsed().as_secs_f64());
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .location(dir.path().display().to_string())
-        .open()
-        .await
-        .unwrap();
+    let mut engine = open(&dir).await;
     let start = Instant::now();
     data::load(&engine, data_dir.path()).await;
     println!("loaded in {:.1} s", start.elapsed().as_secs_f64());
@@ -134,6 +142,41 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, only: &[String]) {
         .await
         .unwrap();
     let full_fallbacks: usize = algorithms.iter().map(|b| b.num_rows()).sum();
+    // As from the command line: a new engine for every refresh.
+    let mut labels: Vec<String> = shares.iter().map(|s| format!("{}%", s * 100.0)).collect();
+    let (mut restored, mut refreshed) = (0, 0);
+    if let (Some(&share), true) = (shares.last(), restarts > 0) {
+        let every = (1.0 / share).round() as i64;
+        let label = format!("{}% reopened", share * 100.0);
+        for _ in 0..restarts {
+            r += 1;
+            for statement in data::round(r % every, every) {
+                engine.sql(&statement).await.unwrap();
+            }
+            for (name, _) in &corpus {
+                let mut times = Vec::new();
+                for suffix in ["inc", "full"] {
+                    engine.close().await;
+                    let start = Instant::now();
+                    engine = open(&dir).await;
+                    engine
+                        .sql(&format!("ALTER MATERIALIZED TABLE {name}_{suffix} REFRESH"))
+                        .await
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    times.push(start.elapsed());
+                }
+                let record = freshet::RefreshRecord::of(&engine.table(&format!("{name}_inc")).unwrap().snapshot());
+                refreshed += 1;
+                if record.and_then(|r| r.reason).is_some_and(|reason| reason.contains("restored")) {
+                    restored += 1;
+                }
+                let f = figures.get_mut(name).unwrap();
+                f.incremental.entry(label.clone()).or_default().push(times[0]);
+                f.full.entry(label.clone()).or_default().push(times[1]);
+            }
+        }
+        labels.push(label);
+    }
 
     println!();
     println!(
@@ -142,7 +185,6 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, only: &[String]) {
         machine(),
         commit()
     );
-    let labels: Vec<String> = shares.iter().map(|s| format!("{}%", s * 100.0)).collect();
     let mut header = String::from("| query |");
     let mut rule = String::from("|---|");
     for label in &labels {
@@ -191,6 +233,9 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, only: &[String]) {
     }
     println!("first state build / first full: median {:.2}x", median_of(builds));
     println!("incremental tables that fell back to full refreshes: {full_fallbacks}");
+    if refreshed > 0 {
+        println!("reopened: {restored} of {refreshed} incremental refreshes restored their state from a checkpoint");
+    }
     engine.close().await;
 }
 
@@ -202,6 +247,7 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let rounds = support::env_usize("ROUNDS", 3);
+    let restarts = support::env_usize("RESTARTS", 1);
     let only: Vec<String> = std::env::var("ONLY")
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
@@ -209,5 +255,5 @@ fn main() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run(sf, &shares, rounds, &only));
+        .block_on(run(sf, &shares, rounds, restarts, &only));
 }
