@@ -167,7 +167,10 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
                 }
                 let record = freshet::RefreshRecord::of(&engine.table(&format!("{name}_inc")).unwrap().snapshot());
                 refreshed += 1;
-                if record.and_then(|r| r.reason).is_some_and(|reason| reason.contains("restored")) {
+                if record
+                    .and_then(|r| r.reason)
+                    .is_some_and(|reason| reason.contains("restored"))
+                {
                     restored += 1;
                 }
                 let f = figures.get_mut(name).unwrap();

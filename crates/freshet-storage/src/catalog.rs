@@ -455,15 +455,34 @@ impl Catalog {
     /// Removes old catalog versions and the directories of dropped tables, then vacuums every
     /// table keeping its newest `retain` versions and, for a table named in `keep_from`, every
     /// version from the one given on.
-    pub async fn vacuum(&self, retain: u64, keep_from: &HashMap<String, u64>) -> Result<VacuumReport> {
+    pub async fn vacuum(
+        &self,
+        retain: u64,
+        keep_from: &HashMap<String, u64>,
+        orphan_grace: std::time::Duration,
+    ) -> Result<VacuumReport> {
         let mut report = VacuumReport::default();
         for (name, table) in self.tables() {
-            report += table.vacuum_keeping(retain, keep_from.get(&name).copied()).await?;
+            report += table
+                .vacuum_keeping(retain, keep_from.get(&name).copied(), orphan_grace)
+                .await?;
         }
         let _ddl = self.ddl.lock().await;
         let current = self.manifest();
+        // Tables some catalog version named: dropped ones, whose directories can go now. A
+        // directory no version named may be another engine's table being created: it goes only
+        // once it has been quiet for the grace period.
+        let mut named: HashSet<String> = HashSet::new();
         for version in self.log.versions().await? {
             if version < current.version {
+                if let Some(old) = self.log.read::<CatalogManifest>(version).await? {
+                    named.extend(
+                        old.entries
+                            .values()
+                            .filter_map(CatalogEntry::table_id)
+                            .map(str::to_string),
+                    );
+                }
                 self.log.remove(version).await?;
             }
         }
@@ -474,12 +493,30 @@ impl Catalog {
             .list_with_delimiter(Some(&tables_dir))
             .await
             .map_err(|e| FreshetError::storage(&tables_dir, e))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let grace_ms = i64::try_from(orphan_grace.as_millis()).unwrap_or(i64::MAX);
         for dir in listing.common_prefixes {
             let Some(id) = dir.filename() else { continue };
             if live.contains(id) {
                 continue;
             }
-            report += remove_tree(store, &table_dir(self.location.root(), id)).await?;
+            let path = table_dir(self.location.root(), id);
+            if !named.contains(id) {
+                let newest: Option<i64> = store
+                    .list(Some(&path))
+                    .map_ok(|meta| meta.last_modified.timestamp_millis())
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| FreshetError::storage(&path, e))?
+                    .into_iter()
+                    .max();
+                if newest.is_some_and(|at| now_ms.saturating_sub(at) < grace_ms) {
+                    continue;
+                }
+            }
+            report += remove_tree(store, &path).await?;
         }
         Ok(report)
     }

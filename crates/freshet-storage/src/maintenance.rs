@@ -295,12 +295,20 @@ impl Table {
     /// Removes all but the newest `retain` versions, then every file under the table's directory
     /// that no retained version uses.
     pub async fn vacuum(self: &Arc<Self>, retain: u64) -> Result<VacuumReport> {
-        self.vacuum_keeping(retain, None).await
+        self.vacuum_keeping(retain, None, DEFAULT_ORPHAN_GRACE).await
     }
 
     /// [`Table::vacuum`], keeping also every version from `keep_from` on (the versions
-    /// materialized tables reflect, whose changes they will read).
-    pub async fn vacuum_keeping(self: &Arc<Self>, retain: u64, keep_from: Option<u64>) -> Result<VacuumReport> {
+    /// materialized tables reflect, whose changes they will read) and every version a snapshot
+    /// alive in this process (a running query) reads. Files of removed versions go; files no manifest
+    /// ever named — a failed write's, or a write still under way, of this engine or of another
+    /// on a shared store — go only once older than `orphan_grace`.
+    pub async fn vacuum_keeping(
+        self: &Arc<Self>,
+        retain: u64,
+        keep_from: Option<u64>,
+        orphan_grace: std::time::Duration,
+    ) -> Result<VacuumReport> {
         if retain == 0 {
             return Err(FreshetError::InvalidStatement(
                 "VACUUM must retain at least 1 version".into(),
@@ -310,28 +318,32 @@ impl Table {
         let _writer = self.writer.lock().await;
         let versions = self.log.versions().await?;
         let newest = versions.last().copied().unwrap_or(0);
-        let oldest_kept = newest.saturating_sub(retain - 1).min(keep_from.unwrap_or(u64::MAX));
+        // A version a running query reads stays, with its files, until the query is done.
+        let oldest_read = self.read_versions().iter().map(|s| s.version()).min();
+        let oldest_kept = newest
+            .saturating_sub(retain - 1)
+            .min(keep_from.unwrap_or(u64::MAX))
+            .min(oldest_read.unwrap_or(u64::MAX));
         let mut report = VacuumReport::default();
         let mut referenced = HashSet::new();
         for &version in versions.iter().filter(|&&v| v >= oldest_kept) {
             let manifest = self.read_manifest(version).await?;
-            for file in manifest.files.iter().chain(&manifest.changes.removed) {
-                referenced.insert(file.path.clone());
-                if let Some(dv) = &file.deletes {
-                    referenced.insert(dv.path.clone());
-                }
-            }
-            for file in manifest.changes.inserted.iter().chain(&manifest.changes.retracted) {
-                referenced.insert(file.path.clone());
-            }
-            for file in manifest.state.iter().flat_map(|state| &state.files) {
-                referenced.insert(file.path.clone());
-            }
+            referenced.extend(manifest_files(&manifest));
+        }
+        // Files of the versions removed: no longer needed once no query reads them.
+        let mut expired = HashSet::new();
+        for &version in versions.iter().filter(|&&v| v < oldest_kept) {
+            let manifest = self.read_manifest(version).await?;
+            expired.extend(manifest_files(&manifest));
         }
         for &version in versions.iter().filter(|&&v| v < oldest_kept) {
             self.log.remove(version).await?;
             report.versions_removed += 1;
         }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let grace_ms = i64::try_from(orphan_grace.as_millis()).unwrap_or(i64::MAX);
         let manifests = manifest_dir(&self.files.dir);
         let store = &self.files.store;
         let objects: Vec<_> = store
@@ -351,6 +363,10 @@ impl Table {
             if referenced.contains(&relative) {
                 continue;
             }
+            let young = now_ms.saturating_sub(object.last_modified.timestamp_millis()) < grace_ms;
+            if !expired.contains(&relative) && young {
+                continue;
+            }
             let path = table_file(&self.files.dir, &relative);
             match store.delete(&path).await {
                 Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
@@ -361,6 +377,28 @@ impl Table {
         }
         Ok(report)
     }
+}
+
+/// How long VACUUM keeps a file that no manifest names, by default: longer than any
+/// transaction takes to commit.
+pub const DEFAULT_ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Every file a manifest names (paths relative to the table directory).
+fn manifest_files(manifest: &Manifest) -> Vec<String> {
+    let mut files = Vec::new();
+    for file in manifest.files.iter().chain(&manifest.changes.removed) {
+        files.push(file.path.clone());
+        if let Some(dv) = &file.deletes {
+            files.push(dv.path.clone());
+        }
+    }
+    for file in manifest.changes.inserted.iter().chain(&manifest.changes.retracted) {
+        files.push(file.path.clone());
+    }
+    for file in manifest.state.iter().flat_map(|state| &state.files) {
+        files.push(file.path.clone());
+    }
+    files
 }
 
 #[cfg(test)]

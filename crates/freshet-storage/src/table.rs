@@ -86,6 +86,9 @@ pub struct Table {
     /// committed by another engine, or an outcome no read-back could settle): the next writer
     /// reads the store's newest version first.
     pub(crate) stale: std::sync::atomic::AtomicBool,
+    /// Every snapshot handed out, held weakly: those still alive are versions a running query
+    /// reads, whose files VACUUM keeps.
+    readers: std::sync::Mutex<Vec<std::sync::Weak<Snapshot>>>,
 }
 
 impl Table {
@@ -169,6 +172,7 @@ impl Table {
             moves: KeptMoves::default(),
             options,
             stale: std::sync::atomic::AtomicBool::new(false),
+            readers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -196,6 +200,7 @@ impl Table {
     }
 
     pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.register_reader(&snapshot);
         let version = snapshot.version();
         match self.current.write() {
             Ok(mut guard) => *guard = snapshot,
@@ -230,7 +235,24 @@ impl Table {
         }
         let manifest = self.read_manifest(version).await?;
         let schema = manifest.schema.to_arrow(self.log.path(version).as_ref())?;
-        Ok(Arc::new(Snapshot::new(self.files.clone(), Arc::new(manifest), schema)))
+        let snapshot = Arc::new(Snapshot::new(self.files.clone(), Arc::new(manifest), schema));
+        self.register_reader(&snapshot);
+        Ok(snapshot)
+    }
+
+    fn register_reader(&self, snapshot: &Arc<Snapshot>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() >= 64 {
+            readers.retain(|r| r.strong_count() > 0);
+        }
+        readers.push(Arc::downgrade(snapshot));
+    }
+
+    /// The versions some part of this process still reads (snapshots alive).
+    pub(crate) fn read_versions(&self) -> Vec<Arc<Snapshot>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.retain(|r| r.strong_count() > 0);
+        readers.iter().filter_map(std::sync::Weak::upgrade).collect()
     }
 
     /// Reads the manifest of a retained version.

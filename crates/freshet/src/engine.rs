@@ -312,6 +312,11 @@ impl Engine {
         for (_, table) in self.inner.catalog.tables() {
             table.wait_for_background_work().await;
         }
+        // A refresh's state is brought up to date on a task holding the table's state lock.
+        for name in self.materialized_names() {
+            let runtime = self.inner.materialized.runtime(&name);
+            drop(runtime.incremental.lock().await);
+        }
     }
 
     /// A table by name, for reading its versions and changes directly.

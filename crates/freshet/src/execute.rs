@@ -43,13 +43,14 @@ impl Engine {
                 // Versions materialized tables reflect stay: their changes are what the next
                 // incremental refresh reads, and the state is rebuilt from them.
                 let keep_from = self.versions_reflected();
+                let grace = self.inner.materialized.settings().vacuum_orphan_grace;
                 let report = match table {
                     Some(name) => {
                         let name = self.resolve_name(name)?;
                         let keep = keep_from.get(&name).copied();
-                        self.table(&name)?.vacuum_keeping(retain, keep).await?
+                        self.table(&name)?.vacuum_keeping(retain, keep, grace).await?
                     }
-                    None => self.inner.catalog.vacuum(retain, &keep_from).await?,
+                    None => self.inner.catalog.vacuum(retain, &keep_from, grace).await?,
                 };
                 result_rows(vec![
                     (

@@ -116,3 +116,56 @@ async fn a_writer_that_lost_a_race_to_another_engine_catches_up() {
     assert_eq!(count(&second, "SELECT sum(v) FROM t").await, 3);
     assert_eq!(second.table("t").unwrap().snapshot().version(), 3);
 }
+
+/// Rows of a snapshot, read whole.
+async fn rows_of(snapshot: &Arc<freshet::storage::Snapshot>) -> usize {
+    use futures::TryStreamExt;
+    let batches: Vec<_> = snapshot.scan(None, false).try_collect().await.unwrap();
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+#[tokio::test]
+async fn vacuum_keeps_what_a_running_query_reads() {
+    let engine = engine_on(Arc::new(InMemory::new()), &Instruments::new()).await;
+    engine
+        .sql("CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3)")
+        .await
+        .unwrap();
+    // A query reading version 4 holds its snapshot while a compaction and a vacuum go by.
+    let reading = engine.table("t").unwrap().snapshot();
+    engine.sql("ALTER TABLE t COMPACT").await.unwrap();
+    engine.sql("VACUUM t RETAIN 1 VERSIONS").await.unwrap();
+    assert_eq!(rows_of(&reading).await, 3, "the files the query reads are still there");
+    // Once the query is done, the next vacuum removes them.
+    drop(reading);
+    let removed = engine.sql("VACUUM t RETAIN 1 VERSIONS").await.unwrap();
+    let files = removed[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<freshet::datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(files, 3, "the three files the compaction replaced");
+    assert_eq!(count(&engine, "SELECT sum(v) FROM t").await, 6);
+}
+
+#[tokio::test]
+async fn vacuum_leaves_another_engines_transaction_alone() {
+    let store = Arc::new(InMemory::new());
+    let first = engine_on(store.clone(), &Instruments::new()).await;
+    first.sql("CREATE TABLE t (v BIGINT)").await.unwrap();
+    let instruments = Instruments::new();
+    let second = Arc::new(engine_on(store, &instruments).await);
+    // The second engine's insert has written its data file and waits at its commit...
+    let hold = instruments.hold_next_write(&manifests_of(&second, "t"));
+    let inserting = {
+        let second = second.clone();
+        tokio::spawn(async move { second.sql("INSERT INTO t VALUES (7)").await.map(|_| ()) })
+    };
+    hold.reached().await;
+    // ...while the first vacuums everything: the file no manifest names yet is young, and stays.
+    first.sql("VACUUM").await.unwrap();
+    hold.release();
+    inserting.await.unwrap().unwrap();
+    assert_eq!(count(&second, "SELECT sum(v) FROM t").await, 7);
+}

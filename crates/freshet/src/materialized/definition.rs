@@ -21,6 +21,11 @@ pub const DEFAULT_FRESHNESS_FULL: &str = "materialized-table.default-freshness.f
 /// index).
 pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
 
+/// Setting: how long VACUUM keeps a file that no manifest names (a failed write's, or one of a
+/// transaction still under way, of this engine or of another sharing the store); `0 s` removes
+/// them at once.
+pub const VACUUM_ORPHAN_GRACE: &str = "table.vacuum.orphan-grace-period";
+
 /// Setting (Flink's key): the longest time between checkpoints of a materialized table's
 /// operator state while its inputs change. A checkpoint is also written when the state has none,
 /// and when the changes since the last reach eight times the state's rows (which bounds what a
@@ -41,6 +46,8 @@ pub struct MaterializedSettings {
     pub row_index_max_rows: u64,
     /// Longest time between checkpoints of operator state while inputs change.
     pub checkpoint_interval: Freshness,
+    /// How long VACUUM keeps files no manifest names.
+    pub vacuum_orphan_grace: std::time::Duration,
 }
 
 impl Default for MaterializedSettings {
@@ -51,6 +58,7 @@ impl Default for MaterializedSettings {
             default_freshness_full: Freshness::new(1, FreshnessUnit::Hour),
             row_index_max_rows: 4_000_000,
             checkpoint_interval: Freshness::new(1, FreshnessUnit::Minute),
+            vacuum_orphan_grace: freshet_storage::DEFAULT_ORPHAN_GRACE,
         }
     }
 }
@@ -58,6 +66,19 @@ impl Default for MaterializedSettings {
 impl MaterializedSettings {
     /// Sets one setting by its key; `false` when the key is not a materialized-table setting.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
+        if key == VACUUM_ORPHAN_GRACE {
+            let zero = matches!(
+                value.trim().to_ascii_lowercase().as_str(),
+                "0" | "0 s" | "0s" | "0 ms" | "0ms"
+            );
+            self.vacuum_orphan_grace = match zero {
+                true => std::time::Duration::ZERO,
+                false => parse_duration(value)
+                    .map_err(|e| FreshetError::InvalidStatement(format!("setting '{key}': {e}")))?
+                    .duration(),
+            };
+            return Ok(true);
+        }
         if key == ROW_INDEX_MAX_ROWS {
             self.row_index_max_rows = value.trim().parse().map_err(|_| {
                 FreshetError::InvalidStatement(format!("setting '{key}': {value:?} is not a number of rows"))
@@ -86,6 +107,7 @@ impl MaterializedSettings {
             (DEFAULT_FRESHNESS_FULL, self.default_freshness_full.to_string()),
             (ROW_INDEX_MAX_ROWS, self.row_index_max_rows.to_string()),
             (CHECKPOINT_INTERVAL, self.checkpoint_interval.to_string()),
+            (VACUUM_ORPHAN_GRACE, format!("{} s", self.vacuum_orphan_grace.as_secs())),
         ]
     }
 }

@@ -504,7 +504,9 @@ impl Engine {
             .clone()
             .lock_owned()
             .await;
-        let (engine, table, name) = (self.clone(), table.clone(), name.to_string());
+        // Held weakly, and let go before the state lock: an engine closed meanwhile waits for the
+        // lock, and is then really gone (its location's lock released).
+        let (engine, table, name) = (Arc::downgrade(&self.inner), table.clone(), name.to_string());
         let inputs = pinned.inputs.clone();
         let Applied {
             written,
@@ -518,7 +520,15 @@ impl Engine {
                 rows: &rows,
                 placements: &placements,
             });
-            match engine.keep_state(&name, &table, version, state, inputs, inserted).await {
+            let kept = match engine.upgrade() {
+                Some(inner) => {
+                    Engine { inner }
+                        .keep_state(&name, &table, version, state, inputs, inserted)
+                        .await
+                }
+                None => return,
+            };
+            match kept {
                 Ok(state) => *slot = Some(state),
                 Err(e) => {
                     tracing::warn!(table = name, error = %e, "operator state dropped after a refresh; the next one rebuilds it");
