@@ -98,6 +98,31 @@ pub enum TableSlot {
     Broken(Arc<FreshetError>),
 }
 
+/// A name kept for a table being created; given back when dropped (created, failed or
+/// cancelled).
+struct Reservation {
+    names: Arc<RwLock<HashSet<String>>>,
+    name: String,
+}
+
+impl Reservation {
+    fn take(names: &Arc<RwLock<HashSet<String>>>, name: &str) -> Result<Self> {
+        if !write_lock(names).insert(name.to_string()) {
+            return Err(FreshetError::TableExists { name: name.into() });
+        }
+        Ok(Self {
+            names: names.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        write_lock(&self.names).remove(&self.name);
+    }
+}
+
 /// The catalog of a location, and the tables it names.
 #[derive(Debug)]
 pub struct Catalog {
@@ -108,6 +133,8 @@ pub struct Catalog {
     tables: Arc<RwLock<HashMap<String, TableSlot>>>,
     /// Serializes DDL: one catalog commit at a time.
     ddl: Mutex<()>,
+    /// Names of tables being created (filled before the catalog names them).
+    reserved: Arc<RwLock<HashSet<String>>>,
     /// Held by a commit's task from reading the current version until it has replaced it, so
     /// that a commit whose caller was cancelled still comes before the next one.
     committing: Arc<Mutex<()>>,
@@ -165,6 +192,7 @@ impl Catalog {
             tables: Arc::new(RwLock::new(tables)),
             ddl: Mutex::new(()),
             committing: Arc::new(Mutex::new(())),
+            reserved: Arc::new(RwLock::new(HashSet::new())),
             options,
         })
     }
@@ -190,9 +218,9 @@ impl Catalog {
         }
     }
 
-    /// Whether an object of any kind has this name.
+    /// Whether an object of any kind has this name, or a table of this name is being created.
     pub fn contains(&self, name: &str) -> bool {
-        self.manifest().entries.contains_key(name)
+        self.manifest().entries.contains_key(name) || read_lock(&self.reserved).contains(name)
     }
 
     /// Creates a table, or with a `definition` a materialized table. `fill` may write the
@@ -237,10 +265,15 @@ impl Catalog {
         F: FnOnce(Arc<Table>) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let _ddl = self.ddl.lock().await;
-        if self.contains(name) {
-            return Err(FreshetError::TableExists { name: name.into() });
-        }
+        // The name is reserved, not the DDL lock held, while the table is filled (a materialized
+        // table's first refresh may take long): other DDL goes on meanwhile.
+        let _reserved = {
+            let _ddl = self.ddl.lock().await;
+            if self.contains(name) {
+                return Err(FreshetError::TableExists { name: name.into() });
+            }
+            Reservation::take(&self.reserved, name)?
+        };
         crate::write::check_storable(name, &schema)?;
         let id = uuid::Uuid::new_v4().to_string();
         let table = Table::create(
@@ -254,6 +287,7 @@ impl Catalog {
         )
         .await?;
         fill(table.clone()).await?;
+        let _ddl = self.ddl.lock().await;
         let entry = entry(id);
         let (key, opened) = (name.to_string(), table.clone());
         self.commit_then(

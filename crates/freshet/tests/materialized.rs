@@ -302,3 +302,35 @@ async fn a_suspend_during_a_refresh_stands() {
     assert_eq!(total(&engine).await, 6, "the refresh under way committed");
     engine.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_ddl_goes_on_during_a_create_s_first_refresh() {
+    let (_dir, _clock, instruments, engine) = fresh().await;
+    engine
+        .sql("CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    // The new table's first refresh commits its version 2: held there, as a long one would be.
+    let hold = instruments.hold_next_write("manifests/00000000000000000002.json");
+    let creating = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .sql("CREATE MATERIALIZED TABLE sums FRESHNESS = INTERVAL '1' HOUR AS SELECT sum(v) AS total FROM t")
+                .await
+                .map(|_| ())
+        })
+    };
+    hold.reached().await;
+    tokio::time::timeout(Duration::from_secs(60), engine.sql("CREATE TABLE other (x INT)"))
+        .await
+        .expect("CREATE TABLE waited for the other CREATE's refresh")
+        .unwrap();
+    // The name being created is taken meanwhile.
+    let error = engine.sql("CREATE TABLE sums (x INT)").await.unwrap_err();
+    assert!(error.to_string().contains("already exists"), "{error}");
+    hold.release();
+    creating.await.unwrap().unwrap();
+    assert_eq!(total(&engine).await, 3);
+    engine.close().await;
+}
