@@ -125,6 +125,11 @@ async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_in
         checkpointed < orders_version,
         "the checkpoint ({checkpointed}) is older than the inputs ({orders_version}): a restore replays"
     );
+    let explained = multiset(&engine.sql("EXPLAIN MATERIALIZED TABLE by_region").await.unwrap()).join("\n");
+    assert!(
+        explained.contains("checkpoint | ") && explained.contains(&format!("orders@{checkpointed}")),
+        "{explained}"
+    );
     let input_bytes: u64 = engine
         .table("orders")
         .unwrap()

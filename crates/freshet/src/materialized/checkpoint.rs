@@ -124,6 +124,26 @@ pub(crate) fn checkpoint_inputs(table: &Table) -> Option<BTreeMap<String, u64>> 
         .map(|m| m.inputs)
 }
 
+/// The table's checkpoint of its operator state, for EXPLAIN: its size and the input versions
+/// it reflects, or that there is none.
+pub(super) fn describe_checkpoint(table: &Table) -> String {
+    let Some(state) = table.snapshot().manifest().state.clone() else {
+        return "none: the state is rebuilt from the inputs when it is not in memory".into();
+    };
+    let bytes: u64 = state.files.iter().map(|f| f.bytes).sum();
+    match serde_json::from_value::<CheckpointMeta>(state.meta) {
+        Ok(meta) => {
+            let inputs: Vec<String> = meta.inputs.iter().map(|(t, v)| format!("{t}@{v}")).collect();
+            format!(
+                "{} reflecting {}",
+                super::incremental::human_bytes(bytes),
+                inputs.join(", ")
+            )
+        }
+        Err(e) => format!("unreadable ({e}): the state is rebuilt"),
+    }
+}
+
 /// Appends `batch` to `buffer` as an Arrow IPC file.
 fn encode(batch: &RecordBatch, buffer: &mut Vec<u8>) -> Result<()> {
     let mut writer = FileWriter::try_new(buffer, &batch.schema()).map_err(ipc_error)?;

@@ -873,12 +873,14 @@ impl Engine {
         if let Some(index) = index {
             rows.push(("row_index", index));
         }
+        let table = self.inner.catalog.table(name)?;
+        rows.push(("checkpoint", super::checkpoint::describe_checkpoint(&table)));
         Ok(rows)
     }
 }
 
 /// `1.5 KiB`.
-fn human_bytes(bytes: u64) -> String {
+pub(super) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
