@@ -53,10 +53,7 @@ impl SyncedStore {
     async fn sync(&self, location: &Path) -> object_store::Result<()> {
         let file = self.local.path_to_filesystem(location)?;
         let syncer = self.syncer.clone();
-        tokio::task::spawn_blocking(move || syncer.sync_file(file))
-            .await
-            .map_err(|e| generic(Box::new(e)))?
-            .map_err(|e| generic(Box::new(e)))
+        blocking(move || syncer.sync_file(file)).await
     }
 }
 
@@ -83,6 +80,14 @@ impl Syncer {
         }
         Ok(())
     }
+}
+
+/// Runs file-system work (a sync) on a blocking thread.
+async fn blocking(work: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> object_store::Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| generic(Box::new(e)))?
+        .map_err(|e| generic(Box::new(e)))
 }
 
 fn generic(source: Box<dyn std::error::Error + Send + Sync>) -> object_store::Error {
@@ -115,10 +120,7 @@ impl MultipartUpload for SyncedUpload {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let result = self.inner.complete().await?;
         let (syncer, file) = (self.syncer.clone(), self.file.clone());
-        tokio::task::spawn_blocking(move || syncer.sync_file(file))
-            .await
-            .map_err(|e| generic(Box::new(e)))?
-            .map_err(|e| generic(Box::new(e)))?;
+        blocking(move || syncer.sync_file(file)).await?;
         Ok(result)
     }
 
@@ -190,10 +192,7 @@ impl ObjectStore for SyncedStore {
         // two names of one file.
         let from = self.local.path_to_filesystem(from)?;
         if let Some(dir) = from.parent().map(PathBuf::from) {
-            tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-                .await
-                .map_err(|e| generic(Box::new(e)))?
-                .map_err(|e| generic(Box::new(e)))?;
+            blocking(move || std::fs::File::open(dir)?.sync_all()).await?;
         }
         Ok(())
     }
