@@ -7,6 +7,7 @@
 mod completion;
 mod output;
 mod script;
+mod serve;
 #[cfg(unix)]
 mod sessions;
 mod shell;
@@ -35,12 +36,14 @@ fn command() -> Command {
                 .long("data-dir")
                 .value_name("DIR")
                 .help("Data directory (default ./freshet-data); also file:// or memory:// locations")
+                .global(true)
                 .conflicts_with("memory"),
         )
         .arg(
             Arg::new("memory")
                 .long("memory")
                 .action(ArgAction::SetTrue)
+                .global(true)
                 .help("Keep all data in memory; nothing is written to disk"),
         )
         .arg(
@@ -69,6 +72,7 @@ fn command() -> Command {
                 .default_value("table")
                 .help("Output format"),
         )
+        .subcommand(serve::command())
         .subcommand(
             Command::new("nexmark-export")
                 .about("Write Nexmark events as JSON lines (DIR/person, DIR/auction, DIR/bid), for any engine to read")
@@ -166,8 +170,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(("nexmark-export", export)) = matches.subcommand() {
-        return runtime.block_on(nexmark_export(export));
+    match matches.subcommand() {
+        Some(("nexmark-export", export)) => return runtime.block_on(nexmark_export(export)),
+        Some(("serve", serve)) => return runtime.block_on(serve::run(&location, serve)),
+        _ => {}
     }
     runtime.block_on(async move {
         let interactive = sources.is_empty() && std::io::stdin().is_terminal();

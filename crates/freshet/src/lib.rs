@@ -66,6 +66,10 @@ pub use materialized::{
 pub use progress::Progress;
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
 
+/// Freshet's SQL dialect and statements, for callers that inspect statements before running
+/// them (a server binding parameters).
+pub use freshet_sql as sql;
+
 /// The table format, for direct access to versions, changes and storage layers.
 pub use freshet_storage as storage;
 

@@ -1,0 +1,215 @@
+//! # Freshet over the network
+//!
+//! One engine, served three ways at once:
+//! - the **Postgres wire protocol**: psql, drivers (psycopg, JDBC, tokio-postgres) and BI tools
+//!   run Freshet's SQL, including the materialized-table and stream statements, with the
+//!   extended protocol's parameters, cancel requests and SQLSTATE error codes ([`pg`]);
+//! - **HTTP**: health and readiness, SQL over JSON, and Prometheus metrics at `/metrics`
+//!   ([`http`]).
+//!
+//! [`Server::start`] listens and returns a [`RunningServer`], whose addresses tests read (they
+//! listen on port 0) and whose [`RunningServer::shutdown`] stops accepting, lets running
+//! statements finish for a grace period, cancels what is left (Freshet's commits are
+//! cancel-safe, so nothing is half-committed) and closes the engine. `freshet serve` is this
+//! with signals.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use freshet::Engine;
+//! use freshet_server::{Server, ServerOptions};
+//!
+//! let engine = Engine::builder().location("memory://").open().await?;
+//! let server = Server::start(engine, ServerOptions::default()).await?;
+//! println!("psql -h 127.0.0.1 -p {}", server.pg_address().map(|a| a.port()).unwrap_or(0));
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod http;
+pub mod pg;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshet::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::{ServerError, sqlstate};
+
+/// Where to listen, and how long running statements may take to finish at shutdown.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The Postgres protocol's address (`None`: not served). Default `127.0.0.1:5433`.
+    pub pg_listen: Option<String>,
+    /// The HTTP address (`None`: not served). Default `127.0.0.1:8080`.
+    pub http_listen: Option<String>,
+    /// How long running statements may take to finish at shutdown before they are cancelled.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            pg_listen: Some("127.0.0.1:5433".into()),
+            http_listen: Some("127.0.0.1:8080".into()),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves an engine.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Listens on the configured addresses and starts serving `engine`.
+    pub async fn start(engine: Engine, options: ServerOptions) -> Result<RunningServer, ServerError> {
+        let (stop, stopped) = watch::channel(false);
+        let activity = Arc::new(Activity::default());
+        let mut tasks = JoinSet::new();
+        let mut pg_address = None;
+        if let Some(address) = &options.pg_listen {
+            let listener = listen(address).await?;
+            pg_address = listener.local_addr().ok();
+            let backend = Arc::new(pg::Backend::new(engine.clone())?);
+            let handlers = Arc::new(pg::PgHandlers::new(backend, activity.clone()));
+            tasks.spawn(pg::serve(listener, handlers, stopped.clone()));
+        }
+        let mut http_address = None;
+        if let Some(address) = &options.http_listen {
+            let listener = listen(address).await?;
+            http_address = listener.local_addr().ok();
+            let app = http::router(http::AppState::new(engine.clone(), activity.clone())?);
+            let mut stopped = stopped.clone();
+            tasks.spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                    tracing::warn!(error = %e, "HTTP server stopped");
+                }
+            });
+        }
+        Ok(RunningServer {
+            engine,
+            pg_address,
+            http_address,
+            stop,
+            tasks,
+            activity,
+            grace: options.shutdown_grace,
+        })
+    }
+}
+
+async fn listen(address: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address).await.map_err(|source| ServerError::Listen {
+        address: address.into(),
+        source,
+    })
+}
+
+/// Statements running now, across protocols: what shutdown waits for.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    running: watch::Sender<usize>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            running: watch::channel(0).0,
+        }
+    }
+}
+
+impl Activity {
+    /// Counts a statement as running until the guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> Running {
+        self.running.send_modify(|n| *n += 1);
+        Running(self.clone())
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        *self.running.borrow()
+    }
+
+    async fn wait_idle(&self) {
+        let _ = self.running.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// A running statement (see [`Activity::start`]).
+pub(crate) struct Running(Arc<Activity>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A server that is serving; see [`Server::start`].
+#[derive(Debug)]
+pub struct RunningServer {
+    engine: Engine,
+    pg_address: Option<SocketAddr>,
+    http_address: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    activity: Arc<Activity>,
+    grace: Duration,
+}
+
+impl RunningServer {
+    /// The address the Postgres protocol is served on.
+    pub fn pg_address(&self) -> Option<SocketAddr> {
+        self.pg_address
+    }
+
+    /// The address HTTP is served on.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
+    }
+
+    /// How many statements are running now, over every protocol; it changes as they start and
+    /// end (`wait_for` on it awaits a count).
+    pub fn running_statements(&self) -> watch::Receiver<usize> {
+        self.activity.running.subscribe()
+    }
+
+    /// The engine being served.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops accepting connections, lets running statements finish (up to the grace period),
+    /// cancels the rest and closes the engine.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(self.grace, self.activity.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "statements still running at shutdown are cancelled");
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.engine.close().await;
+    }
+}
+
+/// `engine.serve(options)` for embedders: [`Server::start`] as a method of the engine.
+pub trait Serve {
+    /// Starts serving this engine; see [`Server::start`].
+    fn serve(&self, options: ServerOptions) -> impl Future<Output = Result<RunningServer, ServerError>> + Send;
+}
+
+impl Serve for Engine {
+    fn serve(&self, options: ServerOptions) -> impl Future<Output = Result<RunningServer, ServerError>> + Send {
+        Server::start(self.clone(), options)
+    }
+}

@@ -1,0 +1,78 @@
+//! HTTP: health, SQL as JSON with errors by code, and Prometheus metrics.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::start;
+
+/// One HTTP/1.1 request; the status code and the body.
+pub(crate) async fn request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connects");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("reads");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_sql_and_metrics() {
+    let server = start().await;
+    let http = server.http_address().expect("http address");
+    let (status, body) = request(http, "GET", "/health", None).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(request(http, "GET", "/ready", None).await.0, 200);
+
+    let sql = r#"{"sql": "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL)"}"#;
+    assert_eq!(request(http, "POST", "/api/v1/sql", Some(sql)).await.0, 200);
+    let sql =
+        r#"{"sql": "CREATE MATERIALIZED TABLE n FRESHNESS = INTERVAL '1' SECOND AS SELECT COUNT(*) AS c FROM t"}"#;
+    assert_eq!(request(http, "POST", "/api/v1/sql", Some(sql)).await.0, 200);
+    let (status, body) = request(
+        http,
+        "POST",
+        "/api/v1/sql",
+        Some(r#"{"sql": "SELECT a, b FROM t ORDER BY a"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["columns"], serde_json::json!(["a", "b"]));
+    assert_eq!(json["rows"], serde_json::json!([{"a": 1, "b": "x"}, {"a": 2}]));
+
+    let (status, body) = request(http, "POST", "/api/v1/sql", Some(r#"{"sql": "SELECT * FROM nowhere"}"#)).await;
+    assert_eq!(status, 400);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["code"], "42P01");
+
+    let (status, metrics) = request(http, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE freshet_materialized_table_data_lag_seconds gauge"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"freshet_materialized_table_status{table="n",status="ACTIVE"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"freshet_materialized_table_last_refresh_rows{table="n"} 1"#),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}

@@ -1,0 +1,40 @@
+//! The server driven by real clients on loopback: psql, tokio-postgres (the extended protocol,
+//! types, cancel), psycopg when present, and HTTP.
+
+// Tests fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod http;
+mod postgres;
+mod psql;
+mod psycopg;
+
+use freshet::Engine;
+use freshet_server::{RunningServer, Server, ServerOptions};
+
+/// A server on ports the system picks, over an in-memory engine.
+pub(crate) async fn start() -> RunningServer {
+    let engine = Engine::builder().location("memory://").open().await.expect("engine");
+    start_with(engine).await
+}
+
+pub(crate) async fn start_with(engine: Engine) -> RunningServer {
+    let options = ServerOptions {
+        pg_listen: Some("127.0.0.1:0".into()),
+        http_listen: Some("127.0.0.1:0".into()),
+        // A client that stops reading holds its statement until then.
+        shutdown_grace: std::time::Duration::from_secs(5),
+    };
+    Server::start(engine, options).await.expect("server starts")
+}
+
+/// A tokio-postgres client of the server.
+pub(crate) async fn connect(server: &RunningServer) -> tokio_postgres::Client {
+    let address = server.pg_address().expect("pg address");
+    let config = format!("host={} port={} user=test dbname=freshet", address.ip(), address.port());
+    let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    client
+}

@@ -1,0 +1,78 @@
+//! psql, the machine's Postgres 15 client: its meta-commands read `pg_catalog`.
+
+use std::process::Command;
+
+use freshet_server::RunningServer;
+
+use crate::start;
+
+/// Runs psql's `-c` commands against the server; returns standard output, or the error output
+/// when psql fails.
+async fn psql(server: &RunningServer, commands: &[&str]) -> Result<String, String> {
+    let address = server.pg_address().expect("pg address");
+    let mut command = Command::new("psql");
+    command
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-h"])
+        .arg(address.ip().to_string())
+        .arg("-p")
+        .arg(address.port().to_string())
+        .args(["-U", "test", "-d", "freshet"]);
+    for c in commands {
+        command.arg("-c").arg(c);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("psql runs")
+        .expect("psql is installed (.ci/run installs postgresql-client)");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_runs_statements_and_describes_tables() {
+    let server = start().await;
+    let out = psql(
+        &server,
+        &[
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer VARCHAR NOT NULL, amount DECIMAL(10, 2), at TIMESTAMP)",
+            "INSERT INTO orders VALUES (1, 'ann', 9.50, TIMESTAMP '2024-01-01 10:00:00'), (2, 'bob', NULL, NULL)",
+            "CREATE MATERIALIZED TABLE totals FRESHNESS = INTERVAL '1' SECOND AS \
+             SELECT customer, COUNT(*) AS n FROM orders GROUP BY customer",
+            "SELECT customer, n FROM totals ORDER BY customer",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("CREATE TABLE"), "{out}");
+    assert!(out.contains("INSERT 0 2"), "{out}");
+    assert!(out.contains("CREATE MATERIALIZED TABLE"), "{out}");
+    assert!(out.contains(" ann      | 1"), "{out}");
+    assert!(out.contains("(2 rows)"), "{out}");
+
+    // \dt lists the tables; \d NAME describes one with Postgres' type names.
+    let tables = psql(&server, &["\\dt"]).await.unwrap();
+    assert!(tables.contains("orders") && tables.contains("totals"), "{tables}");
+    let described = psql(&server, &["\\d orders"]).await.unwrap();
+    for expected in [
+        "customer",
+        "text",
+        "not null",
+        "numeric",
+        "timestamp without time zone",
+        "bigint",
+    ] {
+        assert!(described.contains(expected), "{expected} in {described}");
+    }
+    let all = psql(&server, &["\\d"]).await.unwrap();
+    assert!(all.contains("orders"), "{all}");
+    let databases = psql(&server, &["\\l"]).await.unwrap();
+    assert!(databases.contains("freshet"), "{databases}");
+
+    // Errors carry their SQLSTATE (psql's verbose errors print it).
+    let error = psql(&server, &["SELECT * FROM nowhere"]).await.unwrap_err();
+    assert!(error.contains("42P01"), "{error}");
+    server.shutdown().await;
+}
