@@ -4,14 +4,16 @@ mod metrics;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use freshet::datafusion::arrow::array::RecordBatch;
 use freshet::datafusion::arrow::json::ArrayWriter;
 use freshet::{Engine, FreshetError};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::sqlstate;
@@ -37,6 +39,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/sql", post(run_sql))
+        .route("/api/v1/tables/{name}/changes", get(subscribe))
         .with_state(state)
 }
 
@@ -104,6 +107,36 @@ fn to_json(batches: &[RecordBatch]) -> Result<SqlResponse, FreshetError> {
         serde_json::from_slice(&bytes).map_err(|e| FreshetError::Internal(format!("rows as JSON: {e}")))?
     };
     Ok(SqlResponse { columns, rows })
+}
+
+/// Whether a subscription starts with the table's rows.
+#[derive(Deserialize)]
+struct SubscribeParams {
+    #[serde(default = "default_snapshot")]
+    snapshot: bool,
+}
+
+fn default_snapshot() -> bool {
+    true
+}
+
+/// A table's changes as server-sent events: one `changes` event per batch, its data the rows as
+/// a JSON array with `_version` and `_weight`, until the client disconnects.
+async fn subscribe(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<SubscribeParams>,
+) -> Response {
+    let stream = match state.engine.subscribe(&name, params.snapshot).await {
+        Ok(stream) => stream,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let events = stream.map(|batch| {
+        let batch = batch.map_err(FreshetError::from)?;
+        let rows = to_json(std::slice::from_ref(&batch))?.rows;
+        Ok::<_, FreshetError>(Event::default().event("changes").data(rows.to_string()))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// An error as JSON: a stable code (the SQLSTATE), the domain and the message.

@@ -16,6 +16,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod command;
+mod follow;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -47,6 +48,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::data::RowDescription;
 use pgwire::messages::extendedquery::{
     Close, CloseComplete, Sync as PgSync, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
@@ -86,6 +88,13 @@ impl Backend {
     /// Runs one engine or catalog command with its parameters' values.
     async fn run(&self, command: &Command, params: &[ScalarValue]) -> Result<Outcome, FreshetError> {
         match command {
+            Command::CopyOut(statement) => {
+                let stream = self.engine.execute(&command::bind(statement, params)?).await?;
+                Ok(Outcome::Rows {
+                    tag: command.tag(),
+                    stream,
+                })
+            }
             Command::Engine(statement) => {
                 let bound = command::bind(statement, params)?;
                 let is_query = command.query().is_some();
@@ -165,8 +174,9 @@ impl Outcome {
                     (0..c.len()).filter(|i| c.is_valid(*i)).map(|i| c.value(i)).sum::<u64>()
                 })
                 .sum();
-            let tag = Tag::new(&tag).with_rows(rows as usize);
-            return Ok(Outcome::Done(if tag_is_insert(&tag) { tag.with_oid(0) } else { tag }));
+            let done = Tag::new(&tag).with_rows(rows as usize);
+            // INSERT's tag carries an oid (always 0) before the count.
+            return Ok(Outcome::Done(if tag == "INSERT" { done.with_oid(0) } else { done }));
         }
         let tag = if matches!(tag.as_str(), "SHOW" | "EXPLAIN" | "DESCRIBE") {
             tag
@@ -193,18 +203,13 @@ impl Outcome {
     }
 }
 
-fn tag_is_insert(tag: &Tag) -> bool {
-    let message: pgwire::messages::response::CommandComplete = tag.clone().into();
-    message.tag.starts_with("INSERT")
-}
-
 /// The stream, ended by an error (SQLSTATE 57014, as Postgres) at the connection's next
 /// cancel request.
 fn cancellable(
     stream: SendableRecordBatchStream,
     cancel: Arc<Cancel>,
     seen: u64,
-    running: Running,
+    running: Option<Running>,
 ) -> SendableRecordBatchStream {
     let schema = stream.schema();
     // Produced on a task of its own: one poll of a plan may compute for long without yielding
@@ -653,8 +658,8 @@ impl PgQueries {
                     stream: Box::pin(stream),
                 })
             }
-            Command::Engine(_) | Command::Catalog(_) => {
-                let running = self.activity.start();
+            Command::Engine(_) | Command::Catalog(_) | Command::CopyOut(_) => {
+                let running = (!command.follows()).then(|| self.activity.start());
                 if command.may_write() && session.in_block.load(Ordering::SeqCst) {
                     session.writes.fetch_add(1, Ordering::SeqCst);
                 }
@@ -729,6 +734,31 @@ impl SimpleQueryHandler for PgQueries {
                 Err(other) => return Err(other),
             };
             let response = match (command, outcome) {
+                (Command::CopyOut(_), Outcome::Rows { stream, .. }) => match follow::send_copy(client, stream).await {
+                    Ok(rows) => Response::Execution(Tag::new("COPY").with_rows(rows)),
+                    Err(PgWireError::UserError(info)) => {
+                        responses.push(Response::Error(info));
+                        break;
+                    }
+                    Err(other) => return Err(other),
+                },
+                (command, Outcome::Rows { stream, .. }) if command.is_subscribe() => {
+                    let fields = Arc::new(arrow_schema_to_pg_fields(
+                        stream.schema().as_ref(),
+                        &Format::UnifiedText,
+                        Some(format_options(client)),
+                    )?);
+                    let description = RowDescription::new(fields.iter().map(Into::into).collect());
+                    client.send(PgWireBackendMessage::RowDescription(description)).await?;
+                    match follow::send_rows(client, stream, fields).await {
+                        Ok(rows) => Response::Execution(Tag::new("SUBSCRIBE").with_rows(rows)),
+                        Err(PgWireError::UserError(info)) => {
+                            responses.push(Response::Error(info));
+                            break;
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
                 (Command::Begin, Outcome::Done(tag)) => Response::TransactionStart(tag),
                 (Command::Commit | Command::Rollback, Outcome::Done(tag)) => Response::TransactionEnd(tag),
                 (_, outcome) => outcome.into_response(&Format::UnifiedText, format_options(client))?,
@@ -802,6 +832,9 @@ impl ExtendedQueryHandler for PgQueries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
+        if matches!(prepared.command, Command::CopyOut(_)) {
+            return Ok(DescribePortalResponse::new(Vec::new()));
+        }
         if let Some(schema) = &prepared.schema {
             let fields = arrow_schema_to_pg_fields(schema, &portal.result_column_format, Some(format_options(client)))?;
             return Ok(DescribePortalResponse::new(fields));
@@ -842,6 +875,23 @@ impl ExtendedQueryHandler for PgQueries {
             }
         };
         Ok(match (&prepared.command, outcome) {
+            (Command::CopyOut(_), Outcome::Rows { stream, .. }) => match follow::send_copy(client, stream).await {
+                Ok(rows) => Response::Execution(Tag::new("COPY").with_rows(rows)),
+                Err(PgWireError::UserError(info)) => Response::Error(info),
+                Err(other) => return Err(other),
+            },
+            (command, Outcome::Rows { stream, .. }) if command.is_subscribe() => {
+                let fields = Arc::new(arrow_schema_to_pg_fields(
+                    stream.schema().as_ref(),
+                    &portal.result_column_format,
+                    Some(format_options(client)),
+                )?);
+                match follow::send_rows(client, stream, fields).await {
+                    Ok(rows) => Response::Execution(Tag::new("SUBSCRIBE").with_rows(rows)),
+                    Err(PgWireError::UserError(info)) => Response::Error(info),
+                    Err(other) => return Err(other),
+                }
+            }
             (Command::Begin, Outcome::Done(tag)) => Response::TransactionStart(tag),
             (Command::Commit | Command::Rollback, Outcome::Done(tag)) => Response::TransactionEnd(tag),
             (_, outcome) => outcome.into_response(&portal.result_column_format, format_options(client))?,

@@ -8,6 +8,7 @@ mod http;
 mod postgres;
 mod psql;
 mod psycopg;
+mod subscribe;
 
 use freshet::Engine;
 use freshet_server::{RunningServer, Server, ServerOptions};

@@ -96,6 +96,15 @@ pub enum FreshetStatement {
         /// The inserts, each parsed with its text.
         inserts: Vec<ParsedStatement>,
     },
+    /// `SUBSCRIBE [TO] name [WITH (snapshot = true | false)]`: every committed version's
+    /// changes to a table or materialized table, as they commit, until the reader stops
+    /// (Materialize's statement).
+    Subscribe {
+        /// The table.
+        table: ObjectName,
+        /// Whether the table's rows at the start come first (default true).
+        snapshot: bool,
+    },
     /// `SET 'key' = 'value'`: Apache Flink's form of setting an option, for keys such as
     /// `materialized-table.refresh-mode.freshness-threshold` that are not SQL identifiers.
     SetOption {
@@ -188,6 +197,10 @@ fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
         return Ok(FreshetStatement::SetOption { key, value });
     }
     let p = &mut parser.parser;
+    if matches!(&p.peek_token_ref().token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("SUBSCRIBE"))
+    {
+        return parse_subscribe(p);
+    }
     if p.peek_keyword(Keyword::VACUUM) {
         p.next_token();
         let table = if matches!(p.peek_token_ref().token, Token::Word(ref w) if w.keyword != Keyword::RETAIN) {
@@ -267,6 +280,40 @@ fn is_compact(parser: &DFParser<'_>) -> bool {
         }
         return word(n).map(|w| w.1) == Some("COMPACT".into());
     }
+}
+
+/// `SUBSCRIBE [TO] name [WITH (snapshot = true | false)]`, the parser at SUBSCRIBE.
+fn parse_subscribe(p: &mut datafusion::sql::sqlparser::parser::Parser<'_>) -> Result<FreshetStatement> {
+    p.next_token();
+    let _ = p.parse_keyword(Keyword::TO);
+    let table = p.parse_object_name(false).map_err(parse_error)?;
+    let mut snapshot = true;
+    if p.parse_keyword(Keyword::WITH) {
+        p.expect_token(&Token::LParen).map_err(parse_error)?;
+        loop {
+            let option = p.parse_identifier().map_err(parse_error)?;
+            if !option.value.eq_ignore_ascii_case("snapshot") {
+                return Err(FreshetError::InvalidStatement(format!(
+                    "SUBSCRIBE: unknown option {option} (the option is snapshot = true | false)"
+                )));
+            }
+            let _ = p.consume_token(&Token::Eq);
+            snapshot = match p.next_token().token {
+                Token::Word(w) if w.keyword == Keyword::TRUE => true,
+                Token::Word(w) if w.keyword == Keyword::FALSE => false,
+                other => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "SUBSCRIBE: snapshot is true or false, found {other}"
+                    )));
+                }
+            };
+            if !p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        p.expect_token(&Token::RParen).map_err(parse_error)?;
+    }
+    Ok(FreshetStatement::Subscribe { table, snapshot })
 }
 
 pub(crate) fn parse_error(e: ParserError) -> FreshetError {

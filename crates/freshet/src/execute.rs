@@ -67,6 +67,10 @@ impl Engine {
                 empty_stream()
             }
             FreshetStatement::ShowJobs => self.show_jobs().await,
+            FreshetStatement::Subscribe { table, snapshot } => {
+                let name = self.resolve_name(table)?;
+                self.subscribe(&name, *snapshot).await
+            }
             FreshetStatement::StopJob { id } => self.stop_job(id).await,
             FreshetStatement::StatementSet { inserts } => self.start_job(inserts).await,
             FreshetStatement::SetOption { key, value } => {

@@ -49,6 +49,7 @@ pub mod nexmark;
 mod progress;
 mod schema;
 mod streams;
+mod subscribe;
 mod time_travel;
 mod window_functions;
 
@@ -65,6 +66,7 @@ pub use materialized::{
 };
 pub use progress::Progress;
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
+pub use subscribe::{SUBSCRIBE_VERSION, SUBSCRIBE_WEIGHT};
 
 /// Freshet's SQL dialect and statements, for callers that inspect statements before running
 /// them (a server binding parameters).

@@ -496,3 +496,37 @@ async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
     assert_eq!(state, 2);
     engine.close().await;
 }
+
+/// `Engine::subscribe`: the rows at the start, then each version's consolidated changes in
+/// commit order, deletions first, as they commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_follows_commits() {
+    use freshet::datafusion::arrow::array::{AsArray, RecordBatch};
+    use freshet::datafusion::arrow::datatypes::Int64Type;
+    use futures::StreamExt;
+
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    engine.sql("CREATE TABLE s (id BIGINT, v BIGINT)").await.unwrap();
+    engine.sql("INSERT INTO s VALUES (1, 10), (2, 20)").await.unwrap();
+    let mut stream = engine.subscribe("s", true).await.unwrap();
+    let rows = |batch: &RecordBatch| -> Vec<[i64; 4]> {
+        (0..batch.num_rows())
+            .map(|r| std::array::from_fn(|c| batch.column(c).as_primitive::<Int64Type>().value(r)))
+            .collect()
+    };
+    let snapshot = stream.next().await.unwrap().unwrap();
+    let mut got = rows(&snapshot);
+    got.sort();
+    assert_eq!(got, [[2, 1, 1, 10], [2, 1, 2, 20]]);
+    engine.sql("UPDATE s SET v = 11 WHERE id = 1").await.unwrap();
+    engine.sql("DELETE FROM s WHERE id = 2").await.unwrap();
+    assert_eq!(
+        rows(&stream.next().await.unwrap().unwrap()),
+        [[3, -1, 1, 10], [3, 1, 1, 11]]
+    );
+    assert_eq!(rows(&stream.next().await.unwrap().unwrap()), [[4, -1, 2, 20]]);
+    // Without the snapshot, only what commits after.
+    let mut later = engine.subscribe("s", false).await.unwrap();
+    engine.sql("INSERT INTO s VALUES (3, 30)").await.unwrap();
+    assert_eq!(rows(&later.next().await.unwrap().unwrap()), [[5, 1, 3, 30]]);
+}

@@ -37,6 +37,9 @@ pub(crate) enum Command {
     },
     /// A statement for the engine.
     Engine(Arc<freshet::Statement>),
+    /// `COPY (statement) TO STDOUT`: the statement's rows in COPY's text format, sent as they
+    /// are produced (psql shows a `SUBSCRIBE` this way).
+    CopyOut(Arc<freshet::Statement>),
     /// A read-only query that only Postgres' dialect parses (catalog queries of psql and
     /// drivers), for the catalog session.
     Catalog(Arc<Statement>),
@@ -52,6 +55,7 @@ impl Command {
             Command::SetVariable { .. } => "SET".into(),
             Command::ShowVariable { .. } => "SHOW".into(),
             Command::Catalog(_) => "SELECT".into(),
+            Command::CopyOut(_) => "COPY".into(),
             Command::Engine(statement) => tag_of(&statement.text),
         }
     }
@@ -59,12 +63,28 @@ impl Command {
     /// Whether the command may change data or definitions (for what ROLLBACK cannot undo).
     pub(crate) fn may_write(&self) -> bool {
         match self {
-            Command::Engine(statement) => !matches!(
-                statement.statement,
-                FreshetStatement::DataFusion(ref s)
-                    if matches!(s.as_ref(), DFStatement::Statement(inner) if matches!(inner.as_ref(), Statement::Query(_)))
-            ),
+            Command::Engine(statement) => {
+                !matches!(
+                    statement.statement,
+                    FreshetStatement::DataFusion(ref s)
+                        if matches!(s.as_ref(), DFStatement::Statement(inner) if matches!(inner.as_ref(), Statement::Query(_)))
+                ) && !self.only_reads()
+            }
             _ => false,
+        }
+    }
+
+    /// Whether this is a subscription: its rows do not end, and are sent as they come.
+    pub(crate) fn is_subscribe(&self) -> bool {
+        matches!(self, Command::Engine(s) if matches!(s.statement, FreshetStatement::Subscribe { .. }))
+    }
+
+    /// Whether this follows a table until the client stops it (a subscription, or a COPY of
+    /// one): it does not hold a server's shutdown.
+    pub(crate) fn follows(&self) -> bool {
+        match self {
+            Command::CopyOut(s) => matches!(s.statement, FreshetStatement::Subscribe { .. }),
+            other => other.is_subscribe(),
         }
     }
 
@@ -79,6 +99,7 @@ impl Command {
                     | FreshetStatement::ExplainMaterializedTable { .. }
                     | FreshetStatement::ShowCreateMaterializedTable { .. }
                     | FreshetStatement::ShowJobs
+                    | FreshetStatement::Subscribe { .. }
             ),
             _ => false,
         }
@@ -131,6 +152,15 @@ pub(crate) fn classify(
     compat: &datafusion_pg_catalog::sql::PostgresCompatibilityParser,
     text: &str,
 ) -> Result<Vec<Command>> {
+    if let Some(inner) = super::follow::copy_to_stdout(text) {
+        let mut statements = engine.parse(inner)?;
+        return match statements.pop() {
+            Some(statement) if statements.is_empty() => Ok(vec![Command::CopyOut(Arc::new(statement))]),
+            _ => Err(FreshetError::InvalidStatement(
+                "COPY (...) TO STDOUT takes one statement".into(),
+            )),
+        };
+    }
     match engine.parse(text) {
         Ok(statements) => Ok(statements.into_iter().map(from_engine).collect()),
         Err(error) => {
