@@ -37,6 +37,12 @@ pub enum FreshetError {
         /// The name as written.
         name: String,
     },
+    /// A materialized table that does not exist was named.
+    #[error("materialized table \"{name}\" does not exist")]
+    MaterializedTableNotFound {
+        /// The name as written.
+        name: String,
+    },
     /// A table was created under a name already taken.
     #[error("table \"{name}\" already exists")]
     TableExists {
@@ -153,6 +159,7 @@ impl FreshetError {
     pub fn domain(&self) -> ErrorDomain {
         match self {
             FreshetError::TableNotFound { .. }
+            | FreshetError::MaterializedTableNotFound { .. }
             | FreshetError::TableExists { .. }
             | FreshetError::DuplicateKey { .. }
             | FreshetError::NullViolation { .. }

@@ -28,7 +28,7 @@ pub enum ServerError {
 /// The SQLSTATE for an engine error.
 pub fn sqlstate(error: &FreshetError) -> &'static str {
     match error {
-        FreshetError::TableNotFound { .. } => "42P01",
+        FreshetError::TableNotFound { .. } | FreshetError::MaterializedTableNotFound { .. } => "42P01",
         FreshetError::TableExists { .. } => "42P07",
         FreshetError::DuplicateKey { .. } => "23505",
         FreshetError::NullViolation { .. } => "23502",

@@ -56,7 +56,7 @@ async fn health_sql_and_metrics() {
     assert_eq!(json["rows"], serde_json::json!([{"a": 1, "b": "x"}, {"a": 2}]));
 
     let (status, body) = request(http, "POST", "/api/v1/sql", Some(r#"{"sql": "SELECT * FROM nowhere"}"#)).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 404);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["code"], "42P01");
 

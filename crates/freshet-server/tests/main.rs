@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http;
+mod openapi;
 mod postgres;
 mod psql;
 mod psycopg;
+mod schemathesis;
 mod subscribe;
 
 use freshet::Engine;

@@ -97,6 +97,6 @@ async fn http_subscriptions_are_server_sent_events() {
         serde_json::json!([{"_version": 2, "_weight": 1, "k": 7, "v": "seven"}])
     );
     let (status, body) = crate::http::request(http, "GET", "/api/v1/tables/nowhere/changes", None).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 404, "{body}");
     server.shutdown().await;
 }

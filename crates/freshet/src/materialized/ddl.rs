@@ -519,7 +519,7 @@ fn not_materialized(name: &str, exists: bool) -> FreshetError {
             "\"{name}\" is not a materialized table (use DROP TABLE or DROP VIEW)"
         ))
     } else {
-        FreshetError::InvalidStatement(format!("materialized table \"{name}\" does not exist"))
+        FreshetError::MaterializedTableNotFound { name: name.into() }
     }
 }
 

@@ -585,9 +585,7 @@ impl Engine {
             Some(_) => Err(FreshetError::InvalidStatement(format!(
                 "\"{name}\" is not a materialized table"
             ))),
-            None => Err(FreshetError::InvalidStatement(format!(
-                "materialized table \"{name}\" does not exist"
-            ))),
+            None => Err(FreshetError::MaterializedTableNotFound { name: name.into() }),
         }
     }
 

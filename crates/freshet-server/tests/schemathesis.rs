@@ -1,0 +1,65 @@
+//! The REST API fuzzed from its own OpenAPI spec by schemathesis (from the virtual environment
+//! `.ci/run` makes, `FRESHET_TEST_PYTHON`): every response must match the spec (status codes,
+//! content types, bodies), no request may make a server error, and requests that violate the
+//! spec must be rejected. Requests the spec allows may still be refused (a query must be valid
+//! SQL, which no schema says), so schemathesis's `positive_data_acceptance` is left out.
+
+use std::process::Command;
+
+use crate::http::request;
+use crate::start;
+
+fn python_with_schemathesis() -> Option<String> {
+    let python = std::env::var("FRESHET_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = Command::new(&python)
+        .args(["-c", "import schemathesis"])
+        .output()
+        .ok()?;
+    found.status.success().then_some(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_conforms_to_its_spec_under_fuzzing() {
+    let Some(python) = python_with_schemathesis() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide schemathesis (FRESHET_TEST_PYTHON)"
+        );
+        eprintln!("schemathesis is not installed: this test did not run (set FRESHET_TEST_PYTHON)");
+        return;
+    };
+    let server = start().await;
+    let http = server.http_address().unwrap();
+    // Something for the operations on existing resources to find.
+    let sql = concat!(
+        r#"{"sql": "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'); "#,
+        r#"CREATE MATERIALIZED TABLE m FRESHNESS = INTERVAL '1' HOUR AS SELECT COUNT(*) AS c FROM t"}"#
+    );
+    assert_eq!(request(http, "POST", "/api/v1/sql", Some(sql)).await.0, 200);
+    let spec = format!("http://{http}/api/v1/openapi.json");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "schemathesis.cli", "run", &spec, "--checks", "all"])
+            .args([
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--max-examples",
+                "5",
+                "--workers",
+                "1",
+            ])
+            .args(["--seed", "20261205", "--phases", "examples,coverage,fuzzing"])
+            .env("NO_COLOR", "1")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.shutdown().await;
+}
