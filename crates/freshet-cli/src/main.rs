@@ -30,7 +30,7 @@ enum Source {
 fn command() -> Command {
     Command::new("freshet")
         .about("Freshet: a streaming SQL engine with materialized tables")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(concat!(env!("CARGO_PKG_VERSION"), " (", env!("FRESHET_COMMIT"), ")"))
         .arg(
             Arg::new("data-dir")
                 .long("data-dir")
@@ -253,7 +253,7 @@ async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(message) = script::run_script(engine, &mut printer, &origin, &sql).await {
+        if let Err(message) = shell::run_script_with_meta_commands(engine, &mut printer, &origin, &sql).await {
             eprintln!("{message}");
             return ExitCode::FAILURE;
         }

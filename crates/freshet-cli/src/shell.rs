@@ -109,6 +109,46 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs a script (`-f`, standard input, `-c`) as the shell would read it: SQL statements, and
+/// meta-commands (`\d`, `\i`, `\q`, ...) on lines of their own between statements, as psql
+/// takes them in scripts. The first SQL error stops it; `\q` ends it.
+pub(crate) async fn run_script_with_meta_commands(
+    engine: &Engine,
+    printer: &mut Printer,
+    origin: &str,
+    text: &str,
+) -> Result<(), String> {
+    let mut sql = String::new();
+    // The line the pending SQL starts on, so that errors name the script's own lines.
+    let mut first_line = 0;
+    for (number, line) in text.lines().enumerate() {
+        let between_statements = sql.trim().is_empty() || is_complete(&sql);
+        if between_statements && line.trim_start().starts_with('\\') {
+            if !sql.trim().is_empty() {
+                let pending = format!("{}{}", "\n".repeat(first_line), std::mem::take(&mut sql));
+                crate::script::run_script(engine, printer, origin, &pending).await?;
+            }
+            sql.clear();
+            if let MetaOutcome::Quit = meta_command(line.trim(), engine, printer).await {
+                return Ok(());
+            }
+            first_line = number + 1;
+            continue;
+        }
+        if sql.is_empty() {
+            first_line = number;
+        } else {
+            sql.push('\n');
+        }
+        sql.push_str(line);
+    }
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    let pending = format!("{}{}", "\n".repeat(first_line), sql);
+    crate::script::run_script(engine, printer, origin, &pending).await
+}
+
 /// Whether the input ends with a `;` that is not inside a string or a comment (and, for
 /// Flink's `BEGIN STATEMENT SET;`, with its `END;`).
 pub(crate) fn is_complete(sql: &str) -> bool {

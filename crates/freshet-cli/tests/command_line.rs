@@ -181,3 +181,36 @@ fn sql_given_with_c_may_start_with_a_comment() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "one\n1\n");
 }
+
+#[test]
+fn scripts_take_meta_commands_between_statements() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .args(["--memory", "--format", "csv", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = "CREATE TABLE t (id INT);\n\\d\nINSERT INTO t\n  VALUES (1);\n\\x\nSELECT id FROM t;\n\\q\nSELECT nothing FROM nowhere;\n";
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    // \d listed the table; \q ended the script before the failing statement.
+    assert!(printed.contains("t,BASE TABLE"), "{printed}");
+    assert!(printed.contains("Expanded display is on."), "{printed}");
+    assert!(!stderr(&out).contains("nowhere"), "{}", stderr(&out));
+
+    // An error's line is the script's own, after meta-commands.
+    let out = freshet(&["--memory", "-c", "\\x\nSELECT 1;\n\nSELECT * FROM nowhere;"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("line 4"), "{}", stderr(&out));
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = freshet(&["--version"]);
+    let version = stdout(&out);
+    assert!(version.starts_with("freshet 0."), "{version}");
+    assert!(version.contains('(') && version.contains(')'), "{version}");
+}

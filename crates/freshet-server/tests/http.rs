@@ -60,8 +60,34 @@ async fn health_sql_and_metrics() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["code"], "42P01");
 
+    // A job, for the jobs' metrics.
+    let job = r#"{"sql": "CREATE TABLE g (x BIGINT) WITH ('connector' = 'datagen', 'number-of-rows' = '10'); CREATE TABLE bh (x BIGINT) WITH ('connector' = 'blackhole'); INSERT INTO bh SELECT x FROM g"}"#;
+    let (status, body) = request(http, "POST", "/api/v1/sql", Some(job)).await;
+    assert_eq!(status, 200, "{body}");
+
     let (status, metrics) = request(http, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
+    // Every series the committed Grafana dashboard draws is exported.
+    let dashboard = include_str!("../../../docs/grafana-dashboard.json");
+    let mut names: Vec<&str> = dashboard
+        .match_indices("freshet_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .filter(|name| name.len() > "freshet_".len())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(
+            metrics.contains(&format!("\n{name}{{")) || metrics.contains(&format!("\n{name} ")),
+            "{name} in {metrics}"
+        );
+    }
     assert!(
         metrics.contains("# TYPE freshet_materialized_table_data_lag_seconds gauge"),
         "{metrics}"
