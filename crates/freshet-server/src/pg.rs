@@ -105,7 +105,15 @@ impl Backend {
                     // it is tried there, and the engine's error stands if that fails too.
                     Err(error) if is_query && error.domain() == freshet::ErrorDomain::User => {
                         match command::catalog_query(&self.compat, &bound.text) {
-                            Some(query) => self.run_catalog(&query, &[]).await.map_err(|_| error)?,
+                            // A query of pg_catalog tells why the catalog could not answer it;
+                            // any other keeps the engine's error.
+                            Some(query) => match self.run_catalog(&query, &[]).await {
+                                Ok(stream) => stream,
+                                Err(catalog) if bound.text.to_ascii_lowercase().contains("pg_catalog.") => {
+                                    return Err(catalog);
+                                }
+                                Err(_) => return Err(error),
+                            },
                             None => return Err(error),
                         }
                     }
