@@ -689,6 +689,52 @@ impl PgQueries {
         }
     }
 
+    /// A command's outcome as the protocol's response. Subscriptions and `COPY ... TO STDOUT`
+    /// are sent here, as their rows come (with their row description first when `describe`:
+    /// the simple protocol's; the extended one described the portal before); an error while
+    /// sending becomes the response.
+    async fn respond<C>(
+        &self,
+        client: &mut C,
+        command: &Command,
+        outcome: Outcome,
+        format: &Format,
+        describe: bool,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let sent = match (command, outcome) {
+            (Command::CopyOut(_), Outcome::Rows { stream, .. }) => follow::send_copy(client, stream)
+                .await
+                .map(|rows| Tag::new("COPY").with_rows(rows)),
+            (command, Outcome::Rows { stream, .. }) if command.is_subscribe() => {
+                let fields = Arc::new(arrow_schema_to_pg_fields(
+                    stream.schema().as_ref(),
+                    format,
+                    Some(format_options(client)),
+                )?);
+                if describe {
+                    let description = RowDescription::new(fields.iter().map(Into::into).collect());
+                    client.send(PgWireBackendMessage::RowDescription(description)).await?;
+                }
+                follow::send_rows(client, stream, fields)
+                    .await
+                    .map(|rows| Tag::new("SUBSCRIBE").with_rows(rows))
+            }
+            (Command::Begin, Outcome::Done(tag)) => return Ok(Response::TransactionStart(tag)),
+            (Command::Commit | Command::Rollback, Outcome::Done(tag)) => return Ok(Response::TransactionEnd(tag)),
+            (_, outcome) => return outcome.into_response(format, format_options(client)),
+        };
+        match sent {
+            Ok(tag) => Ok(Response::Execution(tag)),
+            Err(PgWireError::UserError(info)) => Ok(Response::Error(info)),
+            Err(other) => Err(other),
+        }
+    }
+
     /// The values bound to a portal, typed by the client's types or DataFusion's inference.
     fn parameters(&self, portal: &Portal<Prepared>) -> PgWireResult<Vec<ScalarValue>> {
         let prepared = &portal.statement.statement;
@@ -741,37 +787,14 @@ impl SimpleQueryHandler for PgQueries {
                 }
                 Err(other) => return Err(other),
             };
-            let response = match (command, outcome) {
-                (Command::CopyOut(_), Outcome::Rows { stream, .. }) => match follow::send_copy(client, stream).await {
-                    Ok(rows) => Response::Execution(Tag::new("COPY").with_rows(rows)),
-                    Err(PgWireError::UserError(info)) => {
-                        responses.push(Response::Error(info));
-                        break;
-                    }
-                    Err(other) => return Err(other),
-                },
-                (command, Outcome::Rows { stream, .. }) if command.is_subscribe() => {
-                    let fields = Arc::new(arrow_schema_to_pg_fields(
-                        stream.schema().as_ref(),
-                        &Format::UnifiedText,
-                        Some(format_options(client)),
-                    )?);
-                    let description = RowDescription::new(fields.iter().map(Into::into).collect());
-                    client.send(PgWireBackendMessage::RowDescription(description)).await?;
-                    match follow::send_rows(client, stream, fields).await {
-                        Ok(rows) => Response::Execution(Tag::new("SUBSCRIBE").with_rows(rows)),
-                        Err(PgWireError::UserError(info)) => {
-                            responses.push(Response::Error(info));
-                            break;
-                        }
-                        Err(other) => return Err(other),
-                    }
-                }
-                (Command::Begin, Outcome::Done(tag)) => Response::TransactionStart(tag),
-                (Command::Commit | Command::Rollback, Outcome::Done(tag)) => Response::TransactionEnd(tag),
-                (_, outcome) => outcome.into_response(&Format::UnifiedText, format_options(client))?,
-            };
+            let response = self
+                .respond(client, command, outcome, &Format::UnifiedText, true)
+                .await?;
+            let failed = matches!(response, Response::Error(_));
             responses.push(response);
+            if failed {
+                break;
+            }
         }
         Ok(responses)
     }
@@ -882,27 +905,7 @@ impl ExtendedQueryHandler for PgQueries {
                 }
             }
         };
-        Ok(match (&prepared.command, outcome) {
-            (Command::CopyOut(_), Outcome::Rows { stream, .. }) => match follow::send_copy(client, stream).await {
-                Ok(rows) => Response::Execution(Tag::new("COPY").with_rows(rows)),
-                Err(PgWireError::UserError(info)) => Response::Error(info),
-                Err(other) => return Err(other),
-            },
-            (command, Outcome::Rows { stream, .. }) if command.is_subscribe() => {
-                let fields = Arc::new(arrow_schema_to_pg_fields(
-                    stream.schema().as_ref(),
-                    &portal.result_column_format,
-                    Some(format_options(client)),
-                )?);
-                match follow::send_rows(client, stream, fields).await {
-                    Ok(rows) => Response::Execution(Tag::new("SUBSCRIBE").with_rows(rows)),
-                    Err(PgWireError::UserError(info)) => Response::Error(info),
-                    Err(other) => return Err(other),
-                }
-            }
-            (Command::Begin, Outcome::Done(tag)) => Response::TransactionStart(tag),
-            (Command::Commit | Command::Rollback, Outcome::Done(tag)) => Response::TransactionEnd(tag),
-            (_, outcome) => outcome.into_response(&portal.result_column_format, format_options(client))?,
-        })
+        self.respond(client, &prepared.command, outcome, &portal.result_column_format, false)
+            .await
     }
 }
