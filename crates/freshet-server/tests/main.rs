@@ -41,3 +41,23 @@ pub(crate) async fn connect(server: &RunningServer) -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+/// The Python with `module` importable: `FRESHET_TEST_PYTHON` (the virtual environment
+/// `.ci/run` makes) or `python3`. `None` outside CI when it is missing (the test then says it did
+/// not run); in CI a missing module fails the test.
+pub(crate) fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("FRESHET_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide {module} (FRESHET_TEST_PYTHON)"
+    );
+    eprintln!("{module} is not installed: this test did not run (set FRESHET_TEST_PYTHON)");
+    None
+}

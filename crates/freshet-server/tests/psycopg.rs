@@ -8,22 +8,9 @@ use crate::start;
 
 const SCRIPT: &str = include_str!("psycopg_client.py");
 
-fn python() -> Option<String> {
-    if let Ok(python) = std::env::var("FRESHET_TEST_PYTHON") {
-        return Some(python);
-    }
-    let found = Command::new("python3").args(["-c", "import psycopg"]).output().ok()?;
-    found.status.success().then(|| "python3".into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_runs_simple_and_extended_queries() {
-    let Some(python) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide psycopg (FRESHET_TEST_PYTHON)"
-        );
-        eprintln!("psycopg is not installed: this test did not run (set FRESHET_TEST_PYTHON)");
+    let Some(python) = crate::python_with("psycopg") else {
         return;
     };
     let server = start().await;

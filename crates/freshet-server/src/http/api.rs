@@ -371,6 +371,13 @@ pub(crate) async fn drop_materialized_table(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `ALTER MATERIALIZED TABLE name <action>` on a materialized table, then its status.
+async fn alter_then_show(state: &AppState, name: &str, action: &str) -> Result<Json<MaterializedTable>, ApiError> {
+    ensure_materialized(state, name).await?;
+    run(state, &format!("ALTER MATERIALIZED TABLE {} {action}", ident(name))).await?;
+    materialized(state, name).await
+}
+
 /// Suspends a materialized table's refreshes.
 #[utoipa::path(post, path = "/api/v1/materialized-tables/{name}/suspend", tag = "materialized tables",
     params(NameParam),
@@ -379,9 +386,7 @@ pub(crate) async fn suspend_materialized_table(
     State(state): State<AppState>,
     ApiPath(NameParam { name }): ApiPath<NameParam>,
 ) -> Result<Json<MaterializedTable>, ApiError> {
-    ensure_materialized(&state, &name).await?;
-    run(&state, &format!("ALTER MATERIALIZED TABLE {} SUSPEND", ident(&name))).await?;
-    materialized(&state, &name).await
+    alter_then_show(&state, &name, "SUSPEND").await
 }
 
 /// Resumes a suspended (or failed) materialized table.
@@ -392,9 +397,7 @@ pub(crate) async fn resume_materialized_table(
     State(state): State<AppState>,
     ApiPath(NameParam { name }): ApiPath<NameParam>,
 ) -> Result<Json<MaterializedTable>, ApiError> {
-    ensure_materialized(&state, &name).await?;
-    run(&state, &format!("ALTER MATERIALIZED TABLE {} RESUME", ident(&name))).await?;
-    materialized(&state, &name).await
+    alter_then_show(&state, &name, "RESUME").await
 }
 
 /// Refreshes a materialized table now (returns when the refresh has committed).
@@ -405,9 +408,7 @@ pub(crate) async fn refresh_materialized_table(
     State(state): State<AppState>,
     ApiPath(NameParam { name }): ApiPath<NameParam>,
 ) -> Result<Json<MaterializedTable>, ApiError> {
-    ensure_materialized(&state, &name).await?;
-    run(&state, &format!("ALTER MATERIALIZED TABLE {} REFRESH", ident(&name))).await?;
-    materialized(&state, &name).await
+    alter_then_show(&state, &name, "REFRESH").await
 }
 
 /// The table's refreshes, newest last: trigger, algorithm and why, duration, rows, outcome.
