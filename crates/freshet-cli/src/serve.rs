@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use freshet::Engine;
-use freshet_server::{Server, ServerOptions};
+use freshet_server::{Secret, Server, ServerOptions, TlsFiles};
 
 /// The `serve` subcommand's arguments.
 pub(crate) fn command() -> Command {
@@ -25,8 +25,16 @@ pub(crate) fn command() -> Command {
         )
         .arg(Arg::new("config").long("config").value_name("FILE").help(
             "Settings, one `key: value` (or `key = value`) a line: server.pg-listen, server.http-listen, \
-             server.shutdown-grace, and any SET key",
+             server.shutdown-grace, server.password, server.http-token, server.tls-cert, server.tls-key, \
+             server.allowed-paths, and any SET key",
         ))
+        .after_help(
+            "Beyond loopback the server needs a password for the Postgres protocol (user `freshet`, \
+             SCRAM-SHA-256) and a bearer token for HTTP: server.password / FRESHET_PASSWORD and \
+             server.http-token / FRESHET_HTTP_TOKEN. TLS for both from server.tls-cert and server.tls-key \
+             (PEM). Statements read and write files only under server.allowed-paths (directories, \
+             comma-separated; none by default).",
+        )
 }
 
 /// Settings from a `--config` file, in order.
@@ -62,6 +70,11 @@ fn address(value: Option<String>, default: Option<String>) -> Option<String> {
 pub(crate) async fn run(location: &str, matches: &ArgMatches) -> ExitCode {
     let mut options = ServerOptions::default();
     let mut engine_settings = Vec::new();
+    let (mut tls_cert, mut tls_key) = (None, None);
+    let mut allowed_paths = Vec::new();
+    let secret = |value: String| (!value.is_empty()).then(|| Secret::new(value));
+    options.password = std::env::var("FRESHET_PASSWORD").ok().and_then(secret);
+    options.http_token = std::env::var("FRESHET_HTTP_TOKEN").ok().and_then(secret);
     if let Some(path) = matches.get_one::<String>("config") {
         let settings = match read_config(path) {
             Ok(settings) => settings,
@@ -81,6 +94,17 @@ pub(crate) async fn run(location: &str, matches: &ArgMatches) -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 },
+                "server.password" => options.password = secret(value),
+                "server.http-token" => options.http_token = secret(value),
+                "server.tls-cert" => tls_cert = Some(value.into()),
+                "server.tls-key" => tls_key = Some(value.into()),
+                "server.allowed-paths" => allowed_paths.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(std::path::PathBuf::from),
+                ),
                 _ => engine_settings.push((key, value)),
             }
         }
@@ -88,7 +112,23 @@ pub(crate) async fn run(location: &str, matches: &ArgMatches) -> ExitCode {
     options.pg_listen = address(matches.get_one::<String>("pg-listen").cloned(), options.pg_listen);
     options.http_listen = address(matches.get_one::<String>("http-listen").cloned(), options.http_listen);
 
-    let engine = match Engine::builder().location(location).open().await {
+    options.tls = match (tls_cert, tls_key) {
+        (Some(certificate), Some(key)) => Some(TlsFiles { certificate, key }),
+        (None, None) => None,
+        _ => {
+            eprintln!("error: TLS needs both server.tls-cert and server.tls-key");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let builder = match Engine::builder().location(location).allowed_paths(allowed_paths) {
+        Ok(builder) => builder,
+        Err(e) => {
+            eprintln!("error: server.allowed-paths: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = match builder.open().await {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("error: cannot open {location}: {e}");

@@ -118,6 +118,16 @@ pub enum FreshetError {
         #[source]
         source: datafusion::object_store::Error,
     },
+    /// A statement named a file outside the directories the engine allows.
+    #[error("{what} \"{path}\" is outside the directories this engine may read and write ({allowed})")]
+    FileNotAllowed {
+        /// What the file is for (`COPY target`, `external table location`, ...).
+        what: String,
+        /// The path as written.
+        path: String,
+        /// The allowed directories, or how to allow some.
+        allowed: String,
+    },
     /// The location given to open an engine cannot be used.
     #[error("invalid location \"{location}\": {reason}")]
     InvalidLocation {
@@ -166,7 +176,8 @@ impl FreshetError {
             | FreshetError::VersionNotFound { .. }
             | FreshetError::InvalidStatement(_)
             | FreshetError::Unsupported(_)
-            | FreshetError::InvalidLocation { .. } => ErrorDomain::User,
+            | FreshetError::InvalidLocation { .. }
+            | FreshetError::FileNotAllowed { .. } => ErrorDomain::User,
             FreshetError::Locked { .. }
             | FreshetError::ConcurrentCommit { .. }
             | FreshetError::CorruptFile { .. }

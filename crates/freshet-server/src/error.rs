@@ -20,6 +20,24 @@ pub enum ServerError {
     /// The Postgres catalog could not be set up.
     #[error("cannot set up pg_catalog: {0}")]
     Catalog(#[source] Box<DataFusionError>),
+    /// A listener beyond loopback without the credentials that protect it.
+    #[error(
+        "refusing to listen on {address} without {missing}: beyond loopback, anyone who can reach the port could use the engine"
+    )]
+    Unprotected {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// What is missing and how to set it.
+        missing: String,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {path}: {message}")]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        message: String,
+    },
     /// The metrics recorder could not be set up.
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
@@ -36,6 +54,7 @@ pub fn sqlstate(error: &FreshetError) -> &'static str {
         FreshetError::InvalidStatement(_) => "42601",
         FreshetError::Unsupported(_) => "0A000",
         FreshetError::InvalidLocation { .. } => "22023",
+        FreshetError::FileNotAllowed { .. } => "42501",
         FreshetError::Locked { .. } => "55006",
         FreshetError::ConcurrentCommit { .. } => "40001",
         FreshetError::CorruptFile { .. } => "XX001",

@@ -88,13 +88,13 @@ pub(crate) struct Health {
 }
 
 /// The server answers.
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health)))]
 pub(crate) async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// Ready when the engine answers a query.
-#[utoipa::path(get, path = "/ready", tag = "health", responses((status = 200, body = Health), (status = "default", body = ApiError)))]
+#[utoipa::path(get, path = "/ready", tag = "health", security(()), responses((status = 200, body = Health), (status = "default", body = ApiError)))]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     match state.engine.sql("SELECT 1").await {
         Ok(_) => Json(Health { status: "ready" }).into_response(),
@@ -223,6 +223,16 @@ impl From<FreshetError> for ApiError {
 }
 
 impl ApiError {
+    /// A request without the server's bearer token (SQLSTATE 28000, invalid authorization).
+    pub(crate) fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "28000",
+            domain: freshet::ErrorDomain::User.to_string(),
+            message: "this server needs `Authorization: Bearer <token>` (its server.http-token)".into(),
+        }
+    }
+
     /// A resource that does not exist (SQLSTATE 42704, undefined object).
     pub(crate) fn not_found(message: String) -> Self {
         Self {

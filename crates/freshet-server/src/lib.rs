@@ -28,6 +28,7 @@
 pub mod error;
 pub mod http;
 pub mod pg;
+pub mod security;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,8 +40,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use error::{ServerError, sqlstate};
+pub use security::{Secret, TlsFiles, USER};
 
-/// Where to listen, and how long running statements may take to finish at shutdown.
+/// Where to listen, who may connect, and how long running statements may take to finish at
+/// shutdown. Without a password and a token the server listens on loopback only.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The Postgres protocol's address (`None`: not served). Default `127.0.0.1:5433`.
@@ -49,6 +52,14 @@ pub struct ServerOptions {
     pub http_listen: Option<String>,
     /// How long running statements may take to finish at shutdown before they are cancelled.
     pub shutdown_grace: Duration,
+    /// The password of the Postgres protocol's user [`USER`], checked by SCRAM-SHA-256
+    /// (`None`: any user connects without one — loopback only).
+    pub password: Option<Secret>,
+    /// The bearer token HTTP requests must carry, except `/health` and `/ready` (`None`: no
+    /// token — loopback only).
+    pub http_token: Option<Secret>,
+    /// TLS for both protocols (`None`: plain TCP).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +68,9 @@ impl Default for ServerOptions {
             pg_listen: Some("127.0.0.1:5433".into()),
             http_listen: Some("127.0.0.1:8080".into()),
             shutdown_grace: Duration::from_secs(30),
+            password: None,
+            http_token: None,
+            tls: None,
         }
     }
 }
@@ -71,28 +85,79 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let activity = Arc::new(Activity::default());
         let mut tasks = JoinSet::new();
+        let tls = options.tls.as_ref().map(security::Tls::load).transpose()?;
+        // Both listeners are bound and checked before either serves: a refused start serves nothing.
+        let pg_listener = match &options.pg_listen {
+            Some(address) => {
+                let listener = listen(address).await?;
+                security::require_protection(
+                    local_address(&listener, address)?,
+                    options.password.is_some(),
+                    "a password (server.password, or FRESHET_PASSWORD)",
+                )?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let http_listener = match &options.http_listen {
+            Some(address) => {
+                let listener = listen(address).await?;
+                security::require_protection(
+                    local_address(&listener, address)?,
+                    options.http_token.is_some(),
+                    "a bearer token (server.http-token, or FRESHET_HTTP_TOKEN)",
+                )?;
+                Some(listener)
+            }
+            None => None,
+        };
         let mut pg_address = None;
-        if let Some(address) = &options.pg_listen {
-            let listener = listen(address).await?;
+        if let Some(listener) = pg_listener {
             pg_address = listener.local_addr().ok();
             let backend = Arc::new(pg::Backend::new(engine.clone())?);
-            let handlers = Arc::new(pg::PgHandlers::new(backend, activity.clone()));
-            tasks.spawn(pg::serve(listener, handlers, stopped.clone()));
+            let mut handlers = pg::PgHandlers::new(backend, activity.clone());
+            if let Some(password) = &options.password {
+                handlers = handlers.with_password(password, tls.as_ref());
+            }
+            let acceptor = tls.as_ref().map(|tls| tls.postgres.clone());
+            tasks.spawn(pg::serve(listener, Arc::new(handlers), acceptor, stopped.clone()));
         }
         let mut http_address = None;
-        if let Some(address) = &options.http_listen {
-            let listener = listen(address).await?;
+        if let Some(listener) = http_listener {
             http_address = listener.local_addr().ok();
-            let app = http::router(http::AppState::new(engine.clone(), activity.clone())?);
+            let mut app = http::router(http::AppState::new(engine.clone(), activity.clone())?);
+            if let Some(token) = &options.http_token {
+                app = app.layer(axum::middleware::from_fn_with_state(
+                    Arc::new(token.clone()),
+                    security::require_token,
+                ));
+            }
             let mut stopped = stopped.clone();
-            tasks.spawn(async move {
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                    tracing::warn!(error = %e, "HTTP server stopped");
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            match &tls {
+                Some(tls) => {
+                    let listener = security::TlsListener::new(listener, tls.http.clone()).map_err(|source| {
+                        ServerError::Listen {
+                            address: format!("{http_address:?}"),
+                            source,
+                        }
+                    })?;
+                    tasks.spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                            tracing::warn!(error = %e, "HTTPS server stopped");
+                        }
+                    });
                 }
-            });
+                None => {
+                    tasks.spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                            tracing::warn!(error = %e, "HTTP server stopped");
+                        }
+                    });
+                }
+            }
         }
         Ok(RunningServer {
             engine,
@@ -108,6 +173,13 @@ impl Server {
 
 async fn listen(address: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(address).await.map_err(|source| ServerError::Listen {
+        address: address.into(),
+        source,
+    })
+}
+
+fn local_address(listener: &TcpListener, address: &str) -> Result<SocketAddr, ServerError> {
+    listener.local_addr().map_err(|source| ServerError::Listen {
         address: address.into(),
         source,
     })

@@ -17,6 +17,7 @@
 pub(crate) mod catalog;
 pub(crate) mod command;
 mod follow;
+mod startup;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -38,7 +39,6 @@ use freshet::{Engine, FreshetError};
 use futures::sink::{Sink, SinkExt};
 use futures::{StreamExt, TryStreamExt, stream};
 use pgwire::api::auth::StartupHandler;
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -47,19 +47,19 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::RowDescription;
 use pgwire::messages::extendedquery::{
     Close, CloseComplete, Sync as PgSync, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
 use pgwire::messages::response::{NoticeResponse, ReadyForQuery};
-use pgwire::messages::startup::SecretKey;
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::TlsAcceptor;
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use self::startup::{Authentication, CancelRequests, Cancels, Startup};
 use crate::error::sqlstate;
 use crate::{Activity, Running};
 use command::Command;
@@ -275,7 +275,12 @@ fn rows(
 
 /// Accepts connections until `stopped`; the connections keep running until this future is
 /// dropped (the server's shutdown cancels them after its grace period).
-pub(crate) async fn serve(listener: TcpListener, handlers: Arc<PgHandlers>, mut stopped: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    handlers: Arc<PgHandlers>,
+    tls: Option<TlsAcceptor>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -283,8 +288,9 @@ pub(crate) async fn serve(listener: TcpListener, handlers: Arc<PgHandlers>, mut 
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
                     let handlers = handlers.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!(error = %e, "Postgres connection ended with an error");
                         }
                     });
@@ -360,39 +366,6 @@ impl Cancel {
     }
 }
 
-/// A secret key's bytes: a cancel request's key arrives as bytes whatever the protocol version
-/// the connection started with.
-fn key_bytes(key: &SecretKey) -> Vec<u8> {
-    match key {
-        SecretKey::I32(k) => k.to_be_bytes().to_vec(),
-        SecretKey::Bytes(b) => b.to_vec(),
-    }
-}
-
-/// Where cancel requests find their connection: by process id and secret key.
-#[derive(Default)]
-struct Cancels {
-    connections: Mutex<HashMap<i32, (SecretKey, std::sync::Weak<Cancel>)>>,
-}
-
-impl Cancels {
-    fn register(&self, pid: i32, key: SecretKey, cancel: &Arc<Cancel>) {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.retain(|_, (_, c)| c.strong_count() > 0);
-        connections.insert(pid, (key, Arc::downgrade(cancel)));
-    }
-
-    fn cancel(&self, pid: i32, key: &SecretKey) {
-        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((expected, cancel)) = connections.get(&pid)
-            && key_bytes(expected) == key_bytes(key)
-            && let Some(cancel) = cancel.upgrade()
-        {
-            cancel.request();
-        }
-    }
-}
-
 impl Session {
     fn of<C: ClientInfo>(client: &C) -> Arc<Session> {
         client.session_extensions().get_or_insert_with(Session::default)
@@ -427,26 +400,45 @@ pub(crate) struct PgHandlers {
     backend: Arc<Backend>,
     activity: Arc<Activity>,
     parser: Arc<PgParser>,
-    startup: Arc<Startup>,
-    cancel: Arc<CancelRequests>,
+    authentication: Authentication,
+    connections: Arc<ConnectionManager>,
+    cancels: Arc<Cancels>,
 }
 
 impl PgHandlers {
     pub(crate) fn new(backend: Arc<Backend>, activity: Arc<Activity>) -> Self {
-        let connections = Arc::new(ConnectionManager::new());
-        let cancels = Arc::new(Cancels::default());
         Self {
             activity,
             parser: Arc::new(PgParser {
                 backend: backend.clone(),
             }),
             backend,
-            startup: Arc::new(Startup {
-                connections: connections.clone(),
-                cancels: cancels.clone(),
-            }),
-            cancel: Arc::new(CancelRequests { connections, cancels }),
+            authentication: Authentication::Open,
+            connections: Arc::new(ConnectionManager::new()),
+            cancels: Arc::new(Cancels::default()),
         }
+    }
+
+    /// Connections must authenticate as [`crate::USER`] with `password` (SCRAM-SHA-256, bound
+    /// to the TLS channel when the client asks for it).
+    pub(crate) fn with_password(mut self, password: &crate::Secret, tls: Option<&crate::security::Tls>) -> Self {
+        let passwords: Arc<dyn pgwire::api::auth::AuthSource> =
+            Arc::new(crate::security::PasswordSource::new(password));
+        let certificate_pem = tls
+            .map(|tls| tls.certificate_pem.clone())
+            .filter(|pem| {
+                let binds = startup::binds_channel(&passwords, pem);
+                if !binds {
+                    tracing::warn!("the TLS certificate's signature algorithm rules out SCRAM channel binding");
+                }
+                binds
+            })
+            .map(Arc::new);
+        self.authentication = Authentication::Scram {
+            passwords,
+            certificate_pem,
+        };
+        self
     }
 }
 
@@ -470,50 +462,14 @@ impl PgWireServerHandlers for PgHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.startup.clone()
+        Arc::new(Startup::new(&self.authentication, &self.connections, &self.cancels))
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
-        self.cancel.clone()
-    }
-}
-
-/// No authentication (the server listens on loopback by default); registers each connection
-/// so that its statements can be cancelled.
-struct Startup {
-    connections: Arc<ConnectionManager>,
-    cancels: Arc<Cancels>,
-}
-
-#[async_trait]
-impl NoopStartupHandler for Startup {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
-    }
-
-    async fn post_startup<C>(&self, client: &mut C, _message: PgWireFrontendMessage) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let (pid, key) = client.pid_and_secret_key();
-        self.cancels.register(pid, key, &Session::of(client).cancel);
-        Ok(())
-    }
-}
-
-/// Cancels the running statement (pgwire) and the rows being sent (the session's token).
-struct CancelRequests {
-    connections: Arc<ConnectionManager>,
-    cancels: Arc<Cancels>,
-}
-
-#[async_trait]
-impl CancelHandler for CancelRequests {
-    async fn on_cancel_request(&self, request: CancelRequest) {
-        self.cancels.cancel(request.pid, &request.secret_key);
-        self.connections.cancel(request.pid, &request.secret_key).await;
+        Arc::new(CancelRequests {
+            connections: self.connections.clone(),
+            cancels: self.cancels.clone(),
+        })
     }
 }
 

@@ -8,16 +8,30 @@ use crate::start;
 
 /// One HTTP/1.1 request; the status code and the body.
 pub(crate) async fn request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connects");
+    let stream = tokio::net::TcpStream::connect(address).await.expect("connects");
+    exchange(stream, address, method, path, body, &[]).await
+}
+
+/// One HTTP/1.1 request over `stream` with extra header lines; the status code and the body.
+pub(crate) async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[&str],
+) -> (u16, String) {
     let body = body.unwrap_or("");
+    let headers: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         {headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("writes");
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("reads");
+    // A TLS peer may close without close_notify after `Connection: close`; what was read counts.
+    let _ = stream.read_to_string(&mut response).await;
     let status = response
         .split_whitespace()
         .nth(1)

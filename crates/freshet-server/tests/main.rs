@@ -10,6 +10,7 @@ mod postgres;
 mod psql;
 mod psycopg;
 mod schemathesis;
+mod security;
 mod subscribe;
 
 use freshet::Engine;
@@ -22,13 +23,18 @@ pub(crate) async fn start() -> RunningServer {
 }
 
 pub(crate) async fn start_with(engine: Engine) -> RunningServer {
-    let options = ServerOptions {
+    Server::start(engine, options()).await.expect("server starts")
+}
+
+/// Loopback on ports the system picks, no credentials.
+pub(crate) fn options() -> ServerOptions {
+    ServerOptions {
         pg_listen: Some("127.0.0.1:0".into()),
         http_listen: Some("127.0.0.1:0".into()),
         // A client that stops reading holds its statement until then.
         shutdown_grace: std::time::Duration::from_secs(5),
-    };
-    Server::start(engine, options).await.expect("server starts")
+        ..ServerOptions::default()
+    }
 }
 
 /// A tokio-postgres client of the server.

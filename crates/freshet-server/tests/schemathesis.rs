@@ -6,26 +6,38 @@
 
 use std::process::Command;
 
-use crate::http::request;
-use crate::start;
+use freshet::Engine;
+use freshet_server::{Secret, Server, ServerOptions};
+
+use crate::http::exchange;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_api_conforms_to_its_spec_under_fuzzing() {
     let Some(python) = crate::python_with("schemathesis") else {
         return;
     };
-    let server = start().await;
+    // With a token: schemathesis also checks that requests without it are refused.
+    let token = "fuzz-token";
+    let engine = Engine::builder().location("memory://").open().await.unwrap();
+    let options = ServerOptions {
+        http_token: Some(Secret::new(token)),
+        ..crate::options()
+    };
+    let server = Server::start(engine, options).await.unwrap();
     let http = server.http_address().unwrap();
+    let authorization = format!("Authorization: Bearer {token}");
     // Something for the operations on existing resources to find.
     let sql = concat!(
         r#"{"sql": "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'); "#,
         r#"CREATE MATERIALIZED TABLE m FRESHNESS = INTERVAL '1' HOUR AS SELECT COUNT(*) AS c FROM t"}"#
     );
-    assert_eq!(request(http, "POST", "/api/v1/sql", Some(sql)).await.0, 200);
+    let stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (status, body) = exchange(stream, http, "POST", "/api/v1/sql", Some(sql), &[&authorization]).await;
+    assert_eq!(status, 200, "{body}");
     let spec = format!("http://{http}/api/v1/openapi.json");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
-            .args(["-m", "schemathesis.cli", "run", &spec, "--checks", "all"])
+            .args(["-m", "schemathesis.cli", "run", &spec, "--checks", "all", "-H", &authorization])
             .args([
                 "--exclude-checks",
                 "positive_data_acceptance",

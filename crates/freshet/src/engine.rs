@@ -12,6 +12,7 @@ use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
 use datafusion::parquet::file::properties::WriterPropertiesBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
 use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result, SharedClock, SystemClock};
@@ -39,6 +40,7 @@ pub struct EngineBuilder {
     /// Local writes are not synced ([`EngineBuilder::sync_writes`]); off by default.
     unsynced: bool,
     settings: MaterializedSettings,
+    file_access: crate::file_access::FileAccess,
 }
 
 /// A function wrapping the engine's object store.
@@ -130,6 +132,17 @@ impl EngineBuilder {
         Ok(self)
     }
 
+    /// Statements may read and write local files only under these directories (which must
+    /// exist): `COPY ... TO`, `CREATE EXTERNAL TABLE ... LOCATION` and the filesystem
+    /// connector's `path`, including stored definitions when they are restored. Without this
+    /// call any file the process can reach may be used — right for an embedded engine, wrong
+    /// for a server whose clients are not its owner (`freshet serve` always restricts). An
+    /// empty list allows no files at all.
+    pub fn allowed_paths(mut self, directories: impl IntoIterator<Item = std::path::PathBuf>) -> Result<Self> {
+        self.file_access = crate::file_access::FileAccess::under(directories)?;
+        Ok(self)
+    }
+
     /// Opens the engine: takes the location, reads its catalog and opens its tables. A table
     /// that cannot be opened is reported when used; the others work.
     pub async fn open(self) -> Result<Engine> {
@@ -194,6 +207,7 @@ impl EngineBuilder {
                 location,
                 materialized: Materialized::new(clock, self.settings),
                 streams: crate::streams::Streams::default(),
+                file_access: self.file_access,
             }),
         };
         system.attach(&engine.inner);
@@ -232,6 +246,7 @@ pub(crate) struct EngineInner {
     pub location: Arc<Location>,
     pub materialized: Materialized,
     pub streams: crate::streams::Streams,
+    pub file_access: crate::file_access::FileAccess,
 }
 
 impl std::fmt::Debug for EngineInner {
@@ -387,6 +402,11 @@ impl Engine {
             Some(freshet_sql::FreshetStatement::DataFusion(statement)) if parsed.is_empty() => *statement,
             _ => return Err(FreshetError::Internal(format!("not one definition: {sql}"))),
         };
+        if let DFStatement::CreateExternalTable(create) = &statement {
+            for location in &create.locations {
+                self.inner.file_access.check("external table location", location)?;
+            }
+        }
         let plan = ctx.state().statement_to_plan(statement).await?;
         ctx.execute_logical_plan(plan).await?.collect().await?;
         Ok(())

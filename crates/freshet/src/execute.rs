@@ -126,6 +126,9 @@ impl Engine {
             }
             return empty_stream();
         }
+        if let DFStatement::CopyTo(copy) = &statement {
+            self.inner.file_access.check("COPY target", &copy.target)?;
+        }
         if self.is_job(&statement) {
             return self.start_job(std::slice::from_ref(parsed)).await;
         }

@@ -42,6 +42,7 @@
 mod dml;
 mod engine;
 mod execute;
+mod file_access;
 mod flink_functions;
 mod functions;
 pub mod materialized;

@@ -227,6 +227,11 @@ impl Engine {
     /// The runtime side of a connector table and its columns.
     async fn connector_table(&self, name: &str, create: &CreateConnectorTable) -> Result<(ConnectorTable, SchemaRef)> {
         let connector = ConnectorOptions::new(name, &create.options).connector()?;
+        if let freshet_runtime::Connector::Filesystem(files) = &connector {
+            self.inner
+                .file_access
+                .check("filesystem connector path", &files.path.to_string_lossy())?;
+        }
         // DataFusion turns the physical columns' SQL types into Arrow types.
         let physical: Vec<_> = create
             .columns

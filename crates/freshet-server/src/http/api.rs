@@ -41,9 +41,63 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Health, SqlRequest, 
         table_versions,
     ),
     components(schemas(Health, SqlRequest, SqlResponse, ApiError, MaterializedTable, NewMaterializedTable, MaterializedTableChange, Job, Table, Column, Rows, ChangeEvent)),
-    tags((name = "sql"), (name = "materialized tables"), (name = "jobs"), (name = "tables"), (name = "health"))
+    tags((name = "sql"), (name = "materialized tables"), (name = "jobs"), (name = "tables"), (name = "health")),
+    modifiers(&BearerToken),
+    security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// The `bearer` security scheme: the server's `server.http-token`.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The server's token (server.http-token or FRESHET_HTTP_TOKEN); required when the server has one. \
+                         /health and /ready never need it.",
+                    ))
+                    .build(),
+            ),
+        );
+        // Every operation that needs the token may answer 401.
+        let unauthorized = ResponseBuilder::new()
+            .description("No or a wrong bearer token (`code` 28000)")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if matches!(path.as_str(), "/health" | "/ready") {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .insert("401".into(), unauthorized.clone().into());
+            }
+        }
+    }
+}
 
 /// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
