@@ -37,7 +37,16 @@ async fn the_rest_api_conforms_to_its_spec_under_fuzzing() {
     let spec = format!("http://{http}/api/v1/openapi.json");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
-            .args(["-m", "schemathesis.cli", "run", &spec, "--checks", "all", "-H", &authorization])
+            .args([
+                "-m",
+                "schemathesis.cli",
+                "run",
+                &spec,
+                "--checks",
+                "all",
+                "-H",
+                &authorization,
+            ])
             .args([
                 "--exclude-checks",
                 "positive_data_acceptance",
