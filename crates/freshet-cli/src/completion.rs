@@ -2,14 +2,14 @@
 
 use std::collections::BTreeSet;
 
-use freshet::Engine;
-use freshet::datafusion::arrow::array::{Array, AsArray};
 use freshet::datafusion::sql::sqlparser::keywords::ALL_KEYWORDS;
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
+
+use crate::connection::Connection;
 
 /// The shell's line-editing helper: completes from the names it was last given.
 #[derive(Default)]
@@ -19,28 +19,12 @@ pub(crate) struct SqlHelper {
 }
 
 impl SqlHelper {
-    /// Refreshes the table and column names from the engine. Completion is best effort: a
-    /// catalog that cannot be read leaves the previous names.
-    pub(crate) async fn refresh(&mut self, engine: &Engine) {
+    /// Refreshes the table and column names from the engine or server. Completion is best
+    /// effort: a catalog that cannot be read leaves the previous names.
+    pub(crate) async fn refresh(&mut self, connection: &Connection) {
         let sql = "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'";
-        let Ok(batches) = engine.sql(sql).await else { return };
-        let mut names = BTreeSet::new();
-        for batch in &batches {
-            for column in batch.columns() {
-                let column = freshet::datafusion::arrow::compute::cast(
-                    column,
-                    &freshet::datafusion::arrow::datatypes::DataType::Utf8,
-                );
-                let Ok(column) = column else { continue };
-                let strings = column.as_string::<i32>();
-                names.extend(
-                    (0..strings.len())
-                        .filter(|&i| strings.is_valid(i))
-                        .map(|i| strings.value(i).to_string()),
-                );
-            }
-        }
-        self.names = names;
+        let Some(rows) = connection.rows(sql).await else { return };
+        self.names = rows.into_iter().flatten().flatten().collect();
     }
 }
 

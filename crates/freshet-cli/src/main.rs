@@ -5,7 +5,9 @@
 //! input is a terminal, or runs standard input as a script when it is not.
 
 mod completion;
+mod connection;
 mod output;
+mod remote;
 mod script;
 mod serve;
 #[cfg(unix)]
@@ -19,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Arg, ArgAction, Command, value_parser};
 use freshet::{DEFAULT_LOCATION, Engine, FreshetError};
 
+use crate::connection::Connection;
 use crate::output::{Format, Printer};
 
 /// One piece of SQL to run, from `-c` or `-f`, in command-line order.
@@ -45,6 +48,16 @@ fn command() -> Command {
                 .action(ArgAction::SetTrue)
                 .global(true)
                 .help("Keep all data in memory; nothing is written to disk"),
+        )
+        .arg(
+            Arg::new("connect")
+                .long("connect")
+                .value_name("URL")
+                .conflicts_with_all(["data-dir", "memory"])
+                .help(
+                    "Run statements on a running `freshet serve` (postgres://[user[:password]@]host[:port]; \
+                     password from FRESHET_PASSWORD or PGPASSWORD)",
+                ),
         )
         .arg(
             Arg::new("command")
@@ -170,13 +183,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(_), Some((name, _))) = (matches.get_one::<String>("connect"), matches.subcommand()) {
+        eprintln!("error: --connect runs statements on a server; `freshet {name}` runs here: give one of them");
+        return ExitCode::from(2);
+    }
     match matches.subcommand() {
         Some(("nexmark-export", export)) => return runtime.block_on(nexmark_export(export)),
         Some(("serve", serve)) => return runtime.block_on(serve::run(&location, serve)),
         _ => {}
     }
+    let interactive = sources.is_empty() && std::io::stdin().is_terminal();
+    if let Some(url) = matches.get_one::<String>("connect") {
+        return runtime.block_on(async move {
+            match remote::Remote::connect(url).await {
+                Ok(remote) => run(&Connection::Remote(Box::new(remote)), format, interactive, sources).await,
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
     runtime.block_on(async move {
-        let interactive = sources.is_empty() && std::io::stdin().is_terminal();
         let engine = match Engine::builder().location(&location).open().await {
             Ok(engine) => engine,
             Err(FreshetError::Locked {
@@ -190,15 +218,23 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let printer = Printer::new(format);
-        let code = if interactive {
-            shell::run(&engine, printer).await
-        } else {
-            run_scripts(&engine, printer, sources).await
-        };
-        engine.close().await;
+        let connection = Connection::Local(engine);
+        let code = run(&connection, format, interactive, sources).await;
+        if let Connection::Local(engine) = connection {
+            engine.close().await;
+        }
         code
     })
+}
+
+/// The interactive shell, or the scripts.
+async fn run(connection: &Connection, format: Format, interactive: bool, sources: Vec<Source>) -> ExitCode {
+    let printer = Printer::new(format);
+    if interactive {
+        shell::run(connection, printer).await
+    } else {
+        run_scripts(connection, printer, sources).await
+    }
 }
 
 /// The data directory is open in another engine: run the scripts in it when it is a shell
@@ -244,7 +280,7 @@ fn scripts_of(sources: Vec<Source>) -> Vec<Source> {
     }
 }
 
-async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>) -> ExitCode {
+async fn run_scripts(connection: &Connection, mut printer: Printer, sources: Vec<Source>) -> ExitCode {
     for source in scripts_of(sources) {
         let (origin, sql) = match read_source(&source) {
             Ok(read) => read,
@@ -253,7 +289,7 @@ async fn run_scripts(engine: &Engine, mut printer: Printer, sources: Vec<Source>
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(message) = shell::run_script_with_meta_commands(engine, &mut printer, &origin, &sql).await {
+        if let Err(message) = shell::run_script_with_meta_commands(connection, &mut printer, &origin, &sql).await {
             eprintln!("{message}");
             return ExitCode::FAILURE;
         }

@@ -26,11 +26,7 @@ pub(crate) async fn run_script(engine: &Engine, printer: &mut Printer, origin: &
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            return Err(format!(
-                "error: {origin}, line {}: {e}\n  in: {}",
-                statement.line,
-                first_line(&statement.text)
-            ));
+            return Err(statement_error(origin, statement.line, &statement.text, &e.to_string()));
         }
     }
     Ok(())
@@ -50,8 +46,15 @@ async fn run_statement(engine: &Engine, statement: &Statement, progress: bool) -
         while let Some(batch) = stream.next().await {
             batches.push(batch?);
         }
-        Ok((schema, batches))
+        Ok::<_, FreshetError>((schema, batches))
     };
+    showing_progress(work, progress, Some(&tracked)).await
+}
+
+/// Awaits `work`; with `progress`, once it has run for a second a spinner on standard error
+/// shows the time elapsed (and the rows read so far, when `rows` tracks them) until it ends or
+/// is cancelled (dropping this future clears it).
+pub(crate) async fn showing_progress<T>(work: impl Future<Output = T>, progress: bool, rows: Option<&Progress>) -> T {
     tokio::pin!(work);
     if !progress {
         return work.await;
@@ -60,12 +63,12 @@ async fn run_statement(engine: &Engine, statement: &Statement, progress: bool) -
         result = &mut work => return result,
         () = tokio::time::sleep(PROGRESS_AFTER) => {}
     }
-    let indicator = Indicator::show();
+    let indicator = Indicator::show(rows.is_some());
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             result = &mut work => return result,
-            _ = ticks.tick() => indicator.update(tracked.rows_read()),
+            _ = ticks.tick() => indicator.update(rows.map_or(0, Progress::rows_read)),
         }
     }
 }
@@ -74,11 +77,14 @@ async fn run_statement(engine: &Engine, statement: &Statement, progress: bool) -
 struct Indicator(ProgressBar);
 
 impl Indicator {
-    fn show() -> Self {
+    fn show(counts_rows: bool) -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} running: {human_pos} rows read, {elapsed} (Ctrl-C cancels)")
-        {
+        let template = if counts_rows {
+            "{spinner} running: {human_pos} rows read, {elapsed} (Ctrl-C cancels)"
+        } else {
+            "{spinner} running: {elapsed} (Ctrl-C cancels)"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
         Self(bar)
@@ -94,6 +100,12 @@ impl Drop for Indicator {
     fn drop(&mut self) {
         self.0.finish_and_clear();
     }
+}
+
+/// The message of a statement's error: where the statement is, what went wrong, and its first
+/// line.
+pub(crate) fn statement_error(origin: &str, line: u64, text: &str, error: &str) -> String {
+    format!("error: {origin}, line {line}: {error}\n  in: {}", first_line(text))
 }
 
 fn first_line(text: &str) -> String {

@@ -12,6 +12,7 @@ use rustyline::{Editor, ExternalPrinter};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::completion::SqlHelper;
+use crate::connection::Connection;
 use crate::output::{Destination, Format, Printer};
 use crate::watch::{Display, watch};
 
@@ -35,7 +36,7 @@ Statements end with ';'. Meta-commands:
   \\i FILE         run the statements in FILE
 Ctrl-C cancels the running statement, or clears the current input.";
 
-pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
+pub(crate) async fn run(connection: &Connection, mut printer: Printer) -> ExitCode {
     let mut editor: Editor<SqlHelper, DefaultHistory> = match Editor::new() {
         Ok(editor) => editor,
         Err(e) => {
@@ -51,7 +52,7 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     println!(
         "Freshet {} on {}. Type \\? for help.",
         env!("CARGO_PKG_VERSION"),
-        engine.location()
+        connection.location()
     );
     editor.set_helper(Some(SqlHelper::default()));
     // Ctrl-C must never end the shell: from now on SIGINT is handled (this listener ignores it;
@@ -61,15 +62,17 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
     printer.progress = true;
     // Other `freshet` commands on this directory run in this engine while the shell is open.
     #[cfg(unix)]
-    let _sessions = crate::sessions::listen(engine);
+    let _sessions = connection.engine().map(crate::sessions::listen);
     let mut buffer = String::new();
     let mut failed = FailedTables::default();
-    report_refresh_failures(engine, &mut editor);
+    if let Some(engine) = connection.engine() {
+        report_refresh_failures(engine, &mut editor);
+    }
     loop {
         if buffer.is_empty() {
-            failed.report(engine).await;
+            failed.report(connection).await;
             if let Some(helper) = editor.helper_mut() {
-                helper.refresh(engine).await;
+                helper.refresh(connection).await;
             }
         }
         let prompt = if buffer.is_empty() { "freshet> " } else { "      -> " };
@@ -78,7 +81,7 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
             Ok(line) => {
                 if buffer.is_empty() && line.trim_start().starts_with('\\') {
                     let _ = editor.add_history_entry(line.as_str());
-                    match meta_command(line.trim(), engine, &mut printer).await {
+                    match meta_command(line.trim(), connection, &mut printer).await {
                         MetaOutcome::Continue => continue,
                         MetaOutcome::Quit => break,
                     }
@@ -90,7 +93,7 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
                 if is_complete(&buffer) {
                     let _ = editor.add_history_entry(buffer.as_str());
                     let sql = std::mem::take(&mut buffer);
-                    run_cancellable(engine, &mut printer, "input", &sql).await;
+                    run_cancellable(connection, &mut printer, "input", &sql).await;
                 }
             }
             Err(ReadlineError::Interrupted) => buffer.clear(),
@@ -113,7 +116,7 @@ pub(crate) async fn run(engine: &Engine, mut printer: Printer) -> ExitCode {
 /// meta-commands (`\d`, `\i`, `\q`, ...) on lines of their own between statements, as psql
 /// takes them in scripts. The first SQL error stops it; `\q` ends it.
 pub(crate) async fn run_script_with_meta_commands(
-    engine: &Engine,
+    connection: &Connection,
     printer: &mut Printer,
     origin: &str,
     text: &str,
@@ -126,10 +129,10 @@ pub(crate) async fn run_script_with_meta_commands(
         if between_statements && line.trim_start().starts_with('\\') {
             if !sql.trim().is_empty() {
                 let pending = format!("{}{}", "\n".repeat(first_line), std::mem::take(&mut sql));
-                crate::script::run_script(engine, printer, origin, &pending).await?;
+                connection.run_script(printer, origin, &pending).await?;
             }
             sql.clear();
-            if let MetaOutcome::Quit = meta_command(line.trim(), engine, printer).await {
+            if let MetaOutcome::Quit = meta_command(line.trim(), connection, printer).await {
                 return Ok(());
             }
             first_line = number + 1;
@@ -146,7 +149,7 @@ pub(crate) async fn run_script_with_meta_commands(
         return Ok(());
     }
     let pending = format!("{}{}", "\n".repeat(first_line), sql);
-    crate::script::run_script(engine, printer, origin, &pending).await
+    connection.run_script(printer, origin, &pending).await
 }
 
 /// Whether the input ends with a `;` that is not inside a string or a comment (and, for
@@ -169,7 +172,17 @@ pub(crate) fn is_complete(sql: &str) -> bool {
     !is_set || (words.len() >= 2 && word(words.len() - 2) == "END")
 }
 
-async fn run_cancellable(engine: &Engine, printer: &mut Printer, origin: &str, sql: &str) {
+async fn run_cancellable(connection: &Connection, printer: &mut Printer, origin: &str, sql: &str) {
+    let engine = match connection {
+        Connection::Local(engine) => engine,
+        Connection::Remote(remote) => {
+            // Ctrl-C asks the server to cancel: the statement's error then says so.
+            if let Err(message) = remote.run_cancellable(printer, origin, sql).await {
+                eprintln!("{message}");
+            }
+            return;
+        }
+    };
     tokio::select! {
         result = crate::script::run_script(engine, printer, origin, sql) => {
             if let Err(message) = result {
@@ -230,21 +243,25 @@ struct FailedTables {
 }
 
 impl FailedTables {
-    async fn report(&mut self, engine: &Engine) {
-        let Ok(tables) = engine.materialized_tables().await else {
+    async fn report(&mut self, connection: &Connection) {
+        let sql = "SELECT name, status, CAST(failures AS VARCHAR), last_error FROM freshet.materialized_tables";
+        let Some(tables) = connection.rows(sql).await else {
             return;
         };
         for table in tables {
-            if table.status != freshet::Status::Failed {
-                self.reported.remove(&table.name);
-            } else if self.reported.insert(table.name.clone()) {
+            let [Some(name), Some(status), failures, last_error] =
+                <[Option<String>; 4]>::try_from(table).unwrap_or_default()
+            else {
+                continue;
+            };
+            if status != freshet::Status::Failed.to_string() {
+                self.reported.remove(&name);
+            } else if self.reported.insert(name.clone()) {
                 eprintln!(
-                    "notice: \"{}\" is FAILED after {} failed refreshes and no longer refreshes; \
-                     ALTER MATERIALIZED TABLE {} RESUME after fixing it. Last error: {}",
-                    table.name,
-                    table.failures,
-                    table.name,
-                    table.last_error.as_deref().unwrap_or("unknown")
+                    "notice: \"{name}\" is FAILED after {} failed refreshes and no longer refreshes; \
+                     ALTER MATERIALIZED TABLE {name} RESUME after fixing it. Last error: {}",
+                    failures.unwrap_or_default(),
+                    last_error.as_deref().unwrap_or("unknown")
                 );
             }
         }
@@ -256,7 +273,7 @@ enum MetaOutcome {
     Quit,
 }
 
-async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> MetaOutcome {
+async fn meta_command(line: &str, connection: &Connection, printer: &mut Printer) -> MetaOutcome {
     let mut words = line.split_whitespace();
     let command = words.next().unwrap_or_default();
     let argument = words.next();
@@ -281,7 +298,7 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
             Err(e) => eprintln!("error: cannot write {path}: {e}"),
         },
         ("\\i", Some(path)) => match std::fs::read_to_string(path) {
-            Ok(sql) => run_cancellable(engine, printer, path, &sql).await,
+            Ok(sql) => run_cancellable(connection, printer, path, &sql).await,
             Err(e) => eprintln!("error: cannot read {path}: {e}"),
         },
         ("\\format", Some(name)) => match <Format as clap::ValueEnum>::from_str(name, true) {
@@ -293,34 +310,36 @@ async fn meta_command(line: &str, engine: &Engine, printer: &mut Printer) -> Met
                        ELSE 'MATERIALIZED TABLE' END AS type FROM information_schema.tables t \
                        LEFT JOIN freshet.materialized_tables m ON m.name = t.table_name \
                        WHERE t.table_schema = 'public' ORDER BY t.table_name;";
-            run_cancellable(engine, printer, "\\d", sql).await;
+            run_cancellable(connection, printer, "\\d", sql).await;
         }
         ("\\d", Some(name)) => {
-            let materialized = engine.materialized_table(name).await.is_ok()
-                || engine.materialized_table(&name.to_lowercase()).await.is_ok();
+            let materialized = connection.is_materialized(name).await;
             let sql = if materialized {
                 format!("DESCRIBE MATERIALIZED TABLE {name};")
             } else {
                 format!("DESCRIBE {name};")
             };
-            run_cancellable(engine, printer, "\\d", &sql).await;
+            run_cancellable(connection, printer, "\\d", &sql).await;
             // A materialized table's description names its key; a table's columns do not.
             if !materialized
+                && let Some(engine) = connection.engine()
                 && let Ok(table) = engine.table(name).or_else(|_| engine.table(&name.to_lowercase()))
                 && !table.snapshot().primary_key().is_empty()
             {
                 println!("Primary key: ({})", table.snapshot().primary_key().join(", "));
             }
         }
-        ("\\watch", Some(name)) => match Display::parse(words.next()) {
-            Some(display) => watch(engine, printer, name, display).await,
-            None => eprintln!("error: \\watch NAME [changes]: unknown display {line}"),
+        ("\\watch", Some(name)) => match (Display::parse(words.next()), connection) {
+            (Some(display), Connection::Local(engine)) => watch(engine, printer, name, display).await,
+            // Over a server, a table is followed by its changes.
+            (Some(_), Connection::Remote(remote)) => remote.watch(name).await,
+            (None, _) => eprintln!("error: \\watch NAME [changes]: unknown display {line}"),
         },
         ("\\dm", _) => {
             let sql = "SELECT name, status, refresh_mode, freshness, \
                        CASE WHEN data_lag_ms IS NULL THEN NULL ELSE CAST(data_lag_ms / 1000 AS TEXT) || ' s' END AS data_lag, \
                        last_refresh_at, next_refresh_at, last_error FROM freshet.materialized_tables ORDER BY name;";
-            run_cancellable(engine, printer, "\\dm", sql).await;
+            run_cancellable(connection, printer, "\\dm", sql).await;
         }
         _ => eprintln!("error: unknown command {line}: type \\? for help"),
     }

@@ -44,6 +44,14 @@ pub(crate) async fn exchange(
     (status, body)
 }
 
+/// The value of one series (its name and labels as written) in an exposition.
+fn series_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} in {exposition}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_sql_and_metrics() {
     let server = start().await;
@@ -112,6 +120,45 @@ async fn health_sql_and_metrics() {
     );
     assert!(
         metrics.contains(r#"freshet_materialized_table_last_refresh_rows{table="n"} 1"#),
+        "{metrics}"
+    );
+    // The first refresh (at CREATE) in the refresh counters and the duration histogram.
+    assert!(
+        metrics.contains(r#"freshet_materialized_table_refreshes_total{table="n",outcome="committed"} "#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE freshet_materialized_table_refresh_duration_seconds histogram"),
+        "{metrics}"
+    );
+    let count = series_value(
+        &metrics,
+        r#"freshet_materialized_table_refresh_duration_seconds_count{table="n"}"#,
+    );
+    let infinite = series_value(
+        &metrics,
+        r#"freshet_materialized_table_refresh_duration_seconds_bucket{table="n",le="+Inf"}"#,
+    );
+    let committed = series_value(
+        &metrics,
+        r#"freshet_materialized_table_refreshes_total{table="n",outcome="committed"}"#,
+    );
+    assert!(count >= 1.0 && count == infinite && count == committed, "{metrics}");
+    // The datagen source, and the storage's commits and bytes.
+    assert!(
+        metrics.contains(r#"freshet_source_rows{source="g",connector="datagen"}"#),
+        "{metrics}"
+    );
+    assert!(
+        series_value(&metrics, "freshet_storage_commits_total") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        series_value(&metrics, "freshet_storage_written_bytes_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        series_value(&metrics, "freshet_storage_read_bytes_total") > 0.0,
         "{metrics}"
     );
     server.shutdown().await;

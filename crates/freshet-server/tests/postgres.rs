@@ -195,6 +195,9 @@ async fn errors_carry_sqlstate_codes() {
 async fn a_cancel_request_stops_a_running_query() {
     let server = start().await;
     let client = connect(&server).await;
+    // Connections made later must not take over the first one's cancel key (they share a pid).
+    let other = connect(&server).await;
+    drop(other);
     let cancel = client.cancel_token();
     let mut running = server.running_statements();
     let canceller = tokio::spawn(async move {

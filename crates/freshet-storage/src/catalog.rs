@@ -142,6 +142,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// What the tables and the store have done since the catalog opened.
+    pub fn storage_statistics(&self) -> crate::StorageStatistics {
+        self.options.counters.read()
+    }
+
     /// Opens the catalog of a location and every table it names.
     pub async fn open(location: Arc<Location>, options: WriteOptions) -> Result<Self> {
         let log = VersionLog::new(location.store().clone(), catalog_dir(location.root()));

@@ -1,4 +1,4 @@
-//! An instrumented object store: counts what is read, and fails chosen writes.
+//! An instrumented object store: counts what is read and written, and fails chosen writes.
 //!
 //! Wrap a store in [`InstrumentedStore`] with a shared [`Instruments`]. Counting bytes read
 //! shows what an operation costs (a change read must not read the table). Arming a failure
@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -23,13 +23,14 @@ use datafusion::object_store::{
 };
 use futures::stream::BoxStream;
 
+use crate::StorageCounters;
+
 /// What an [`InstrumentedStore`] counts and which writes it fails; cheap to clone, shared with
 /// the store.
 #[derive(Debug, Clone, Default)]
 pub struct Instruments {
     armed: Arc<Mutex<Vec<(String, Fault)>>>,
-    bytes_read: Arc<AtomicU64>,
-    reads: Arc<AtomicU64>,
+    counters: Arc<StorageCounters>,
 }
 
 impl Instruments {
@@ -38,25 +39,28 @@ impl Instruments {
         Self::default()
     }
 
+    /// Instruments that count reads and writes into `counters` (an engine's, which it reports).
+    pub fn counting_into(counters: Arc<StorageCounters>) -> Self {
+        Self {
+            armed: Arc::default(),
+            counters,
+        }
+    }
+
     /// Bytes read since the last reset.
     pub fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed)
+        self.counters.read().bytes_read
     }
 
     /// Read requests since the last reset.
     pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
+        self.counters.read().reads
     }
 
-    /// Sets the counters to zero.
+    /// Sets the read counters to zero.
     pub fn reset_counters(&self) {
-        self.bytes_read.store(0, Ordering::Relaxed);
-        self.reads.store(0, Ordering::Relaxed);
-    }
-
-    fn count_read(&self, bytes: u64) {
-        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_read.store(0, Ordering::Relaxed);
+        self.counters.reads.store(0, Ordering::Relaxed);
     }
 
     /// Makes the next write of a path containing `fragment` fail (once).
@@ -165,6 +169,7 @@ impl ObjectStore for InstrumentedStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.instruments.counters.count_write(payload.content_length() as u64);
         match self.instruments.take(location) {
             None => self.inner.put_opts(location, payload, opts).await,
             Some(Fault::Fail) => Err(injected(location)),
@@ -193,19 +198,25 @@ impl ObjectStore for InstrumentedStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.check(location)?;
-        self.inner.put_multipart_opts(location, opts).await
+        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(CountedUpload {
+            inner: upload,
+            counters: self.instruments.counters.clone(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let result = self.inner.get_opts(location, options).await?;
-        self.instruments.count_read(result.range.end - result.range.start);
+        self.instruments
+            .counters
+            .count_read(result.range.end - result.range.start);
         Ok(result)
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
         let parts = self.inner.get_ranges(location, ranges).await?;
         for part in &parts {
-            self.instruments.count_read(part.len() as u64);
+            self.instruments.counters.count_read(part.len() as u64);
         }
         Ok(parts)
     }
@@ -233,5 +244,28 @@ impl ObjectStore for InstrumentedStore {
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
         self.check(to)?;
         self.inner.rename_opts(from, to, options).await
+    }
+}
+
+/// A multipart upload whose parts are counted as writes.
+#[derive(Debug)]
+struct CountedUpload {
+    inner: Box<dyn MultipartUpload>,
+    counters: Arc<StorageCounters>,
+}
+
+#[async_trait]
+impl MultipartUpload for CountedUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.counters.count_write(data.content_length() as u64);
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
     }
 }

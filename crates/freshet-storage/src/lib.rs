@@ -28,6 +28,7 @@ mod provider;
 mod prune;
 mod read;
 mod snapshot;
+mod statistics;
 pub mod synced;
 mod table;
 mod transaction;
@@ -44,6 +45,7 @@ pub use manifest::{
 pub use moves::{CompactionMoves, FileMoves, MovesListener};
 pub use provider::{SnapshotScanExec, SnapshotTable, delete_matching, delete_positioned, upsert_by_key};
 pub use snapshot::{FILE_COLUMN, POSITION_COLUMN, Snapshot};
+pub use statistics::{StorageCounters, StorageStatistics};
 pub use table::{Table, WriteOptions};
 pub use transaction::{CommitInfo, Transaction};
 pub use write::{Placement, Placements};

@@ -281,6 +281,7 @@ impl Table {
         };
         self.commit_manifest(new, base.schema().clone(), &current.loaded_deletes())
             .await?;
+        self.options.counters.compacted();
         if let Some(moves) = sources.and_then(|sources| CompactionMoves::new(version, sources, placements)) {
             self.keep_moves(moves);
         }
@@ -374,6 +375,7 @@ impl Table {
             }
             report.files_removed += 1;
             report.bytes_removed += object.size;
+            self.options.counters.vacuumed(1, object.size);
         }
         Ok(report)
     }

@@ -20,6 +20,7 @@ use crate::maintenance::{COMPACT, Compaction};
 use crate::manifest::{Changes, FORMAT_VERSION, Manifest, SchemaDef};
 use crate::moves::KeptMoves;
 use crate::snapshot::{Snapshot, TableFiles};
+use crate::statistics::StorageCounters;
 use crate::transaction::Transaction;
 use crate::write::WriterTemplate;
 
@@ -38,6 +39,8 @@ pub struct WriteOptions {
     pub compact_deleted_fraction: f64,
     /// Where commit times come from.
     pub clock: SharedClock,
+    /// What the tables' commits, compactions and vacuums count into.
+    pub counters: Arc<StorageCounters>,
 }
 
 impl Default for WriteOptions {
@@ -49,6 +52,7 @@ impl Default for WriteOptions {
             compact_min_files: 32,
             compact_deleted_fraction: 0.25,
             clock: Arc::new(SystemClock),
+            counters: Arc::default(),
         }
     }
 }

@@ -615,7 +615,7 @@ impl Table {
             })
             .await;
         match created {
-            Ok(Created::Yes) => {}
+            Ok(Created::Yes) => self.options.counters.committed(),
             Ok(Created::AlreadyExists) => {
                 // Another engine on a shared store committed first: the next writer starts
                 // from its version, so a retry of the statement can succeed.

@@ -17,7 +17,8 @@ use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result, SharedClock, SystemClock};
 use freshet_sql::{ParsedStatement as Statement, parse_statements};
-use freshet_storage::{Catalog, CatalogEntry, ChangeSet, Location, Table, WriteOptions};
+use freshet_storage::instrumented::{InstrumentedStore, Instruments};
+use freshet_storage::{Catalog, CatalogEntry, ChangeSet, Location, StorageCounters, Table, WriteOptions};
 
 use crate::functions;
 use crate::materialized::{Materialized, MaterializedSettings, SystemSchema};
@@ -154,7 +155,10 @@ impl EngineBuilder {
             Some(layer) => location.layer(layer),
             None => location,
         };
-        let location = Arc::new(location);
+        // Every read and write of the store is counted, for the engine's statistics.
+        let counters = Arc::new(StorageCounters::default());
+        let instruments = Instruments::counting_into(counters.clone());
+        let location = Arc::new(location.layer(|store| Arc::new(InstrumentedStore::new(store, instruments))));
 
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -181,6 +185,7 @@ impl EngineBuilder {
             parquet,
             max_file_rows: self.max_file_rows.unwrap_or(defaults.max_file_rows),
             compact_min_files: self.compact_min_files.unwrap_or(defaults.compact_min_files),
+            counters,
             ..defaults
         };
         let catalog = Arc::new(Catalog::open(location.clone(), options).await?);

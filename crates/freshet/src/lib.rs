@@ -61,12 +61,14 @@ pub use freshet_common::{
 pub use freshet_runtime::{Job, JobInfo, JobStatus};
 pub use freshet_sql::ParsedStatement as Statement;
 pub use freshet_sql::{Freshness, FreshnessUnit, RefreshMode};
-pub use freshet_storage::{ChangeSet, Snapshot, Table};
+pub use freshet_storage::{ChangeSet, Snapshot, StorageStatistics, Table};
 pub use materialized::{
-    LastRefresh, MaterializedSettings, MaterializedTableInfo, RefreshOutcome, RefreshRecord, Status, Trigger,
+    LastRefresh, MaterializedSettings, MaterializedTableInfo, REFRESH_DURATION_BUCKETS, RefreshOutcome, RefreshRecord,
+    RefreshStatistics, Status, Trigger,
 };
 pub use progress::Progress;
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};
+pub use streams::SourceInfo;
 pub use subscribe::{SUBSCRIBE_VERSION, SUBSCRIBE_WEIGHT};
 
 /// Freshet's SQL dialect and statements, for callers that inspect statements before running

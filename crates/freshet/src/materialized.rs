@@ -19,6 +19,7 @@ mod incremental;
 mod refresh;
 mod row_index;
 mod scheduler;
+mod statistics;
 pub(crate) mod status;
 
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +33,7 @@ use freshet_common::SharedClock;
 pub use definition::{EffectiveMode, MaterializedDefinition, MaterializedSettings, Status};
 pub(crate) use incremental::scan_table_name;
 pub use refresh::{RefreshOutcome, RefreshRecord, Trigger};
+pub use statistics::{REFRESH_DURATION_BUCKETS, RefreshStatistics};
 pub(crate) use status::SystemSchema;
 pub use status::{LastRefresh, MaterializedTableInfo};
 
@@ -101,6 +103,11 @@ pub(crate) struct Runtime {
     /// it to a task that brings it up to the new version (its row index learns where the
     /// inserted rows went) while holding this lock: whoever needs the state next waits for it.
     pub incremental: Arc<tokio::sync::Mutex<Option<incremental::IncrementalState>>>,
+    /// Its refreshes since the engine opened.
+    pub statistics: Mutex<RefreshStatistics>,
+    /// Bytes of the operator state when last looked at (while a refresh holds the state, this
+    /// is what it was before).
+    pub state_bytes: AtomicU64,
 }
 
 /// Measured costs (wall time, ms) of a table's refreshes in this process: what AUTO weighs
@@ -155,6 +162,11 @@ impl Materialized {
         lock(&self.runtimes).entry(name.to_string()).or_default().clone()
     }
 
+    /// A table's runtime state, without making one for a name that has none.
+    pub(crate) fn existing_runtime(&self, name: &str) -> Option<Arc<Runtime>> {
+        lock(&self.runtimes).get(name).cloned()
+    }
+
     pub(crate) fn committed(&self, name: &str, version: u64, record: RefreshRecord) {
         *lock(&self.runtime(name).last_committed) = Some((version, record));
     }
@@ -191,6 +203,8 @@ impl Materialized {
             history.remove(oldest);
         }
         history.push_back(attempt.clone());
+        drop(history);
+        lock(&self.runtime(&attempt.table).statistics).add(&attempt);
         // Nobody listening is normal.
         let _ = self.attempts.send(attempt);
     }

@@ -602,17 +602,10 @@ impl Engine {
         Ok(combined)
     }
 
-    /// The system table `freshet.sources`: each source table's connector, the version it has
-    /// been ingested to, its watermark and the rows it dropped as late or skipped as malformed.
-    pub(crate) fn sources_batch(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {
-        use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt64Array};
-        let mut names = Vec::new();
-        let mut connectors = Vec::new();
-        let mut versions = Vec::new();
-        let mut watermarks = Vec::new();
-        let mut late = Vec::new();
-        let mut skipped = Vec::new();
-        let mut bounded = Vec::new();
+    /// Each source table's ingestion: its connector, the version and rows ingested so far, its
+    /// watermark and the rows it dropped as late or skipped as malformed.
+    pub fn sources(&self) -> Vec<SourceInfo> {
+        let mut out = Vec::new();
         for (name, source) in self.inner.streams.sources() {
             let Ok(table) = self.inner.catalog.table(&name) else {
                 continue;
@@ -620,15 +613,36 @@ impl Engine {
             let snapshot = table.snapshot();
             let progress = freshet_runtime::SourceProgress::at(&snapshot);
             let connector = self.inner.streams.get(&name).map(|t| t.connector.name()).unwrap_or("");
-            names.push(name);
-            connectors.push(connector);
-            versions.push(snapshot.version());
-            // +infinity (an ended generator) shows as NULL with `bounded`: a timestamp cannot hold it.
-            watermarks.push(progress.watermark_ms.filter(|&w| w != i64::MAX));
-            late.push(progress.late_rows);
-            skipped.push(source.skipped());
-            bounded.push(source.is_bounded());
+            out.push(SourceInfo {
+                connector: connector.to_string(),
+                version: snapshot.version(),
+                ingested_at_ms: snapshot.manifest().committed_at_ms,
+                rows: snapshot.num_rows(),
+                watermark_ms: progress.watermark_ms,
+                late_rows: progress.late_rows,
+                skipped_rows: source.skipped(),
+                bounded: source.is_bounded(),
+                name,
+            });
         }
+        out
+    }
+
+    /// The system table `freshet.sources`: [`Engine::sources`].
+    pub(crate) fn sources_batch(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+        use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt64Array};
+        let sources = self.sources();
+        let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+        let connectors: Vec<&str> = sources.iter().map(|s| s.connector.as_str()).collect();
+        let versions: Vec<u64> = sources.iter().map(|s| s.version).collect();
+        // +infinity (an ended generator) shows as NULL with `bounded`: a timestamp cannot hold it.
+        let watermarks: Vec<Option<i64>> = sources
+            .iter()
+            .map(|s| s.watermark_ms.filter(|&w| w != i64::MAX))
+            .collect();
+        let late: Vec<u64> = sources.iter().map(|s| s.late_rows).collect();
+        let skipped: Vec<u64> = sources.iter().map(|s| s.skipped_rows).collect();
+        let bounded: Vec<bool> = sources.iter().map(|s| s.bounded).collect();
         let ts = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None);
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
@@ -651,4 +665,28 @@ impl Engine {
         datafusion::arrow::record_batch::RecordBatch::try_new(schema, columns)
             .map_err(|e| FreshetError::Internal(e.to_string()))
     }
+}
+
+/// One source table's ingestion (see [`Engine::sources`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The source table.
+    pub name: String,
+    /// Its connector (`filesystem`, `datagen`, `nexmark` ...).
+    pub connector: String,
+    /// The table's version: each ingestion commits one.
+    pub version: u64,
+    /// When the newest version was committed (engine clock, ms since the epoch).
+    pub ingested_at_ms: i64,
+    /// Rows the table holds (ingested, less what retention removed).
+    pub rows: u64,
+    /// The event-time watermark, for a source with one (`i64::MAX` once a bounded source has
+    /// ended).
+    pub watermark_ms: Option<i64>,
+    /// Rows dropped as later than the watermark.
+    pub late_rows: u64,
+    /// Rows skipped as malformed.
+    pub skipped_rows: u64,
+    /// Whether the source ends.
+    pub bounded: bool,
 }

@@ -8,12 +8,18 @@
 //! embedders see) stays free of Postgres' objects.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
 
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use freshet::datafusion::catalog::{CatalogProvider, SchemaProvider};
 use freshet::datafusion::error::{DataFusionError, Result as DFResult};
 use freshet::datafusion::prelude::{SessionConfig, SessionContext};
+use freshet::datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArguments, Query, SelectItem, SetExpr, Statement, TableFactor, Value, visit_expressions_mut,
+};
+use freshet::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use freshet::datafusion::sql::sqlparser::parser::Parser;
 use freshet::{CATALOG_NAME, Engine, SCHEMA_NAME};
 
 /// A session that plans Postgres clients' catalog queries over the engine's tables.
@@ -68,5 +74,91 @@ impl CatalogProvider for Overlay {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.into(), schema))
+    }
+}
+
+/// Rewrites Postgres' `ARRAY(SELECT x FROM ...)`, which DataFusion does not have, into the
+/// scalar subquery `(SELECT array_agg(x) FROM ...)` (psql's `\du` and `\d+` use it; an empty
+/// result is NULL rather than an empty array). Over a set-returning function in FROM
+/// (`unnest(c.reloptions)`, correlated with the outer row) it becomes NULL: such options are
+/// never set on Freshet's tables.
+pub(crate) fn rewrite_array_subqueries(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Function(function) = expr
+            && function.name.to_string().eq_ignore_ascii_case("array")
+            && let FunctionArguments::Subquery(query) = &function.args
+        {
+            *expr = array_of(query).unwrap_or(Expr::Value(Value::Null.into()));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// `(SELECT array_agg(x) FROM ...)` for `ARRAY(SELECT x FROM ...)`, when the subquery is one
+/// plain SELECT of one column over tables.
+fn array_of(query: &Query) -> Option<Expr> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [item] = select.projection.as_slice() else {
+        return None;
+    };
+    let (SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. }) = item else {
+        return None;
+    };
+    let set_returning = |factor: &TableFactor| {
+        matches!(
+            factor,
+            TableFactor::Function { .. }
+                | TableFactor::UNNEST { .. }
+                | TableFactor::TableFunction { .. }
+                | TableFactor::Table { args: Some(_), .. }
+        )
+    };
+    if select
+        .from
+        .iter()
+        .any(|from| set_returning(&from.relation) || from.joins.iter().any(|join| set_returning(&join.relation)))
+    {
+        return None;
+    }
+    let aggregate = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("array_agg({value})"))
+        .ok()?
+        .parse_expr()
+        .ok()?;
+    let mut select = select.clone();
+    select.projection = vec![SelectItem::UnnamedExpr(aggregate)];
+    let mut query = query.clone();
+    query.body = Box::new(SetExpr::Select(select));
+    query.order_by = None;
+    Some(Expr::Subquery(Box::new(query)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(sql: &str) -> String {
+        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+        rewrite_array_subqueries(&mut statements[0]);
+        statements[0].to_string()
+    }
+
+    #[test]
+    fn array_subqueries_become_aggregates_or_null() {
+        assert_eq!(
+            rewritten(
+                "SELECT r.a, ARRAY(SELECT b.name FROM m JOIN b ON m.id = b.id WHERE m.x = r.oid) AS memberof FROM r"
+            ),
+            "SELECT r.a, (SELECT array_agg(b.name) FROM m JOIN b ON m.id = b.id WHERE m.x = r.oid) AS memberof FROM r"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT array_to_string(c.o || array(select 'toast.' || x from pg_catalog.unnest(tc.o) x), ', ') FROM c"
+            ),
+            "SELECT array_to_string(c.o || NULL, ', ') FROM c"
+        );
+        assert_eq!(rewritten("SELECT array[1, 2]"), "SELECT ARRAY[1, 2]");
     }
 }

@@ -172,6 +172,8 @@ pub(crate) fn classify(
                 match connection_command(&statement) {
                     Some(command) => commands.push(command),
                     None if matches!(statement, Statement::Query(_)) => {
+                        let mut statement = statement;
+                        super::catalog::rewrite_array_subqueries(&mut statement);
                         commands.push(Command::Catalog(Arc::new(statement)))
                     }
                     None => return Err(error),
@@ -193,7 +195,10 @@ pub(crate) fn catalog_query(
 ) -> Option<Arc<Statement>> {
     let mut statements = compat.parse(text).ok()?;
     match statements.pop() {
-        Some(statement @ Statement::Query(_)) if statements.is_empty() => Some(Arc::new(statement)),
+        Some(mut statement @ Statement::Query(_)) if statements.is_empty() => {
+            super::catalog::rewrite_array_subqueries(&mut statement);
+            Some(Arc::new(statement))
+        }
         _ => None,
     }
 }

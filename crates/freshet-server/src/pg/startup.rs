@@ -142,21 +142,26 @@ fn key_bytes(key: &SecretKey) -> Vec<u8> {
 /// Where cancel requests find their connection: by process id and secret key.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    connections: Mutex<HashMap<i32, (SecretKey, std::sync::Weak<Cancel>)>>,
+    /// By process id and secret key: pgwire numbers the connections of each startup handler
+    /// from the same first pid, so a pid alone does not tell connections apart.
+    connections: Mutex<HashMap<CancelKey, std::sync::Weak<Cancel>>>,
 }
+
+/// A connection's process id and secret key's bytes.
+type CancelKey = (i32, Vec<u8>);
 
 impl Cancels {
     fn register(&self, pid: i32, key: SecretKey, cancel: &Arc<Cancel>) {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.retain(|_, (_, c)| c.strong_count() > 0);
-        connections.insert(pid, (key, Arc::downgrade(cancel)));
+        connections.retain(|_, c| c.strong_count() > 0);
+        connections.insert((pid, key_bytes(&key)), Arc::downgrade(cancel));
     }
 
     fn cancel(&self, pid: i32, key: &SecretKey) {
         let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((expected, cancel)) = connections.get(&pid)
-            && key_bytes(expected) == key_bytes(key)
-            && let Some(cancel) = cancel.upgrade()
+        if let Some(cancel) = connections
+            .get(&(pid, key_bytes(key)))
+            .and_then(std::sync::Weak::upgrade)
         {
             cancel.request();
         }
