@@ -70,6 +70,16 @@ async fn psql_runs_statements_and_describes_tables() {
     assert!(all.contains("orders"), "{all}");
     let databases = psql(&server, &["\\l"]).await.unwrap();
     assert!(databases.contains("freshet"), "{databases}");
+    // The "+" forms, roles and functions answer too (sizes and comments Freshet does not keep
+    // are empty).
+    let verbose = psql(&server, &["\\d+ orders"]).await.unwrap();
+    assert!(verbose.contains("customer") && verbose.contains("Storage"), "{verbose}");
+    let sized = psql(&server, &["\\dt+"]).await.unwrap();
+    assert!(sized.contains("orders") && sized.contains("Size"), "{sized}");
+    let roles = psql(&server, &["\\du"]).await.unwrap();
+    assert!(roles.contains("Role name"), "{roles}");
+    let functions = psql(&server, &["\\df"]).await.unwrap();
+    assert!(functions.contains("List of functions"), "{functions}");
 
     // Errors carry their SQLSTATE (psql's verbose errors print it).
     let error = psql(&server, &["SELECT * FROM nowhere"]).await.unwrap_err();

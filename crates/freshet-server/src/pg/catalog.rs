@@ -7,6 +7,8 @@
 //! reads the engine's catalog through an overlay, so the engine's session (what the shell and
 //! embedders see) stays free of Postgres' objects.
 
+mod functions;
+
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
@@ -42,6 +44,7 @@ pub(crate) fn catalog_session(engine: &Engine) -> Result<SessionContext, Box<Dat
         }),
     );
     datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)?;
+    functions::register(&ctx);
     Ok(ctx)
 }
 
@@ -77,18 +80,52 @@ impl CatalogProvider for Overlay {
     }
 }
 
-/// Rewrites Postgres' `ARRAY(SELECT x FROM ...)`, which DataFusion does not have, into the
+/// Adapts a Postgres client's catalog query to what the catalog session plans: storage
+/// options as NULL (see `without_relation_options`), and Postgres' `ARRAY(SELECT x FROM ...)`,
+/// which DataFusion does not have, rewritten into the
 /// scalar subquery `(SELECT array_agg(x) FROM ...)` (psql's `\du` and `\d+` use it; an empty
 /// result is NULL rather than an empty array). Over a set-returning function in FROM
 /// (`unnest(c.reloptions)`, correlated with the outer row) it becomes NULL: such options are
 /// never set on Freshet's tables.
-pub(crate) fn rewrite_array_subqueries(statement: &mut Statement) {
+pub(crate) fn adapt_catalog_query(statement: &mut Statement) {
+    without_relation_options(statement);
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Function(function) = expr
             && function.name.to_string().eq_ignore_ascii_case("array")
             && let FunctionArguments::Subquery(query) = &function.args
         {
             *expr = array_of(query).unwrap_or(Expr::Value(Value::Null.into()));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// `pg_class.reloptions` (storage options, an array of text), which `datafusion-pg-catalog`
+/// does not have and Freshet's tables never set, as NULL: `\d+` formats it with
+/// `array_to_string(c.reloptions || ..., ', ')`, which becomes NULL whole.
+fn without_relation_options(statement: &mut Statement) {
+    let mentions_options = |expr: &Expr| expr.to_string().to_ascii_lowercase().contains("reloptions");
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Function(function) = expr
+            && function
+                .name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("array_to_string")
+            && mentions_options(expr)
+        {
+            *expr = Expr::Value(Value::Null.into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions_mut(statement, |expr| {
+        let name = match &*expr {
+            Expr::Identifier(ident) => Some(ident),
+            Expr::CompoundIdentifier(parts) => parts.last(),
+            _ => None,
+        };
+        if name.is_some_and(|ident| ident.value.eq_ignore_ascii_case("reloptions")) {
+            *expr = Expr::Value(Value::Null.into());
         }
         ControlFlow::<()>::Continue(())
     });
@@ -141,7 +178,7 @@ mod tests {
 
     fn rewritten(sql: &str) -> String {
         let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-        rewrite_array_subqueries(&mut statements[0]);
+        adapt_catalog_query(&mut statements[0]);
         statements[0].to_string()
     }
 
@@ -158,6 +195,12 @@ mod tests {
                 "SELECT array_to_string(c.o || array(select 'toast.' || x from pg_catalog.unnest(tc.o) x), ', ') FROM c"
             ),
             "SELECT array_to_string(c.o || NULL, ', ') FROM c"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT c.relkind, pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ') FROM c"
+            ),
+            "SELECT c.relkind, NULL FROM c"
         );
         assert_eq!(rewritten("SELECT array[1, 2]"), "SELECT ARRAY[1, 2]");
     }

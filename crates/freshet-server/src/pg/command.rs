@@ -173,7 +173,7 @@ pub(crate) fn classify(
                     Some(command) => commands.push(command),
                     None if matches!(statement, Statement::Query(_)) => {
                         let mut statement = statement;
-                        super::catalog::rewrite_array_subqueries(&mut statement);
+                        super::catalog::adapt_catalog_query(&mut statement);
                         commands.push(Command::Catalog(Arc::new(statement)))
                     }
                     None => return Err(error),
@@ -196,7 +196,7 @@ pub(crate) fn catalog_query(
     let mut statements = compat.parse(text).ok()?;
     match statements.pop() {
         Some(mut statement @ Statement::Query(_)) if statements.is_empty() => {
-            super::catalog::rewrite_array_subqueries(&mut statement);
+            super::catalog::adapt_catalog_query(&mut statement);
             Some(Arc::new(statement))
         }
         _ => None,
