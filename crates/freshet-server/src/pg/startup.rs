@@ -12,7 +12,7 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::CancelHandler;
-use pgwire::api::{ClientInfo, ConnectionManager, PgWireConnectionState};
+use pgwire::api::{ClientInfo, ConnectionManager, PgWireConnectionState, RandomPidSecretKeyGenerator};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::startup::SecretKey;
@@ -75,7 +75,8 @@ impl Startup {
                 Startup::Scram {
                     exchange: SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
                         .with_scram(scram)
-                        .with_connection_manager(connections.clone()),
+                        .with_connection_manager(connections.clone())
+                        .with_pid_secret_key_generator(cancels.pids.clone()),
                     cancels: cancels.clone(),
                 }
             }
@@ -142,9 +143,12 @@ fn key_bytes(key: &SecretKey) -> Vec<u8> {
 /// Where cancel requests find their connection: by process id and secret key.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    /// By process id and secret key: pgwire numbers the connections of each startup handler
-    /// from the same first pid, so a pid alone does not tell connections apart.
+    /// By process id and secret key (a pid alone names a connection only as long as every
+    /// startup handler draws from `pids`).
     connections: Mutex<HashMap<CancelKey, std::sync::Weak<Cancel>>>,
+    /// Process ids and keys for every password-authenticated connection: pgwire makes a SCRAM
+    /// handler per connection, each of which would otherwise number from the same first pid.
+    pids: Arc<RandomPidSecretKeyGenerator>,
 }
 
 /// A connection's process id and secret key's bytes.
