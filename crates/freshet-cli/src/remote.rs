@@ -253,9 +253,11 @@ fn result_of(messages: &[SimpleQueryMessage], counts: bool) -> (SchemaRef, Vec<R
 
 /// An error as the server gave it: its message and SQLSTATE.
 fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => error.to_string(),
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        // "error connecting to server: Connection refused (os error 111)".
+        (None, Some(source)) => format!("{error}: {source}"),
+        (None, None) => error.to_string(),
     }
 }
 
