@@ -9,9 +9,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use freshet::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use freshet::datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use freshet::datafusion::arrow::compute::{CastOptions, cast_with_options};
 use freshet::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use freshet::datafusion::sql::parser::Statement as DFStatement;
+use freshet::datafusion::sql::sqlparser::ast;
+use freshet::sql::FreshetStatement;
 use futures::StreamExt;
+use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
 use crate::output::Printer;
@@ -83,11 +88,18 @@ impl Remote {
         let statements = freshet::sql::parse_statements(sql).map_err(|e| format!("error: {origin}: {e}"))?;
         for statement in statements {
             let started = Instant::now();
+            let counts = counts_rows(&statement.text);
+            let types = if counts {
+                vec![Some(DataType::Int64)]
+            } else {
+                self.column_types(&statement).await
+            };
             let work = self.client.simple_query(&statement.text);
             let result = crate::script::showing_progress(work, printer.progress, None).await;
             let printed = match result {
                 Ok(messages) => {
-                    let (schema, batches) = result_of(&messages, counts_rows(&statement.text));
+                    let (schema, batches) = result_of(&messages, counts);
+                    let (schema, batches) = typed(schema, batches, &types);
                     tokio::task::block_in_place(|| printer.print(&schema, &batches, started.elapsed()))
                         .map_err(|e| e.to_string())
                 }
@@ -103,6 +115,29 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// For a query, the Arrow type each result column's text stands for, where the printer
+    /// shows it differently from text (numbers, booleans): from the server's description of
+    /// the query, which plans it without running it. Empty for other statements, or when the
+    /// server cannot describe it (the text then prints as text).
+    async fn column_types(&self, statement: &freshet::Statement) -> Vec<Option<DataType>> {
+        let is_query = matches!(
+            &statement.statement,
+            FreshetStatement::DataFusion(s)
+                if matches!(s.as_ref(), DFStatement::Statement(inner) if matches!(inner.as_ref(), ast::Statement::Query(_)))
+        );
+        if !is_query {
+            return Vec::new();
+        }
+        let Ok(prepared) = self.client.prepare(&statement.text).await else {
+            return Vec::new();
+        };
+        prepared
+            .columns()
+            .iter()
+            .map(|column| arrow_type(column.type_()))
+            .collect()
     }
 
     /// [`Remote::run_script`] until Ctrl-C, which asks the server to cancel the statement
@@ -248,6 +283,67 @@ fn result_of(messages: &[SimpleQueryMessage], counts: bool) -> (SchemaRef, Vec<R
     match RecordBatch::try_new(schema.clone(), columns) {
         Ok(batch) => (schema, vec![batch]),
         Err(_) => (schema, Vec::new()),
+    }
+}
+
+/// The Arrow type of a Postgres type whose text the printer should not show as text.
+fn arrow_type(pg: &Type) -> Option<DataType> {
+    match *pg {
+        Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => Some(DataType::Int64),
+        Type::FLOAT4 | Type::FLOAT8 => Some(DataType::Float64),
+        Type::BOOL => Some(DataType::Boolean),
+        _ => None,
+    }
+}
+
+/// The text columns cast to `types` where one is given and every value converts; the others
+/// stay text.
+fn typed(schema: SchemaRef, batches: Vec<RecordBatch>, types: &[Option<DataType>]) -> (SchemaRef, Vec<RecordBatch>) {
+    let [batch] = batches.as_slice() else {
+        return (schema, batches);
+    };
+    if types.len() != batch.num_columns() || types.iter().all(Option::is_none) {
+        return (schema, batches);
+    }
+    let mut fields = Vec::with_capacity(types.len());
+    let mut columns = Vec::with_capacity(types.len());
+    for ((field, column), target) in schema.fields().iter().zip(batch.columns()).zip(types) {
+        let converted = target.as_ref().and_then(|target| {
+            let text = column.as_string::<i32>();
+            let parsed: Option<ArrayRef> = match target {
+                // Postgres writes booleans as t and f.
+                DataType::Boolean => Some(Arc::new(
+                    text.iter()
+                        .map(|v| v.map(|v| matches!(v, "t" | "true")))
+                        .collect::<BooleanArray>(),
+                ) as ArrayRef),
+                _ => cast_with_options(
+                    column,
+                    target,
+                    &CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    },
+                )
+                .ok(),
+            };
+            parsed.filter(|array| array.null_count() == column.null_count())
+        });
+        match converted {
+            Some(array) => {
+                fields.push(Field::new(field.name(), array.data_type().clone(), true));
+                columns.push(array);
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    let typed_schema = Arc::new(Schema::new(fields));
+    match RecordBatch::try_new(typed_schema.clone(), columns) {
+        Ok(batch) => (typed_schema, vec![batch]),
+        Err(_) => (schema, batches),
     }
 }
 

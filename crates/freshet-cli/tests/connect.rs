@@ -90,6 +90,22 @@ fn scripts_and_meta_commands_run_on_the_server() {
     let out = connect(port, PASSWORD, &["--format", "csv", "-c", "SELECT c FROM n"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "c\n2\n");
 
+    // Numbers and booleans keep their types (the server describes the query's columns).
+    let out = connect(
+        port,
+        PASSWORD,
+        &[
+            "--format",
+            "json",
+            "-c",
+            "SELECT id, name, id > 1 AS later FROM t ORDER BY id",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"[{"id":1,"name":"a","later":false},{"id":2,"later":true}]"#
+    );
+
     // Errors stop the script with the server's message and SQLSTATE, as locally.
     let out = connect(port, PASSWORD, &["-c", "SELECT 1;\nSELECT * FROM nowhere"]);
     assert!(!out.status.success());
