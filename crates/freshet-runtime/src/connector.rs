@@ -66,6 +66,8 @@ impl EventTimeOptions {
 
 /// The options every source connector takes, beside its own.
 const EVENT_TIME_KEYS: &[&str] = &["late-data", "late-data.max-lateness", "scan.watermark.idle-timeout"];
+/// Options of a source table as Freshet stores what it ingests.
+const STORAGE_KEYS: &[&str] = &["retention"];
 
 /// The options of the `datagen` connector.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +205,7 @@ impl<'a> ConnectorOptions<'a> {
         let mut known = known.to_vec();
         if source {
             known.extend_from_slice(EVENT_TIME_KEYS);
+            known.extend_from_slice(STORAGE_KEYS);
         }
         for (key, _) in self.options {
             if key == "connector" || known.contains(&key.as_str()) {
@@ -248,6 +251,14 @@ impl<'a> ConnectorOptions<'a> {
             max_lateness,
             idle_timeout: duration("scan.watermark.idle-timeout")?,
         })
+    }
+
+    /// `'retention'`: how long the ingested rows' versions are kept (a source table's; unset,
+    /// the engine's `table.retention`).
+    pub fn retention(&self) -> Result<Option<Duration>> {
+        self.get("retention")
+            .map(|text| parse_duration(text).map_err(|why| self.error(format!("option 'retention' = '{text}': {why}"))))
+            .transpose()
     }
 
     /// The connector the options name, validated.
@@ -380,6 +391,7 @@ impl<'a> ConnectorOptions<'a> {
         for (key, value) in self.options {
             match key.as_str() {
                 "connector" | "rows-per-second" | "number-of-rows" | "scan.parallelism" => continue,
+                key if EVENT_TIME_KEYS.contains(&key) || STORAGE_KEYS.contains(&key) => continue,
                 _ => {}
             }
             let Some((field, setting)) = key.strip_prefix("fields.").and_then(|rest| rest.rsplit_once('.')) else {

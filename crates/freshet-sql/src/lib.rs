@@ -16,4 +16,4 @@ mod window_tvf;
 pub use connector_table::{ColumnKind, CreateConnectorTable, TableColumn, Watermark};
 pub use dialect::FreshetDialect;
 pub use materialized::{AlterMaterializedTable, CreateMaterializedTable, Freshness, FreshnessUnit, RefreshMode};
-pub use statement::{FreshetStatement, ParsedStatement, parse_statements};
+pub use statement::{FreshetStatement, ParsedStatement, VacuumRetain, parse_statements};

@@ -39,12 +39,12 @@ pub enum FreshetStatement {
         /// The table.
         table: ObjectName,
     },
-    /// `VACUUM [name] [RETAIN n VERSIONS]`: remove old versions and unused files.
+    /// `VACUUM [name] [RETAIN n VERSIONS | RETAIN n HOURS]`: remove old versions and unused files.
     Vacuum {
         /// One table, or all when absent.
         table: Option<ObjectName>,
-        /// Versions to keep per table (default 1: only the newest).
-        retain: Option<u64>,
+        /// What to keep of each table; by default, what its retention period keeps.
+        retain: Option<VacuumRetain>,
     },
     /// `CREATE MATERIALIZED TABLE ...`.
     CreateMaterializedTable(Box<CreateMaterializedTable>),
@@ -113,6 +113,15 @@ pub enum FreshetStatement {
         /// The value.
         value: String,
     },
+}
+
+/// What `VACUUM ... RETAIN` keeps of each table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VacuumRetain {
+    /// `RETAIN n VERSIONS`: the newest n versions.
+    Versions(u64),
+    /// `RETAIN n HOURS` (or DAYS, MINUTES): every version current within that period.
+    Period(std::time::Duration),
 }
 
 /// Parses SQL text holding any number of statements separated by `;`.
@@ -210,13 +219,31 @@ fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
         };
         let retain = if p.parse_keyword(Keyword::RETAIN) {
             let n = p.parse_literal_uint().map_err(parse_error)?;
-            if !p.parse_keyword(Keyword::VERSIONS) && !p.parse_keyword(Keyword::VERSION) {
-                return Err(FreshetError::InvalidStatement(format!(
-                    "SQL error: expected VERSIONS after RETAIN {n}, found {}",
-                    p.peek_token_ref().token
-                )));
-            }
-            Some(n)
+            let unit = match p.parse_one_of_keywords(&[
+                Keyword::VERSIONS,
+                Keyword::VERSION,
+                Keyword::DAYS,
+                Keyword::DAY,
+                Keyword::HOURS,
+                Keyword::HOUR,
+                Keyword::MINUTES,
+                Keyword::MINUTE,
+            ]) {
+                Some(Keyword::VERSIONS | Keyword::VERSION) => None,
+                Some(Keyword::DAYS | Keyword::DAY) => Some(86_400),
+                Some(Keyword::HOURS | Keyword::HOUR) => Some(3_600),
+                Some(_) => Some(60),
+                None => {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "SQL error: expected VERSIONS, DAYS, HOURS or MINUTES after RETAIN {n}, found {}",
+                        p.peek_token_ref().token
+                    )));
+                }
+            };
+            Some(match unit {
+                None => VacuumRetain::Versions(n),
+                Some(seconds) => VacuumRetain::Period(std::time::Duration::from_secs(n.saturating_mul(seconds))),
+            })
         } else {
             None
         };
@@ -366,13 +393,15 @@ mod tests {
 
     #[test]
     fn parses_freshet_statements() {
-        let parsed = parse_statements("ALTER TABLE s.t COMPACT; VACUUM t RETAIN 3 VERSIONS; VACUUM").unwrap();
+        let parsed =
+            parse_statements("ALTER TABLE s.t COMPACT; VACUUM t RETAIN 3 VERSIONS; VACUUM; VACUUM RETAIN 168 HOURS")
+                .unwrap();
         assert!(matches!(&parsed[0].statement, FreshetStatement::Compact { table } if table.to_string() == "s.t"));
         assert!(matches!(
             &parsed[1].statement,
             FreshetStatement::Vacuum {
                 table: Some(_),
-                retain: Some(3)
+                retain: Some(VacuumRetain::Versions(3))
             }
         ));
         assert!(matches!(
@@ -381,6 +410,13 @@ mod tests {
                 table: None,
                 retain: None
             }
+        ));
+        assert!(matches!(
+            &parsed[3].statement,
+            FreshetStatement::Vacuum {
+                table: None,
+                retain: Some(VacuumRetain::Period(d))
+            } if d.as_secs() == 168 * 3_600
         ));
     }
 

@@ -17,7 +17,7 @@ use freshet_common::{FreshetError, Result};
 use crate::layout::{catalog_dir, job_progress_path, table_dir};
 use crate::location::Location;
 use crate::log::{Created, VersionLog};
-use crate::maintenance::VacuumReport;
+use crate::maintenance::{Retain, VacuumReport};
 use crate::manifest::FORMAT_VERSION;
 use crate::table::{Table, WriteOptions};
 
@@ -492,18 +492,18 @@ impl Catalog {
     }
 
     /// Removes old catalog versions and the directories of dropped tables, then vacuums every
-    /// table keeping its newest `retain` versions and, for a table named in `keep_from`, every
-    /// version from the one given on.
+    /// table keeping the versions `retain` gives for its name and, for a table named in
+    /// `keep_from`, every version from the one given on.
     pub async fn vacuum(
         &self,
-        retain: u64,
+        retain: impl Fn(&str) -> Retain,
         keep_from: &HashMap<String, u64>,
         orphan_grace: std::time::Duration,
     ) -> Result<VacuumReport> {
         let mut report = VacuumReport::default();
         for (name, table) in self.tables() {
             report += table
-                .vacuum_keeping(retain, keep_from.get(&name).copied(), orphan_grace)
+                .vacuum_keeping(retain(&name), keep_from.get(&name).copied(), orphan_grace)
                 .await?;
         }
         let _ddl = self.ddl.lock().await;

@@ -37,7 +37,7 @@ mod write;
 pub use catalog::{Catalog, CatalogEntry, CatalogManifest, TableSlot};
 pub use changes::ChangeSet;
 pub use location::Location;
-pub use maintenance::{DEFAULT_ORPHAN_GRACE, VacuumReport};
+pub use maintenance::{DEFAULT_ORPHAN_GRACE, Retain, VacuumReport};
 pub use manifest::{
     ChangeFile, Changes, ColumnDef, DataFile, DeletionVector, FORMAT_VERSION, Manifest, SchemaDef, StateCheckpoint,
     StateFile,

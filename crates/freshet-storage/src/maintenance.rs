@@ -296,21 +296,22 @@ impl Table {
     /// Removes all but the newest `retain` versions, then every file under the table's directory
     /// that no retained version uses.
     pub async fn vacuum(self: &Arc<Self>, retain: u64) -> Result<VacuumReport> {
-        self.vacuum_keeping(retain, None, DEFAULT_ORPHAN_GRACE).await
+        self.vacuum_keeping(Retain::Versions(retain), None, DEFAULT_ORPHAN_GRACE)
+            .await
     }
 
-    /// [`Table::vacuum`], keeping also every version from `keep_from` on (the versions
-    /// materialized tables reflect, whose changes they will read) and every version a snapshot
-    /// alive in this process (a running query) reads. Files of removed versions go; files no manifest
-    /// ever named — a failed write's, or a write still under way, of this engine or of another
-    /// on a shared store — go only once older than `orphan_grace`.
+    /// [`Table::vacuum`] by a [`Retain`] rule, keeping also every version from `keep_from` on
+    /// (the versions materialized tables and jobs reflect, whose changes they will read) and
+    /// every version a snapshot alive in this process (a running query) reads. Files of removed
+    /// versions go; files no manifest ever named — a failed write's, or a write still under way,
+    /// of this engine or of another on a shared store — go only once older than `orphan_grace`.
     pub async fn vacuum_keeping(
         self: &Arc<Self>,
-        retain: u64,
+        retain: Retain,
         keep_from: Option<u64>,
         orphan_grace: std::time::Duration,
     ) -> Result<VacuumReport> {
-        if retain == 0 {
+        if retain == Retain::Versions(0) {
             return Err(FreshetError::InvalidStatement(
                 "VACUUM must retain at least 1 version".into(),
             ));
@@ -318,24 +319,36 @@ impl Table {
         let _maintenance = self.maintenance.lock().await;
         let _writer = self.writer.lock().await;
         let versions = self.log.versions().await?;
+        let mut manifests = Vec::with_capacity(versions.len());
+        for &version in &versions {
+            manifests.push((version, self.read_manifest(version).await?));
+        }
         let newest = versions.last().copied().unwrap_or(0);
+        let oldest_retained = match retain {
+            Retain::Versions(n) => newest.saturating_sub(n - 1),
+            // The version current at `at_ms` (the newest committed by then), so that reading
+            // the table as of any time from then on still works; the newest version always.
+            Retain::Since(at_ms) => manifests
+                .iter()
+                .rev()
+                .find(|(_, m)| m.committed_at_ms <= at_ms)
+                .map_or(0, |(v, _)| *v)
+                .min(newest),
+        };
         // A version a running query reads stays, with its files, until the query is done.
         let oldest_read = self.read_versions().iter().map(|s| s.version()).min();
-        let oldest_kept = newest
-            .saturating_sub(retain - 1)
+        let oldest_kept = oldest_retained
             .min(keep_from.unwrap_or(u64::MAX))
             .min(oldest_read.unwrap_or(u64::MAX));
         let mut report = VacuumReport::default();
         let mut referenced = HashSet::new();
-        for &version in versions.iter().filter(|&&v| v >= oldest_kept) {
-            let manifest = self.read_manifest(version).await?;
-            referenced.extend(manifest_files(&manifest));
-        }
         // Files of the versions removed: no longer needed once no query reads them.
         let mut expired = HashSet::new();
-        for &version in versions.iter().filter(|&&v| v < oldest_kept) {
-            let manifest = self.read_manifest(version).await?;
-            expired.extend(manifest_files(&manifest));
+        for (version, manifest) in &manifests {
+            match *version >= oldest_kept {
+                true => referenced.extend(manifest_files(manifest)),
+                false => expired.extend(manifest_files(manifest)),
+            }
         }
         for &version in versions.iter().filter(|&&v| v < oldest_kept) {
             self.log.remove(version).await?;
@@ -379,6 +392,16 @@ impl Table {
         }
         Ok(report)
     }
+}
+
+/// Which versions of a table VACUUM keeps (besides those in use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retain {
+    /// The newest n versions (at least one).
+    Versions(u64),
+    /// Every version current at or after this commit time (milliseconds since the epoch), so
+    /// that the table can be read as of any time from then on; the newest version always.
+    Since(i64),
 }
 
 /// How long VACUUM keeps a file that no manifest names, by default: longer than any

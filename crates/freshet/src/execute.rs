@@ -22,9 +22,6 @@ use crate::engine::Engine;
 use crate::schema::{CATALOG_NAME, INSERT_SUFFIX, SCHEMA_NAME};
 use crate::time_travel;
 
-/// Versions VACUUM keeps when no RETAIN clause is given.
-const DEFAULT_RETAIN_VERSIONS: u64 = 1;
-
 impl Engine {
     /// Runs one statement.
     pub(crate) async fn run(&self, parsed: &ParsedStatement) -> Result<SendableRecordBatchStream> {
@@ -39,19 +36,8 @@ impl Engine {
                 single_count("version", version)
             }
             FreshetStatement::Vacuum { table, retain } => {
-                let retain = retain.unwrap_or(DEFAULT_RETAIN_VERSIONS);
-                // Versions materialized tables reflect stay: their changes are what the next
-                // incremental refresh reads, and the state is rebuilt from them.
-                let keep_from = self.versions_reflected();
-                let grace = self.inner.materialized.settings().vacuum_orphan_grace;
-                let report = match table {
-                    Some(name) => {
-                        let name = self.resolve_name(name)?;
-                        let keep = keep_from.get(&name).copied();
-                        self.table(&name)?.vacuum_keeping(retain, keep, grace).await?
-                    }
-                    None => self.inner.catalog.vacuum(retain, &keep_from, grace).await?,
-                };
+                let name = table.as_ref().map(|t| self.resolve_name(t)).transpose()?;
+                let report = self.vacuum(name.as_deref(), *retain).await?;
                 result_rows(vec![
                     (
                         "versions_removed",

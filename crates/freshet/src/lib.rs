@@ -48,6 +48,7 @@ mod functions;
 pub mod materialized;
 pub mod nexmark;
 mod progress;
+mod retention;
 mod schema;
 mod streams;
 mod subscribe;

@@ -48,9 +48,17 @@ pub(crate) struct Streams {
 pub(crate) struct ConnectorTable {
     connector: Connector,
     source: Option<Arc<Source>>,
+    /// Its `'retention'` option.
+    retention: Option<std::time::Duration>,
 }
 
 impl Streams {
+    /// A connector table's `'retention'` option.
+    pub(crate) fn retention(&self, name: &str) -> Option<std::time::Duration> {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(name)?.retention
+    }
+
     /// The connector tables that are sources, by name.
     fn sources(&self) -> Vec<(String, Arc<Source>)> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
@@ -352,7 +360,15 @@ impl Engine {
         } else {
             None
         };
-        Ok((ConnectorTable { connector, source }, schema))
+        let retention = options.retention()?;
+        Ok((
+            ConnectorTable {
+                connector,
+                source,
+                retention,
+            },
+            schema,
+        ))
     }
 
     /// A source's event time from its `WATERMARK FOR column AS expression`: the column must be a

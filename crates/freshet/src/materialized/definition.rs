@@ -26,6 +26,19 @@ pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
 /// them at once.
 pub const VACUUM_ORPHAN_GRACE: &str = "table.vacuum.orphan-grace-period";
 
+/// Setting: how long a table keeps the versions it had: reading it as of any time within this
+/// period (time travel, change reads, an incremental refresh resumed) still works, and VACUUM —
+/// asked for without a RETAIN clause, or run in the background — removes only what is older.
+/// A table's own `'retention'` option overrides it. Delta Lake's default, 7 days.
+pub const RETENTION: &str = "table.retention";
+
+/// Table option: how long this table keeps its versions (overrides [`RETENTION`]).
+pub const RETENTION_OPTION: &str = "retention";
+
+/// Setting: how often the engine vacuums every table by its retention in the background;
+/// `0 s` turns the background vacuum off.
+pub const VACUUM_INTERVAL: &str = "table.vacuum.interval";
+
 /// Setting (Flink's key): the longest time between checkpoints of a materialized table's
 /// operator state while its inputs change. A checkpoint is also written when the state has none,
 /// and when the changes since the last reach eight times the state's rows (which bounds what a
@@ -48,6 +61,10 @@ pub struct MaterializedSettings {
     pub checkpoint_interval: Freshness,
     /// How long VACUUM keeps files no manifest names.
     pub vacuum_orphan_grace: std::time::Duration,
+    /// How long tables keep their versions unless they say otherwise.
+    pub retention: std::time::Duration,
+    /// How often the background vacuum runs; `None` when it does not.
+    pub vacuum_interval: Option<std::time::Duration>,
 }
 
 impl Default for MaterializedSettings {
@@ -59,6 +76,8 @@ impl Default for MaterializedSettings {
             row_index_max_rows: 4_000_000,
             checkpoint_interval: Freshness::new(1, FreshnessUnit::Minute),
             vacuum_orphan_grace: freshet_storage::DEFAULT_ORPHAN_GRACE,
+            retention: DEFAULT_RETENTION,
+            vacuum_interval: Some(std::time::Duration::from_secs(3_600)),
         }
     }
 }
@@ -66,18 +85,23 @@ impl Default for MaterializedSettings {
 impl MaterializedSettings {
     /// Sets one setting by its key; `false` when the key is not a materialized-table setting.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
-        if key == VACUUM_ORPHAN_GRACE {
-            let zero = matches!(
-                value.trim().to_ascii_lowercase().as_str(),
-                "0" | "0 s" | "0s" | "0 ms" | "0ms"
-            );
-            self.vacuum_orphan_grace = match zero {
-                true => std::time::Duration::ZERO,
-                false => parse_duration(value)
-                    .map_err(|e| FreshetError::InvalidStatement(format!("setting '{key}': {e}")))?
-                    .duration(),
-            };
-            return Ok(true);
+        let duration = || {
+            parse_duration_or_zero(value).map_err(|e| FreshetError::InvalidStatement(format!("setting '{key}': {e}")))
+        };
+        match key {
+            VACUUM_ORPHAN_GRACE => {
+                self.vacuum_orphan_grace = duration()?;
+                return Ok(true);
+            }
+            RETENTION => {
+                self.retention = duration()?;
+                return Ok(true);
+            }
+            VACUUM_INTERVAL => {
+                self.vacuum_interval = Some(duration()?).filter(|d| !d.is_zero());
+                return Ok(true);
+            }
+            _ => {}
         }
         if key == ROW_INDEX_MAX_ROWS {
             self.row_index_max_rows = value.trim().parse().map_err(|_| {
@@ -108,7 +132,38 @@ impl MaterializedSettings {
             (ROW_INDEX_MAX_ROWS, self.row_index_max_rows.to_string()),
             (CHECKPOINT_INTERVAL, self.checkpoint_interval.to_string()),
             (VACUUM_ORPHAN_GRACE, format!("{} s", self.vacuum_orphan_grace.as_secs())),
+            (RETENTION, format_duration(self.retention)),
+            (
+                VACUUM_INTERVAL,
+                format_duration(self.vacuum_interval.unwrap_or_default()),
+            ),
         ]
+    }
+}
+
+/// How long tables keep their versions by default (Delta Lake's 7 days).
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3_600);
+
+/// [`parse_duration`], also accepting zero (`0`, `0 s`).
+pub fn parse_duration_or_zero(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let zero = matches!(
+        text.trim().to_ascii_lowercase().as_str(),
+        "0" | "0 s" | "0s" | "0 ms" | "0ms"
+    );
+    match zero {
+        true => Ok(std::time::Duration::ZERO),
+        false => parse_duration(text).map(|f| f.duration()),
+    }
+}
+
+/// A whole number of days, hours, minutes or seconds, as [`parse_duration`] reads it.
+pub fn format_duration(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        s if s > 0 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s if s > 0 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 
@@ -209,6 +264,11 @@ pub struct MaterializedDefinition {
 }
 
 impl MaterializedDefinition {
+    /// Its `'retention'` option.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        parse_duration_or_zero(self.options.get(RETENTION_OPTION)?).ok()
+    }
+
     /// The date formatter of a partition column (`partition.fields.<col>.date-formatter`).
     pub fn date_formatter(&self, column: &str) -> Option<&str> {
         self.options
@@ -325,6 +385,11 @@ pub fn check_options(name: &str, options: &[(String, String)], partitioned_by: &
         }
         match key.as_str() {
             "connector" | "format" => {}
+            RETENTION_OPTION => {
+                parse_duration_or_zero(value).map_err(|e| {
+                    FreshetError::InvalidStatement(format!("materialized table \"{name}\": option '{key}': {e}"))
+                })?;
+            }
             "sink.parallelism" => {
                 if !value.parse::<usize>().is_ok_and(|n| n > 0) {
                     return Err(FreshetError::InvalidStatement(format!(
@@ -336,7 +401,7 @@ pub fn check_options(name: &str, options: &[(String, String)], partitioned_by: &
             _ => {
                 return Err(FreshetError::InvalidStatement(format!(
                     "materialized table \"{name}\": unknown option '{key}' (known: \
-                     'partition.fields.<column>.date-formatter', 'sink.parallelism', 'connector', 'format')"
+                     'partition.fields.<column>.date-formatter', 'retention', 'sink.parallelism', 'connector', 'format')"
                 )));
             }
         }

@@ -2,7 +2,7 @@
 //! and replace the table's contents (or one partition) as one new version, committed together
 //! with the versions it read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
@@ -589,28 +589,26 @@ impl Engine {
         }
     }
 
-    /// Names of the materialized tables, sorted.
-    /// For each table a materialized table reads, the oldest version of it that some
-    /// materialized table's contents reflect (from their last refresh records).
-    pub(crate) fn versions_reflected(&self) -> HashMap<String, u64> {
-        let mut oldest: HashMap<String, u64> = HashMap::new();
-        for name in self.materialized_names() {
-            let Ok(table) = self.inner.catalog.table(&name) else {
-                continue;
-            };
-            let Some(record) = RefreshRecord::of(&table.snapshot()) else {
-                continue;
-            };
-            // A restore from the table's checkpoint reads the changes since its versions.
-            let checkpointed = super::checkpoint::checkpoint_inputs(&table).unwrap_or_default();
-            for (input, version) in record.inputs.into_iter().chain(checkpointed) {
-                let kept = oldest.entry(input).or_insert(version);
-                *kept = (*kept).min(version);
-            }
+    /// The input versions a materialized table's contents and its checkpoint reflect: the
+    /// changes since are what its next incremental refresh reads.
+    pub(crate) fn versions_reflected_by(&self, name: &str) -> BTreeMap<String, u64> {
+        let mut oldest = BTreeMap::new();
+        let Ok(table) = self.inner.catalog.table(name) else {
+            return oldest;
+        };
+        let Some(record) = RefreshRecord::of(&table.snapshot()) else {
+            return oldest;
+        };
+        // A restore from the table's checkpoint reads the changes since its versions.
+        let checkpointed = super::checkpoint::checkpoint_inputs(&table).unwrap_or_default();
+        for (input, version) in record.inputs.into_iter().chain(checkpointed) {
+            let kept = oldest.entry(input).or_insert(version);
+            *kept = (*kept).min(version);
         }
         oldest
     }
 
+    /// Names of the materialized tables, sorted.
     pub(crate) fn materialized_names(&self) -> Vec<String> {
         self.inner
             .catalog

@@ -186,6 +186,27 @@ impl Engine {
         }
     }
 
+    /// Starts the background vacuum when `table.vacuum.interval` has passed since the last one
+    /// started (or since the scheduler did), unless one is still running; the time of the next
+    /// one. It runs beside the refreshes, taking none of their slots.
+    fn launch_vacuum(&self, now: i64, work: &mut Work) -> Option<i64> {
+        let interval = millis_of(self.inner.materialized.settings().vacuum_interval?);
+        let last = *work.last_vacuum_ms.get_or_insert(now);
+        let due = last.saturating_add(interval);
+        if due > now {
+            return Some(due);
+        }
+        if work.vacuum.is_some() {
+            // Looked at again when it ends.
+            return None;
+        }
+        let engine = self.clone();
+        let task = tokio::spawn(async move { engine.vacuum_in_background().await });
+        work.vacuum = Some((task, work.iteration));
+        work.last_vacuum_ms = Some(now);
+        Some(now.saturating_add(interval))
+    }
+
     async fn scheduled_refresh(&self, name: &str, now: i64) {
         let materialized = &self.inner.materialized;
         let Ok(mut definition) = self.materialized_definition(name) else {
@@ -278,12 +299,23 @@ struct Work {
     /// Rounds asked for by `wait_for_refreshes`, with the iteration that looked at them: a
     /// round is done once nothing due at or before its iteration is waiting or refreshing.
     rounds: std::collections::VecDeque<(u64, u64)>,
+    /// The background vacuum running, with the iteration that started it.
+    vacuum: Option<(tokio::task::JoinHandle<()>, u64)>,
+    /// When the last background vacuum started (at first, when the scheduler did).
+    last_vacuum_ms: Option<i64>,
 }
 
 impl Work {
     /// The rounds done by now.
     fn finished_round(&mut self) -> Option<u64> {
-        let oldest = self.inflight.values().chain(self.waiting.values()).min().copied();
+        let vacuum = self.vacuum.as_ref().map(|(_, iteration)| iteration);
+        let oldest = self
+            .inflight
+            .values()
+            .chain(self.waiting.values())
+            .chain(vacuum)
+            .min()
+            .copied();
         let mut done = None;
         while let Some(&(iteration, round)) = self.rounds.front() {
             if oldest.is_some_and(|o| o <= iteration) {
@@ -305,6 +337,8 @@ async fn run(engine: Weak<EngineInner>) {
         waiting: HashMap::new(),
         iteration: 0,
         rounds: std::collections::VecDeque::new(),
+        vacuum: None,
+        last_vacuum_ms: None,
     };
     loop {
         let (sleep, wake, mut closing, mut commits) = {
@@ -321,6 +355,7 @@ async fn run(engine: Weak<EngineInner>) {
             let commits = engine.continuous_inputs();
             engine.mark_continuous_due(now);
             engine.launch_due(now, &mut work);
+            let vacuum_due = engine.launch_vacuum(now, &mut work);
             work.rounds.push_back((work.iteration, round));
             if let Some(done) = work.finished_round() {
                 materialized.processed.send_replace(done);
@@ -331,6 +366,7 @@ async fn run(engine: Weak<EngineInner>) {
                 .iter()
                 .filter(|n| !work.inflight.contains_key(*n) && !work.waiting.contains_key(*n))
                 .filter_map(|n| materialized.next_due(n))
+                .chain(vacuum_due)
                 .min();
             let sleep = match next {
                 Some(at) => materialized.clock.sleep_until(at),
@@ -355,10 +391,21 @@ async fn run(engine: Weak<EngineInner>) {
                 None => std::future::pending().await,
             }
         };
+        let vacuumed = async {
+            match work.vacuum.as_mut() {
+                Some((task, _)) => {
+                    if let Err(e) = task.await {
+                        tracing::warn!(error = %e, "the background vacuum's task failed");
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sleep => {}
             _ = wake.notified() => {}
             _ = committed => {}
+            _ = vacuumed => work.vacuum = None,
             ended = finished => {
                 let id = match ended {
                     Ok((id, ())) => id,
@@ -374,12 +421,20 @@ async fn run(engine: Weak<EngineInner>) {
             _ = closing.wait_for(|c| *c) => break,
         }
     }
-    // Closing: the refreshes under way finish (their commits land or not, never half).
+    // Closing: the refreshes under way finish (their commits land or not, never half), and
+    // so does a vacuum.
     while work.running.join_next().await.is_some() {}
+    if let Some((task, _)) = work.vacuum.take() {
+        let _ = task.await;
+    }
 }
 
 pub(crate) fn millis(freshness: Freshness) -> i64 {
-    i64::try_from(freshness.duration().as_millis()).unwrap_or(i64::MAX)
+    millis_of(freshness.duration())
+}
+
+fn millis_of(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A time formatted with a Java date pattern (UTC), for the partition of a schedule time.

@@ -211,6 +211,7 @@ const MATERIALIZED_TABLES: &str = "materialized_tables";
 const REFRESHES: &str = "refreshes";
 const JOBS: &str = "jobs";
 const SOURCES: &str = "sources";
+const RETENTION: &str = "retention";
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
@@ -220,6 +221,7 @@ impl SchemaProvider for SystemSchema {
             REFRESHES.into(),
             JOBS.into(),
             SOURCES.into(),
+            RETENTION.into(),
         ]
     }
 
@@ -232,6 +234,7 @@ impl SchemaProvider for SystemSchema {
             REFRESHES => refreshes_batch(&engine)?,
             JOBS => engine.jobs_batch(&engine.jobs()).await?,
             SOURCES => engine.sources_batch()?,
+            RETENTION => engine.retention_batch()?,
             _ => return Ok(None),
         };
         // Rows computed when a query names the table.
@@ -240,7 +243,7 @@ impl SchemaProvider for SystemSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        [MATERIALIZED_TABLES, REFRESHES, JOBS, SOURCES].contains(&name)
+        [MATERIALIZED_TABLES, REFRESHES, JOBS, SOURCES, RETENTION].contains(&name)
     }
 }
 

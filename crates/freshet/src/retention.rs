@@ -1,0 +1,193 @@
+//! Retention: how long each table keeps its versions, what holds older ones back, and the
+//! vacuum that removes the rest — asked for by `VACUUM`, and run by the scheduler every
+//! `table.vacuum.interval`.
+//!
+//! A table keeps every version current within its retention period (its `'retention'` option,
+//! else `table.retention`, 7 days), so time travel and change reads reach that far back. Older
+//! versions stay only while something needs them: an ACTIVE materialized table (the versions
+//! its contents and its checkpoint reflect: the changes since are its next refresh's input), a
+//! RUNNING job (the versions it has processed), a running query (its snapshot). A SUSPENDED or
+//! FAILED table holds nothing beyond the retention period: resumed later than that, it is
+//! refreshed in full.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use freshet_common::{FreshetError, Result};
+use freshet_sql::VacuumRetain;
+use freshet_storage::{Retain, VacuumReport};
+
+use crate::engine::Engine;
+use crate::materialized::Status;
+use crate::materialized::definition::format_duration;
+
+/// Versions of a table something holds back, from the oldest on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hold {
+    /// The oldest version held.
+    pub version: u64,
+    /// What holds it (`materialized table m`, `job 3f2a...`).
+    pub by: String,
+}
+
+impl Engine {
+    /// How long a table keeps its versions: its own `'retention'` option, else the engine's
+    /// `table.retention` setting.
+    pub(crate) fn retention_of(&self, name: &str) -> Duration {
+        self.table_retention(name)
+            .unwrap_or_else(|| self.inner.materialized.settings().retention)
+    }
+
+    /// A table's own `'retention'` option: a source table's, or a materialized table's.
+    fn table_retention(&self, name: &str) -> Option<Duration> {
+        if let Some(retention) = self.inner.streams.retention(name) {
+            return Some(retention);
+        }
+        self.materialized_definition(name).ok()?.retention()
+    }
+
+    /// What holds each table's older versions back, by table: ACTIVE materialized tables (the
+    /// input versions they and their checkpoints reflect) and RUNNING jobs (the versions they
+    /// have processed).
+    pub(crate) fn holds(&self) -> BTreeMap<String, Vec<Hold>> {
+        let mut holds: BTreeMap<String, Vec<Hold>> = BTreeMap::new();
+        for name in self.materialized_names() {
+            let active = self
+                .materialized_definition(&name)
+                .is_ok_and(|d| d.status == Status::Active);
+            if !active {
+                continue;
+            }
+            for (input, version) in self.versions_reflected_by(&name) {
+                holds.entry(input).or_default().push(Hold {
+                    version,
+                    by: format!("materialized table {name}"),
+                });
+            }
+        }
+        for job in self.jobs() {
+            if job.status != freshet_runtime::JobStatus::Running {
+                continue;
+            }
+            for (input, &version) in &job.inputs {
+                holds.entry(input.clone()).or_default().push(Hold {
+                    version,
+                    by: format!("job {}", job.id),
+                });
+            }
+        }
+        for list in holds.values_mut() {
+            list.sort_by_key(|h| h.version);
+        }
+        holds
+    }
+
+    /// Vacuums one table, or every table and the catalog (the directories of dropped tables):
+    /// removes the versions `retain` does not keep — by default what each table's retention
+    /// period does not keep — unless something holds them, then the files no kept version uses.
+    pub async fn vacuum(&self, table: Option<&str>, retain: Option<VacuumRetain>) -> Result<VacuumReport> {
+        let now = self.inner.materialized.clock.now_ms();
+        let since =
+            |period: Duration| Retain::Since(now.saturating_sub(i64::try_from(period.as_millis()).unwrap_or(i64::MAX)));
+        let rule = |name: &str| match retain {
+            Some(VacuumRetain::Versions(n)) => Retain::Versions(n),
+            Some(VacuumRetain::Period(period)) => since(period),
+            None => since(self.retention_of(name)),
+        };
+        let keep_from: HashMap<String, u64> = self
+            .holds()
+            .into_iter()
+            .filter_map(|(name, holds)| Some((name, holds.first()?.version)))
+            .collect();
+        let grace = self.inner.materialized.settings().vacuum_orphan_grace;
+        match table {
+            Some(name) => {
+                self.table(name)?
+                    .vacuum_keeping(rule(name), keep_from.get(name).copied(), grace)
+                    .await
+            }
+            None => self.inner.catalog.vacuum(rule, &keep_from, grace).await,
+        }
+    }
+
+    /// The scheduler's vacuum of every table by its retention; failures are logged (the next
+    /// run tries again).
+    pub(crate) async fn vacuum_in_background(&self) {
+        match self.vacuum(None, None).await {
+            Ok(report) if report.versions_removed > 0 || report.files_removed > 0 => tracing::info!(
+                versions = report.versions_removed,
+                files = report.files_removed,
+                bytes = report.bytes_removed,
+                "background vacuum"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "background vacuum failed"),
+        }
+    }
+
+    /// The system table `freshet.retention`: per stored table, how long it keeps its versions
+    /// (and whether the table or the engine says so), the oldest version something holds back
+    /// and what holds versions, and the SUSPENDED or FAILED materialized tables reading it,
+    /// which hold nothing beyond the retention period.
+    pub(crate) fn retention_batch(&self) -> Result<RecordBatch> {
+        let holds = self.holds();
+        let mut released: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in self.materialized_names() {
+            let Ok(definition) = self.materialized_definition(&name) else {
+                continue;
+            };
+            if definition.status != Status::Active {
+                for input in &definition.inputs {
+                    released
+                        .entry(input.clone())
+                        .or_default()
+                        .push(format!("materialized table {name} ({})", definition.status));
+                }
+            }
+        }
+        let tables = self.inner.catalog.tables();
+        let mut names = Vec::new();
+        let mut retention = Vec::new();
+        let mut set_by = Vec::new();
+        let mut held_from = Vec::new();
+        let mut held_by = Vec::new();
+        let mut not_held_by = Vec::new();
+        for (name, _) in &tables {
+            let own = self.table_retention(name);
+            retention.push(format_duration(self.retention_of(name)));
+            set_by.push(if own.is_some() { "table" } else { "engine" });
+            let table_holds = holds.get(name);
+            held_from.push(table_holds.and_then(|h| h.first()).map(|h| h.version));
+            held_by.push(table_holds.map(|h| {
+                h.iter()
+                    .map(|h| format!("{} from version {}", h.by, h.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }));
+            not_held_by.push(released.get(name).map(|r| r.join(", ")));
+            names.push(name.clone());
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("retention", DataType::Utf8, false),
+            Field::new("retention_set_by", DataType::Utf8, false),
+            Field::new("held_from_version", DataType::UInt64, true),
+            Field::new("held_by", DataType::Utf8, true),
+            Field::new("not_held_by", DataType::Utf8, true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(retention)),
+            Arc::new(StringArray::from(set_by)),
+            Arc::new(UInt64Array::from(held_from)),
+            Arc::new(StringArray::from(held_by)),
+            Arc::new(StringArray::from(not_held_by)),
+        ];
+        RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
+    }
+}
