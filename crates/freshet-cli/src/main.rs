@@ -237,8 +237,8 @@ async fn run(connection: &Connection, format: Format, interactive: bool, sources
     }
 }
 
-/// The data directory is open in another engine: run the scripts in it when it is a shell
-/// offering sessions.
+/// The data directory is open in another engine: run the statements in it when it is a shell
+/// or a server offering sessions.
 async fn in_other_engine(
     directory: &str,
     detail: &str,
@@ -247,26 +247,19 @@ async fn in_other_engine(
     sources: Vec<Source>,
 ) -> ExitCode {
     #[cfg(unix)]
-    if !interactive {
-        let mut scripts = Vec::new();
-        for source in scripts_of(sources) {
-            match read_source(&source) {
-                Ok((origin, sql)) => scripts.push(sessions::Script { origin, sql }),
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    return ExitCode::FAILURE;
-                }
-            }
+    match sessions::attach(std::path::Path::new(directory)).await {
+        Some(Ok(remote)) => return run(&Connection::Remote(Box::new(remote)), format, interactive, sources).await,
+        Some(Err(message)) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
         }
-        if let Some(status) = sessions::attach(std::path::Path::new(directory), format, scripts).await {
-            return ExitCode::from(status);
-        }
+        None => {}
     }
     #[cfg(not(unix))]
     let _ = (format, interactive, sources);
     eprintln!(
-        "error: {directory} is open in another program ({detail}); a freshet shell that has it open \
-         runs the statements of `freshet --data-dir ... -c/-f` given while it runs"
+        "error: {directory} is open in another program ({detail}); a freshet shell or `freshet serve` \
+         that has it open runs the statements of another `freshet --data-dir ...` given while it runs"
     );
     ExitCode::FAILURE
 }

@@ -31,8 +31,6 @@ pub(crate) enum Destination {
     Stdout,
     /// A file chosen with `\o`.
     File(std::fs::File),
-    /// Another session's connection (see `sessions`): each result is sent as one piece.
-    Channel(tokio::sync::mpsc::UnboundedSender<Vec<u8>>),
 }
 
 /// Prints statement results.
@@ -87,9 +85,6 @@ impl Printer {
                     out.write_all(&rendered).and_then(|()| out.flush())
                 }
                 Destination::File(file) => file.write_all(&rendered).and_then(|()| file.flush()),
-                Destination::Channel(sender) => sender
-                    .send(rendered)
-                    .map_err(|_| std::io::Error::other("the session has gone")),
             });
         written.map_err(|e| FreshetError::InvalidStatement(format!("cannot write the result: {e}")))
     }

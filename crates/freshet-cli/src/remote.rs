@@ -24,7 +24,7 @@ use crate::output::Printer;
 /// The user and database `freshet serve` knows.
 const DEFAULT_USER: &str = "freshet";
 /// `freshet serve`'s default port for the Postgres protocol.
-const DEFAULT_PORT: u16 = 5433;
+const DEFAULT_PORT: u16 = freshet_server::SOCKET_PORT;
 
 /// A connection to a server.
 pub(crate) struct Remote {
@@ -39,7 +39,12 @@ impl Remote {
     /// `key=value` form). Unset parts default to user and database `freshet`, port 5433, and
     /// the password in `FRESHET_PASSWORD`, else `PGPASSWORD`.
     pub(crate) async fn connect(url: &str) -> Result<Self, String> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| format!("error: {url}: {e}"))?;
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| format!("error: {url}: {e}"))?;
+        Self::connect_with(config).await
+    }
+
+    /// Connects as `config` says, with the defaults of [`Remote::connect`].
+    pub(crate) async fn connect_with(mut config: tokio_postgres::Config) -> Result<Self, String> {
         if config.get_hosts().is_empty() {
             config.host("localhost");
         }

@@ -143,6 +143,11 @@ pub(crate) async fn run(location: &str, matches: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // `freshet --data-dir ...` and `psql -h DIR/_freshet` reach the engine on its directory's socket.
+    #[cfg(unix)]
+    {
+        options.pg_socket_dir = crate::sessions::socket_dir_of(&engine);
+    }
     let server = match Server::start(engine.clone(), options).await {
         Ok(server) => server,
         Err(e) => {
@@ -153,6 +158,13 @@ pub(crate) async fn run(location: &str, matches: &ArgMatches) -> ExitCode {
     };
     if let Some(pg) = server.pg_address() {
         eprintln!("Postgres protocol on {pg}: psql -h {} -p {}", pg.ip(), pg.port());
+    }
+    if let Some(socket) = server.pg_socket().and_then(|s| s.parent()) {
+        eprintln!(
+            "Postgres protocol on the Unix socket in {}: psql -h {} -p 5433",
+            socket.display(),
+            socket.display()
+        );
     }
     if let Some(http) = server.http_address() {
         eprintln!("HTTP on http://{http} (POST /api/v1/sql, GET /metrics, /health)");

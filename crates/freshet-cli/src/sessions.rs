@@ -1,177 +1,59 @@
-//! Other sessions of a running shell's engine.
+//! Other sessions of the engine that holds a data directory.
 //!
 //! A data directory is opened by one engine at a time (it is locked). So that statements can
-//! still be run against a directory while a shell has it open — a script inserting rows while
-//! the shell `\watch`es a materialized table — the interactive shell listens on a Unix socket
-//! in the directory (`_freshet/sessions.sock`), and a `freshet -c/-f` that finds the directory
-//! locked sends its statements there instead. They run in the shell's engine as a session of
-//! their own; results come back in the requested format, errors on standard error, and the
-//! exit status is what it would have been.
-//!
-//! The protocol is newline-delimited JSON: one [`Request`], then [`Reply`] lines.
+//! still be run against a directory while a shell or `freshet serve` has it open — a script
+//! inserting rows while the shell `\watch`es a materialized table — both serve the Postgres
+//! protocol on a Unix socket in the directory (`_freshet/.s.PGSQL.5433`, for this user only),
+//! and a `freshet` that finds the directory locked connects there, as `--connect` would: its
+//! statements run in the other engine as a session of their own. psql reaches the same socket
+//! with `psql -h DIR/_freshet -p 5433 -U freshet`.
 
 use std::path::{Path, PathBuf};
 
 use freshet::Engine;
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use freshet_server::{RunningServer, Server, ServerOptions};
 
-use crate::output::{Destination, Format, Printer};
+use crate::remote::Remote;
 
-/// The socket's place in a data directory.
-fn socket_path(directory: &Path) -> PathBuf {
-    directory.join("_freshet").join("sessions.sock")
+/// Where the socket of the engine holding `directory` is.
+fn socket_dir(directory: &Path) -> PathBuf {
+    directory.join("_freshet")
 }
 
-/// What a session asks for: scripts to run in order, results in `format`.
-#[derive(Serialize, Deserialize)]
-struct Request {
-    format: Format,
-    scripts: Vec<Script>,
+/// The socket directory of the engine's data directory; `None` when its location is not a
+/// local directory.
+pub(crate) fn socket_dir_of(engine: &Engine) -> Option<PathBuf> {
+    let dir = socket_dir(Path::new(engine.location()));
+    dir.is_dir().then_some(dir)
 }
 
-/// SQL text and where it came from (for error messages).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Script {
-    pub origin: String,
-    pub sql: String,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Reply {
-    /// Output for standard output.
-    Out(String),
-    /// A message for standard error.
-    Err(String),
-    /// The end: the exit status.
-    Exit(u8),
-}
-
-/// The listening side, for as long as it is kept; dropping it stops listening and removes the
-/// socket.
-pub(crate) struct Listener {
-    path: PathBuf,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+/// Serves the engine on its directory's socket for as long as the server is kept (a shell's
+/// sessions). `None` when the location is not a local directory or the socket cannot be made
+/// (then sessions are not offered; the shell works as before).
+pub(crate) async fn offer(engine: &Engine) -> Option<RunningServer> {
+    let options = ServerOptions {
+        pg_listen: None,
+        http_listen: None,
+        pg_socket_dir: Some(socket_dir_of(engine)?),
+        ..ServerOptions::default()
+    };
+    match Server::start(engine.clone(), options).await {
+        Ok(server) => Some(server),
+        Err(e) => {
+            eprintln!("note: other sessions cannot reach this shell ({e})");
+            None
+        }
     }
 }
 
-/// Starts accepting sessions for the engine's data directory. `None` when the engine's location
-/// is not a local directory or the socket cannot be created (then sessions are simply not
-/// offered; the shell works as before).
-pub(crate) fn listen(engine: &Engine) -> Option<Listener> {
-    let directory = Path::new(engine.location());
-    if !directory.join("_freshet").is_dir() {
+/// A connection to the engine holding `directory`, or why there is none; `None` when nothing
+/// serves its socket (the directory is held by another program).
+pub(crate) async fn attach(directory: &Path) -> Option<Result<Remote, String>> {
+    let socket_dir = socket_dir(directory);
+    if !freshet_server::socket_file(&socket_dir).exists() {
         return None;
     }
-    let path = socket_path(directory);
-    // This engine holds the directory's lock, so a socket already there was left by an engine
-    // that was killed.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).ok()?;
-    let engine = engine.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(engine.clone(), stream));
-        }
-    });
-    Some(Listener { path, task })
-}
-
-/// Runs one session's request and sends back its output.
-async fn serve(engine: Engine, stream: UnixStream) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let request = match lines.next_line().await {
-        Ok(Some(line)) => serde_json::from_str::<Request>(&line),
-        _ => return,
-    };
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => {
-            let _ = send(
-                &mut write,
-                &Reply::Err(format!("error: a malformed session request: {e}")),
-            )
-            .await;
-            let _ = send(&mut write, &Reply::Exit(2)).await;
-            return;
-        }
-    };
-    let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
-    let run = tokio::spawn(async move {
-        let mut printer = Printer::new(request.format);
-        printer.destination = Destination::Channel(sender);
-        for script in request.scripts {
-            crate::script::run_script(&engine, &mut printer, &script.origin, &script.sql).await?;
-        }
-        Ok::<(), String>(())
-    });
-    while let Some(result) = results.recv().await {
-        let text = String::from_utf8_lossy(&result).into_owned();
-        if send(&mut write, &Reply::Out(text)).await.is_err() {
-            // The other side has gone: cancel what it was running.
-            run.abort();
-            return;
-        }
-    }
-    let status = match run.await {
-        Ok(Ok(())) => 0,
-        Ok(Err(message)) => {
-            let _ = send(&mut write, &Reply::Err(message)).await;
-            1
-        }
-        Err(e) => {
-            let _ = send(&mut write, &Reply::Err(format!("error: the session failed: {e}"))).await;
-            1
-        }
-    };
-    let _ = send(&mut write, &Reply::Exit(status)).await;
-}
-
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    write.write_all(&line).await
-}
-
-/// Runs `scripts` in the engine of the shell that has `directory` open. `None` when no shell
-/// listens there (the directory is held by another program); otherwise the exit status.
-pub(crate) async fn attach(directory: &Path, format: Format, scripts: Vec<Script>) -> Option<u8> {
-    let stream = UnixStream::connect(socket_path(directory)).await.ok()?;
-    let (read, mut write) = stream.into_split();
-    let request = Request { format, scripts };
-    let status = async {
-        let mut line = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        write.write_all(&line).await?;
-        let mut lines = BufReader::new(read).lines();
-        while let Some(line) = lines.next_line().await? {
-            match serde_json::from_str::<Reply>(&line).map_err(std::io::Error::other)? {
-                Reply::Out(text) => {
-                    use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(text.as_bytes())?;
-                    out.flush()?;
-                }
-                Reply::Err(message) => eprintln!("{message}"),
-                Reply::Exit(status) => return Ok(status),
-            }
-        }
-        Err(std::io::Error::other("the shell closed the session"))
-    };
-    Some(status.await.unwrap_or_else(|e: std::io::Error| {
-        eprintln!(
-            "error: session with the shell that has {} open: {e}",
-            directory.display()
-        );
-        1
-    }))
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(&socket_dir);
+    Some(Remote::connect_with(config).await)
 }

@@ -62,7 +62,10 @@ pub(crate) async fn run(connection: &Connection, mut printer: Printer) -> ExitCo
     printer.progress = true;
     // Other `freshet` commands on this directory run in this engine while the shell is open.
     #[cfg(unix)]
-    let _sessions = connection.engine().map(crate::sessions::listen);
+    let _sessions = match connection.engine() {
+        Some(engine) => crate::sessions::offer(engine).await,
+        None => None,
+    };
     let mut buffer = String::new();
     let mut failed = FailedTables::default();
     if let Some(engine) = connection.engine() {

@@ -31,6 +31,7 @@ pub mod pg;
 pub mod security;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,18 @@ pub struct ServerOptions {
     pub http_token: Option<Secret>,
     /// TLS for both protocols (`None`: plain TCP).
     pub tls: Option<TlsFiles>,
+    /// A directory to serve the Postgres protocol in on a Unix socket as well, named as
+    /// Postgres names it ([`socket_file`]), readable and writable by this user only (`psql -h DIR
+    /// -p 5433`). The password, when set, is asked there too.
+    pub pg_socket_dir: Option<PathBuf>,
+}
+
+/// The port in the name of the Unix socket a server creates in [`ServerOptions::pg_socket_dir`].
+pub const SOCKET_PORT: u16 = 5433;
+
+/// The Unix socket's file in `directory`, as Postgres clients look for it.
+pub fn socket_file(directory: &Path) -> PathBuf {
+    directory.join(format!(".s.PGSQL.{SOCKET_PORT}"))
 }
 
 impl Default for ServerOptions {
@@ -71,6 +84,7 @@ impl Default for ServerOptions {
             password: None,
             http_token: None,
             tls: None,
+            pg_socket_dir: None,
         }
     }
 }
@@ -111,16 +125,35 @@ impl Server {
             }
             None => None,
         };
+        #[cfg(unix)]
+        let socket = options.pg_socket_dir.as_deref().map(unix_listener).transpose()?;
+        #[cfg(not(unix))]
+        let socket: Option<(PathBuf, ())> = None;
         let mut pg_address = None;
+        let mut pg_listeners = Vec::new();
         if let Some(listener) = pg_listener {
             pg_address = listener.local_addr().ok();
+            let acceptor = tls.as_ref().map(|tls| tls.postgres.clone());
+            pg_listeners.push(pg::PgListener::Tcp(listener, acceptor));
+        }
+        let mut pg_socket = None;
+        #[cfg(unix)]
+        if let Some((path, listener)) = socket {
+            pg_socket = Some(path);
+            pg_listeners.push(pg::PgListener::Unix(listener));
+        }
+        #[cfg(not(unix))]
+        let _ = socket;
+        if !pg_listeners.is_empty() {
             let backend = Arc::new(pg::Backend::new(engine.clone())?);
             let mut handlers = pg::PgHandlers::new(backend, activity.clone());
             if let Some(password) = &options.password {
                 handlers = handlers.with_password(password, tls.as_ref());
             }
-            let acceptor = tls.as_ref().map(|tls| tls.postgres.clone());
-            tasks.spawn(pg::serve(listener, Arc::new(handlers), acceptor, stopped.clone()));
+            let handlers = Arc::new(handlers);
+            for listener in pg_listeners {
+                tasks.spawn(pg::serve(listener, handlers.clone(), stopped.clone()));
+            }
         }
         let mut http_address = None;
         if let Some(listener) = http_listener {
@@ -162,6 +195,7 @@ impl Server {
         Ok(RunningServer {
             engine,
             pg_address,
+            pg_socket,
             http_address,
             stop,
             tasks,
@@ -169,6 +203,26 @@ impl Server {
             grace: options.shutdown_grace,
         })
     }
+}
+
+/// Binds the Unix socket in `directory`, replacing a file left by a server that was killed,
+/// for this user only.
+#[cfg(unix)]
+fn unix_listener(directory: &Path) -> Result<(PathBuf, tokio::net::UnixListener), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_file(directory);
+    let failed = |source| ServerError::Listen {
+        address: path.display().to_string(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(failed)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    Ok((path, listener))
 }
 
 async fn listen(address: &str) -> Result<TcpListener, ServerError> {
@@ -229,6 +283,8 @@ impl Drop for Running {
 pub struct RunningServer {
     engine: Engine,
     pg_address: Option<SocketAddr>,
+    /// The Unix socket's file, removed when the server is dropped.
+    pg_socket: Option<PathBuf>,
     http_address: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -240,6 +296,11 @@ impl RunningServer {
     /// The address the Postgres protocol is served on.
     pub fn pg_address(&self) -> Option<SocketAddr> {
         self.pg_address
+    }
+
+    /// The Unix socket the Postgres protocol is served on.
+    pub fn pg_socket(&self) -> Option<&Path> {
+        self.pg_socket.as_deref()
     }
 
     /// The address HTTP is served on.
@@ -270,7 +331,17 @@ impl RunningServer {
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        self.engine.close().await;
+        self.engine.clone().close().await;
+    }
+}
+
+impl Drop for RunningServer {
+    /// Stops serving at once (connections are aborted) and removes the Unix socket.
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        if let Some(path) = &self.pg_socket {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -273,24 +273,47 @@ fn rows(
         .flatten()
 }
 
+/// Where Postgres connections come from.
+pub(crate) enum PgListener {
+    /// TCP, with TLS when configured.
+    Tcp(TcpListener, Option<TlsAcceptor>),
+    /// A Unix socket (local clients: psql `-h DIR`, another `freshet` on the same directory).
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl PgListener {
+    /// The next connection, as the future that serves it.
+    async fn accept(
+        &self,
+        handlers: &Arc<PgHandlers>,
+    ) -> std::io::Result<futures::future::BoxFuture<'static, std::io::Result<()>>> {
+        let handlers = handlers.clone();
+        match self {
+            PgListener::Tcp(listener, tls) => {
+                let (socket, _) = listener.accept().await?;
+                let _ = socket.set_nodelay(true);
+                Ok(Box::pin(pgwire::tokio::process_socket(socket, tls.clone(), handlers)))
+            }
+            #[cfg(unix)]
+            PgListener::Unix(listener) => {
+                let (socket, _) = listener.accept().await?;
+                Ok(Box::pin(pgwire::tokio::process_socket_unix(socket, handlers)))
+            }
+        }
+    }
+}
+
 /// Accepts connections until `stopped`; the connections keep running until this future is
 /// dropped (the server's shutdown cancels them after its grace period).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    handlers: Arc<PgHandlers>,
-    tls: Option<TlsAcceptor>,
-    mut stopped: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(listener: PgListener, handlers: Arc<PgHandlers>, mut stopped: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => {
-                    let _ = socket.set_nodelay(true);
-                    let handlers = handlers.clone();
-                    let tls = tls.clone();
+            accepted = listener.accept(&handlers) => match accepted {
+                Ok(connection) => {
                     connections.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                        if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "Postgres connection ended with an error");
                         }
                     });

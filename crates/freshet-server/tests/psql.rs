@@ -86,3 +86,39 @@ async fn psql_runs_statements_and_describes_tables() {
     assert!(error.contains("42P01"), "{error}");
     server.shutdown().await;
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_connects_over_the_unix_socket_which_only_this_user_may_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = freshet::Engine::builder().location("memory://").open().await.unwrap();
+    let options = freshet_server::ServerOptions {
+        pg_listen: None,
+        http_listen: None,
+        pg_socket_dir: Some(dir.path().to_path_buf()),
+        ..crate::options()
+    };
+    let server = freshet_server::Server::start(engine, options).await.unwrap();
+    let socket = server.pg_socket().expect("a socket").to_path_buf();
+    assert_eq!(socket, freshet_server::socket_file(dir.path()));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let mut command = Command::new("psql");
+    command
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-h"])
+        .arg(dir.path())
+        .args(["-p", "5433", "-U", "freshet", "-d", "freshet"])
+        .args(["-c", "CREATE TABLE t (x INT)", "-c", "INSERT INTO t VALUES (4), (5)"])
+        .args(["-c", "SELECT sum(x) FROM t"]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.lines().any(|l| l == "9"), "{stdout}");
+    // A server that is dropped takes its socket with it.
+    drop(server);
+    assert!(!socket.exists());
+}
