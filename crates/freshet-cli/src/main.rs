@@ -50,6 +50,17 @@ fn command() -> Command {
                 .help("Keep all data in memory; nothing is written to disk"),
         )
         .arg(
+            Arg::new("memory-limit")
+                .long("memory-limit")
+                .value_name("SIZE")
+                .global(true)
+                .value_parser(|v: &str| freshet::parse_size(v).map(|b| usize::try_from(b).unwrap_or(usize::MAX)))
+                .help(
+                    "Memory the engine may use for queries, operator state and rows statements hold (e.g. 4gb); \
+                     past it a statement or table fails with an error instead (default: no limit)",
+                ),
+        )
+        .arg(
             Arg::new("connect")
                 .long("connect")
                 .value_name("URL")
@@ -205,7 +216,11 @@ fn main() -> ExitCode {
         });
     }
     runtime.block_on(async move {
-        let engine = match Engine::builder().location(&location).open().await {
+        let mut builder = Engine::builder().location(&location);
+        if let Some(&limit) = matches.get_one::<usize>("memory-limit") {
+            builder = builder.memory_limit(limit);
+        }
+        let engine = match builder.open().await {
             Ok(engine) => engine,
             Err(FreshetError::Locked {
                 location: directory,

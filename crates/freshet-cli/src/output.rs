@@ -12,8 +12,7 @@ use freshet::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use freshet::datafusion::arrow::util::pretty::pretty_format_batches;
 
 /// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
     /// Aligned table with a row count.
     Table,

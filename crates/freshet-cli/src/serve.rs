@@ -122,7 +122,10 @@ pub(crate) async fn run(location: &str, matches: &ArgMatches) -> ExitCode {
     };
 
     let builder = match Engine::builder().location(location).allowed_paths(allowed_paths) {
-        Ok(builder) => builder,
+        Ok(builder) => match matches.get_one::<usize>("memory-limit") {
+            Some(&limit) => builder.memory_limit(limit),
+            None => builder,
+        },
         Err(e) => {
             eprintln!("error: server.allowed-paths: {e}");
             return ExitCode::FAILURE;

@@ -16,6 +16,7 @@
 
 mod catalog;
 mod changes;
+mod held;
 pub mod instrumented;
 mod keys;
 mod layout;
@@ -36,6 +37,7 @@ mod write;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogManifest, TableSlot};
 pub use changes::ChangeSet;
+pub use held::HeldRows;
 pub use location::Location;
 pub use maintenance::{DEFAULT_ORPHAN_GRACE, Retain, VacuumReport};
 pub use manifest::{

@@ -435,7 +435,7 @@ impl DataSink for InsertSink {
         &self.schema
     }
 
-    async fn write_all(&self, data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
+    async fn write_all(&self, data: SendableRecordBatchStream, context: &Arc<TaskContext>) -> DfResult<u64> {
         let operation = match self.op {
             InsertOp::Append => "INSERT",
             InsertOp::Overwrite => "INSERT OVERWRITE",
@@ -448,7 +448,7 @@ impl DataSink for InsertSink {
                 delete_matching(&mut txn, |_| Ok(None)).await?;
                 append(&mut txn, data).await?
             }
-            InsertOp::Replace => replace(&mut txn, data).await?,
+            InsertOp::Replace => replace(&mut txn, data, context.memory_pool()).await?,
         };
         txn.commit().await?;
         Ok(count)
@@ -465,7 +465,11 @@ async fn append(txn: &mut Transaction, mut data: SendableRecordBatchStream) -> R
 }
 
 /// Upsert: rows whose primary key exists replace the existing rows.
-async fn replace(txn: &mut Transaction, data: SendableRecordBatchStream) -> Result<u64> {
+async fn replace(
+    txn: &mut Transaction,
+    mut data: SendableRecordBatchStream,
+    pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+) -> Result<u64> {
     let base = txn.base().clone();
     if base.primary_key().is_empty() {
         return Err(FreshetError::InvalidStatement(format!(
@@ -473,26 +477,35 @@ async fn replace(txn: &mut Transaction, data: SendableRecordBatchStream) -> Resu
             base.table_name()
         )));
     }
-    let batches: Vec<RecordBatch> = data.try_collect().await?;
     let encoder = crate::keys::KeyEncoder::new(&base)?;
+    let mut held = crate::HeldRows::new(pool, format!("upsert into \"{}\"", base.table_name()));
     let mut incoming = HashSet::new();
-    for batch in &batches {
-        for row in encoder.encode(batch)?.iter() {
+    while let Some(batch) = data.try_next().await? {
+        let keys = encoder.encode(&batch)?;
+        let mut key_bytes = 0;
+        for row in keys.iter() {
+            key_bytes += row.as_ref().len() + KEY_OVERHEAD;
             incoming.insert(row.owned());
         }
+        held.push(batch, key_bytes)?;
     }
+    let batches = held.batches();
     delete_matching(txn, |batch| {
         let rows = encoder.encode(batch)?;
         Ok(Some(rows.iter().map(|r| Some(incoming.contains(&r.owned()))).collect()))
     })
     .await?;
     let mut count = 0;
-    for batch in &batches {
+    for batch in batches {
         count += batch.num_rows() as u64;
         txn.insert(batch).await?;
     }
     Ok(count)
 }
+
+/// Bytes a key set spends per key beside the key's own bytes (the owned row and the hash
+/// table's slot), for memory accounting.
+const KEY_OVERHEAD: usize = 48;
 
 /// Upserts by primary key: every row of the base version whose key is the key of a row of
 /// `upserted` or of `deleted` is deleted, then `upserted` is inserted. Finding the rows scans

@@ -113,7 +113,8 @@ impl Engine {
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
-        let mut new_rows = Vec::new();
+        let pool = self.inner.ctx.runtime_env().memory_pool.clone();
+        let mut new_rows = freshet_storage::HeldRows::new(&pool, format!("UPDATE of \"{name}\""));
         let mut updated = 0;
         while let Some(batch) = rows.try_next().await? {
             let old = batch
@@ -134,9 +135,9 @@ impl Engine {
             }
             // NOT NULL is checked when the rows are inserted, which names the column.
             let new = RecordBatch::try_new(loose.clone(), values).map_err(|e| FreshetError::Internal(e.to_string()))?;
-            new_rows.push(new);
+            new_rows.push(new, 0)?;
         }
-        for batch in &new_rows {
+        for batch in new_rows.batches() {
             txn.insert(batch).await?;
         }
         txn.commit().await?;

@@ -59,6 +59,7 @@ pub use engine::{DEFAULT_LOCATION, Engine, EngineBuilder};
 pub use freshet_common::{
     ChangeBatch, Clock, ErrorDomain, FreshetError, ManualClock, Result, SharedClock, SystemClock, WEIGHT_COLUMN,
 };
+pub use freshet_runtime::connector::parse_size;
 pub use freshet_runtime::{Job, JobInfo, JobStatus};
 pub use freshet_sql::ParsedStatement as Statement;
 pub use freshet_sql::{Freshness, FreshnessUnit, RefreshMode};

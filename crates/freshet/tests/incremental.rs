@@ -716,6 +716,51 @@ async fn operator_state_over_the_memory_limit_is_an_error_of_that_table() {
     engine.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_holding_rows_over_the_memory_limit_fail_and_commit_nothing() {
+    let engine = Engine::builder()
+        .location("memory://")
+        .memory_limit(1 << 20)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT);
+             INSERT INTO t SELECT value, value * 2 FROM generate_series(1, 200000);",
+        )
+        .await
+        .unwrap();
+    let total = "SELECT sum(v) FROM t";
+    let before = value(&engine, total).await;
+    // An UPDATE holds its new rows until every old one is deleted.
+    let error = engine.sql("UPDATE t SET v = v + 1").await.unwrap_err().to_string();
+    assert!(
+        error.contains("UPDATE of \"t\"") && error.contains("memory limit"),
+        "{error}"
+    );
+    assert_eq!(value(&engine, total).await, before);
+    engine.sql("UPDATE t SET v = v + 1 WHERE id <= 10").await.unwrap();
+    assert_eq!(value(&engine, "SELECT sum(v) FROM t WHERE id <= 10").await, "120");
+    // An upsert holds its input and its keys.
+    let error = engine
+        .sql("INSERT OR REPLACE INTO t SELECT value, 0 FROM generate_series(1, 200000)")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("upsert into \"t\"") && error.contains("memory limit"),
+        "{error}"
+    );
+    assert_eq!(value(&engine, "SELECT count(*) FROM t WHERE v = 0").await, "0");
+    engine
+        .sql("INSERT OR REPLACE INTO t VALUES (1, 0), (200001, 0)")
+        .await
+        .unwrap();
+    assert_eq!(value(&engine, "SELECT count(*) FROM t WHERE v = 0").await, "2");
+    engine.close().await;
+}
+
 /// Epochs of more than `freshet_common::PARALLEL_MIN_ROWS` changes step the aggregates' parts,
 /// and the row index's, on threads of their own: the results still equal batch evaluation,
 /// with integer and row-encoded group keys, NULL keys, multisets (MIN/MAX/DISTINCT), groups
