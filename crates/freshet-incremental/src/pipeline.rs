@@ -44,6 +44,9 @@ pub struct PipelineOptions {
     /// change has touched for so long (ms of the epochs' time). Its row is then final, and a
     /// later row of the group starts it anew, as in Flink.
     pub state_ttl_ms: Option<i64>,
+    /// The tables whose rows are only ever appended (streams' source tables): over them a
+    /// top-N keeps only the rows at its ranks, since no row below can ever rise into them.
+    pub append_only_sources: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -87,6 +90,7 @@ impl Pipeline {
             event_times,
             emit_on_close,
             state_ttl_ms,
+            append_only_sources,
         } = options;
         let (event_times, emit_on_close, state_ttl_ms) = (event_times, *emit_on_close, *state_ttl_ms);
         let joined = scalar_subqueries_as_joins(plan)?;
@@ -99,6 +103,7 @@ impl Pipeline {
             event_times,
             emit_on_close,
             state_ttl_ms,
+            append_only_sources,
         };
         let root = build(plan, &mut cx)?;
         let schema = arrow_schema(plan.schema());

@@ -90,6 +90,31 @@ pub(crate) struct Context<'a> {
     pub emit_on_close: bool,
     /// Other aggregates forget groups untouched for so long (ms).
     pub state_ttl_ms: Option<i64>,
+    /// The tables whose rows are only ever appended.
+    pub append_only_sources: &'a BTreeSet<String>,
+}
+
+/// Whether the rows `operator` (built for `plan`) outputs are only ever inserted: every table
+/// below is one whose rows are only appended, and no operator below retracts what it output.
+fn only_inserts(plan: &LogicalPlan, operator: &dyn Operator, cx: &Context<'_>) -> bool {
+    fn updates(operator: &dyn Operator) -> bool {
+        if operator.updates() {
+            return true;
+        }
+        !operator.final_output() && operator.inputs().into_iter().any(updates)
+    }
+    let mut appended = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            appended &= (cx.resolve)(scan).is_some_and(|name| cx.append_only_sources.contains(&name));
+        }
+        Ok(if appended {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    appended && !updates(operator)
 }
 
 /// The columns of each source table that the plan's scans read — their projections and the
@@ -217,7 +242,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Sort(sort) => {
             let input = build(&sort.input, cx)?;
             let fetch = sort.fetch.unwrap_or(usize::MAX);
-            Box::new(top_n(input, &sort.input, &[], &sort.expr, 0, fetch, false, schema)?)
+            Box::new(top_n(input, &sort.input, &[], &sort.expr, 0, fetch, false, schema, cx)?)
         }
         LogicalPlan::Limit(limit) => {
             let (skip, fetch) = match (limit.get_skip_type()?, limit.get_fetch_type()?) {
@@ -261,6 +286,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
                 fetch,
                 false,
                 arrow_schema(sort.input.schema()),
+                cx,
             )?);
             for projection in projections.into_iter().rev() {
                 let exprs = projection
@@ -347,7 +373,10 @@ fn top_n(
     fetch: usize,
     row_number: bool,
     schema: SchemaRef,
+    cx: &Context<'_>,
 ) -> Result<TopN, BuildError> {
+    // Over rows that are only inserted, a row below the kept ranks never rises into them.
+    let top_only = only_inserts(input_plan, input.as_ref(), cx);
     let input_schema = input_plan.schema();
     let (partition, partition_types, order) = partition_and_order(partition_by, order_by, input_schema)?;
     let sorted: Vec<String> = order_by.iter().map(ToString::to_string).collect();
@@ -357,7 +386,7 @@ fn top_n(
     } else {
         fetch.to_string()
     };
-    let display = if row_number {
+    let mut display = if row_number {
         format!(
             "TopN per group: group=[{}] order=[{}] ranks 1..={limit}",
             groups.join(", "),
@@ -366,6 +395,10 @@ fn top_n(
     } else {
         format!("TopN: order=[{}] offset={skip} limit={limit}", sorted.join(", "))
     };
+    let top_only = top_only && fetch != usize::MAX;
+    if top_only {
+        display.push_str(" keeping the top rows only (its input only inserts)");
+    }
     Ok(TopN::new(
         input,
         TopNSpec {
@@ -375,6 +408,7 @@ fn top_n(
             skip,
             fetch,
             row_number,
+            top_only,
             input_schema: arrow_schema(input_schema),
             schema,
             display,
@@ -475,6 +509,7 @@ fn row_number_filter(filter: &logical::Filter, cx: &mut Context<'_>) -> Result<B
         usize::try_from(limit.max(0)).unwrap_or(0),
         true,
         arrow_schema(&window.schema),
+        cx,
     )?;
     // A window top-N (partitioned by a window's end over an event time) forgets the windows
     // the watermark closes; a job emits their rows then.

@@ -59,6 +59,12 @@ impl Streams {
         tables.get(name)?.retention
     }
 
+    /// The tables whose rows are only ever appended: source tables (their rows come from
+    /// ingestion, and UPDATE and DELETE are refused).
+    pub(crate) fn append_only(&self) -> std::collections::BTreeSet<String> {
+        self.sources().into_iter().map(|(name, _)| name).collect()
+    }
+
     /// The connector tables that are sources, by name.
     fn sources(&self) -> Vec<(String, Arc<Source>)> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());

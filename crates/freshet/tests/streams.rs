@@ -497,6 +497,44 @@ async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
     engine.close().await;
 }
 
+/// A top-N over a stream's rows, which are only appended, keeps only the rows at its ranks
+/// (a row below them can never rise): its state stays at groups × n however many rows come,
+/// and the job writes what the query gives in batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_n_over_a_stream_keeps_only_its_top_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = clocked_engine(dir.path(), &clock).await;
+    monitored_source(&engine, &input).await;
+    engine
+        .sql("CREATE TABLE best (g BIGINT, v BIGINT, rn BIGINT, PRIMARY KEY (g, rn))")
+        .await
+        .unwrap();
+    let query = "SELECT * FROM (SELECT id % 5 AS g, v, ROW_NUMBER() OVER (PARTITION BY id % 5 ORDER BY v DESC, id) \
+                 AS rn FROM s) WHERE rn <= 2";
+    engine.sql(&format!("INSERT INTO best {query}")).await.unwrap();
+    let job = engine.job(&engine.jobs()[0].id).unwrap();
+    // Values rise and fall from file to file, so the top rows change now and then.
+    let mut expected_rows = 0;
+    for (file, (from, to)) in [(0, 200), (200, 300), (300, 600), (600, 650)].into_iter().enumerate() {
+        let text: String = (from..to)
+            .map(|i: i64| format!("{{\"id\": {i}, \"v\": {}}}\n", (i * 7919) % 1000))
+            .collect();
+        place(&input, &format!("{file}.json"), &text);
+        expected_rows += (to - from) as u64;
+        wait_for_rows(&job, expected_rows, |i| i.rows_in).await;
+    }
+    let state = job_state_rows(&engine).await;
+    assert!(state <= 10, "5 groups of 2 rows, not every row: {state}");
+    let got = crate::incremental::multiset(&engine.sql("SELECT g, v, rn FROM best").await.unwrap());
+    let want = crate::incremental::multiset(&engine.sql(query).await.unwrap());
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 10);
+    engine.close().await;
+}
+
 /// `Engine::subscribe`: the rows at the start, then each version's consolidated changes in
 /// commit order, deletions first, as they commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,9 @@ pub(crate) struct TopNSpec {
     pub fetch: usize,
     /// Append the rank (1-based) as a column, as ROW_NUMBER() does.
     pub row_number: bool,
+    /// The input only inserts: each group keeps only its rows at ranks below `skip + fetch`
+    /// (a row below them can never rise), and a retraction is an error.
+    pub top_only: bool,
     pub input_schema: SchemaRef,
     pub schema: SchemaRef,
     pub display: String,
@@ -66,6 +69,30 @@ pub(super) fn add_ordered(ranked: &mut Ranked, key: (RowKey, RowKey), weight: i6
         }
         (true, true) => (0, 0),
     }
+}
+
+/// Keeps the first `kept` rows (counting multiplicities) of ordered rows; returns the entries
+/// and bytes dropped.
+fn keep_first(ranked: &mut Ranked, kept: usize) -> (u64, u64) {
+    let mut seen = 0usize;
+    let mut cut = None;
+    for (key, n) in ranked.iter_mut() {
+        let n_rows = usize::try_from((*n).max(0)).unwrap_or(usize::MAX);
+        if seen >= kept {
+            cut = Some(key.clone());
+            break;
+        }
+        if seen.saturating_add(n_rows) > kept {
+            *n = i64::try_from(kept - seen).unwrap_or(i64::MAX);
+        }
+        seen = seen.saturating_add(n_rows);
+    }
+    let Some(cut) = cut else {
+        return (0, 0);
+    };
+    let dropped = ranked.split_off(&cut);
+    let bytes = dropped.keys().map(|k| (k.0.len() + k.1.len() + 48) as u64).sum();
+    (dropped.len() as u64, bytes)
 }
 
 /// The top-N operator.
@@ -258,11 +285,28 @@ impl TopN {
             {
                 self.ends.insert((ends.value(i), group.clone()));
             }
+            let weight = delta.weights.value(i);
+            if self.spec.top_only && weight < 0 {
+                return Err(freshet_common::FreshetError::Internal(format!(
+                    "{}: a row was retracted from an input that only inserts",
+                    self.spec.display
+                )));
+            }
             let ranked = self.groups.entry(group).or_default();
             let key = (sort_keys.row(i).data().into(), rows.row(i).data().into());
-            let (entries, size) = add_ordered(ranked, key, delta.weights.value(i));
+            let (entries, size) = add_ordered(ranked, key, weight);
             self.rows = self.rows.wrapping_add_signed(entries);
             self.bytes = self.bytes.wrapping_add_signed(size);
+        }
+        if self.spec.top_only {
+            let kept = self.spec.skip.saturating_add(self.spec.fetch);
+            for group in &touched {
+                if let Some(ranked) = self.groups.get_mut(group) {
+                    let (entries, size) = keep_first(ranked, kept);
+                    self.rows = self.rows.wrapping_sub(entries);
+                    self.bytes = self.bytes.wrapping_sub(size);
+                }
+            }
         }
         for group in &touched {
             if self.groups.get(group).is_some_and(BTreeMap::is_empty) {

@@ -141,6 +141,7 @@ impl Engine {
             emit_on_close,
             // A table equals its query: no state is forgotten while it could still change.
             state_ttl_ms: None,
+            append_only_sources: self.inner.streams.append_only(),
         };
         match Pipeline::build_with(&optimized, &scan_table_name, parallelism, &options) {
             Ok(pipeline) => Ok(Ok(pipeline)),

@@ -285,6 +285,7 @@ impl Engine {
             // As in Flink, a job writes a window's result once the window has closed.
             emit_on_close: true,
             state_ttl_ms,
+            append_only_sources: self.inner.streams.append_only(),
         };
         let pipeline =
             match Pipeline::build_with(&optimized, &crate::materialized::scan_table_name, parallelism, &options) {
