@@ -493,12 +493,13 @@ impl Catalog {
 
     /// Removes old catalog versions and the directories of dropped tables, then vacuums every
     /// table keeping the versions `retain` gives for its name and, for a table named in
-    /// `keep_from`, every version from the one given on.
+    /// `keep_from`, every version from the one given on. Without `orphan_grace`, files and
+    /// directories no version names are left alone (see [`Table::vacuum_keeping`]).
     pub async fn vacuum(
         &self,
         retain: impl Fn(&str) -> Retain,
         keep_from: &HashMap<String, u64>,
-        orphan_grace: std::time::Duration,
+        orphan_grace: Option<std::time::Duration>,
     ) -> Result<VacuumReport> {
         let mut report = VacuumReport::default();
         for (name, table) in self.tables() {
@@ -535,7 +536,7 @@ impl Catalog {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let grace_ms = i64::try_from(orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let grace_ms = orphan_grace.map_or(i64::MAX, |g| i64::try_from(g.as_millis()).unwrap_or(i64::MAX));
         for dir in listing.common_prefixes {
             let Some(id) = dir.filename() else { continue };
             if live.contains(id) {

@@ -296,20 +296,24 @@ impl Table {
     /// Removes all but the newest `retain` versions, then every file under the table's directory
     /// that no retained version uses.
     pub async fn vacuum(self: &Arc<Self>, retain: u64) -> Result<VacuumReport> {
-        self.vacuum_keeping(Retain::Versions(retain), None, DEFAULT_ORPHAN_GRACE)
+        self.vacuum_keeping(Retain::Versions(retain), None, Some(DEFAULT_ORPHAN_GRACE))
             .await
     }
 
     /// [`Table::vacuum`] by a [`Retain`] rule, keeping also every version from `keep_from` on
     /// (the versions materialized tables and jobs reflect, whose changes they will read) and
     /// every version a snapshot alive in this process (a running query) reads. Files of removed
-    /// versions go; files no manifest ever named — a failed write's, or a write still under way,
-    /// of this engine or of another on a shared store — go only once older than `orphan_grace`.
+    /// versions go. With `orphan_grace`, so do files no manifest names — a failed write's, or a
+    /// write still under way, of this engine or of another on a shared store — once older than
+    /// the grace period; that sweep reads every retained manifest. Without it, only the removed
+    /// versions' manifests and the oldest retained one are read: a file a removed version names
+    /// and a retained one too is named by the oldest retained one (a file lives in an unbroken
+    /// run of versions, and the one that removes it names it).
     pub async fn vacuum_keeping(
         self: &Arc<Self>,
         retain: Retain,
         keep_from: Option<u64>,
-        orphan_grace: std::time::Duration,
+        orphan_grace: Option<std::time::Duration>,
     ) -> Result<VacuumReport> {
         if retain == Retain::Versions(0) {
             return Err(FreshetError::InvalidStatement(
@@ -319,45 +323,45 @@ impl Table {
         let _maintenance = self.maintenance.lock().await;
         let _writer = self.writer.lock().await;
         let versions = self.log.versions().await?;
-        let mut manifests = Vec::with_capacity(versions.len());
-        for &version in &versions {
-            manifests.push((version, self.read_manifest(version).await?));
-        }
         let newest = versions.last().copied().unwrap_or(0);
         let oldest_retained = match retain {
             Retain::Versions(n) => newest.saturating_sub(n - 1),
-            // The version current at `at_ms` (the newest committed by then), so that reading
-            // the table as of any time from then on still works; the newest version always.
-            Retain::Since(at_ms) => manifests
-                .iter()
-                .rev()
-                .find(|(_, m)| m.committed_at_ms <= at_ms)
-                .map_or(0, |(v, _)| *v)
-                .min(newest),
+            // The version current at `at_ms`, so that reading the table as of any time from
+            // then on still works; the newest version always.
+            Retain::Since(at_ms) => self.current_at(&versions, at_ms).await?.unwrap_or(0).min(newest),
         };
         // A version a running query reads stays, with its files, until the query is done.
         let oldest_read = self.read_versions().iter().map(|s| s.version()).min();
         let oldest_kept = oldest_retained
             .min(keep_from.unwrap_or(u64::MAX))
             .min(oldest_read.unwrap_or(u64::MAX));
+        let first_kept = versions.iter().copied().find(|&v| v >= oldest_kept);
         let mut report = VacuumReport::default();
         let mut referenced = HashSet::new();
         // Files of the versions removed: no longer needed once no query reads them.
         let mut expired = HashSet::new();
-        for (version, manifest) in &manifests {
-            match *version >= oldest_kept {
-                true => referenced.extend(manifest_files(manifest)),
-                false => expired.extend(manifest_files(manifest)),
+        for &version in &versions {
+            let kept = version >= oldest_kept;
+            if kept && orphan_grace.is_none() && Some(version) != first_kept {
+                continue;
+            }
+            let manifest = self.read_manifest(version).await?;
+            match kept {
+                true => referenced.extend(manifest_files(&manifest)),
+                false => expired.extend(manifest_files(&manifest)),
             }
         }
         for &version in versions.iter().filter(|&&v| v < oldest_kept) {
             self.log.remove(version).await?;
             report.versions_removed += 1;
         }
+        if orphan_grace.is_none() && expired.is_empty() {
+            return Ok(report);
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let grace_ms = i64::try_from(orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let grace_ms = orphan_grace.map_or(i64::MAX, |g| i64::try_from(g.as_millis()).unwrap_or(i64::MAX));
         let manifests = manifest_dir(&self.files.dir);
         let store = &self.files.store;
         let objects: Vec<_> = store
@@ -391,6 +395,23 @@ impl Table {
             self.options.counters.vacuumed(1, object.size);
         }
         Ok(report)
+    }
+}
+
+impl Table {
+    /// The newest of `versions` (ascending) committed at or before `at_ms`: the version current
+    /// then. Commit times never decrease, so a binary search reads a few manifests only.
+    async fn current_at(&self, versions: &[u64], at_ms: i64) -> Result<Option<u64>> {
+        let (mut low, mut high) = (0, versions.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if self.read_manifest(versions[mid]).await?.committed_at_ms <= at_ms {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(low.checked_sub(1).map(|i| versions[i]))
     }
 }
 

@@ -91,6 +91,17 @@ impl Engine {
     /// removes the versions `retain` does not keep — by default what each table's retention
     /// period does not keep — unless something holds them, then the files no kept version uses.
     pub async fn vacuum(&self, table: Option<&str>, retain: Option<VacuumRetain>) -> Result<VacuumReport> {
+        self.vacuum_with(table, retain, true).await
+    }
+
+    /// [`Engine::vacuum`]; with `sweep`, also the files no version names once older than
+    /// `table.vacuum.orphan-grace-period` (which reads every retained manifest).
+    async fn vacuum_with(
+        &self,
+        table: Option<&str>,
+        retain: Option<VacuumRetain>,
+        sweep: bool,
+    ) -> Result<VacuumReport> {
         let now = self.inner.materialized.clock.now_ms();
         let since =
             |period: Duration| Retain::Since(now.saturating_sub(i64::try_from(period.as_millis()).unwrap_or(i64::MAX)));
@@ -104,7 +115,7 @@ impl Engine {
             .into_iter()
             .filter_map(|(name, holds)| Some((name, holds.first()?.version)))
             .collect();
-        let grace = self.inner.materialized.settings().vacuum_orphan_grace;
+        let grace = sweep.then(|| self.inner.materialized.settings().vacuum_orphan_grace);
         match table {
             Some(name) => {
                 self.table(name)?
@@ -115,10 +126,10 @@ impl Engine {
         }
     }
 
-    /// The scheduler's vacuum of every table by its retention; failures are logged (the next
-    /// run tries again).
-    pub(crate) async fn vacuum_in_background(&self) {
-        match self.vacuum(None, None).await {
+    /// The scheduler's vacuum of every table by its retention, sweeping orphan files when
+    /// `sweep`; failures are logged (the next run tries again).
+    pub(crate) async fn vacuum_in_background(&self, sweep: bool) {
+        match self.vacuum_with(None, None, sweep).await {
             Ok(report) if report.versions_removed > 0 || report.files_removed > 0 => tracing::info!(
                 versions = report.versions_removed,
                 files = report.files_removed,

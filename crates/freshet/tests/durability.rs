@@ -169,3 +169,59 @@ async fn vacuum_leaves_another_engines_transaction_alone() {
     inserting.await.unwrap().unwrap();
     assert_eq!(count(&second, "SELECT sum(v) FROM t").await, 7);
 }
+
+/// The background vacuum removes what expired reading only the removed versions' manifests and
+/// a few more (the retention boundary, the oldest kept), not every retained manifest: that is
+/// for its occasional sweep of orphan files, and for VACUUM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_vacuum_reads_what_expired_not_every_manifest() {
+    let instruments = Instruments::new();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let layer = instruments.clone();
+    let engine = Engine::builder()
+        .object_store(Arc::new(InMemory::new()), Path::default(), "memory://vacuum")
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer)))
+        .clock(Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap();
+    let advance = |hours: u64| {
+        let (engine, clock) = (engine.clone(), clock.clone());
+        async move {
+            engine.wait_for_refreshes().await;
+            clock.advance(std::time::Duration::from_secs(hours * 3600));
+            engine.wait_for_refreshes().await;
+        }
+    };
+    engine.sql("CREATE TABLE t (v BIGINT)").await.unwrap();
+    // The first background vacuum (which also sweeps orphans) runs an hour after the start.
+    advance(2).await;
+    engine.sql("SET 'table.vacuum.interval' = '0 s'").await.unwrap();
+    for v in 0..100 {
+        engine.sql(&format!("INSERT INTO t VALUES ({v})")).await.unwrap();
+    }
+    advance(2).await;
+    for v in 100..200 {
+        engine.sql(&format!("INSERT INTO t VALUES ({v})")).await.unwrap();
+    }
+    let versions = "SELECT count(*) FROM table_history('t')";
+    // 201 commits, and the background compactions' versions.
+    let before = count(&engine, versions).await;
+    assert!(before >= 201, "{before}");
+    engine.sql("SET 'table.retention' = '1 h'").await.unwrap();
+    engine.sql("SET 'table.vacuum.interval' = '1 h'").await.unwrap();
+    instruments.reset_counters();
+    advance(0).await;
+    let reads = instruments.reads();
+    // The versions of the first hundred inserts were replaced more than an hour ago: all but
+    // the last of them go; the versions after it stay.
+    let after = count(&engine, versions).await;
+    let removed = before - after;
+    assert!(removed >= 100 && after >= 101, "{before} -> {after}");
+    assert!(
+        reads < u64::try_from(removed).unwrap() + 30,
+        "the {removed} removed manifests and a few more, not all {before}: {reads}"
+    );
+    assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 200);
+    engine.close().await;
+}

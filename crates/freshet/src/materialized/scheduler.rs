@@ -20,6 +20,9 @@ pub const MAX_FAILURES: u32 = 5;
 /// The first retry comes this long after a failure; each further one waits twice as long
 /// (never longer than the table's freshness).
 const FIRST_RETRY_MS: i64 = 1_000;
+/// One background vacuum in so many also removes orphan files (at the default interval, one a
+/// day; the first one too).
+const SWEEP_EVERY: u64 = 24;
 
 impl Engine {
     /// Sets every active table's first refresh from its last one, and starts the task.
@@ -201,7 +204,11 @@ impl Engine {
             return None;
         }
         let engine = self.clone();
-        let task = tokio::spawn(async move { engine.vacuum_in_background().await });
+        // Every run removes what expired; one in SWEEP_EVERY also looks for orphan files, which
+        // reads every retained manifest.
+        let sweep = work.vacuums.is_multiple_of(SWEEP_EVERY);
+        work.vacuums += 1;
+        let task = tokio::spawn(async move { engine.vacuum_in_background(sweep).await });
         work.vacuum = Some((task, work.iteration));
         work.last_vacuum_ms = Some(now);
         Some(now.saturating_add(interval))
@@ -303,6 +310,8 @@ struct Work {
     vacuum: Option<(tokio::task::JoinHandle<()>, u64)>,
     /// When the last background vacuum started (at first, when the scheduler did).
     last_vacuum_ms: Option<i64>,
+    /// Background vacuums started.
+    vacuums: u64,
 }
 
 impl Work {
@@ -339,6 +348,7 @@ async fn run(engine: Weak<EngineInner>) {
         rounds: std::collections::VecDeque::new(),
         vacuum: None,
         last_vacuum_ms: None,
+        vacuums: 0,
     };
     loop {
         let (sleep, wake, mut closing, mut commits) = {
