@@ -7,6 +7,7 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result};
@@ -18,6 +19,25 @@ use crate::snapshot::Snapshot;
 pub(crate) struct KeyIndex {
     pub version: u64,
     keys: foldhash::HashSet<OwnedRow>,
+    /// The keys' memory, accounted in the engine's pool.
+    memory: Option<MemoryReservation>,
+}
+
+/// Bytes a key set spends per key beside the key's own bytes (the owned row and the hash
+/// table's slot), for memory accounting.
+pub(crate) const KEY_OVERHEAD: usize = 48;
+
+/// What `keys` take in memory, about.
+fn key_bytes<'a>(keys: impl Iterator<Item = &'a OwnedRow>) -> usize {
+    keys.map(|k| k.row().as_ref().len() + KEY_OVERHEAD).sum()
+}
+
+/// The error of a key index the memory limit has no room for.
+fn over_limit(table: &str, bytes: usize, e: datafusion::error::DataFusionError) -> FreshetError {
+    FreshetError::from(e).context(format!(
+        "table \"{table}\": its primary-key index needs {:.1} MiB, more than the engine's memory limit allows",
+        bytes as f64 / f64::from(1u32 << 20)
+    ))
 }
 
 /// Encodes key columns of batches into comparable rows.
@@ -76,36 +96,64 @@ fn render_value(column: &ArrayRef, row: usize) -> String {
 
 impl KeyIndex {
     /// Reads the keys of a snapshot.
-    pub(crate) async fn build(snapshot: &Arc<Snapshot>, encoder: &KeyEncoder) -> Result<Self> {
-        let mut keys = foldhash::HashSet::with_capacity_and_hasher(snapshot.num_rows() as usize, Default::default());
+    /// Reads the keys of a snapshot, accounting them in `pool`: past the memory limit, an error
+    /// naming the table.
+    pub(crate) async fn build(
+        snapshot: &Arc<Snapshot>,
+        encoder: &KeyEncoder,
+        pool: Option<&Arc<dyn MemoryPool>>,
+    ) -> Result<Self> {
+        let mut memory = pool.map(|pool| {
+            MemoryConsumer::new(format!("primary-key index of \"{}\"", snapshot.table_name())).register(pool)
+        });
+        let mut keys = foldhash::HashSet::default();
+        let mut bytes = 0usize;
         let projection = Some(snapshot.primary_key_indices());
         let mut stream = snapshot.scan(projection, false);
         while let Some(batch) = stream.try_next().await? {
             // The projected batches hold only the key columns, in key order.
             let rows = encoder.encode_columns(batch.columns())?;
+            bytes += rows.iter().map(|r| r.as_ref().len() + KEY_OVERHEAD).sum::<usize>();
+            if let Some(memory) = memory.as_mut() {
+                memory
+                    .try_resize(bytes)
+                    .map_err(|e| over_limit(snapshot.table_name(), bytes, e))?;
+            }
             keys.extend(rows.iter().map(|r| r.owned()));
         }
         Ok(Self {
             version: snapshot.version(),
             keys,
+            memory,
         })
     }
 
-    /// The keys after a committed transaction that replaced every row.
-    pub(crate) fn replaced(delta: KeyDelta, version: u64) -> Self {
-        Self {
+    /// The keys after a committed transaction that replaced every row; `None` when the memory
+    /// limit has no room for them (the next write builds the index again, or fails saying so).
+    pub(crate) fn replaced(delta: KeyDelta, version: u64, pool: Option<&Arc<dyn MemoryPool>>) -> Option<Self> {
+        let mut index = Self {
             version,
             keys: delta.added,
-        }
+            memory: pool.map(|pool| MemoryConsumer::new("primary-key index").register(pool)),
+        };
+        index.account().then_some(index)
     }
 
-    /// Applies a committed transaction's key changes.
-    pub(crate) fn apply(&mut self, delta: KeyDelta, version: u64) {
+    /// Applies a committed transaction's key changes; `false` when the memory limit has no room
+    /// for the keys now (the caller drops the index).
+    pub(crate) fn apply(&mut self, delta: KeyDelta, version: u64) -> bool {
         for key in delta.removed {
             self.keys.remove(&key);
         }
         self.keys.extend(delta.added);
         self.version = version;
+        self.account()
+    }
+
+    /// Resizes the index's reservation to its keys; `false` when the limit does not allow it.
+    fn account(&mut self) -> bool {
+        let bytes = key_bytes(self.keys.iter());
+        self.memory.as_mut().is_none_or(|m| m.try_resize(bytes).is_ok())
     }
 }
 

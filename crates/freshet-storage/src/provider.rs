@@ -484,7 +484,7 @@ async fn replace(
         let keys = encoder.encode(&batch)?;
         let mut key_bytes = 0;
         for row in keys.iter() {
-            key_bytes += row.as_ref().len() + KEY_OVERHEAD;
+            key_bytes += row.as_ref().len() + crate::keys::KEY_OVERHEAD;
             incoming.insert(row.owned());
         }
         held.push(batch, key_bytes)?;
@@ -502,10 +502,6 @@ async fn replace(
     }
     Ok(count)
 }
-
-/// Bytes a key set spends per key beside the key's own bytes (the owned row and the hash
-/// table's slot), for memory accounting.
-const KEY_OVERHEAD: usize = 48;
 
 /// Upserts by primary key: every row of the base version whose key is the key of a row of
 /// `upserted` or of `deleted` is deleted, then `upserted` is inserted. Finding the rows scans

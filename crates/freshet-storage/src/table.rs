@@ -41,6 +41,8 @@ pub struct WriteOptions {
     pub clock: SharedClock,
     /// What the tables' commits, compactions and vacuums count into.
     pub counters: Arc<StorageCounters>,
+    /// Where what a table keeps in memory (its primary-key index) is accounted; `None`: nowhere.
+    pub memory_pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
 }
 
 impl Default for WriteOptions {
@@ -53,6 +55,7 @@ impl Default for WriteOptions {
             compact_deleted_fraction: 0.25,
             clock: Arc::new(SystemClock),
             counters: Arc::default(),
+            memory_pool: None,
         }
     }
 }

@@ -520,10 +520,14 @@ impl Transaction {
                 table.deleted_since_compaction.store(true, Ordering::Release);
             }
             if let Some((_, delta)) = keys {
+                let pool = table.options.memory_pool.as_ref();
                 if delta.cleared {
-                    writer.keys = Some(KeyIndex::replaced(delta, version));
-                } else if let Some(index) = writer.keys.as_mut() {
-                    index.apply(delta, version);
+                    writer.keys = KeyIndex::replaced(delta, version, pool);
+                } else if let Some(index) = writer.keys.as_mut()
+                    && !index.apply(delta, version)
+                {
+                    // No room for the keys: the next write builds the index again, or says why not.
+                    writer.keys = None;
                 }
             }
             drop(writer);
@@ -549,7 +553,10 @@ impl Transaction {
             .is_some_and(|k| k.version == self.base.version());
         if !current {
             let (encoder, _) = self.keys.as_ref().ok_or_else(missing_index)?;
-            self.writer.keys = Some(KeyIndex::build(&self.base, encoder).await?);
+            // The old index goes first: its memory is not held twice.
+            self.writer.keys = None;
+            let pool = self.table.options.memory_pool.as_ref();
+            self.writer.keys = Some(KeyIndex::build(&self.base, encoder, pool).await?);
         }
         Ok(())
     }

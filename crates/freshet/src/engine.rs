@@ -179,6 +179,12 @@ impl EngineBuilder {
             .map_err(FreshetError::from)?
             .build();
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        // One memory pool for queries, operator state and what tables keep (key indexes).
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(bytes) = self.memory_limit {
+            runtime = runtime.with_memory_limit(bytes, 1.0);
+        }
+        let runtime = runtime.build_arc()?;
         let defaults = WriteOptions::default();
         let options = WriteOptions {
             clock: clock.clone(),
@@ -186,20 +192,13 @@ impl EngineBuilder {
             max_file_rows: self.max_file_rows.unwrap_or(defaults.max_file_rows),
             compact_min_files: self.compact_min_files.unwrap_or(defaults.compact_min_files),
             counters,
+            memory_pool: Some(runtime.memory_pool.clone()),
             ..defaults
         };
         let catalog = Arc::new(Catalog::open(location.clone(), options).await?);
         let schema = Arc::new(FreshetSchema::new(catalog.clone()));
         let system = Arc::new(SystemSchema::default());
-        let ctx = match self.memory_limit {
-            Some(bytes) => {
-                let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-                    .with_memory_limit(bytes, 1.0)
-                    .build_arc()?;
-                SessionContext::new_with_config_rt(config, runtime)
-            }
-            None => SessionContext::new_with_config(config),
-        };
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_catalog(
             CATALOG_NAME,
             Arc::new(FreshetCatalog::new(schema.clone(), system.clone())),

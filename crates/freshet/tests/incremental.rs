@@ -717,7 +717,7 @@ async fn operator_state_over_the_memory_limit_is_an_error_of_that_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statements_holding_rows_over_the_memory_limit_fail_and_commit_nothing() {
+async fn statements_and_key_indexes_over_the_memory_limit_fail_and_commit_nothing() {
     let engine = Engine::builder()
         .location("memory://")
         .memory_limit(1 << 20)
@@ -726,7 +726,7 @@ async fn statements_holding_rows_over_the_memory_limit_fail_and_commit_nothing()
         .unwrap();
     engine
         .sql(
-            "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT);
+            "CREATE TABLE t (id BIGINT, v BIGINT);
              INSERT INTO t SELECT value, value * 2 FROM generate_series(1, 200000);",
         )
         .await
@@ -742,22 +742,40 @@ async fn statements_holding_rows_over_the_memory_limit_fail_and_commit_nothing()
     assert_eq!(value(&engine, total).await, before);
     engine.sql("UPDATE t SET v = v + 1 WHERE id <= 10").await.unwrap();
     assert_eq!(value(&engine, "SELECT sum(v) FROM t WHERE id <= 10").await, "120");
+
     // An upsert holds its input and its keys.
+    engine
+        .sql("CREATE TABLE u (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO u VALUES (1, 1)")
+        .await
+        .unwrap();
     let error = engine
-        .sql("INSERT OR REPLACE INTO t SELECT value, 0 FROM generate_series(1, 200000)")
+        .sql("INSERT OR REPLACE INTO u SELECT value, 0 FROM generate_series(1, 200000)")
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("upsert into \"t\"") && error.contains("memory limit"),
+        error.contains("upsert into \"u\"") && error.contains("memory limit"),
         "{error}"
     );
-    assert_eq!(value(&engine, "SELECT count(*) FROM t WHERE v = 0").await, "0");
+    assert_eq!(value(&engine, "SELECT count(*) FROM u").await, "1");
     engine
-        .sql("INSERT OR REPLACE INTO t VALUES (1, 0), (200001, 0)")
+        .sql("INSERT OR REPLACE INTO u VALUES (1, 0), (2, 0)")
         .await
         .unwrap();
-    assert_eq!(value(&engine, "SELECT count(*) FROM t WHERE v = 0").await, "2");
+    assert_eq!(value(&engine, "SELECT count(*) FROM u WHERE v = 0").await, "2");
+
+    // A primary-key index is accounted too: a table whose keys outgrow the limit takes no more
+    // writes until there is room (its rows stay readable).
+    engine
+        .sql("CREATE TABLE k (id BIGINT PRIMARY KEY, v BIGINT); INSERT INTO k SELECT value, 0 FROM generate_series(1, 200000)")
+        .await
+        .unwrap();
+    let error = engine.sql("INSERT INTO k VALUES (0, 0)").await.unwrap_err().to_string();
+    assert!(
+        error.contains("table \"k\": its primary-key index needs") && error.contains("memory limit"),
+        "{error}"
+    );
+    assert_eq!(value(&engine, "SELECT count(*) FROM k").await, "200000");
     engine.close().await;
 }
 
