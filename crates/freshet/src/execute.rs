@@ -72,6 +72,9 @@ impl Engine {
         parsed: &ParsedStatement,
         statement: &DFStatement,
     ) -> Result<SendableRecordBatchStream> {
+        if let Some(shown) = self.show_setting(statement).await? {
+            return Ok(shown);
+        }
         let mut statement = statement.clone();
         if let DFStatement::Statement(inner) = &statement {
             match inner.as_ref() {
@@ -280,6 +283,56 @@ impl Engine {
         let mut state = state.write();
         state.config_mut().options_mut().set(key, value)?;
         Ok(())
+    }
+
+    /// Freshet's own settings with their values (materialized tables, retention and vacuum,
+    /// streams), as `SET` takes them.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut entries = self.inner.materialized.settings().entries();
+        entries.extend(self.inner.streams.entries());
+        entries
+    }
+
+    /// `SHOW name` of one of Freshet's settings, and `SHOW ALL` with them after DataFusion's;
+    /// `None` for anything else.
+    async fn show_setting(&self, statement: &DFStatement) -> Result<Option<SendableRecordBatchStream>> {
+        let DFStatement::Statement(inner) = statement else {
+            return Ok(None);
+        };
+        let Statement::ShowVariable { variable } = inner.as_ref() else {
+            return Ok(None);
+        };
+        let name = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(".");
+        let name = name.trim().trim_matches('\'').to_ascii_lowercase();
+        let ours = self.settings();
+        let rows: Vec<(String, String)> = if name == "all" {
+            let plan = self.inner.ctx.state().statement_to_plan(statement.clone()).await?;
+            let batches = self.inner.ctx.execute_logical_plan(plan).await?.collect().await?;
+            let mut rows = Vec::new();
+            for batch in &batches {
+                let (names, values) = (batch.column(0), batch.column(1));
+                for row in 0..batch.num_rows() {
+                    let text = |array: &ArrayRef| {
+                        datafusion::arrow::util::display::array_value_to_string(array, row).unwrap_or_default()
+                    };
+                    rows.push((text(names), text(values)));
+                }
+            }
+            rows.extend(ours.into_iter().map(|(k, v)| (k.to_string(), v)));
+            rows.sort();
+            rows
+        } else {
+            match ours.into_iter().find(|(key, _)| *key == name) {
+                Some((key, value)) => vec![(key.to_string(), value)],
+                None => return Ok(None),
+            }
+        };
+        let (names, values): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+        result_rows(vec![
+            ("name", Arc::new(datafusion::arrow::array::StringArray::from(names))),
+            ("value", Arc::new(datafusion::arrow::array::StringArray::from(values))),
+        ])
+        .map(Some)
     }
 
     /// Points an INSERT into a Freshet table at the table's insert provider, whose columns all

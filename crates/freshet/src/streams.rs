@@ -161,6 +161,15 @@ impl Streams {
         self.get(name).map(|t| t.connector.name())
     }
 
+    /// The streaming settings with their values, for `SHOW`.
+    pub(crate) fn entries(&self) -> Vec<(&'static str, String)> {
+        let ttl = self.state_ttl_ms.load(Ordering::Relaxed);
+        vec![
+            (STATE_TTL, if ttl == 0 { "0".into() } else { format!("{ttl} ms") }),
+            (DML_SYNC, self.dml_sync.load(Ordering::Relaxed).to_string()),
+        ]
+    }
+
     /// Sets a streaming setting; false when the key is not one.
     pub(crate) fn set(&self, key: &str, value: &str) -> Result<bool> {
         if key == STATE_TTL {
