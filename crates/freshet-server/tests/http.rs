@@ -82,8 +82,9 @@ async fn health_sql_and_metrics() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["code"], "42P01");
 
-    // A job, for the jobs' metrics.
-    let job = r#"{"sql": "CREATE TABLE g (x BIGINT) WITH ('connector' = 'datagen', 'number-of-rows' = '10'); CREATE TABLE bh (x BIGINT) WITH ('connector' = 'blackhole'); INSERT INTO bh SELECT x FROM g"}"#;
+    // A job, for the jobs' metrics; the INSERT returns once the job has read its bounded source
+    // (whose ingestion is one of the commits counted below).
+    let job = r#"{"sql": "CREATE TABLE g (x BIGINT) WITH ('connector' = 'datagen', 'number-of-rows' = '10'); CREATE TABLE bh (x BIGINT) WITH ('connector' = 'blackhole'); SET 'table.dml-sync' = 'true'; INSERT INTO bh SELECT x FROM g"}"#;
     let (status, body) = request(http, "POST", "/api/v1/sql", Some(job)).await;
     assert_eq!(status, 200, "{body}");
 
