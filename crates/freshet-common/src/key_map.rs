@@ -12,8 +12,8 @@ mod int_map;
 
 use std::hash::BuildHasher;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
@@ -52,6 +52,26 @@ impl KeyCodec {
                 Ok(Keys::Int(ints.as_primitive::<Int64Type>().clone()))
             }
             (None, _) => Err(internal(format!("a one-column key given {} columns", columns.len()))),
+        }
+    }
+
+    /// The keys at `indices` of `keys` (encoded by this codec), in that order.
+    pub fn take(&self, keys: &Keys, indices: &[u32]) -> Result<Keys> {
+        match (&self.converter, keys) {
+            (_, Keys::Int(ints)) => {
+                let indices = UInt32Array::from(indices.to_vec());
+                let taken = take(ints, &indices, None).map_err(internal)?;
+                Ok(Keys::Int(taken.as_primitive::<Int64Type>().clone()))
+            }
+            (Some(converter), Keys::Rows(rows)) => {
+                let bytes: usize = indices.iter().map(|&i| rows.row(i as usize).data().len()).sum();
+                let mut taken = converter.empty_rows(indices.len(), bytes);
+                for &i in indices {
+                    taken.push(rows.row(i as usize));
+                }
+                Ok(Keys::Rows(taken))
+            }
+            (None, Keys::Rows(_)) => Err(internal("row-format keys given to an integer key codec")),
         }
     }
 

@@ -329,7 +329,7 @@ pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn 
         LogicalPlan::Join(join) => {
             let left = build(&join.left, cx)?;
             let right = build(&join.right, cx)?;
-            let mut operator = Join::new(left, right, join_spec(join)?)?;
+            let mut operator = Join::new(left, right, join_spec(join)?, cx.parallelism)?;
             let [left_expiry, right_expiry] = crate::event_time::join_expiries(join, cx.resolve, cx.event_times);
             // A join no watermark bounds forgets rows after the state TTL, if one is set.
             if let Some(ttl) = cx.state_ttl_ms

@@ -779,10 +779,11 @@ async fn statements_and_key_indexes_over_the_memory_limit_fail_and_commit_nothin
     engine.close().await;
 }
 
-/// Epochs of more than `freshet_common::PARALLEL_MIN_ROWS` changes step the aggregates' parts,
-/// and the row index's, on threads of their own: the results still equal batch evaluation,
-/// with integer and row-encoded group keys, NULL keys, multisets (MIN/MAX/DISTINCT), groups
-/// that vanish and groups that appear, and rows that repeat.
+/// Epochs of more than `freshet_common::PARALLEL_MIN_ROWS` changes step the aggregates' and the
+/// joins' parts, and the row index's, on threads of their own: the results still equal batch
+/// evaluation, with integer and row-encoded group and join keys, NULL keys, multisets
+/// (MIN/MAX/DISTINCT), groups that vanish and groups that appear, rows that repeat, and joins of
+/// every kind (residual conditions, NOT IN's one part) whose sides change apart or together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
     let engine = Engine::builder()
@@ -796,7 +797,10 @@ async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
         .sql(
             "CREATE TABLE t (id INT PRIMARY KEY, k INT, g VARCHAR, v INT, f DOUBLE);
              INSERT INTO t SELECT value, CASE WHEN value % 101 = 0 THEN NULL ELSE value % 3000 END,
-               'g' || (value % 700), value % 50, value / 8.0 FROM generate_series(1, 30000);",
+               'g' || (value % 700), value % 50, value / 8.0 FROM generate_series(1, 30000);
+             CREATE TABLE u (k INT, w INT, name VARCHAR);
+             INSERT INTO u SELECT CASE WHEN value % 97 = 0 THEN NULL ELSE value % 3500 END, value % 60,
+               'g' || (value % 5000) FROM generate_series(1, 4000);",
         )
         .await
         .unwrap();
@@ -817,6 +821,31 @@ async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
             "SELECT id % 20000 AS bucket, count(*) AS c, sum(v) AS s FROM t GROUP BY id % 20000",
         ),
         ("rows", "SELECT k, v FROM t WHERE v < 40"),
+        (
+            "inner_join",
+            "SELECT t.id, t.v, u.w FROM t JOIN u ON t.k = u.k WHERE u.w < 30",
+        ),
+        (
+            "left_residual",
+            "SELECT t.id, u.w FROM t LEFT JOIN u ON t.k = u.k AND u.w > t.v",
+        ),
+        (
+            "full_by_text",
+            "SELECT t.id, t.g, u.k FROM t FULL JOIN u ON t.g = u.name",
+        ),
+        ("semi", "SELECT id FROM t WHERE k IN (SELECT k FROM u WHERE w % 2 = 0)"),
+        (
+            "anti",
+            "SELECT id FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = t.k)",
+        ),
+        (
+            "not_in",
+            "SELECT id FROM t WHERE v NOT IN (SELECT w FROM u WHERE w > 20)",
+        ),
+        (
+            "join_then_group",
+            "SELECT u.w, count(*) AS c, sum(t.v) AS s FROM t JOIN u ON t.k = u.k GROUP BY u.w",
+        ),
     ];
     create_corpus(&engine, &corpus).await;
     check(&engine, &corpus, 0, "the first refresh").await;
@@ -825,6 +854,12 @@ async fn large_epochs_step_in_parallel_parts_and_equal_batch_evaluation() {
         "DELETE FROM t WHERE id % 5 < 3",
         "UPDATE t SET k = k + 3000, g = g || 'x' WHERE id % 2 = 0",
         "INSERT INTO t SELECT value, value % 9000, 'h' || (value % 10), value % 7, value * 1.0 FROM generate_series(30001, 45000)",
+        // The other side alone, in an epoch too small to step the parts at once.
+        "UPDATE u SET w = w + 7, k = k + 1 WHERE k % 4 = 0",
+        "DELETE FROM u WHERE k % 7 = 0 OR w = 25",
+        "INSERT INTO u SELECT value % 9000, value % 61, 'h' || (value % 10) FROM generate_series(1, 2000)",
+        // Both sides in one epoch.
+        "UPDATE t SET k = k + 1 WHERE id % 3 = 0; UPDATE u SET k = k - 1 WHERE w % 3 = 0",
     ];
     for (step, statement) in statements.iter().enumerate() {
         engine.sql(statement).await.unwrap();

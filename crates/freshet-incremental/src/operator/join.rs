@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32A
 use datafusion::arrow::compute::take_arrays;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use freshet_common::{ChangeBatch, Key, KeyCodec, Keys, Result, RowKey};
+use freshet_common::{ChangeBatch, Key, KeyCodec, Keys, PARALLEL_MIN_ROWS, Result, RowKey, by_part, run_parts};
 
 use super::{Compiled, Epoch, Operator, StateSize};
 use crate::checkpoint::{SavedState, mismatch};
@@ -102,6 +102,15 @@ struct Encoded {
 }
 
 impl Encoded {
+    /// The rows at `rows`, in that order.
+    fn take(&self, codec: &KeyCodec, rows: &[u32]) -> Result<Encoded> {
+        Ok(Encoded {
+            delta: self.delta.take(&UInt32Array::from(rows.to_vec()))?,
+            keys: codec.take(&self.keys, rows)?,
+            matchable: rows.iter().map(|&i| self.matchable[i as usize]).collect(),
+        })
+    }
+
     /// The distinct keys of the rows that can match.
     fn matchable_keys(&self) -> impl Iterator<Item = Key<'_>> {
         (0..self.matchable.len())
@@ -111,11 +120,27 @@ impl Encoded {
 }
 
 /// The join operator.
+///
+/// Its state is split into parts by a hash of the join key (see `freshet_common::run_parts`),
+/// as an aggregate's groups are: an epoch's changes are dealt to the part of their key, and
+/// the parts step at once on threads of their own. A key's rows on both sides are in one part,
+/// so each part is a join of its own. A null-aware anti join, whose output depends on the whole
+/// right side, keeps one part.
 pub(crate) struct Join {
     left: Box<dyn Operator>,
     right: Box<dyn Operator>,
-    spec: JoinSpec,
+    spec: Arc<JoinSpec>,
     keys: KeyCodec,
+    parts: Vec<Part>,
+    /// Per side (left, right), when its rows stop matching as the other side's watermark
+    /// passes their time.
+    expiry: [Option<SideExpiry>; 2],
+    state_ttl_ms: Option<i64>,
+}
+
+/// The rows of both sides at the keys of one part, and what is computed from them.
+struct Part {
+    spec: Arc<JoinSpec>,
     left_rows: Arrangement,
     right_rows: Arrangement,
     /// `NOT IN`: the left rows with a NULL key (encoded with `left_codec`), and the right side's
@@ -124,10 +149,6 @@ pub(crate) struct Join {
     left_nulls: Multiset,
     right_count: i64,
     right_null_count: i64,
-    /// Per side (left, right), when its rows stop matching as the other side's watermark
-    /// passes their time.
-    expiry: [Option<SideExpiry>; 2],
-    state_ttl_ms: Option<i64>,
 }
 
 /// When a side's rows can no longer match: an inner join over streams whose condition bounds
@@ -170,7 +191,8 @@ impl NotIn {
 }
 
 impl Join {
-    pub(crate) fn new(left: Box<dyn Operator>, right: Box<dyn Operator>, spec: JoinSpec) -> Result<Self> {
+    /// A join whose state is split into `parts` parts (a null-aware anti join has one).
+    pub(crate) fn new(left: Box<dyn Operator>, right: Box<dyn Operator>, spec: JoinSpec, parts: usize) -> Result<Self> {
         // A cross join has no key columns: every row gets the same key, a constant.
         let key_types = if spec.key_types.is_empty() {
             vec![DataType::Int64]
@@ -178,17 +200,17 @@ impl Join {
             spec.key_types.clone()
         };
         let keys = KeyCodec::new(&key_types)?;
+        let spec = Arc::new(spec);
+        let parts = if spec.null_aware { 1 } else { parts.max(1) };
+        let parts = (0..parts)
+            .map(|_| Part::new(&spec, &keys))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            left_rows: Arrangement::new(&spec.left_schema, &keys)?,
-            right_rows: Arrangement::new(&spec.right_schema, &keys)?,
             keys,
-            left_codec: RowCodec::new(spec.left_schema.fields().iter().map(|f| f.data_type().clone()))?,
             left,
             right,
             spec,
-            left_nulls: HashMap::new(),
-            right_count: 0,
-            right_null_count: 0,
+            parts,
             expiry: [None, None],
             state_ttl_ms: None,
         })
@@ -197,13 +219,15 @@ impl Join {
     /// Drops a side's rows as the other side's watermark passes their time (see
     /// [`SideExpiry`]); `left` says which side.
     pub(crate) fn with_expiry(mut self, left: bool, expiry: SideExpiry) -> Self {
-        let (rows, slot) = if left {
-            (&mut self.left_rows, 0)
-        } else {
-            (&mut self.right_rows, 1)
-        };
-        rows.set_expiry(expiry.column);
-        self.expiry[slot] = Some(expiry);
+        for part in &mut self.parts {
+            let rows = if left {
+                &mut part.left_rows
+            } else {
+                &mut part.right_rows
+            };
+            rows.set_expiry(expiry.column);
+        }
+        self.expiry[usize::from(!left)] = Some(expiry);
         self
     }
 
@@ -211,19 +235,29 @@ impl Join {
     /// (`table.exec.state.ttl`): a regular join over streams keeps bounded state, as in Flink,
     /// at the price of missing matches with rows older than that.
     pub(crate) fn with_state_ttl(mut self, ttl_ms: i64) -> Self {
-        self.left_rows.set_ttl(ttl_ms);
-        self.right_rows.set_ttl(ttl_ms);
+        for part in &mut self.parts {
+            part.left_rows.set_ttl(ttl_ms);
+            part.right_rows.set_ttl(ttl_ms);
+        }
         self.state_ttl_ms = Some(ttl_ms);
         self
     }
 
     /// Drops the rows the watermarks say can no longer match.
     fn expire(&mut self, epoch: &Epoch) -> Result<()> {
-        for (slot, rows) in [(0, &mut self.left_rows), (1, &mut self.right_rows)] {
-            if let Some(expiry) = &self.expiry[slot]
-                && let Some(watermark) = epoch.watermark(&expiry.sources)
-            {
-                rows.expire(watermark.saturating_sub(expiry.offset_ms))?;
+        for (slot, expiry) in self.expiry.iter().enumerate() {
+            let Some(expiry) = expiry else { continue };
+            let Some(watermark) = epoch.watermark(&expiry.sources) else {
+                continue;
+            };
+            let bound = watermark.saturating_sub(expiry.offset_ms);
+            for part in &mut self.parts {
+                let rows = if slot == 0 {
+                    &mut part.left_rows
+                } else {
+                    &mut part.right_rows
+                };
+                rows.expire(bound)?;
             }
         }
         Ok(())
@@ -246,6 +280,40 @@ impl Join {
         }
         let keys = self.keys.encode(&key_columns)?;
         Ok(Encoded { delta, keys, matchable })
+    }
+
+    /// `changes` dealt to the parts by the part of each row's key.
+    fn deal(&self, changes: Encoded) -> Result<Vec<Encoded>> {
+        let parts = self.parts.len();
+        if parts == 1 {
+            return Ok(vec![changes]);
+        }
+        let rows = changes.delta.len();
+        let dealt = by_part(rows, parts, |i| changes.keys.key(i));
+        let Some(all) = dealt.iter().position(|part| part.len() == rows) else {
+            return dealt.iter().map(|part| changes.take(&self.keys, part)).collect();
+        };
+        // Every row in one part (a cross join's constant key, a single key, no rows): that part
+        // takes them as they are.
+        let mut dealt = (1..parts)
+            .map(|_| changes.take(&self.keys, &[]))
+            .collect::<Result<Vec<_>>>()?;
+        dealt.insert(all, changes);
+        Ok(dealt)
+    }
+}
+
+impl Part {
+    fn new(spec: &Arc<JoinSpec>, keys: &KeyCodec) -> Result<Self> {
+        Ok(Self {
+            spec: spec.clone(),
+            left_rows: Arrangement::new(&spec.left_schema, keys)?,
+            right_rows: Arrangement::new(&spec.right_schema, keys)?,
+            left_codec: RowCodec::new(spec.left_schema.fields().iter().map(|f| f.data_type().clone()))?,
+            left_nulls: HashMap::new(),
+            right_count: 0,
+            right_null_count: 0,
+        })
     }
 
     fn rows(&self, side: Side) -> &Arrangement {
@@ -484,7 +552,7 @@ impl Join {
     }
 }
 
-impl Join {
+impl Part {
     /// One epoch of a null-aware anti join (`NOT IN`). While what it outputs depends on the
     /// keys (neither empty nor blocked by a NULL), only the touched keys are recomputed; when
     /// the right side becomes empty or gains or loses its NULLs, the whole output is.
@@ -584,7 +652,7 @@ struct MatchChanges<'a> {
 }
 
 impl<'a> MatchChanges<'a> {
-    fn of(join: &Join, left: &'a Encoded, right: &'a Encoded) -> Self {
+    fn of(join: &Part, left: &'a Encoded, right: &'a Encoded) -> Self {
         let mut recomputed = [HashSet::new(), HashSet::new()];
         for (side, other_changes) in [(Side::Left, right), (Side::Right, left)] {
             if join.spec.kind.by_match(side).is_none() {
@@ -626,23 +694,12 @@ fn opposite(side: Side) -> Side {
     }
 }
 
-impl Operator for Join {
-    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
-        let left = self.left.step(epoch)?;
-        let right = self.right.step(epoch)?;
-        if self.state_ttl_ms.is_some()
-            && let Some(now) = epoch.time_ns()
-        {
-            let now = now.div_euclid(1_000_000);
-            self.left_rows.forget_old(now)?;
-            self.right_rows.forget_old(now)?;
-        }
-        if left.is_empty() && right.is_empty() {
-            self.expire(epoch)?;
+impl Part {
+    /// One epoch of this part's keys: `left` and `right` are the changes at them.
+    fn step(&mut self, left: Encoded, right: Encoded) -> Result<Delta> {
+        if left.delta.is_empty() && right.delta.is_empty() {
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
-        let left = self.encode(left, Side::Left)?;
-        let right = self.encode(right, Side::Right)?;
         if self.spec.null_aware {
             return self.step_not_in(left, right);
         }
@@ -670,8 +727,43 @@ impl Operator for Join {
         }
         parts.extend(self.unmatchable(&left, Side::Left)?);
         parts.extend(self.unmatchable(&right, Side::Right)?);
-        self.expire(epoch)?;
         Delta::concat(&self.spec.schema, &parts)
+    }
+}
+
+impl Operator for Join {
+    fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let left = self.left.step(epoch)?;
+        let right = self.right.step(epoch)?;
+        if self.state_ttl_ms.is_some()
+            && let Some(now) = epoch.time_ns()
+        {
+            let now = now.div_euclid(1_000_000);
+            for part in &mut self.parts {
+                part.left_rows.forget_old(now)?;
+                part.right_rows.forget_old(now)?;
+            }
+        }
+        if left.is_empty() && right.is_empty() {
+            self.expire(epoch)?;
+            return Ok(Delta::empty(self.spec.schema.clone()));
+        }
+        let parallel = left.len() + right.len() >= PARALLEL_MIN_ROWS;
+        let left = self.deal(self.encode(left, Side::Left)?)?;
+        let right = self.deal(self.encode(right, Side::Right)?)?;
+        let mut work: Vec<(&mut Part, Option<(Encoded, Encoded)>)> = self
+            .parts
+            .iter_mut()
+            .zip(left.into_iter().zip(right))
+            .map(|(part, changes)| (part, Some(changes)))
+            .collect();
+        let outputs = run_parts(&mut work, parallel, |_, (part, changes)| match changes.take() {
+            Some((left, right)) => part.step(left, right),
+            None => Err(internal("a join part stepped twice")),
+        });
+        let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;
+        self.expire(epoch)?;
+        Delta::concat(&self.spec.schema, &outputs)
     }
 
     fn updates(&self) -> bool {
@@ -699,11 +791,13 @@ impl Operator for Join {
     }
 
     fn state_size(&self) -> StateSize {
-        let nulls: u64 = self.left_nulls.keys().map(|r| r.len() as u64 + 40).sum();
-        StateSize {
-            rows: self.left_rows.len() + self.right_rows.len() + self.left_nulls.len() as u64,
-            bytes: self.left_rows.bytes() + self.right_rows.bytes() + nulls,
+        let mut size = StateSize::default();
+        for part in &self.parts {
+            let nulls: u64 = part.left_nulls.keys().map(|r| r.len() as u64 + 40).sum();
+            size.rows += part.left_rows.len() + part.right_rows.len() + part.left_nulls.len() as u64;
+            size.bytes += part.left_rows.bytes() + part.right_rows.bytes() + nulls;
         }
+        size
     }
 
     fn inputs(&self) -> Vec<&dyn Operator> {
@@ -721,27 +815,31 @@ impl Operator for Join {
     /// Both sides' rows, consolidated, each with its weight; for `NOT IN`, the left side's rows
     /// with NULL keys too, and the right side's counts in its batch's metadata.
     fn save_state(&self) -> Result<SavedState> {
-        let mut left = self.left_rows.contents()?.into_batch();
-        let mut right = self.right_rows.contents()?.into_batch();
+        let mut left = Vec::with_capacity(self.parts.len() + 1);
+        let mut right = Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            left.push(part.left_rows.contents()?.into_batch());
+            right.push(part.right_rows.contents()?.into_batch());
+        }
+        let mut right = concat_all(right)?;
         if self.spec.null_aware {
-            if !self.left_nulls.is_empty() {
-                let parser = self.left_codec.parser();
-                let columns = self
+            let part = self.parts.first().ok_or_else(|| internal("a join without parts"))?;
+            if !part.left_nulls.is_empty() {
+                let parser = part.left_codec.parser();
+                let columns = part
                     .left_codec
-                    .decode(self.left_nulls.keys().map(|r| parser.parse(r)))?;
-                let weights: Int64Array = self.left_nulls.values().copied().collect();
+                    .decode(part.left_nulls.keys().map(|r| parser.parse(r)))?;
+                let weights: Int64Array = part.left_nulls.values().copied().collect();
                 let data = RecordBatch::try_new(self.spec.left_schema.clone(), columns).map_err(internal)?;
-                let nulls = ChangeBatch::from_parts(&data, Arc::new(weights))?.into_batch();
-                left = datafusion::arrow::compute::concat_batches(&left.schema(), &[left.clone(), nulls])
-                    .map_err(internal)?;
+                left.push(ChangeBatch::from_parts(&data, Arc::new(weights))?.into_batch());
             }
             let mut metadata = std::collections::HashMap::new();
-            metadata.insert(RIGHT_COUNT.to_string(), self.right_count.to_string());
-            metadata.insert(RIGHT_NULL_COUNT.to_string(), self.right_null_count.to_string());
+            metadata.insert(RIGHT_COUNT.to_string(), part.right_count.to_string());
+            metadata.insert(RIGHT_NULL_COUNT.to_string(), part.right_null_count.to_string());
             let schema = Arc::new(right.schema().as_ref().clone().with_metadata(metadata));
             right = right.with_schema(schema).map_err(internal)?;
         }
-        Ok(SavedState::Batches(vec![left, right]))
+        Ok(SavedState::Batches(vec![concat_all(left)?, right]))
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
@@ -759,23 +857,40 @@ impl Operator for Join {
             true => Some((count(RIGHT_COUNT)?, count(RIGHT_NULL_COUNT)?)),
             false => None,
         };
-        let mut encoded = Vec::with_capacity(2);
+        let mut dealt = Vec::with_capacity(2);
         for (batch, side, schema) in [
             (left, Side::Left, self.spec.left_schema.clone()),
             (right, Side::Right, self.spec.right_schema.clone()),
         ] {
             let changes = ChangeBatch::try_new(batch)?;
             let delta = Delta::from_changes(&schema, &[changes])?;
-            encoded.push(self.encode(delta, side)?);
+            dealt.push(self.deal(self.encode(delta, side)?)?);
         }
-        let right = encoded.pop().ok_or_else(|| mismatch("no right side"))?;
-        let left = encoded.pop().ok_or_else(|| mismatch("no left side"))?;
-        match counts {
-            Some((rows, null_rows)) => self.apply_not_in(&left, &right, rows, null_rows),
-            None => {
-                self.apply(&left, Side::Left)?;
-                self.apply(&right, Side::Right)
+        let right = dealt.pop().ok_or_else(|| mismatch("no right side"))?;
+        let left = dealt.pop().ok_or_else(|| mismatch("no left side"))?;
+        for (part, (left, right)) in self.parts.iter_mut().zip(left.into_iter().zip(right)) {
+            match counts {
+                Some((rows, null_rows)) => part.apply_not_in(&left, &right, rows, null_rows)?,
+                None => {
+                    part.apply(&left, Side::Left)?;
+                    part.apply(&right, Side::Right)?;
+                }
             }
+        }
+        Ok(())
+    }
+}
+
+/// The batches (of one schema, at least one) as one.
+fn concat_all(batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    match <[RecordBatch; 1]>::try_from(batches) {
+        Ok([batch]) => Ok(batch),
+        Err(batches) => {
+            let schema = batches
+                .first()
+                .ok_or_else(|| internal("no batches to concatenate"))?
+                .schema();
+            datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(internal)
         }
     }
 }
