@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+/// The allocator the `freshet` binary ships with, so that figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A count from the environment (`ROWS=1_000_000`), or the default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

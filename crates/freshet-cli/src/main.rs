@@ -24,6 +24,12 @@ use freshet::{DEFAULT_LOCATION, Engine, FreshetError};
 use crate::connection::Connection;
 use crate::output::{Format, Printer};
 
+/// mimalloc rather than the system's allocator: operator state and refreshes allocate and free
+/// buffers of hundreds of megabytes, which glibc hands back to the system and faults in again
+/// (see the workspace's Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One piece of SQL to run, from `-c` or `-f`, in command-line order.
 enum Source {
     Command(String),

@@ -114,6 +114,9 @@ pub struct FilesystemOptions {
     /// `json.ignore-parse-errors` / `csv.ignore-parse-errors`: skip (and count) lines that do
     /// not parse, rather than fail.
     pub ignore_parse_errors: bool,
+    /// `json.fail-on-missing-field`: a JSON line without one of the table's fields is a bad
+    /// line (by default the field is NULL).
+    pub fail_on_missing_field: bool,
     /// `sink.rolling-policy.file-size`: a file the sink writes is closed at this size (default
     /// 128 MB). Files are also closed at the end of every epoch, which keeps
     /// `sink.rolling-policy.rollover-interval` too.
@@ -473,6 +476,7 @@ impl<'a> ConnectorOptions<'a> {
                 "format",
                 "source.monitor-interval",
                 "json.ignore-parse-errors",
+                "json.fail-on-missing-field",
                 "json.timestamp-format.standard",
                 "csv.field-delimiter",
                 "csv.quote-character",
@@ -493,7 +497,6 @@ impl<'a> ConnectorOptions<'a> {
                 "sink.partition-commit.delay",
                 "sink.partition-commit.policy.kind",
                 "json.map-null-key.mode",
-                "json.fail-on-missing-field",
                 "csv.escape-character",
                 "csv.array-element-delimiter",
                 "csv.disable-quote-character",
@@ -560,6 +563,12 @@ impl<'a> ConnectorOptions<'a> {
                 parse_duration(text).map_err(|why| self.error(format!("option '{key}' = '{text}': {why}")))?;
             }
         }
+        let fail_on_missing_field = self.boolean("json.fail-on-missing-field")?;
+        if fail_on_missing_field && self.boolean("json.ignore-parse-errors")? {
+            return Err(self.error(
+                "options 'json.fail-on-missing-field' and 'json.ignore-parse-errors' cannot both be 'true'".into(),
+            ));
+        }
         if monitor_interval.is_some_and(|d| d.is_zero()) {
             return Err(self.error("option 'source.monitor-interval' must be more than 0".into()));
         }
@@ -569,6 +578,7 @@ impl<'a> ConnectorOptions<'a> {
             monitor_interval,
             ignore_parse_errors: self.boolean("json.ignore-parse-errors")?
                 || self.boolean("csv.ignore-parse-errors")?,
+            fail_on_missing_field,
             file_size: match self.get("sink.rolling-policy.file-size") {
                 None => 128 << 20,
                 Some(text) => parse_size(text)

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use freshet_common::{FreshetError, Result, SharedClock};
 use freshet_storage::Table;
 
-use crate::connector::{Connector, EventTimeOptions, FilesystemOptions};
+use crate::connector::{Connector, EventTimeOptions};
 use datagen::Datagen;
 use filesystem::FileSource;
 
@@ -200,25 +200,10 @@ impl Source {
         clock: SharedClock,
     ) -> Result<Self> {
         let (reader, monitor_interval) = match connector {
-            Connector::Filesystem(options) => {
-                let FilesystemOptions {
-                    path,
-                    format,
-                    monitor_interval,
-                    ignore_parse_errors,
-                    ..
-                } = options.clone();
-                (
-                    Reader::Files(FileSource::new(
-                        table,
-                        path,
-                        format,
-                        decode.clone(),
-                        ignore_parse_errors,
-                    )),
-                    monitor_interval,
-                )
-            }
+            Connector::Filesystem(options) => (
+                Reader::Files(FileSource::new(table, options, decode.clone())),
+                options.monitor_interval,
+            ),
             Connector::Datagen(options) => (
                 Reader::Datagen(Datagen::new(table, decode.clone(), options.clone())?),
                 None,

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use freshet::Engine;
 use freshet_server::{Server, ServerOptions};
 
+/// The allocator the `freshet` binary ships with, so that figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

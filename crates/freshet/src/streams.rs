@@ -269,9 +269,11 @@ impl Engine {
                 "table \"{name}\": a connector table needs at least one physical column"
             )));
         }
+        // DataFusion has no MAP type: a MAP is planned as a ROW of its key and value, which
+        // becomes the Arrow map type afterwards.
         let columns_sql = physical
             .iter()
-            .map(|(n, t, not_null)| format!("{n} {t}{}", if *not_null { " NOT NULL" } else { "" }))
+            .map(|(n, t, not_null)| format!("{n} {}{}", maps_as_rows(t), if *not_null { " NOT NULL" } else { "" }))
             .collect::<Vec<_>>()
             .join(", ");
         let state = self.inner.ctx.state();
@@ -284,7 +286,29 @@ impl Engine {
                 "a column list did not plan as CREATE TABLE".into(),
             ));
         };
-        let physical_schema: SchemaRef = Arc::new(planned.input.schema().as_arrow().clone());
+        let planned_schema = planned.input.schema().as_arrow();
+        let physical_schema: SchemaRef = Arc::new(Schema::new(
+            planned_schema
+                .fields()
+                .iter()
+                .zip(&physical)
+                .map(|(field, (_, sql_type, _))| {
+                    field
+                        .as_ref()
+                        .clone()
+                        .with_data_type(with_maps(field.data_type(), sql_type))
+                })
+                .collect::<Vec<_>>(),
+        ));
+        if let freshet_runtime::Connector::Filesystem(files) = &connector
+            && matches!(files.format, freshet_runtime::FileFormat::Csv(_))
+            && let Some(field) = physical_schema.fields().iter().find(|f| holds_map(f.data_type()))
+        {
+            return Err(FreshetError::Unsupported(format!(
+                "table \"{name}\": column {} holds a MAP, which format 'csv' cannot (use 'json' or 'parquet')",
+                field.name()
+            )));
+        }
         // The data names its fields as the DDL writes them (JSON keys are case-sensitive).
         let decode = Arc::new(Schema::new(
             physical_schema
@@ -528,6 +552,110 @@ impl Engine {
                 _ => {}
             }
         }
+    }
+}
+
+/// The SQL type with every `MAP<k, v>` (at any depth) written as `ROW<key k, value v>`, which
+/// DataFusion's planner turns into Arrow types.
+fn maps_as_rows(sql: &SqlType) -> SqlType {
+    use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, Ident, StructBracketKind, StructField};
+    match sql {
+        SqlType::Map(key, value) => SqlType::Struct(
+            vec![
+                StructField {
+                    field_name: Some(Ident::new("key")),
+                    field_type: maps_as_rows(key),
+                    options: None,
+                },
+                StructField {
+                    field_name: Some(Ident::new("value")),
+                    field_type: maps_as_rows(value),
+                    options: None,
+                },
+            ],
+            StructBracketKind::AngleBrackets,
+        ),
+        SqlType::Struct(fields, brackets) => SqlType::Struct(
+            fields
+                .iter()
+                .map(|f| StructField {
+                    field_type: maps_as_rows(&f.field_type),
+                    ..f.clone()
+                })
+                .collect(),
+            *brackets,
+        ),
+        SqlType::Array(ArrayElemTypeDef::AngleBracket(inner)) => {
+            SqlType::Array(ArrayElemTypeDef::AngleBracket(Box::new(maps_as_rows(inner))))
+        }
+        SqlType::Array(ArrayElemTypeDef::SquareBracket(inner, size)) => {
+            SqlType::Array(ArrayElemTypeDef::SquareBracket(Box::new(maps_as_rows(inner)), *size))
+        }
+        SqlType::Array(ArrayElemTypeDef::Parenthesis(inner)) => {
+            SqlType::Array(ArrayElemTypeDef::Parenthesis(Box::new(maps_as_rows(inner))))
+        }
+        other => other.clone(),
+    }
+}
+
+/// The Arrow type planned for [`maps_as_rows`]'s type, with the rows that stand for maps made
+/// Arrow maps again (keys never NULL, as in Flink and Arrow).
+fn with_maps(planned: &DataType, sql: &SqlType) -> DataType {
+    use datafusion::sql::sqlparser::ast::ArrayElemTypeDef;
+    match (planned, sql) {
+        (DataType::Struct(fields), SqlType::Map(key, value)) if fields.len() == 2 => {
+            // DataFusion's map functions compare keys with plain strings, not string views.
+            let plain = |t: DataType| match t {
+                DataType::Utf8View => DataType::Utf8,
+                other => other,
+            };
+            let entries = DataType::Struct(
+                vec![
+                    Field::new("key", plain(with_maps(fields[0].data_type(), key)), false),
+                    Field::new("value", plain(with_maps(fields[1].data_type(), value)), true),
+                ]
+                .into(),
+            );
+            DataType::Map(Arc::new(Field::new("entries", entries, false)), false)
+        }
+        (DataType::Struct(fields), SqlType::Struct(sql_fields, _)) if fields.len() == sql_fields.len() => {
+            DataType::Struct(
+                fields
+                    .iter()
+                    .zip(sql_fields)
+                    .map(|(f, s)| {
+                        Arc::new(
+                            f.as_ref()
+                                .clone()
+                                .with_data_type(with_maps(f.data_type(), &s.field_type)),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        (
+            DataType::List(item),
+            SqlType::Array(
+                ArrayElemTypeDef::AngleBracket(inner)
+                | ArrayElemTypeDef::SquareBracket(inner, _)
+                | ArrayElemTypeDef::Parenthesis(inner),
+            ),
+        ) => DataType::List(Arc::new(
+            item.as_ref().clone().with_data_type(with_maps(item.data_type(), inner)),
+        )),
+        (planned, _) => planned.clone(),
+    }
+}
+
+/// Whether a value of the type is or holds a map.
+fn holds_map(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Map(..) => true,
+        DataType::Struct(fields) => fields.iter().any(|f| holds_map(f.data_type())),
+        DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _) => {
+            holds_map(item.data_type())
+        }
+        _ => false,
     }
 }
 

@@ -344,6 +344,7 @@ mod tests {
             format: FileFormat::Json,
             monitor_interval: None,
             ignore_parse_errors: false,
+            fail_on_missing_field: false,
             file_size: 1 << 20,
         };
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));

@@ -15,7 +15,7 @@ use freshet_common::{FreshetError, Result};
 
 use super::Position;
 use super::json_lines::JsonLines;
-use crate::connector::{CsvOptions, FileFormat};
+use crate::connector::{CsvOptions, FileFormat, FilesystemOptions};
 
 /// Bytes of whole lines decoded at once.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -27,6 +27,7 @@ pub(super) struct FileSource {
     format: FileFormat,
     schema: SchemaRef,
     ignore_errors: bool,
+    fail_on_missing_field: bool,
 }
 
 /// The rows of one file.
@@ -36,13 +37,15 @@ pub(super) struct FileRows {
 }
 
 impl FileSource {
-    pub(super) fn new(table: &str, path: PathBuf, format: FileFormat, schema: SchemaRef, ignore_errors: bool) -> Self {
+    /// The source of `table`'s files, decoding the columns of `schema`.
+    pub(super) fn new(table: &str, options: &FilesystemOptions, schema: SchemaRef) -> Self {
         Self {
             table: table.to_string(),
-            path,
-            format,
+            path: options.path.clone(),
+            format: options.format.clone(),
             schema,
-            ignore_errors,
+            ignore_errors: options.ignore_parse_errors,
+            fail_on_missing_field: options.fail_on_missing_field,
         }
     }
 
@@ -101,7 +104,7 @@ impl FileSource {
     }
 
     fn read_json(&self, file: &Path, bytes: &[u8]) -> Result<FileRows> {
-        let lines = JsonLines::new(self.schema.clone(), self.ignore_errors);
+        let lines = JsonLines::new(self.schema.clone(), self.ignore_errors, self.fail_on_missing_field);
         let mut rows = FileRows {
             batches: Vec::new(),
             skipped: 0,

@@ -1,9 +1,12 @@
 //! Decoding JSON lines into Arrow batches, with errors that say which line and column.
 //!
 //! Whole chunks go through arrow's JSON decoder; a chunk that fails is decoded again line by
-//! line, only to find the bad lines: to name them, or to skip and count them.
+//! line, only to find the bad lines: to name them, or to skip and count them. A missing key
+//! decodes as NULL, as in Flink; with `json.fail-on-missing-field` a chunk that decoded a NULL
+//! is read again line by line to tell a missing key from an explicit `null`.
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Fields, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::Decoder;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -26,6 +29,8 @@ pub(crate) struct BadLine {
 pub(crate) struct JsonLines {
     schema: SchemaRef,
     ignore_errors: bool,
+    /// A line without a key of the schema (at any depth of its ROW columns) is bad.
+    fail_on_missing_field: bool,
 }
 
 /// What a chunk decoded to.
@@ -37,8 +42,12 @@ pub(crate) struct Decoded {
 }
 
 impl JsonLines {
-    pub(crate) fn new(schema: SchemaRef, ignore_errors: bool) -> Self {
-        Self { schema, ignore_errors }
+    pub(crate) fn new(schema: SchemaRef, ignore_errors: bool, fail_on_missing_field: bool) -> Self {
+        Self {
+            schema,
+            ignore_errors,
+            fail_on_missing_field,
+        }
     }
 
     fn decoder(&self) -> Result<Decoder, String> {
@@ -52,8 +61,15 @@ impl JsonLines {
     /// A bad line is an error, or skipped when errors are ignored.
     pub(crate) fn decode(&self, chunk: &[u8], first_line: u64) -> Result<Decoded, BadLine> {
         match self.decode_all(chunk) {
-            Ok(batches) => Ok(Decoded { batches, skipped: 0 }),
-            Err(_) => self.decode_by_line(chunk, first_line),
+            Ok(batches)
+                if !self.fail_on_missing_field
+                    || !batches
+                        .iter()
+                        .any(|b| b.columns().iter().any(|c| has_nulls(c.as_ref()))) =>
+            {
+                Ok(Decoded { batches, skipped: 0 })
+            }
+            _ => self.decode_by_line(chunk, first_line),
         }
     }
 
@@ -93,11 +109,18 @@ impl JsonLines {
                     column: Some(e.column() as u64),
                     reason: format!("malformed JSON: {e}"),
                 }),
-                Ok(serde_json::Value::Object(_)) => self.decode_all(line).err().map(|reason| BadLine {
-                    line: number,
-                    column: None,
-                    reason,
-                }),
+                Ok(serde_json::Value::Object(object)) => match self.missing_field(&object) {
+                    Some(field) => Some(BadLine {
+                        line: number,
+                        column: None,
+                        reason: format!("field '{field}' is missing (json.fail-on-missing-field)"),
+                    }),
+                    None => self.decode_all(line).err().map(|reason| BadLine {
+                        line: number,
+                        column: None,
+                        reason,
+                    }),
+                },
                 Ok(_) => Some(BadLine {
                     line: number,
                     column: Some(1),
@@ -120,6 +143,38 @@ impl JsonLines {
         })?;
         Ok(decoded)
     }
+
+    /// With `fail_on_missing_field`, the first field of the schema the object lacks (a path
+    /// `a.b` for fields of ROW columns).
+    fn missing_field(&self, object: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        if !self.fail_on_missing_field {
+            return None;
+        }
+        missing_in(object, self.schema.fields())
+    }
+}
+
+fn missing_in(object: &serde_json::Map<String, serde_json::Value>, fields: &Fields) -> Option<String> {
+    for field in fields {
+        match (object.get(field.name()), field.data_type()) {
+            (None, _) => return Some(field.name().clone()),
+            (Some(serde_json::Value::Object(inner)), DataType::Struct(children)) => {
+                if let Some(path) = missing_in(inner, children) {
+                    return Some(format!("{}.{path}", field.name()));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether the array or a field of its structs holds a NULL.
+fn has_nulls(array: &dyn Array) -> bool {
+    array.null_count() > 0
+        || array
+            .as_struct_opt()
+            .is_some_and(|rows| rows.columns().iter().any(|c| has_nulls(c.as_ref())))
 }
 
 #[cfg(test)]
@@ -135,7 +190,7 @@ mod tests {
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),
         ]));
-        JsonLines::new(schema, ignore)
+        JsonLines::new(schema, ignore, false)
     }
 
     fn rows(d: &Decoded) -> usize {
@@ -179,5 +234,36 @@ mod tests {
         }
         let d = lines(false).decode(&text, 1).unwrap();
         assert_eq!(rows(&d), BATCH_ROWS * 2 + 5);
+    }
+
+    #[test]
+    fn a_missing_field_is_null_or_with_fail_on_missing_field_a_bad_line() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(
+                "person",
+                DataType::Struct(vec![Field::new("name", DataType::Utf8, true)].into()),
+                true,
+            ),
+        ]));
+        let text = b"{\"id\": 1, \"person\": {\"name\": \"a\"}}\n{\"id\": null, \"person\": {\"name\": null}}\n{\"person\": null}\n";
+        let lenient = JsonLines::new(schema.clone(), false, false).decode(text, 1).unwrap();
+        assert_eq!(rows(&lenient), 3);
+        // Explicit NULLs are not missing fields; the third line lacks `id`.
+        let strict = JsonLines::new(schema.clone(), false, true);
+        let bad = strict.decode(text, 1).unwrap_err();
+        assert_eq!(bad.line, 3);
+        assert!(bad.reason.contains("field 'id' is missing"), "{}", bad.reason);
+        let nested = strict
+            .decode(
+                b"{\"id\": 1, \"person\": {\"name\": \"a\"}}\n{\"id\": 2, \"person\": {}}\n",
+                5,
+            )
+            .unwrap_err();
+        assert_eq!(nested.line, 6);
+        assert!(nested.reason.contains("'person.name'"), "{}", nested.reason);
+        // Lines with every field decode as before, NULLs or not.
+        let fine = strict.decode(&text[..text.len() - 17], 1).unwrap();
+        assert_eq!(rows(&fine), 2);
     }
 }
