@@ -490,7 +490,8 @@ async fn replace(
         held.push(batch, key_bytes)?;
     }
     let batches = held.batches();
-    delete_matching(txn, |batch| {
+    let pruning = key_range_pruning(&base, batches);
+    delete_matching_pruned(txn, pruning, |batch| {
         let rows = encoder.encode(batch)?;
         Ok(Some(rows.iter().map(|r| Some(incoming.contains(&r.owned()))).collect()))
     })
@@ -522,7 +523,8 @@ pub async fn upsert_by_key(txn: &mut Transaction, upserted: &[RecordBatch], dele
         }
     }
     if !keys.is_empty() && base.num_rows() > 0 {
-        delete_matching(txn, |batch| {
+        let both: Vec<RecordBatch> = upserted.iter().chain(deleted).cloned().collect();
+        delete_matching_pruned(txn, key_range_pruning(&base, &both), |batch| {
             let rows = encoder.encode(batch)?;
             Ok(Some(rows.iter().map(|r| Some(keys.contains(&r.owned()))).collect()))
         })
@@ -539,11 +541,63 @@ pub async fn upsert_by_key(txn: &mut Transaction, upserted: &[RecordBatch], dele
 /// Deletes the rows of the transaction's base version that `select` picks (`None`: all rows).
 pub async fn delete_matching(
     txn: &mut Transaction,
+    select: impl FnMut(&RecordBatch) -> Result<Option<BooleanArray>>,
+) -> Result<u64> {
+    delete_matching_pruned(txn, None, select).await
+}
+
+/// The row groups that may hold rows with the primary keys of `batches` (rows of the table's
+/// columns): each key column between the least and the greatest of its values there. Upserting
+/// a stream's latest results — windows that just closed, keys in a recent range — then reads
+/// the row groups of those keys, not the whole table. `None` when statistics cannot tell.
+fn key_range_pruning(base: &Snapshot, batches: &[RecordBatch]) -> Option<Arc<PruningPredicate>> {
+    use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+    use datafusion::logical_expr::{Accumulator, lit};
+    let schema = base.schema();
+    let mut bounds = Vec::new();
+    for column in base.primary_key_indices() {
+        let field = schema.field(column);
+        let mut least = MinAccumulator::try_new(field.data_type()).ok()?;
+        let mut greatest = MaxAccumulator::try_new(field.data_type()).ok()?;
+        for batch in batches {
+            let values = batch.columns().get(column)?.clone();
+            least.update_batch(std::slice::from_ref(&values)).ok()?;
+            greatest.update_batch(&[values]).ok()?;
+        }
+        let (least, greatest) = (least.evaluate().ok()?, greatest.evaluate().ok()?);
+        if least.is_null() || greatest.is_null() {
+            continue;
+        }
+        let key = Expr::Column(datafusion::common::Column::new_unqualified(field.name()));
+        bounds.push(key.clone().gt_eq(lit(least)).and(key.lt_eq(lit(greatest))));
+    }
+    let predicate = conjunction(bounds)?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+    let physical = datafusion::physical_expr::create_physical_expr(
+        &predicate,
+        &df_schema,
+        &datafusion::execution::context::ExecutionProps::new(),
+        &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(),
+    )
+    .ok()?;
+    let pruning = PruningPredicateBuilder::new()
+        .with_file_schema(schema.clone())
+        .try_build(physical)
+        .ok()?;
+    (!pruning.always_true()).then(|| Arc::new(pruning))
+}
+
+/// Like [`delete_matching`], reading only the row groups `pruning` keeps (rows elsewhere are
+/// never picked).
+pub async fn delete_matching_pruned(
+    txn: &mut Transaction,
+    pruning: Option<Arc<PruningPredicate>>,
     mut select: impl FnMut(&RecordBatch) -> Result<Option<BooleanArray>>,
 ) -> Result<u64> {
     let base = txn.base().clone();
     let columns = base.schema().fields().len();
-    let mut rows = base.scan(None, true);
+    let files = (0..base.manifest().files.len()).collect();
+    let mut rows = base.scan_files_pruned(files, None, true, pruning);
     let mut deleted = 0;
     while let Some(batch) = rows.try_next().await? {
         let data = batch.project(&(0..columns).collect::<Vec<_>>()).map_err(internal)?;

@@ -225,3 +225,54 @@ async fn the_background_vacuum_reads_what_expired_not_every_manifest() {
     assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 200);
     engine.close().await;
 }
+
+/// Replacing rows by key (INSERT OR REPLACE, and a job upserting into a table with a key) reads
+/// the row groups whose statistics may hold the keys, not the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_read_the_row_groups_of_their_keys_not_the_whole_table() {
+    let instruments = Instruments::new();
+    let layer = instruments.clone();
+    let engine = Engine::builder()
+        .object_store(Arc::new(InMemory::new()), Path::default(), "memory://upserts")
+        .store_layer(move |store| Arc::new(InstrumentedStore::new(store, layer)))
+        .compact_min_files(1000)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR)")
+        .await
+        .unwrap();
+    // Five files of 20,000 rows: their footers are a small part of them.
+    for part in 0..5 {
+        let first = part * 20_000;
+        engine
+            .sql(&format!(
+                "INSERT INTO t SELECT value, md5(CAST(value AS VARCHAR)) || md5(CAST(value + 1 AS VARCHAR)) \
+                 || md5(CAST(value + 2 AS VARCHAR)) FROM generate_series({first}, {})",
+                first + 19_999
+            ))
+            .await
+            .unwrap();
+    }
+    let replace = |a: i64, b: i64| format!("INSERT OR REPLACE INTO t VALUES ({a}, 'a'), ({b}, 'b')");
+    // The first write builds the key index (every key read once).
+    engine.sql(&replace(0, 1)).await.unwrap();
+    instruments.reset_counters();
+    engine.sql(&replace(5, 7)).await.unwrap();
+    let narrow = instruments.bytes_read();
+    instruments.reset_counters();
+    engine.sql(&replace(6, 99_005)).await.unwrap();
+    let wide = instruments.bytes_read();
+    assert!(
+        narrow * 3 < wide,
+        "keys in one file read {narrow} bytes, keys across all {wide}"
+    );
+    assert_eq!(count(&engine, "SELECT count(*) FROM t").await, 100_000);
+    assert_eq!(count(&engine, "SELECT count(*) FROM t WHERE v IN ('a', 'b')").await, 6);
+    assert_eq!(
+        count(&engine, "SELECT sum(id) FROM t WHERE v = 'b'").await,
+        1 + 7 + 99_005
+    );
+    engine.close().await;
+}
