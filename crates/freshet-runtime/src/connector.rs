@@ -101,6 +101,9 @@ pub struct FieldGenerator {
     pub null_rate: f64,
 }
 
+/// The directory name of a NULL partition value (Flink's and Hive's default).
+pub const DEFAULT_PARTITION: &str = "__DEFAULT_PARTITION__";
+
 /// The options of the `filesystem` connector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilesystemOptions {
@@ -117,6 +120,13 @@ pub struct FilesystemOptions {
     /// `json.fail-on-missing-field`: a JSON line without one of the table's fields is a bad
     /// line (by default the field is NULL).
     pub fail_on_missing_field: bool,
+    /// The table's `PARTITIONED BY` columns: the sink writes rows into a directory per
+    /// partition (`col=value/`, Hive's layout, as Flink), without those columns in the files;
+    /// the source reads every partition directory and takes those columns' values from the
+    /// path.
+    pub partition_columns: Vec<String>,
+    /// `partition.default-name`: the directory name of a NULL or empty partition value.
+    pub default_partition: String,
     /// `sink.rolling-policy.file-size`: a file the sink writes is closed at this size (default
     /// 128 MB). Files are also closed at the end of every epoch, which keeps
     /// `sink.rolling-policy.rollover-interval` too.
@@ -477,6 +487,7 @@ impl<'a> ConnectorOptions<'a> {
                 "source.monitor-interval",
                 "json.ignore-parse-errors",
                 "json.fail-on-missing-field",
+                "partition.default-name",
                 "json.timestamp-format.standard",
                 "csv.field-delimiter",
                 "csv.quote-character",
@@ -490,7 +501,6 @@ impl<'a> ConnectorOptions<'a> {
             ],
             &[
                 "source.path.regex-pattern",
-                "partition.default-name",
                 "auto-compaction",
                 "compaction.file-size",
                 "sink.partition-commit.trigger",
@@ -579,6 +589,11 @@ impl<'a> ConnectorOptions<'a> {
             ignore_parse_errors: self.boolean("json.ignore-parse-errors")?
                 || self.boolean("csv.ignore-parse-errors")?,
             fail_on_missing_field,
+            partition_columns: Vec::new(),
+            default_partition: self
+                .get("partition.default-name")
+                .unwrap_or(DEFAULT_PARTITION)
+                .to_string(),
             file_size: match self.get("sink.rolling-policy.file-size") {
                 None => 128 << 20,
                 Some(text) => parse_size(text)

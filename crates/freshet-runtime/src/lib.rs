@@ -16,6 +16,7 @@
 
 pub mod connector;
 pub mod job;
+mod partitions;
 pub mod sink;
 pub mod source;
 

@@ -28,7 +28,7 @@ pub enum Sink {
     /// an inserted one replaces it.
     Upsert(Arc<Table>),
     /// Writes files into a filesystem table's directory.
-    Files(FileSink),
+    Files(Box<FileSink>),
 }
 
 impl Sink {

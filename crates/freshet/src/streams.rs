@@ -17,7 +17,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{DdlStatement, ExprSchemable, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExprWithAlias, ObjectName, Statement, visit_relations};
+use datafusion::sql::sqlparser::ast::{
+    DataType as SqlType, ExprWithAlias, Ident, ObjectName, Statement, visit_relations,
+};
 
 use freshet_common::{FreshetError, Result};
 use freshet_runtime::{Connector, ConnectorOptions, EventTime, Jobs, Source, SourceColumn};
@@ -249,7 +251,8 @@ impl Engine {
 
     /// The runtime side of a connector table and its columns.
     async fn connector_table(&self, name: &str, create: &CreateConnectorTable) -> Result<(ConnectorTable, SchemaRef)> {
-        let connector = ConnectorOptions::new(name, &create.options).connector()?;
+        let mut connector = ConnectorOptions::new(name, &create.options).connector()?;
+        partition_columns(name, create, &mut connector)?;
         if let freshet_runtime::Connector::Filesystem(files) = &connector {
             self.inner
                 .file_access
@@ -645,6 +648,49 @@ fn with_maps(planned: &DataType, sql: &SqlType) -> DataType {
         )),
         (planned, _) => planned.clone(),
     }
+}
+
+/// Gives a filesystem table its `PARTITIONED BY` columns (by the names the data uses); any
+/// other connector takes none.
+fn partition_columns(name: &str, create: &CreateConnectorTable, connector: &mut Connector) -> Result<()> {
+    if create.partitioned_by.is_empty() {
+        return Ok(());
+    }
+    let Connector::Filesystem(files) = connector else {
+        return Err(FreshetError::Unsupported(format!(
+            "table \"{name}\": PARTITIONED BY with the '{}' connector (the filesystem connector takes it)",
+            connector.name()
+        )));
+    };
+    let physical: Vec<&Ident> = create
+        .columns
+        .iter()
+        .filter(|c| matches!(c.kind, ColumnKind::Physical { .. }))
+        .map(|c| &c.name)
+        .collect();
+    for partition in &create.partitioned_by {
+        let column = physical.iter().find(|c| match partition.quote_style {
+            Some(_) => c.value == partition.value,
+            None => c.value.eq_ignore_ascii_case(&partition.value),
+        });
+        let Some(column) = column else {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{name}\": partition column {partition} is not a physical column of the table"
+            )));
+        };
+        if files.partition_columns.contains(&column.value) {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{name}\": partition column {partition} is named twice"
+            )));
+        }
+        files.partition_columns.push(column.value.clone());
+    }
+    if files.partition_columns.len() == physical.len() {
+        return Err(FreshetError::InvalidStatement(format!(
+            "table \"{name}\": every column is a partition column, which leaves the files no column"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a value of the type is or holds a map.

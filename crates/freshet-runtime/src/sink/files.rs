@@ -27,6 +27,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use freshet_common::{FreshetError, Result};
 
 use crate::connector::{FileFormat, FilesystemOptions};
+use crate::partitions;
 use crate::source::rename_fields;
 
 /// Rows written to a file between checks of its size.
@@ -43,6 +44,11 @@ pub struct FileSink {
     schema: SchemaRef,
     /// Where each written column is among the table's columns.
     positions: Vec<usize>,
+    /// The partition columns (`PARTITIONED BY`): their indices in `schema`, and their names.
+    /// Rows go to their partition's directory (`col=value/`) without those columns.
+    partition_indices: Vec<usize>,
+    partition_names: Vec<String>,
+    default_partition: String,
     /// The job writing: its id marks its hidden files, so that a resumed job finds its own.
     job: String,
     /// Files written under hidden names, waiting for the epoch's commit (target names).
@@ -58,11 +64,22 @@ impl FileSink {
                 "table \"{table}\": the filesystem sink writes files into a directory, and 'path' is a file"
             )));
         }
+        let partition_indices: Vec<usize> = options
+            .partition_columns
+            .iter()
+            .filter_map(|name| schema.index_of(name).ok())
+            .collect();
         Ok(Self {
             table: table.to_string(),
             dir: options.path.clone(),
             format: options.format.clone(),
             file_size: options.file_size,
+            partition_names: partition_indices
+                .iter()
+                .map(|&i| schema.field(i).name().clone())
+                .collect(),
+            partition_indices,
+            default_partition: options.default_partition.clone(),
             schema,
             positions,
             job: String::from("job"),
@@ -98,16 +115,22 @@ impl FileSink {
         self.publish(committed).await?;
         let (dir, suffix) = (self.dir.clone(), format!(".{}.inprogress", self.job));
         let result = tokio::task::spawn_blocking(move || -> std::result::Result<usize, Failure> {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                return Ok(0);
-            };
+            // The table's directory and its partitions' directories.
+            let mut directories = vec![dir];
             let mut removed = 0;
-            for entry in entries {
-                let entry = entry.map_err(io("listing the directory"))?;
-                let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with('.') && name.ends_with(&suffix) {
-                    std::fs::remove_file(entry.path()).map_err(io("removing an uncommitted file"))?;
-                    removed += 1;
+            while let Some(directory) = directories.pop() {
+                let Ok(entries) = std::fs::read_dir(&directory) else {
+                    continue;
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io("listing the directory"))?;
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if name.starts_with('.') && name.ends_with(&suffix) {
+                        std::fs::remove_file(entry.path()).map_err(io("removing an uncommitted file"))?;
+                        removed += 1;
+                    } else if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        directories.push(entry.path());
+                    }
                 }
             }
             Ok(removed)
@@ -145,18 +168,58 @@ impl FileSink {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| FreshetError::Internal(format!("table \"{}\": {e}", self.table)))?;
         let count = batch.num_rows() as u64;
+        let parts = self.by_partition(batch)?;
         let sink = FileSinkJob {
             dir: self.dir.clone(),
             format: self.format.clone(),
             file_size: self.file_size,
             job: self.job.clone(),
         };
-        let result = tokio::task::spawn_blocking(move || sink.write_files(&batch))
-            .await
-            .map_err(|e| FreshetError::Internal(format!("file sink task: {e}")))?;
+        let result = tokio::task::spawn_blocking(move || {
+            let mut written = Vec::new();
+            for (directory, batch) in &parts {
+                written.extend(sink.write_files(directory, batch)?);
+            }
+            Ok(written)
+        })
+        .await
+        .map_err(|e| FreshetError::Internal(format!("file sink task: {e}")))?;
         let written = result.map_err(|(what, e)| self.failed(&what, e))?;
         self.staged.lock().unwrap_or_else(|p| p.into_inner()).extend(written);
         Ok(count)
+    }
+}
+
+impl FileSink {
+    /// The rows of each partition directory (relative; `""` when the table is not partitioned),
+    /// without the partition columns.
+    fn by_partition(&self, batch: RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        if self.partition_indices.is_empty() {
+            return Ok(vec![(String::new(), batch)]);
+        }
+        let internal =
+            |e: datafusion::arrow::error::ArrowError| FreshetError::Internal(format!("table \"{}\": {e}", self.table));
+        let keys: Vec<ArrayRef> = self
+            .partition_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let directories = partitions::directories(&self.partition_names, &keys, &self.default_partition)?;
+        let kept: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| !self.partition_indices.contains(i))
+            .collect();
+        let data = batch.project(&kept).map_err(internal)?;
+        let mut rows: std::collections::BTreeMap<&str, Vec<u32>> = std::collections::BTreeMap::new();
+        for (row, directory) in directories.iter().enumerate() {
+            rows.entry(directory.as_str()).or_default().push(row as u32);
+        }
+        rows.into_iter()
+            .map(|(directory, rows)| {
+                let indices = datafusion::arrow::array::UInt32Array::from(rows);
+                let part = datafusion::arrow::compute::take_record_batch(&data, &indices).map_err(internal)?;
+                Ok((directory.to_string(), part))
+            })
+            .collect()
     }
 }
 
@@ -177,21 +240,31 @@ fn publish_files(dir: &std::path::Path, job: &str, files: &[String]) -> std::res
     if files.is_empty() {
         return Ok(());
     }
+    let mut directories = std::collections::BTreeSet::new();
     for target in files {
-        let hidden = dir.join(hidden_name(target, job));
+        // A target is a name in the table's directory, or a path in a partition's.
+        let path = dir.join(target);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(other("placing a file", format!("{target} is not a file name")));
+        };
+        let hidden = parent.join(hidden_name(&name.to_string_lossy(), job));
         if hidden.exists() {
-            std::fs::rename(&hidden, dir.join(target)).map_err(io("placing a file"))?;
-        } else if !dir.join(target).exists() {
+            std::fs::rename(&hidden, &path).map_err(io("placing a file"))?;
+        } else if !path.exists() {
             return Err(other(
                 "placing a file",
                 format!("{target} was staged and committed but is gone"),
             ));
         }
+        directories.insert(parent.to_path_buf());
     }
-    // The renames are durable once the directory is.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing the directory"))
+    // The renames are durable once the directories are.
+    for directory in directories {
+        File::open(&directory)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the directory"))?;
+    }
+    Ok(())
 }
 
 type Failure = (String, std::io::Error);
@@ -205,26 +278,42 @@ fn other(what: &str, e: impl std::fmt::Display) -> Failure {
 }
 
 impl FileSinkJob {
-    /// Writes the rows into staged files; returns their target names.
-    fn write_files(&self, batch: &RecordBatch) -> std::result::Result<Vec<String>, Failure> {
-        std::fs::create_dir_all(&self.dir).map_err(io("creating the directory"))?;
+    /// Writes the rows into staged files in `directory` (relative to the table's; `""` for
+    /// itself); returns their target names (paths relative to the table's directory).
+    fn write_files(&self, directory: &str, batch: &RecordBatch) -> std::result::Result<Vec<String>, Failure> {
+        let dir = self.dir.join(directory);
+        let created = !dir.exists();
+        std::fs::create_dir_all(&dir).map_err(io("creating the directory"))?;
         let mut offset = 0;
         let mut written = Vec::new();
         while offset < batch.num_rows() {
-            let (end, target) = self.write_file(batch, offset)?;
+            let (end, name) = self.write_file(&dir, batch, offset)?;
             offset = end;
-            written.push(target);
+            written.push(match directory {
+                "" => name,
+                directory => format!("{directory}/{name}"),
+            });
         }
-        // The staged files' names are durable once the directory is.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing the directory"))?;
+        // The staged files' names are durable once their directory is, and a new partition's
+        // directory once the directories above it are.
+        let mut synced = Some(dir.as_path());
+        while let Some(directory) = synced {
+            File::open(directory)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing the directory"))?;
+            synced = directory.parent().filter(|p| created && p.starts_with(&self.dir));
+        }
         Ok(written)
     }
 
-    /// Writes rows from `offset` into one staged file, until the file reaches its size or the
-    /// rows end; returns where it stopped and the file's target name.
-    fn write_file(&self, batch: &RecordBatch, mut offset: usize) -> std::result::Result<(usize, String), Failure> {
+    /// Writes rows from `offset` into one staged file in `dir`, until the file reaches its size
+    /// or the rows end; returns where it stopped and the file's target name.
+    fn write_file(
+        &self,
+        dir: &std::path::Path,
+        batch: &RecordBatch,
+        mut offset: usize,
+    ) -> std::result::Result<(usize, String), Failure> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let extension = match self.format {
             FileFormat::Json => "json",
@@ -232,7 +321,7 @@ impl FileSinkJob {
             FileFormat::Parquet => "parquet",
         };
         let target = format!("part-{id}.{extension}");
-        let hidden = self.dir.join(hidden_name(&target, &self.job));
+        let hidden = dir.join(hidden_name(&target, &self.job));
         let file = File::create(&hidden).map_err(io("creating a file"))?;
         let written = Arc::new(AtomicU64::new(0));
         let out = Counting {
@@ -345,6 +434,8 @@ mod tests {
             monitor_interval: None,
             ignore_parse_errors: false,
             fail_on_missing_field: false,
+            partition_columns: Vec::new(),
+            default_partition: crate::connector::DEFAULT_PARTITION.into(),
             file_size: 1 << 20,
         };
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
@@ -394,5 +485,84 @@ mod tests {
         assert_eq!(visible(dir.path()), committed);
         let text = std::fs::read_to_string(dir.path().join(&committed[0])).unwrap();
         assert_eq!(text.lines().count(), 2);
+    }
+
+    /// Every file below `dir`, as paths relative to it.
+    fn tree(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut directories = vec![dir.to_path_buf()];
+        while let Some(directory) = directories.pop() {
+            for entry in std::fs::read_dir(&directory).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    directories.push(path);
+                } else {
+                    out.push(path.strip_prefix(dir).unwrap().to_string_lossy().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_partitioned_sink_stages_and_settles_files_in_each_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("day", DataType::Utf8, true),
+        ]));
+        let options = FilesystemOptions {
+            path: dir.path().to_path_buf(),
+            format: FileFormat::Json,
+            monitor_interval: None,
+            ignore_parse_errors: false,
+            fail_on_missing_field: false,
+            partition_columns: vec!["day".into()],
+            default_partition: crate::connector::DEFAULT_PARTITION.into(),
+            file_size: 1 << 20,
+        };
+        let partitioned = || {
+            let mut sink = FileSink::new("out", &options, schema.clone(), vec![0, 1]).unwrap();
+            sink.set_job("j1");
+            sink
+        };
+        let rows = |ids: Vec<i64>, days: Vec<Option<&str>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(datafusion::arrow::array::StringArray::from(days)),
+                ],
+            )
+            .unwrap()
+        };
+        let sink = partitioned();
+        sink.write(&rows(vec![1, 2, 3], vec![Some("mon"), Some("tue"), None]))
+            .await
+            .unwrap();
+        let committed = sink.take_staged();
+        assert_eq!(committed.len(), 3);
+        assert!(
+            committed
+                .iter()
+                .any(|f| f.starts_with("day=__DEFAULT_PARTITION__/part-"))
+        );
+        sink.write(&rows(vec![4], vec![Some("wed")])).await.unwrap();
+        let restarted = partitioned();
+        restarted.recover(&committed).await.unwrap();
+        // The committed files are in their partitions; the uncommitted epoch's is gone, though
+        // its partition's directory stays.
+        let files = tree(dir.path());
+        assert_eq!(files, {
+            let mut c = committed.clone();
+            c.sort();
+            c
+        });
+        let monday = committed.iter().find(|f| f.starts_with("day=mon/")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(monday)).unwrap().trim(),
+            r#"{"id":1}"#
+        );
     }
 }

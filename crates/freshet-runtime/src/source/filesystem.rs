@@ -3,10 +3,11 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::csv::ReaderBuilder as CsvReaderBuilder;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -16,6 +17,7 @@ use freshet_common::{FreshetError, Result};
 use super::Position;
 use super::json_lines::JsonLines;
 use crate::connector::{CsvOptions, FileFormat, FilesystemOptions};
+use crate::partitions;
 
 /// Bytes of whole lines decoded at once.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -25,7 +27,13 @@ pub(super) struct FileSource {
     table: String,
     path: PathBuf,
     format: FileFormat,
+    /// The columns the source gives, as the data names them.
     schema: SchemaRef,
+    /// The columns in the files: `schema` without the partition columns.
+    file_schema: SchemaRef,
+    /// The partition columns (`PARTITIONED BY`), whose values are in the files' paths.
+    partitions: SchemaRef,
+    default_partition: String,
     ignore_errors: bool,
     fail_on_missing_field: bool,
 }
@@ -39,11 +47,19 @@ pub(super) struct FileRows {
 impl FileSource {
     /// The source of `table`'s files, decoding the columns of `schema`.
     pub(super) fn new(table: &str, options: &FilesystemOptions, schema: SchemaRef) -> Self {
+        let (partitions, files): (Vec<_>, Vec<_>) = schema
+            .fields()
+            .iter()
+            .cloned()
+            .partition(|f| options.partition_columns.contains(f.name()));
         Self {
             table: table.to_string(),
             path: options.path.clone(),
             format: options.format.clone(),
             schema,
+            file_schema: Arc::new(Schema::new(files)),
+            partitions: Arc::new(Schema::new(partitions)),
+            default_partition: options.default_partition.clone(),
             ignore_errors: options.ignore_parse_errors,
             fail_on_missing_field: options.fail_on_missing_field,
         }
@@ -65,22 +81,23 @@ impl FileSource {
             .map_err(|e| self.bad(format!("path {}", self.path.display()), e.to_string()))?;
         let mut files = Vec::new();
         if metadata.is_dir() {
-            let mut entries = tokio::fs::read_dir(&self.path)
-                .await
-                .map_err(|e| self.bad(format!("directory {}", self.path.display()), e.to_string()))?;
-            while let Some(entry) = entries
-                .next_entry()
-                .await
-                .map_err(|e| self.bad(format!("directory {}", self.path.display()), e.to_string()))?
-            {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with('.') || name.starts_with('_') {
-                    continue;
-                }
-                let is_file = entry.file_type().await.map(|t| t.is_file()).unwrap_or(false);
-                if is_file {
-                    files.push(entry.path());
+            // A partitioned table's files are in its partitions' directories, at any depth.
+            let recursive = !self.partitions.fields().is_empty();
+            let mut directories = vec![self.path.clone()];
+            while let Some(directory) = directories.pop() {
+                let listing = |e: std::io::Error| self.bad(format!("directory {}", directory.display()), e.to_string());
+                let mut entries = tokio::fs::read_dir(&directory).await.map_err(listing)?;
+                while let Some(entry) = entries.next_entry().await.map_err(listing)? {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with('.') || name.starts_with('_') {
+                        continue;
+                    }
+                    match entry.file_type().await {
+                        Ok(kind) if kind.is_file() => files.push(entry.path()),
+                        Ok(kind) if kind.is_dir() && recursive => directories.push(entry.path()),
+                        _ => {}
+                    }
                 }
             }
             files.sort();
@@ -96,15 +113,29 @@ impl FileSource {
         let bytes = tokio::fs::read(file)
             .await
             .map_err(|e| self.bad(format!("file {}", file.display()), e.to_string()))?;
-        match &self.format {
+        let mut rows = match &self.format {
             FileFormat::Json => self.read_json(file, &bytes),
             FileFormat::Csv(options) => self.read_csv(file, &bytes, options),
             FileFormat::Parquet => self.read_parquet(file, bytes),
+        }?;
+        if !self.partitions.fields().is_empty() {
+            let most = rows.batches.iter().map(RecordBatch::num_rows).max().unwrap_or(0);
+            let values = partitions::columns_of(&self.path, file, &self.partitions, &self.default_partition, most)
+                .map_err(|e| match e {
+                    FreshetError::BadSourceData { at, reason, .. } => self.bad(at, reason),
+                    other => other,
+                })?;
+            rows.batches = rows
+                .batches
+                .iter()
+                .map(|batch| partitions::with_partitions(&self.schema, batch, &self.partitions, &values))
+                .collect::<Result<_>>()?;
         }
+        Ok(rows)
     }
 
     fn read_json(&self, file: &Path, bytes: &[u8]) -> Result<FileRows> {
-        let lines = JsonLines::new(self.schema.clone(), self.ignore_errors, self.fail_on_missing_field);
+        let lines = JsonLines::new(self.file_schema.clone(), self.ignore_errors, self.fail_on_missing_field);
         let mut rows = FileRows {
             batches: Vec::new(),
             skipped: 0,
@@ -152,7 +183,7 @@ impl FileSource {
             None => None,
         };
         let builder = || {
-            let builder = CsvReaderBuilder::new(self.schema.clone())
+            let builder = CsvReaderBuilder::new(self.file_schema.clone())
                 .with_header(false)
                 .with_delimiter(options.delimiter)
                 .with_quote(options.quote);
@@ -201,7 +232,7 @@ impl FileSource {
             .map_err(|e| self.bad(at(), e.to_string()))?;
         let file_schema = builder.schema().clone();
         let mut indices = Vec::new();
-        for field in self.schema.fields() {
+        for field in self.file_schema.fields() {
             let index = file_schema
                 .index_of(field.name())
                 .map_err(|_| self.bad(at(), format!("the file has no column \"{}\"", field.name())))?;
@@ -218,7 +249,7 @@ impl FileSource {
         for batch in reader {
             let batch = batch.map_err(|e| self.bad(at(), e.to_string()))?;
             let columns = self
-                .schema
+                .file_schema
                 .fields()
                 .iter()
                 .zip(&indices)
@@ -233,8 +264,9 @@ impl FileSource {
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            batches
-                .push(RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.bad(at(), e.to_string()))?);
+            batches.push(
+                RecordBatch::try_new(self.file_schema.clone(), columns).map_err(|e| self.bad(at(), e.to_string()))?,
+            );
         }
         Ok(FileRows { batches, skipped: 0 })
     }

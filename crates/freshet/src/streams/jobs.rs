@@ -257,7 +257,7 @@ impl Engine {
                         )));
                     };
                     let (schema, positions) = source.data_columns();
-                    Sink::Files(FileSink::new(&target, options, schema, positions)?)
+                    Sink::Files(Box::new(FileSink::new(&target, options, schema, positions)?))
                 }
             },
             None => {
