@@ -868,16 +868,23 @@ impl Operator for Join {
         }
         let right = dealt.pop().ok_or_else(|| mismatch("no right side"))?;
         let left = dealt.pop().ok_or_else(|| mismatch("no left side"))?;
-        for (part, (left, right)) in self.parts.iter_mut().zip(left.into_iter().zip(right)) {
-            match counts {
-                Some((rows, null_rows)) => part.apply_not_in(&left, &right, rows, null_rows)?,
+        let rows: usize = left.iter().chain(&right).map(|changes| changes.delta.len()).sum();
+        // The parts' arrangements are indexed at once, as an epoch's changes are.
+        let mut work: Vec<(&mut Part, (Encoded, Encoded))> =
+            self.parts.iter_mut().zip(left.into_iter().zip(right)).collect();
+        run_parts(
+            &mut work,
+            rows >= PARALLEL_MIN_ROWS,
+            |_, (part, (left, right))| match counts {
+                Some((rows, null_rows)) => part.apply_not_in(left, right, rows, null_rows),
                 None => {
-                    part.apply(&left, Side::Left)?;
-                    part.apply(&right, Side::Right)?;
+                    part.apply(left, Side::Left)?;
+                    part.apply(right, Side::Right)
                 }
-            }
-        }
-        Ok(())
+            },
+        )
+        .into_iter()
+        .collect()
     }
 }
 
