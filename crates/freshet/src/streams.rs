@@ -290,19 +290,26 @@ impl Engine {
             ));
         };
         let planned_schema = planned.input.schema().as_arrow();
-        let physical_schema: SchemaRef = Arc::new(Schema::new(
-            planned_schema
-                .fields()
-                .iter()
-                .zip(&physical)
-                .map(|(field, (_, sql_type, _))| {
-                    field
-                        .as_ref()
-                        .clone()
-                        .with_data_type(with_maps(field.data_type(), sql_type))
-                })
-                .collect::<Vec<_>>(),
-        ));
+        // The table names its columns as any identifier; the data (JSON keys, ROW fields) as
+        // the DDL writes them.
+        let declared_schema = |written: bool| {
+            Arc::new(Schema::new(
+                planned_schema
+                    .fields()
+                    .iter()
+                    .zip(&physical)
+                    .map(|(field, (ident, sql_type, _))| {
+                        let name = if written {
+                            ident.value.as_str()
+                        } else {
+                            field.name().as_str()
+                        };
+                        declared(field, name, sql_type, written)
+                    })
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let physical_schema: SchemaRef = declared_schema(false);
         if let freshet_runtime::Connector::Filesystem(files) = &connector
             && matches!(files.format, freshet_runtime::FileFormat::Csv(_))
             && let Some(field) = physical_schema.fields().iter().find(|f| holds_map(f.data_type()))
@@ -312,15 +319,7 @@ impl Engine {
                 field.name()
             )));
         }
-        // The data names its fields as the DDL writes them (JSON keys are case-sensitive).
-        let decode = Arc::new(Schema::new(
-            physical_schema
-                .fields()
-                .iter()
-                .zip(&physical)
-                .map(|(field, (ident, sql_type, _))| written_names(field, &ident.value, sql_type))
-                .collect::<Vec<_>>(),
-        ));
+        let decode = declared_schema(true);
         let df_physical = DFSchema::try_from(physical_schema.as_ref().clone())?;
         let mut fields = Vec::new();
         let mut sources = Vec::new();
@@ -601,21 +600,24 @@ fn maps_as_rows(sql: &SqlType) -> SqlType {
     }
 }
 
-/// The Arrow type planned for [`maps_as_rows`]'s type, with the rows that stand for maps made
-/// Arrow maps again (keys never NULL, as in Flink and Arrow).
-fn with_maps(planned: &DataType, sql: &SqlType) -> DataType {
+/// A column's field as declared: `planned` is DataFusion's field for [`maps_as_rows`]'s type,
+/// whose rows that stand for maps become Arrow maps again (keys never NULL, as in Flink and
+/// Arrow); with `written`, ROW fields keep the names the DDL wrote (the data's: JSON keys are
+/// case-sensitive) rather than normalized ones — not yet inside arrays and maps, whose rows the
+/// source does not rename (`freshet_runtime::source::rename_fields`).
+fn declared(planned: &Field, name: &str, sql: &SqlType, written: bool) -> Field {
     use datafusion::sql::sqlparser::ast::ArrayElemTypeDef;
-    match (planned, sql) {
+    let data_type = match (planned.data_type(), sql) {
         (DataType::Struct(fields), SqlType::Map(key, value)) if fields.len() == 2 => {
             // DataFusion's map functions compare keys with plain strings, not string views.
-            let plain = |t: DataType| match t {
-                DataType::Utf8View => DataType::Utf8,
-                other => other,
+            let plain = |field: Field| match field.data_type() {
+                DataType::Utf8View => field.with_data_type(DataType::Utf8),
+                _ => field,
             };
             let entries = DataType::Struct(
                 vec![
-                    Field::new("key", plain(with_maps(fields[0].data_type(), key)), false),
-                    Field::new("value", plain(with_maps(fields[1].data_type(), value)), true),
+                    plain(declared(&fields[0], "key", key, false)).with_nullable(false),
+                    plain(declared(&fields[1], "value", value, false)).with_nullable(true),
                 ]
                 .into(),
             );
@@ -627,11 +629,11 @@ fn with_maps(planned: &DataType, sql: &SqlType) -> DataType {
                     .iter()
                     .zip(sql_fields)
                     .map(|(f, s)| {
-                        Arc::new(
-                            f.as_ref()
-                                .clone()
-                                .with_data_type(with_maps(f.data_type(), &s.field_type)),
-                        )
+                        let name = match (&s.field_name, written) {
+                            (Some(ident), true) => ident.value.as_str(),
+                            _ => f.name().as_str(),
+                        };
+                        Arc::new(declared(f, name, &s.field_type, written))
                     })
                     .collect(),
             )
@@ -643,11 +645,10 @@ fn with_maps(planned: &DataType, sql: &SqlType) -> DataType {
                 | ArrayElemTypeDef::SquareBracket(inner, _)
                 | ArrayElemTypeDef::Parenthesis(inner),
             ),
-        ) => DataType::List(Arc::new(
-            item.as_ref().clone().with_data_type(with_maps(item.data_type(), inner)),
-        )),
-        (planned, _) => planned.clone(),
-    }
+        ) => DataType::List(Arc::new(declared(item, item.name(), inner, false))),
+        (data_type, _) => data_type.clone(),
+    };
+    Field::new(name, data_type, planned.is_nullable())
 }
 
 /// Gives a filesystem table its `PARTITIONED BY` columns (by the names the data uses); any
@@ -703,26 +704,6 @@ fn holds_map(data_type: &DataType) -> bool {
         }
         _ => false,
     }
-}
-
-/// A field with the names the DDL wrote (struct fields too), rather than normalized ones.
-fn written_names(field: &Field, name: &str, sql: &SqlType) -> Field {
-    let data_type = match (field.data_type(), sql) {
-        (DataType::Struct(fields), SqlType::Struct(sql_fields, _)) if fields.len() == sql_fields.len() => {
-            DataType::Struct(
-                fields
-                    .iter()
-                    .zip(sql_fields)
-                    .map(|(f, s)| {
-                        let written = s.field_name.as_ref().map_or(f.name().as_str(), |n| n.value.as_str());
-                        Arc::new(written_names(f, written, &s.field_type))
-                    })
-                    .collect(),
-            )
-        }
-        (data_type, _) => data_type.clone(),
-    };
-    Field::new(name, data_type, field.is_nullable())
 }
 
 impl Engine {
