@@ -81,10 +81,11 @@ pub(crate) fn directories(names: &[String], columns: &[ArrayRef], default: &str)
     Ok(out)
 }
 
-/// The partition columns of a file's rows, from the directories of its path below the table's
+/// The partition columns of a file's rows, from the directories of its path below `table`'s
 /// `root`: for each field of `partitions` (name and type), a column of `rows` copies of the
 /// value its `name=value` directory gives (NULL for the default name or no such directory).
 pub(crate) fn columns_of(
+    table: &str,
     root: &Path,
     file: &Path,
     partitions: &SchemaRef,
@@ -113,13 +114,13 @@ pub(crate) fn columns_of(
                         return Ok(text);
                     }
                     let typed = cast(&text, field.data_type()).map_err(|e| FreshetError::BadSourceData {
-                        table: String::new(),
+                        table: table.to_string(),
                         at: format!("file {}", file.display()),
                         reason: format!("partition {}={value}: {e}", field.name()),
                     })?;
                     if typed.null_count() > 0 {
                         return Err(FreshetError::BadSourceData {
-                            table: String::new(),
+                            table: table.to_string(),
                             at: format!("file {}", file.display()),
                             reason: format!(
                                 "partition {}={value} is not a value of type {}",
@@ -186,6 +187,7 @@ mod tests {
         ]));
         let root = Path::new("/data/t");
         let read = columns_of(
+            "t",
             root,
             &root.join(&dirs[2]).join("part-1.json"),
             &schema,
@@ -196,6 +198,7 @@ mod tests {
         assert_eq!(array_value_to_string(&read[0], 1).unwrap(), "a/b");
         assert!(read[1].is_null(0));
         let bad = columns_of(
+            "t",
             root,
             &root.join("dt=x/hr=ten/f.json"),
             &schema,

@@ -223,9 +223,15 @@ fn pruning_predicate(state: &dyn Session, schema: &SchemaRef, filters: &[Expr]) 
     let predicate = conjunction(filters.iter().cloned())?;
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
     let physical = state.create_physical_expr(predicate, &df_schema).ok()?;
+    pruning_of(schema, physical)
+}
+
+/// The pruning predicate of a physical predicate over the table's columns, unless it keeps
+/// every row group.
+fn pruning_of(schema: &SchemaRef, predicate: Arc<dyn PhysicalExpr>) -> Option<Arc<PruningPredicate>> {
     let pruning = PruningPredicateBuilder::new()
         .with_file_schema(schema.clone())
-        .try_build(physical)
+        .try_build(predicate)
         .ok()?;
     (!pruning.always_true()).then(|| Arc::new(pruning))
 }
@@ -490,7 +496,7 @@ async fn replace(
         held.push(batch, key_bytes)?;
     }
     let batches = held.batches();
-    let pruning = key_range_pruning(&base, batches);
+    let pruning = key_range_pruning(&base, batches.iter());
     delete_matching_pruned(txn, pruning, |batch| {
         let rows = encoder.encode(batch)?;
         Ok(Some(rows.iter().map(|r| Some(incoming.contains(&r.owned()))).collect()))
@@ -523,8 +529,8 @@ pub async fn upsert_by_key(txn: &mut Transaction, upserted: &[RecordBatch], dele
         }
     }
     if !keys.is_empty() && base.num_rows() > 0 {
-        let both: Vec<RecordBatch> = upserted.iter().chain(deleted).cloned().collect();
-        delete_matching_pruned(txn, key_range_pruning(&base, &both), |batch| {
+        let pruning = key_range_pruning(&base, upserted.iter().chain(deleted));
+        delete_matching_pruned(txn, pruning, |batch| {
             let rows = encoder.encode(batch)?;
             Ok(Some(rows.iter().map(|r| Some(keys.contains(&r.owned()))).collect()))
         })
@@ -550,7 +556,10 @@ pub async fn delete_matching(
 /// columns): each key column between the least and the greatest of its values there. Upserting
 /// a stream's latest results — windows that just closed, keys in a recent range — then reads
 /// the row groups of those keys, not the whole table. `None` when statistics cannot tell.
-fn key_range_pruning(base: &Snapshot, batches: &[RecordBatch]) -> Option<Arc<PruningPredicate>> {
+fn key_range_pruning<'b>(
+    base: &Snapshot,
+    batches: impl Iterator<Item = &'b RecordBatch> + Clone,
+) -> Option<Arc<PruningPredicate>> {
     use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
     use datafusion::logical_expr::{Accumulator, lit};
     let schema = base.schema();
@@ -559,7 +568,7 @@ fn key_range_pruning(base: &Snapshot, batches: &[RecordBatch]) -> Option<Arc<Pru
         let field = schema.field(column);
         let mut least = MinAccumulator::try_new(field.data_type()).ok()?;
         let mut greatest = MaxAccumulator::try_new(field.data_type()).ok()?;
-        for batch in batches {
+        for batch in batches.clone() {
             let values = batch.columns().get(column)?.clone();
             least.update_batch(std::slice::from_ref(&values)).ok()?;
             greatest.update_batch(&[values]).ok()?;
@@ -580,11 +589,7 @@ fn key_range_pruning(base: &Snapshot, batches: &[RecordBatch]) -> Option<Arc<Pru
         &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(),
     )
     .ok()?;
-    let pruning = PruningPredicateBuilder::new()
-        .with_file_schema(schema.clone())
-        .try_build(physical)
-        .ok()?;
-    (!pruning.always_true()).then(|| Arc::new(pruning))
+    pruning_of(schema, physical)
 }
 
 /// Like [`delete_matching`], reading only the row groups `pruning` keeps (rows elsewhere are

@@ -47,6 +47,30 @@ async fn clocked_engine(dir: &std::path::Path, clock: &freshet::ManualClock) -> 
         .unwrap()
 }
 
+/// A temporary directory, an engine over it on a manual clock, and the monitored source `s`
+/// reading its directory `input`.
+struct ClockedStream {
+    _dir: tempfile::TempDir,
+    input: std::path::PathBuf,
+    clock: freshet::ManualClock,
+    engine: Engine,
+}
+
+async fn clocked_stream() -> ClockedStream {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = clocked_engine(dir.path(), &clock).await;
+    monitored_source(&engine, &input).await;
+    ClockedStream {
+        _dir: dir,
+        input,
+        clock,
+        engine,
+    }
+}
+
 /// Waits until a job's count (`count` of its info: rows in or out) reaches `n`.
 async fn wait_for_rows(job: &freshet::Job, n: u64, count: impl Fn(&freshet::JobInfo) -> u64) {
     job.subscribe().wait_for(|info| count(info) >= n).await.unwrap();
@@ -370,12 +394,12 @@ async fn nexmark_events_exported_as_json_lines_read_back_as_the_same_events() {
 /// that long (on the engine's clock); a later row of such a group starts it anew, as in Flink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_ttl_forgets_idle_groups_of_a_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = clocked_engine(dir.path(), &clock).await;
-    monitored_source(&engine, &input).await;
+    let ClockedStream {
+        _dir,
+        input,
+        clock,
+        engine,
+    } = clocked_stream().await;
     engine
         .sql("CREATE TABLE counts (id BIGINT, n BIGINT, PRIMARY KEY (id))")
         .await
@@ -464,12 +488,12 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
 /// groups idle for longer are forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = clocked_engine(dir.path(), &clock).await;
-    monitored_source(&engine, &input).await;
+    let ClockedStream {
+        _dir,
+        input,
+        clock,
+        engine,
+    } = clocked_stream().await;
     engine
         .sql("CREATE TABLE best (id BIGINT, v BIGINT, rn BIGINT, PRIMARY KEY (id, rn))")
         .await
@@ -502,12 +526,9 @@ async fn the_state_ttl_forgets_idle_groups_of_a_top_n() {
 /// and the job writes what the query gives in batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_top_n_over_a_stream_keeps_only_its_top_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = clocked_engine(dir.path(), &clock).await;
-    monitored_source(&engine, &input).await;
+    let ClockedStream {
+        _dir, input, engine, ..
+    } = clocked_stream().await;
     engine
         .sql("CREATE TABLE best (g BIGINT, v BIGINT, rn BIGINT, PRIMARY KEY (g, rn))")
         .await

@@ -120,11 +120,14 @@ impl FileSource {
         }?;
         if !self.partitions.fields().is_empty() {
             let most = rows.batches.iter().map(RecordBatch::num_rows).max().unwrap_or(0);
-            let values = partitions::columns_of(&self.path, file, &self.partitions, &self.default_partition, most)
-                .map_err(|e| match e {
-                    FreshetError::BadSourceData { at, reason, .. } => self.bad(at, reason),
-                    other => other,
-                })?;
+            let values = partitions::columns_of(
+                &self.table,
+                &self.path,
+                file,
+                &self.partitions,
+                &self.default_partition,
+                most,
+            )?;
             rows.batches = rows
                 .batches
                 .iter()
