@@ -11,6 +11,9 @@
 //! Accumulators that are not plain numbers (a float sum kept exactly, a MIN/MAX multiset) are
 //! written as one binary value per group with [`StateWriter`] and read with [`StateReader`].
 
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use freshet_common::{FreshetError, Result};
@@ -40,6 +43,71 @@ impl PipelineState {
     pub fn rows(&self) -> usize {
         self.operators.iter().flatten().map(RecordBatch::num_rows).sum()
     }
+}
+
+/// A checkpoint is due once the input changes since the last one reach this many times the
+/// state's rows, whatever the interval: what a restore replays stays proportional to the state.
+pub const CHECKPOINT_MAX_CHANGES_PER_ROW: u64 = 8;
+
+/// When a checkpoint is due: where a state has none (`since` is `None`); where the last,
+/// taken at `since.1` (ms), is older than `interval_ms` at `now_ms` and changes came since;
+/// and where the input changes since (`since.0`, this epoch's included) reach
+/// [`CHECKPOINT_MAX_CHANGES_PER_ROW`] times the state's rows.
+pub fn checkpoint_due(since: Option<(u64, i64)>, state_rows: u64, now_ms: i64, interval_ms: i64) -> bool {
+    let Some((since, at_ms)) = since else {
+        return true;
+    };
+    let rows = state_rows.max(1);
+    since > 0 && (now_ms - at_ms >= interval_ms || since >= rows.saturating_mul(CHECKPOINT_MAX_CHANGES_PER_ROW))
+}
+
+impl PipelineState {
+    /// The state as bytes — each batch an Arrow IPC file, one after the other — and the byte
+    /// ranges of each operator's batches, which [`PipelineState::decode`] takes back.
+    pub fn encode(&self) -> Result<(Vec<u8>, Vec<Vec<(usize, usize)>>)> {
+        let mut bytes = Vec::new();
+        let mut operators = Vec::with_capacity(self.operators.len());
+        for batches in &self.operators {
+            let mut ranges = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let start = bytes.len();
+                let mut writer = FileWriter::try_new(&mut bytes, &batch.schema()).map_err(ipc_error)?;
+                writer.write(batch).map_err(ipc_error)?;
+                writer.finish().map_err(ipc_error)?;
+                drop(writer);
+                ranges.push((start, bytes.len()));
+            }
+            operators.push(ranges);
+        }
+        Ok((bytes, operators))
+    }
+
+    /// Reads back what [`PipelineState::encode`] wrote; a range outside the bytes or a batch
+    /// that does not decode is an error (a corrupt checkpoint).
+    pub fn decode(fingerprint: String, bytes: &[u8], operators: &[Vec<(usize, usize)>]) -> Result<Self> {
+        let mut states = Vec::with_capacity(operators.len());
+        for ranges in operators {
+            let mut batches = Vec::with_capacity(ranges.len());
+            for &(start, end) in ranges {
+                let Some(slice) = bytes.get(start..end) else {
+                    return Err(mismatch("a range is outside the checkpoint's bytes"));
+                };
+                let reader = FileReader::try_new(std::io::Cursor::new(slice), None).map_err(ipc_error)?;
+                let schema = reader.schema();
+                let parts = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(ipc_error)?;
+                batches.push(concat_batches(&schema, &parts).map_err(ipc_error)?);
+            }
+            states.push(batches);
+        }
+        Ok(Self {
+            fingerprint,
+            operators: states,
+        })
+    }
+}
+
+fn ipc_error(e: datafusion::arrow::error::ArrowError) -> FreshetError {
+    FreshetError::Internal(format!("a checkpoint of operator state: {e}"))
 }
 
 /// A checkpoint that does not fit the pipeline it is given to.
@@ -130,6 +198,34 @@ impl<'a> StateReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_decodes_as_encoded_and_a_range_outside_its_bytes_is_an_error() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        let batch = |values: Vec<i64>| {
+            RecordBatch::try_from_iter([("v", std::sync::Arc::new(Int64Array::from(values)) as ArrayRef)]).unwrap()
+        };
+        let state = PipelineState {
+            fingerprint: "f".into(),
+            operators: vec![vec![batch(vec![1, 2]), batch(vec![3])], vec![], vec![batch(vec![4])]],
+        };
+        let (bytes, ranges) = state.encode().unwrap();
+        let back = PipelineState::decode("f".into(), &bytes, &ranges).unwrap();
+        assert_eq!(back.operators, state.operators);
+        let mut outside = ranges.clone();
+        outside[2][0].1 = bytes.len() + 1;
+        assert!(PipelineState::decode("f".into(), &bytes, &outside).is_err());
+        assert!(PipelineState::decode("f".into(), &bytes[..bytes.len() / 2], &ranges).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_without_one_after_the_interval_or_after_many_changes() {
+        assert!(checkpoint_due(None, 10, 0, 60_000));
+        assert!(!checkpoint_due(Some((5, 0)), 10, 1_000, 60_000));
+        assert!(checkpoint_due(Some((5, 0)), 10, 60_000, 60_000));
+        assert!(!checkpoint_due(Some((0, 0)), 10, 60_000, 60_000), "nothing changed since");
+        assert!(checkpoint_due(Some((80, 0)), 10, 1_000, 60_000));
+    }
 
     #[test]
     fn values_read_back_as_written_and_a_short_buffer_is_an_error() {

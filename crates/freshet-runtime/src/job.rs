@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use freshet_common::{ChangeBatch, FreshetError, Result, SharedClock};
 use freshet_incremental::{Epoch, Pipeline};
-use freshet_storage::Table;
+use freshet_storage::{StateFile, Table};
 
 use crate::sink::Sink;
 use crate::source::{IngestReport, Source};
@@ -28,8 +28,13 @@ pub trait JobProgress: Send + Sync + std::fmt::Debug {
     /// Records, atomically, that the job has written everything up to these input versions,
     /// and which staged files of its sinks hold the output (put in place after this returns).
     async fn save(&self, job: &str, progress: &SavedProgress) -> Result<()>;
-    /// The job has ended: forget it.
+    /// The job has ended: forget it (its checkpoints too).
     async fn ended(&self, job: &str) -> Result<()>;
+    /// Writes a checkpoint of the job's operator state as a new file, which a progress saved
+    /// after it names.
+    async fn write_state(&self, job: &str, bytes: bytes::Bytes) -> Result<StateFile>;
+    /// Deletes the job's checkpoint files other than `keep` (those of its saved progress).
+    async fn remove_states(&self, job: &str, keep: &[StateFile]) -> Result<()>;
 }
 
 /// What a job has committed: the input versions whose output it has written, and the files its
@@ -42,6 +47,27 @@ pub struct SavedProgress {
     /// Staged files (target names) of the last committed epoch, by branch.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub staged: BTreeMap<usize, Vec<String>>,
+    /// The newest checkpoint of each branch's operator state, by branch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checkpoints: BTreeMap<usize, JobCheckpoint>,
+}
+
+/// A checkpoint of one branch's operator state: written after the epoch whose input versions
+/// it reflects had committed, so that those versions are never ahead of what the branch's sink
+/// holds. A resumed branch restores it and steps the input changes from its versions to the
+/// ones it had written everything of, with the output dropped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobCheckpoint {
+    /// The file (in the job's directory) holding the state's batches, its size and hash.
+    pub file: StateFile,
+    /// The pipeline the state belongs to ([`Pipeline::fingerprint`]).
+    pub fingerprint: String,
+    /// The input versions the state reflects.
+    pub inputs: BTreeMap<String, u64>,
+    /// When it was taken (engine clock, ms since the Unix epoch).
+    pub at_ms: i64,
+    /// The byte ranges of each stateful operator's batches ([`PipelineState::decode`]).
+    pub operators: Vec<Vec<(usize, usize)>>,
 }
 
 impl SavedProgress {
@@ -51,7 +77,7 @@ impl SavedProgress {
             Some(serde_json::Value::Object(_)) => serde_json::from_value(value),
             _ => Ok(Self {
                 inputs: serde_json::from_value(value)?,
-                staged: BTreeMap::new(),
+                ..Self::default()
             }),
         }
     }
@@ -72,6 +98,9 @@ pub struct JobStart {
     /// Its operator state's share of the engine's memory pool, resized after every epoch: a
     /// state that outgrows the limit fails the job.
     pub memory: datafusion::execution::memory_pool::MemoryReservation,
+    /// Flink's `execution.checkpointing.interval`: the longest a branch's operator state goes
+    /// without a checkpoint while its inputs change (see [`freshet_incremental::checkpoint_due`]).
+    pub checkpoint_interval_ms: i64,
 }
 
 /// One INSERT of a job: its pipeline and its sink.
@@ -83,6 +112,19 @@ pub struct JobBranch {
     pub sink: Sink,
     /// The input versions it had written everything of, when the job resumes.
     pub resume: Option<BTreeMap<String, u64>>,
+    /// How the pipeline's state was brought to `resume` before the job started (restored from
+    /// this checkpoint, and the changes since stepped through it), if it was; otherwise the job
+    /// rebuilds it from the inputs at those versions.
+    pub restored: Option<Restored>,
+}
+
+/// A branch's state restored from a checkpoint before its job started.
+#[derive(Debug)]
+pub struct Restored {
+    /// The checkpoint (kept until a newer one replaces it).
+    pub checkpoint: JobCheckpoint,
+    /// Input changes stepped since it, up to the versions the branch resumes from.
+    pub replayed: u64,
 }
 
 /// The life of a job.
@@ -146,8 +188,41 @@ pub struct JobInfo {
     pub peak_state_rows: u64,
     /// Per input table, the version processed up to (empty before the first epoch).
     pub inputs: BTreeMap<String, u64>,
+    /// Per input table, the oldest version a restart reads: the version of its branches'
+    /// oldest checkpoint, or the version processed where a branch has none. Vacuum keeps it.
+    pub restart_inputs: BTreeMap<String, u64>,
+    /// The size of its newest checkpoints (bytes, over its branches) and when the newest was
+    /// taken; `None` before the first (a pipeline without state has none).
+    pub checkpoint: Option<(u64, i64)>,
+    /// How its state came back when it resumed after a restart (`None` for a new job).
+    pub recovery: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+impl JobInfo {
+    fn new(id: String, statement: String, status: JobStatus, now_ms: i64, branches: usize) -> Self {
+        Self {
+            id,
+            statement,
+            status,
+            started_at_ms: now_ms,
+            ended_at_ms: None,
+            rows_in: 0,
+            rows_out: 0,
+            rows_out_by_insert: vec![0; branches],
+            epochs: 0,
+            state_bytes: 0,
+            peak_state_bytes: 0,
+            state_rows: 0,
+            peak_state_rows: 0,
+            inputs: BTreeMap::new(),
+            restart_inputs: BTreeMap::new(),
+            checkpoint: None,
+            recovery: None,
+            error: None,
+        }
+    }
 }
 
 /// One input of a job: a table, and the source that feeds it if it is a connector table.
@@ -241,6 +316,7 @@ impl Jobs {
             inputs,
             branches,
             memory,
+            checkpoint_interval_ms,
         } = start;
         let mut tables: Vec<String> = inputs.iter().map(|i| i.table.name().to_string()).collect();
         tables.extend(branches.iter().filter_map(|b| b.sink.table()).map(str::to_string));
@@ -248,31 +324,24 @@ impl Jobs {
             .into_iter()
             .map(|b| {
                 let branch = Branch {
+                    stateful: !b.pipeline.save_state().is_ok_and(|s| s.is_ok_and(|s| s.operators.is_empty())),
                     pipeline: b.pipeline,
                     sink: b.sink,
                     processed: HashMap::new(),
+                    checkpoint: None,
+                    since_checkpoint: None,
                 };
-                (branch, b.resume)
+                (branch, (b.resume, b.restored))
             })
             .unzip();
         let job = Arc::new(Job {
-            info: watch::Sender::new(JobInfo {
-                id: id.clone(),
+            info: watch::Sender::new(JobInfo::new(
+                id.clone(),
                 statement,
-                status: JobStatus::Running,
-                started_at_ms: clock.now_ms(),
-                ended_at_ms: None,
-                rows_in: 0,
-                rows_out: 0,
-                rows_out_by_insert: vec![0; branches.len()],
-                epochs: 0,
-                state_bytes: 0,
-                peak_state_bytes: 0,
-                state_rows: 0,
-                peak_state_rows: 0,
-                inputs: BTreeMap::new(),
-                error: None,
-            }),
+                JobStatus::Running,
+                clock.now_ms(),
+                branches.len(),
+            )),
             stop: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -289,6 +358,7 @@ impl Jobs {
                 clock: clock.clone(),
                 progress: progress.clone(),
                 memory,
+                checkpoint_interval_ms,
             };
             let (status, error) = match run.run(resume).await {
                 Ok(status) => (status, None),
@@ -322,24 +392,11 @@ impl Jobs {
     /// opens), as failed with the reason.
     pub fn failed_to_start(&self, id: &str, statement: &str, error: String, clock: &SharedClock) -> Arc<Job> {
         let now = clock.now_ms();
+        let mut info = JobInfo::new(id.to_string(), statement.to_string(), JobStatus::Failed, now, 0);
+        info.ended_at_ms = Some(now);
+        info.error = Some(error);
         let job = Arc::new(Job {
-            info: watch::Sender::new(JobInfo {
-                id: id.to_string(),
-                statement: statement.to_string(),
-                status: JobStatus::Failed,
-                started_at_ms: now,
-                ended_at_ms: Some(now),
-                rows_in: 0,
-                rows_out: 0,
-                rows_out_by_insert: Vec::new(),
-                epochs: 0,
-                state_bytes: 0,
-                peak_state_bytes: 0,
-                state_rows: 0,
-                peak_state_rows: 0,
-                inputs: BTreeMap::new(),
-                error: Some(error),
-            }),
+            info: watch::Sender::new(info),
             stop: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -380,15 +437,24 @@ struct Run {
     clock: SharedClock,
     progress: Arc<dyn JobProgress>,
     memory: datafusion::execution::memory_pool::MemoryReservation,
+    checkpoint_interval_ms: i64,
 }
 
 /// One INSERT of a running job.
 struct Branch {
     pipeline: Pipeline,
+    /// Whether any of its operators keeps state (a pipeline without is neither checkpointed
+    /// nor rebuilt when it resumes).
+    stateful: bool,
     sink: Sink,
     /// Per input table it reads, the version its changes have been processed up to (empty
     /// before its first epoch).
     processed: HashMap<String, u64>,
+    /// Its newest checkpoint.
+    checkpoint: Option<JobCheckpoint>,
+    /// Input rows stepped since its newest checkpoint, and when that was taken (`None`
+    /// without one).
+    since_checkpoint: Option<(u64, i64)>,
 }
 
 impl Branch {
@@ -410,11 +476,34 @@ impl Run {
         })
     }
 
-    async fn run(&mut self, resume: Vec<Option<BTreeMap<String, u64>>>) -> Result<JobStatus> {
-        for (branch, versions) in resume.into_iter().enumerate() {
-            if let Some(versions) = versions {
-                self.rebuild(branch, &versions).await?;
+    async fn run(&mut self, resume: Vec<(Option<BTreeMap<String, u64>>, Option<Restored>)>) -> Result<JobStatus> {
+        let mut recovery = Vec::new();
+        for (index, (versions, restored)) in resume.into_iter().enumerate() {
+            let Some(versions) = versions else { continue };
+            let branch = &mut self.branches[index];
+            match restored {
+                Some(Restored { checkpoint, replayed }) => {
+                    recovery.push(format!(
+                        "operator state restored from its checkpoint ({} bytes, {replayed} input changes replayed)",
+                        checkpoint.file.bytes
+                    ));
+                    branch.processed = versions
+                        .into_iter()
+                        .filter(|(name, _)| branch.reads(name))
+                        .collect();
+                    branch.since_checkpoint = Some((replayed, checkpoint.at_ms));
+                    branch.checkpoint = Some(checkpoint);
+                }
+                None => recovery.push(self.rebuild(index, &versions).await?),
             }
+        }
+        if !recovery.is_empty() {
+            recovery.dedup();
+            let restart_inputs = self.restart_inputs();
+            self.job.update(|info| {
+                info.recovery = Some(recovery.join("; "));
+                info.restart_inputs = restart_inputs;
+            });
         }
         // Subscribed before the first look, so that no commit falls in between.
         let mut commits: Vec<watch::Receiver<u64>> = self.inputs.iter().map(|i| i.table.subscribe()).collect();
@@ -468,10 +557,30 @@ impl Run {
         }
     }
 
-    /// Resumes a branch after a restart: its pipeline's state is rebuilt from the inputs at the
-    /// versions it had written everything of (its output then, already written, is dropped),
-    /// and processing goes on from there.
-    async fn rebuild(&mut self, branch: usize, versions: &BTreeMap<String, u64>) -> Result<()> {
+    /// Per input, the oldest version a restart reads ([`JobInfo::restart_inputs`]).
+    fn restart_inputs(&self) -> BTreeMap<String, u64> {
+        let mut oldest: BTreeMap<String, u64> = BTreeMap::new();
+        for branch in &self.branches {
+            for (name, &processed) in &branch.processed {
+                let version = branch
+                    .checkpoint
+                    .as_ref()
+                    .and_then(|c| c.inputs.get(name).copied())
+                    .unwrap_or(processed);
+                oldest
+                    .entry(name.clone())
+                    .and_modify(|v| *v = (*v).min(version))
+                    .or_insert(version);
+            }
+        }
+        oldest
+    }
+
+    /// Resumes a branch after a restart without a checkpoint: its pipeline's state is rebuilt
+    /// from the inputs at the versions it had written everything of (its output then, already
+    /// written, is dropped), and processing goes on from there. A pipeline without state
+    /// reads nothing. Says what it did.
+    async fn rebuild(&mut self, branch: usize, versions: &BTreeMap<String, u64>) -> Result<String> {
         let mut epoch = Epoch::at(self.clock.now_ms());
         let branch = &mut self.branches[branch];
         for input in &self.inputs {
@@ -489,10 +598,12 @@ impl Run {
                     "the job cannot resume: version {version} of \"{name}\", where it stopped, is gone ({e})"
                 ))
             })?;
-            let columns = branch.pipeline.source_columns(&name).map(<[usize]>::to_vec);
-            let mut rows = snapshot.scan(columns, false);
-            while let Some(batch) = rows.try_next().await? {
-                epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
+            if branch.stateful {
+                let columns = branch.pipeline.source_columns(&name).map(<[usize]>::to_vec);
+                let mut rows = snapshot.scan(columns, false);
+                while let Some(batch) = rows.try_next().await? {
+                    epoch.add(&name, ChangeBatch::with_weight(&batch, 1)?);
+                }
             }
             if let Some((watermark, idle)) = input_watermark(input, &snapshot, self.clock.now_ms()) {
                 epoch.set_watermark(&name, watermark);
@@ -502,8 +613,14 @@ impl Run {
             }
             branch.processed.insert(name, version);
         }
+        let rows = epoch.rows();
         branch.pipeline.step(&epoch)?;
-        self.account()
+        let stateful = branch.stateful;
+        self.account()?;
+        Ok(match stateful {
+            true => format!("operator state rebuilt from the inputs ({rows} rows)"),
+            false => "no operator state to rebuild".to_string(),
+        })
     }
 
     /// Processes every input's changes since the last epoch: each input is read once for the
@@ -569,7 +686,11 @@ impl Run {
                 .filter(|(name, _)| branch.reads(name))
                 .map(|(name, &v)| (name.clone(), v))
                 .collect();
-            if epoch.rows() > 0 || branch.processed.is_empty() || end_of_input {
+            let branch_rows = epoch.rows() as u64;
+            if let Some((since, _)) = &mut branch.since_checkpoint {
+                *since += branch_rows;
+            }
+            if branch_rows > 0 || branch.processed.is_empty() || end_of_input {
                 stepped = true;
                 if let Some(output) = branch.pipeline.step(&epoch)? {
                     if branch.sink.append_only() && output.weights().values().iter().any(|&w| w < 0) {
@@ -608,21 +729,82 @@ impl Run {
             .map(|(index, branch)| (index, branch.sink.take_staged()))
             .filter(|(_, files)| !files.is_empty())
             .collect();
+        let checkpointed = match stepped {
+            true => self.checkpoint(now).await?,
+            false => false,
+        };
         let advanced = self.job.info.borrow().inputs != versions;
-        if advanced || !staged.is_empty() {
-            self.job.update(|info| info.inputs = versions.clone());
+        if advanced || !staged.is_empty() || checkpointed {
+            let restart_inputs = self.restart_inputs();
+            let checkpoints: BTreeMap<usize, JobCheckpoint> = self
+                .branches
+                .iter()
+                .enumerate()
+                .filter_map(|(index, b)| Some((index, b.checkpoint.clone()?)))
+                .collect();
+            let checkpoint = checkpoints.values().map(|c| (c.file.bytes, c.at_ms)).reduce(|a, b| (a.0 + b.0, a.1.max(b.1)));
+            self.job.update(|info| {
+                info.inputs = versions.clone();
+                info.restart_inputs = restart_inputs;
+                info.checkpoint = checkpoint;
+            });
             let id = self.id.clone();
             // The commit point of the epoch: its output reaches external sinks only after it.
             let progress = SavedProgress {
                 inputs: versions,
                 staged,
+                checkpoints,
             };
             self.progress.save(&id, &progress).await?;
             for (index, files) in &progress.staged {
                 self.branches[*index].sink.publish(files).await?;
             }
+            if checkpointed {
+                // The checkpoints the saved progress no longer names go; one left by a failure
+                // here is removed when the job resumes or ends.
+                let keep: Vec<StateFile> = progress.checkpoints.values().map(|c| c.file.clone()).collect();
+                if let Err(e) = self.progress.remove_states(&id, &keep).await {
+                    tracing::warn!(job = %id, error = %e, "could not remove an old checkpoint");
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Writes a checkpoint of each branch whose state is due one (after the epoch's output is
+    /// written, so that the versions it reflects are never ahead of its sink's); whether any
+    /// was written. The saved progress that follows names them.
+    async fn checkpoint(&mut self, now_ms: i64) -> Result<bool> {
+        let mut written = false;
+        for branch in &mut self.branches {
+            if !branch.stateful
+                || !freshet_incremental::checkpoint_due(
+                    branch.since_checkpoint,
+                    branch.pipeline.state_size().rows,
+                    now_ms,
+                    self.checkpoint_interval_ms,
+                )
+            {
+                continue;
+            }
+            let Ok(state) = branch.pipeline.save_state()? else {
+                // An operator that cannot save its state yet: the branch is rebuilt from its
+                // inputs when it resumes.
+                continue;
+            };
+            let (bytes, operators) = state.encode()?;
+            let file = self.progress.write_state(&self.id, bytes.into()).await?;
+            branch.checkpoint = Some(JobCheckpoint {
+                file,
+                fingerprint: state.fingerprint,
+                inputs: branch.processed.iter().map(|(k, &v)| (k.clone(), v)).collect(),
+                at_ms: now_ms,
+                operators,
+            });
+            branch.since_checkpoint = Some((0, now_ms));
+            written = true;
+        }
+        Ok(written)
     }
 }
 

@@ -21,6 +21,8 @@ pub mod sink;
 pub mod source;
 
 pub use connector::{Connector, ConnectorOptions, EventTimeOptions, FileFormat, LateData};
-pub use job::{Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs, SavedProgress};
+pub use job::{
+    Job, JobBranch, JobCheckpoint, JobInfo, JobInput, JobProgress, JobStart, JobStatus, Jobs, Restored, SavedProgress,
+};
 pub use sink::Sink;
 pub use source::{EventTime, IngestReport, Source, SourceColumn, SourceProgress};

@@ -14,11 +14,11 @@ use tokio::sync::Mutex;
 
 use freshet_common::{FreshetError, Result};
 
-use crate::layout::{catalog_dir, job_progress_path, table_dir};
+use crate::layout::{FileKind, catalog_dir, job_dir, job_progress_path, new_file_name, table_dir, table_file};
 use crate::location::Location;
 use crate::log::{Created, VersionLog};
 use crate::maintenance::{Retain, VacuumReport};
-use crate::manifest::FORMAT_VERSION;
+use crate::manifest::{FORMAT_VERSION, StateFile};
 use crate::table::{Table, WriteOptions};
 
 /// One version of the catalog, as stored in `_freshet/catalog/<version>.json`.
@@ -343,6 +343,7 @@ impl Catalog {
             })
             .await?;
         }
+        self.remove_job_states(id, &[]).await?;
         let path = job_progress_path(self.location.root(), id);
         match self.location.store().delete(&path).await {
             Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => Ok(()),
@@ -351,6 +352,56 @@ impl Catalog {
                 source,
             }),
         }
+    }
+
+    /// Writes a checkpoint of a job's operator state, as a new file that its progress names.
+    pub async fn write_job_state(&self, id: &str, bytes: bytes::Bytes) -> Result<StateFile> {
+        let file = StateFile::of(new_file_name(FileKind::State), &bytes);
+        let location = table_file(&job_dir(self.location.root(), id), &file.path);
+        self.location
+            .store()
+            .put(&location, bytes.into())
+            .await
+            .map_err(|e| FreshetError::storage(&location, e))?;
+        Ok(file)
+    }
+
+    /// Reads back a checkpoint of a job's operator state, checked against its size and hash.
+    pub async fn read_job_state(&self, id: &str, file: &StateFile) -> Result<bytes::Bytes> {
+        let location = table_file(&job_dir(self.location.root(), id), &file.path);
+        let bytes = self
+            .location
+            .store()
+            .get(&location)
+            .await
+            .map_err(|e| FreshetError::storage(&location, e))?
+            .bytes()
+            .await
+            .map_err(|e| FreshetError::storage(&location, e))?;
+        file.verify(&location, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Deletes a job's checkpoint files other than `keep` (those its saved progress names).
+    pub async fn remove_job_states(&self, id: &str, keep: &[StateFile]) -> Result<()> {
+        let dir = job_dir(self.location.root(), id);
+        let keep: HashSet<Path> = keep.iter().map(|f| table_file(&dir, &f.path)).collect();
+        let store = self.location.store();
+        let objects: Vec<_> = store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| FreshetError::storage(&dir, e))?;
+        for object in objects {
+            if keep.contains(&object.location) {
+                continue;
+            }
+            match store.delete(&object.location).await {
+                Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(FreshetError::storage(&object.location, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Saves how far a job has got (replacing what was saved before).

@@ -18,6 +18,11 @@ pub(crate) fn job_progress_path(root: &Path, job_id: &str) -> Path {
         .join(format!("{job_id}.json"))
 }
 
+/// Where a job keeps the checkpoints of its operator state (`state/<uuid>.arrow` below it).
+pub(crate) fn job_dir(root: &Path, job_id: &str) -> Path {
+    root.clone().join("_freshet").join("jobs").join(job_id)
+}
+
 /// The directory of one table's files.
 pub(crate) fn table_dir(root: &Path, table_id: &str) -> Path {
     root.clone().join("tables").join(table_id)

@@ -79,6 +79,34 @@ pub struct StateFile {
     pub blake3: String,
 }
 
+impl StateFile {
+    /// Describes `bytes`, written at a new path (relative to its directory).
+    pub(crate) fn of(path: String, bytes: &[u8]) -> Self {
+        Self {
+            path,
+            bytes: bytes.len() as u64,
+            blake3: blake3::hash(bytes).to_hex().to_string(),
+        }
+    }
+
+    /// Checks that `bytes`, read from `location`, are this file: its size and its hash.
+    pub(crate) fn verify(&self, location: &datafusion::object_store::path::Path, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != self.bytes {
+            return Err(FreshetError::corrupt(
+                location,
+                format!("{} bytes, the manifest says {}", bytes.len(), self.bytes),
+            ));
+        }
+        if blake3::hash(bytes).to_hex().as_str() != self.blake3 {
+            return Err(FreshetError::corrupt(
+                location,
+                "its contents do not hash to what the manifest says",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A Parquet data file and the rows of it that are deleted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DataFile {

@@ -348,18 +348,7 @@ impl Table {
             .bytes()
             .await
             .map_err(|e| FreshetError::storage(&location, e))?;
-        if bytes.len() as u64 != file.bytes {
-            return Err(FreshetError::corrupt(
-                &location,
-                format!("{} bytes, the manifest says {}", bytes.len(), file.bytes),
-            ));
-        }
-        if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
-            return Err(FreshetError::corrupt(
-                &location,
-                "its contents do not hash to what the manifest says",
-            ));
-        }
+        file.verify(&location, &bytes)?;
         Ok(bytes)
     }
 

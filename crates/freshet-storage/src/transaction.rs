@@ -353,19 +353,14 @@ impl Transaction {
     pub async fn write_state_file(&mut self, bytes: bytes::Bytes) -> Result<StateFile> {
         let path = new_file_name(FileKind::State);
         let location = table_file(&self.table.files.dir, &path);
-        let size = bytes.len() as u64;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let file = StateFile::of(path, &bytes);
         self.table
             .files
             .store
             .put(&location, PutPayload::from(bytes))
             .await
             .map_err(|e| FreshetError::storage(&location, e))?;
-        Ok(StateFile {
-            path,
-            bytes: size,
-            blake3: hash,
-        })
+        Ok(file)
     }
 
     /// Commits a checkpoint of operator state with the version, replacing the base version's.

@@ -52,8 +52,8 @@ impl Engine {
     }
 
     /// What holds each table's older versions back, by table: ACTIVE materialized tables (the
-    /// input versions they and their checkpoints reflect) and RUNNING jobs (the versions they
-    /// have processed).
+    /// input versions they and their checkpoints reflect) and RUNNING jobs (the versions their
+    /// checkpoints reflect, or they have processed: what a restart reads).
     pub(crate) fn holds(&self) -> BTreeMap<String, Vec<Hold>> {
         let mut holds: BTreeMap<String, Vec<Hold>> = BTreeMap::new();
         for name in self.materialized_names() {
@@ -74,7 +74,7 @@ impl Engine {
             if job.status != freshet_runtime::JobStatus::Running {
                 continue;
             }
-            for (input, &version) in &job.inputs {
+            for (input, &version) in &job.restart_inputs {
                 holds.entry(input.clone()).or_default().push(Hold {
                     version,
                     by: format!("job {}", job.id),

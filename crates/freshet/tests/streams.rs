@@ -313,6 +313,102 @@ async fn a_statement_set_is_one_job_writing_every_sink_and_resumes_as_one() {
     engine.close().await;
 }
 
+/// The checkpoint files of a job (`_freshet/jobs/<id>/state/`).
+fn job_checkpoints(dir: &std::path::Path, id: &str) -> Vec<std::path::PathBuf> {
+    let state = dir.join("data/_freshet/jobs").join(id).join("state");
+    match std::fs::read_dir(state) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_restores_its_state_from_a_checkpoint_instead_of_reading_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    place(&input, "a.json", &lines(0, 40));
+    let engine = engine(dir.path()).await;
+    monitored_source(&engine, &input).await;
+    engine.sql("CREATE TABLE evens (id BIGINT, v BIGINT)").await.unwrap();
+    engine
+        .sql("CREATE TABLE totals (k BIGINT, n BIGINT, total BIGINT, PRIMARY KEY (k))")
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "EXECUTE STATEMENT SET BEGIN \
+               INSERT INTO evens SELECT id, v FROM s WHERE id % 2 = 0; \
+               INSERT INTO totals SELECT id % 3, count(*), sum(v) FROM s GROUP BY id % 3; \
+             END",
+        )
+        .await
+        .unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let job = engine.job(&id).unwrap();
+    wait_for_rows(&job, 40, |i| i.rows_in).await;
+    // The state's first epoch is checkpointed; then whenever the changes since reach eight times
+    // the state's three groups.
+    place(&input, "b.json", &lines(40, 100));
+    wait_for_rows(&job, 100, |i| i.rows_in).await;
+    let checkpointed = job.subscribe().wait_for(|i| i.checkpoint.is_some()).await.unwrap().clone();
+    assert!(checkpointed.checkpoint.unwrap().0 > 0);
+    assert_eq!(job_checkpoints(dir.path(), &id).len(), 1, "older checkpoints are removed");
+    // Five more rows are too few for another checkpoint: a restore replays them.
+    place(&input, "b2.json", &lines(100, 105));
+    wait_for_rows(&job, 105, |i| i.rows_in).await;
+    let info = job.info();
+    assert!(
+        info.restart_inputs["s"] < info.inputs["s"],
+        "the checkpoint is older than the input processed: {info:?}"
+    );
+    engine.close().await;
+
+    let expect = |engine: Engine, rows: i64| async move {
+        assert_eq!(count(&engine, "SELECT sum(n) FROM totals").await, rows);
+        assert_eq!(count(&engine, "SELECT sum(total) FROM totals").await, (0..rows).map(|i| i * 10).sum::<i64>());
+        assert_eq!(count(&engine, "SELECT count(*) FROM totals").await, 3);
+        assert_eq!(count(&engine, "SELECT count(DISTINCT id) FROM evens").await, (rows + 1) / 2);
+        assert_eq!(count(&engine, "SELECT count(*) FROM evens").await, (rows + 1) / 2);
+    };
+    place(&input, "c.json", &lines(105, 130));
+    let engine = self::engine(dir.path()).await;
+    let job = engine.job(&id).expect("resumed");
+    wait_for_rows(&job, 25, |i| i.rows_in).await;
+    let recovery = job.info().recovery.unwrap();
+    // The aggregate comes back from its checkpoint and the rows since; the filter has no state
+    // to rebuild.
+    assert!(
+        recovery.contains("restored from its checkpoint") && recovery.contains("5 input changes replayed"),
+        "{recovery}"
+    );
+    assert!(recovery.contains("no operator state to rebuild"), "{recovery}");
+    assert!(!recovery.contains("rebuilt from the inputs"), "{recovery}");
+    let shown = engine
+        .sql(&format!("SELECT recovery FROM freshet.jobs WHERE job_id = '{id}'"))
+        .await
+        .unwrap();
+    assert_eq!(shown[0].num_rows(), 1);
+    expect(engine.clone(), 130).await;
+    engine.close().await;
+
+    // A damaged checkpoint is not restored: the state is rebuilt from the inputs, and right.
+    for file in job_checkpoints(dir.path(), &id) {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+    }
+    place(&input, "d.json", &lines(130, 140));
+    let engine = self::engine(dir.path()).await;
+    let job = engine.job(&id).expect("resumed");
+    wait_for_rows(&job, 10, |i| i.rows_in).await;
+    let recovery = job.info().recovery.unwrap();
+    assert!(recovery.contains("rebuilt from the inputs (130 rows)"), "{recovery}");
+    expect(engine.clone(), 140).await;
+    engine.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_state_outgrows_the_memory_limit_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,9 +25,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -42,10 +39,6 @@ use crate::engine::Engine;
 
 /// Format of the checkpoint document written by this build.
 const CHECKPOINT_FORMAT: u32 = 1;
-
-/// A checkpoint is written once the input changes since the last one reach this many times the
-/// state's rows, whatever the interval: what a restore replays stays proportional to the state.
-const CHECKPOINT_MAX_CHANGES_PER_ROW: u64 = 8;
 
 /// What a checkpoint's files hold (the manifest's `state.meta`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,16 +57,10 @@ struct CheckpointMeta {
 }
 
 /// Whether a refresh at `now_ms` that processed `changes` input rows should write a checkpoint
-/// of `state`: when the table has none of it, when the last is older than `interval_ms` and
-/// changes came since, or when the changes since reach [`CHECKPOINT_MAX_CHANGES_PER_ROW`] times
-/// the state's rows.
+/// of `state` ([`freshet_incremental::checkpoint_due`]).
 pub(super) fn checkpoint_due(state: &IncrementalState, changes: u64, now_ms: i64, interval_ms: i64) -> bool {
-    let Some((since, at_ms)) = state.since_checkpoint else {
-        return true;
-    };
-    let since = since + changes;
-    let rows = state.pipeline.state_size().rows.max(1);
-    since > 0 && (now_ms - at_ms >= interval_ms || since >= rows.saturating_mul(CHECKPOINT_MAX_CHANGES_PER_ROW))
+    let since = state.since_checkpoint.map(|(since, at_ms)| (since + changes, at_ms));
+    freshet_incremental::checkpoint_due(since, state.pipeline.state_size().rows, now_ms, interval_ms)
 }
 
 /// The state of `pipeline` to checkpoint, when it can be (no operator that cannot save its
@@ -92,17 +79,7 @@ pub(super) async fn write_checkpoint(
     inputs: &BTreeMap<String, u64>,
     at_ms: i64,
 ) -> Result<()> {
-    let mut bytes = Vec::new();
-    let mut operators = Vec::new();
-    for batches in &state.operators {
-        let mut ranges = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let start = bytes.len();
-            encode(batch, &mut bytes)?;
-            ranges.push((start, bytes.len()));
-        }
-        operators.push(ranges);
-    }
+    let (bytes, operators) = state.encode()?;
     let files = vec![txn.write_state_file(Bytes::from(bytes)).await?];
     let meta = CheckpointMeta {
         format: CHECKPOINT_FORMAT,
@@ -142,24 +119,6 @@ pub(super) fn describe_checkpoint(table: &Table) -> String {
         }
         Err(e) => format!("unreadable ({e}): the state is rebuilt"),
     }
-}
-
-/// Appends `batch` to `buffer` as an Arrow IPC file.
-fn encode(batch: &RecordBatch, buffer: &mut Vec<u8>) -> Result<()> {
-    let mut writer = FileWriter::try_new(buffer, &batch.schema()).map_err(ipc_error)?;
-    writer.write(batch).map_err(ipc_error)?;
-    writer.finish().map_err(ipc_error)
-}
-
-fn decode(bytes: Bytes) -> Result<RecordBatch> {
-    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(ipc_error)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(ipc_error)?;
-    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(ipc_error)
-}
-
-fn ipc_error(e: datafusion::arrow::error::ArrowError) -> FreshetError {
-    FreshetError::Internal(format!("a checkpoint file of operator state: {e}"))
 }
 
 impl Engine {
@@ -226,39 +185,11 @@ impl Engine {
             return Err(FreshetError::Internal("a checkpoint is one file".into()));
         };
         let bytes = table.read_state_file(file).await?;
-        let mut operators = Vec::with_capacity(meta.operators.len());
-        for ranges in &meta.operators {
-            let mut batches = Vec::with_capacity(ranges.len());
-            for &(start, end) in ranges {
-                if start > end || end > bytes.len() {
-                    return Err(FreshetError::Internal(
-                        "a checkpoint's range is outside its file".into(),
-                    ));
-                }
-                batches.push(decode(bytes.slice(start..end))?);
-            }
-            operators.push(batches);
-        }
-        pipeline.restore_state(PipelineState {
-            fingerprint: meta.fingerprint.clone(),
-            operators,
-        })?;
+        pipeline.restore_state(PipelineState::decode(meta.fingerprint.clone(), &bytes, &meta.operators)?)?;
         // The changes since the checkpoint, whose output the table holds already.
-        let mut epoch = Epoch::at(previous.started_at_ms);
-        for (input, &to) in &previous.inputs {
-            let from = meta.inputs.get(input).copied().unwrap_or(to);
-            if from >= to || !pipeline.sources().contains(input) {
-                continue;
-            }
-            let changes = self.inner.catalog.table(input)?.changes(from, to).await?;
-            let mut stream = changes.stream_columns(pipeline.source_columns(input));
-            while let Some(batch) = stream.try_next().await? {
-                epoch.add(input, batch);
-            }
-        }
-        let replayed = epoch.rows() as u64;
-        self.set_watermarks(&mut epoch, &previous.inputs).await?;
-        pipeline.step(&epoch)?;
+        let replayed = self
+            .replay_changes(&mut pipeline, &meta.inputs, &previous.inputs, previous.started_at_ms)
+            .await?;
         let memory = MemoryConsumer::new(format!("materialized table {name}"))
             .register(&self.inner.ctx.runtime_env().memory_pool);
         let mut state = IncrementalState {
@@ -274,5 +205,35 @@ impl Engine {
         state.account(name)?;
         tracing::debug!(table = name, replayed, "operator state restored from its checkpoint");
         Ok(Some(state))
+    }
+}
+
+impl Engine {
+    /// Steps a pipeline restored at the input versions `from` through the changes up to `to`
+    /// (one epoch, at `at_ms`, with the watermarks of `to`), dropping the output: its
+    /// consumers hold it already. Returns the changes stepped.
+    pub(crate) async fn replay_changes(
+        &self,
+        pipeline: &mut Pipeline,
+        from: &BTreeMap<String, u64>,
+        to: &BTreeMap<String, u64>,
+        at_ms: i64,
+    ) -> Result<u64> {
+        let mut epoch = Epoch::at(at_ms);
+        for (input, &to) in to {
+            let from = from.get(input).copied().unwrap_or(to);
+            if from >= to || !pipeline.sources().contains(input) {
+                continue;
+            }
+            let changes = self.inner.catalog.table(input)?.changes(from, to).await?;
+            let mut stream = changes.stream_columns(pipeline.source_columns(input));
+            while let Some(batch) = stream.try_next().await? {
+                epoch.add(input, batch);
+            }
+        }
+        let replayed = epoch.rows() as u64;
+        self.set_watermarks(&mut epoch, to).await?;
+        pipeline.step(&epoch)?;
+        Ok(replayed)
     }
 }

@@ -16,11 +16,14 @@ use datafusion::sql::sqlparser::ast::{ObjectName, Statement, TableObject, visit_
 use std::ops::ControlFlow;
 
 use freshet_common::{FreshetError, Result};
-use freshet_incremental::{BuildError, Pipeline, time_as_input};
+use freshet_incremental::{BuildError, Pipeline, PipelineState, time_as_input};
 use freshet_runtime::sink::FileSink;
-use freshet_runtime::{Connector, Job, JobBranch, JobInfo, JobInput, JobProgress, JobStart, Jobs, SavedProgress, Sink};
+use freshet_runtime::{
+    Connector, Job, JobBranch, JobCheckpoint, JobInfo, JobInput, JobProgress, JobStart, Jobs, Restored, SavedProgress,
+    Sink,
+};
 use freshet_sql::{FreshetStatement, ParsedStatement};
-use freshet_storage::CatalogEntry;
+use freshet_storage::{CatalogEntry, StateFile};
 
 use crate::engine::Engine;
 use crate::execute::batches_stream;
@@ -119,18 +122,21 @@ impl Engine {
                 pipeline,
                 sink,
                 resume: None,
+                restored: None,
             });
         }
         let statement = match texts {
             [one] => one.clone(),
             _ => format!("EXECUTE STATEMENT SET BEGIN\n{};\nEND", texts.join(";\n")),
         };
+        let interval = self.inner.materialized.settings().checkpoint_interval.duration();
         Ok(JobStart {
             id,
             statement,
             inputs,
             branches,
             memory: self.job_memory(),
+            checkpoint_interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
         })
     }
 
@@ -191,14 +197,24 @@ impl Engine {
                             r.get("job").and_then(|j| j.as_str()) == Some(&id)
                                 && r.get("branch").and_then(|b| b.as_u64()).unwrap_or(0) == index as u64
                         };
+                        // The progress is saved after the sink commits: a record behind it
+                        // is of an epoch before epochs that wrote nothing to the table.
                         if let Some(record) = record.filter(ours)
                             && let Ok(inputs) =
                                 serde_json::from_value::<BTreeMap<String, u64>>(record["inputs"].clone())
+                            && branch.resume.as_ref().is_none_or(|saved| {
+                                saved
+                                    .iter()
+                                    .all(|(input, v)| inputs.get(input).is_none_or(|committed| committed >= v))
+                            })
                         {
                             branch.resume = Some(inputs);
                         }
                     }
                 }
+                let checkpoints = progress.map(|p| p.checkpoints).unwrap_or_default();
+                self.restore_job_checkpoints(&id, &texts, ttl, &mut start, &checkpoints)
+                    .await?;
                 Ok::<_, FreshetError>(start)
             };
             match resumed.await {
@@ -219,6 +235,89 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Restores each branch's operator state from its checkpoint and steps the changes since up
+    /// to the versions it resumes from, so that the job need not rebuild it from its inputs. A
+    /// checkpoint that cannot be used (missing or damaged, of another operator tree, ahead of
+    /// the sink) is logged and that branch is rebuilt from its inputs as before. Checkpoint
+    /// files the progress does not name (a crash before it was saved) are removed.
+    async fn restore_job_checkpoints(
+        &self,
+        id: &str,
+        texts: &[String],
+        state_ttl_ms: Option<i64>,
+        start: &mut JobStart,
+        checkpoints: &BTreeMap<usize, JobCheckpoint>,
+    ) -> Result<()> {
+        let keep: Vec<StateFile> = checkpoints.values().map(|c| c.file.clone()).collect();
+        if let Err(e) = self.inner.catalog.remove_job_states(id, &keep).await {
+            tracing::warn!(job = %id, error = %e, "could not remove a checkpoint no progress names");
+        }
+        let mut unusable = Vec::new();
+        for (index, branch) in start.branches.iter_mut().enumerate() {
+            let (Some(checkpoint), Some(versions)) = (checkpoints.get(&index), branch.resume.as_ref()) else {
+                continue;
+            };
+            match self.restore_job_branch(id, &mut branch.pipeline, checkpoint, versions).await {
+                Ok(replayed) => {
+                    branch.restored = Some(Restored {
+                        checkpoint: checkpoint.clone(),
+                        replayed,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        job = %id,
+                        branch = index,
+                        error = %e,
+                        "the job's checkpoint cannot be used; its state is rebuilt from the inputs"
+                    );
+                    unusable.push(index);
+                }
+            }
+        }
+        if !unusable.is_empty() {
+            // A restore that failed halfway leaves its pipeline unusable: plan it again.
+            let fresh = self.plan_job_start(id.to_string(), texts, state_ttl_ms).await?;
+            for (index, branch) in fresh.branches.into_iter().enumerate() {
+                if unusable.contains(&index) {
+                    start.branches[index].pipeline = branch.pipeline;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores one branch's pipeline from `checkpoint` and brings it to `versions`; returns
+    /// the input changes stepped.
+    async fn restore_job_branch(
+        &self,
+        id: &str,
+        pipeline: &mut Pipeline,
+        checkpoint: &JobCheckpoint,
+        versions: &BTreeMap<String, u64>,
+    ) -> Result<u64> {
+        if pipeline.fingerprint() != checkpoint.fingerprint {
+            return Err(FreshetError::Internal(
+                "the checkpoint is of another operator tree".into(),
+            ));
+        }
+        for source in pipeline.sources() {
+            match (checkpoint.inputs.get(source), versions.get(source)) {
+                (Some(at), Some(to)) if at <= to => {}
+                _ => {
+                    return Err(FreshetError::Internal(format!(
+                        "the checkpoint's version of \"{source}\" is not at or before the one the job resumes from"
+                    )));
+                }
+            }
+        }
+        let bytes = self.inner.catalog.read_job_state(id, &checkpoint.file).await?;
+        let state = PipelineState::decode(checkpoint.fingerprint.clone(), &bytes, &checkpoint.operators)?;
+        pipeline.restore_state(state)?;
+        let now = self.inner.materialized.clock.now_ms();
+        self.replay_changes(pipeline, &checkpoint.inputs, versions, now).await
     }
 
     async fn plan_job(
@@ -358,6 +457,14 @@ impl JobProgress for CatalogProgress {
     async fn ended(&self, job: &str) -> Result<()> {
         self.catalog.remove_job(job).await
     }
+
+    async fn write_state(&self, job: &str, bytes: bytes::Bytes) -> Result<StateFile> {
+        self.catalog.write_job_state(job, bytes).await
+    }
+
+    async fn remove_states(&self, job: &str, keep: &[StateFile]) -> Result<()> {
+        self.catalog.remove_job_states(job, keep).await
+    }
 }
 
 impl Engine {
@@ -415,6 +522,13 @@ fn jobs_batch(jobs: &[JobInfo], lags: Vec<Option<i64>>) -> Result<RecordBatch> {
         Field::new("error", DataType::Utf8, true),
         Field::new("state_rows", DataType::UInt64, false),
         Field::new("state_bytes", DataType::UInt64, false),
+        Field::new("checkpoint_bytes", DataType::UInt64, true),
+        Field::new(
+            "checkpointed_at",
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("recovery", DataType::Utf8, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.id.clone()))),
@@ -430,6 +544,11 @@ fn jobs_batch(jobs: &[JobInfo], lags: Vec<Option<i64>>) -> Result<RecordBatch> {
         Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.state_rows))),
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.state_bytes))),
+        Arc::new(UInt64Array::from_iter(jobs.iter().map(|j| j.checkpoint.map(|c| c.0)))),
+        Arc::new(TimestampMillisecondArray::from_iter(
+            jobs.iter().map(|j| j.checkpoint.map(|c| c.1)),
+        )),
+        Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.recovery.clone()))),
     ];
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }
