@@ -61,10 +61,14 @@ pub fn checkpoint_due(since: Option<(u64, i64)>, state_rows: u64, now_ms: i64, i
     since > 0 && (now_ms - at_ms >= interval_ms || since >= rows.saturating_mul(CHECKPOINT_MAX_CHANGES_PER_ROW))
 }
 
+/// The byte ranges (start, end) of each stateful operator's batches in an encoded state, in the
+/// pipeline's order.
+pub type OperatorRanges = Vec<Vec<(usize, usize)>>;
+
 impl PipelineState {
     /// The state as bytes — each batch an Arrow IPC file, one after the other — and the byte
     /// ranges of each operator's batches, which [`PipelineState::decode`] takes back.
-    pub fn encode(&self) -> Result<(Vec<u8>, Vec<Vec<(usize, usize)>>)> {
+    pub fn encode(&self) -> Result<(Vec<u8>, OperatorRanges)> {
         let mut bytes = Vec::new();
         let mut operators = Vec::with_capacity(self.operators.len());
         for batches in &self.operators {
@@ -223,7 +227,10 @@ mod tests {
         assert!(checkpoint_due(None, 10, 0, 60_000));
         assert!(!checkpoint_due(Some((5, 0)), 10, 1_000, 60_000));
         assert!(checkpoint_due(Some((5, 0)), 10, 60_000, 60_000));
-        assert!(!checkpoint_due(Some((0, 0)), 10, 60_000, 60_000), "nothing changed since");
+        assert!(
+            !checkpoint_due(Some((0, 0)), 10, 60_000, 60_000),
+            "nothing changed since"
+        );
         assert!(checkpoint_due(Some((80, 0)), 10, 1_000, 60_000));
     }
 

@@ -67,7 +67,7 @@ pub struct JobCheckpoint {
     /// When it was taken (engine clock, ms since the Unix epoch).
     pub at_ms: i64,
     /// The byte ranges of each stateful operator's batches ([`PipelineState::decode`]).
-    pub operators: Vec<Vec<(usize, usize)>>,
+    pub operators: freshet_incremental::OperatorRanges,
 }
 
 impl SavedProgress {
@@ -324,7 +324,10 @@ impl Jobs {
             .into_iter()
             .map(|b| {
                 let branch = Branch {
-                    stateful: !b.pipeline.save_state().is_ok_and(|s| s.is_ok_and(|s| s.operators.is_empty())),
+                    stateful: !b
+                        .pipeline
+                        .save_state()
+                        .is_ok_and(|s| s.is_ok_and(|s| s.operators.is_empty())),
                     pipeline: b.pipeline,
                     sink: b.sink,
                     processed: HashMap::new(),
@@ -427,6 +430,10 @@ impl Jobs {
     }
 }
 
+/// Where a branch resumes: the input versions it had written everything of, and its state
+/// if restored already.
+type Resume = (Option<BTreeMap<String, u64>>, Option<Restored>);
+
 /// A job's loop and what it has processed.
 struct Run {
     /// The job's id (its info is published; this is read at every epoch).
@@ -476,7 +483,7 @@ impl Run {
         })
     }
 
-    async fn run(&mut self, resume: Vec<(Option<BTreeMap<String, u64>>, Option<Restored>)>) -> Result<JobStatus> {
+    async fn run(&mut self, resume: Vec<Resume>) -> Result<JobStatus> {
         let mut recovery = Vec::new();
         for (index, (versions, restored)) in resume.into_iter().enumerate() {
             let Some(versions) = versions else { continue };
@@ -487,10 +494,7 @@ impl Run {
                         "operator state restored from its checkpoint ({} bytes, {replayed} input changes replayed)",
                         checkpoint.file.bytes
                     ));
-                    branch.processed = versions
-                        .into_iter()
-                        .filter(|(name, _)| branch.reads(name))
-                        .collect();
+                    branch.processed = versions.into_iter().filter(|(name, _)| branch.reads(name)).collect();
                     branch.since_checkpoint = Some((replayed, checkpoint.at_ms));
                     branch.checkpoint = Some(checkpoint);
                 }
@@ -707,20 +711,6 @@ impl Run {
         }
         if stepped {
             self.account()?;
-            let state_bytes: u64 = self.branches.iter().map(|b| b.pipeline.state_size().bytes).sum();
-            let state_rows: u64 = self.branches.iter().map(|b| b.pipeline.state_size().rows).sum();
-            self.job.update(|info| {
-                info.state_bytes = state_bytes;
-                info.peak_state_bytes = info.peak_state_bytes.max(state_bytes);
-                info.state_rows = state_rows;
-                info.peak_state_rows = info.peak_state_rows.max(state_rows);
-                info.rows_in += rows_in;
-                info.rows_out += written.iter().sum::<u64>();
-                for (total, rows) in info.rows_out_by_insert.iter_mut().zip(&written) {
-                    *total += rows;
-                }
-                info.epochs += 1;
-            });
         }
         let staged: BTreeMap<usize, Vec<String>> = self
             .branches
@@ -734,26 +724,20 @@ impl Run {
             false => false,
         };
         let advanced = self.job.info.borrow().inputs != versions;
-        if advanced || !staged.is_empty() || checkpointed {
-            let restart_inputs = self.restart_inputs();
-            let checkpoints: BTreeMap<usize, JobCheckpoint> = self
-                .branches
-                .iter()
-                .enumerate()
-                .filter_map(|(index, b)| Some((index, b.checkpoint.clone()?)))
-                .collect();
-            let checkpoint = checkpoints.values().map(|c| (c.file.bytes, c.at_ms)).reduce(|a, b| (a.0 + b.0, a.1.max(b.1)));
-            self.job.update(|info| {
-                info.inputs = versions.clone();
-                info.restart_inputs = restart_inputs;
-                info.checkpoint = checkpoint;
-            });
+        let saved = advanced || !staged.is_empty() || checkpointed;
+        let checkpoints: BTreeMap<usize, JobCheckpoint> = self
+            .branches
+            .iter()
+            .enumerate()
+            .filter_map(|(index, b)| Some((index, b.checkpoint.clone()?)))
+            .collect();
+        if saved {
             let id = self.id.clone();
             // The commit point of the epoch: its output reaches external sinks only after it.
             let progress = SavedProgress {
-                inputs: versions,
+                inputs: versions.clone(),
                 staged,
-                checkpoints,
+                checkpoints: checkpoints.clone(),
             };
             self.progress.save(&id, &progress).await?;
             for (index, files) in &progress.staged {
@@ -762,12 +746,42 @@ impl Run {
             if checkpointed {
                 // The checkpoints the saved progress no longer names go; one left by a failure
                 // here is removed when the job resumes or ends.
-                let keep: Vec<StateFile> = progress.checkpoints.values().map(|c| c.file.clone()).collect();
+                let keep: Vec<StateFile> = checkpoints.values().map(|c| c.file.clone()).collect();
                 if let Err(e) = self.progress.remove_states(&id, &keep).await {
                     tracing::warn!(job = %id, error = %e, "could not remove an old checkpoint");
                 }
             }
         }
+        // What the epoch did is published at once, once it is committed.
+        let restart_inputs = self.restart_inputs();
+        let state_bytes: u64 = self.branches.iter().map(|b| b.pipeline.state_size().bytes).sum();
+        let state_rows: u64 = self.branches.iter().map(|b| b.pipeline.state_size().rows).sum();
+        let checkpoint = checkpoints
+            .values()
+            .map(|c| (c.file.bytes, c.at_ms))
+            .reduce(|a, b| (a.0 + b.0, a.1.max(b.1)));
+        if !stepped && !saved {
+            return Ok(());
+        }
+        self.job.update(|info| {
+            if stepped {
+                info.state_bytes = state_bytes;
+                info.peak_state_bytes = info.peak_state_bytes.max(state_bytes);
+                info.state_rows = state_rows;
+                info.peak_state_rows = info.peak_state_rows.max(state_rows);
+                info.rows_in += rows_in;
+                info.rows_out += written.iter().sum::<u64>();
+                for (total, rows) in info.rows_out_by_insert.iter_mut().zip(&written) {
+                    *total += rows;
+                }
+                info.epochs += 1;
+            }
+            if saved {
+                info.inputs = versions;
+                info.restart_inputs = restart_inputs;
+                info.checkpoint = checkpoint;
+            }
+        });
         Ok(())
     }
 

@@ -351,9 +351,18 @@ async fn a_resumed_job_restores_its_state_from_a_checkpoint_instead_of_reading_i
     // the state's three groups.
     place(&input, "b.json", &lines(40, 100));
     wait_for_rows(&job, 100, |i| i.rows_in).await;
-    let checkpointed = job.subscribe().wait_for(|i| i.checkpoint.is_some()).await.unwrap().clone();
+    let checkpointed = job
+        .subscribe()
+        .wait_for(|i| i.checkpoint.is_some())
+        .await
+        .unwrap()
+        .clone();
     assert!(checkpointed.checkpoint.unwrap().0 > 0);
-    assert_eq!(job_checkpoints(dir.path(), &id).len(), 1, "older checkpoints are removed");
+    assert_eq!(
+        job_checkpoints(dir.path(), &id).len(),
+        1,
+        "older checkpoints are removed"
+    );
     // Five more rows are too few for another checkpoint: a restore replays them.
     place(&input, "b2.json", &lines(100, 105));
     wait_for_rows(&job, 105, |i| i.rows_in).await;
@@ -366,9 +375,15 @@ async fn a_resumed_job_restores_its_state_from_a_checkpoint_instead_of_reading_i
 
     let expect = |engine: Engine, rows: i64| async move {
         assert_eq!(count(&engine, "SELECT sum(n) FROM totals").await, rows);
-        assert_eq!(count(&engine, "SELECT sum(total) FROM totals").await, (0..rows).map(|i| i * 10).sum::<i64>());
+        assert_eq!(
+            count(&engine, "SELECT sum(total) FROM totals").await,
+            (0..rows).map(|i| i * 10).sum::<i64>()
+        );
         assert_eq!(count(&engine, "SELECT count(*) FROM totals").await, 3);
-        assert_eq!(count(&engine, "SELECT count(DISTINCT id) FROM evens").await, (rows + 1) / 2);
+        assert_eq!(
+            count(&engine, "SELECT count(DISTINCT id) FROM evens").await,
+            (rows + 1) / 2
+        );
         assert_eq!(count(&engine, "SELECT count(*) FROM evens").await, (rows + 1) / 2);
     };
     place(&input, "c.json", &lines(105, 130));

@@ -329,6 +329,121 @@ async fn a_job_writes_each_window_once_when_it_closes() {
     engine.close().await;
 }
 
+/// A windowed job stopped by the engine closing twice comes back from its checkpoint (the
+/// windows it had open, the rows waiting for the watermark) and still writes each window once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_job_resumes_from_its_checkpoint_and_writes_each_window_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // On a manual clock that passes a second per file, with a checkpoint due every second:
+    // every file's epoch is checkpointed, so that the state restored holds open windows.
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let open = |dir: std::path::PathBuf, clock: freshet::ManualClock| async move {
+        Engine::builder()
+            .location(dir.join("data").display().to_string())
+            .clock(std::sync::Arc::new(clock))
+            .target_partitions(2)
+            .open()
+            .await
+            .unwrap()
+    };
+    let mut engine = open(dir.path().to_path_buf(), clock.clone()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine
+        .sql("SET 'execution.checkpointing.interval' = '1 s'")
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE TABLE out (k BIGINT, window_end TIMESTAMP(3), n BIGINT, top BIGINT)")
+        .await
+        .unwrap();
+    // Windowed counts joined with each window's greatest key: a window join, whose rows wait
+    // in window emitters for the watermark.
+    let query = "SELECT c.k, c.window_end, c.n, m.top FROM \
+         (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+          GROUP BY k, window_start, window_end) c \
+         JOIN (SELECT window_start, window_end, max(k) AS top FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+          GROUP BY window_start, window_end) m \
+         ON c.window_start = m.window_start AND c.window_end = m.window_end";
+    engine.sql(&format!("INSERT INTO out {query}")).await.unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let mut restarts = 0;
+    for second in 0..10i64 {
+        let lines: String = (0..6i64)
+            .map(|i| {
+                format!(
+                    "{{\"k\": {}, \"ts\": \"2024-01-01 00:00:{second:02}.{:03}\"}}\n",
+                    (i + second) % 3,
+                    i * 150
+                )
+            })
+            .collect();
+        clock.advance(std::time::Duration::from_secs(1));
+        let hidden = input.join(format!(".part-{second}.json"));
+        std::fs::write(&hidden, lines).unwrap();
+        std::fs::rename(&hidden, input.join(format!("part-{second}.json"))).unwrap();
+        let job = engine.job(&id).expect("the job runs");
+        // Wait for the file to be processed (the job's input reaches the table's version).
+        let table = engine.table("ev").unwrap();
+        let mut versions = table.subscribe();
+        versions
+            .wait_for(|_| table.snapshot().manifest().files.len() > second as usize)
+            .await
+            .unwrap();
+        let version = table.snapshot().version();
+        let info = job
+            .subscribe()
+            .wait_for(|info| info.inputs.get("ev").is_some_and(|&v| v >= version) || info.status.is_terminal())
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.status, freshet::JobStatus::Running, "{info:?}");
+        if second == 4 || second == 7 {
+            let checkpointed = job.info().checkpoint.expect("a checkpoint").1;
+            assert_eq!(
+                checkpointed,
+                freshet::Clock::now_ms(&clock),
+                "this epoch's state is checkpointed"
+            );
+            engine.close().await;
+            // The job keeps the checkpoint interval it was started with.
+            engine = open(dir.path().to_path_buf(), clock.clone()).await;
+            let job = engine.job(&id).expect("resumed");
+            let info = job
+                .subscribe()
+                .wait_for(|i| i.recovery.is_some() || i.status.is_terminal())
+                .await
+                .unwrap()
+                .clone();
+            let recovery = info.recovery.unwrap();
+            assert!(recovery.contains("restored from its checkpoint"), "{recovery}");
+            restarts += 1;
+        }
+    }
+    assert_eq!(restarts, 2);
+    engine.sql(&format!("STOP JOB '{id}'")).await.unwrap();
+    let written = crate::incremental::multiset(&engine.sql("SELECT * FROM out").await.unwrap());
+    let expected = crate::incremental::multiset(
+        &engine
+            .sql(&format!(
+                "SELECT * FROM ({query}) WHERE window_end <= TIMESTAMP '2024-01-01 00:00:08.750'"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(written, expected);
+    assert_eq!(written.len(), 12, "four windows of three keys");
+    engine.close().await;
+}
+
 /// Two streams joined on a key and an interval of their times: rows the other stream's
 /// watermark has left behind by more than the interval leave the join's state, and the table
 /// equals the join evaluated in batch; a window join and a left interval join (whose

@@ -8,20 +8,27 @@
 //! then takes its changes. Rows that pass forever (no end) and rows whose span is over keep no
 //! state.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, LargeBinaryBuilder, RecordBatch, UInt32Array,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 
 use freshet_common::{Result, RowKey};
 
 use super::{Compiled, Epoch, Operator, StateSize};
+use crate::checkpoint::{SavedState, mismatch};
 use crate::delta::{Delta, internal};
 use crate::rows::RowCodec;
 
 const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// The metadata key of a saved state's time of the last epoch.
+const TIME_KEY: &str = "time";
 
 /// How a comparison holds, the time on the left: `time < key` and so on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +346,90 @@ impl Operator for TemporalFilter {
 
     fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
         vec![self.input.as_mut()]
+    }
+
+    fn can_save_state(&self) -> bool {
+        true
+    }
+
+    /// One row per waiting row: whether it is pending (its span has not begun) or expiring
+    /// (in the result until its span ends), its span, the row (row-encoded) and its
+    /// multiplicity; the time of the last epoch in the batch's metadata.
+    fn save_state(&self) -> Result<SavedState> {
+        let rows = self.pending.len() + self.expiring.len();
+        let mut pending = Vec::with_capacity(rows);
+        let mut from = Vec::with_capacity(rows);
+        let mut until = Vec::with_capacity(rows);
+        let mut row = LargeBinaryBuilder::new();
+        let mut weight = Vec::with_capacity(rows);
+        for ((f, u, r), w) in &self.pending {
+            pending.push(true);
+            from.push(*f);
+            until.push(*u);
+            row.append_value(r.as_bytes());
+            weight.push(*w);
+        }
+        for ((u, r), w) in &self.expiring {
+            pending.push(false);
+            from.push(i64::MIN);
+            until.push(*u);
+            row.append_value(r.as_bytes());
+            weight.push(*w);
+        }
+        let metadata = HashMap::from([(TIME_KEY.to_string(), self.time.to_string())]);
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new("pending", DataType::Boolean, false),
+                Field::new("from", DataType::Int64, false),
+                Field::new("until", DataType::Int64, false),
+                Field::new("row", DataType::LargeBinary, false),
+                Field::new("weight", DataType::Int64, false),
+            ],
+            metadata,
+        ));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(BooleanArray::from(pending)),
+            Arc::new(Int64Array::from(from)),
+            Arc::new(Int64Array::from(until)),
+            Arc::new(row.finish()),
+            Arc::new(Int64Array::from(weight)),
+        ];
+        let batch = RecordBatch::try_new(schema, columns).map_err(internal)?;
+        Ok(SavedState::Batches(vec![batch]))
+    }
+
+    fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let [batch] =
+            <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("a temporal filter's state is one batch"))?;
+        self.time = batch
+            .schema()
+            .metadata()
+            .get(TIME_KEY)
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| mismatch("a temporal filter's state has no time"))?;
+        let int = |i: usize| {
+            batch
+                .column(i)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| mismatch("a temporal filter's state column is not Int64"))
+        };
+        let pending = batch
+            .column(0)
+            .as_boolean_opt()
+            .ok_or_else(|| mismatch("a temporal filter's state column is not boolean"))?;
+        let (from, until, weight) = (int(1)?, int(2)?, int(4)?);
+        let row = batch
+            .column(3)
+            .as_binary_opt::<i64>()
+            .ok_or_else(|| mismatch("a temporal filter's rows are not binary"))?;
+        for i in 0..batch.num_rows() {
+            let key = RowKey::from(row.value(i));
+            match pending.value(i) {
+                true => self.add_pending(from.value(i), until.value(i), key, weight.value(i)),
+                false => self.add_expiring(until.value(i), key, weight.value(i)),
+            }
+        }
+        Ok(())
     }
 
     fn next_change(&self) -> Option<i64> {

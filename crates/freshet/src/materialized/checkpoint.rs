@@ -185,7 +185,11 @@ impl Engine {
             return Err(FreshetError::Internal("a checkpoint is one file".into()));
         };
         let bytes = table.read_state_file(file).await?;
-        pipeline.restore_state(PipelineState::decode(meta.fingerprint.clone(), &bytes, &meta.operators)?)?;
+        pipeline.restore_state(PipelineState::decode(
+            meta.fingerprint.clone(),
+            &bytes,
+            &meta.operators,
+        )?)?;
         // The changes since the checkpoint, whose output the table holds already.
         let replayed = self
             .replay_changes(&mut pipeline, &meta.inputs, &previous.inputs, previous.started_at_ms)

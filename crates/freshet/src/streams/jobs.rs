@@ -69,12 +69,16 @@ impl Engine {
         let ttl = self.inner.streams.state_ttl_ms.load(Ordering::Relaxed);
         let ttl = (ttl > 0).then_some(ttl);
         let start = self.plan_job_start(Jobs::new_id(), &texts, ttl).await?;
-        // Recorded before it starts: a restart resumes it.
+        // Recorded before it starts: a restart resumes it (with the checkpoint interval set now).
         self.inner
             .catalog
             .put_job(
                 &start.id,
-                serde_json::json!({ "statements": texts, "state_ttl_ms": ttl }),
+                serde_json::json!({
+                    "statements": texts,
+                    "state_ttl_ms": ttl,
+                    "checkpoint_interval_ms": start.checkpoint_interval_ms,
+                }),
             )
             .await?;
         let job = self.launch(start);
@@ -174,6 +178,9 @@ impl Engine {
             let resumed = async {
                 let ttl = job.get("state_ttl_ms").and_then(serde_json::Value::as_i64);
                 let mut start = self.plan_job_start(id.clone(), &texts, ttl).await?;
+                if let Some(interval) = job.get("checkpoint_interval_ms").and_then(serde_json::Value::as_i64) {
+                    start.checkpoint_interval_ms = interval;
+                }
                 let progress: Option<SavedProgress> = match self.inner.catalog.job_progress(&id).await? {
                     Some(progress) => Some(
                         SavedProgress::from_json(progress)
@@ -259,7 +266,10 @@ impl Engine {
             let (Some(checkpoint), Some(versions)) = (checkpoints.get(&index), branch.resume.as_ref()) else {
                 continue;
             };
-            match self.restore_job_branch(id, &mut branch.pipeline, checkpoint, versions).await {
+            match self
+                .restore_job_branch(id, &mut branch.pipeline, checkpoint, versions)
+                .await
+            {
                 Ok(replayed) => {
                     branch.restored = Some(Restored {
                         checkpoint: checkpoint.clone(),
