@@ -526,7 +526,7 @@ impl Engine {
     }
 
     /// The connector tables a statement names, through views too.
-    fn sources_read(&self, statement: &DFStatement, out: &mut Vec<String>, depth: usize) {
+    pub(crate) fn sources_read(&self, statement: &DFStatement, out: &mut Vec<String>, depth: usize) {
         let DFStatement::Statement(statement) = statement else {
             return;
         };

@@ -44,6 +44,13 @@ const UPDATING_WITHOUT_KEY: &[&str] = &["q6"];
 
 /// (rows written, rows differing from the batch evaluation).
 async fn differences(engine: &Engine, query: &Query) -> Result<(i64, i64), String> {
+    let sink = start(engine, query).await?;
+    compare(engine, query, &sink).await
+}
+
+/// Starts the query's job into a Freshet table (or, for an updating result without a key,
+/// its blackhole beside a materialized table of the query); returns the table compared.
+async fn start(engine: &Engine, query: &Query) -> Result<String, String> {
     let run = |sql: String| async move { engine.sql(&sql).await.map_err(|e| format!("{sql}: {e}")) };
     let keyless = UPDATING_WITHOUT_KEY.contains(&query.name);
     let statements = if keyless {
@@ -63,8 +70,14 @@ async fn differences(engine: &Engine, query: &Query) -> Result<(i64, i64), Strin
         ))
         .await?;
     }
+    Ok(sink)
+}
+
+/// (rows of `sink`, rows differing from the batch evaluation of the query).
+async fn compare(engine: &Engine, query: &Query, sink: &str) -> Result<(i64, i64), String> {
+    let run = |sql: String| async move { engine.sql(&sql).await.map_err(|e| format!("{sql}: {e}")) };
     // The query's rows as the sink takes them: by position, cast to its columns' types.
-    let fields = engine.table(&sink).map_err(|e| e.to_string())?.schema();
+    let fields = engine.table(sink).map_err(|e| e.to_string())?.schema();
     let names: Vec<String> = (0..fields.fields().len()).map(|i| format!("c{i}")).collect();
     let casts: Vec<String> = fields
         .fields()
@@ -154,5 +167,99 @@ async fn every_query_over_json_lines_files_equals_its_batch_evaluation() {
         engine.sql(&table).await.unwrap();
     }
     check_every_query(&engine).await;
+    engine.close().await;
+}
+
+/// Every query's job stopped halfway by the engine closing and resumed when it opens again:
+/// each branch comes back from its checkpoint of operator state (or has none to rebuild), and
+/// the output equals the batch evaluation, each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_resumed_from_its_checkpoint_halfway_equals_its_batch_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    // On a manual clock from the events' base time: the generator's events come due as it
+    // passes (500 a second; the whole run is 40 s).
+    let clock = freshet::ManualClock::new(1_436_918_400_000);
+    let open = || async {
+        Engine::builder()
+            .location(dir.path().join("data").display().to_string())
+            .clock(std::sync::Arc::new(clock.clone()))
+            .target_partitions(2)
+            .open()
+            .await
+            .unwrap()
+    };
+    let engine = open().await;
+    let mut options = options().to_vec();
+    options.push(("rate.limited", "true".to_string()));
+    engine
+        .sql(&freshet::nexmark::generator_ddl("datagen", &options))
+        .await
+        .unwrap();
+    for view in freshet::nexmark::views_ddl("datagen") {
+        engine.sql(&view).await.unwrap();
+    }
+    // A checkpoint is due a second after the last: every step of the clock below writes one.
+    engine
+        .sql("SET 'execution.checkpointing.interval' = '1 s'")
+        .await
+        .unwrap();
+    let queries: Vec<&Query> = QUERIES.iter().filter(|q| q.unsupported.is_none()).collect();
+    let mut sinks = Vec::new();
+    for query in &queries {
+        sinks.push(start(&engine, query).await.unwrap());
+    }
+    // Every job follows the generator to the halfway point, a few seconds at a time.
+    let table = engine.table("datagen").unwrap();
+    for _ in 0..4 {
+        clock.advance(std::time::Duration::from_secs(5));
+        // A statement reading the source ingests every event due.
+        engine.sql("SELECT count(*) FROM datagen").await.unwrap();
+        let version = table.snapshot().version();
+        for info in engine.jobs() {
+            let job = engine.job(&info.id).unwrap();
+            let info = job
+                .subscribe()
+                .wait_for(|i| i.inputs.get("datagen").is_some_and(|&v| v >= version) || i.status.is_terminal())
+                .await
+                .unwrap()
+                .clone();
+            assert_eq!(info.status, freshet::JobStatus::Running, "{info:?}");
+        }
+    }
+    let ids: Vec<String> = engine.jobs().iter().map(|j| j.id.clone()).collect();
+    engine.close().await;
+
+    let engine = open().await;
+    let mut failures = Vec::new();
+    for id in &ids {
+        let job = engine.job(id).expect("every job resumes");
+        let info = job
+            .subscribe()
+            .wait_for(|i| i.recovery.is_some() || i.status.is_terminal())
+            .await
+            .unwrap()
+            .clone();
+        let recovery = info.recovery.clone().unwrap_or_default();
+        if recovery.contains("rebuilt from the inputs") || info.status != freshet::JobStatus::Running {
+            failures.push(format!("{}: {recovery} {:?}", info.statement, info.error));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    clock.advance(std::time::Duration::from_secs(60));
+    for id in &ids {
+        let info = engine.job(id).unwrap().wait().await;
+        assert_eq!(info.status, freshet::JobStatus::Finished, "{info:?}");
+    }
+    engine.wait_for_refreshes().await;
+    for (query, sink) in queries.iter().zip(&sinks) {
+        match compare(&engine, query, sink).await {
+            Ok((written, 0)) if written > 0 => {}
+            Ok((written, differing)) => {
+                failures.push(format!("{}: {written} rows written, {differing} differ", query.name))
+            }
+            Err(e) => failures.push(format!("{}: {e}", query.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     engine.close().await;
 }

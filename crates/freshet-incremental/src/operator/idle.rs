@@ -26,6 +26,21 @@ impl IdleGroups {
         self.ttl_ms
     }
 
+    /// When `group` last changed, if it is followed.
+    pub(crate) fn touched_at(&self, group: &RowKey) -> Option<i64> {
+        self.touched.get(group).copied()
+    }
+
+    /// When the next pass over idle groups is due (ms), for a checkpoint.
+    pub(crate) fn next_pass(&self) -> i64 {
+        self.next_pass
+    }
+
+    /// Takes back a checkpoint's [`IdleGroups::next_pass`].
+    pub(crate) fn set_next_pass(&mut self, at_ms: i64) {
+        self.next_pass = at_ms;
+    }
+
     /// Notes that `group` changed at `now_ms`.
     pub(crate) fn touch(&mut self, group: &RowKey, now_ms: i64) {
         match self.touched.get_mut(group) {

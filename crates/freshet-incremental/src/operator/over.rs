@@ -25,8 +25,9 @@ use datafusion::physical_expr::window::WindowExpr;
 
 use freshet_common::{Result, RowKey};
 
-use super::top_n::add_ordered;
+use super::top_n::{NEXT_PASS, add_ordered, metadata_value, restore_ordered, save_ordered};
 use super::{Compiled, Epoch, Operator, StateSize};
+use crate::checkpoint::{SavedState, mismatch};
 use crate::delta::{Delta, internal};
 use crate::rows::RowCodec;
 
@@ -346,4 +347,52 @@ impl Operator for Over {
     fn inputs_mut(&mut self) -> Vec<&mut dyn Operator> {
         vec![self.input.as_mut()]
     }
+
+    fn can_save_state(&self) -> bool {
+        true
+    }
+
+    /// Every partition's rows as a top-N's groups ([`save_ordered`]), with the time each was
+    /// last touched under a state TTL; how far rows were forgotten by the watermark and the
+    /// TTL's next pass in the batch's metadata.
+    fn save_state(&self) -> Result<SavedState> {
+        let mut metadata = std::collections::HashMap::new();
+        if let Some(expired) = self.expired_to {
+            metadata.insert(EXPIRED_TO.to_string(), expired.to_string());
+        }
+        if let Some(idle) = &self.idle {
+            metadata.insert(NEXT_PASS.to_string(), idle.next_pass().to_string());
+        }
+        let batch = save_ordered(
+            &self.partitions,
+            self.rows,
+            |_| None,
+            |partition| self.idle.as_ref().and_then(|idle| idle.touched_at(partition)),
+            metadata,
+        )?;
+        Ok(SavedState::Batches(vec![batch]))
+    }
+
+    fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let [batch] =
+            <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("a window operator's state is one batch"))?;
+        let metadata = batch.schema().metadata().clone();
+        self.expired_to = metadata_value(&metadata, EXPIRED_TO)?;
+        if let (Some(idle), Some(next)) = (&mut self.idle, metadata_value(&metadata, NEXT_PASS)?) {
+            idle.set_next_pass(next);
+        }
+        for saved in restore_ordered(&batch)? {
+            if let (Some(idle), Some(at)) = (&mut self.idle, saved.touched_at) {
+                idle.touch(&saved.group, at);
+            }
+            let ordered = self.partitions.entry(saved.group).or_default();
+            let (rows, bytes) = add_ordered(ordered, (saved.sort, saved.row), saved.count);
+            self.rows = self.rows.wrapping_add_signed(rows);
+            self.bytes = self.bytes.wrapping_add_signed(bytes);
+        }
+        Ok(())
+    }
 }
+
+/// The metadata key of a saved window operator's [`Over::expired_to`].
+const EXPIRED_TO: &str = "expired_to";

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int64Array, RecordBatch, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, LargeBinaryBuilder, RecordBatch, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::SortField;
@@ -69,6 +69,115 @@ pub(super) fn add_ordered(ranked: &mut Ranked, key: (RowKey, RowKey), weight: i6
         }
         (true, true) => (0, 0),
     }
+}
+
+/// Metadata keys of saved ordered state.
+const LATE_ROWS: &str = "late_rows";
+const CLOSED_UP_TO: &str = "closed_up_to";
+pub(super) const NEXT_PASS: &str = "next_pass";
+
+/// One kept row of saved ordered groups ([`save_ordered`]).
+pub(super) struct SavedRow {
+    pub group: RowKey,
+    pub sort: RowKey,
+    pub row: RowKey,
+    pub count: i64,
+    /// The group's window end (ms), where windows close groups.
+    pub end: Option<i64>,
+    /// When the group was last touched (ms), under a state TTL.
+    pub touched_at: Option<i64>,
+}
+
+/// The state of ordered groups (a top-N's, a window operator's partitions) for a checkpoint:
+/// one row per kept row — its group, sort key and row (row-encoded) and multiplicity — with the
+/// group's window end and last touch where the operator keeps them (NULL otherwise).
+pub(super) fn save_ordered(
+    groups: &HashMap<RowKey, Ranked>,
+    rows: u64,
+    end_of: impl Fn(&RowKey) -> Option<i64>,
+    touched_at: impl Fn(&RowKey) -> Option<i64>,
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<RecordBatch> {
+    let rows = usize::try_from(rows).unwrap_or(0);
+    let mut group = LargeBinaryBuilder::new();
+    let mut sort = LargeBinaryBuilder::new();
+    let mut row = LargeBinaryBuilder::new();
+    let mut count = Vec::with_capacity(rows);
+    let mut end = Vec::with_capacity(rows);
+    let mut touched = Vec::with_capacity(rows);
+    for (key, ranked) in groups {
+        let (group_end, group_touched) = (end_of(key), touched_at(key));
+        for ((sort_key, row_key), n) in ranked {
+            group.append_value(key.as_bytes());
+            sort.append_value(sort_key.as_bytes());
+            row.append_value(row_key.as_bytes());
+            count.push(*n);
+            end.push(group_end);
+            touched.push(group_touched);
+        }
+    }
+    let schema = Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("group", DataType::LargeBinary, false),
+            Field::new("sort", DataType::LargeBinary, false),
+            Field::new("row", DataType::LargeBinary, false),
+            Field::new("count", DataType::Int64, false),
+            Field::new("window_end", DataType::Int64, true),
+            Field::new("touched_at", DataType::Int64, true),
+        ],
+        metadata,
+    ));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(group.finish()),
+        Arc::new(sort.finish()),
+        Arc::new(row.finish()),
+        Arc::new(Int64Array::from(count)),
+        Arc::new(Int64Array::from(end)),
+        Arc::new(Int64Array::from(touched)),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(crate::delta::internal)
+}
+
+/// The rows [`save_ordered`] saved.
+pub(super) fn restore_ordered(batch: &RecordBatch) -> Result<Vec<SavedRow>> {
+    if batch.num_columns() != 6 {
+        return Err(mismatch("ordered state has six columns"));
+    }
+    let binary = |i: usize| {
+        batch
+            .column(i)
+            .as_binary_opt::<i64>()
+            .ok_or_else(|| mismatch("an ordered state's keys are not binary"))
+    };
+    let int = |i: usize| {
+        batch
+            .column(i)
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+            .ok_or_else(|| mismatch("an ordered state's numbers are not Int64"))
+    };
+    let (group, sort, row) = (binary(0)?, binary(1)?, binary(2)?);
+    let (count, end, touched) = (int(3)?, int(4)?, int(5)?);
+    Ok((0..batch.num_rows())
+        .map(|i| SavedRow {
+            group: RowKey::from(group.value(i)),
+            sort: RowKey::from(sort.value(i)),
+            row: RowKey::from(row.value(i)),
+            count: count.value(i),
+            end: end.is_valid(i).then(|| end.value(i)),
+            touched_at: touched.is_valid(i).then(|| touched.value(i)),
+        })
+        .collect())
+}
+
+/// A number in a saved state's metadata, if there.
+pub(super) fn metadata_value(metadata: &std::collections::HashMap<String, String>, key: &str) -> Result<Option<i64>> {
+    metadata
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| mismatch(format!("a saved state's {key} is not a number")))
+        })
+        .transpose()
 }
 
 /// Keeps the first `kept` rows (counting multiplicities) of ordered rows; returns the entries
@@ -381,61 +490,51 @@ impl Operator for TopN {
         vec![self.input.as_mut()]
     }
 
-    /// Groups closed by windows or forgotten when idle keep more than their rows: not saved yet.
     fn can_save_state(&self) -> bool {
-        self.closing.is_none() && self.idle.is_none()
+        true
     }
 
-    /// Every kept row: its group, sort key and row (all row-encoded) and multiplicity.
+    /// Every kept row ([`save_ordered`]) with its group's window end when windows close it and
+    /// the time it was last touched under a state TTL; how far windows have closed, the rows
+    /// dropped as late and the TTL's next pass in the batch's metadata.
     fn save_state(&self) -> Result<SavedState> {
-        if !self.can_save_state() {
-            return Ok(SavedState::Unsupported);
+        let ends: HashMap<&RowKey, i64> = self.ends.iter().map(|(end, group)| (group, *end)).collect();
+        let mut metadata = std::collections::HashMap::from([(LATE_ROWS.to_string(), self.late_rows.to_string())]);
+        if let Some(closed) = self.closed_up_to {
+            metadata.insert(CLOSED_UP_TO.to_string(), closed.to_string());
         }
-        let mut group = BinaryBuilder::new();
-        let mut sort = BinaryBuilder::new();
-        let mut row = BinaryBuilder::new();
-        let mut count = Vec::with_capacity(self.rows as usize);
-        for (key, ranked) in &self.groups {
-            for ((sort_key, row_key), n) in ranked {
-                group.append_value(key.as_bytes());
-                sort.append_value(sort_key.as_bytes());
-                row.append_value(row_key.as_bytes());
-                count.push(*n);
-            }
+        if let Some(idle) = &self.idle {
+            metadata.insert(NEXT_PASS.to_string(), idle.next_pass().to_string());
         }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("group", DataType::Binary, false),
-            Field::new("sort", DataType::Binary, false),
-            Field::new("row", DataType::Binary, false),
-            Field::new("count", DataType::Int64, false),
-        ]));
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(group.finish()),
-            Arc::new(sort.finish()),
-            Arc::new(row.finish()),
-            Arc::new(Int64Array::from(count)),
-        ];
-        let batch = RecordBatch::try_new(schema, columns).map_err(crate::delta::internal)?;
+        let batch = save_ordered(
+            &self.groups,
+            self.rows,
+            |group| ends.get(group).copied(),
+            |group| self.idle.as_ref().and_then(|idle| idle.touched_at(group)),
+            metadata,
+        )?;
         Ok(SavedState::Batches(vec![batch]))
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
         let [batch] = <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("a top-N's state is one batch"))?;
-        let binary = |i: usize| {
-            batch
-                .column(i)
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| mismatch("a top-N's state column is not binary"))
-        };
-        let (group, sort, row) = (binary(0)?, binary(1)?, binary(2)?);
-        let count = batch
-            .column(3)
-            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
-            .ok_or_else(|| mismatch("a top-N's counts are not Int64"))?;
-        for i in 0..batch.num_rows() {
-            let ranked = self.groups.entry(RowKey::from(group.value(i))).or_default();
-            let key = (RowKey::from(sort.value(i)), RowKey::from(row.value(i)));
-            let (entries, size) = add_ordered(ranked, key, count.value(i));
+        let metadata = batch.schema().metadata().clone();
+        self.late_rows = metadata_value(&metadata, LATE_ROWS)?.unwrap_or(0) as u64;
+        self.closed_up_to = metadata_value(&metadata, CLOSED_UP_TO)?;
+        if let (Some(idle), Some(next)) = (&mut self.idle, metadata_value(&metadata, NEXT_PASS)?) {
+            idle.set_next_pass(next);
+        }
+        for saved in restore_ordered(&batch)? {
+            if let Some(end) = saved.end
+                && !self.groups.contains_key(&saved.group)
+            {
+                self.ends.insert((end, saved.group.clone()));
+            }
+            if let (Some(idle), Some(at)) = (&mut self.idle, saved.touched_at) {
+                idle.touch(&saved.group, at);
+            }
+            let ranked = self.groups.entry(saved.group).or_default();
+            let (entries, size) = add_ordered(ranked, (saved.sort, saved.row), saved.count);
             self.rows = self.rows.wrapping_add_signed(entries);
             self.bytes = self.bytes.wrapping_add_signed(size);
         }

@@ -12,8 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{ObjectName, Statement, TableObject, visit_relations};
-use std::ops::ControlFlow;
+use datafusion::sql::sqlparser::ast::{Statement, TableObject};
 
 use freshet_common::{FreshetError, Result};
 use freshet_incremental::{BuildError, Pipeline, PipelineState, time_as_input};
@@ -29,7 +28,8 @@ use crate::engine::Engine;
 use crate::execute::batches_stream;
 
 impl Engine {
-    /// Whether an INSERT is a job: into a connector table, or reading a source.
+    /// Whether an INSERT is a job: into a connector table, or reading a source (directly or
+    /// through views).
     pub(crate) fn is_job(&self, statement: &DFStatement) -> bool {
         let DFStatement::Statement(inner) = statement else {
             return false;
@@ -37,18 +37,11 @@ impl Engine {
         let Statement::Insert(insert) = inner.as_ref() else {
             return false;
         };
-        let mut streams = false;
-        let _ = visit_relations(inner.as_ref(), |relation: &ObjectName| {
-            if let Ok(name) = self.resolve_name(relation)
-                && self.inner.streams.get(&name).is_some()
-            {
-                streams = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        });
-        streams
-            || matches!(&insert.table, TableObject::TableName(n) if self.resolve_name(n).is_ok_and(|n| self.inner.streams.get(&n).is_some()))
+        let into_stream = matches!(&insert.table, TableObject::TableName(n)
+            if self.resolve_name(n).is_ok_and(|n| self.inner.streams.get(&n).is_some()));
+        let mut sources = Vec::new();
+        self.sources_read(statement, &mut sources, 0);
+        into_stream || !sources.is_empty()
     }
 
     /// Starts the job of INSERT statements: one, or a statement set's, whose inserts run as one
