@@ -9,7 +9,11 @@
 //! - `SOURCE`: `generator` (the `nexmark` connector and nexmark-flink's views, default) or
 //!   `files` (three JSON-lines `filesystem` tables written once by Freshet's export);
 //! - `PARALLELISM`: the engine's target partitions (default: the cores);
-//! - `RUNS`: runs per query, the median reported (default 1).
+//! - `RUNS`: runs per query, the median reported (default 1);
+//! - `RESTART`: instead, for each query, a job over the rate-limited generator on a manual
+//!   clock reads `EVENTS` events and the engine closes; it is reopened twice, timing how long
+//!   the job takes to come back — restored from its checkpoint, then (its checkpoint files
+//!   deleted) rebuilt from its inputs — with its state's and checkpoint's size.
 //!
 //! Each row: events per second of wall time, per CPU-second (process user + system time: per
 //! core), the CPU time, the process's peak resident memory during the run (sampled every
@@ -104,6 +108,10 @@ fn main() {
         "{events} Nexmark events at {rate} events/s of event time, source {source}, parallelism {parallelism}; \
          median of {runs} run(s)"
     );
+    if std::env::var("RESTART").is_ok() {
+        runtime.block_on(restarts(events, rate, parallelism, wanted.as_deref()));
+        return;
+    }
     runtime.block_on(async {
         let root = tempfile::tempdir().unwrap();
         let files = root.path().join("files");
@@ -177,4 +185,94 @@ fn main() {
             println!("not run: {line}");
         }
     });
+}
+
+/// The `RESTART` table: per query, how long its job takes to come back after the engine
+/// reopens, from its checkpoint and from its inputs.
+async fn restarts(events: usize, rate: usize, parallelism: usize, wanted: Option<&[String]>) {
+    // The generator's events come due on a manual clock from their base time; twice as many
+    // are declared, so that the job is still running when the engine closes.
+    let base_ms = 1_436_918_400_000;
+    let options = [
+        ("events.num", (events * 2).to_string()),
+        ("first-event.rate", rate.to_string()),
+        ("next-event.rate", rate.to_string()),
+        ("event.base-time", "2015-07-15 00:00:00".to_string()),
+        ("rate.limited", "true".to_string()),
+    ];
+    let mut tables = vec![freshet::nexmark::generator_ddl("datagen", &options)];
+    tables.extend(freshet::nexmark::views_ddl("datagen"));
+    println!(
+        "| query | state entries | state bytes | checkpoint bytes | restored from the checkpoint | rebuilt from the inputs |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for query in QUERIES {
+        if wanted.is_some_and(|w| !w.iter().any(|n| n == query.name)) || query.unsupported.is_some() {
+            continue;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let clock = freshet::ManualClock::new(base_ms);
+        let open = || async {
+            Engine::builder()
+                .location(root.path().join("data").display().to_string())
+                .clock(std::sync::Arc::new(clock.clone()))
+                .target_partitions(parallelism)
+                .open()
+                .await
+                .unwrap()
+        };
+        let engine = open().await;
+        for table in &tables {
+            engine.sql(table).await.unwrap();
+        }
+        for statement in query.sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+            engine
+                .sql(statement)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", query.name));
+        }
+        let id = engine.jobs().pop().unwrap().id;
+        clock.advance(Duration::from_millis((events as u64 * 1000).div_ceil(rate as u64)));
+        // A statement reading the source ingests every event due; the job follows.
+        engine.sql("SELECT count(*) FROM datagen").await.unwrap();
+        let version = engine.table("datagen").unwrap().snapshot().version();
+        let job = engine.job(&id).unwrap();
+        let info = job
+            .subscribe()
+            .wait_for(|i| i.inputs.get("datagen").is_some_and(|&v| v >= version) || i.status.is_terminal())
+            .await
+            .unwrap()
+            .clone();
+        assert!(info.error.is_none(), "{}: {:?}", query.name, info.error);
+        engine.close().await;
+        let mut times = Vec::new();
+        for lose_checkpoint in [false, true] {
+            if lose_checkpoint {
+                let state = root.path().join("data/_freshet/jobs").join(&id).join("state");
+                let _ = std::fs::remove_dir_all(state);
+            }
+            let start = Instant::now();
+            let engine = open().await;
+            let job = engine.job(&id).unwrap();
+            let back = job
+                .subscribe()
+                .wait_for(|i| i.recovery.is_some() || i.status.is_terminal())
+                .await
+                .unwrap()
+                .clone();
+            times.push((start.elapsed(), back.recovery.unwrap_or_default()));
+            engine.close().await;
+        }
+        let checkpoint = info.checkpoint.map_or(0, |c| c.0);
+        let shown = |(time, how): &(Duration, String)| format!("{:.3} s ({how})", time.as_secs_f64());
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            query.name,
+            info.state_rows,
+            human(info.state_bytes),
+            human(checkpoint),
+            shown(&times[0]),
+            shown(&times[1])
+        );
+    }
 }

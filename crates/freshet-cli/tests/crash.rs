@@ -6,7 +6,9 @@
 //! - every materialized table equals its query over its inputs once refreshed (its state
 //!   restored from a checkpoint, rebuilt, or recomputed),
 //! - the streaming jobs' sinks (a Freshet table, and files written by the filesystem sink)
-//!   hold each source event at most once, and only events of the source.
+//!   hold each source event at most once, and only events of the source; a job aggregating
+//!   the events into a keyed table (its state checkpointed and restored across the kills)
+//!   counts none twice.
 //!
 //! `CRASH_TRIALS` trials (default 6, for CI); `CRASH_SEED` picks the random moments. The
 //! documented long run: `CRASH_TRIALS=1000 cargo nextest run -p freshet-cli --test main crash`.
@@ -73,7 +75,9 @@ fn setup(data: &Path, events: &Path, out: &Path) {
              INSERT INTO received SELECT id, payload FROM events;
              CREATE TABLE written (id BIGINT, payload VARCHAR) WITH ('connector' = 'filesystem', 'path' = '{}',
                'format' = 'json');
-             INSERT INTO written SELECT id, payload FROM events",
+             INSERT INTO written SELECT id, payload FROM events;
+             CREATE TABLE tally (k BIGINT PRIMARY KEY, n BIGINT, ids BIGINT);
+             INSERT INTO tally SELECT id % 5, count(*), count(DISTINCT id) FROM events GROUP BY id % 5",
             events.display(),
             out.display()
         ),
@@ -175,6 +179,26 @@ fn check(data: &Path, out: &Path, trial: usize, events_written: i64) -> i64 {
         numbers[2] <= events_written,
         "trial {trial}: the sink holds events never written"
     );
+    // The stateful job (its state checkpointed, restored and replayed across the kills):
+    // no event counted twice (its ids are distinct), none that was not written.
+    let tally = rows(&freshet(
+        data,
+        "SELECT count(*), coalesce(sum(n), 0) FROM tally WHERE n <> ids UNION ALL SELECT 0, coalesce(sum(n), 0) FROM tally",
+    ));
+    let numbers: Vec<Vec<i64>> = tally
+        .iter()
+        .map(|line| line.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    let twice = numbers.iter().find(|n| n[0] != 0);
+    assert!(
+        twice.is_none(),
+        "trial {trial}: the aggregate counted an event twice: {tally:?}"
+    );
+    let counted = numbers.iter().map(|n| n[1]).max().unwrap_or(0);
+    assert!(
+        counted <= events_written,
+        "trial {trial}: the aggregate counted {counted} events of {events_written}"
+    );
     let mut placed = placed_events(out);
     let total = placed.len();
     placed.sort_unstable();
@@ -233,14 +257,15 @@ fn killed_at_random_moments_the_data_stays_whole_and_consistent() {
     }
     // The jobs did run between the kills (else the checks of their sinks prove nothing).
     let received = rows(&freshet(&data, "SELECT count(*) FROM received"));
+    let counted = rows(&freshet(&data, "SELECT coalesce(sum(n), 0) FROM tally"));
     let placed = placed_events(&out).len();
     assert!(
-        received[0] != "0" && placed > 0,
-        "the jobs wrote nothing: {received:?} rows received, {placed} events in files"
+        received[0] != "0" && counted[0] != "0" && placed > 0,
+        "the jobs wrote nothing: {received:?} rows received, {counted:?} counted, {placed} events in files"
     );
     eprintln!(
         "{trials} trials (seed {seed}): {rows_of_t} rows committed, {events_written} events written, \
-         {} received by the table sink, {placed} placed in files",
-        received[0]
+         {} received by the table sink, {} counted by the aggregate, {placed} placed in files",
+        received[0], counted[0]
     );
 }
