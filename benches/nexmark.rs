@@ -13,7 +13,8 @@
 //! - `RESTART`: instead, for each query, a job over the rate-limited generator on a manual
 //!   clock reads `EVENTS` events and the engine closes; it is reopened twice, timing how long
 //!   the job takes to come back — restored from its checkpoint, then (its checkpoint files
-//!   deleted) rebuilt from its inputs — with its state's and checkpoint's size.
+//!   deleted) rebuilt from its inputs — with its state's and checkpoint's size (checkpoints
+//!   due a second apart, so that the epoch reading the events writes one).
 //!
 //! Each row: events per second of wall time, per CPU-second (process user + system time: per
 //! core), the CPU time, the process's peak resident memory during the run (sampled every
@@ -225,6 +226,11 @@ async fn restarts(events: usize, rate: usize, parallelism: usize, wanted: Option
         for table in &tables {
             engine.sql(table).await.unwrap();
         }
+        // Checkpoints are due a second apart: the epoch that reads the events writes one.
+        engine
+            .sql("SET 'execution.checkpointing.interval' = '1 s'")
+            .await
+            .unwrap();
         for statement in query.sql.split(";\n").filter(|s| !s.trim().is_empty()) {
             engine
                 .sql(statement)
@@ -232,18 +238,26 @@ async fn restarts(events: usize, rate: usize, parallelism: usize, wanted: Option
                 .unwrap_or_else(|e| panic!("{}: {e}", query.name));
         }
         let id = engine.jobs().pop().unwrap().id;
-        clock.advance(Duration::from_millis((events as u64 * 1000).div_ceil(rate as u64)));
-        // A statement reading the source ingests every event due; the job follows.
-        engine.sql("SELECT count(*) FROM datagen").await.unwrap();
-        let version = engine.table("datagen").unwrap().snapshot().version();
+        // The clock passes the events' time in ten steps; at each, every event due is ingested
+        // (a statement reading the source ingests a step at a time) and the job follows.
+        let table = engine.table("datagen").unwrap();
         let job = engine.job(&id).unwrap();
-        let info = job
-            .subscribe()
-            .wait_for(|i| i.inputs.get("datagen").is_some_and(|&v| v >= version) || i.status.is_terminal())
-            .await
-            .unwrap()
-            .clone();
-        assert!(info.error.is_none(), "{}: {:?}", query.name, info.error);
+        let mut info = job.info();
+        for step in 1..=10u64 {
+            let due = events as u64 * step / 10;
+            clock.set(base_ms + i64::try_from((due * 1000).div_ceil(rate as u64)).unwrap());
+            while (table.snapshot().manifest().files.iter().map(|f| f.rows).sum::<u64>()) < due {
+                engine.sql("SELECT count(*) FROM datagen").await.unwrap();
+            }
+            let version = table.snapshot().version();
+            info = job
+                .subscribe()
+                .wait_for(|i| i.inputs.get("datagen").is_some_and(|&v| v >= version) || i.status.is_terminal())
+                .await
+                .unwrap()
+                .clone();
+            assert!(info.error.is_none(), "{}: {:?}", query.name, info.error);
+        }
         engine.close().await;
         let mut times = Vec::new();
         for lose_checkpoint in [false, true] {
