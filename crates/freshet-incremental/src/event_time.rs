@@ -380,8 +380,8 @@ pub(crate) fn join_expiries(
 
 /// How each side of a join over streams stops matching (left, right), and the lateness
 /// allowed: by equal window ends (a window join), or by a condition bounding its time from
-/// below by the other side's event time (an interval join: `a.ts BETWEEN b.ts - INTERVAL '10'
-/// SECOND AND b.ts`). The other side's future rows are no older than its watermark less its
+/// below by the other side's event time or window end (an interval join: `a.ts BETWEEN b.ts -
+/// INTERVAL '10' SECOND AND b.ts`, Nexmark q7's bids against the windows' ends). The other side's future rows are no older than its watermark less its
 /// lateness, so a row below that bound (plus the interval) can never match again. `None`
 /// when the inputs may change other than by appending rows.
 fn matching_expiries(
@@ -479,8 +479,12 @@ fn matching_expiries(
         if ls == hs {
             continue;
         }
-        // high + hplus >= low + lplus, with low the other side's event time.
-        if rowtime_source(inputs[ls], lc, resolve, event_times).is_some() {
+        // high + hplus >= low + lplus, with low the other side's event time — or a window
+        // end: the windows still to come out of a window-closing aggregate end after the
+        // watermark less the lateness, as rows still to come are no older than that.
+        if rowtime_source(inputs[ls], lc, resolve, event_times).is_some()
+            || window_end_source(inputs[ls], lc, resolve, event_times).is_some()
+        {
             bound(hs, hc, lplus - hplus, format!("by {conjunct}"));
         }
     }
