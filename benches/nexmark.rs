@@ -10,6 +10,8 @@
 //!   `files` (three JSON-lines `filesystem` tables written once by Freshet's export);
 //! - `PARALLELISM`: the engine's target partitions (default: the cores);
 //! - `RUNS`: runs per query, the median reported (default 1);
+//! - `SAMPLE_SECS`: also sample each job every so many seconds (events read, operator state,
+//!   resident memory), printed after the table — the long run's state over time;
 //! - `RESTART`: instead, for each query, a job over the rate-limited generator on a manual
 //!   clock reads `EVENTS` events and the engine closes; it is reopened twice, timing how long
 //!   the job takes to come back — restored from its checkpoint, then (its checkpoint files
@@ -91,6 +93,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let parallelism = env_usize("PARALLELISM", cores).max(1);
     let source = std::env::var("SOURCE").unwrap_or_else(|_| "generator".into());
+    let sample_secs = std::env::var("SAMPLE_SECS").ok().and_then(|s| s.parse::<u64>().ok());
     let wanted: Option<Vec<String>> = std::env::var("QUERIES")
         .ok()
         .map(|q| q.split(',').map(|s| s.trim().to_lowercase()).collect());
@@ -129,6 +132,7 @@ fn main() {
         println!("| query | events/s | events/s per CPU-second | CPU time | peak memory | peak state entries | peak state bytes |");
         println!("|---|---|---|---|---|---|---|");
         let mut skipped = Vec::new();
+        let mut samples = Vec::new();
         for query in QUERIES {
             if wanted.as_ref().is_some_and(|w| !w.iter().any(|n| n == query.name)) {
                 continue;
@@ -153,6 +157,30 @@ fn main() {
                     engine.sql(table).await.unwrap();
                 }
                 engine.sql("SET 'table.dml-sync' = 'true'").await.unwrap();
+                let sampler = sample_secs.map(|secs| {
+                    let engine = engine.clone();
+                    let name = query.name;
+                    tokio::spawn(async move {
+                        let start = Instant::now();
+                        let mut lines = Vec::new();
+                        loop {
+                            // Sampling at an interval, not waiting for anything.
+                            tokio::time::sleep(Duration::from_secs(secs)).await;
+                            let Some(job) = engine.jobs().pop() else { continue };
+                            lines.push(format!(
+                                "| {name} | {:.0} s | {} | {} | {} | {} |",
+                                start.elapsed().as_secs_f64(),
+                                job.rows_in,
+                                job.state_rows,
+                                human(job.state_bytes),
+                                human(resident_memory())
+                            ));
+                            if job.status.is_terminal() {
+                                return lines;
+                            }
+                        }
+                    })
+                });
                 let memory = MemorySampler::start();
                 let cpu = cpu_time();
                 let start = Instant::now();
@@ -166,6 +194,12 @@ fn main() {
                 cpus.push(cpu_time().saturating_sub(cpu));
                 let job = engine.jobs().pop().unwrap();
                 measures.push((memory.peak(), job.peak_state_rows, job.peak_state_bytes));
+                if let Some(sampler) = sampler {
+                    // It ends at its next sample, which finds the job ended.
+                    if let Ok(lines) = sampler.await {
+                        samples.extend(lines);
+                    }
+                }
                 engine.close().await;
             }
             let (wall, cpu) = (median(walls), median(cpus));
@@ -184,6 +218,14 @@ fn main() {
         }
         for line in skipped {
             println!("not run: {line}");
+        }
+        if !samples.is_empty() {
+            println!();
+            println!("| query | time | events read | state entries | state bytes | resident memory |");
+            println!("|---|---|---|---|---|---|");
+            for line in samples {
+                println!("{line}");
+            }
         }
     });
 }
