@@ -719,7 +719,8 @@ impl Run {
             .map(|(index, branch)| (index, branch.sink.take_staged()))
             .filter(|(_, files)| !files.is_empty())
             .collect();
-        let checkpointed = match stepped {
+        // At the end of its inputs the job ends: nothing will resume from a checkpoint.
+        let checkpointed = match stepped && !end_of_input {
             true => self.checkpoint(now).await?,
             false => false,
         };
