@@ -333,6 +333,8 @@ impl Source {
     }
 
     async fn ingest_rows(&self, table: &Arc<Table>, keep: bool) -> Result<IngestReport> {
+        // The table is this stream's log.
+        table.compact_for_speed();
         let mut txn = table.begin("INGEST").await?;
         let base = txn.base().version();
         let mut kept = Vec::new();

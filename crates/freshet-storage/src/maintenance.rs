@@ -216,10 +216,11 @@ impl Table {
             return Ok(None);
         }
         let mut writer = ParallelWriter::new(
-            // Files of a table whose rows churn are soon rewritten again: the cheap codec.
+            // Files of a table whose rows churn are soon rewritten again, and a stream's log
+            // is read back mostly once: the cheap codec.
             self.writer_template(
                 FileKind::Data,
-                if exclusive.is_some() {
+                if exclusive.is_some() || self.fast_compaction.load(Ordering::Relaxed) {
                     Tier::Fresh
                 } else {
                     Tier::Compacted

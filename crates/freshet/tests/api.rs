@@ -493,6 +493,47 @@ async fn a_transaction_may_write_its_files_uncompressed() {
     engine.close().await;
 }
 
+/// Compaction writes the engine's codec (ZSTD), but a source's table — a stream's log, read back
+/// mostly once — keeps the fast codec of fresh files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_compresses_hard_except_a_streams_log() {
+    use freshet::datafusion::parquet::basic::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = open_in(&dir).await;
+    engine.sql("CREATE TABLE t (id BIGINT)").await.unwrap();
+    engine
+        .sql(&format!(
+            "CREATE TABLE s (id BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        engine.sql(&format!("INSERT INTO t VALUES ({i})")).await.unwrap();
+        std::fs::write(input.join(format!("{i}.json")), format!("{{\"id\": {i}}}\n")).unwrap();
+        // A statement reading the source ingests the new file, one commit each.
+        assert_eq!(count(&engine, "SELECT count(*) FROM s").await, i + 1);
+    }
+    for (name, codec) in [
+        ("t", Compression::ZSTD(Default::default())),
+        ("s", Compression::LZ4_RAW),
+    ] {
+        let table = engine.table(name).unwrap();
+        table.compact().await.unwrap();
+        let files = table.snapshot().manifest().files.clone();
+        assert_eq!(files.len(), 1, "{name}");
+        let found = codec_of(&dir.path().join(table.dir().as_ref()).join(&files[0].path));
+        assert_eq!(
+            std::mem::discriminant(&found),
+            std::mem::discriminant(&codec),
+            "{name}: {found:?}"
+        );
+    }
+    engine.close().await;
+}
+
 /// The values of `x` in a change batch, each with its weight, sorted.
 fn weighted_values(changes: &[freshet::ChangeBatch], column: usize) -> Vec<(i64, i64)> {
     use freshet::datafusion::arrow::array::AsArray;
