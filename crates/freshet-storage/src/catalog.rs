@@ -369,17 +369,7 @@ impl Catalog {
     /// Reads back a checkpoint of a job's operator state, checked against its size and hash.
     pub async fn read_job_state(&self, id: &str, file: &StateFile) -> Result<bytes::Bytes> {
         let location = table_file(&job_dir(self.location.root(), id), &file.path);
-        let bytes = self
-            .location
-            .store()
-            .get(&location)
-            .await
-            .map_err(|e| FreshetError::storage(&location, e))?
-            .bytes()
-            .await
-            .map_err(|e| FreshetError::storage(&location, e))?;
-        file.verify(&location, &bytes)?;
-        Ok(bytes)
+        file.read(self.location.store().as_ref(), &location).await
     }
 
     /// Deletes a job's checkpoint files other than `keep` (those its saved progress names).

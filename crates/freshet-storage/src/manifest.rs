@@ -89,8 +89,26 @@ impl StateFile {
         }
     }
 
+    /// Reads this file from `location` in `store`, checked against its size and hash.
+    pub(crate) async fn read(
+        &self,
+        store: &dyn datafusion::object_store::ObjectStore,
+        location: &datafusion::object_store::path::Path,
+    ) -> Result<bytes::Bytes> {
+        use datafusion::object_store::ObjectStoreExt;
+        let bytes = store
+            .get(location)
+            .await
+            .map_err(|e| FreshetError::storage(location, e))?
+            .bytes()
+            .await
+            .map_err(|e| FreshetError::storage(location, e))?;
+        self.verify(location, &bytes)?;
+        Ok(bytes)
+    }
+
     /// Checks that `bytes`, read from `location`, are this file: its size and its hash.
-    pub(crate) fn verify(&self, location: &datafusion::object_store::path::Path, bytes: &[u8]) -> Result<()> {
+    fn verify(&self, location: &datafusion::object_store::path::Path, bytes: &[u8]) -> Result<()> {
         if bytes.len() as u64 != self.bytes {
             return Err(FreshetError::corrupt(
                 location,

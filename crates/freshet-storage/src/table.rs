@@ -3,8 +3,8 @@
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
-use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
@@ -343,17 +343,7 @@ impl Table {
     /// Reads a file of a checkpoint of operator state.
     pub async fn read_state_file(&self, file: &crate::manifest::StateFile) -> Result<bytes::Bytes> {
         let location = crate::layout::table_file(&self.files.dir, &file.path);
-        let bytes = self
-            .files
-            .store
-            .get(&location)
-            .await
-            .map_err(|e| FreshetError::storage(&location, e))?
-            .bytes()
-            .await
-            .map_err(|e| FreshetError::storage(&location, e))?;
-        file.verify(&location, &bytes)?;
-        Ok(bytes)
+        file.read(self.files.store.as_ref(), &location).await
     }
 
     /// Makes this table's compactions write the fast codec of fresh files (LZ4) instead of the
