@@ -13,6 +13,7 @@
 
 mod change;
 mod clock;
+mod durations;
 mod error;
 mod key_map;
 mod parallel;
@@ -21,6 +22,7 @@ mod row_key;
 
 pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
+pub use durations::intervals_as_durations;
 pub use error::{ErrorDomain, FreshetError, Result};
 pub use key_map::{Key, KeyCodec, KeyMap, Keys};
 pub use parallel::{PARALLEL_MIN_ROWS, by_part, part_of, run_parts, run_parts_by_key};

@@ -203,7 +203,16 @@ pub(crate) struct Compiled {
 
 impl Compiled {
     pub(crate) fn new(expr: &Expr, input: &DFSchema) -> Result<Self> {
-        let expr = create_physical_expr(expr, input, &ExecutionProps::new(), &PhysicalPlanningContext::default())?;
+        let plan = |expr: &Expr| {
+            create_physical_expr(expr, input, &ExecutionProps::new(), &PhysicalPlanningContext::default())
+        };
+        // Window bounds (`window_start + INTERVAL '10' SECOND`) by integer arithmetic, the same
+        // values (`freshet_common::intervals_as_durations`).
+        let fast = freshet_common::intervals_as_durations(expr.clone(), input);
+        let expr = match &fast != expr {
+            true => plan(&fast).or_else(|_| plan(expr))?,
+            false => plan(expr)?,
+        };
         Ok(Self { expr })
     }
 

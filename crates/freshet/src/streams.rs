@@ -456,9 +456,15 @@ impl Engine {
                 field.data_type()
             )));
         }
+        // `ts - INTERVAL '4' SECOND` by an integer subtraction (the same values).
+        let fast = freshet_common::intervals_as_durations(logical.clone(), &df_schema);
+        let watermark = match state.create_physical_expr(fast, &df_schema) {
+            Ok(watermark) => watermark,
+            Err(_) => state.create_physical_expr(logical, &df_schema)?,
+        };
         Ok(EventTime {
             column,
-            watermark: state.create_physical_expr(logical, &df_schema)?,
+            watermark,
             options,
         })
     }
