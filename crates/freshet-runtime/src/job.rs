@@ -726,19 +726,29 @@ impl Run {
         };
         let advanced = self.job.info.borrow().inputs != versions;
         let saved = advanced || !staged.is_empty() || checkpointed;
-        let checkpoints: BTreeMap<usize, JobCheckpoint> = self
-            .branches
-            .iter()
-            .enumerate()
-            .filter_map(|(index, b)| Some((index, b.checkpoint.clone()?)))
-            .collect();
+        if !stepped && !saved {
+            return Ok(());
+        }
+        // The saved progress's checkpoints and what the job's info says of them.
+        let mut committed = None;
         if saved {
+            let checkpoints: BTreeMap<usize, JobCheckpoint> = self
+                .branches
+                .iter()
+                .enumerate()
+                .filter_map(|(index, b)| Some((index, b.checkpoint.clone()?)))
+                .collect();
             let id = self.id.clone();
+            let keep: Vec<StateFile> = checkpoints.values().map(|c| c.file.clone()).collect();
+            let checkpoint = checkpoints
+                .values()
+                .map(|c| (c.file.bytes, c.at_ms))
+                .reduce(|a, b| (a.0 + b.0, a.1.max(b.1)));
             // The commit point of the epoch: its output reaches external sinks only after it.
             let progress = SavedProgress {
                 inputs: versions.clone(),
                 staged,
-                checkpoints: checkpoints.clone(),
+                checkpoints,
             };
             self.progress.save(&id, &progress).await?;
             for (index, files) in &progress.staged {
@@ -747,23 +757,15 @@ impl Run {
             if checkpointed {
                 // The checkpoints the saved progress no longer names go; one left by a failure
                 // here is removed when the job resumes or ends.
-                let keep: Vec<StateFile> = checkpoints.values().map(|c| c.file.clone()).collect();
                 if let Err(e) = self.progress.remove_states(&id, &keep).await {
                     tracing::warn!(job = %id, error = %e, "could not remove an old checkpoint");
                 }
             }
+            committed = Some((self.restart_inputs(), checkpoint));
         }
         // What the epoch did is published at once, once it is committed.
-        let restart_inputs = self.restart_inputs();
         let state_bytes: u64 = self.branches.iter().map(|b| b.pipeline.state_size().bytes).sum();
         let state_rows: u64 = self.branches.iter().map(|b| b.pipeline.state_size().rows).sum();
-        let checkpoint = checkpoints
-            .values()
-            .map(|c| (c.file.bytes, c.at_ms))
-            .reduce(|a, b| (a.0 + b.0, a.1.max(b.1)));
-        if !stepped && !saved {
-            return Ok(());
-        }
         self.job.update(|info| {
             if stepped {
                 info.state_bytes = state_bytes;
@@ -777,7 +779,7 @@ impl Run {
                 }
                 info.epochs += 1;
             }
-            if saved {
+            if let Some((restart_inputs, checkpoint)) = committed {
                 info.inputs = versions;
                 info.restart_inputs = restart_inputs;
                 info.checkpoint = checkpoint;
