@@ -95,18 +95,40 @@ pub struct Watermark {
 }
 
 /// Whether the next tokens start `CREATE [TEMPORARY] TABLE` with Flink-only syntax: a `WITH`
-/// option list after the columns, or a WATERMARK or computed column among them. Looks ahead
-/// without consuming.
+/// option list with a `'connector'` after the columns, or a WATERMARK or computed column among
+/// them. Looks ahead without consuming.
 pub(crate) fn is_connector_table(parser: &Parser<'_>) -> bool {
+    create_table_shape(parser) == Some(Shape::Connector)
+}
+
+/// For `CREATE TABLE name (columns) WITH (options)` whose options name no connector (a plain
+/// table's options, such as `'retention'`): how many tokens ahead its `WITH` is.
+pub(crate) fn plain_table_with(parser: &Parser<'_>) -> Option<usize> {
+    match create_table_shape(parser)? {
+        Shape::PlainWith(n) => Some(n),
+        Shape::Connector => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A connector table in Flink's grammar.
+    Connector,
+    /// DataFusion's CREATE TABLE, then `WITH` (this many tokens ahead) and options.
+    PlainWith(usize),
+}
+
+/// What a `CREATE TABLE` ahead is, when it is not DataFusion's alone.
+fn create_table_shape(parser: &Parser<'_>) -> Option<Shape> {
     if word(parser, 0) != "CREATE" {
-        return false;
+        return None;
     }
     let mut n = 1;
     if word(parser, n) == "TEMPORARY" {
         n += 1;
     }
     if word(parser, n) != "TABLE" {
-        return false;
+        return None;
     }
     // Find the column list's parentheses and what follows them; a `CREATE TABLE ... AS
     // SELECT` or one without a WITH clause stays DataFusion's.
@@ -114,7 +136,7 @@ pub(crate) fn is_connector_table(parser: &Parser<'_>) -> bool {
     loop {
         n += 1;
         match &parser.peek_nth_token_ref(n).token {
-            Token::EOF | Token::SemiColon => return false,
+            Token::EOF | Token::SemiColon => return None,
             Token::LParen => depth += 1,
             Token::RParen => {
                 depth = depth.saturating_sub(1);
@@ -127,14 +149,14 @@ pub(crate) fn is_connector_table(parser: &Parser<'_>) -> bool {
                 let previous = &parser.peek_nth_token_ref(n - 1).token;
                 let starts_element = matches!(previous, Token::LParen | Token::Comma);
                 if starts_element && upper == "WATERMARK" {
-                    return true;
+                    return Some(Shape::Connector);
                 }
                 // `name AS expr` at the start of an element is a computed column.
                 if upper == "AS"
                     && matches!(previous, Token::Word(_))
                     && matches!(parser.peek_nth_token_ref(n - 2).token, Token::LParen | Token::Comma)
                 {
-                    return true;
+                    return Some(Shape::Connector);
                 }
             }
             _ => {}
@@ -142,21 +164,27 @@ pub(crate) fn is_connector_table(parser: &Parser<'_>) -> bool {
     }
     // After the columns: [COMMENT '...'] [PARTITIONED BY (...)] WITH (
     let mut m = n + 1;
+    let mut flink_only = false;
     loop {
         let w = match &parser.peek_nth_token_ref(m).token {
             Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
-            _ => return false,
+            _ => return None,
         };
         match w.as_str() {
-            "WITH" => return true,
-            "COMMENT" => m += 2,
+            "WITH" if flink_only || names_connector(parser, m + 1) => return Some(Shape::Connector),
+            "WITH" => return Some(Shape::PlainWith(m)),
+            "COMMENT" => {
+                flink_only = true;
+                m += 2;
+            }
             "PARTITIONED" => {
+                flink_only = true;
                 // PARTITIONED BY ( ... )
                 m += 2;
                 let mut depth = 0usize;
                 loop {
                     match &parser.peek_nth_token_ref(m).token {
-                        Token::EOF => return false,
+                        Token::EOF => return None,
                         Token::LParen => depth += 1,
                         Token::RParen => {
                             depth = depth.saturating_sub(1);
@@ -170,7 +198,19 @@ pub(crate) fn is_connector_table(parser: &Parser<'_>) -> bool {
                     m += 1;
                 }
             }
-            _ => return false,
+            _ => return None,
+        }
+    }
+}
+
+/// Whether the option list starting `n` tokens ahead (at its `(`) has a `'connector'` key.
+fn names_connector(parser: &Parser<'_>, n: usize) -> bool {
+    let mut m = n + 1;
+    loop {
+        match &parser.peek_nth_token_ref(m).token {
+            Token::SingleQuotedString(key) if key.eq_ignore_ascii_case("connector") => return true,
+            Token::RParen | Token::EOF | Token::SemiColon => return false,
+            _ => m += 1,
         }
     }
 }

@@ -11,9 +11,10 @@ use freshet_common::{FreshetError, Result};
 
 use crate::connector_table::{
     CreateConnectorTable, JobStatement, is_connector_table, is_job_statement, parse_create_connector_table,
-    parse_job_statement,
+    parse_job_statement, plain_table_with,
 };
 use crate::dialect::FreshetDialect;
+use crate::grammar::{expect_token, option_list, string_literal, word};
 use crate::materialized::{
     AlterMaterializedTable, CreateMaterializedTable, is_materialized_statement, parse_materialized,
 };
@@ -81,6 +82,24 @@ pub enum FreshetStatement {
     ShowCreateMaterializedTable {
         /// The materialized table.
         name: ObjectName,
+    },
+    /// `CREATE TABLE name (columns) WITH (options)` without a connector: a plain table with
+    /// options such as `'retention'`.
+    CreateTable {
+        /// DataFusion's `CREATE TABLE` without the options.
+        statement: Box<DFStatement>,
+        /// The options, in the order written.
+        options: Vec<(String, String)>,
+    },
+    /// `ALTER TABLE name SET ('key' = 'value', ...)` / `ALTER TABLE name RESET ('key', ...)`:
+    /// changes a table's options (Flink's statements).
+    AlterTableOptions {
+        /// The table.
+        table: ObjectName,
+        /// Options set.
+        set: Vec<(String, String)>,
+        /// Options removed (back to their defaults).
+        reset: Vec<String>,
     },
     /// `CREATE TABLE ... WITH ('connector' = ...)`: a source or sink table in Flink's grammar.
     CreateConnectorTable(Box<CreateConnectorTable>),
@@ -249,7 +268,14 @@ fn parse_one(parser: &mut DFParser<'_>, sql: &str) -> Result<FreshetStatement> {
         };
         return Ok(FreshetStatement::Vacuum { table, retain });
     }
-    if is_compact(parser) {
+    if let Some(with) = plain_table_with(&parser.parser) {
+        return parse_plain_table_with(&mut parser.parser, sql, with);
+    }
+    let action = alter_table_action(parser);
+    if matches!(&action, Some((w, true)) if w == "SET" || w == "RESET") {
+        return parse_alter_table_options(&mut parser.parser);
+    }
+    if matches!(&action, Some((w, _)) if w == "COMPACT") {
         let p = &mut parser.parser;
         p.next_token(); // ALTER
         p.next_token(); // TABLE
@@ -284,29 +310,88 @@ fn rewrite_flink_constructs(statement: &mut DFStatement) -> Result<()> {
     Ok(())
 }
 
-/// `ALTER TABLE <name> COMPACT`, looking ahead without consuming.
-fn is_compact(parser: &DFParser<'_>) -> bool {
+/// The word after `ALTER TABLE <name>` (`COMPACT`, `SET`, `RESET`), looking ahead without
+/// consuming, and whether a `(` follows it.
+fn alter_table_action(parser: &DFParser<'_>) -> Option<(String, bool)> {
     let p = &parser.parser;
     let word = |n: usize| match p.peek_nth_token_ref(n).token {
         Token::Word(ref w) => Some((w.keyword, w.value.to_ascii_uppercase())),
         _ => None,
     };
     if word(0).map(|w| w.0) != Some(Keyword::ALTER) || word(1).map(|w| w.0) != Some(Keyword::TABLE) {
-        return false;
+        return None;
     }
     // The name may be qualified: name, schema.name or catalog.schema.name.
     let mut n = 2;
     loop {
-        if word(n).is_none() {
-            return false;
-        }
+        word(n)?;
         n += 1;
         if p.peek_nth_token_ref(n).token == Token::Period {
             n += 1;
             continue;
         }
-        return word(n).map(|w| w.1) == Some("COMPACT".into());
+        let paren = p.peek_nth_token_ref(n + 1).token == Token::LParen;
+        return word(n).map(|w| (w.1, paren));
     }
+}
+
+/// `ALTER TABLE <name> SET ('key' = 'value', ...)` or `RESET ('key', ...)`, Flink's forms.
+fn parse_alter_table_options(p: &mut datafusion::sql::sqlparser::parser::Parser<'_>) -> Result<FreshetStatement> {
+    p.next_token(); // ALTER
+    p.next_token(); // TABLE
+    let table = p.parse_object_name(false).map_err(parse_error)?;
+    if word(p, 0) == "SET" {
+        p.next_token();
+        let set = option_list(p)?;
+        return Ok(FreshetStatement::AlterTableOptions {
+            table,
+            set,
+            reset: Vec::new(),
+        });
+    }
+    p.next_token(); // RESET
+    expect_token(p, &Token::LParen, "( after RESET")?;
+    let mut reset = Vec::new();
+    loop {
+        reset.push(string_literal(
+            p,
+            "an option name as a quoted string, such as 'retention'",
+        )?);
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    expect_token(p, &Token::RParen, ")")?;
+    Ok(FreshetStatement::AlterTableOptions {
+        table,
+        set: Vec::new(),
+        reset,
+    })
+}
+
+/// `CREATE TABLE name (columns) WITH (options)` without a connector: DataFusion's CREATE TABLE
+/// (the text before `WITH`, `with` tokens ahead) and the options.
+fn parse_plain_table_with(
+    p: &mut datafusion::sql::sqlparser::parser::Parser<'_>,
+    sql: &str,
+    with: usize,
+) -> Result<FreshetStatement> {
+    let start = p.peek_token_ref().span.start;
+    let with_at = p.peek_nth_token_ref(with).span.start;
+    let create = slice(sql, start, with_at);
+    let statement = match parse_statements(create)?.into_iter().next().map(|t| t.statement) {
+        Some(FreshetStatement::DataFusion(statement)) => statement,
+        _ => {
+            return Err(FreshetError::InvalidStatement(format!(
+                "SQL error: expected CREATE TABLE before WITH in: {create}"
+            )));
+        }
+    };
+    for _ in 0..=with {
+        p.next_token();
+    }
+    let options = option_list(p)?;
+    Ok(FreshetStatement::CreateTable { statement, options })
 }
 
 /// `SUBSCRIBE [TO] name [WITH (snapshot = true | false)]`, the parser at SUBSCRIBE.

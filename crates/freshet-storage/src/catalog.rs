@@ -49,6 +49,9 @@ pub enum CatalogEntry {
     Table {
         /// The table's directory name.
         id: String,
+        /// Its options (`WITH ('retention' = ...)`, `ALTER TABLE ... SET (...)`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        options: BTreeMap<String, String>,
     },
     /// A materialized table: stored like a table in `tables/<id>/`, and defined by a document
     /// the engine owns (its query, freshness, refresh mode and lifecycle state).
@@ -81,7 +84,7 @@ impl CatalogEntry {
     /// The directory name of a stored table (plain or materialized).
     pub fn table_id(&self) -> Option<&str> {
         match self {
-            CatalogEntry::Table { id }
+            CatalogEntry::Table { id, .. }
             | CatalogEntry::MaterializedTable { id, .. }
             | CatalogEntry::ConnectorTable { id, .. } => Some(id),
             CatalogEntry::Definition { .. } => None,
@@ -121,6 +124,15 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         write_lock(&self.names).remove(&self.name);
     }
+}
+
+/// What [`Catalog::create_table`] creates.
+#[derive(Debug, Clone)]
+pub enum NewTable {
+    /// A plain table with its options.
+    Plain(BTreeMap<String, String>),
+    /// A materialized table with the engine's definition.
+    Materialized(serde_json::Value),
 }
 
 /// The catalog of a location, and the tables it names.
@@ -228,24 +240,24 @@ impl Catalog {
         self.manifest().entries.contains_key(name) || read_lock(&self.reserved).contains(name)
     }
 
-    /// Creates a table, or with a `definition` a materialized table. `fill` may write the
-    /// table's first rows (CREATE TABLE ... AS SELECT) before the catalog names it, so that
-    /// readers see the table only complete.
+    /// Creates a table, plain or materialized. `fill` may write the table's first rows
+    /// (CREATE TABLE ... AS SELECT) before the catalog names it, so that readers see the table
+    /// only complete.
     pub async fn create_table<F, Fut>(
         &self,
         name: &str,
         schema: SchemaRef,
         primary_key: Vec<String>,
-        definition: Option<serde_json::Value>,
+        kind: NewTable,
         fill: F,
     ) -> Result<Arc<Table>>
     where
         F: FnOnce(Arc<Table>) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let entry = move |id: String| match definition {
-            Some(definition) => CatalogEntry::MaterializedTable { id, definition },
-            None => CatalogEntry::Table { id },
+        let entry = move |id: String| match kind {
+            NewTable::Materialized(definition) => CatalogEntry::MaterializedTable { id, definition },
+            NewTable::Plain(options) => CatalogEntry::Table { id, options },
         };
         self.create_stored(name, schema, primary_key, entry, fill).await
     }
@@ -436,6 +448,21 @@ impl Catalog {
         self.commit(|entries| {
             if let Some(CatalogEntry::MaterializedTable { definition: old, .. }) = entries.get_mut(name) {
                 *old = definition;
+            }
+        })
+        .await
+    }
+
+    /// Replaces the options of a plain table.
+    pub async fn set_table_options(&self, name: &str, options: BTreeMap<String, String>) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        match self.manifest().entries.get(name) {
+            Some(CatalogEntry::Table { .. }) => {}
+            _ => return Err(FreshetError::TableNotFound { name: name.into() }),
+        }
+        self.commit(|entries| {
+            if let Some(CatalogEntry::Table { options: old, .. }) = entries.get_mut(name) {
+                *old = options;
             }
         })
         .await

@@ -35,7 +35,7 @@ mod table;
 mod transaction;
 mod write;
 
-pub use catalog::{Catalog, CatalogEntry, CatalogManifest, TableSlot};
+pub use catalog::{Catalog, CatalogEntry, CatalogManifest, NewTable, TableSlot};
 pub use changes::ChangeSet;
 pub use held::HeldRows;
 pub use location::Location;

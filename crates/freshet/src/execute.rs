@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 
 use freshet_common::{FreshetError, Result};
 use freshet_sql::{FreshetStatement, ParsedStatement};
-use freshet_storage::CatalogEntry;
+use freshet_storage::{CatalogEntry, NewTable};
 
 use crate::engine::Engine;
 use crate::schema::{CATALOG_NAME, INSERT_SUFFIX, SCHEMA_NAME};
@@ -48,6 +48,19 @@ impl Engine {
                 ])
             }
             FreshetStatement::DataFusion(statement) => self.run_datafusion(parsed, statement).await,
+            FreshetStatement::CreateTable { statement, options } => {
+                let plan = self.inner.ctx.state().statement_to_plan((**statement).clone()).await?;
+                let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = plan else {
+                    return Err(FreshetError::Internal(format!("not a CREATE TABLE: {}", parsed.text)));
+                };
+                self.create_table(create, options).await?;
+                empty_stream()
+            }
+            FreshetStatement::AlterTableOptions { table, set, reset } => {
+                let name = self.resolve_name(table)?;
+                self.alter_table_options(&name, set, reset).await?;
+                empty_stream()
+            }
             FreshetStatement::CreateConnectorTable(create) => {
                 self.create_connector_table(&parsed.text, create).await?;
                 empty_stream()
@@ -129,7 +142,7 @@ impl Engine {
         let plan = state.statement_to_plan(statement).await?;
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
-                self.create_table(create).await?;
+                self.create_table(create, &[]).await?;
                 empty_stream()
             }
             LogicalPlan::Ddl(DdlStatement::CreateView(view)) => {
@@ -171,8 +184,13 @@ impl Engine {
         }
     }
 
-    async fn create_table(&self, create: datafusion::logical_expr::CreateMemoryTable) -> Result<()> {
+    async fn create_table(
+        &self,
+        create: datafusion::logical_expr::CreateMemoryTable,
+        options: &[(String, String)],
+    ) -> Result<()> {
         let name = self.resolve_reference(create.name.clone())?;
+        let options = crate::retention::table_options(&name, options)?;
         if create.temporary {
             return Err(FreshetError::Unsupported("temporary tables".into()));
         }
@@ -227,24 +245,30 @@ impl Engine {
         let input = create.input.clone();
         self.inner
             .catalog
-            .create_table(&name, schema.clone(), primary_key, None, |table| async move {
-                if is_empty {
-                    return Ok(());
-                }
-                let mut txn = table.begin("CREATE TABLE AS SELECT").await?;
-                let mut rows = ctx
-                    .execute_logical_plan((*input).clone())
-                    .await?
-                    .execute_stream()
-                    .await?;
-                while let Some(batch) = rows.try_next().await? {
-                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                        .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))?;
-                    txn.insert(&batch).await?;
-                }
-                txn.commit().await?;
-                Ok(())
-            })
+            .create_table(
+                &name,
+                schema.clone(),
+                primary_key,
+                NewTable::Plain(options),
+                |table| async move {
+                    if is_empty {
+                        return Ok(());
+                    }
+                    let mut txn = table.begin("CREATE TABLE AS SELECT").await?;
+                    let mut rows = ctx
+                        .execute_logical_plan((*input).clone())
+                        .await?
+                        .execute_stream()
+                        .await?;
+                    while let Some(batch) = rows.try_next().await? {
+                        let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                            .map_err(|e| FreshetError::InvalidStatement(format!("table \"{}\": {e}", table.name())))?;
+                        txn.insert(&batch).await?;
+                    }
+                    txn.commit().await?;
+                    Ok(())
+                },
+            )
             .await?;
         Ok(())
     }

@@ -20,11 +20,29 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use freshet_common::{FreshetError, Result};
 use freshet_sql::VacuumRetain;
-use freshet_storage::{Retain, VacuumReport};
+use freshet_storage::{CatalogEntry, Retain, VacuumReport};
 
 use crate::engine::Engine;
 use crate::materialized::Status;
-use crate::materialized::definition::format_duration;
+use crate::materialized::definition::{RETENTION_OPTION, check_options, format_duration, parse_duration_or_zero};
+
+/// A plain table's options (`CREATE TABLE ... WITH (...)`, `ALTER TABLE ... SET (...)`),
+/// checked: `'retention'` is the one a table without a connector takes.
+pub(crate) fn table_options(name: &str, options: &[(String, String)]) -> Result<BTreeMap<String, String>> {
+    let mut checked = BTreeMap::new();
+    for (key, value) in options {
+        if key != RETENTION_OPTION {
+            return Err(FreshetError::InvalidStatement(format!(
+                "table \"{name}\": unknown option '{key}' (a table without a 'connector' takes 'retention'; \
+                 a source or sink table names its 'connector')"
+            )));
+        }
+        parse_duration_or_zero(value)
+            .map_err(|e| FreshetError::InvalidStatement(format!("table \"{name}\": option '{key}': {e}")))?;
+        checked.insert(key.clone(), value.clone());
+    }
+    Ok(checked)
+}
 
 /// Versions of a table something holds back, from the oldest on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +61,56 @@ impl Engine {
             .unwrap_or_else(|| self.inner.materialized.settings().retention)
     }
 
-    /// A table's own `'retention'` option: a source table's, or a materialized table's.
+    /// A table's own `'retention'` option: a plain table's, a source table's, or a
+    /// materialized table's.
     fn table_retention(&self, name: &str) -> Option<Duration> {
+        if let Some(CatalogEntry::Table { options, .. }) = self.inner.catalog.manifest().entries.get(name) {
+            return parse_duration_or_zero(options.get(RETENTION_OPTION)?).ok();
+        }
         if let Some(retention) = self.inner.streams.retention(name) {
             return Some(retention);
         }
         self.materialized_definition(name).ok()?.retention()
+    }
+
+    /// `ALTER TABLE name SET ('key' = 'value', ...)` / `RESET ('key', ...)`: a plain table's
+    /// options, or a materialized table's (the options its `WITH` and `RESUME WITH` take).
+    pub(crate) async fn alter_table_options(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        reset: &[String],
+    ) -> Result<()> {
+        let entry = self.inner.catalog.manifest().entries.get(name).cloned();
+        match entry {
+            Some(CatalogEntry::Table { options, .. }) => {
+                let mut options = options;
+                options.extend(table_options(name, set)?);
+                for key in reset {
+                    table_options(name, &[(key.clone(), "0".into())])?;
+                    options.remove(key);
+                }
+                self.inner.catalog.set_table_options(name, options).await
+            }
+            Some(CatalogEntry::MaterializedTable { .. }) => {
+                let mut definition = self.materialized_definition(name)?;
+                check_options(name, set, &definition.partitioned_by)?;
+                definition.options.extend(set.iter().cloned());
+                for key in reset {
+                    definition.options.remove(key);
+                }
+                self.store_definition(name, &definition).await
+            }
+            Some(CatalogEntry::ConnectorTable { .. }) => Err(FreshetError::Unsupported(format!(
+                "ALTER TABLE ... SET/RESET on connector table \"{name}\": its options are those of its \
+                 CREATE TABLE statement"
+            ))),
+            Some(CatalogEntry::Definition { object, .. }) => Err(FreshetError::InvalidStatement(format!(
+                "\"{name}\" is a {}, not a table: it has no options",
+                object.replace('_', " ")
+            ))),
+            None => Err(FreshetError::TableNotFound { name: name.into() }),
+        }
     }
 
     /// What holds each table's older versions back, by table: ACTIVE materialized tables (the

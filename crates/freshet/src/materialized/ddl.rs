@@ -144,14 +144,20 @@ impl Engine {
         let slot = &mut outcome;
         self.inner
             .catalog
-            .create_table(&name, schema, primary_key, Some(json), |table| async move {
-                *slot = Some(
-                    engine
-                        .refresh_table(&fill_name, &table, &fill_definition, &request, started)
-                        .await?,
-                );
-                Ok(())
-            })
+            .create_table(
+                &name,
+                schema,
+                primary_key,
+                freshet_storage::NewTable::Materialized(json),
+                |table| async move {
+                    *slot = Some(
+                        engine
+                            .refresh_table(&fill_name, &table, &fill_definition, &request, started)
+                            .await?,
+                    );
+                    Ok(())
+                },
+            )
             .await?;
         if let Some(outcome) = outcome {
             self.record_attempt(&name, &request_for_history, started, &Ok(outcome))
