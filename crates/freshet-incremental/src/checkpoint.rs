@@ -29,13 +29,43 @@ pub(crate) enum SavedState {
     Batches(Vec<RecordBatch>),
 }
 
-/// The state of every stateful operator of a pipeline, in the tree's pre-order.
+/// The state of every stateful operator of a pipeline, in the tree's pre-order: whole, or a
+/// delta over the checkpoints before it.
 #[derive(Debug, Clone)]
 pub struct PipelineState {
     /// Identifies the operator tree the state belongs to.
     pub fingerprint: String,
     /// Each stateful operator's batches.
     pub operators: Vec<Vec<RecordBatch>>,
+    /// Per stateful operator, whether its batches are the changes since the checkpoint before
+    /// rather than its whole state (empty: none are).
+    pub deltas: Vec<bool>,
+}
+
+/// Where one checkpoint file holds each stateful operator's batches, which of them are deltas,
+/// and how many rows it holds: what a checkpoint's owner records of each file of its chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layer {
+    /// The byte ranges of each stateful operator's batches ([`PipelineState::decode`]).
+    pub operators: OperatorRanges,
+    /// [`PipelineState::deltas`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<bool>,
+    /// Rows of its batches.
+    #[serde(default)]
+    pub rows: u64,
+}
+
+/// Deltas a chain holds at most: the next checkpoint is whole.
+pub const MAX_DELTAS: usize = 32;
+
+/// Whether the next checkpoint, of `next_rows` changed rows, may be a delta over a chain of a
+/// whole state of `base_rows` rows and the deltas `deltas`: while the deltas together stay
+/// smaller than the base (a restore reads at most twice the state) and fewer than
+/// [`MAX_DELTAS`]. So the checkpoints write each change about once, and the whole state once
+/// per state-size of changes.
+pub fn delta_fits(base_rows: u64, deltas: &[Layer], next_rows: u64) -> bool {
+    deltas.len() < MAX_DELTAS && deltas.iter().map(|d| d.rows).sum::<u64>() + next_rows <= base_rows
 }
 
 impl PipelineState {
@@ -51,15 +81,23 @@ pub const CHECKPOINT_MAX_CHANGES_PER_ROW: u64 = 8;
 
 /// When a checkpoint is due: where a state has none (`since` is `None`); where the last,
 /// taken at `since.1` (ms), is older than `interval_ms` at `now_ms` and changes came since;
-/// and where the input changes since (`since.0`, this epoch's included) reach
-/// [`CHECKPOINT_MAX_CHANGES_PER_ROW`] times the state's rows.
-pub fn checkpoint_due(since: Option<(u64, i64)>, state_rows: u64, now_ms: i64, interval_ms: i64) -> bool {
+/// where the input changes since (`since.0`, this epoch's included) reach
+/// [`CHECKPOINT_MAX_CHANGES_PER_ROW`] times the state's rows; and where the changes the
+/// operators keep for the next delta (`pending` rows) reach the state's rows, which bounds
+/// their memory by the state's.
+pub fn checkpoint_due(since: Option<(u64, i64)>, state_rows: u64, pending: u64, now_ms: i64, interval_ms: i64) -> bool {
     let Some((since, at_ms)) = since else {
         return true;
     };
     let rows = state_rows.max(1);
-    since > 0 && (now_ms - at_ms >= interval_ms || since >= rows.saturating_mul(CHECKPOINT_MAX_CHANGES_PER_ROW))
+    since > 0
+        && (now_ms - at_ms >= interval_ms
+            || since >= rows.saturating_mul(CHECKPOINT_MAX_CHANGES_PER_ROW)
+            || pending >= rows.max(PENDING_MIN_ROWS))
 }
+
+/// Kept changes below this many rows never make a checkpoint due by themselves.
+const PENDING_MIN_ROWS: u64 = 4_096;
 
 /// The byte ranges (start, end) of each stateful operator's batches in an encoded state, in the
 /// pipeline's order.
@@ -106,6 +144,7 @@ impl PipelineState {
         Ok(Self {
             fingerprint,
             operators: states,
+            deltas: Vec::new(),
         })
     }
 }
@@ -212,6 +251,7 @@ mod tests {
         let state = PipelineState {
             fingerprint: "f".into(),
             operators: vec![vec![batch(vec![1, 2]), batch(vec![3])], vec![], vec![batch(vec![4])]],
+            deltas: Vec::new(),
         };
         let (bytes, ranges) = state.encode().unwrap();
         let back = PipelineState::decode("f".into(), &bytes, &ranges).unwrap();
@@ -224,14 +264,32 @@ mod tests {
 
     #[test]
     fn a_checkpoint_is_due_without_one_after_the_interval_or_after_many_changes() {
-        assert!(checkpoint_due(None, 10, 0, 60_000));
-        assert!(!checkpoint_due(Some((5, 0)), 10, 1_000, 60_000));
-        assert!(checkpoint_due(Some((5, 0)), 10, 60_000, 60_000));
+        assert!(checkpoint_due(None, 10, 0, 0, 60_000));
+        assert!(!checkpoint_due(Some((5, 0)), 10, 5, 1_000, 60_000));
+        assert!(checkpoint_due(Some((5, 0)), 10, 5, 60_000, 60_000));
         assert!(
-            !checkpoint_due(Some((0, 0)), 10, 60_000, 60_000),
+            !checkpoint_due(Some((0, 0)), 10, 0, 60_000, 60_000),
             "nothing changed since"
         );
-        assert!(checkpoint_due(Some((80, 0)), 10, 1_000, 60_000));
+        assert!(checkpoint_due(Some((80, 0)), 10, 0, 1_000, 60_000));
+        assert!(!checkpoint_due(Some((5, 0)), 10_000, 4_095, 1_000, 60_000));
+        assert!(
+            checkpoint_due(Some((5, 0)), 10_000, 10_000, 1_000, 60_000),
+            "kept changes as many as the state"
+        );
+    }
+
+    #[test]
+    fn deltas_are_taken_while_they_stay_smaller_than_the_base() {
+        let layer = |rows| Layer {
+            rows,
+            ..Layer::default()
+        };
+        assert!(delta_fits(100, &[], 100));
+        assert!(!delta_fits(100, &[], 101));
+        assert!(delta_fits(100, &[layer(40), layer(40)], 20));
+        assert!(!delta_fits(100, &[layer(40), layer(40)], 21));
+        assert!(!delta_fits(u64::MAX, &vec![layer(1); MAX_DELTAS], 1));
     }
 
     #[test]

@@ -27,7 +27,9 @@ mod planner;
 mod rows;
 mod temporal;
 
-pub use checkpoint::{CHECKPOINT_MAX_CHANGES_PER_ROW, OperatorRanges, PipelineState, checkpoint_due};
+pub use checkpoint::{
+    CHECKPOINT_MAX_CHANGES_PER_ROW, Layer, MAX_DELTAS, OperatorRanges, PipelineState, checkpoint_due, delta_fits,
+};
 pub use delta::Delta;
 pub use event_time::{EventTimeColumn, EventTimes, SESSION_END, SESSION_START, WINDOW_BOUND};
 pub use operator::{Epoch, StateSize};

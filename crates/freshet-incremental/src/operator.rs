@@ -167,6 +167,27 @@ pub(crate) trait Operator: Send {
             self.describe()
         )))
     }
+    /// The changes to the operator's own state since [`Operator::track_changes`], for a delta
+    /// checkpoint that [`Operator::apply_delta`] applies over the state saved before; `None`
+    /// when it saves its whole state in every checkpoint (or is not tracking changes).
+    fn save_delta(&self) -> Result<Option<Vec<RecordBatch>>> {
+        Ok(None)
+    }
+    /// Rows a [`Operator::save_delta`] would save now (0 when it saves none).
+    fn delta_rows(&self) -> u64 {
+        0
+    }
+    /// Starts keeping (again) the changes a delta checkpoint saves: the state was just saved
+    /// or restored.
+    fn track_changes(&mut self) {}
+    /// Applies a delta [`Operator::save_delta`] gave, over the state restored from the
+    /// checkpoint it was taken after.
+    fn apply_delta(&mut self, _batches: Vec<RecordBatch>) -> Result<()> {
+        Err(crate::checkpoint::mismatch(format!(
+            "{} takes no delta of its state",
+            self.describe()
+        )))
+    }
     /// Whether every output of an epoch is already consolidated: each row at most once, with a
     /// non-zero weight. The pipeline then need not consolidate it again.
     fn output_consolidated(&self) -> bool {

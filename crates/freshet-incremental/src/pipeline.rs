@@ -26,6 +26,9 @@ pub struct Pipeline {
     /// Identifies the operator tree, for checkpoints (taken before any epoch, whose counts
     /// some descriptions show).
     fingerprint: String,
+    /// Its operators keep the changes since its state was last saved or restored, for a delta
+    /// checkpoint.
+    tracking: bool,
 }
 
 /// What a pipeline over streams knows beyond its plan.
@@ -116,6 +119,7 @@ impl Pipeline {
             read_columns: cx.read_columns,
             schema,
             epochs: 0,
+            tracking: false,
         })
     }
 
@@ -230,62 +234,157 @@ impl Pipeline {
     /// The state of every operator, for a checkpoint; `Ok(Err(operator))` names an operator
     /// that cannot save its state yet (the state is then rebuilt from the inputs).
     pub fn save_state(&self) -> Result<std::result::Result<PipelineState, String>> {
-        fn walk(operator: &dyn Operator, out: &mut Vec<Vec<RecordBatch>>) -> Result<std::result::Result<(), String>> {
-            match operator.save_state()? {
-                SavedState::Stateless => {}
-                SavedState::Unsupported => return Ok(Err(operator.describe())),
-                SavedState::Batches(batches) => out.push(batches),
+        self.save(false)
+    }
+
+    /// Rows of the changes the operators keep for a delta checkpoint.
+    pub fn delta_rows(&self) -> u64 {
+        fn walk(operator: &dyn Operator) -> u64 {
+            operator.delta_rows() + operator.inputs().into_iter().map(walk).sum::<u64>()
+        }
+        walk(self.root.as_ref())
+    }
+
+    /// The state for the checkpoint after the one it was last saved to or restored from: each
+    /// operator's changes since where it keeps them, its whole state where not
+    /// ([`PipelineState::deltas`]); `Ok(Ok(None))` when the pipeline has not been saved or
+    /// restored since it was built (the checkpoint must be whole).
+    pub fn save_delta(&self) -> Result<std::result::Result<Option<PipelineState>, String>> {
+        if !self.tracking {
+            return Ok(Ok(None));
+        }
+        Ok(self.save(true)?.map(Some))
+    }
+
+    /// Says that the state was just saved to a checkpoint that will be committed (or the
+    /// pipeline dropped): the operators keep the changes for the next delta from here.
+    pub fn checkpoint_taken(&mut self) {
+        fn walk(operator: &mut dyn Operator) {
+            operator.track_changes();
+            for input in operator.inputs_mut() {
+                walk(input);
+            }
+        }
+        walk(self.root.as_mut());
+        self.tracking = true;
+    }
+
+    fn save(&self, delta: bool) -> Result<std::result::Result<PipelineState, String>> {
+        fn walk(
+            operator: &dyn Operator,
+            delta: bool,
+            out: &mut PipelineState,
+        ) -> Result<std::result::Result<(), String>> {
+            let saved = match delta {
+                true => operator.save_delta()?,
+                false => None,
+            };
+            match saved {
+                Some(batches) => {
+                    out.operators.push(batches);
+                    out.deltas.push(true);
+                }
+                None => match operator.save_state()? {
+                    SavedState::Stateless => {}
+                    SavedState::Unsupported => return Ok(Err(operator.describe())),
+                    SavedState::Batches(batches) => {
+                        out.operators.push(batches);
+                        out.deltas.push(false);
+                    }
+                },
             }
             for input in operator.inputs() {
-                if let Err(operator) = walk(input, out)? {
+                if let Err(operator) = walk(input, delta, out)? {
                     return Ok(Err(operator));
                 }
             }
             Ok(Ok(()))
         }
-        let mut operators = Vec::new();
-        if let Err(operator) = walk(self.root.as_ref(), &mut operators)? {
+        let mut state = PipelineState {
+            fingerprint: self.fingerprint.clone(),
+            operators: Vec::new(),
+            deltas: Vec::new(),
+        };
+        if let Err(operator) = walk(self.root.as_ref(), delta, &mut state)? {
             return Ok(Err(operator));
         }
-        Ok(Ok(PipelineState {
-            fingerprint: self.fingerprint.clone(),
-            operators,
-        }))
+        if !state.deltas.contains(&true) {
+            state.deltas.clear();
+        }
+        Ok(Ok(state))
     }
 
     /// Takes back a state [`Pipeline::save_state`] gave, into a pipeline built from the same
     /// plan that has not stepped yet. An error (a state of another operator tree, or corrupt)
     /// leaves the pipeline unusable: build it again.
     pub fn restore_state(&mut self, state: PipelineState) -> Result<()> {
-        fn walk(operator: &mut dyn Operator, states: &mut std::vec::IntoIter<Vec<RecordBatch>>) -> Result<()> {
+        self.restore_chain(vec![state])
+    }
+
+    /// Takes back a chain of checkpoints — a whole state, then the deltas saved after it in
+    /// order ([`Pipeline::save_delta`]) — into a pipeline built from the same plan that has not
+    /// stepped yet: each operator takes the last whole state it saved and applies its deltas
+    /// since. An error leaves the pipeline unusable: build it again.
+    pub fn restore_chain(&mut self, chain: Vec<PipelineState>) -> Result<()> {
+        /// Each layer's batches and delta flags, by stateful operator.
+        type Layers = Vec<(Vec<Option<Vec<RecordBatch>>>, Vec<bool>)>;
+        fn walk(operator: &mut dyn Operator, index: &mut usize, layers: &mut Layers) -> Result<()> {
             match operator.save_state()? {
                 SavedState::Stateless => {}
                 SavedState::Unsupported => {
                     return Err(mismatch(format!("{} cannot take a saved state", operator.describe())));
                 }
                 SavedState::Batches(_) => {
-                    let batches = states
-                        .next()
-                        .ok_or_else(|| mismatch("fewer operator states than operators"))?;
-                    operator.restore_state(batches)?;
+                    let i = *index;
+                    *index += 1;
+                    let is_delta =
+                        |layer: &(Vec<Option<Vec<RecordBatch>>>, Vec<bool>)| layer.1.get(i).copied().unwrap_or(false);
+                    let whole = layers
+                        .iter()
+                        .rposition(|layer| !is_delta(layer))
+                        .ok_or_else(|| mismatch("a chain without a whole state"))?;
+                    for (n, layer) in layers.iter_mut().enumerate().skip(whole) {
+                        let batches = layer
+                            .0
+                            .get_mut(i)
+                            .and_then(Option::take)
+                            .ok_or_else(|| mismatch("fewer operator states than operators"))?;
+                        if n == whole {
+                            operator.restore_state(batches)?;
+                        } else {
+                            operator.apply_delta(batches)?;
+                        }
+                    }
                 }
             }
             for input in operator.inputs_mut() {
-                walk(input, states)?;
+                walk(input, index, layers)?;
             }
             Ok(())
-        }
-        if state.fingerprint != self.fingerprint {
-            return Err(mismatch("it was taken of another operator tree"));
         }
         if self.epochs > 0 {
             return Err(mismatch("the pipeline has stepped already"));
         }
-        let mut states = state.operators.into_iter();
-        walk(self.root.as_mut(), &mut states)?;
-        if states.next().is_some() {
+        let mut layers: Layers = Vec::with_capacity(chain.len());
+        for (n, state) in chain.into_iter().enumerate() {
+            if state.fingerprint != self.fingerprint {
+                return Err(mismatch("it was taken of another operator tree"));
+            }
+            if n == 0 && state.deltas.contains(&true) {
+                return Err(mismatch("a chain starts with a delta"));
+            }
+            layers.push((state.operators.into_iter().map(Some).collect(), state.deltas));
+        }
+        let operators = layers.first().map_or(0, |layer| layer.0.len());
+        if layers.iter().any(|layer| layer.0.len() != operators) {
+            return Err(mismatch("checkpoints of a chain with other numbers of operators"));
+        }
+        let mut index = 0;
+        walk(self.root.as_mut(), &mut index, &mut layers)?;
+        if index != operators {
             return Err(mismatch("more operator states than operators"));
         }
+        self.checkpoint_taken();
         Ok(())
     }
 

@@ -68,6 +68,25 @@ pub struct JobCheckpoint {
     pub at_ms: i64,
     /// The byte ranges of each stateful operator's batches ([`PipelineState::decode`]).
     pub operators: freshet_incremental::OperatorRanges,
+    /// Rows of that whole state.
+    #[serde(default)]
+    pub rows: u64,
+    /// The deltas taken after it, in order: each one's file and what it holds
+    /// ([`Pipeline::save_delta`]). The input versions and time above are the last one's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<(StateFile, freshet_incremental::Layer)>,
+}
+
+impl JobCheckpoint {
+    /// Its files: the whole state's, then each delta's.
+    pub fn files(&self) -> impl Iterator<Item = &StateFile> {
+        std::iter::once(&self.file).chain(self.deltas.iter().map(|(file, _)| file))
+    }
+
+    /// Bytes over its files.
+    pub fn bytes(&self) -> u64 {
+        self.files().map(|f| f.bytes).sum()
+    }
 }
 
 impl SavedProgress {
@@ -492,7 +511,7 @@ impl Run {
                 Some(Restored { checkpoint, replayed }) => {
                     recovery.push(format!(
                         "operator state restored from its checkpoint ({} bytes, {replayed} input changes replayed)",
-                        checkpoint.file.bytes
+                        checkpoint.bytes()
                     ));
                     branch.processed = versions.into_iter().filter(|(name, _)| branch.reads(name)).collect();
                     branch.since_checkpoint = Some((replayed, checkpoint.at_ms));
@@ -739,10 +758,10 @@ impl Run {
                 .filter_map(|(index, b)| Some((index, b.checkpoint.clone()?)))
                 .collect();
             let id = self.id.clone();
-            let keep: Vec<StateFile> = checkpoints.values().map(|c| c.file.clone()).collect();
+            let keep: Vec<StateFile> = checkpoints.values().flat_map(|c| c.files().cloned()).collect();
             let checkpoint = checkpoints
                 .values()
-                .map(|c| (c.file.bytes, c.at_ms))
+                .map(|c| (c.bytes(), c.at_ms))
                 .reduce(|a, b| (a.0 + b.0, a.1.max(b.1)));
             // The commit point of the epoch: its output reaches external sinks only after it.
             let progress = SavedProgress {
@@ -790,7 +809,10 @@ impl Run {
 
     /// Writes a checkpoint of each branch whose state is due one (after the epoch's output is
     /// written, so that the versions it reflects are never ahead of its sink's); whether any
-    /// was written. The saved progress that follows names them.
+    /// was written. The saved progress that follows names them. A checkpoint is a delta over
+    /// the branch's last one while the deltas stay smaller than its whole state
+    /// ([`freshet_incremental::delta_fits`]); the pipeline keeps its changes from there (a
+    /// progress that fails to save fails the job, and the state goes with it).
     async fn checkpoint(&mut self, now_ms: i64) -> Result<bool> {
         let mut written = false;
         for branch in &mut self.branches {
@@ -798,26 +820,62 @@ impl Run {
                 || !freshet_incremental::checkpoint_due(
                     branch.since_checkpoint,
                     branch.pipeline.state_size().rows,
+                    branch.pipeline.delta_rows(),
                     now_ms,
                     self.checkpoint_interval_ms,
                 )
             {
                 continue;
             }
-            let Ok(state) = branch.pipeline.save_state()? else {
-                // An operator that cannot save its state yet: the branch is rebuilt from its
-                // inputs when it resumes.
-                continue;
+            let chain = branch.checkpoint.clone().filter(|c| {
+                let deltas: Vec<_> = c.deltas.iter().map(|(_, layer)| layer.clone()).collect();
+                freshet_incremental::delta_fits(c.rows, &deltas, branch.pipeline.delta_rows())
+            });
+            let delta = match chain {
+                Some(_) => match branch.pipeline.save_delta()? {
+                    Ok(delta) => delta,
+                    // An operator that cannot save its state yet: the branch is rebuilt from
+                    // its inputs when it resumes.
+                    Err(_) => continue,
+                },
+                None => None,
             };
+            let (state, chain) = match (delta, chain) {
+                (Some(delta), Some(chain)) => (delta, Some(chain)),
+                _ => match branch.pipeline.save_state()? {
+                    Ok(state) => (state, None),
+                    Err(_) => continue,
+                },
+            };
+            let rows = state.rows() as u64;
             let (bytes, operators) = state.encode()?;
             let file = self.progress.write_state(&self.id, bytes.into()).await?;
-            branch.checkpoint = Some(JobCheckpoint {
-                file,
-                fingerprint: state.fingerprint,
-                inputs: branch.processed.iter().map(|(k, &v)| (k.clone(), v)).collect(),
-                at_ms: now_ms,
-                operators,
+            let inputs = branch.processed.iter().map(|(k, &v)| (k.clone(), v)).collect();
+            branch.checkpoint = Some(match chain {
+                Some(mut chain) => {
+                    chain.deltas.push((
+                        file,
+                        freshet_incremental::Layer {
+                            operators,
+                            deltas: state.deltas,
+                            rows,
+                        },
+                    ));
+                    chain.inputs = inputs;
+                    chain.at_ms = now_ms;
+                    chain
+                }
+                None => JobCheckpoint {
+                    file,
+                    fingerprint: state.fingerprint,
+                    inputs,
+                    at_ms: now_ms,
+                    operators,
+                    rows,
+                    deltas: Vec::new(),
+                },
             });
+            branch.pipeline.checkpoint_taken();
             branch.since_checkpoint = Some((0, now_ms));
             written = true;
         }

@@ -83,6 +83,7 @@ async fn round(engine: &Engine, round: i64) {
         .sql(&format!(
             "UPDATE orders SET amount = amount + {round}, note = 'u{round}' WHERE id % 1000 = {round};
              DELETE FROM orders WHERE id % 1000 = {round} + 500;
+             DELETE FROM orders WHERE customer = 90 + {round};
              INSERT INTO orders VALUES ({id}, {round}, 999, 1.5, NULL);
              UPDATE customers SET region = 'moved' WHERE id = {round}",
             id = 100_000 + round
@@ -217,5 +218,98 @@ async fn a_checkpoint_that_cannot_be_read_falls_back_to_a_rebuild() {
         assert!(reason.contains("rebuilt"), "{name}: {reason}");
     }
     assert_equal_batch(&engine).await;
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applies_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = setup(dir.path(), &clock, &instruments).await;
+    engine
+        .sql("SET 'execution.checkpointing.interval' = '1 s'")
+        .await
+        .unwrap();
+    // Every refresh is a second after the last checkpoint: each one writes a checkpoint.
+    for r in 1..=6 {
+        clock.advance(std::time::Duration::from_secs(2));
+        round(&engine, r).await;
+    }
+    assert_equal_batch(&engine).await;
+    // The aggregates and the joins keep the changes since the last checkpoint: after the first
+    // (whole) one, each refresh's checkpoint is a file of those alone, a fraction of the whole.
+    for name in ["totals", "by_customer", "by_region", "unmatched"] {
+        let checkpoint = engine
+            .table(name)
+            .unwrap()
+            .snapshot()
+            .manifest()
+            .state
+            .clone()
+            .expect("a checkpoint");
+        let deltas = checkpoint.meta["deltas"].as_array().map_or(0, Vec::len);
+        assert_eq!(deltas, 5, "{name}: a delta per refresh after the first");
+        assert_eq!(checkpoint.files.len(), deltas + 1, "{name}");
+        if name == "by_customer" || name == "by_region" {
+            let whole = checkpoint.files[0].bytes;
+            for delta in &checkpoint.files[1..] {
+                assert!(
+                    delta.bytes * 10 < whole,
+                    "{name}: a delta of {} bytes beside a whole state of {whole}",
+                    delta.bytes
+                );
+            }
+        }
+        let explained = multiset(&engine.sql(&format!("EXPLAIN MATERIALIZED TABLE {name}")).await.unwrap()).join("\n");
+        assert!(explained.contains("a whole state and 5 deltas"), "{explained}");
+    }
+    engine.close().await;
+
+    // Restored: each operator takes its whole state and applies its deltas in order (groups
+    // gone since the whole state stay gone: orders for their customers start them again).
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine
+        .sql(
+            "INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late'), (200001, 91, 6, 2.5, 'back'), \
+               (200002, 96, 7, 3.5, 'back'); DELETE FROM customers WHERE id = 3",
+        )
+        .await
+        .unwrap();
+    for (name, _) in TABLES {
+        engine
+            .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
+            .await
+            .unwrap();
+        let (_, algorithm, reason) = last_refresh(&engine, name).await;
+        assert_eq!(algorithm, "incremental", "{name}: {reason}");
+        assert!(
+            reason.contains("restored from the table's checkpoint"),
+            "{name}: {reason}"
+        );
+    }
+    assert_equal_batch(&engine).await;
+    // And goes on adding deltas to the chain it was restored from.
+    engine
+        .sql("SET 'execution.checkpointing.interval' = '1 s'")
+        .await
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(2));
+    round(&engine, 7).await;
+    assert_equal_batch(&engine).await;
+    let checkpoint = engine
+        .table("by_region")
+        .unwrap()
+        .snapshot()
+        .manifest()
+        .state
+        .clone()
+        .unwrap();
+    assert_eq!(checkpoint.files.len(), 7, "the whole state and six deltas");
+    let drifted = engine
+        .sql("SELECT name FROM freshet.refreshes WHERE corrected_rows > 0")
+        .await
+        .unwrap();
+    assert!(multiset(&drifted).is_empty());
     engine.close().await;
 }

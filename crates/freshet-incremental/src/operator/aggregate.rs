@@ -112,6 +112,11 @@ struct Groups {
     open_windows: std::collections::BTreeMap<i64, usize>,
     /// With a state TTL: the epoch time (ms) each slot's group was last touched.
     touched_at: Vec<i64>,
+    /// The keys of the groups changed since the state was last saved or restored, for a
+    /// delta checkpoint (`None` until then). A group is listed when an epoch first touches it
+    /// after `changed_after` (an epoch number), or when it is created.
+    changed: Option<checkpoint::KeyLog>,
+    changed_after: u64,
 }
 
 /// A slot's row count and the last epoch that touched it.
@@ -241,6 +246,8 @@ impl Groups {
             ends: Vec::new(),
             open_windows: std::collections::BTreeMap::new(),
             touched_at: Vec::new(),
+            changed: None,
+            changed_after: 0,
         }
     }
 
@@ -382,6 +389,12 @@ impl Groups {
             let slot = slots[row as usize];
             let mark = &mut self.marks[slot as usize];
             if mark.touched_in != self.epoch {
+                let created = created.contains(&slot);
+                if let Some(changed) = &mut self.changed
+                    && (created || mark.touched_in <= self.changed_after)
+                {
+                    changed.push(keys.key(row as usize));
+                }
                 mark.touched_in = self.epoch;
                 if let Some(now) = step.now_ms {
                     self.touched_at[slot as usize] = now;
@@ -389,7 +402,7 @@ impl Groups {
                 touched.push(Touched {
                     slot,
                     row,
-                    existed: !created.contains(&slot),
+                    existed: !created,
                     at: touched.len() as u32,
                 });
             }
@@ -459,7 +472,8 @@ impl Groups {
     fn bytes(&self) -> usize {
         let slots = self.marks.len();
         let accumulators: usize = self.accumulators.iter().map(|a| a.bytes(slots)).sum();
-        slots * (SLOT_BYTES + size_of::<i64>()) + self.slots.bytes() + accumulators
+        let changed = self.changed.as_ref().map_or(0, checkpoint::KeyLog::bytes);
+        slots * (SLOT_BYTES + size_of::<i64>()) + self.slots.bytes() + accumulators + changed
     }
 }
 
@@ -716,5 +730,31 @@ impl Operator for Aggregate {
 
     fn restore_state(&mut self, batches: Vec<datafusion::arrow::record_batch::RecordBatch>) -> Result<()> {
         self.restore(batches)
+    }
+
+    fn save_delta(&self) -> Result<Option<Vec<datafusion::arrow::record_batch::RecordBatch>>> {
+        self.save_changes()
+    }
+
+    fn delta_rows(&self) -> u64 {
+        self.parts
+            .iter()
+            .filter_map(|part| part.changed.as_ref())
+            .map(|changed| changed.len() as u64)
+            .sum()
+    }
+
+    fn track_changes(&mut self) {
+        if self.is_global() {
+            return;
+        }
+        for part in &mut self.parts {
+            part.changed = Some(checkpoint::KeyLog::default());
+            part.changed_after = part.epoch;
+        }
+    }
+
+    fn apply_delta(&mut self, batches: Vec<datafusion::arrow::record_batch::RecordBatch>) -> Result<()> {
+        self.apply_changes(batches)
     }
 }

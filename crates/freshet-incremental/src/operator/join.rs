@@ -136,6 +136,9 @@ pub(crate) struct Join {
     /// passes their time.
     expiry: [Option<SideExpiry>; 2],
     state_ttl_ms: Option<i64>,
+    /// Each side's changes since the state was last saved or restored, for a delta checkpoint
+    /// (`None` until then, and for `NOT IN`, which saves its whole state).
+    changes: Option<[Vec<Delta>; 2]>,
 }
 
 /// The rows of both sides at the keys of one part, and what is computed from them.
@@ -213,6 +216,7 @@ impl Join {
             parts,
             expiry: [None, None],
             state_ttl_ms: None,
+            changes: None,
         })
     }
 
@@ -748,6 +752,11 @@ impl Operator for Join {
             self.expire(epoch)?;
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
+        if let Some([lefts, rights]) = &mut self.changes {
+            // Deltas share their columns: a copy of the arrays' handles, not of the rows.
+            lefts.push(left.clone());
+            rights.push(right.clone());
+        }
         let parallel = left.len() + right.len() >= PARALLEL_MIN_ROWS;
         let left = self.deal(self.encode(left, Side::Left)?)?;
         let right = self.deal(self.encode(right, Side::Right)?)?;
@@ -797,6 +806,9 @@ impl Operator for Join {
             size.rows += part.left_rows.len() + part.right_rows.len() + part.left_nulls.len() as u64;
             size.bytes += part.left_rows.bytes() + part.right_rows.bytes() + nulls;
         }
+        for delta in self.changes.iter().flatten().flatten() {
+            size.bytes += delta.data.get_array_memory_size() as u64 + delta.weights.get_array_memory_size() as u64;
+        }
         size
     }
 
@@ -840,6 +852,37 @@ impl Operator for Join {
             right = right.with_schema(schema).map_err(internal)?;
         }
         Ok(SavedState::Batches(vec![concat_all(left)?, right]))
+    }
+
+    /// Each side's changes since the state was saved or restored, as a state of the same
+    /// layout (rows with weights, which [`Operator::apply_delta`] applies as an epoch would).
+    fn save_delta(&self) -> Result<Option<Vec<RecordBatch>>> {
+        let Some(sides) = &self.changes else {
+            return Ok(None);
+        };
+        let mut batches = Vec::with_capacity(2);
+        for (deltas, schema) in sides.iter().zip([&self.spec.left_schema, &self.spec.right_schema]) {
+            let all = Delta::concat(schema, deltas)?;
+            batches.push(all.into_change_batch()?.into_batch());
+        }
+        Ok(Some(batches))
+    }
+
+    fn delta_rows(&self) -> u64 {
+        self.changes.iter().flatten().flatten().map(|d| d.len() as u64).sum()
+    }
+
+    fn track_changes(&mut self) {
+        if !self.spec.null_aware {
+            self.changes = Some([Vec::new(), Vec::new()]);
+        }
+    }
+
+    fn apply_delta(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        if self.spec.null_aware {
+            return Err(mismatch("a NOT IN join saves its whole state"));
+        }
+        self.restore_state(batches)
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {

@@ -30,7 +30,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use freshet_common::{FreshetError, Result};
-use freshet_incremental::{Epoch, Pipeline, PipelineState};
+use freshet_incremental::{Epoch, Layer, Pipeline, PipelineState, delta_fits};
 use freshet_storage::{StateCheckpoint, Table, Transaction};
 
 use super::incremental::IncrementalState;
@@ -51,46 +51,108 @@ struct CheckpointMeta {
     /// When it was taken (engine clock, ms since the Unix epoch).
     #[serde(default)]
     at_ms: i64,
-    /// The byte ranges (start, end) in the file of each stateful operator's batches, in the
-    /// pipeline's order.
+    /// The byte ranges (start, end) in the first file of each stateful operator's batches, in
+    /// the pipeline's order: the whole state.
     operators: Vec<Vec<(usize, usize)>>,
+    /// Rows of the whole state.
+    #[serde(default)]
+    rows: u64,
+    /// The deltas after it, one per later file, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deltas: Vec<Layer>,
 }
 
 /// Whether a refresh at `now_ms` that processed `changes` input rows should write a checkpoint
 /// of `state` ([`freshet_incremental::checkpoint_due`]).
 pub(super) fn checkpoint_due(state: &IncrementalState, changes: u64, now_ms: i64, interval_ms: i64) -> bool {
     let since = state.since_checkpoint.map(|(since, at_ms)| (since + changes, at_ms));
-    freshet_incremental::checkpoint_due(since, state.pipeline.state_size().rows, now_ms, interval_ms)
+    let pipeline = &state.pipeline;
+    freshet_incremental::checkpoint_due(
+        since,
+        pipeline.state_size().rows,
+        pipeline.delta_rows(),
+        now_ms,
+        interval_ms,
+    )
 }
 
-/// The state of `pipeline` to checkpoint, when it can be (no operator that cannot save its
-/// state yet).
-pub(super) fn saved_state(pipeline: &Pipeline) -> Result<Option<PipelineState>> {
-    if pipeline.checkpoint_blocker().is_some() {
-        return Ok(None);
-    }
-    Ok(pipeline.save_state()?.ok())
-}
-
-/// Writes a pipeline's saved state, which reflects `inputs`, into `txn`'s version.
+/// Writes a checkpoint of `state`'s pipeline, which reflects `inputs`, into `txn`'s version of
+/// `table`: a delta over the checkpoint the state keeps its changes since, when that is still
+/// the table's and the deltas stay smaller than the whole state ([`delta_fits`]); else the
+/// whole state. Returns whether one was written (not when an operator cannot save its state).
+/// The pipeline then keeps its changes from here: were the version not committed, the refresh
+/// fails and the state is dropped with it.
 pub(super) async fn write_checkpoint(
     txn: &mut Transaction,
-    state: PipelineState,
+    table: &Table,
+    state: &mut IncrementalState,
     inputs: &BTreeMap<String, u64>,
     at_ms: i64,
-) -> Result<()> {
-    let (bytes, operators) = state.encode()?;
-    let files = vec![txn.write_state_file(Bytes::from(bytes)).await?];
-    let meta = CheckpointMeta {
-        format: CHECKPOINT_FORMAT,
-        fingerprint: state.fingerprint,
-        inputs: inputs.clone(),
-        at_ms,
-        operators,
+) -> Result<bool> {
+    let pipeline = &state.pipeline;
+    if pipeline.checkpoint_blocker().is_some() {
+        return Ok(false);
+    }
+    let current = table.snapshot().manifest().state.clone();
+    let chain = match (&state.checkpoint, current) {
+        (Some(ours), Some(current)) if *ours == current => {
+            serde_json::from_value::<CheckpointMeta>(current.meta.clone())
+                .ok()
+                .filter(|meta| {
+                    meta.format == CHECKPOINT_FORMAT && delta_fits(meta.rows, &meta.deltas, pipeline.delta_rows())
+                })
+                .map(|meta| (current.files, meta))
+        }
+        _ => None,
+    };
+    let delta = match chain {
+        Some(_) => match pipeline.save_delta()? {
+            Ok(delta) => delta,
+            Err(_) => return Ok(false),
+        },
+        None => None,
+    };
+    let (saved, chain) = match (delta, chain) {
+        (Some(delta), Some(chain)) => (delta, Some(chain)),
+        _ => match pipeline.save_state()? {
+            Ok(state) => (state, None),
+            Err(_) => return Ok(false),
+        },
+    };
+    let rows = saved.rows() as u64;
+    let (bytes, operators) = saved.encode()?;
+    let file = txn.write_state_file(Bytes::from(bytes)).await?;
+    let (files, meta) = match chain {
+        Some((mut files, mut meta)) => {
+            files.push(file);
+            meta.deltas.push(Layer {
+                operators,
+                deltas: saved.deltas,
+                rows,
+            });
+            meta.inputs = inputs.clone();
+            meta.at_ms = at_ms;
+            (files, meta)
+        }
+        None => (
+            vec![file],
+            CheckpointMeta {
+                format: CHECKPOINT_FORMAT,
+                fingerprint: saved.fingerprint,
+                inputs: inputs.clone(),
+                at_ms,
+                operators,
+                rows,
+                deltas: Vec::new(),
+            },
+        ),
     };
     let meta = serde_json::to_value(meta).map_err(|e| FreshetError::Internal(e.to_string()))?;
-    txn.set_state(StateCheckpoint { files, meta });
-    Ok(())
+    let checkpoint = StateCheckpoint { files, meta };
+    txn.set_state(checkpoint.clone());
+    state.checkpoint = Some(checkpoint);
+    state.pipeline.checkpoint_taken();
+    Ok(true)
 }
 
 /// The input versions the table's checkpoint reflects, if it has one.
@@ -111,8 +173,13 @@ pub(super) fn describe_checkpoint(table: &Table) -> String {
     match serde_json::from_value::<CheckpointMeta>(state.meta) {
         Ok(meta) => {
             let inputs: Vec<String> = meta.inputs.iter().map(|(t, v)| format!("{t}@{v}")).collect();
+            let deltas = match meta.deltas.len() {
+                0 => String::new(),
+                1 => " (a whole state and 1 delta)".to_string(),
+                n => format!(" (a whole state and {n} deltas)"),
+            };
             format!(
-                "{} reflecting {}",
+                "{}{deltas} reflecting {}",
                 super::incremental::human_bytes(bytes),
                 inputs.join(", ")
             )
@@ -158,6 +225,7 @@ impl Engine {
         query: &str,
     ) -> Result<Option<IncrementalState>> {
         let name = table.name();
+        let checkpoint_kept = checkpoint.clone();
         let meta: CheckpointMeta = serde_json::from_value(checkpoint.meta)
             .map_err(|e| FreshetError::Internal(format!("the checkpoint's document: {e}")))?;
         if meta.format > CHECKPOINT_FORMAT {
@@ -181,15 +249,25 @@ impl Engine {
         {
             return Ok(None);
         }
-        let [file] = checkpoint.files.as_slice() else {
-            return Err(FreshetError::Internal("a checkpoint is one file".into()));
-        };
-        let bytes = table.read_state_file(file).await?;
-        pipeline.restore_state(PipelineState::decode(
-            meta.fingerprint.clone(),
-            &bytes,
-            &meta.operators,
-        )?)?;
+        if checkpoint.files.len() != 1 + meta.deltas.len() {
+            return Err(FreshetError::Internal(
+                "a checkpoint has a file for its whole state and one per delta".into(),
+            ));
+        }
+        let mut chain = Vec::with_capacity(checkpoint.files.len());
+        for (n, file) in checkpoint.files.iter().enumerate() {
+            let bytes = table.read_state_file(file).await?;
+            let layer = match n.checked_sub(1).map(|d| &meta.deltas[d]) {
+                None => PipelineState::decode(meta.fingerprint.clone(), &bytes, &meta.operators)?,
+                Some(delta) => {
+                    let mut state = PipelineState::decode(meta.fingerprint.clone(), &bytes, &delta.operators)?;
+                    state.deltas = delta.deltas.clone();
+                    state
+                }
+            };
+            chain.push(layer);
+        }
+        pipeline.restore_chain(chain)?;
         // The changes since the checkpoint, whose output the table holds already.
         let replayed = self
             .replay_changes(&mut pipeline, &meta.inputs, &previous.inputs, previous.started_at_ms)
@@ -205,6 +283,7 @@ impl Engine {
             index: None,
             memory,
             since_checkpoint: Some((replayed, meta.at_ms)),
+            checkpoint: Some(checkpoint_kept),
         };
         state.account(name)?;
         tracing::debug!(table = name, replayed, "operator state restored from its checkpoint");

@@ -22,10 +22,10 @@ use futures::TryStreamExt;
 use freshet_common::{ChangeBatch, FreshetError, Keys, Result, consolidate};
 use freshet_incremental::{BuildError, Epoch, NotIncremental, Pipeline, time_as_input};
 use freshet_sql::RefreshMode;
-use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, Table, Transaction, delete_matching};
+use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, StateCheckpoint, Table, Transaction, delete_matching};
 
 use super::RefreshCosts;
-use super::checkpoint::{checkpoint_due, saved_state, write_checkpoint};
+use super::checkpoint::{checkpoint_due, write_checkpoint};
 use super::correction::drifted_rows;
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
@@ -58,6 +58,9 @@ pub(crate) struct IncrementalState {
     /// Input change rows the state processed since the table's checkpoint of it, and when that
     /// checkpoint was taken (`None`: the table has no checkpoint of this state).
     pub(super) since_checkpoint: Option<(u64, i64)>,
+    /// The table's checkpoint this state was restored from or last wrote, over which the
+    /// pipeline keeps the changes for a delta (`None`: the state was rebuilt from the inputs).
+    pub(super) checkpoint: Option<StateCheckpoint>,
 }
 
 impl IncrementalState {
@@ -378,6 +381,7 @@ impl Engine {
             index: None,
             memory,
             since_checkpoint: None,
+            checkpoint: None,
         };
         state.account(name)?;
         let spent = u64::try_from(timer.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -481,12 +485,9 @@ impl Engine {
         };
         let interval = self.inner.materialized.settings().checkpoint_interval.duration();
         let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        let saved = match checkpoint_due(&state, input_changes, started, interval_ms) {
-            true => saved_state(&state.pipeline)?,
-            false => None,
-        };
-        if let Some(saved) = saved {
-            write_checkpoint(&mut txn, saved, &pinned.inputs, started).await?;
+        let written = checkpoint_due(&state, input_changes, started, interval_ms)
+            && write_checkpoint(&mut txn, table, &mut state, &pinned.inputs, started).await?;
+        if written {
             state.since_checkpoint = Some((0, started));
         } else if let Some((since, _)) = &mut state.since_checkpoint {
             *since += input_changes;

@@ -250,7 +250,7 @@ impl Engine {
         start: &mut JobStart,
         checkpoints: &BTreeMap<usize, JobCheckpoint>,
     ) -> Result<()> {
-        let keep: Vec<StateFile> = checkpoints.values().map(|c| c.file.clone()).collect();
+        let keep: Vec<StateFile> = checkpoints.values().flat_map(|c| c.files().cloned()).collect();
         if let Err(e) = self.inner.catalog.remove_job_states(id, &keep).await {
             tracing::warn!(job = %id, error = %e, "could not remove a checkpoint no progress names");
         }
@@ -316,9 +316,20 @@ impl Engine {
                 }
             }
         }
+        let mut chain = Vec::with_capacity(1 + checkpoint.deltas.len());
         let bytes = self.inner.catalog.read_job_state(id, &checkpoint.file).await?;
-        let state = PipelineState::decode(checkpoint.fingerprint.clone(), &bytes, &checkpoint.operators)?;
-        pipeline.restore_state(state)?;
+        chain.push(PipelineState::decode(
+            checkpoint.fingerprint.clone(),
+            &bytes,
+            &checkpoint.operators,
+        )?);
+        for (file, layer) in &checkpoint.deltas {
+            let bytes = self.inner.catalog.read_job_state(id, file).await?;
+            let mut delta = PipelineState::decode(checkpoint.fingerprint.clone(), &bytes, &layer.operators)?;
+            delta.deltas = layer.deltas.clone();
+            chain.push(delta);
+        }
+        pipeline.restore_chain(chain)?;
         let now = self.inner.materialized.clock.now_ms();
         self.replay_changes(pipeline, &checkpoint.inputs, versions, now).await
     }

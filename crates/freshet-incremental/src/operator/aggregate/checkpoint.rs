@@ -3,6 +3,9 @@
 //! one binary value per aggregate (see `Accumulators::save_slot`) — with the operator's own
 //! counters in the batch's metadata. Groups go back to the part their key hashes to, so a
 //! checkpoint taken with one number of parts restores into another.
+//!
+//! A delta has the same layout, with the groups changed since the last checkpoint only (a
+//! group gone has a row count of zero).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,49 +23,172 @@ const STARTED: &str = "started";
 const CLOSED_UP_TO: &str = "closed_up_to";
 const LATE_ROWS: &str = "late_rows";
 
-impl Aggregate {
-    pub(super) fn save(&self) -> Result<SavedState> {
-        let (mut key_int, mut key_row) = (Vec::new(), Vec::new());
-        let (mut rows, mut ends, mut touched_at) = (Vec::new(), Vec::new(), Vec::new());
-        let groups: usize = self.parts.iter().map(|p| p.slots.len()).sum::<usize>().max(1);
+/// Group keys, owned, in the order listed (duplicates allowed).
+#[derive(Debug, Default)]
+pub(super) struct KeyLog {
+    ints: Vec<Option<i64>>,
+    bytes: Vec<u8>,
+    /// The end of each row key in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl KeyLog {
+    pub(super) fn push(&mut self, key: Key<'_>) {
+        match key {
+            Key::Int(value) => self.ints.push(value),
+            Key::Row(bytes) => {
+                self.bytes.extend_from_slice(bytes);
+                self.ends.push(self.bytes.len());
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ints.len() + self.ends.len()
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.ints.capacity() * size_of::<Option<i64>>()
+            + self.bytes.capacity()
+            + self.ends.capacity() * size_of::<usize>()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = Key<'_>> {
+        let rows = self.ends.iter().scan(0, |start, &end| {
+            let key = Key::Row(&self.bytes[*start..end]);
+            *start = end;
+            Some(key)
+        });
+        self.ints.iter().map(|&v| Key::Int(v)).chain(rows)
+    }
+}
+
+/// The rows of a saved state: one per group, or per group removed (a delta's: no rows, no
+/// accumulators).
+struct SavedGroups {
+    key_int: Vec<Option<i64>>,
+    key_row: Vec<Option<Vec<u8>>>,
+    rows: Vec<i64>,
+    ends: Vec<i64>,
+    touched_at: Vec<i64>,
+    accumulators: Vec<BinaryBuilder>,
+    writer: StateWriter,
+}
+
+impl SavedGroups {
+    fn new(aggregates: usize, groups: usize) -> Self {
         // One buffer per aggregate, no allocation per group: a checkpoint of many groups is on
         // the refresh's path.
-        let mut accumulators: Vec<BinaryBuilder> = (0..self.specs.len())
-            .map(|_| BinaryBuilder::with_capacity(groups, groups * 16))
-            .collect();
-        let mut writer = StateWriter::new();
-        let mut save_slot = |groups: &Groups, slot: u32| {
-            let slot = slot as usize;
-            rows.push(groups.marks[slot].rows);
-            ends.push(groups.ends[slot]);
-            touched_at.push(groups.touched_at[slot]);
-            for (column, accumulator) in accumulators.iter_mut().zip(&groups.accumulators) {
-                writer.clear();
-                accumulator.save_slot(slot, &mut writer);
-                column.append_value(writer.written());
+        Self {
+            key_int: Vec::with_capacity(groups),
+            key_row: Vec::with_capacity(groups),
+            rows: Vec::with_capacity(groups),
+            ends: Vec::with_capacity(groups),
+            touched_at: Vec::with_capacity(groups),
+            accumulators: (0..aggregates)
+                .map(|_| BinaryBuilder::with_capacity(groups, groups * 16))
+                .collect(),
+            writer: StateWriter::new(),
+        }
+    }
+
+    fn key(&mut self, key: Option<Key<'_>>) {
+        match key {
+            None => {
+                self.key_int.push(None);
+                self.key_row.push(None);
             }
-        };
+            Some(Key::Int(value)) => {
+                self.key_int.push(value);
+                self.key_row.push(None);
+            }
+            Some(Key::Row(bytes)) => {
+                self.key_int.push(None);
+                self.key_row.push(Some(bytes.to_vec()));
+            }
+        }
+    }
+
+    /// The group `key` (`None` for a global aggregate's) in `slot` of `groups`.
+    fn group(&mut self, groups: &Groups, key: Option<Key<'_>>, slot: u32) {
+        self.key(key);
+        let slot = slot as usize;
+        self.rows.push(groups.marks[slot].rows);
+        self.ends.push(groups.ends[slot]);
+        self.touched_at.push(groups.touched_at[slot]);
+        for (column, accumulator) in self.accumulators.iter_mut().zip(&groups.accumulators) {
+            self.writer.clear();
+            accumulator.save_slot(slot, &mut self.writer);
+            column.append_value(self.writer.written());
+        }
+    }
+
+    /// The group `key`, gone: a row count of zero.
+    fn removed(&mut self, key: Key<'_>) {
+        self.key(Some(key));
+        self.rows.push(0);
+        self.ends.push(i64::MAX);
+        self.touched_at.push(i64::MAX);
+        for column in &mut self.accumulators {
+            column.append_value([]);
+        }
+    }
+}
+
+impl Aggregate {
+    pub(super) fn save(&self) -> Result<SavedState> {
+        let groups: usize = self.parts.iter().map(|p| p.slots.len()).sum::<usize>().max(1);
+        let mut saved = SavedGroups::new(self.specs.len(), groups);
         if self.is_global() {
-            key_int.push(None);
-            key_row.push(None);
-            save_slot(&self.parts[0], 0);
+            saved.group(&self.parts[0], None, 0);
         } else {
             for groups in &self.parts {
                 for (key, &slot) in groups.slots.iter() {
-                    match key {
-                        Key::Int(value) => {
-                            key_int.push(value);
-                            key_row.push(None);
-                        }
-                        Key::Row(bytes) => {
-                            key_int.push(None);
-                            key_row.push(Some(bytes.to_vec()));
-                        }
-                    }
-                    save_slot(groups, slot);
+                    saved.group(groups, Some(key), slot);
                 }
             }
         }
+        Ok(SavedState::Batches(vec![self.batch(saved)?]))
+    }
+
+    /// The groups changed since the state was saved or restored — each one's state, or a row
+    /// count of zero for one gone — when the parts keep them (see `Groups::changed`). Groups
+    /// forgotten for closed windows or idleness are not listed (see
+    /// [`Aggregate::apply_changes`]).
+    pub(super) fn save_changes(&self) -> Result<Option<Vec<RecordBatch>>> {
+        if self.is_global() {
+            return Ok(None);
+        }
+        let mut listed = 0;
+        for groups in &self.parts {
+            match &groups.changed {
+                Some(changed) => listed += changed.len(),
+                None => return Ok(None),
+            }
+        }
+        let mut saved = SavedGroups::new(self.specs.len(), listed);
+        for groups in &self.parts {
+            for key in groups.changed.iter().flat_map(KeyLog::keys) {
+                match groups.slots.get(key) {
+                    Some(&slot) => saved.group(groups, Some(key), slot),
+                    None => saved.removed(key),
+                }
+            }
+        }
+        Ok(Some(vec![self.batch(saved)?]))
+    }
+
+    /// The saved groups as a batch, with the operator's counters in its metadata.
+    fn batch(&self, saved: SavedGroups) -> Result<RecordBatch> {
+        let SavedGroups {
+            key_int,
+            key_row,
+            rows,
+            ends,
+            touched_at,
+            mut accumulators,
+            ..
+        } = saved;
         let mut fields = vec![
             Field::new("key_int", DataType::Int64, true),
             Field::new("key_row", DataType::Binary, true),
@@ -88,11 +214,26 @@ impl Aggregate {
             metadata.insert(CLOSED_UP_TO.to_string(), bound.to_string());
         }
         let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
-        let batch = RecordBatch::try_new(schema, columns).map_err(internal)?;
-        Ok(SavedState::Batches(vec![batch]))
+        RecordBatch::try_new(schema, columns).map_err(internal)
     }
 
     pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        self.load(batches, false)
+    }
+
+    /// Applies what [`Aggregate::save_changes`] saved over the restored state: each listed
+    /// group replaces the group of its key, a row count of zero removes it. Groups of closed
+    /// windows or idle ones that the whole state still holds are forgotten by the next epoch
+    /// (a restore always steps one), as at every epoch.
+    pub(super) fn apply_changes(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        if self.is_global() {
+            return Err(mismatch("a global aggregate saves its whole state"));
+        }
+        self.load(batches, true)
+    }
+
+    /// Loads saved groups: into an empty state, or (`replace`) over one, replacing groups.
+    fn load(&mut self, batches: Vec<RecordBatch>, replace: bool) -> Result<()> {
         let [batch] =
             <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("an aggregate's state is one batch"))?;
         if batch.num_columns() != 5 + self.specs.len() {
@@ -140,6 +281,15 @@ impl Aggregate {
             let slot = if global {
                 0
             } else {
+                if replace && let Some(&slot) = groups.slots.get(key) {
+                    groups.release(key, slot);
+                }
+                if rows.value(row) == 0 {
+                    if replace {
+                        continue;
+                    }
+                    return Err(mismatch("a saved group has no rows"));
+                }
                 let slot = groups.allocate();
                 if groups.slots.insert(key, slot).is_some() {
                     return Err(mismatch("a group is saved twice"));
