@@ -5,7 +5,9 @@
 //!   and 10% of ROWS orders (default 10,000,000), side by side, alternating, median of RUNS;
 //!   plus the time to rebuild the operator state (what a restart costs) and its size. Two
 //!   aggregates (`ONLY` picks one by name): by customer, and per ten consecutive orders.
-//!   `SHARES` (e.g. `0.01`) picks the shares changed, comma-separated.
+//!   `SHARES` (e.g. `0.01`) picks the shares changed, comma-separated. `CHECKPOINT_EVERY=1`
+//!   has every incremental refresh write a checkpoint (the engine's clock, a manual one,
+//!   steps past `execution.checkpointing.interval` before each) and reports their sizes.
 //! - `throughput`: input rows per second of incremental maintenance for a GROUP BY aggregate,
 //!   a two-way join, a join + aggregate and a top-N per group, under transactions of 100 and of
 //!   100,000 rows over BASE orders (default 1,000,000): commit, then refresh; the refresh time
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use data::{CUSTOMERS, Random, customers, orders};
 use freshet::datafusion::arrow::array::Int64Array;
-use freshet::{Engine, RefreshRecord};
+use freshet::{Engine, ManualClock, RefreshRecord};
 use support::{commit, env_usize, machine, median};
 
 const AGGREGATE: &str = "SELECT customer_id, count(*) AS orders, sum(amount) AS total FROM orders GROUP BY customer_id";
@@ -56,9 +58,54 @@ const QUERIES: [(&str, &str); 4] = [
 /// An engine on `dir`; `SYNC=0` leaves local writes unsynced (see `EngineBuilder::sync_writes`),
 /// to tell the disk's share of a figure.
 fn builder(dir: &tempfile::TempDir) -> freshet::EngineBuilder {
-    Engine::builder()
+    let builder = Engine::builder()
         .location(dir.path().display().to_string())
-        .sync_writes(std::env::var("SYNC").map_or(true, |v| v != "0"))
+        .sync_writes(std::env::var("SYNC").map_or(true, |v| v != "0"));
+    match checkpoint_clock() {
+        Some(clock) => builder.clock(Arc::new(clock.clone())),
+        None => builder,
+    }
+}
+
+/// With `CHECKPOINT_EVERY=1`, the clock of every engine of the run: a manual one, started at
+/// the wall clock's time.
+fn checkpoint_clock() -> Option<&'static ManualClock> {
+    static CLOCK: std::sync::OnceLock<Option<ManualClock>> = std::sync::OnceLock::new();
+    CLOCK
+        .get_or_init(|| {
+            let every = std::env::var("CHECKPOINT_EVERY").is_ok_and(|v| v == "1");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            every.then(|| ManualClock::new(now))
+        })
+        .as_ref()
+}
+
+/// With `CHECKPOINT_EVERY=1`: checkpoints a second apart at most, and the clock a second on,
+/// so that the next refresh writes one.
+async fn checkpoint_due_next(engine: &Engine) {
+    if let Some(clock) = checkpoint_clock() {
+        engine
+            .sql("SET 'execution.checkpointing.interval' = '1 s'")
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(1));
+    }
+}
+
+/// The files of a table's checkpoint, with their sizes.
+fn checkpoint_files(engine: &Engine, table: &str) -> Vec<(String, u64)> {
+    engine
+        .table(table)
+        .unwrap()
+        .snapshot()
+        .manifest()
+        .state
+        .as_ref()
+        .map_or_else(Vec::new, |state| {
+            state.files.iter().map(|f| (f.path.clone(), f.bytes)).collect()
+        })
 }
 
 /// An engine on a temporary directory with `rows` orders and the customers.
@@ -179,6 +226,7 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
         let every = (1.0 / share) as usize;
         let mut full = Vec::new();
         let mut incremental = Vec::new();
+        let mut written = Vec::new();
         for run in 0..runs {
             engine
                 .sql(&format!(
@@ -188,7 +236,15 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
                 .await
                 .unwrap();
             full.push(timed(&engine, "ALTER MATERIALIZED TABLE mt_full REFRESH").await);
+            checkpoint_due_next(&engine).await;
+            let before = checkpoint_files(&engine, "mt_incremental");
             incremental.push(timed(&engine, "ALTER MATERIALIZED TABLE mt_incremental REFRESH").await);
+            let after = checkpoint_files(&engine, "mt_incremental");
+            if after != before
+                && let Some((_, bytes)) = after.last()
+            {
+                written.push((*bytes, after.len() > 1));
+            }
             eprintln!(
                 "  {:.1}% run {}: full {:?}, incremental {:?}",
                 share * 100.0,
@@ -203,6 +259,17 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
             share * 100.0,
             f / i
         );
+        if !written.is_empty() {
+            let deltas: Vec<u64> = written.iter().filter(|w| w.1).map(|w| w.0).collect();
+            let wholes: Vec<u64> = written.iter().filter(|w| !w.1).map(|w| w.0).collect();
+            println!(
+                "  checkpoints written: {} deltas (median {:.2} MiB), {} whole (median {:.2} MiB)",
+                deltas.len(),
+                mib(deltas),
+                wholes.len(),
+                mib(wholes)
+            );
+        }
     }
     // Float sums agree up to rounding: DataFusion adds in its own order, the incremental sum
     // in the order of the changes.
@@ -236,24 +303,25 @@ async fn refresh_query(rows: usize, runs: usize, query: &str) {
     let record = RefreshRecord::of(&engine.table("mt_incremental").unwrap().snapshot()).expect("a refresh record");
     let reason = record.reason.unwrap_or_default();
     assert!(reason.contains("restored"), "the restart restored the state: {reason}");
-    let checkpoint: u64 = engine
-        .table("mt_incremental")
-        .unwrap()
-        .snapshot()
-        .manifest()
-        .state
-        .as_ref()
-        .map_or(0, |state| state.files.iter().map(|f| f.bytes).sum());
+    let files = checkpoint_files(&engine, "mt_incremental");
+    let checkpoint: u64 = files.iter().map(|f| f.1).sum();
     println!(
         "restart over {rows} orders: open {:.3} s, first refresh with the state restored from its checkpoint \
-         ({:.1} MiB) {:.3} s, together {:.3} s (the state's rebuild took {:.3} s)",
+         ({:.1} MiB in {} files) {:.3} s, together {:.3} s (the state's rebuild took {:.3} s)",
         open.as_secs_f64(),
         checkpoint as f64 / (1 << 20) as f64,
+        files.len(),
         restored.as_secs_f64(),
         (open + restored).as_secs_f64(),
         rebuild.as_secs_f64()
     );
     engine.close().await;
+}
+
+/// The median of byte counts, in MiB (0 for none).
+fn mib(mut bytes: Vec<u64>) -> f64 {
+    bytes.sort_unstable();
+    bytes.get(bytes.len() / 2).map_or(0.0, |&b| b as f64 / (1 << 20) as f64)
 }
 
 async fn throughput_part(base: usize) {
