@@ -69,6 +69,9 @@ pub enum CatalogEntry {
         id: String,
         /// The `CREATE TABLE` statement.
         sql: String,
+        /// Options set since by `ALTER TABLE ... SET`, over the statement's.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        options: BTreeMap<String, String>,
     },
     /// An object defined by a statement that the engine re-runs on open (an external table
     /// over files); Freshet stores only the definition.
@@ -265,7 +268,11 @@ impl Catalog {
     /// Creates a connector table, defined by its `CREATE TABLE` statement.
     pub async fn create_connector_table(&self, name: &str, schema: SchemaRef, sql: &str) -> Result<Arc<Table>> {
         let sql = sql.to_string();
-        let entry = move |id: String| CatalogEntry::ConnectorTable { id, sql };
+        let entry = move |id: String| CatalogEntry::ConnectorTable {
+            id,
+            sql,
+            options: BTreeMap::new(),
+        };
         self.create_stored(name, schema, Vec::new(), entry, |_| async { Ok(()) })
             .await
     }
@@ -453,15 +460,19 @@ impl Catalog {
         .await
     }
 
-    /// Replaces the options of a plain table.
+    /// Replaces the options of a plain table, or those a connector table's `ALTER TABLE ... SET`
+    /// set over its statement's.
     pub async fn set_table_options(&self, name: &str, options: BTreeMap<String, String>) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         match self.manifest().entries.get(name) {
-            Some(CatalogEntry::Table { .. }) => {}
+            Some(CatalogEntry::Table { .. } | CatalogEntry::ConnectorTable { .. }) => {}
             _ => return Err(FreshetError::TableNotFound { name: name.into() }),
         }
         self.commit(|entries| {
-            if let Some(CatalogEntry::Table { options: old, .. }) = entries.get_mut(name) {
+            if let Some(
+                CatalogEntry::Table { options: old, .. } | CatalogEntry::ConnectorTable { options: old, .. },
+            ) = entries.get_mut(name)
+            {
                 *old = options;
             }
         })

@@ -101,10 +101,33 @@ impl Engine {
                 }
                 self.store_definition(name, &definition).await
             }
-            Some(CatalogEntry::ConnectorTable { .. }) => Err(FreshetError::Unsupported(format!(
-                "ALTER TABLE ... SET/RESET on connector table \"{name}\": its options are those of its \
-                 CREATE TABLE statement"
-            ))),
+            Some(CatalogEntry::ConnectorTable { sql, options, .. }) => {
+                // A source's retention may change; its other options are the connector's, read
+                // when its jobs start.
+                let keys = set.iter().map(|(k, _)| k).chain(reset);
+                if let Some(key) = keys.into_iter().find(|k| *k != RETENTION_OPTION) {
+                    return Err(FreshetError::Unsupported(format!(
+                        "ALTER TABLE ... SET/RESET of '{key}' on connector table \"{name}\": of a connector \
+                         table's options only a source's 'retention' changes (create the table again for others)"
+                    )));
+                }
+                if !self.inner.streams.is_source(name) {
+                    return Err(FreshetError::InvalidStatement(format!(
+                        "table \"{name}\" is a sink: it keeps no rows, so it has no 'retention'"
+                    )));
+                }
+                let mut options = options;
+                options.extend(set.iter().cloned());
+                for key in reset {
+                    options.remove(key);
+                }
+                // Without an override, the statement's own option applies again.
+                let create = crate::streams::stored_connector_table(&sql, &options)?;
+                let retention = freshet_runtime::ConnectorOptions::new(name, &create.options).retention()?;
+                self.inner.catalog.set_table_options(name, options).await?;
+                self.inner.streams.set_retention(name, retention);
+                Ok(())
+            }
             Some(CatalogEntry::Definition { object, .. }) => Err(FreshetError::InvalidStatement(format!(
                 "\"{name}\" is a {}, not a table: it has no options",
                 object.replace('_', " ")

@@ -46,7 +46,7 @@ pub(crate) struct Streams {
 }
 
 /// A connector table as the engine keeps it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnectorTable {
     connector: Connector,
     source: Option<Arc<Source>>,
@@ -59,6 +59,23 @@ impl Streams {
     pub(crate) fn retention(&self, name: &str) -> Option<std::time::Duration> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
         tables.get(name)?.retention
+    }
+
+    /// Whether `name` is a connector table that is a source (its ingested rows kept).
+    pub(crate) fn is_source(&self, name: &str) -> bool {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(name).is_some_and(|t| t.source.is_some())
+    }
+
+    /// Sets a connector table's `'retention'` (`ALTER TABLE ... SET`).
+    pub(crate) fn set_retention(&self, name: &str, retention: Option<std::time::Duration>) {
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(table) = tables.get_mut(name) {
+            *table = Arc::new(ConnectorTable {
+                retention,
+                ..table.as_ref().clone()
+            });
+        }
     }
 
     /// The tables whose rows are only ever appended: source tables (their rows come from
@@ -203,6 +220,25 @@ impl Streams {
     }
 }
 
+/// A connector table's statement as stored, with the options `ALTER TABLE ... SET` set over it.
+pub(crate) fn stored_connector_table(
+    sql: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<CreateConnectorTable> {
+    let parsed = freshet_sql::parse_statements(sql)?;
+    let Some(FreshetStatement::CreateConnectorTable(create)) = parsed.into_iter().next().map(|p| p.statement) else {
+        return Err(FreshetError::Internal(format!("not a connector table: {sql}")));
+    };
+    let mut create = *create;
+    for (key, value) in options {
+        match create.options.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.clone(),
+            None => create.options.push((key.clone(), value.clone())),
+        }
+    }
+    Ok(create)
+}
+
 impl Engine {
     /// `CREATE TABLE ... WITH ('connector' = ...)`.
     pub(crate) async fn create_connector_table(&self, text: &str, create: &CreateConnectorTable) -> Result<()> {
@@ -227,15 +263,12 @@ impl Engine {
     pub(crate) async fn restore_connector_tables(&self) {
         let manifest = self.inner.catalog.manifest();
         for (name, entry) in &manifest.entries {
-            let CatalogEntry::ConnectorTable { sql, .. } = entry else {
+            let CatalogEntry::ConnectorTable { sql, options, .. } = entry else {
                 continue;
             };
             let restored = async {
-                let parsed = freshet_sql::parse_statements(sql)?;
-                let Some(FreshetStatement::CreateConnectorTable(create)) = parsed.first().map(|p| &p.statement) else {
-                    return Err(FreshetError::Internal(format!("not a connector table: {sql}")));
-                };
-                self.connector_table(name, create).await
+                let create = stored_connector_table(sql, options)?;
+                self.connector_table(name, &create).await
             };
             match restored.await {
                 Ok((table, _)) => {
