@@ -469,9 +469,8 @@ impl Catalog {
             _ => return Err(FreshetError::TableNotFound { name: name.into() }),
         }
         self.commit(|entries| {
-            if let Some(
-                CatalogEntry::Table { options: old, .. } | CatalogEntry::ConnectorTable { options: old, .. },
-            ) = entries.get_mut(name)
+            if let Some(CatalogEntry::Table { options: old, .. } | CatalogEntry::ConnectorTable { options: old, .. }) =
+                entries.get_mut(name)
             {
                 *old = options;
             }

@@ -545,6 +545,68 @@ async fn the_state_ttl_forgets_idle_groups_of_a_job() {
     engine.close().await;
 }
 
+/// A job whose aggregate forgot idle groups comes back from its checkpoint (a whole state that
+/// still has them, then a delta) without them: a row of such a group replayed after the restore
+/// starts it anew, as it did before the job stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_job_has_forgotten_what_its_state_ttl_forgot() {
+    let ClockedStream {
+        _dir,
+        input,
+        clock,
+        engine,
+    } = clocked_stream().await;
+    engine
+        .sql("CREATE TABLE counts (id BIGINT, n BIGINT, PRIMARY KEY (id))")
+        .await
+        .unwrap();
+    engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    engine
+        .sql("INSERT INTO counts SELECT id, count(*) FROM s GROUP BY id")
+        .await
+        .unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let job = engine.job(&id).unwrap();
+    let n_of = |engine: &Engine, id: i64| {
+        let engine = engine.clone();
+        async move { count(&engine, &format!("SELECT n FROM counts WHERE id = {id}")).await }
+    };
+    place(&input, "a.json", &lines(1, 3));
+    wait_for_rows(&job, 2, |i| i.rows_out).await;
+    // Two hours later a row of group 3; groups 1 and 2 are forgotten, and the checkpoint after
+    // it is a delta over the first (which holds them).
+    clock.advance(std::time::Duration::from_secs(2 * 3600));
+    place(&input, "b.json", &lines(3, 4));
+    let now = freshet::Clock::now_ms(&clock);
+    job.subscribe()
+        .wait_for(|i| i.rows_out >= 3 && i.checkpoint.is_some_and(|(_, at)| at == now))
+        .await
+        .unwrap();
+    // Group 1 again, too soon for another checkpoint: it starts anew.
+    place(&input, "c.json", &lines(1, 2));
+    wait_for_rows(&job, 4, |i| i.rows_out).await;
+    assert_eq!(n_of(&engine, 1).await, 1);
+    engine.close().await;
+
+    // The restore replays that row over the chain, and counts it once.
+    let engine = clocked_engine(_dir.path(), &clock).await;
+    let job = engine.job(&id).expect("resumed");
+    place(&input, "d.json", &lines(1, 2));
+    wait_for_rows(&job, 1, |i| i.rows_out).await;
+    let recovery = job.info().recovery.unwrap_or_default();
+    assert!(
+        recovery.contains("restored from its checkpoint") && recovery.contains("1 input changes replayed"),
+        "{recovery}"
+    );
+    assert_eq!(
+        n_of(&engine, 1).await,
+        2,
+        "group 1: the row before the restart and this one"
+    );
+    assert_eq!(job_state_rows(&engine).await, 2, "groups 3 and 1");
+    engine.close().await;
+}
+
 /// `SET 'table.exec.state.ttl'`: a regular join over streams forgets the rows it has kept for
 /// longer, on both sides; a later row no longer matches them, fresh rows do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

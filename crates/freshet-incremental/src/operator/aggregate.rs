@@ -72,6 +72,8 @@ pub(crate) struct Aggregate {
     /// `table.exec.state.ttl` (ms), and the epoch time (ms) at which idle groups are looked
     /// for next.
     state_ttl: Option<(i64, i64)>,
+    /// With a state TTL: the groups last touched before this (ms) have been forgotten.
+    forgotten_before: Option<i64>,
 }
 
 /// Groups keyed by a window's end, closed by the watermark of the sources below.
@@ -214,6 +216,7 @@ impl Aggregate {
             closed_up_to: None,
             late_rows: 0,
             state_ttl: None,
+            forgotten_before: None,
         })
     }
 
@@ -555,9 +558,11 @@ impl Aggregate {
         if now < next_pass {
             return;
         }
+        let cutoff = now.saturating_sub(ttl);
         for part in &mut self.parts {
-            part.forget_idle(now.saturating_sub(ttl));
+            part.forget_idle(cutoff);
         }
+        self.forgotten_before = Some(cutoff);
         self.state_ttl = Some((ttl, now.saturating_add(ttl / 2)));
     }
 

@@ -22,6 +22,7 @@ use crate::delta::internal;
 const STARTED: &str = "started";
 const CLOSED_UP_TO: &str = "closed_up_to";
 const LATE_ROWS: &str = "late_rows";
+const FORGOTTEN_BEFORE: &str = "forgotten_before";
 
 /// Group keys, owned, in the order listed (duplicates allowed).
 #[derive(Debug, Default)]
@@ -213,6 +214,9 @@ impl Aggregate {
         if let Some(bound) = self.closed_up_to {
             metadata.insert(CLOSED_UP_TO.to_string(), bound.to_string());
         }
+        if let Some(cutoff) = self.forgotten_before {
+            metadata.insert(FORGOTTEN_BEFORE.to_string(), cutoff.to_string());
+        }
         let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
         RecordBatch::try_new(schema, columns).map_err(internal)
     }
@@ -222,14 +226,21 @@ impl Aggregate {
     }
 
     /// Applies what [`Aggregate::save_changes`] saved over the restored state: each listed
-    /// group replaces the group of its key, a row count of zero removes it. Groups of closed
-    /// windows or idle ones that the whole state still holds are forgotten by the next epoch
-    /// (a restore always steps one), as at every epoch.
+    /// group replaces the group of its key, a row count of zero removes it. Groups the state
+    /// TTL forgot since the whole state are forgotten again by the last cutoff (a row for one
+    /// starts it afresh, as it did); groups of closed windows need nothing: rows for closed
+    /// windows are dropped before they reach a group, and the next epoch forgets them.
     pub(super) fn apply_changes(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
         if self.is_global() {
             return Err(mismatch("a global aggregate saves its whole state"));
         }
-        self.load(batches, true)
+        self.load(batches, true)?;
+        if let Some(cutoff) = self.forgotten_before {
+            for part in &mut self.parts {
+                part.forget_idle(cutoff);
+            }
+        }
+        Ok(())
     }
 
     /// Loads saved groups: into an empty state, or (`replace`) over one, replacing groups.
@@ -249,6 +260,7 @@ impl Aggregate {
         self.started = metadata.get(STARTED).is_some_and(|v| v == "true");
         self.late_rows = number(LATE_ROWS)?.unwrap_or(0).max(0) as u64;
         self.closed_up_to = number(CLOSED_UP_TO)?;
+        self.forgotten_before = number(FORGOTTEN_BEFORE)?;
         let int64 = |i: usize| -> Result<&Int64Array> {
             batch
                 .column(i)
