@@ -561,6 +561,8 @@ async fn a_restored_job_has_forgotten_what_its_state_ttl_forgot() {
         .await
         .unwrap();
     engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    // The first rows are there when the job starts: its first checkpoint holds their groups.
+    place(&input, "a.json", &lines(1, 3));
     engine
         .sql("INSERT INTO counts SELECT id, count(*) FROM s GROUP BY id")
         .await
@@ -571,7 +573,6 @@ async fn a_restored_job_has_forgotten_what_its_state_ttl_forgot() {
         let engine = engine.clone();
         async move { count(&engine, &format!("SELECT n FROM counts WHERE id = {id}")).await }
     };
-    place(&input, "a.json", &lines(1, 3));
     wait_for_rows(&job, 2, |i| i.rows_out).await;
     // Two hours later a row of group 3; groups 1 and 2 are forgotten, and the checkpoint after
     // it is a delta over the first (which holds them).
@@ -582,6 +583,7 @@ async fn a_restored_job_has_forgotten_what_its_state_ttl_forgot() {
         .wait_for(|i| i.rows_out >= 3 && i.checkpoint.is_some_and(|(_, at)| at == now))
         .await
         .unwrap();
+    assert_eq!(job_checkpoints(_dir.path(), &id).len(), 2, "a whole state and a delta");
     // Group 1 again, too soon for another checkpoint: it starts anew.
     place(&input, "c.json", &lines(1, 2));
     wait_for_rows(&job, 4, |i| i.rows_out).await;
@@ -656,6 +658,88 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
         .to_string();
     let state = job_state_rows(&engine).await;
     assert_eq!(state, 2, "the fresh rows of both sides are kept: {explain}");
+    engine.close().await;
+}
+
+/// A regular join with a state TTL restored from its checkpoint (a whole state and a delta)
+/// keeps each row for the rest of its TTL, counted from when it came, not from the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_join_keeps_its_rows_for_the_rest_of_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = clocked_engine(dir.path(), &clock).await;
+    for name in ["l", "r"] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        engine
+            .sql(&format!(
+                "CREATE TABLE {name} (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
+                 'format' = 'json', 'source.monitor-interval' = '20 ms')",
+                dir.path().join(name).display()
+            ))
+            .await
+            .unwrap();
+    }
+    engine
+        .sql("CREATE TABLE pairs (id BIGINT, lv BIGINT, rv BIGINT)")
+        .await
+        .unwrap();
+    engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    // The first rows are there when the job starts: its first checkpoint holds them.
+    place(&dir.path().join("l"), "a.json", &lines(1, 3));
+    engine
+        .sql("INSERT INTO pairs SELECT l.id, l.v, r.v FROM l JOIN r ON l.id = r.id")
+        .await
+        .unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let job = engine.job(&id).unwrap();
+    let minutes = |n: u64| clock.advance(std::time::Duration::from_secs(n * 60));
+    let checkpointed = |rows: u64| {
+        let now = freshet::Clock::now_ms(&clock);
+        let mut info = job.subscribe();
+        async move {
+            info.wait_for(|i| i.rows_in >= rows && i.checkpoint.is_some_and(|(_, at)| at == now))
+                .await
+                .unwrap();
+        }
+    };
+    checkpointed(2).await;
+    // Left row 3 twenty minutes later, checkpointed as a delta over the first checkpoint.
+    minutes(20);
+    place(&dir.path().join("l"), "b.json", &lines(3, 4));
+    checkpointed(3).await;
+    assert_eq!(job_checkpoints(dir.path(), &id).len(), 2, "a whole state and a delta");
+    engine.close().await;
+
+    // Forty minutes after the first rows: all three left rows still match.
+    minutes(20);
+    let engine = clocked_engine(dir.path(), &clock).await;
+    let job = engine.job(&id).expect("resumed");
+    place(&dir.path().join("r"), "a.json", &lines(1, 4));
+    wait_for_rows(&job, 3, |i| i.rows_in).await;
+    let pairs = |engine: Engine| async move {
+        let mut ids: Vec<i64> = engine
+            .sql("SELECT id FROM pairs ORDER BY id")
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let ids = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<freshet::datafusion::arrow::array::Int64Array>()
+                    .unwrap();
+                ids.values().to_vec()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(pairs(engine.clone()).await, [1, 2, 3]);
+    // Seventy minutes after the first rows: those are forgotten, row 3 (fifty minutes old) not.
+    minutes(30);
+    place(&dir.path().join("r"), "b.json", &lines(1, 4));
+    wait_for_rows(&job, 6, |i| i.rows_in).await;
+    assert_eq!(pairs(engine.clone()).await, [1, 2, 3, 3]);
     engine.close().await;
 }
 

@@ -138,7 +138,9 @@ pub(crate) struct Join {
     state_ttl_ms: Option<i64>,
     /// Each side's changes since the state was last saved or restored, for a delta checkpoint
     /// (`None` until then, and for `NOT IN`, which saves its whole state).
-    changes: Option<[Vec<Delta>; 2]>,
+    changes: Option<[Vec<(Delta, i64)>; 2]>,
+    /// With a state TTL: the epochs' time (ms) the rows applied now come at.
+    now_ms: i64,
 }
 
 /// The rows of both sides at the keys of one part, and what is computed from them.
@@ -217,6 +219,7 @@ impl Join {
             expiry: [None, None],
             state_ttl_ms: None,
             changes: None,
+            now_ms: i64::MIN,
         })
     }
 
@@ -743,6 +746,7 @@ impl Operator for Join {
             && let Some(now) = epoch.time_ns()
         {
             let now = now.div_euclid(1_000_000);
+            self.now_ms = now;
             for part in &mut self.parts {
                 part.left_rows.forget_old(now)?;
                 part.right_rows.forget_old(now)?;
@@ -754,8 +758,8 @@ impl Operator for Join {
         }
         if let Some([lefts, rights]) = &mut self.changes {
             // Deltas share their columns: a copy of the arrays' handles, not of the rows.
-            lefts.push(left.clone());
-            rights.push(right.clone());
+            lefts.push((left.clone(), self.now_ms));
+            rights.push((right.clone(), self.now_ms));
         }
         let parallel = left.len() + right.len() >= PARALLEL_MIN_ROWS;
         let left = self.deal(self.encode(left, Side::Left)?)?;
@@ -806,7 +810,7 @@ impl Operator for Join {
             size.rows += part.left_rows.len() + part.right_rows.len() + part.left_nulls.len() as u64;
             size.bytes += part.left_rows.bytes() + part.right_rows.bytes() + nulls;
         }
-        for delta in self.changes.iter().flatten().flatten() {
+        for (delta, _) in self.changes.iter().flatten().flatten() {
             size.bytes += delta.data.get_array_memory_size() as u64 + delta.weights.get_array_memory_size() as u64;
         }
         size
@@ -825,13 +829,21 @@ impl Operator for Join {
     }
 
     /// Both sides' rows, consolidated, each with its weight; for `NOT IN`, the left side's rows
-    /// with NULL keys too, and the right side's counts in its batch's metadata.
+    /// with NULL keys too, and the right side's counts in its batch's metadata. With a state
+    /// TTL, two more batches: when each row of either side came (`born`, ms).
     fn save_state(&self) -> Result<SavedState> {
         let mut left = Vec::with_capacity(self.parts.len() + 1);
         let mut right = Vec::with_capacity(self.parts.len());
+        let (mut left_born, mut right_born) = (Vec::new(), Vec::new());
         for part in &self.parts {
-            left.push(part.left_rows.contents()?.into_batch());
-            right.push(part.right_rows.contents()?.into_batch());
+            for (rows, out, born) in [
+                (&part.left_rows, &mut left, &mut left_born),
+                (&part.right_rows, &mut right, &mut right_born),
+            ] {
+                let (changes, borns) = rows.contents()?;
+                out.push(changes.into_batch());
+                born.extend(borns.iter().flatten().flatten());
+            }
         }
         let mut right = concat_all(right)?;
         if self.spec.null_aware {
@@ -851,25 +863,46 @@ impl Operator for Join {
             let schema = Arc::new(right.schema().as_ref().clone().with_metadata(metadata));
             right = right.with_schema(schema).map_err(internal)?;
         }
-        Ok(SavedState::Batches(vec![concat_all(left)?, right]))
+        let mut batches = vec![concat_all(left)?, right];
+        if self.state_ttl_ms.is_some() && !self.spec.null_aware {
+            batches.push(born_batch(left_born)?);
+            batches.push(born_batch(right_born)?);
+        }
+        Ok(SavedState::Batches(batches))
     }
 
     /// Each side's changes since the state was saved or restored, as a state of the same
-    /// layout (rows with weights, which [`Operator::apply_delta`] applies as an epoch would).
+    /// layout (rows with weights, which [`Operator::apply_delta`] applies as an epoch would;
+    /// with a state TTL, the epoch's time of each).
     fn save_delta(&self) -> Result<Option<Vec<RecordBatch>>> {
         let Some(sides) = &self.changes else {
             return Ok(None);
         };
-        let mut batches = Vec::with_capacity(2);
-        for (deltas, schema) in sides.iter().zip([&self.spec.left_schema, &self.spec.right_schema]) {
-            let all = Delta::concat(schema, deltas)?;
+        let mut batches = Vec::with_capacity(4);
+        let mut borns = Vec::with_capacity(2);
+        for (logged, schema) in sides.iter().zip([&self.spec.left_schema, &self.spec.right_schema]) {
+            let deltas: Vec<Delta> = logged.iter().map(|(delta, _)| delta.clone()).collect();
+            let all = Delta::concat(schema, &deltas)?;
             batches.push(all.into_change_batch()?.into_batch());
+            let born: Vec<i64> = logged
+                .iter()
+                .flat_map(|(delta, at)| std::iter::repeat_n(*at, delta.len()))
+                .collect();
+            borns.push(born_batch(born)?);
+        }
+        if self.state_ttl_ms.is_some() {
+            batches.extend(borns);
         }
         Ok(Some(batches))
     }
 
     fn delta_rows(&self) -> u64 {
-        self.changes.iter().flatten().flatten().map(|d| d.len() as u64).sum()
+        self.changes
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|(d, _)| d.len() as u64)
+            .sum()
     }
 
     fn track_changes(&mut self) {
@@ -886,8 +919,52 @@ impl Operator for Join {
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
-        let [left, right] =
-            <[RecordBatch; 2]>::try_from(batches).map_err(|_| mismatch("a join's state is two batches"))?;
+        let ttl = self.state_ttl_ms.is_some() && !self.spec.null_aware;
+        let expected = if ttl { 4 } else { 2 };
+        if batches.len() != expected {
+            return Err(mismatch(format!("a join's state is {expected} batches")));
+        }
+        let mut batches = batches.into_iter();
+        let (Some(left), Some(right)) = (batches.next(), batches.next()) else {
+            return Err(mismatch("a join's state is two batches"));
+        };
+        if ttl {
+            // Rows go back with the time they came, which the TTL counts from: a batch per time.
+            let borns = [batches.next(), batches.next()];
+            for ((batch, born), (side, schema)) in [left, right].into_iter().zip(borns).zip([
+                (Side::Left, self.spec.left_schema.clone()),
+                (Side::Right, self.spec.right_schema.clone()),
+            ]) {
+                let born = born.ok_or_else(|| mismatch("a join's state without its rows' times"))?;
+                let born = born
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .filter(|b| b.len() == batch.num_rows())
+                    .ok_or_else(|| mismatch("a join's rows' times do not fit its rows"))?
+                    .clone();
+                let delta = Delta::from_changes(&schema, &[ChangeBatch::try_new(batch)?])?;
+                let mut times: Vec<i64> = born.values().to_vec();
+                times.sort_unstable();
+                times.dedup();
+                for time in times {
+                    let rows: UInt32Array = (0..born.len() as u32)
+                        .filter(|&i| born.value(i as usize) == time)
+                        .collect();
+                    let dealt = self.deal(self.encode(delta.take(&rows)?, side)?)?;
+                    for (part, changes) in self.parts.iter_mut().zip(dealt) {
+                        part.left_rows.set_born(time);
+                        part.right_rows.set_born(time);
+                        part.apply(&changes, side)?;
+                    }
+                }
+            }
+            for part in &mut self.parts {
+                part.left_rows.set_born(self.now_ms);
+                part.right_rows.set_born(self.now_ms);
+            }
+            return Ok(());
+        }
         let count = |key: &str| -> Result<i64> {
             right
                 .schema()
@@ -929,6 +1006,11 @@ impl Operator for Join {
         .into_iter()
         .collect()
     }
+}
+
+/// When each of a side's saved rows came (ms), as a batch of one column.
+fn born_batch(born: Vec<i64>) -> Result<RecordBatch> {
+    RecordBatch::try_from_iter([("born", Arc::new(Int64Array::from(born)) as ArrayRef)]).map_err(internal)
 }
 
 /// The batches (of one schema, at least one) as one.

@@ -284,19 +284,29 @@ impl Arrangement {
     /// consolidated yet stay two rows of opposite weights, which restoring applies as they are.
     /// Gathering by key and consolidating the whole state cost a TPC-H join's checkpoint several
     /// times its state build.
-    pub(super) fn contents(&self) -> Result<ChangeBatch> {
-        let mut weight_of = vec![0i64; usize::try_from(self.stored).map_err(internal)?];
+    ///
+    /// With a TTL, also when each row came (ms), row by row.
+    pub(super) fn contents(&self) -> Result<(ChangeBatch, Option<Int64Array>)> {
+        let stored = usize::try_from(self.stored).map_err(internal)?;
+        let mut weight_of = vec![0i64; stored];
+        let mut born_of = self.ttl.as_ref().map(|_| vec![i64::MIN; stored]);
         for (_, chain) in self.chains.iter() {
             let mut next = chain.head;
             while let Some(entry) = self.entries.get(next as usize) {
                 weight_of[entry.row as usize] += entry.weight;
+                if let (Some(born_of), Some(ttl)) = (&mut born_of, &self.ttl) {
+                    let born = ttl.born.get(next as usize).copied().unwrap_or(i64::MIN);
+                    born_of[entry.row as usize] = born_of[entry.row as usize].max(born);
+                }
                 next = entry.next;
             }
         }
         let mut kept = Vec::with_capacity(self.batches.len());
         let mut weights = Vec::new();
+        let mut borns = Vec::new();
         for (batch, &start) in self.batches.iter().zip(&self.starts) {
-            let of_batch = &weight_of[start as usize..start as usize + batch.num_rows()];
+            let range = start as usize..start as usize + batch.num_rows();
+            let of_batch = &weight_of[range.clone()];
             let live: BooleanArray = of_batch.iter().map(|&w| Some(w != 0)).collect();
             match live.true_count() {
                 0 => continue,
@@ -304,9 +314,20 @@ impl Arrangement {
                 _ => kept.push(filter_record_batch(batch, &live).map_err(internal)?),
             }
             weights.extend(of_batch.iter().copied().filter(|&w| w != 0));
+            if let Some(born_of) = &born_of {
+                borns.extend(range.filter(|&row| weight_of[row] != 0).map(|row| born_of[row]));
+            }
         }
         let data = concat_batches(&self.schema, &kept).map_err(internal)?;
-        ChangeBatch::from_parts(&data, Arc::new(Int64Array::from(weights)))
+        let changes = ChangeBatch::from_parts(&data, Arc::new(Int64Array::from(weights)))?;
+        Ok((changes, born_of.map(|_| Int64Array::from(borns))))
+    }
+
+    /// With a TTL, the time (ms) rows applied from now on came at (restoring saved rows).
+    pub(super) fn set_born(&mut self, born_ms: i64) {
+        if let Some(ttl) = &mut self.ttl {
+            ttl.now_ms = born_ms;
+        }
     }
 
     /// Looks up `keys` in the order that sweeps the index's memory (see `KeyMap::probe_order`).
