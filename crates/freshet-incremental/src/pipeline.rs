@@ -245,15 +245,20 @@ impl Pipeline {
         walk(self.root.as_ref())
     }
 
-    /// The state for the checkpoint after the one it was last saved to or restored from: each
-    /// operator's changes since where it keeps them, its whole state where not
-    /// ([`PipelineState::deltas`]); `Ok(Ok(None))` when the pipeline has not been saved or
-    /// restored since it was built (the checkpoint must be whole).
-    pub fn save_delta(&self) -> Result<std::result::Result<Option<PipelineState>, String>> {
-        if !self.tracking {
-            return Ok(Ok(None));
-        }
-        Ok(self.save(true)?.map(Some))
+    /// The state for a checkpoint. `chain` describes the checkpoint the state was last saved
+    /// to or restored from — its whole state's rows and its deltas — when it is still the
+    /// owner's current one: while the deltas with this one stay within the whole state
+    /// ([`crate::delta_fits`]), each operator gives its changes since where it keeps them and its
+    /// whole state where not; otherwise every operator gives its whole state. A state whose
+    /// [`PipelineState::deltas`] is empty is whole and starts a new chain. `Ok(Err(operator))`
+    /// names an operator that cannot save its state yet.
+    pub fn save_checkpoint(
+        &self,
+        chain: Option<(u64, &[crate::Layer])>,
+    ) -> Result<std::result::Result<PipelineState, String>> {
+        let delta =
+            self.tracking && chain.is_some_and(|(rows, deltas)| crate::delta_fits(rows, deltas, self.delta_rows()));
+        self.save(delta)
     }
 
     /// Says that the state was just saved to a checkpoint that will be committed (or the

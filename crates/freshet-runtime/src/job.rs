@@ -827,26 +827,18 @@ impl Run {
             {
                 continue;
             }
-            let chain = branch.checkpoint.clone().filter(|c| {
-                let deltas: Vec<_> = c.deltas.iter().map(|(_, layer)| layer.clone()).collect();
-                freshet_incremental::delta_fits(c.rows, &deltas, branch.pipeline.delta_rows())
-            });
-            let delta = match chain {
-                Some(_) => match branch.pipeline.save_delta()? {
-                    Ok(delta) => delta,
-                    // An operator that cannot save its state yet: the branch is rebuilt from
-                    // its inputs when it resumes.
-                    Err(_) => continue,
-                },
-                None => None,
+            let layers: Vec<freshet_incremental::Layer> = branch
+                .checkpoint
+                .iter()
+                .flat_map(|c| c.deltas.iter().map(|(_, layer)| layer.clone()))
+                .collect();
+            let chain_rows = branch.checkpoint.as_ref().map(|c| (c.rows, layers.as_slice()));
+            let Ok(state) = branch.pipeline.save_checkpoint(chain_rows)? else {
+                // An operator that cannot save its state yet: the branch is rebuilt from its
+                // inputs when it resumes.
+                continue;
             };
-            let (state, chain) = match (delta, chain) {
-                (Some(delta), Some(chain)) => (delta, Some(chain)),
-                _ => match branch.pipeline.save_state()? {
-                    Ok(state) => (state, None),
-                    Err(_) => continue,
-                },
-            };
+            let chain = branch.checkpoint.clone().filter(|_| !state.deltas.is_empty());
             let rows = state.rows() as u64;
             let (bytes, operators) = state.encode()?;
             let file = self.progress.write_state(&self.id, bytes.into()).await?;

@@ -98,6 +98,21 @@ async fn round(engine: &Engine, round: i64) {
     }
 }
 
+/// Refreshes a table of an engine just opened, and checks that its state came back from its
+/// checkpoint.
+async fn refresh_restored(engine: &Engine, name: &str) {
+    engine
+        .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
+        .await
+        .unwrap();
+    let (_, algorithm, reason) = last_refresh(engine, name).await;
+    assert_eq!(algorithm, "incremental", "{name}: {reason}");
+    assert!(
+        reason.contains("restored from the table's checkpoint"),
+        "{name}: {reason}"
+    );
+}
+
 async fn assert_equal_batch(engine: &Engine) {
     for (name, query) in TABLES {
         let maintained = multiset(&engine.sql(&format!("SELECT * FROM {name}")).await.unwrap());
@@ -149,16 +164,7 @@ async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_in
         .unwrap();
     for (name, _) in TABLES {
         instruments.reset_counters();
-        engine
-            .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
-            .await
-            .unwrap();
-        let (_, algorithm, reason) = last_refresh(&engine, name).await;
-        assert_eq!(algorithm, "incremental", "{name}: {reason}");
-        assert!(
-            reason.contains("restored from the table's checkpoint"),
-            "{name}: {reason}"
-        );
+        refresh_restored(&engine, name).await;
         // Sums and counts are a row per group: restoring them reads far less than the input.
         // (A join's state is its inputs' rows, and MIN/MAX keep every distinct value: their
         // checkpoints are that large.)
@@ -277,16 +283,7 @@ async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applie
         .await
         .unwrap();
     for (name, _) in TABLES {
-        engine
-            .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
-            .await
-            .unwrap();
-        let (_, algorithm, reason) = last_refresh(&engine, name).await;
-        assert_eq!(algorithm, "incremental", "{name}: {reason}");
-        assert!(
-            reason.contains("restored from the table's checkpoint"),
-            "{name}: {reason}"
-        );
+        refresh_restored(&engine, name).await;
     }
     assert_equal_batch(&engine).await;
     // And goes on adding deltas to the chain it was restored from.

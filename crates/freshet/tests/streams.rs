@@ -609,20 +609,17 @@ async fn a_restored_job_has_forgotten_what_its_state_ttl_forgot() {
     engine.close().await;
 }
 
-/// `SET 'table.exec.state.ttl'`: a regular join over streams forgets the rows it has kept for
-/// longer, on both sides; a later row no longer matches them, fresh rows do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_state_ttl_forgets_old_rows_of_a_join() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = clocked_engine(dir.path(), &clock).await;
+/// An engine on a manual clock with the monitored sources `l` and `r` (in `dir/l`, `dir/r`),
+/// the table `pairs`, and a state TTL of an hour.
+async fn ttl_join_tables(dir: &std::path::Path, clock: &freshet::ManualClock) -> Engine {
+    let engine = clocked_engine(dir, clock).await;
     for name in ["l", "r"] {
-        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::create_dir(dir.join(name)).unwrap();
         engine
             .sql(&format!(
                 "CREATE TABLE {name} (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
                  'format' = 'json', 'source.monitor-interval' = '20 ms')",
-                dir.path().join(name).display()
+                dir.join(name).display()
             ))
             .await
             .unwrap();
@@ -632,6 +629,16 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
         .await
         .unwrap();
     engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    engine
+}
+
+/// `SET 'table.exec.state.ttl'`: a regular join over streams forgets the rows it has kept for
+/// longer, on both sides; a later row no longer matches them, fresh rows do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_ttl_forgets_old_rows_of_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = freshet::ManualClock::new(1_795_132_800_000);
+    let engine = ttl_join_tables(dir.path(), &clock).await;
     engine
         .sql("INSERT INTO pairs SELECT l.id, l.v, r.v FROM l JOIN r ON l.id = r.id")
         .await
@@ -667,23 +674,7 @@ async fn the_state_ttl_forgets_old_rows_of_a_join() {
 async fn a_restored_join_keeps_its_rows_for_the_rest_of_their_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let clock = freshet::ManualClock::new(1_795_132_800_000);
-    let engine = clocked_engine(dir.path(), &clock).await;
-    for name in ["l", "r"] {
-        std::fs::create_dir(dir.path().join(name)).unwrap();
-        engine
-            .sql(&format!(
-                "CREATE TABLE {name} (id BIGINT, v BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', \
-                 'format' = 'json', 'source.monitor-interval' = '20 ms')",
-                dir.path().join(name).display()
-            ))
-            .await
-            .unwrap();
-    }
-    engine
-        .sql("CREATE TABLE pairs (id BIGINT, lv BIGINT, rv BIGINT)")
-        .await
-        .unwrap();
-    engine.sql("SET 'table.exec.state.ttl' = '1 h'").await.unwrap();
+    let engine = ttl_join_tables(dir.path(), &clock).await;
     // The first rows are there when the job starts: its first checkpoint holds them.
     place(&dir.path().join("l"), "a.json", &lines(1, 3));
     engine

@@ -30,7 +30,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use freshet_common::{FreshetError, Result};
-use freshet_incremental::{Epoch, Layer, Pipeline, PipelineState, delta_fits};
+use freshet_incremental::{Epoch, Layer, Pipeline, PipelineState};
 use freshet_storage::{StateCheckpoint, Table, Transaction};
 
 use super::incremental::IncrementalState;
@@ -98,27 +98,16 @@ pub(super) async fn write_checkpoint(
         (Some(ours), Some(current)) if *ours == current => {
             serde_json::from_value::<CheckpointMeta>(current.meta.clone())
                 .ok()
-                .filter(|meta| {
-                    meta.format == CHECKPOINT_FORMAT && delta_fits(meta.rows, &meta.deltas, pipeline.delta_rows())
-                })
+                .filter(|meta| meta.format == CHECKPOINT_FORMAT)
                 .map(|meta| (current.files, meta))
         }
         _ => None,
     };
-    let delta = match chain {
-        Some(_) => match pipeline.save_delta()? {
-            Ok(delta) => delta,
-            Err(_) => return Ok(false),
-        },
-        None => None,
+    let Ok(saved) = pipeline.save_checkpoint(chain.as_ref().map(|(_, meta)| (meta.rows, meta.deltas.as_slice())))?
+    else {
+        return Ok(false);
     };
-    let (saved, chain) = match (delta, chain) {
-        (Some(delta), Some(chain)) => (delta, Some(chain)),
-        _ => match pipeline.save_state()? {
-            Ok(state) => (state, None),
-            Err(_) => return Ok(false),
-        },
-    };
+    let chain = chain.filter(|_| !saved.deltas.is_empty());
     let rows = saved.rows() as u64;
     let (bytes, operators) = saved.encode()?;
     let file = txn.write_state_file(Bytes::from(bytes)).await?;
