@@ -368,6 +368,12 @@ impl Arrangement {
         }
         self.push_batch(data.clone())?;
         self.chains.reserve(rows.len());
+        // One allocation for a large epoch's entries (a state build's is the whole input), not
+        // a doubling per power of two, each copying and faulting in fresh pages.
+        self.entries.reserve(rows.len());
+        if let Some(ttl) = &mut self.ttl {
+            ttl.born.reserve(rows.len());
+        }
         let mut due = Vec::new();
         for i in rows {
             let i = i as usize;
