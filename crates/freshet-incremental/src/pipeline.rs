@@ -327,7 +327,7 @@ impl Pipeline {
     }
 
     /// Takes back a chain of checkpoints — a whole state, then the deltas saved after it in
-    /// order ([`Pipeline::save_delta`]) — into a pipeline built from the same plan that has not
+    /// order ([`Pipeline::save_checkpoint`]) — into a pipeline built from the same plan that has not
     /// stepped yet: each operator takes the last whole state it saved and applies its deltas
     /// since. An error leaves the pipeline unusable: build it again.
     pub fn restore_chain(&mut self, chain: Vec<PipelineState>) -> Result<()> {

@@ -72,7 +72,7 @@ pub struct JobCheckpoint {
     #[serde(default)]
     pub rows: u64,
     /// The deltas taken after it, in order: each one's file and what it holds
-    /// ([`Pipeline::save_delta`]). The input versions and time above are the last one's.
+    /// ([`Pipeline::save_checkpoint`]). The input versions and time above are the last one's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<(StateFile, freshet_incremental::Layer)>,
 }

@@ -1,0 +1,196 @@
+//! A join's state in a checkpoint: each side's kept rows with a `_weight` column (for `NOT IN`,
+//! the left rows with NULL keys among the left ones and the right side's counts in the right
+//! batch's metadata); under a state TTL two more batches, when each row came. A delta is each
+//! side's change rows since the last checkpoint, in the same layout, applied as an epoch would.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
+
+use freshet_common::{ChangeBatch, PARALLEL_MIN_ROWS, Result, run_parts};
+
+use super::{Encoded, Join, Part, Side};
+use crate::checkpoint::{SavedState, mismatch};
+use crate::delta::{Delta, internal};
+
+/// Keys of a `NOT IN` join's saved state (the right side's batch's metadata).
+const RIGHT_COUNT: &str = "right_count";
+const RIGHT_NULL_COUNT: &str = "right_null_count";
+
+impl Join {
+    /// Both sides' rows, consolidated, each with its weight; for `NOT IN`, the left side's rows
+    /// with NULL keys too, and the right side's counts in its batch's metadata. With a state
+    /// TTL, two more batches: when each row of either side came (`born`, ms).
+    pub(super) fn save(&self) -> Result<SavedState> {
+        let mut left = Vec::with_capacity(self.parts.len() + 1);
+        let mut right = Vec::with_capacity(self.parts.len());
+        let (mut left_born, mut right_born) = (Vec::new(), Vec::new());
+        for part in &self.parts {
+            for (rows, out, born) in [
+                (&part.left_rows, &mut left, &mut left_born),
+                (&part.right_rows, &mut right, &mut right_born),
+            ] {
+                let (changes, borns) = rows.contents()?;
+                out.push(changes.into_batch());
+                born.extend(borns.iter().flatten().flatten());
+            }
+        }
+        let mut right = concat_all(right)?;
+        if self.spec.null_aware {
+            let part = self.parts.first().ok_or_else(|| internal("a join without parts"))?;
+            if !part.left_nulls.is_empty() {
+                let parser = part.left_codec.parser();
+                let columns = part
+                    .left_codec
+                    .decode(part.left_nulls.keys().map(|r| parser.parse(r)))?;
+                let weights: Int64Array = part.left_nulls.values().copied().collect();
+                let data = RecordBatch::try_new(self.spec.left_schema.clone(), columns).map_err(internal)?;
+                left.push(ChangeBatch::from_parts(&data, Arc::new(weights))?.into_batch());
+            }
+            let mut metadata = std::collections::HashMap::new();
+            metadata.insert(RIGHT_COUNT.to_string(), part.right_count.to_string());
+            metadata.insert(RIGHT_NULL_COUNT.to_string(), part.right_null_count.to_string());
+            let schema = Arc::new(right.schema().as_ref().clone().with_metadata(metadata));
+            right = right.with_schema(schema).map_err(internal)?;
+        }
+        let mut batches = vec![concat_all(left)?, right];
+        if self.state_ttl_ms.is_some() && !self.spec.null_aware {
+            batches.push(born_batch(left_born)?);
+            batches.push(born_batch(right_born)?);
+        }
+        Ok(SavedState::Batches(batches))
+    }
+
+    /// Each side's changes since the state was saved or restored, as a state of the same
+    /// layout (rows with weights, which [`Operator::apply_delta`] applies as an epoch would;
+    /// with a state TTL, the epoch's time of each).
+    pub(super) fn save_changes(&self) -> Result<Option<Vec<RecordBatch>>> {
+        let Some(sides) = &self.changes else {
+            return Ok(None);
+        };
+        let mut batches = Vec::with_capacity(4);
+        let mut borns = Vec::with_capacity(2);
+        for (logged, schema) in sides.iter().zip([&self.spec.left_schema, &self.spec.right_schema]) {
+            let deltas: Vec<Delta> = logged.iter().map(|(delta, _)| delta.clone()).collect();
+            let all = Delta::concat(schema, &deltas)?;
+            batches.push(all.into_change_batch()?.into_batch());
+            let born: Vec<i64> = logged
+                .iter()
+                .flat_map(|(delta, at)| std::iter::repeat_n(*at, delta.len()))
+                .collect();
+            borns.push(born_batch(born)?);
+        }
+        if self.state_ttl_ms.is_some() {
+            batches.extend(borns);
+        }
+        Ok(Some(batches))
+    }
+
+    pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let ttl = self.state_ttl_ms.is_some() && !self.spec.null_aware;
+        let expected = if ttl { 4 } else { 2 };
+        if batches.len() != expected {
+            return Err(mismatch(format!("a join's state is {expected} batches")));
+        }
+        let mut batches = batches.into_iter();
+        let (Some(left), Some(right)) = (batches.next(), batches.next()) else {
+            return Err(mismatch("a join's state is two batches"));
+        };
+        if ttl {
+            // Rows go back with the time they came, which the TTL counts from: a batch per time.
+            let borns = [batches.next(), batches.next()];
+            for ((batch, born), (side, schema)) in [left, right].into_iter().zip(borns).zip([
+                (Side::Left, self.spec.left_schema.clone()),
+                (Side::Right, self.spec.right_schema.clone()),
+            ]) {
+                let born = born.ok_or_else(|| mismatch("a join's state without its rows' times"))?;
+                let born = born
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .filter(|b| b.len() == batch.num_rows())
+                    .ok_or_else(|| mismatch("a join's rows' times do not fit its rows"))?
+                    .clone();
+                let delta = Delta::from_changes(&schema, &[ChangeBatch::try_new(batch)?])?;
+                let mut times: Vec<i64> = born.values().to_vec();
+                times.sort_unstable();
+                times.dedup();
+                for time in times {
+                    let rows: UInt32Array = (0..born.len() as u32)
+                        .filter(|&i| born.value(i as usize) == time)
+                        .collect();
+                    let dealt = self.deal(self.encode(delta.take(&rows)?, side)?)?;
+                    for (part, changes) in self.parts.iter_mut().zip(dealt) {
+                        part.left_rows.set_born(time);
+                        part.right_rows.set_born(time);
+                        part.apply(&changes, side)?;
+                    }
+                }
+            }
+            for part in &mut self.parts {
+                part.left_rows.set_born(self.now_ms);
+                part.right_rows.set_born(self.now_ms);
+            }
+            return Ok(());
+        }
+        let count = |key: &str| -> Result<i64> {
+            right
+                .schema()
+                .metadata()
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| mismatch(format!("a NOT IN state without {key}")))
+        };
+        let counts = match self.spec.null_aware {
+            true => Some((count(RIGHT_COUNT)?, count(RIGHT_NULL_COUNT)?)),
+            false => None,
+        };
+        let mut dealt = Vec::with_capacity(2);
+        for (batch, side, schema) in [
+            (left, Side::Left, self.spec.left_schema.clone()),
+            (right, Side::Right, self.spec.right_schema.clone()),
+        ] {
+            let changes = ChangeBatch::try_new(batch)?;
+            let delta = Delta::from_changes(&schema, &[changes])?;
+            dealt.push(self.deal(self.encode(delta, side)?)?);
+        }
+        let right = dealt.pop().ok_or_else(|| mismatch("no right side"))?;
+        let left = dealt.pop().ok_or_else(|| mismatch("no left side"))?;
+        let rows: usize = left.iter().chain(&right).map(|changes| changes.delta.len()).sum();
+        // The parts' arrangements are indexed at once, as an epoch's changes are.
+        let mut work: Vec<(&mut Part, (Encoded, Encoded))> =
+            self.parts.iter_mut().zip(left.into_iter().zip(right)).collect();
+        run_parts(
+            &mut work,
+            rows >= PARALLEL_MIN_ROWS,
+            |_, (part, (left, right))| match counts {
+                Some((rows, null_rows)) => part.apply_not_in(left, right, rows, null_rows),
+                None => {
+                    part.apply(left, Side::Left)?;
+                    part.apply(right, Side::Right)
+                }
+            },
+        )
+        .into_iter()
+        .collect()
+    }
+}
+
+/// When each of a side's saved rows came (ms), as a batch of one column.
+fn born_batch(born: Vec<i64>) -> Result<RecordBatch> {
+    RecordBatch::try_from_iter([("born", Arc::new(Int64Array::from(born)) as ArrayRef)]).map_err(internal)
+}
+
+/// The batches (of one schema, at least one) as one.
+fn concat_all(batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    match <[RecordBatch; 1]>::try_from(batches) {
+        Ok([batch]) => Ok(batch),
+        Err(batches) => {
+            let schema = batches
+                .first()
+                .ok_or_else(|| internal("no batches to concatenate"))?
+                .schema();
+            datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(internal)
+        }
+    }
+}
