@@ -25,6 +25,9 @@ use crate::delta::{Delta, internal, multiply};
 use crate::rows::RowCodec;
 use arrangement::Arrangement;
 
+/// Pairs whose residual condition is evaluated at once when looking for a row's matches.
+const PAIR_BATCH: usize = 8_192;
+
 /// The join types maintained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinKind {
@@ -422,11 +425,32 @@ impl Part {
         let Some(filter) = &self.spec.filter else {
             return Ok(keys.iter().map(|&key| other.weight(key) > 0).collect());
         };
-        // Every pair of a row with the other side's rows at its key, to evaluate the
-        // condition on, all at once.
-        let mut mine = Vec::new();
-        let mut theirs = Vec::new();
-        let mut their_weights = Vec::new();
+        // The pairs of a row with the other side's rows at its key, to evaluate the condition
+        // on, a batch of them at a time: a hot key's rows times the other side's need not be
+        // held at once.
+        let mut sums = vec![0i64; keys.len()];
+        let mut mine = Vec::with_capacity(PAIR_BATCH);
+        let mut theirs = Vec::with_capacity(PAIR_BATCH);
+        let mut their_weights = Vec::with_capacity(PAIR_BATCH);
+        let mut evaluate = |mine: &mut Vec<u32>, theirs: &mut Vec<u64>, their_weights: &mut Vec<i64>| -> Result<()> {
+            if mine.is_empty() {
+                return Ok(());
+            }
+            let indices = UInt32Array::from_iter_values(mine.drain(..));
+            let columns = self.pair_columns(side, columns, &indices, theirs)?;
+            let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len()));
+            let pairs = RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), columns, &options)
+                .map_err(internal)?;
+            let mask = filter.mask(&pairs)?;
+            for (p, &i) in indices.values().iter().enumerate() {
+                if mask.is_valid(p) && mask.value(p) {
+                    sums[i as usize] += their_weights[p];
+                }
+            }
+            theirs.clear();
+            their_weights.clear();
+            Ok(())
+        };
         for (i, &key) in keys.iter().enumerate() {
             if other.weight(key) == 0 {
                 continue;
@@ -435,22 +459,12 @@ impl Part {
                 mine.push(i as u32);
                 theirs.push(row);
                 their_weights.push(weight);
-            }
-        }
-        let mut sums = vec![0i64; keys.len()];
-        if !mine.is_empty() {
-            let mine = UInt32Array::from(mine);
-            let columns = self.pair_columns(side, columns, &mine, &theirs)?;
-            let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len()));
-            let pairs = RecordBatch::try_new_with_options(self.spec.pair_schema.clone(), columns, &options)
-                .map_err(internal)?;
-            let mask = filter.mask(&pairs)?;
-            for (p, &i) in mine.values().iter().enumerate() {
-                if mask.is_valid(p) && mask.value(p) {
-                    sums[i as usize] += their_weights[p];
+                if mine.len() == PAIR_BATCH {
+                    evaluate(&mut mine, &mut theirs, &mut their_weights)?;
                 }
             }
         }
+        evaluate(&mut mine, &mut theirs, &mut their_weights)?;
         Ok(sums.into_iter().map(|sum| sum > 0).collect())
     }
 
