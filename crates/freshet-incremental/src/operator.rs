@@ -7,6 +7,7 @@ mod join;
 mod map;
 mod over;
 mod scan;
+mod shared;
 mod temporal_filter;
 mod top_n;
 mod union;
@@ -33,13 +34,17 @@ pub(crate) use join::{Join, JoinKind, JoinSpec, SideExpiry};
 pub(crate) use map::{Constant, Filter, Project};
 pub(crate) use over::{Over, OverExpiry, OverReach, OverSpec};
 pub(crate) use scan::Scan;
+pub(crate) use shared::{Readers, Reuse, Shared};
 pub(crate) use temporal_filter::{TemporalFilter, TimeBound, TimeComparison};
 pub(crate) use top_n::{TopN, TopNSpec};
 pub(crate) use union::Union;
 
 /// The input of one epoch: the changes of each source table, by name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Epoch {
+    /// Tells epochs apart (unique in the process): an operator whose output several others
+    /// read computes it once per epoch.
+    id: u64,
     changes: HashMap<String, Vec<ChangeBatch>>,
     /// The time the epoch is evaluated at (ns since the Unix epoch), for `now()`.
     time_ns: Option<i64>,
@@ -48,6 +53,19 @@ pub struct Epoch {
     watermarks: HashMap<String, i64>,
     /// Sources idle for longer than their idle timeout.
     idle: std::collections::HashSet<String>,
+}
+
+impl Default for Epoch {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            changes: HashMap::new(),
+            time_ns: None,
+            watermarks: HashMap::new(),
+            idle: std::collections::HashSet::new(),
+        }
+    }
 }
 
 impl Epoch {
@@ -60,11 +78,14 @@ impl Epoch {
     /// `now()` and `current_date` read, as a batch evaluation at that time would.
     pub fn at(time_ms: i64) -> Self {
         Self {
-            changes: HashMap::new(),
             time_ns: Some(time_ms.saturating_mul(1_000_000)),
-            watermarks: HashMap::new(),
-            idle: std::collections::HashSet::new(),
+            ..Self::default()
         }
+    }
+
+    /// Tells this epoch apart from every other of the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Sets the watermark (ms) of a source at the version whose changes the epoch holds.

@@ -11,7 +11,9 @@ use freshet_common::{ChangeBatch, Result, consolidate};
 use crate::checkpoint::{PipelineState, SavedState, mismatch};
 use crate::event_time::EventTimes;
 use crate::operator::{Epoch, Operator, StateSize, arrow_schema};
-use crate::planner::{BuildError, Context, SourceResolver, build, read_columns, scalar_subqueries_as_joins};
+use crate::planner::{
+    BuildError, Context, SharedPlans, SourceResolver, build, read_columns, scalar_subqueries_as_joins,
+};
 
 /// The incremental operators of one query: fed the changes of its source tables epoch by epoch,
 /// it returns the changes of the query's result, consolidated.
@@ -107,6 +109,7 @@ impl Pipeline {
             emit_on_close,
             state_ttl_ms,
             append_only_sources,
+            shared: SharedPlans::find(plan, resolve),
         };
         let root = build(plan, &mut cx)?;
         let schema = arrow_schema(plan.schema());

@@ -26,11 +26,13 @@ use crate::operator::{
 mod grouping_sets;
 mod over;
 mod scalar_subquery;
+mod shared;
 mod time_bounds;
 
 pub(crate) use over::looks_backward;
 
 pub(crate) use scalar_subquery::scalar_subqueries_as_joins;
+pub(crate) use shared::SharedPlans;
 
 /// Why a plan cannot be maintained incrementally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,8 @@ pub(crate) struct Context<'a> {
     pub state_ttl_ms: Option<i64>,
     /// The tables whose rows are only ever appended.
     pub append_only_sources: &'a BTreeSet<String>,
+    /// The subplans the plan holds more than once.
+    pub shared: shared::SharedPlans,
 }
 
 /// Whether the rows `operator` (built for `plan`) outputs are only ever inserted: every table
@@ -157,6 +161,19 @@ pub(crate) fn read_columns(
 
 /// Builds the operators of `plan`.
 pub(crate) fn build(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
+    // A subplan the plan holds more than once is built where it is first read and shared.
+    let Some(key) = cx.shared.repeated_key(plan, cx.resolve) else {
+        return build_node(plan, cx);
+    };
+    if let Some(reuse) = cx.shared.reuse(&key, arrow_schema(plan.schema())) {
+        return Ok(Box::new(reuse?));
+    }
+    let operator = build_node(plan, cx)?;
+    Ok(cx.shared.share(key, operator))
+}
+
+/// Builds the operators of `plan`, its own copy of every subplan.
+fn build_node(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operator>, BuildError> {
     if let LogicalPlan::Filter(filter) = plan
         && time_bounds::reads_time(&filter.predicate)
     {

@@ -12,9 +12,9 @@ use crate::incremental::{last_refresh, multiset};
 /// 2026-11-20 00:00:00 UTC.
 const START_MS: i64 = 1_795_132_800_000;
 
-/// Aggregates of every kind of accumulator, a join, a top-N, a NOT IN and an outer join, each
-/// with its query.
-const TABLES: [(&str, &str); 6] = [
+/// Aggregates of every kind of accumulator, a join, a top-N, a NOT IN, an outer join and a
+/// query reading one aggregate twice (shared), each with its query.
+const TABLES: [(&str, &str); 7] = [
     (
         "totals",
         "SELECT customer, count(*) AS n, sum(amount) AS total, avg(price) AS mean_price FROM orders GROUP BY customer",
@@ -41,6 +41,16 @@ const TABLES: [(&str, &str); 6] = [
     (
         "unmatched",
         "SELECT c.id, c.region, o.id AS order_id FROM customers c LEFT JOIN orders o ON o.customer = c.id AND o.amount > 995",
+    ),
+    (
+        "busiest_customers",
+        "SELECT a.region, a.customer, a.n FROM \
+         (SELECT c.region, o.customer, count(*) AS n FROM orders o JOIN customers c ON o.customer = c.id \
+          GROUP BY c.region, o.customer) a \
+         JOIN (SELECT region, max(n) AS top FROM \
+           (SELECT c.region, o.customer, count(*) AS n FROM orders o JOIN customers c ON o.customer = c.id \
+            GROUP BY c.region, o.customer) x GROUP BY region) b \
+         ON a.region = b.region AND a.n >= b.top",
     ),
 ];
 
@@ -245,7 +255,7 @@ async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applie
     assert_equal_batch(&engine).await;
     // The aggregates and the joins keep the changes since the last checkpoint: after the first
     // (whole) one, each refresh's checkpoint is a file of those alone, a fraction of the whole.
-    for name in ["totals", "by_customer", "by_region", "unmatched"] {
+    for name in ["totals", "by_customer", "by_region", "unmatched", "busiest_customers"] {
         let checkpoint = engine
             .table(name)
             .unwrap()
@@ -269,6 +279,10 @@ async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applie
         }
         let explained = multiset(&engine.sql(&format!("EXPLAIN MATERIALIZED TABLE {name}")).await.unwrap()).join("\n");
         assert!(explained.contains("a whole state and 5 deltas"), "{explained}");
+        if name == "busiest_customers" {
+            // Its aggregate is computed, kept and checkpointed once for both readers.
+            assert!(explained.contains("Shared: computed once, read 2 times"), "{explained}");
+        }
     }
     engine.close().await;
 

@@ -105,6 +105,19 @@ const CORPUS: &[(&str, &str)] = &[
         "SELECT t2.s, count(*) AS n, sum(t1.v) AS total, min(t1.d) AS least FROM t1 JOIN t2 ON t1.k = t2.k \
          GROUP BY t2.s",
     ),
+    (
+        // One aggregate read twice (Nexmark's q5): computed once, shared.
+        "busiest",
+        "SELECT a.k, a.g, a.n FROM (SELECT k, g, count(*) AS n FROM t1 GROUP BY k, g) a \
+         JOIN (SELECT g, max(n) AS top FROM (SELECT k, g, count(*) AS n FROM t1 GROUP BY k, g) x GROUP BY g) b \
+         ON a.g = b.g AND a.n >= b.top",
+    ),
+    (
+        // A common table expression of a join and an aggregate, read twice.
+        "cte_twice",
+        "WITH j AS (SELECT t1.k AS k, sum(t2.x) AS sx, count(*) AS n FROM t1 JOIN t2 ON t1.k = t2.k GROUP BY t1.k) \
+         SELECT k, sx FROM j WHERE n > 1 UNION ALL SELECT k, n FROM j WHERE sx > 2",
+    ),
     ("top_n", "SELECT id, v FROM t1 ORDER BY v DESC NULLS LAST, id LIMIT 3"),
     ("top_n_offset", "SELECT id, g FROM t1 ORDER BY g, id LIMIT 2 OFFSET 1"),
     ("offset_only", "SELECT id FROM t1 ORDER BY v NULLS FIRST, id OFFSET 2"),
@@ -473,6 +486,46 @@ proptest! {
             engine.close().await;
         });
     }
+}
+
+/// A subquery a query reads twice is computed and kept once: its second reader takes the
+/// first's changes (the oracle above checks the results).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subquery_read_twice_is_computed_once() {
+    let engine = setup(true).await;
+    engine
+        .sql("INSERT INTO t1 VALUES (1, 1, 'a', 1, 1.0, true, 1.0), (2, 1, 'a', 2, 1.0, true, 1.0)")
+        .await
+        .unwrap();
+    for (name, shared) in [
+        ("busiest", "Aggregate: group=[k@0, g@1] aggregates=[count(Int64(1))]"),
+        (
+            "cte_twice",
+            "Aggregate: group=[k@0] aggregates=[sum(t2.x), count(Int64(1))]",
+        ),
+    ] {
+        engine
+            .sql(&format!("ALTER MATERIALIZED TABLE {name} REFRESH"))
+            .await
+            .unwrap();
+        let explained = multiset(&engine.sql(&format!("EXPLAIN MATERIALIZED TABLE {name}")).await.unwrap()).join("\n");
+        assert_eq!(
+            explained.matches("Shared: computed once, read 2 times").count(),
+            1,
+            "{explained}"
+        );
+        assert_eq!(
+            explained.matches(&format!("Reuse of the shared {shared}")).count(),
+            1,
+            "{explained}"
+        );
+        assert_eq!(
+            explained.matches(shared).count(),
+            2,
+            "one aggregate and its reuse: {explained}"
+        );
+    }
+    engine.close().await;
 }
 
 /// A state whose checkpoint is lost (here a window function's) is rebuilt after a restart,
