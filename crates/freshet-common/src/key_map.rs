@@ -12,6 +12,9 @@ mod int_map;
 
 use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
@@ -80,7 +83,8 @@ impl KeyCodec {
         KeyMap {
             ints: IntMap::default(),
             null: None,
-            rows: foldhash::HashMap::default(),
+            rows: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             integer: self.converter.is_none(),
             heap: 0,
         }
@@ -152,7 +156,9 @@ pub struct KeyMap<V> {
     ints: IntMap<V>,
     /// The value of the NULL integer key.
     null: Option<V>,
-    rows: foldhash::HashMap<RowKey, V>,
+    /// Row keys, by the hash of their bytes under `hasher` (see [`KeyMap::probe`]).
+    rows: HashTable<(RowKey, V)>,
+    hasher: foldhash::fast::RandomState,
     /// Keys are integers (else rows).
     integer: bool,
     /// Bytes of the row keys held outside the map's slots.
@@ -175,40 +181,91 @@ impl<V> KeyMap<V> {
         self.ints.bytes() + self.rows.len() * size_of::<(RowKey, V)>() + self.heap
     }
 
+    /// The hash of a row key's bytes, as the map keeps them.
+    #[inline]
+    fn hash_row(&self, row: &[u8]) -> u64 {
+        self.hasher.hash_one(row)
+    }
+
     /// The value of `key`.
     #[inline]
     pub fn get(&self, key: Key<'_>) -> Option<&V> {
+        let hash = match key {
+            Key::Row(row) => self.hash_row(row),
+            Key::Int(_) => 0,
+        };
+        self.get_hashed(key, hash)
+    }
+
+    /// The value of `key`, whose hash the [`Probe`] of this map gave (any for integer keys).
+    #[inline]
+    pub fn get_hashed(&self, key: Key<'_>, hash: u64) -> Option<&V> {
         match key {
             Key::Int(Some(int)) => self.ints.get(int),
             Key::Int(None) => self.null.as_ref(),
-            Key::Row(row) => self.rows.get(row),
+            Key::Row(row) => self
+                .rows
+                .find(hash, |(k, _)| k.as_bytes() == row)
+                .map(|(_, value)| value),
         }
     }
 
     /// The value of `key`, to change.
     #[inline]
     pub fn get_mut(&mut self, key: Key<'_>) -> Option<&mut V> {
+        let hash = match key {
+            Key::Row(row) => self.hash_row(row),
+            Key::Int(_) => 0,
+        };
+        self.get_mut_hashed(key, hash)
+    }
+
+    /// The value of `key`, whose hash the [`Probe`] of this map gave (any for integer keys), to
+    /// change.
+    #[inline]
+    pub fn get_mut_hashed(&mut self, key: Key<'_>, hash: u64) -> Option<&mut V> {
         match key {
             Key::Int(Some(int)) => self.ints.get_mut(int),
             Key::Int(None) => self.null.as_mut(),
-            Key::Row(row) => self.rows.get_mut(row),
+            Key::Row(row) => self
+                .rows
+                .find_mut(hash, |(k, _)| k.as_bytes() == row)
+                .map(|(_, value)| value),
         }
     }
 
     /// Sets the value of `key`, returning the value it had.
     #[inline]
     pub fn insert(&mut self, key: Key<'_>, value: V) -> Option<V> {
+        let hash = match key {
+            Key::Row(row) => self.hash_row(row),
+            Key::Int(_) => 0,
+        };
+        self.insert_hashed(key, hash, value)
+    }
+
+    /// Sets the value of `key`, whose hash the [`Probe`] of this map gave (any for integer
+    /// keys), returning the value it had.
+    #[inline]
+    pub fn insert_hashed(&mut self, key: Key<'_>, hash: u64, value: V) -> Option<V> {
         match key {
             Key::Int(Some(int)) => self.ints.insert(int, value),
             Key::Int(None) => self.null.replace(value),
             Key::Row(row) => {
-                let key = RowKey::from(row);
-                let heap = key.heap_bytes();
-                let previous = self.rows.insert(key, value);
-                if previous.is_none() {
-                    self.heap += heap;
+                let hasher = &self.hasher;
+                match self.rows.entry(
+                    hash,
+                    |(k, _)| k.as_bytes() == row,
+                    |(k, _)| hasher.hash_one(k.as_bytes()),
+                ) {
+                    Entry::Occupied(mut entry) => Some(std::mem::replace(&mut entry.get_mut().1, value)),
+                    Entry::Vacant(entry) => {
+                        let key = RowKey::from(row);
+                        self.heap += key.heap_bytes();
+                        entry.insert((key, value));
+                        None
+                    }
                 }
-                previous
             }
         }
     }
@@ -220,7 +277,9 @@ impl<V> KeyMap<V> {
             Key::Int(Some(int)) => self.ints.remove(int),
             Key::Int(None) => self.null.take(),
             Key::Row(row) => {
-                let (key, value) = self.rows.remove_entry(row)?;
+                let hash = self.hash_row(row);
+                let entry = self.rows.find_entry(hash, |(k, _)| k.as_bytes() == row).ok()?;
+                let ((key, value), _) = entry.remove();
                 self.heap = self.heap.saturating_sub(key.heap_bytes());
                 Some(value)
             }
@@ -232,7 +291,8 @@ impl<V> KeyMap<V> {
         if self.integer {
             self.ints.reserve(additional);
         } else {
-            self.rows.reserve(additional);
+            let hasher = &self.hasher;
+            self.rows.reserve(additional, |(k, _)| hasher.hash_one(k.as_bytes()));
         }
     }
 
@@ -242,7 +302,7 @@ impl<V> KeyMap<V> {
             .iter()
             .map(|(key, value)| (Key::Int(Some(key)), value))
             .chain(self.null.iter().map(|value| (Key::Int(None), value)))
-            .chain(self.rows.iter().map(|(key, value)| (Key::Row(key.as_ref()), value)))
+            .chain(self.rows.iter().map(|(key, value)| (Key::Row(key.as_bytes()), value)))
     }
 
     /// Every value, to change.
@@ -250,7 +310,7 @@ impl<V> KeyMap<V> {
         self.ints
             .values_mut()
             .chain(self.null.iter_mut())
-            .chain(self.rows.values_mut())
+            .chain(self.rows.iter_mut().map(|(_, value)| value))
     }
 
     /// Keeps the entries for whose value `keep` is true (it may change the value).
@@ -260,7 +320,7 @@ impl<V> KeyMap<V> {
             self.null = None;
         }
         let mut freed = 0;
-        self.rows.retain(|key, value| {
+        self.rows.retain(|(key, value)| {
             let kept = keep(value);
             if !kept {
                 freed += key.heap_bytes();
@@ -274,28 +334,69 @@ impl<V> KeyMap<V> {
     /// them up sweeps the map's memory instead of missing the cache at each (see
     /// the `probe_order` module); in their own order when the map fits the cache.
     pub fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
+        self.probe(keys).order
+    }
+
+    /// The order to look `keys` up in (as [`KeyMap::probe_order`]) and, for row keys, their
+    /// hashes, which [`KeyMap::get_hashed`] and [`KeyMap::insert_hashed`] take: each key is
+    /// hashed once for its lookup, insertion and place in the order.
+    pub fn probe<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Probe {
+        let count = keys.len();
         let bytes = if self.integer {
             self.ints.capacity_bytes()
         } else {
             self.rows.capacity().saturating_mul(size_of::<(RowKey, V)>())
         };
-        if bytes <= CACHED_BYTES {
-            return (0..keys.len() as u32).collect();
-        }
+        let cached = bytes <= CACHED_BYTES;
         if self.integer {
+            if cached {
+                return Probe::unhashed(count);
+            }
             let ints = keys.map(|key| match key {
                 Key::Int(Some(int)) => int,
                 Key::Int(None) | Key::Row(_) => 0,
             });
             let (positions, capacity) = self.ints.positions(ints);
-            return order_by_bucket(capacity, positions.into_iter());
+            return Probe {
+                order: order_by_bucket(capacity, positions.into_iter()),
+                hashes: Vec::new(),
+            };
         }
-        let rows = self.rows.hasher();
-        let hashes = keys.map(|key| match key {
-            Key::Row(row) => rows.hash_one(row),
-            Key::Int(_) => 0,
-        });
-        order_by_bucket(self.rows.capacity(), hashes)
+        let hashes: Vec<u64> = keys
+            .map(|key| match key {
+                Key::Row(row) => self.hash_row(row),
+                Key::Int(_) => 0,
+            })
+            .collect();
+        let order = match cached {
+            true => (0..count as u32).collect(),
+            false => order_by_bucket(self.rows.capacity(), hashes.iter().copied()),
+        };
+        Probe { order, hashes }
+    }
+}
+
+/// How to look a batch's keys up in a [`KeyMap`] ([`KeyMap::probe`]).
+#[derive(Debug)]
+pub struct Probe {
+    /// The indices of the keys, in the order to look them up in.
+    pub order: Vec<u32>,
+    /// The hash of each row key, by index (empty for integer keys).
+    hashes: Vec<u64>,
+}
+
+impl Probe {
+    fn unhashed(count: usize) -> Self {
+        Self {
+            order: (0..count as u32).collect(),
+            hashes: Vec::new(),
+        }
+    }
+
+    /// The hash of the key at `index` (0 for integer keys, which need none).
+    #[inline]
+    pub fn hash(&self, index: usize) -> u64 {
+        self.hashes.get(index).copied().unwrap_or(0)
     }
 }
 

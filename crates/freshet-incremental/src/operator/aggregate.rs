@@ -353,15 +353,16 @@ impl Groups {
         // would miss the cache at nearly every lookup in the rows' order).
         let mut slots = vec![0u32; all];
         let mut created = foldhash::HashSet::default();
-        let order = self.slots.probe_order((0..count).map(|i| keys.key(row_at(i) as usize)));
-        for i in order {
+        let probe = self.slots.probe((0..count).map(|i| keys.key(row_at(i) as usize)));
+        for &i in &probe.order {
             let row = row_at(i as usize) as usize;
             let key = keys.key(row);
-            slots[row] = match self.slots.get(key) {
+            let hash = probe.hash(i as usize);
+            slots[row] = match self.slots.get_hashed(key, hash) {
                 Some(&slot) => slot,
                 None => {
                     let slot = self.allocate();
-                    self.slots.insert(key, slot);
+                    self.slots.insert_hashed(key, hash, slot);
                     created.insert(slot);
                     if let Some(ends) = step.ends
                         && ends[row] != i64::MAX

@@ -346,17 +346,17 @@ impl Part {
     /// Pairs of the changed rows of `side` with the stored rows of the other side.
     fn pairs(&self, changes: &Encoded, side: Side) -> Result<Delta> {
         let other = self.rows(opposite(side));
-        let order = other.probe_order((0..changes.delta.len()).map(|i| changes.keys.key(i)));
+        let probe = other.probe((0..changes.delta.len()).map(|i| changes.keys.key(i)));
         let mut changed = Vec::new();
         let mut stored = Vec::new();
         let mut weights = Vec::new();
-        for i in order {
+        for &i in &probe.order {
             let i = i as usize;
             if !changes.matchable[i] {
                 continue;
             }
             let weight = changes.delta.weights.value(i);
-            for (row, n) in other.entries(changes.keys.key(i)) {
+            for (row, n) in other.entries_hashed(changes.keys.key(i), probe.hash(i)) {
                 changed.push(i as u32);
                 stored.push(row);
                 weights.push(multiply(weight, n)?);

@@ -23,7 +23,7 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave
 use datafusion::arrow::datatypes::SchemaRef;
 
 use foldhash::{HashMap, HashMapExt};
-use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Result};
+use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Probe, Result};
 
 use crate::delta::internal;
 use crate::rows::RowCodec;
@@ -268,7 +268,16 @@ impl Arrangement {
 
     /// The entries at `key`: global row numbers and weights.
     pub(super) fn entries(&self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + '_ {
-        let mut next = self.chains.get(key).map_or(NIL, |chain| chain.head);
+        self.chain_entries(self.chains.get(key))
+    }
+
+    /// [`Arrangement::entries`] of a key whose hash `probe` gave (see [`Arrangement::probe`]).
+    pub(super) fn entries_hashed(&self, key: Key<'_>, hash: u64) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.chain_entries(self.chains.get_hashed(key, hash))
+    }
+
+    fn chain_entries(&self, chain: Option<&Chain>) -> impl Iterator<Item = (u64, i64)> + '_ {
+        let mut next = chain.map_or(NIL, |chain| chain.head);
         std::iter::from_fn(move || {
             let entry = self.entries.get(next as usize)?;
             next = entry.next;
@@ -330,9 +339,10 @@ impl Arrangement {
         }
     }
 
-    /// Looks up `keys` in the order that sweeps the index's memory (see `KeyMap::probe_order`).
-    pub(super) fn probe_order<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Vec<u32> {
-        self.chains.probe_order(keys)
+    /// Looks up `keys` in the order that sweeps the index's memory, with their hashes (see
+    /// `KeyMap::probe`).
+    pub(super) fn probe<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Probe {
+        self.chains.probe(keys)
     }
 
     /// The rows with global numbers `rows`, in that order, as columns of the input's schema.
@@ -349,9 +359,11 @@ impl Arrangement {
         keys: &Keys,
         matchable: &[bool],
     ) -> Result<()> {
-        let rows: Vec<u32> = self
-            .probe_order((0..data.num_rows()).map(|i| keys.key(i)))
-            .into_iter()
+        let probe = self.probe((0..data.num_rows()).map(|i| keys.key(i)));
+        let rows: Vec<u32> = probe
+            .order
+            .iter()
+            .copied()
             .filter(|&i| matchable[i as usize] && weights.value(i as usize) != 0)
             .collect();
         if rows.is_empty() {
@@ -383,11 +395,13 @@ impl Arrangement {
                 .ok()
                 .filter(|&index| index != NIL)
                 .ok_or_else(|| internal("a join input holds more than 4 billion entries"))?;
-            let chain = match self.chains.get_mut(key) {
+            let hash = probe.hash(i);
+            let chain = match self.chains.get_mut_hashed(key, hash) {
                 Some(chain) => chain,
                 None => {
-                    self.chains.insert(
+                    self.chains.insert_hashed(
                         key,
+                        hash,
                         Chain {
                             head: NIL,
                             len: 0,
@@ -397,7 +411,7 @@ impl Arrangement {
                         },
                     );
                     self.chains
-                        .get_mut(key)
+                        .get_mut_hashed(key, hash)
                         .ok_or_else(|| internal("a join key inserted is not found"))?
                 }
             };
