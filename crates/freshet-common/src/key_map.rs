@@ -78,6 +78,34 @@ impl KeyCodec {
         }
     }
 
+    /// The key columns (of `types`, the codec's) of `keys` (encoded by this codec), in order.
+    pub fn decode<'k>(&self, keys: impl IntoIterator<Item = Key<'k>>, types: &[DataType]) -> Result<Vec<ArrayRef>> {
+        match (&self.converter, types) {
+            (Some(converter), _) => {
+                let parser = converter.parser();
+                let rows: Vec<_> = keys
+                    .into_iter()
+                    .map(|key| match key {
+                        Key::Row(bytes) => Ok(parser.parse(bytes)),
+                        Key::Int(_) => Err(internal("an integer key given to a row key codec")),
+                    })
+                    .collect::<Result<_>>()?;
+                converter.convert_rows(rows).map_err(internal)
+            }
+            (None, [data_type]) => {
+                let ints = keys
+                    .into_iter()
+                    .map(|key| match key {
+                        Key::Int(value) => Ok(value),
+                        Key::Row(_) => Err(internal("a row key given to an integer key codec")),
+                    })
+                    .collect::<Result<Int64Array>>()?;
+                Ok(vec![cast(&ints, data_type).map_err(internal)?])
+            }
+            (None, _) => Err(internal(format!("a one-column key decoded as {} columns", types.len()))),
+        }
+    }
+
     /// An empty map for keys of this codec.
     pub fn map<V>(&self) -> KeyMap<V> {
         KeyMap {
@@ -411,6 +439,34 @@ mod tests {
     use datafusion::arrow::array::{Int32Array, StringArray};
 
     use super::*;
+
+    #[test]
+    fn keys_decode_to_the_columns_they_were_encoded_from() {
+        use datafusion::arrow::array::{Date32Array, TimestampMillisecondArray};
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(vec![Some(3), None, Some(-7)])),
+            Arc::new(Date32Array::from(vec![Some(19_000), Some(0), None])),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![Some(1_700_000_000_123), None, Some(-5)]).with_timezone("UTC"),
+            ),
+            Arc::new(UInt32Array::from(vec![Some(u32::MAX), Some(0), None])),
+            Arc::new(StringArray::from(vec![Some("a"), None, Some("")])),
+        ];
+        let one_at_a_time = columns.iter().map(|c| vec![c.clone()]);
+        for columns in one_at_a_time.chain([columns.clone()]) {
+            let types: Vec<DataType> = columns.iter().map(|c| c.data_type().clone()).collect();
+            let codec = KeyCodec::new(&types).unwrap();
+            let keys = codec.encode(&columns).unwrap();
+            let decoded = codec
+                .decode((0..keys.len()).rev().map(|i| keys.key(i)), &types)
+                .unwrap();
+            let reversed: Vec<ArrayRef> = columns
+                .iter()
+                .map(|c| take(c, &UInt32Array::from(vec![2, 1, 0]), None).unwrap())
+                .collect();
+            assert_eq!(decoded, reversed, "{:?}", types);
+        }
+    }
 
     #[test]
     fn integer_keys_and_row_keys_find_what_was_put() {

@@ -737,6 +737,11 @@ fn aggregate(
             _ => aggregate,
         }));
     };
+    // Without allowed lateness, the aggregate emits a window's rows itself when it closes (and
+    // forgets them): an emitter above would keep every open window's row a second time.
+    if cx.emit_on_close && closing.allowed_lateness_ms == 0 && !group_expr.is_empty() {
+        return Ok(Box::new(aggregate.with_window_closing(closing).with_final_rows()));
+    }
     let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
     let aggregate: Box<dyn Operator> = Box::new(aggregate.with_window_closing(closing));
     Ok(match emitter {

@@ -74,6 +74,9 @@ pub(crate) struct Aggregate {
     state_ttl: Option<(i64, i64)>,
     /// With a state TTL: the groups last touched before this (ms) have been forgotten.
     forgotten_before: Option<i64>,
+    /// With window closing: the output is each window's rows once, final, when the window
+    /// closes (Flink's emission of window results), rather than every change of a group.
+    final_rows: bool,
 }
 
 /// Groups keyed by a window's end, closed by the watermark of the sources below.
@@ -145,6 +148,8 @@ struct Step<'a> {
     ends: Option<&'a [i64]>,
     /// With a state TTL: the epoch's time (ms).
     now_ms: Option<i64>,
+    /// The groups' changes are output (else only their state is kept: final rows).
+    emit: bool,
 }
 
 /// A group an epoch touched: its slot, the first row of the epoch's delta in it, whether it
@@ -217,6 +222,7 @@ impl Aggregate {
             late_rows: 0,
             state_ttl: None,
             forgotten_before: None,
+            final_rows: false,
         })
     }
 
@@ -230,6 +236,14 @@ impl Aggregate {
     /// Forgets the groups of windows that the watermark of `closing.sources` has closed.
     pub(crate) fn with_window_closing(mut self, closing: WindowClosing) -> Self {
         self.closing = Some(closing);
+        self
+    }
+
+    /// Outputs nothing while a window is open and each of its groups' rows once when it
+    /// closes (with window closing): what a window emitter above it would pass, without the
+    /// changes of open windows that it would keep and cancel.
+    pub(crate) fn with_final_rows(mut self) -> Self {
+        self.final_rows = self.closing.is_some();
         self
     }
 
@@ -308,6 +322,24 @@ impl Groups {
         for slot in idle {
             self.clear(slot);
         }
+    }
+
+    /// The rows (weight 1) of the groups whose window ends at or before `bound` (ms), as
+    /// `aggregate` (whose part this is) outputs them; in no particular order.
+    fn closed_rows(&self, bound: i64, codec: &KeyCodec, aggregate: &Aggregate, schema: &SchemaRef) -> Result<Delta> {
+        if self.open_windows.first_key_value().is_none_or(|(&end, _)| end > bound) {
+            return Ok(Delta::empty(schema.clone()));
+        }
+        let (keys, slots): (Vec<Key<'_>>, Vec<u32>) = self
+            .slots
+            .iter()
+            // A NULL window end (`i64::MAX`) never closes: such a group has no final row.
+            .filter(|(_, slot)| self.ends[**slot as usize] <= bound.min(i64::MAX - 1))
+            .map(|(key, &slot)| (key, slot))
+            .unzip();
+        let mut columns = codec.decode(keys, &aggregate.group_types)?;
+        columns.extend(self.aggregate_columns(&aggregate.specs, &aggregate.value_codecs, &slots)?);
+        Delta::from_columns(schema, columns, Int64Array::from_value(1, slots.len()))
     }
 
     /// Forgets the groups whose window ends at or before `bound` (ms).
@@ -421,7 +453,10 @@ impl Groups {
         let Assigned { slots, order, touched } = self.assign(step, rows);
 
         let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
-        let retracted = self.emit(step, &before, -1)?;
+        let retracted = match step.emit {
+            true => self.emit(step, &before, -1)?,
+            false => Delta::empty(step.schema.clone()),
+        };
 
         for &row in &order {
             self.marks[slots[row as usize] as usize].rows += step.weights[row as usize];
@@ -446,6 +481,9 @@ impl Groups {
                 _ => after.push(group),
             }
         }
+        if !step.emit {
+            return Ok((retracted, Delta::empty(step.schema.clone())));
+        }
         let inserted = self.emit(step, &after, 1)?;
         drop_unchanged(step, retracted, &before, inserted, &after)
     }
@@ -460,16 +498,30 @@ impl Groups {
             .iter()
             .map(|column| take(column.as_ref(), &rows, None).map_err(internal))
             .collect::<Result<Vec<_>>>()?;
-        for ((spec, accumulators), codec) in step.specs.iter().zip(&self.accumulators).zip(step.value_codecs) {
-            let array = accumulators.evaluate(spec, codec.as_ref(), &slots, |slot| self.marks[slot as usize].rows)?;
-            let array = if array.data_type() == &spec.output_type {
-                array
-            } else {
-                cast(&array, &spec.output_type).map_err(internal)?
-            };
-            columns.push(array);
-        }
+        columns.extend(self.aggregate_columns(step.specs, step.value_codecs, &slots)?);
         Delta::from_columns(step.schema, columns, Int64Array::from_value(weight, groups.len()))
+    }
+
+    /// The aggregates' values of the groups in `slots`, a column per aggregate.
+    fn aggregate_columns(
+        &self,
+        specs: &[AggregateSpec],
+        value_codecs: &[Option<RowCodec>],
+        slots: &[u32],
+    ) -> Result<Vec<ArrayRef>> {
+        specs
+            .iter()
+            .zip(&self.accumulators)
+            .zip(value_codecs)
+            .map(|((spec, accumulators), codec)| {
+                let array =
+                    accumulators.evaluate(spec, codec.as_ref(), slots, |slot| self.marks[slot as usize].rows)?;
+                match array.data_type() == &spec.output_type {
+                    true => Ok(array),
+                    false => cast(&array, &spec.output_type).map_err(internal),
+                }
+            })
+            .collect()
     }
 
     /// Memory of the part's state.
@@ -534,19 +586,30 @@ fn drop_unchanged(
 }
 
 impl Aggregate {
-    /// Forgets the groups of the windows the epoch's watermark has closed.
-    fn close_windows(&mut self, epoch: &Epoch) {
+    /// Forgets the groups of the windows the epoch's watermark has closed; with final rows,
+    /// returns their rows (else nothing).
+    fn close_windows(&mut self, epoch: &Epoch) -> Result<Delta> {
+        let none = || Delta::empty(self.schema.clone());
         let Some(closing) = &self.closing else {
-            return;
+            return Ok(none());
         };
         let Some(watermark) = epoch.watermark(&closing.sources) else {
-            return;
+            return Ok(none());
         };
         let bound = watermark.saturating_sub(closing.allowed_lateness_ms);
+        let mut closed = Vec::new();
+        if self.final_rows
+            && let Some(codec) = &self.keys
+        {
+            for part in &self.parts {
+                closed.push(part.closed_rows(bound, codec, self, &self.schema)?);
+            }
+        }
         for part in &mut self.parts {
             part.close_windows(bound);
         }
         self.closed_up_to = Some(self.closed_up_to.map_or(bound, |b| b.max(bound)));
+        Delta::concat(&self.schema, &closed)
     }
 
     /// With a state TTL, forgets the groups idle for longer, in a pass over the groups at most
@@ -611,9 +674,9 @@ impl Operator for Aggregate {
         let delta = self.input.step(epoch)?;
         let (delta, key_columns, ends) = self.keyed(delta)?;
         if delta.is_empty() && (self.started || !self.is_global()) {
-            self.close_windows(epoch);
+            let closed = self.close_windows(epoch)?;
             self.forget_idle(epoch);
-            return Ok(Delta::empty(self.schema.clone()));
+            return Ok(closed);
         }
         let arguments = self
             .specs
@@ -633,6 +696,7 @@ impl Operator for Aggregate {
             started: self.started,
             ends: ends.as_deref(),
             now_ms: self.state_ttl.and(epoch.time_ns()).map(|ns| ns.div_euclid(1_000_000)),
+            emit: !self.final_rows,
         };
         let outputs = match (&keys, self.parts.len()) {
             (Some(keys), parts) if parts > 1 => run_parts_by_key(
@@ -647,9 +711,9 @@ impl Operator for Aggregate {
         // Retractions first, then insertions, as one part alone would give them.
         let (retracted, inserted): (Vec<Delta>, Vec<Delta>) =
             outputs.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
-        self.close_windows(epoch);
+        let closed = self.close_windows(epoch)?;
         self.forget_idle(epoch);
-        Delta::concat(&self.schema, &[retracted, inserted].concat())
+        Delta::concat(&self.schema, &[retracted, inserted, vec![closed]].concat())
     }
 
     /// Each output row appears at most once among the retractions and once among the
@@ -664,7 +728,11 @@ impl Operator for Aggregate {
     }
 
     fn updates(&self) -> bool {
-        true
+        !self.final_rows
+    }
+
+    fn final_output(&self) -> bool {
+        self.final_rows
     }
 
     fn describe(&self) -> String {
@@ -689,6 +757,10 @@ impl Operator for Aggregate {
         let closing = match self.state_ttl {
             Some((ttl, _)) => format!("{closing} forgetting groups idle for {ttl} ms (table.exec.state.ttl)"),
             None => closing,
+        };
+        let closing = match self.final_rows {
+            true => format!("{closing}, emitting each window's rows once when it closes"),
+            false => closing,
         };
         format!(
             "Aggregate: group=[{}] aggregates=[{}]{closing}",
