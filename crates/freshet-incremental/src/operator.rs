@@ -53,6 +53,9 @@ pub struct Epoch {
     watermarks: HashMap<String, i64>,
     /// Sources idle for longer than their idle timeout.
     idle: std::collections::HashSet<String>,
+    /// One of several epochs that build a new pipeline's state from its inputs (see
+    /// [`Epoch::building`]).
+    building: bool,
 }
 
 impl Default for Epoch {
@@ -64,6 +67,7 @@ impl Default for Epoch {
             time_ns: None,
             watermarks: HashMap::new(),
             idle: std::collections::HashSet::new(),
+            building: false,
         }
     }
 }
@@ -81,6 +85,20 @@ impl Epoch {
             time_ns: Some(time_ms.saturating_mul(1_000_000)),
             ..Self::default()
         }
+    }
+
+    /// Makes this one of the epochs that feed a new pipeline its inputs' contents in parts:
+    /// aggregates take its changes without any output (which the next part would change
+    /// again), and the first epoch after them that is not building — with or without changes
+    /// of its own — outputs each group's row once. Windows do not close while building.
+    pub fn building(mut self) -> Self {
+        self.building = true;
+        self
+    }
+
+    /// Whether this is one of a state build's epochs ([`Epoch::building`]).
+    pub(crate) fn is_building(&self) -> bool {
+        self.building
     }
 
     /// Tells this epoch apart from every other of the process.

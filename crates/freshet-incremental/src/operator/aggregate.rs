@@ -77,6 +77,9 @@ pub(crate) struct Aggregate {
     /// With window closing: the output is each window's rows once, final, when the window
     /// closes (Flink's emission of window results), rather than every change of a group.
     final_rows: bool,
+    /// It has taken the changes of building epochs without output ([`Epoch::building`]): its
+    /// next epoch outputs every group's row.
+    built_quietly: bool,
 }
 
 /// Groups keyed by a window's end, closed by the watermark of the sources below.
@@ -223,6 +226,7 @@ impl Aggregate {
             state_ttl: None,
             forgotten_before: None,
             final_rows: false,
+            built_quietly: false,
         })
     }
 
@@ -330,11 +334,27 @@ impl Groups {
         if self.open_windows.first_key_value().is_none_or(|(&end, _)| end > bound) {
             return Ok(Delta::empty(schema.clone()));
         }
+        // A NULL window end (`i64::MAX`) never closes: such a group has no final row.
+        self.rows_of(
+            |slot| self.ends[slot as usize] <= bound.min(i64::MAX - 1),
+            codec,
+            aggregate,
+            schema,
+        )
+    }
+
+    /// The rows (weight 1) of the groups whose slot `pick` takes, as `aggregate` outputs them.
+    fn rows_of(
+        &self,
+        pick: impl Fn(u32) -> bool,
+        codec: &KeyCodec,
+        aggregate: &Aggregate,
+        schema: &SchemaRef,
+    ) -> Result<Delta> {
         let (keys, slots): (Vec<Key<'_>>, Vec<u32>) = self
             .slots
             .iter()
-            // A NULL window end (`i64::MAX`) never closes: such a group has no final row.
-            .filter(|(_, slot)| self.ends[**slot as usize] <= bound.min(i64::MAX - 1))
+            .filter(|(_, slot)| pick(**slot))
             .map(|(key, &slot)| (key, slot))
             .unzip();
         let mut columns = codec.decode(keys, &aggregate.group_types)?;
@@ -586,6 +606,21 @@ fn drop_unchanged(
 }
 
 impl Aggregate {
+    /// Every group's row (weight 1); a global aggregate's one row.
+    fn all_rows(&self) -> Result<Delta> {
+        let Some(codec) = &self.keys else {
+            let groups = &self.parts[0];
+            let columns = groups.aggregate_columns(&self.specs, &self.value_codecs, &[0])?;
+            return Delta::from_columns(&self.schema, columns, Int64Array::from_value(1, 1));
+        };
+        let parts = self
+            .parts
+            .iter()
+            .map(|part| part.rows_of(|_| true, codec, self, &self.schema))
+            .collect::<Result<Vec<_>>>()?;
+        Delta::concat(&self.schema, &parts)
+    }
+
     /// Forgets the groups of the windows the epoch's watermark has closed; with final rows,
     /// returns their rows (else nothing).
     fn close_windows(&mut self, epoch: &Epoch) -> Result<Delta> {
@@ -593,6 +628,9 @@ impl Aggregate {
         let Some(closing) = &self.closing else {
             return Ok(none());
         };
+        if epoch.is_building() {
+            return Ok(none());
+        }
         let Some(watermark) = epoch.watermark(&closing.sources) else {
             return Ok(none());
         };
@@ -673,7 +711,7 @@ impl Operator for Aggregate {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
         let delta = self.input.step(epoch)?;
         let (delta, key_columns, ends) = self.keyed(delta)?;
-        if delta.is_empty() && (self.started || !self.is_global()) {
+        if delta.is_empty() && (self.started || !self.is_global()) && !self.built_quietly {
             let closed = self.close_windows(epoch)?;
             self.forget_idle(epoch);
             return Ok(closed);
@@ -696,7 +734,7 @@ impl Operator for Aggregate {
             started: self.started,
             ends: ends.as_deref(),
             now_ms: self.state_ttl.and(epoch.time_ns()).map(|ns| ns.div_euclid(1_000_000)),
-            emit: !self.final_rows,
+            emit: !self.final_rows && !epoch.is_building() && !self.built_quietly,
         };
         let outputs = match (&keys, self.parts.len()) {
             (Some(keys), parts) if parts > 1 => run_parts_by_key(
@@ -711,9 +749,19 @@ impl Operator for Aggregate {
         // Retractions first, then insertions, as one part alone would give them.
         let (retracted, inserted): (Vec<Delta>, Vec<Delta>) =
             outputs.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        if epoch.is_building() {
+            self.built_quietly = true;
+            return Ok(Delta::empty(self.schema.clone()));
+        }
+        // After a quiet build, every group's row (the state was empty before it); closing
+        // windows then forgets theirs, as final.
+        let built = match std::mem::take(&mut self.built_quietly) {
+            true if !self.final_rows => self.all_rows()?,
+            _ => Delta::empty(self.schema.clone()),
+        };
         let closed = self.close_windows(epoch)?;
         self.forget_idle(epoch);
-        Delta::concat(&self.schema, &[retracted, inserted, vec![closed]].concat())
+        Delta::concat(&self.schema, &[retracted, inserted, vec![built, closed]].concat())
     }
 
     /// Each output row appears at most once among the retractions and once among the

@@ -21,6 +21,11 @@ pub const DEFAULT_FRESHNESS_FULL: &str = "materialized-table.default-freshness.f
 /// index).
 pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
 
+/// Setting: the most input rows one epoch of a state build takes (Freshet's own). A larger
+/// input is fed in several epochs, its aggregates giving their rows once after the last, so
+/// that no buffer the size of the inputs is ever allocated.
+pub const STATE_BUILD_EPOCH_ROWS: &str = "materialized-table.state-build.epoch-rows";
+
 /// Setting: how long VACUUM keeps a file that no manifest names (a failed write's, or one of a
 /// transaction still under way, of this engine or of another sharing the store); `0 s` removes
 /// them at once.
@@ -57,6 +62,8 @@ pub struct MaterializedSettings {
     pub default_freshness_full: Freshness,
     /// Largest materialized table kept indexed by row for incremental refreshes.
     pub row_index_max_rows: u64,
+    /// [`STATE_BUILD_EPOCH_ROWS`].
+    pub state_build_epoch_rows: usize,
     /// Longest time between checkpoints of operator state while inputs change.
     pub checkpoint_interval: Freshness,
     /// How long VACUUM keeps files no manifest names.
@@ -74,6 +81,7 @@ impl Default for MaterializedSettings {
             default_freshness_continuous: Freshness::new(3, FreshnessUnit::Minute),
             default_freshness_full: Freshness::new(1, FreshnessUnit::Hour),
             row_index_max_rows: 4_000_000,
+            state_build_epoch_rows: 1 << 20,
             checkpoint_interval: Freshness::new(1, FreshnessUnit::Minute),
             vacuum_orphan_grace: freshet_storage::DEFAULT_ORPHAN_GRACE,
             retention: DEFAULT_RETENTION,
@@ -103,10 +111,17 @@ impl MaterializedSettings {
             }
             _ => {}
         }
-        if key == ROW_INDEX_MAX_ROWS {
-            self.row_index_max_rows = value.trim().parse().map_err(|_| {
+        let rows = || {
+            value.trim().parse::<u64>().map_err(|_| {
                 FreshetError::InvalidStatement(format!("setting '{key}': {value:?} is not a number of rows"))
-            })?;
+            })
+        };
+        if key == ROW_INDEX_MAX_ROWS {
+            self.row_index_max_rows = rows()?;
+            return Ok(true);
+        }
+        if key == STATE_BUILD_EPOCH_ROWS {
+            self.state_build_epoch_rows = usize::try_from(rows()?).unwrap_or(usize::MAX).max(1);
             return Ok(true);
         }
         let slot = match key {
@@ -130,6 +145,7 @@ impl MaterializedSettings {
             ),
             (DEFAULT_FRESHNESS_FULL, self.default_freshness_full.to_string()),
             (ROW_INDEX_MAX_ROWS, self.row_index_max_rows.to_string()),
+            (STATE_BUILD_EPOCH_ROWS, self.state_build_epoch_rows.to_string()),
             (CHECKPOINT_INTERVAL, self.checkpoint_interval.to_string()),
             (VACUUM_ORPHAN_GRACE, format!("{} s", self.vacuum_orphan_grace.as_secs())),
             (RETENTION, format_duration(self.retention)),
