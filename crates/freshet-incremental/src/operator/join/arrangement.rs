@@ -60,6 +60,10 @@ struct Chain {
     due: bool,
 }
 
+/// The rows of the small kept batches a checkpoint concatenates into one (larger ones go as
+/// they are; see [`Arrangement::contents`]).
+const SAVED_BATCH_ROWS: usize = 1 << 16;
+
 /// One input's rows by join key (see the module's documentation).
 pub(super) struct Arrangement {
     schema: SchemaRef,
@@ -286,7 +290,7 @@ impl Arrangement {
     }
 
     /// The multiset of rows kept, each row with its weight, in the order they were kept (for a
-    /// checkpoint).
+    /// checkpoint), in one or more batches.
     ///
     /// The rows are taken out of each kept batch in order (a filter per batch), not gathered
     /// key by key, and not consolidated: a row and a deletion of it that its chain has not
@@ -295,7 +299,7 @@ impl Arrangement {
     /// times its state build.
     ///
     /// With a TTL, also when each row came (ms), row by row.
-    pub(super) fn contents(&self) -> Result<(ChangeBatch, Option<Int64Array>)> {
+    pub(super) fn contents(&self) -> Result<(Vec<ChangeBatch>, Option<Int64Array>)> {
         let stored = usize::try_from(self.stored).map_err(internal)?;
         let mut weight_of = vec![0i64; stored];
         let mut born_of = self.ttl.as_ref().map(|_| vec![i64::MIN; stored]);
@@ -327,9 +331,44 @@ impl Arrangement {
                 borns.extend(range.filter(|&row| weight_of[row] != 0).map(|row| born_of[row]));
             }
         }
-        let data = concat_batches(&self.schema, &kept).map_err(internal)?;
-        let changes = ChangeBatch::from_parts(&data, Arc::new(Int64Array::from(weights)))?;
-        Ok((changes, born_of.map(|_| Int64Array::from(borns))))
+        // Kept batches of at least `SAVED_BATCH_ROWS` rows go as they are (a state build's
+        // batches are its epochs'); smaller neighbours are concatenated up to that size, so that
+        // a long stream's many small epochs do not make as many batches. No copy of a large
+        // state is made: a checkpoint writes the batches' arrays as they are.
+        let mut chunks = Vec::new();
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending_rows = 0;
+        let mut offset = 0;
+        let mut flush = |pending: &mut Vec<RecordBatch>, rows: usize, offset: &mut usize| -> Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let data = match <[RecordBatch; 1]>::try_from(std::mem::take(pending)) {
+                Ok([one]) => one,
+                Err(many) => concat_batches(&self.schema, &many).map_err(internal)?,
+            };
+            let part = Int64Array::from(weights[*offset..*offset + rows].to_vec());
+            *offset += rows;
+            chunks.push(ChangeBatch::from_parts(&data, Arc::new(part))?);
+            Ok(())
+        };
+        for batch in kept {
+            if pending_rows > 0 && pending_rows + batch.num_rows() > SAVED_BATCH_ROWS {
+                flush(&mut pending, pending_rows, &mut offset)?;
+                pending_rows = 0;
+            }
+            pending_rows += batch.num_rows();
+            pending.push(batch);
+        }
+        flush(&mut pending, pending_rows, &mut offset)?;
+        if chunks.is_empty() {
+            let none = Int64Array::from(Vec::<i64>::new());
+            chunks.push(ChangeBatch::from_parts(
+                &RecordBatch::new_empty(self.schema.clone()),
+                Arc::new(none),
+            )?);
+        }
+        Ok((chunks, born_of.map(|_| Int64Array::from(borns))))
     }
 
     /// With a TTL, the time (ms) rows applied from now on came at (restoring saved rows).

@@ -16,6 +16,10 @@ use crate::delta::{Delta, internal};
 /// Keys of a `NOT IN` join's saved state (the right side's batch's metadata).
 const RIGHT_COUNT: &str = "right_count";
 const RIGHT_NULL_COUNT: &str = "right_null_count";
+/// The metadata key naming what a batch of a whole state holds (`left`, `right`, `left_born`,
+/// `right_born`): a side's rows may be several batches. A state without it (written before)
+/// is two batches, or four with the times, in that order.
+const PART_OF: &str = "freshet.join.part_of";
 
 impl Join {
     /// Both sides' rows, consolidated, each with its weight; for `NOT IN`, the left side's rows
@@ -31,9 +35,23 @@ impl Join {
                 (&part.right_rows, &mut right, &mut right_born),
             ] {
                 let (changes, borns) = rows.contents()?;
-                out.push(changes.into_batch());
+                out.extend(changes.into_iter().map(ChangeBatch::into_batch));
                 born.extend(borns.iter().flatten().flatten());
             }
+        }
+        if !self.spec.null_aware {
+            // Each side's batches as they are, named.
+            let mut batches = Vec::with_capacity(left.len() + right.len() + 2);
+            for (side, rows) in [("left", left), ("right", right)] {
+                for batch in rows {
+                    batches.push(tagged(batch, side)?);
+                }
+            }
+            if self.state_ttl_ms.is_some() {
+                batches.push(tagged(born_batch(left_born)?, "left_born")?);
+                batches.push(tagged(born_batch(right_born)?, "right_born")?);
+            }
+            return Ok(SavedState::Batches(batches));
         }
         let mut right = concat_all(right)?;
         if self.spec.null_aware {
@@ -88,6 +106,18 @@ impl Join {
 
     pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
         let ttl = self.state_ttl_ms.is_some() && !self.spec.null_aware;
+        let batches = match batches.iter().any(|b| b.schema().metadata().contains_key(PART_OF)) {
+            false => batches,
+            true if ttl => {
+                // Each side (and its times) as one batch, in the order of the older layout.
+                let mut grouped = Vec::with_capacity(4);
+                for side in ["left", "right", "left_born", "right_born"] {
+                    grouped.push(concat_all(of_part(&batches, side))?);
+                }
+                grouped
+            }
+            true => return self.restore_sides(of_part(&batches, "left"), of_part(&batches, "right")),
+        };
         let expected = if ttl { 4 } else { 2 };
         if batches.len() != expected {
             return Err(mismatch(format!("a join's state is {expected} batches")));
@@ -174,6 +204,47 @@ impl Join {
         .into_iter()
         .collect()
     }
+}
+
+impl Join {
+    /// Takes back each side's rows from several batches (of a whole state), a batch at a time
+    /// (never all of a side at once), each dealt to the parts and indexed as an epoch's changes.
+    fn restore_sides(&mut self, left: Vec<RecordBatch>, right: Vec<RecordBatch>) -> Result<()> {
+        for (batches, side, schema) in [
+            (left, Side::Left, self.spec.left_schema.clone()),
+            (right, Side::Right, self.spec.right_schema.clone()),
+        ] {
+            for batch in batches {
+                let delta = Delta::from_changes(&schema, &[ChangeBatch::try_new(batch)?])?;
+                let rows = delta.len();
+                let dealt = self.deal(self.encode(delta, side)?)?;
+                let mut work: Vec<(&mut Part, Encoded)> = self.parts.iter_mut().zip(dealt).collect();
+                run_parts(&mut work, rows >= PARALLEL_MIN_ROWS, |_, (part, changes)| {
+                    part.apply(changes, side)
+                })
+                .into_iter()
+                .collect::<Result<()>>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `batch` with [`PART_OF`] naming what it holds.
+fn tagged(batch: RecordBatch, part_of: &str) -> Result<RecordBatch> {
+    let mut metadata = batch.schema().metadata().clone();
+    metadata.insert(PART_OF.to_string(), part_of.to_string());
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+    batch.with_schema(schema).map_err(internal)
+}
+
+/// The batches of a whole state that hold `part_of` (see [`PART_OF`]), without the name.
+fn of_part(batches: &[RecordBatch], part_of: &str) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .filter(|b| b.schema().metadata().get(PART_OF).map(String::as_str) == Some(part_of))
+        .cloned()
+        .collect()
 }
 
 /// When each of a side's saved rows came (ms), as a batch of one column.
