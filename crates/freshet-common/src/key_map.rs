@@ -215,13 +215,19 @@ impl<V> KeyMap<V> {
         self.hasher.hash_one(row)
     }
 
+    /// The hash the `*_hashed` methods take for `key` (integer keys need none).
+    #[inline]
+    fn hash_of(&self, key: Key<'_>) -> u64 {
+        match key {
+            Key::Row(row) => self.hash_row(row),
+            Key::Int(_) => 0,
+        }
+    }
+
     /// The value of `key`.
     #[inline]
     pub fn get(&self, key: Key<'_>) -> Option<&V> {
-        let hash = match key {
-            Key::Row(row) => self.hash_row(row),
-            Key::Int(_) => 0,
-        };
+        let hash = self.hash_of(key);
         self.get_hashed(key, hash)
     }
 
@@ -241,10 +247,7 @@ impl<V> KeyMap<V> {
     /// The value of `key`, to change.
     #[inline]
     pub fn get_mut(&mut self, key: Key<'_>) -> Option<&mut V> {
-        let hash = match key {
-            Key::Row(row) => self.hash_row(row),
-            Key::Int(_) => 0,
-        };
+        let hash = self.hash_of(key);
         self.get_mut_hashed(key, hash)
     }
 
@@ -265,10 +268,7 @@ impl<V> KeyMap<V> {
     /// Sets the value of `key`, returning the value it had.
     #[inline]
     pub fn insert(&mut self, key: Key<'_>, value: V) -> Option<V> {
-        let hash = match key {
-            Key::Row(row) => self.hash_row(row),
-            Key::Int(_) => 0,
-        };
+        let hash = self.hash_of(key);
         self.insert_hashed(key, hash, value)
     }
 
@@ -390,12 +390,7 @@ impl<V> KeyMap<V> {
                 hashes: Vec::new(),
             };
         }
-        let hashes: Vec<u64> = keys
-            .map(|key| match key {
-                Key::Row(row) => self.hash_row(row),
-                Key::Int(_) => 0,
-            })
-            .collect();
+        let hashes: Vec<u64> = keys.map(|key| self.hash_of(key)).collect();
         let order = match cached {
             true => (0..count as u32).collect(),
             false => order_by_bucket(self.rows.capacity(), hashes.iter().copied()),

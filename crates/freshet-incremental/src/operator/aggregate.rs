@@ -609,7 +609,10 @@ impl Aggregate {
     /// Every group's row (weight 1); a global aggregate's one row.
     fn all_rows(&self) -> Result<Delta> {
         let Some(codec) = &self.keys else {
-            let groups = &self.parts[0];
+            let groups = self
+                .parts
+                .first()
+                .ok_or_else(|| internal("an aggregate without parts"))?;
             let columns = groups.aggregate_columns(&self.specs, &self.value_codecs, &[0])?;
             return Delta::from_columns(&self.schema, columns, Int64Array::from_value(1, 1));
         };

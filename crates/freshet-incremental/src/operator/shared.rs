@@ -134,12 +134,9 @@ pub(crate) struct Reuse {
 impl Operator for Reuse {
     fn step(&mut self, epoch: &Epoch) -> Result<Delta> {
         let mut outbox = lock(&self.outbox)?;
-        let Some((id, delta, left)) = outbox.output.as_mut() else {
+        let Some((_, delta, left)) = outbox.output.as_mut().filter(|(id, ..)| *id == epoch.id()) else {
             return Err(internal("a shared operator's output was read before it was computed"));
         };
-        if *id != epoch.id() {
-            return Err(internal("a shared operator's output was read before it was computed"));
-        }
         let delta = delta.clone();
         *left -= 1;
         if *left == 0 {

@@ -53,30 +53,25 @@ impl Join {
             }
             return Ok(SavedState::Batches(batches));
         }
-        let mut right = concat_all(right)?;
-        if self.spec.null_aware {
-            let part = self.parts.first().ok_or_else(|| internal("a join without parts"))?;
-            if !part.left_nulls.is_empty() {
-                let parser = part.left_codec.parser();
-                let columns = part
-                    .left_codec
-                    .decode(part.left_nulls.keys().map(|r| parser.parse(r)))?;
-                let weights: Int64Array = part.left_nulls.values().copied().collect();
-                let data = RecordBatch::try_new(self.spec.left_schema.clone(), columns).map_err(internal)?;
-                left.push(ChangeBatch::from_parts(&data, Arc::new(weights))?.into_batch());
-            }
-            let mut metadata = std::collections::HashMap::new();
-            metadata.insert(RIGHT_COUNT.to_string(), part.right_count.to_string());
-            metadata.insert(RIGHT_NULL_COUNT.to_string(), part.right_null_count.to_string());
-            let schema = Arc::new(right.schema().as_ref().clone().with_metadata(metadata));
-            right = right.with_schema(schema).map_err(internal)?;
+        // NOT IN (never under a TTL): each side as one batch, the left with its NULL-key rows,
+        // the right with the counts.
+        let part = self.parts.first().ok_or_else(|| internal("a join without parts"))?;
+        if !part.left_nulls.is_empty() {
+            let parser = part.left_codec.parser();
+            let columns = part
+                .left_codec
+                .decode(part.left_nulls.keys().map(|r| parser.parse(r)))?;
+            let weights: Int64Array = part.left_nulls.values().copied().collect();
+            let data = RecordBatch::try_new(self.spec.left_schema.clone(), columns).map_err(internal)?;
+            left.push(ChangeBatch::from_parts(&data, Arc::new(weights))?.into_batch());
         }
-        let mut batches = vec![concat_all(left)?, right];
-        if self.state_ttl_ms.is_some() && !self.spec.null_aware {
-            batches.push(born_batch(left_born)?);
-            batches.push(born_batch(right_born)?);
-        }
-        Ok(SavedState::Batches(batches))
+        let right = concat_all(right)?;
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert(RIGHT_COUNT.to_string(), part.right_count.to_string());
+        metadata.insert(RIGHT_NULL_COUNT.to_string(), part.right_null_count.to_string());
+        let schema = Arc::new(right.schema().as_ref().clone().with_metadata(metadata));
+        let right = right.with_schema(schema).map_err(internal)?;
+        Ok(SavedState::Batches(vec![concat_all(left)?, right]))
     }
 
     /// Each side's changes since the state was saved or restored, as a state of the same
@@ -163,6 +158,9 @@ impl Join {
             }
             return Ok(());
         }
+        if !self.spec.null_aware {
+            return self.restore_sides(vec![left], vec![right]);
+        }
         let count = |key: &str| -> Result<i64> {
             right
                 .schema()
@@ -171,10 +169,7 @@ impl Join {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| mismatch(format!("a NOT IN state without {key}")))
         };
-        let counts = match self.spec.null_aware {
-            true => Some((count(RIGHT_COUNT)?, count(RIGHT_NULL_COUNT)?)),
-            false => None,
-        };
+        let (rows, null_rows) = (count(RIGHT_COUNT)?, count(RIGHT_NULL_COUNT)?);
         let mut dealt = Vec::with_capacity(2);
         for (batch, side, schema) in [
             (left, Side::Left, self.spec.left_schema.clone()),
@@ -186,27 +181,17 @@ impl Join {
         }
         let right = dealt.pop().ok_or_else(|| mismatch("no right side"))?;
         let left = dealt.pop().ok_or_else(|| mismatch("no left side"))?;
-        let rows: usize = left.iter().chain(&right).map(|changes| changes.delta.len()).sum();
+        let changed: usize = left.iter().chain(&right).map(|changes| changes.delta.len()).sum();
         // The parts' arrangements are indexed at once, as an epoch's changes are.
         let mut work: Vec<(&mut Part, (Encoded, Encoded))> =
             self.parts.iter_mut().zip(left.into_iter().zip(right)).collect();
-        run_parts(
-            &mut work,
-            rows >= PARALLEL_MIN_ROWS,
-            |_, (part, (left, right))| match counts {
-                Some((rows, null_rows)) => part.apply_not_in(left, right, rows, null_rows),
-                None => {
-                    part.apply(left, Side::Left)?;
-                    part.apply(right, Side::Right)
-                }
-            },
-        )
+        run_parts(&mut work, changed >= PARALLEL_MIN_ROWS, |_, (part, (left, right))| {
+            part.apply_not_in(left, right, rows, null_rows)
+        })
         .into_iter()
         .collect()
     }
-}
 
-impl Join {
     /// Takes back each side's rows from several batches (of a whole state), a batch at a time
     /// (never all of a side at once), each dealt to the parts and indexed as an epoch's changes.
     fn restore_sides(&mut self, left: Vec<RecordBatch>, right: Vec<RecordBatch>) -> Result<()> {
