@@ -17,6 +17,12 @@ use crate::planner::SourceResolver;
 /// The name of the function that marks a window's end (see the module's documentation).
 pub const WINDOW_BOUND: &str = "window_bound";
 
+/// The name of the function giving a bound of a row's `i`-th HOP window:
+/// `window_hop(ts, slide_ms, size_ms, offset_ms, i, 'start' | 'end' | 'time')`. Each branch of a
+/// HOP window table function's `UNION ALL` computes its window's bounds with it, so that an
+/// aggregate over them can be recognised and computed per slide (`planner::hop`).
+pub const WINDOW_HOP: &str = "window_hop";
+
 /// The window functions giving each row the start and the end of its SESSION window:
 /// `window_session_start(ts, gap_ms) OVER (PARTITION BY ... ORDER BY ts)`.
 pub const SESSION_START: &str = "window_session_start";

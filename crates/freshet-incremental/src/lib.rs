@@ -31,7 +31,7 @@ pub use checkpoint::{
     CHECKPOINT_MAX_CHANGES_PER_ROW, Layer, MAX_DELTAS, OperatorRanges, PipelineState, checkpoint_due, delta_fits,
 };
 pub use delta::Delta;
-pub use event_time::{EventTimeColumn, EventTimes, SESSION_END, SESSION_START, WINDOW_BOUND};
+pub use event_time::{EventTimeColumn, EventTimes, SESSION_END, SESSION_START, WINDOW_BOUND, WINDOW_HOP};
 pub use operator::{Epoch, StateSize};
 pub use pipeline::{OperatorInfo, Pipeline, PipelineOptions};
 pub use planner::{BuildError, NotIncremental, SourceResolver};

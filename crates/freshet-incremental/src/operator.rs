@@ -2,6 +2,7 @@
 //! of its output, keeping whatever state that needs.
 
 mod aggregate;
+mod hop;
 mod idle;
 mod join;
 mod map;
@@ -30,6 +31,7 @@ use crate::checkpoint::SavedState;
 use crate::delta::{Delta, internal};
 
 pub(crate) use aggregate::{Aggregate, AggregateKind, AggregateSpec, WindowClosing};
+pub(crate) use hop::{HopWindows, WINDOW_COLUMNS};
 pub(crate) use join::{Join, JoinKind, JoinSpec, SideExpiry};
 pub(crate) use map::{Constant, Filter, Project};
 pub(crate) use over::{Over, OverExpiry, OverReach, OverSpec};

@@ -24,6 +24,7 @@ use crate::operator::{
 };
 
 mod grouping_sets;
+mod hop;
 mod over;
 mod scalar_subquery;
 mod shared;
@@ -340,6 +341,9 @@ fn build_node(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operat
         }
         LogicalPlan::Aggregate(agg) if let Some(union) = grouping_sets::as_union(agg)? => build(&union, cx)?,
         LogicalPlan::Aggregate(agg) => {
+            if let Some(sliced) = hop::sliced(agg, plan, cx)? {
+                return Ok(sliced);
+            }
             let operator = build(&agg.input, cx)?;
             aggregate(operator, &agg.input, &agg.group_expr, &agg.aggr_expr, plan, cx)?
         }
@@ -687,6 +691,38 @@ fn aggregate(
         group_types.push(expr.get_type(input_schema)?);
     }
     let output = arrow_schema(plan.schema());
+    let specs = aggregate_specs(aggr_expr, input_schema, &output, group_expr.len())?;
+    let aggregate = Aggregate::new(input, groups, group_types, specs, output.clone(), parallelism)?;
+    let Some(closing) = crate::event_time::window_closing(input_plan, group_expr, cx.resolve, cx.event_times) else {
+        return Ok(Box::new(match cx.state_ttl_ms {
+            Some(ttl) if !group_expr.is_empty() => aggregate.with_state_ttl(ttl),
+            _ => aggregate,
+        }));
+    };
+    // Without allowed lateness, the aggregate emits a window's rows itself when it closes (and
+    // forgets them): an emitter above would keep every open window's row a second time.
+    if cx.emit_on_close && closing.allowed_lateness_ms == 0 && !group_expr.is_empty() {
+        return Ok(Box::new(aggregate.with_window_closing(closing).with_final_rows()));
+    }
+    let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
+    let aggregate: Box<dyn Operator> = Box::new(aggregate.with_window_closing(closing));
+    Ok(match emitter {
+        Some((column, sources)) => {
+            let end = Compiled::new(&Expr::Column(plan.schema().columns()[column].clone()), plan.schema())?;
+            Box::new(TemporalFilter::window_emitter(aggregate, end, &sources, output)?)
+        }
+        None => aggregate,
+    })
+}
+
+/// The aggregates `aggr_expr` over rows of `input_schema`, as the output columns after `groups`
+/// group columns of `output`.
+pub(super) fn aggregate_specs(
+    aggr_expr: &[Expr],
+    input_schema: &DFSchema,
+    output: &SchemaRef,
+    groups: usize,
+) -> Result<Vec<AggregateSpec>, BuildError> {
     let mut specs = Vec::new();
     for (i, expr) in aggr_expr.iter().enumerate() {
         let display = expr.schema_name().to_string();
@@ -726,31 +762,11 @@ fn aggregate(
             arg: Compiled::new(arg, input_schema)?,
             filter,
             arg_type,
-            output_type: output.field(group_expr.len() + i).data_type().clone(),
+            output_type: output.field(groups + i).data_type().clone(),
             display,
         });
     }
-    let aggregate = Aggregate::new(input, groups, group_types, specs, output.clone(), parallelism)?;
-    let Some(closing) = crate::event_time::window_closing(input_plan, group_expr, cx.resolve, cx.event_times) else {
-        return Ok(Box::new(match cx.state_ttl_ms {
-            Some(ttl) if !group_expr.is_empty() => aggregate.with_state_ttl(ttl),
-            _ => aggregate,
-        }));
-    };
-    // Without allowed lateness, the aggregate emits a window's rows itself when it closes (and
-    // forgets them): an emitter above would keep every open window's row a second time.
-    if cx.emit_on_close && closing.allowed_lateness_ms == 0 && !group_expr.is_empty() {
-        return Ok(Box::new(aggregate.with_window_closing(closing).with_final_rows()));
-    }
-    let emitter = cx.emit_on_close.then(|| (closing.column, closing.sources.clone()));
-    let aggregate: Box<dyn Operator> = Box::new(aggregate.with_window_closing(closing));
-    Ok(match emitter {
-        Some((column, sources)) => {
-            let end = Compiled::new(&Expr::Column(plan.schema().columns()[column].clone()), plan.schema())?;
-            Box::new(TemporalFilter::window_emitter(aggregate, end, &sources, output)?)
-        }
-        None => aggregate,
-    })
+    Ok(specs)
 }
 
 /// Whether `expr` is a non-null literal (`count(*)` counts one) or a column declared NOT NULL.

@@ -326,12 +326,16 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
     // window's end after the row's time: once the watermark of `ts`'s source passes it, the
     // window is final and its state can go.
     let column = format!("__window_input.{}", call.time);
-    let select = |start: String, end: String, filter: Option<String>| {
+    let select_timed = |start: String, end: String, window_time: String, filter: Option<String>| {
         format!(
             "SELECT __window_input.*, {start} AS window_start, window_bound({end}, {column}) AS window_end, \
-             {end} - INTERVAL '1 milliseconds' AS window_time FROM {table} AS __window_input{}",
+             {window_time} AS window_time FROM {table} AS __window_input{}",
             filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
         )
+    };
+    let select = |start: String, end: String, filter: Option<String>| {
+        let window_time = format!("{end} - INTERVAL '1 milliseconds'");
+        select_timed(start, end, window_time, filter)
     };
     let size = call.duration("SIZE").unwrap_or(0);
     match kind {
@@ -352,11 +356,13 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
                 ));
             }
             // A row is in the windows starting at its slide's start and the size/slide - 1
-            // slides before it.
+            // slides before it: the engine's `window_hop` gives the bounds of each, and marks
+            // the branch as the i-th window of this HOP for incremental maintenance.
             let parts: Vec<String> = (0..size / slide)
                 .map(|i| {
-                    let start = format!("{} - INTERVAL '{} milliseconds'", bin(slide), i * slide);
-                    select(start.clone(), format!("{start} + INTERVAL '{size} milliseconds'"), None)
+                    let bound =
+                        |which: &str| format!("window_hop({column}, {slide}, {size}, {offset}, {i}, '{which}')");
+                    select_timed(bound("start"), bound("end"), bound("time"), None)
                 })
                 .collect();
             Ok(parts.join(" UNION ALL "))

@@ -134,6 +134,11 @@ impl Engine {
         if self.is_job(&statement) {
             return self.start_job(std::slice::from_ref(parsed)).await;
         }
+        if let DFStatement::Explain(explain) = &statement
+            && self.is_job(&explain.statement)
+        {
+            return self.explain_job(&explain.statement, explain.options.analyze).await;
+        }
         self.ingest_sources_of(&statement).await?;
         time_travel::rewrite(self, &mut statement).await?;
         self.target_insert(&mut statement);

@@ -308,6 +308,7 @@ pub(crate) fn register(ctx: &datafusion::prelude::SessionContext, clock: freshet
     ctx.register_udf(Mod::udf());
     ctx.register_udf(crate::window_functions::WindowTimeColumn::udf());
     ctx.register_udf(crate::window_functions::WindowBound::udf());
+    ctx.register_udf(crate::window_functions::WindowHop::udf());
     ctx.register_udwf(crate::window_functions::SessionBound::udwf(false));
     ctx.register_udwf(crate::window_functions::SessionBound::udwf(true));
     ctx.register_udf(ScalarUDF::new_from_impl(SplitIndex {

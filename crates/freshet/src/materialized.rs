@@ -31,7 +31,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use freshet_common::SharedClock;
 
 pub use definition::{EffectiveMode, MaterializedDefinition, MaterializedSettings, Status};
-pub(crate) use incremental::scan_table_name;
+pub(crate) use incremental::{operator_lines, scan_table_name};
 pub use refresh::{RefreshOutcome, RefreshRecord, Trigger};
 pub use statistics::{REFRESH_DURATION_BUCKETS, RefreshStatistics};
 pub(crate) use status::SystemSchema;

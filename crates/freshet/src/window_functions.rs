@@ -8,6 +8,11 @@
 //! - `window_bound(end, ts)` is `end`, a window's end computed from the row's time `ts`. It stays
 //!   in the plan (it is not simplified away) so that incremental maintenance can tell that a
 //!   group keyed by the column is a window that the watermark of `ts`'s source closes.
+//! - `window_hop(ts, slide_ms, size_ms, offset_ms, i, 'start' | 'end' | 'time')` is a bound of
+//!   the `i`-th HOP window of a row at time `ts` (0: the window starting in the row's slide): its
+//!   start, its end, or its `window_time`. A HOP window table function is a `UNION ALL` of one
+//!   projection per window index; the call tells incremental maintenance which, so that it can
+//!   aggregate each slide once and combine slides into windows (see `freshet-incremental`).
 //! - `window_session_start(ts, gap_ms)` and `window_session_end(ts, gap_ms)`, window functions over a
 //!   partition ordered by `ts`, give each row the start and the end of its SESSION window: rows
 //!   less than the gap apart share a session, which ends one gap after its last row.
@@ -110,6 +115,91 @@ impl ScalarUDFImpl for WindowBound {
             Some(end) => Ok(end),
             None => plan_err!("window_bound takes a window's end and the row's time"),
         }
+    }
+}
+
+/// A bound of a row's HOP window (see the module's documentation).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WindowHop {
+    signature: Signature,
+}
+
+impl WindowHop {
+    pub(crate) fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::new(TypeSignature::UserDefined, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for WindowHop {
+    fn name(&self) -> &str {
+        freshet_incremental::WINDOW_HOP
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        Ok(args.first().cloned().unwrap_or(DataType::Null))
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        match args {
+            [DataType::Timestamp(_, _), _, _, _, _, _] => Ok(vec![
+                args[0].clone(),
+                DataType::Int64,
+                DataType::Int64,
+                DataType::Int64,
+                DataType::Int64,
+                DataType::Utf8,
+            ]),
+            [other, _, _, _, _, _] => {
+                plan_err!("a window's time column (DESCRIPTOR(...)) must be a TIMESTAMP column, but it is {other}")
+            }
+            _ => plan_err!("window_hop takes a time, the slide, size and offset (ms), an index and a bound"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let [time, slide, size, offset, index, bound] = args.args.as_slice() else {
+            return plan_err!("window_hop takes a time, the slide, size and offset (ms), an index and a bound");
+        };
+        let int = |value: &ColumnarValue| match value {
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) => Ok(*n),
+            _ => plan_err!("window_hop's slide, size, offset and index are integer literals"),
+        };
+        let hop = freshet_common::HopWindow {
+            slide_ms: int(slide)?,
+            size_ms: int(size)?,
+            offset_ms: int(offset)?,
+        };
+        if hop.slide_ms <= 0 {
+            return plan_err!("a HOP window's slide must be positive");
+        }
+        let index = int(index)?;
+        let bound = match bound {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(b))) if b == "start" => freshet_common::HopBound::Start,
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(b))) if b == "end" => freshet_common::HopBound::End,
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(b))) if b == "time" => freshet_common::HopBound::Time,
+            _ => return plan_err!("window_hop's bound is 'start', 'end' or 'time'"),
+        };
+        let times = time.to_array(rows)?;
+        let DataType::Timestamp(unit, _) = times.data_type() else {
+            return plan_err!("a window's time column must be a TIMESTAMP, not {}", times.data_type());
+        };
+        let raw = cast(&times, &DataType::Int64)?;
+        let bounds: Int64Array = raw.as_primitive::<Int64Type>().try_unary(|t| {
+            hop.bound(t, *unit, index, bound).ok_or_else(|| {
+                datafusion::arrow::error::ArrowError::ComputeError(
+                    "a HOP window's bound is out of the range of timestamps".to_string(),
+                )
+            })
+        })?;
+        let bounds: ArrayRef = Arc::new(bounds);
+        Ok(ColumnarValue::Array(cast(&bounds, times.data_type())?))
     }
 }
 

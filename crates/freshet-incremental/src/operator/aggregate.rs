@@ -68,6 +68,10 @@ pub(crate) struct Aggregate {
     /// Windows ending at or before this (ms) are closed: a row for one (a source that was
     /// idle and held no watermark back brings it) is dropped and counted, never reopening it.
     closed_up_to: Option<i64>,
+    /// Rows of a closed window are still taken this long (ms) after it closed: a slide's
+    /// aggregate under a HOP window's (`planner::hop`) takes a row of a closed slide while a
+    /// window holding that slide is open, and outputs its row at once.
+    late_margin_ms: i64,
     late_rows: u64,
     /// `table.exec.state.ttl` (ms), and the epoch time (ms) at which idle groups are looked
     /// for next.
@@ -222,6 +226,7 @@ impl Aggregate {
             started: false,
             closing: None,
             closed_up_to: None,
+            late_margin_ms: 0,
             late_rows: 0,
             state_ttl: None,
             forgotten_before: None,
@@ -240,6 +245,12 @@ impl Aggregate {
     /// Forgets the groups of windows that the watermark of `closing.sources` has closed.
     pub(crate) fn with_window_closing(mut self, closing: WindowClosing) -> Self {
         self.closing = Some(closing);
+        self
+    }
+
+    /// Takes rows of a window for `margin_ms` after it closed (see `late_margin_ms`).
+    pub(crate) fn with_late_margin(mut self, margin_ms: i64) -> Self {
+        self.late_margin_ms = margin_ms.max(0);
         self
     }
 
@@ -691,7 +702,8 @@ impl Aggregate {
             return Ok((delta, key_columns, None));
         };
         let ends = window_ends(&key_columns[closing.column])?;
-        let Some(bound) = self.closed_up_to.filter(|&bound| ends.iter().any(|&end| end <= bound)) else {
+        let bound = self.closed_up_to.map(|bound| bound.saturating_sub(self.late_margin_ms));
+        let Some(bound) = bound.filter(|&bound| ends.iter().any(|&end| end <= bound)) else {
             return Ok((delta, key_columns, Some(ends)));
         };
         let open: BooleanArray = ends.iter().map(|&end| Some(end > bound)).collect();
@@ -804,6 +816,10 @@ impl Operator for Aggregate {
                 }
             ),
             None => String::new(),
+        };
+        let closing = match self.late_margin_ms {
+            0 => closing,
+            ms => format!("{closing}, taking rows of a closed window for {ms} ms of the watermark more"),
         };
         let closing = match self.state_ttl {
             Some((ttl, _)) => format!("{closing} forgetting groups idle for {ttl} ms (table.exec.state.ttl)"),

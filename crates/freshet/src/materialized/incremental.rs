@@ -856,21 +856,7 @@ impl Engine {
                 }
             }
         };
-        let lines: Vec<String> = operators
-            .iter()
-            .map(|op| {
-                let mut line = format!("{}{}", "  ".repeat(op.depth), op.operator);
-                if !op.state_kind.is_empty() {
-                    line.push_str(&format!("  [state: {}", op.state_kind));
-                    if op.state.rows > 0 {
-                        line.push_str(&format!("; {} entries, {}", op.state.rows, human_bytes(op.state.bytes)));
-                    }
-                    line.push(']');
-                }
-                line
-            })
-            .collect();
-        rows.push(("incremental_plan", lines.join("\n")));
+        rows.push(("incremental_plan", operator_lines(&operators)));
         rows.push(("state", state));
         if let Some(record) = RefreshRecord::of(&self.inner.catalog.table(name)?.snapshot())
             && let Some((watermark, late)) = self.inputs_event_time(&record.inputs).await?
@@ -893,6 +879,25 @@ impl Engine {
         rows.push(("checkpoint", super::checkpoint::describe_checkpoint(&table)));
         Ok(rows)
     }
+}
+
+/// A pipeline's operators, one per line indented by depth, with the state each keeps.
+pub(crate) fn operator_lines(operators: &[freshet_incremental::OperatorInfo]) -> String {
+    let lines: Vec<String> = operators
+        .iter()
+        .map(|op| {
+            let mut line = format!("{}{}", "  ".repeat(op.depth), op.operator);
+            if !op.state_kind.is_empty() {
+                line.push_str(&format!("  [state: {}", op.state_kind));
+                if op.state.rows > 0 {
+                    line.push_str(&format!("; {} entries, {}", op.state.rows, human_bytes(op.state.bytes)));
+                }
+                line.push(']');
+            }
+            line
+        })
+        .collect();
+    lines.join("\n")
 }
 
 /// `1.5 KiB`.

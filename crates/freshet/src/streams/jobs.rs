@@ -88,6 +88,40 @@ impl Engine {
         self.jobs_result(&[info]).await
     }
 
+    /// `EXPLAIN INSERT ...` of an INSERT that runs as a job: the incremental operators the job
+    /// would run, with the state each keeps, and where it writes. Nothing starts.
+    pub(crate) async fn explain_job(
+        &self,
+        statement: &DFStatement,
+        analyze: bool,
+    ) -> Result<SendableRecordBatchStream> {
+        if analyze {
+            return Err(FreshetError::Unsupported(
+                "EXPLAIN ANALYZE of a job's INSERT (it runs until its sources end or it is stopped):                  SHOW JOBS shows a running job's progress and state"
+                    .into(),
+            ));
+        }
+        let ttl = self.inner.streams.state_ttl_ms.load(Ordering::Relaxed);
+        let (_, pipeline, sink) = self.plan_job(statement, (ttl > 0).then_some(ttl)).await?;
+        let sink = match &sink {
+            Sink::Blackhole => "blackhole: every change discarded".to_string(),
+            Sink::Print(_) => "print: every change printed".to_string(),
+            Sink::Table(table) => format!("table \"{}\": rows appended", table.name()),
+            Sink::Upsert(table) => format!("table \"{}\": rows upserted by its primary key", table.name()),
+            Sink::Files(_) => "filesystem: files committed with each epoch".to_string(),
+        };
+        crate::execute::result_rows(vec![
+            ("plan_type", Arc::new(StringArray::from(vec!["job_plan", "sink"]))),
+            (
+                "plan",
+                Arc::new(StringArray::from(vec![
+                    crate::materialized::operator_lines(&pipeline.operators()),
+                    sink,
+                ])),
+            ),
+        ])
+    }
+
     /// Plans a job's inserts into its start: one branch per insert, over the union of their
     /// inputs.
     async fn plan_job_start(&self, id: String, texts: &[String], state_ttl_ms: Option<i64>) -> Result<JobStart> {
