@@ -139,6 +139,19 @@ async fn check_every_query(engine: &Engine) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// q5's two readers of one HOP window count share it, and it is computed per slide (each
+/// bid counted once): its job's plan (EXPLAIN of its INSERT, once its sink exists) says so.
+async fn assert_q5_counts_each_slide_once(engine: &Engine) {
+    let q5 = QUERIES.iter().find(|q| q.name == "q5").expect("q5");
+    let insert = &q5.sql[q5.sql.find("INSERT INTO").expect("q5's INSERT")..];
+    let batches = engine.sql(&format!("EXPLAIN {insert}")).await.unwrap();
+    let plan = freshet::datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert_eq!(plan.matches("Hop windows").count(), 1, "{plan}");
+    assert!(plan.contains("Reuse of the shared"), "{plan}");
+}
+
 /// Over the `nexmark` connector, declared as Flink users declare it, with nexmark-flink's views.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_over_the_generator_equals_its_batch_evaluation() {
@@ -151,6 +164,7 @@ async fn every_query_over_the_generator_equals_its_batch_evaluation() {
         engine.sql(&view).await.unwrap();
     }
     check_every_query(&engine).await;
+    assert_q5_counts_each_slide_once(&engine).await;
     engine.close().await;
 }
 
@@ -167,6 +181,7 @@ async fn every_query_over_json_lines_files_equals_its_batch_evaluation() {
         engine.sql(&table).await.unwrap();
     }
     check_every_query(&engine).await;
+    assert_q5_counts_each_slide_once(&engine).await;
     engine.close().await;
 }
 

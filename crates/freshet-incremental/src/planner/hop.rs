@@ -382,9 +382,11 @@ fn holds_hop(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// `plan` with the index of its `window_hop` calls set to 0.
-fn without_index(plan: &LogicalPlan) -> Option<LogicalPlan> {
-    plan.clone()
+/// `plan` with the index of its `window_hop` calls set to 0, as text whose names DataFusion
+/// generated (numbered per branch: `__datafusion_extracted_7`) are numbered from the start.
+fn without_index(plan: &LogicalPlan) -> Option<String> {
+    let plan = plan
+        .clone()
         .transform_up(|node| {
             node.map_expressions(|e| {
                 e.transform_up(|e| match e {
@@ -396,8 +398,9 @@ fn without_index(plan: &LogicalPlan) -> Option<LogicalPlan> {
                 })
             })
         })
-        .ok()
-        .map(|t| t.data)
+        .ok()?
+        .data;
+    Some(super::shared::generated_names_numbered(&format!("{plan:?}")))
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ fn key(plan: &LogicalPlan, resolve: SourceResolver<'_>) -> Option<String> {
 }
 
 /// `text` with each generated name (see [`GENERATED`]) renumbered by its first appearance.
-fn generated_names_numbered(text: &str) -> String {
+pub(super) fn generated_names_numbered(text: &str) -> String {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
