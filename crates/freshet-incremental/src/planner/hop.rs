@@ -145,6 +145,10 @@ pub(super) fn sliced(
         }
         Field::new(unique, data_type, true)
     };
+    // The windows' bounds come after the slides' columns under their own names.
+    for name in WINDOW_COLUMNS {
+        field(name, DataType::Null);
+    }
     let mut slide_groups = Vec::new();
     let mut slide_types = Vec::new();
     let mut fields = Vec::new();
@@ -166,9 +170,6 @@ pub(super) fn sliced(
     }
     for (spec, output_field) in specs.iter().zip(output.fields().iter().skip(groups.len())) {
         fields.push(field(output_field.name(), spec.output_type.clone()));
-    }
-    for name in WINDOW_COLUMNS {
-        field(name, DataType::Null);
     }
     let slide_schema = Arc::new(Schema::new(fields));
     let slides = Aggregate::new(
