@@ -7,6 +7,7 @@ mod api;
 mod checkpoints;
 mod durability;
 mod floats;
+mod hop_jobs;
 mod incremental;
 mod materialized;
 mod nexmark;
