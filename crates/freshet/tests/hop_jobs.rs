@@ -197,6 +197,13 @@ async fn a_late_row_counts_in_the_hop_windows_still_open() {
     for (name, query, sliced) in &jobs {
         start_job(&engine, name, query, *sliced).await;
     }
+    // A job runs until stopped: there is nothing to analyze by running it to its end.
+    let analyze = engine
+        .sql(&format!("EXPLAIN ANALYZE INSERT INTO sliced {}", jobs[0].1))
+        .await
+        .unwrap_err();
+    assert!(analyze.to_string().contains("SHOW JOBS"), "{analyze}");
+    assert_eq!(engine.jobs().len(), 2);
     let mut files = std::collections::HashMap::new();
     let mut write = |table: &'static str, rows: &[(i64, i64)]| {
         let file = files.entry(table).or_insert(0usize);

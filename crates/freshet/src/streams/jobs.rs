@@ -97,7 +97,8 @@ impl Engine {
     ) -> Result<SendableRecordBatchStream> {
         if analyze {
             return Err(FreshetError::Unsupported(
-                "EXPLAIN ANALYZE of a job's INSERT (it runs until its sources end or it is stopped):                  SHOW JOBS shows a running job's progress and state"
+                "EXPLAIN ANALYZE of a job's INSERT (it runs until its sources end or it is stopped): SHOW JOBS \
+                 shows a running job's progress and state"
                     .into(),
             ));
         }
