@@ -54,9 +54,18 @@ const HOP_JOBS: &[(&str, &str, bool)] = &[
 /// Starts the jobs of `HOP_JOBS` over the followed directory `input` as table `ev`, each
 /// writing into a table of its name.
 async fn start_hop_jobs(engine: &Engine, input: &std::path::Path, delay_ms: i64) {
+    followed_stream(engine, "ev", input, delay_ms).await;
+    for (name, query, sliced) in HOP_JOBS {
+        start_job(engine, name, query, *sliced).await;
+    }
+}
+
+/// Declares `name`, a stream of events (key, time, value) as JSON lines in the followed
+/// directory `input`, its watermark `delay_ms` behind its times.
+async fn followed_stream(engine: &Engine, name: &str, input: &std::path::Path, delay_ms: i64) {
     engine
         .sql(&format!(
-            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, \
+            "CREATE TABLE {name} (k BIGINT, ts TIMESTAMP(3), v BIGINT, \
                WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND) \
              WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', \
                    'source.monitor-interval' = '10 ms')",
@@ -64,9 +73,6 @@ async fn start_hop_jobs(engine: &Engine, input: &std::path::Path, delay_ms: i64)
         ))
         .await
         .unwrap();
-    for (name, query, sliced) in HOP_JOBS {
-        start_job(engine, name, query, *sliced).await;
-    }
 }
 
 /// Starts `query` as a job into a new table `name` of its columns, after checking that its plan
@@ -168,16 +174,7 @@ async fn a_late_row_counts_in_the_hop_windows_still_open() {
     for name in ["a", "b"] {
         let input = dir.path().join(name);
         std::fs::create_dir(&input).unwrap();
-        engine
-            .sql(&format!(
-                "CREATE TABLE {name} (k BIGINT, ts TIMESTAMP(3), v BIGINT, \
-                   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-                 WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', \
-                       'source.monitor-interval' = '10 ms')",
-                input.display()
-            ))
-            .await
-            .unwrap();
+        followed_stream(&engine, name, &input, 1_000).await;
     }
     engine
         .sql("CREATE VIEW ev AS SELECT a.k, a.ts, b.v FROM a JOIN b ON a.k = b.k")
