@@ -27,7 +27,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
 use freshet_common::{FreshetError, Result, SharedClock};
-use freshet_storage::Table;
+use freshet_storage::{GeneratedRows, RowGenerator, Table};
 
 use crate::connector::{Connector, EventTimeOptions};
 use datagen::Datagen;
@@ -81,6 +81,10 @@ pub struct Source {
     /// Bytes of decoded rows after which an ingestion of files stops ([`MAX_INGEST_BYTES`]).
     max_ingest_bytes: AtomicUsize,
     event_time: Option<EventTime>,
+    /// For a generator whose rows are a function of their position, with computed columns
+    /// that are too: what its rows depend on besides their positions ([`RowGenerator`]). Its
+    /// ingestions then record where their rows start instead of writing them.
+    made_on_read: Option<String>,
 }
 
 /// A source table's event time: `WATERMARK FOR column AS expression`.
@@ -234,7 +238,43 @@ impl Source {
             skipped: AtomicU64::new(0),
             max_ingest_bytes: AtomicUsize::new(MAX_INGEST_BYTES),
             event_time: None,
+            made_on_read: None,
         })
+    }
+
+    /// Whether the table's rows are made again on read rather than written, which takes a
+    /// generator whose rows are a function of their position (Nexmark's) and computed columns
+    /// that are too (no `now()`, no random numbers). `declared` is the table's columns as the
+    /// statement declares them (names, types, computed expressions), `None` when a computed
+    /// column is volatile. The engine then registers the source as the table's
+    /// [`RowGenerator`].
+    pub fn with_rows_made_on_read(mut self, declared: Option<&str>) -> Self {
+        self.made_on_read = match (&self.reader, declared) {
+            (Reader::Nexmark(generator), Some(declared)) => {
+                let options = generator.options();
+                // Everything the rows' values depend on but their positions and the time the
+                // sequence counts from (recorded with them): not the event count or the rate
+                // limit, which only say how many rows come when.
+                let what = format!(
+                    "nexmark {} {:?} {:?} {} {} {} {} | {declared}",
+                    options.rate,
+                    options.proportions,
+                    options.avg_sizes,
+                    options.hot_auctions,
+                    options.hot_bidders,
+                    options.hot_sellers,
+                    options.seed,
+                );
+                Some(format!("nexmark:{}", &blake3::hash(what.as_bytes()).to_hex()[..16]))
+            }
+            _ => None,
+        };
+        self
+    }
+
+    /// Whether the table's rows are made again on read ([`Source::with_rows_made_on_read`]).
+    pub fn makes_rows_on_read(&self) -> bool {
+        self.made_on_read.is_some()
     }
 
     /// The source with an event time: each ingestion drops (and counts) the rows below the
@@ -436,13 +476,34 @@ impl Source {
                     Reader::Nexmark(generator) => generator.generate(position.rows, due, start)?,
                     Reader::Files(_) => Vec::new(),
                 };
+                let mut taken = Vec::with_capacity(batches.len());
+                let mut all_on_time = true;
                 for batch in batches {
+                    let generated = batch.num_rows();
                     let batch = self.on_time(self.complete(batch)?, &mut event_time)?;
+                    all_on_time &= batch.num_rows() == generated;
                     rows += batch.num_rows() as u64;
-                    txn.insert(&batch).await?;
-                    if keep {
-                        kept.push(batch);
+                    taken.push(batch);
+                }
+                match &self.made_on_read {
+                    // The rows are exactly what the generator makes again: only where they
+                    // start is recorded.
+                    Some(generator) if all_on_time && rows == due - position.rows => {
+                        let made = GeneratedRows {
+                            first: position.rows,
+                            origin_ms: start,
+                            generator: generator.clone(),
+                        };
+                        txn.insert_generated(made, rows)?;
                     }
+                    _ => {
+                        for batch in &taken {
+                            txn.insert(batch).await?;
+                        }
+                    }
+                }
+                if keep {
+                    kept = taken;
                 }
                 position.rows = due;
                 position.ended |= finished;
@@ -530,6 +591,27 @@ impl Source {
             at: "a computed column".into(),
             reason: e.to_string(),
         })
+    }
+}
+
+impl RowGenerator for Source {
+    fn describe(&self) -> &str {
+        self.made_on_read.as_deref().unwrap_or("none")
+    }
+
+    fn generate(&self, rows: &GeneratedRows, count: u64) -> Result<Vec<RecordBatch>> {
+        let Reader::Nexmark(generator) = &self.reader else {
+            return Err(FreshetError::Internal(format!(
+                "table \"{}\": rows made on read by a source that is not a generator",
+                self.table
+            )));
+        };
+        let end = rows.first.saturating_add(count);
+        generator
+            .generate(rows.first, end, rows.origin_ms)?
+            .into_iter()
+            .map(|batch| self.complete(batch))
+            .collect()
     }
 }
 

@@ -183,15 +183,6 @@ impl Table {
                 }
             };
             let changes = manifest.changes;
-            let read = |path: &str, size: u64, deletes| FileRead {
-                path: table_file(&self.files.dir, path),
-                bytes: size,
-                projection: None,
-                schema: version_schema.clone(),
-                deletes,
-                positions: None,
-                pruning: None,
-            };
             for file in &changes.removed {
                 let deletes = match &file.deletes {
                     Some(dv) => Some(Arc::new(
@@ -201,13 +192,19 @@ impl Table {
                 };
                 bytes += file.bytes;
                 rows += file.live_rows();
-                files.push((read(&file.path, file.bytes, deletes), -1));
+                let read = self.files.file_read(
+                    (&file.path, file.bytes, file.generated.as_ref()),
+                    file.rows,
+                    version_schema.clone(),
+                );
+                files.push((FileRead { deletes, ..read }, -1));
             }
             for (list, weight) in [(&changes.inserted, 1), (&changes.retracted, -1)] {
                 for file in list {
                     bytes += file.bytes;
                     rows += file.rows;
-                    files.push((read(&file.path, file.bytes, None), weight));
+                    let file_read = (file.path.as_str(), file.bytes, file.generated.as_ref());
+                    files.push((self.files.file_read(file_read, file.rows, version_schema.clone()), weight));
                 }
             }
         }

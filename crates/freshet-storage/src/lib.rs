@@ -16,6 +16,8 @@
 
 mod catalog;
 mod changes;
+#[cfg(test)]
+mod generated_tests;
 mod held;
 pub mod instrumented;
 mod keys;
@@ -41,8 +43,8 @@ pub use held::HeldRows;
 pub use location::Location;
 pub use maintenance::{DEFAULT_ORPHAN_GRACE, Retain, VacuumReport};
 pub use manifest::{
-    ChangeFile, Changes, ColumnDef, DataFile, DeletionVector, FORMAT_VERSION, Manifest, SchemaDef, StateCheckpoint,
-    StateFile,
+    ChangeFile, Changes, ColumnDef, DataFile, DeletionVector, FORMAT_VERSION, GeneratedRows, Manifest, RowGenerator,
+    SchemaDef, StateCheckpoint, StateFile,
 };
 pub use moves::{CompactionMoves, FileMoves, MovesListener};
 pub use provider::{SnapshotScanExec, SnapshotTable, delete_matching, delete_positioned, upsert_by_key};

@@ -114,7 +114,8 @@ pub(crate) fn compaction_plan(
     parallelism: usize,
 ) -> Vec<usize> {
     let deleted = |f: &DataFile| f.rows - f.live_rows();
-    let small = |f: &DataFile| (f.rows as usize) < max_rows;
+    // Generated rows cost nothing to keep: rewritten into a file only to drop deleted rows.
+    let small = |f: &DataFile| f.generated.is_none() && (f.rows as usize) < max_rows;
     match policy {
         Compaction::Full => {
             let chosen: Vec<usize> = (0..files.len())
@@ -252,6 +253,7 @@ impl Table {
                 rows: f.rows,
                 bytes: f.bytes,
                 deletes: None,
+                generated: None,
             })
             .collect();
         let now = self.options.clock.now_ms();
@@ -434,13 +436,17 @@ pub const DEFAULT_ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_
 fn manifest_files(manifest: &Manifest) -> Vec<String> {
     let mut files = Vec::new();
     for file in manifest.files.iter().chain(&manifest.changes.removed) {
-        files.push(file.path.clone());
+        if file.generated.is_none() {
+            files.push(file.path.clone());
+        }
         if let Some(dv) = &file.deletes {
             files.push(dv.path.clone());
         }
     }
     for file in manifest.changes.inserted.iter().chain(&manifest.changes.retracted) {
-        files.push(file.path.clone());
+        if file.generated.is_none() {
+            files.push(file.path.clone());
+        }
     }
     for file in manifest.state.iter().flat_map(|state| &state.files) {
         files.push(file.path.clone());
@@ -462,6 +468,7 @@ mod tests {
                 path: "deletes/x.roaring".into(),
                 count: deleted,
             }),
+            generated: None,
         }
     }
 

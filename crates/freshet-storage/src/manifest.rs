@@ -137,6 +137,10 @@ pub struct DataFile {
     /// The deletion vector, if any row of the file is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletes: Option<DeletionVector>,
+    /// Set when the rows are not in a file but made again by the table's generator whenever
+    /// they are read (`path` then names no file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<GeneratedRows>,
 }
 
 impl DataFile {
@@ -189,6 +193,42 @@ pub struct ChangeFile {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// As [`DataFile::generated`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<GeneratedRows>,
+}
+
+/// Rows a table's generator makes whenever they are read, kept in a manifest in place of a data
+/// file: the rows of a source whose rows are a function of their position in its sequence (the
+/// Nexmark generator) need not be written, only where they start ([`crate::RowGenerator`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GeneratedRows {
+    /// The position of the first row in the generator's sequence.
+    pub first: u64,
+    /// The time the generator's sequence counts from (ms since the Unix epoch).
+    pub origin_ms: i64,
+    /// What else the rows depend on (the generator's options, the table's columns), as the
+    /// generator that made them describes itself: only a generator describing itself the same
+    /// way makes them again.
+    pub generator: String,
+}
+
+impl GeneratedRows {
+    /// The path a manifest lists generated rows under: never a file's.
+    pub(crate) fn path(&self, rows: u64) -> String {
+        format!("generated:{}+{rows}", self.first)
+    }
+}
+
+/// A table's rows made on demand (see [`GeneratedRows`]), registered on the table with
+/// [`crate::Table::set_generator`].
+pub trait RowGenerator: Send + Sync + std::fmt::Debug {
+    /// What its rows depend on beyond their positions, as [`GeneratedRows::generator`] records.
+    fn describe(&self) -> &str;
+
+    /// The rows at positions `rows.first .. rows.first + count` of its sequence, with the
+    /// table's columns, exactly as they were when first generated.
+    fn generate(&self, rows: &GeneratedRows, count: u64) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>>;
 }
 
 /// A table's columns as stored: Arrow types written as Arrow's own type names

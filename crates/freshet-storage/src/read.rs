@@ -21,6 +21,7 @@ use roaring::RoaringTreemap;
 
 use freshet_common::{FreshetError, Result};
 
+use crate::manifest::{GeneratedRows, RowGenerator};
 use crate::prune::kept_row_groups;
 
 /// Rows per read batch.
@@ -44,6 +45,19 @@ pub(crate) struct FileRead {
     pub positions: Option<u32>,
     /// The scan's filters, to skip row groups whose statistics rule every row out.
     pub pruning: Option<Arc<PruningPredicate>>,
+    /// Set when the rows are made by the table's generator rather than read from `path`.
+    pub generated: Option<GeneratedRead>,
+}
+
+/// Generated rows to read ([`GeneratedRows`]) and the generator the table has registered.
+#[derive(Debug, Clone)]
+pub(crate) struct GeneratedRead {
+    /// The table's name, for errors.
+    pub table: String,
+    pub rows: GeneratedRows,
+    /// How many rows.
+    pub count: u64,
+    pub generator: Option<Arc<dyn RowGenerator>>,
 }
 
 /// Streams the rows of one Parquet file.
@@ -51,6 +65,9 @@ pub(crate) async fn read_file(
     store: Arc<dyn ObjectStore>,
     read: FileRead,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    if let Some(generated) = &read.generated {
+        return read_generated(&read, generated);
+    }
     let reader = StoreFileReader {
         store,
         path: read.path.clone(),
@@ -122,6 +139,63 @@ pub(crate) async fn read_file(
         })
         .try_filter(|b| futures::future::ready(b.num_rows() > 0));
     Ok(out.boxed())
+}
+
+/// Rows generated at once when generated rows are read.
+const GENERATED_CHUNK_ROWS: u64 = 1 << 16;
+
+/// Makes generated rows again, shaped as the rows of a file (projected, with deletes applied
+/// and positions attached when asked), a chunk at a time.
+fn read_generated(read: &FileRead, generated: &GeneratedRead) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    let first = generated.rows.first;
+    let error = {
+        let (table, at) = (generated.table.clone(), format!("generated rows {first}..{}", first + generated.count));
+        move |reason: String| FreshetError::BadSourceData {
+            table: table.clone(),
+            at: at.clone(),
+            reason,
+        }
+    };
+    let generator = generated.generator.clone().ok_or_else(|| {
+        error("the table's generator is not open (its connector table was not restored), so its rows cannot be made".into())
+    })?;
+    if generator.describe() != generated.rows.generator {
+        return Err(error(format!(
+            "they were generated with other options or columns ({}) than the table's generator has now ({})",
+            generated.rows.generator,
+            generator.describe()
+        )));
+    }
+    let (read, rows, count) = (read.clone(), generated.rows.clone(), generated.count);
+    let chunks = (0..count.div_ceil(GENERATED_CHUNK_ROWS)).map(move |chunk| {
+        let position = chunk * GENERATED_CHUNK_ROWS;
+        let wanted = GENERATED_CHUNK_ROWS.min(count - position);
+        let at = GeneratedRows {
+            first: rows.first + position,
+            ..rows.clone()
+        };
+        let mut made = 0;
+        let mut out = Vec::new();
+        for batch in generator.generate(&at, wanted)? {
+            let batch_rows = batch.num_rows() as u64;
+            let batch = match &read.projection {
+                Some(indices) => batch
+                    .project(indices)
+                    .map_err(|e| error(format!("the generated rows do not have the table's columns: {e}")))?,
+                None => batch,
+            };
+            out.push(shape_batch(&read, batch, position + made)?);
+            made += batch_rows;
+        }
+        if made != wanted {
+            return Err(error(format!("the generator made {made} rows of {wanted}")));
+        }
+        Ok(futures::stream::iter(out.into_iter().map(Ok)))
+    });
+    Ok(futures::stream::iter(chunks)
+        .try_flatten()
+        .try_filter(|b| futures::future::ready(b.num_rows() > 0))
+        .boxed())
 }
 
 /// Gives a batch read from a file the table's (projected) schema, drops deleted rows and adds

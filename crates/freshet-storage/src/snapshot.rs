@@ -15,8 +15,8 @@ use tokio::sync::OnceCell;
 use freshet_common::Result;
 
 use crate::layout::table_file;
-use crate::manifest::Manifest;
-use crate::read::{FileRead, read_deletes, read_file};
+use crate::manifest::{GeneratedRows, Manifest, RowGenerator};
+use crate::read::{FileRead, GeneratedRead, read_deletes, read_file};
 
 /// Name of the column holding a row's data-file index in position scans.
 pub const FILE_COLUMN: &str = "__freshet_file";
@@ -29,6 +29,45 @@ pub(crate) struct TableFiles {
     pub store: Arc<dyn ObjectStore>,
     pub dir: Path,
     pub name: String,
+    /// What makes the table's generated rows ([`crate::GeneratedRows`]), once registered.
+    pub generator: std::sync::RwLock<Option<Arc<dyn RowGenerator>>>,
+}
+
+impl TableFiles {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, dir: Path, name: String) -> Self {
+        Self {
+            store,
+            dir,
+            name,
+            generator: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// How to read `rows` rows listed as `file` (a data or change file's path and size, and
+    /// whether the table's generator makes them), with the table's (projected) `schema`.
+    pub(crate) fn file_read(
+        &self,
+        file: (&str, u64, Option<&GeneratedRows>),
+        rows: u64,
+        schema: SchemaRef,
+    ) -> FileRead {
+        let (path, bytes, generated) = file;
+        FileRead {
+            path: table_file(&self.dir, path),
+            bytes,
+            projection: None,
+            schema,
+            deletes: None,
+            positions: None,
+            pruning: None,
+            generated: generated.map(|generated| GeneratedRead {
+                table: self.name.clone(),
+                rows: generated.clone(),
+                count: rows,
+                generator: self.generator.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            }),
+        }
+    }
 }
 
 /// A committed version of a table.
@@ -166,13 +205,13 @@ impl Snapshot {
                 async move {
                     let file = &snapshot.manifest.files[index];
                     let read = FileRead {
-                        path: table_file(&snapshot.files.dir, &file.path),
-                        bytes: file.bytes,
                         projection,
-                        schema,
                         deletes: snapshot.deletes_of(index).await?,
                         positions: with_positions.then_some(index as u32),
                         pruning,
+                        ..snapshot
+                            .files
+                            .file_read((&file.path, file.bytes, file.generated.as_ref()), file.rows, schema)
                     };
                     read_file(snapshot.files.store.clone(), read).await
                 }

@@ -133,7 +133,7 @@ impl Table {
         if let Created::AlreadyExists = log.create(1, &manifest).await? {
             return Err(FreshetError::Internal(format!("table directory {dir} already exists")));
         }
-        let files = Arc::new(TableFiles { store, dir, name });
+        let files = Arc::new(TableFiles::new(store, dir, name));
         Ok(Arc::new(Self::from_parts(files, id, log, manifest, schema, options)))
     }
 
@@ -157,7 +157,7 @@ impl Table {
             .ok_or_else(|| FreshetError::corrupt(log.path(latest), "the manifest disappeared while opening"))?;
         check_manifest(&log.path(latest), &manifest, &id, latest)?;
         let schema = manifest.schema.to_arrow(log.path(latest).as_ref())?;
-        let files = Arc::new(TableFiles { store, dir, name });
+        let files = Arc::new(TableFiles::new(store, dir, name));
         Ok(Arc::new(Self::from_parts(files, id, log, manifest, schema, options)))
     }
 
@@ -187,6 +187,12 @@ impl Table {
             stale: std::sync::atomic::AtomicBool::new(false),
             readers: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Registers what makes the table's generated rows ([`crate::GeneratedRows`]): reading
+    /// them fails until it is.
+    pub fn set_generator(&self, generator: Arc<dyn crate::RowGenerator>) {
+        *self.files.generator.write().unwrap_or_else(|e| e.into_inner()) = Some(generator);
     }
 
     /// The table's name.

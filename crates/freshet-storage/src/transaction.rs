@@ -20,7 +20,9 @@ use freshet_common::{FreshetError, Result};
 use crate::keys::{KeyDelta, KeyEncoder, KeyIndex};
 use crate::layout::{FileKind, new_file_name, table_file};
 use crate::log::Created;
-use crate::manifest::{Changes, DataFile, DeletionVector, FORMAT_VERSION, Manifest, StateCheckpoint, StateFile};
+use crate::manifest::{
+    ChangeFile, Changes, DataFile, DeletionVector, FORMAT_VERSION, GeneratedRows, Manifest, StateCheckpoint, StateFile,
+};
 use crate::snapshot::{KnownDeletes, Snapshot};
 use crate::table::{Table, Tier, WriterState};
 use crate::write::{ParallelWriter, Placements, Written, write_deletes};
@@ -61,6 +63,8 @@ pub struct Transaction {
     /// How the transaction's files are compressed.
     tier: Tier,
     inserted: u64,
+    /// Generated rows inserted ([`Transaction::insert_generated`]).
+    generated: Vec<ChangeFile>,
     /// Rows deleted by position.
     deleted: u64,
     /// Deleted rows whose values were given.
@@ -108,6 +112,23 @@ fn sorted_distinct(mut positions: Vec<u64>, rows: u64) -> std::result::Result<Ve
     Ok(positions)
 }
 
+/// Generated rows one entry of a manifest's files holds at most: consecutive ingestions of a
+/// generator extend one entry (a manifest lists every file, and a rate-limited generator
+/// ingests ten times a second), up to a size that still lets a scan read several on its cores.
+const MAX_GENERATED_ENTRY_ROWS: u64 = 1 << 22;
+
+/// Whether `rows` generated rows starting at `next` go on where the entry `last` ends: rows of
+/// the same generator and origin, right after its own, none of them deleted.
+fn extends_generated(last: &DataFile, next: &GeneratedRows, rows: u64) -> bool {
+    last.deletes.is_none()
+        && last.rows + rows <= MAX_GENERATED_ENTRY_ROWS
+        && last.generated.as_ref().is_some_and(|generated| {
+            generated.origin_ms == next.origin_ms
+                && generated.generator == next.generator
+                && generated.first + last.rows == next.first
+        })
+}
+
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
@@ -140,6 +161,7 @@ impl Transaction {
             state: None,
             tier: Tier::Fresh,
             inserted: 0,
+            generated: Vec::new(),
             deleted: 0,
             retracted: 0,
         }
@@ -194,6 +216,29 @@ impl Transaction {
         });
         writer.write(batch).await?;
         self.inserted += rows;
+        Ok(())
+    }
+
+    /// Inserts `count` rows that the table's generator makes whenever they are read
+    /// ([`GeneratedRows`]) rather than writing them: the caller has them in hand and they are
+    /// exactly what the generator makes. Only for tables without a primary key.
+    pub fn insert_generated(&mut self, rows: GeneratedRows, count: u64) -> Result<()> {
+        if !self.base.primary_key().is_empty() {
+            return Err(FreshetError::Internal(format!(
+                "table \"{}\" has a primary key: generated rows are not checked against it",
+                self.table.name()
+            )));
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        self.generated.push(ChangeFile {
+            path: rows.path(count),
+            rows: count,
+            bytes: 0,
+            generated: Some(rows),
+        });
+        self.inserted += count;
         Ok(())
     }
 
@@ -399,12 +444,13 @@ impl Transaction {
             });
         }
         let Written {
-            files: inserted_files,
+            files: mut inserted_files,
             placements,
         } = match self.inserts.take() {
             Some(writer) => writer.finish().await?,
             None => Written::default(),
         };
+        inserted_files.append(&mut self.generated);
         let retracted_files = match self.retractions.take() {
             Some(writer) => writer.finish().await?.files,
             None => Vec::new(),
@@ -465,12 +511,25 @@ impl Transaction {
                 ..file.clone()
             });
         }
-        files.extend(inserted_files.iter().map(|f| DataFile {
-            path: f.path.clone(),
-            rows: f.rows,
-            bytes: f.bytes,
-            deletes: None,
-        }));
+        for f in &inserted_files {
+            if let Some(last) = files.last_mut()
+                && let Some(generated) = &f.generated
+                && extends_generated(last, generated, f.rows)
+            {
+                last.rows += f.rows;
+                if let Some(first) = &last.generated {
+                    last.path = first.path(last.rows);
+                }
+                continue;
+            }
+            files.push(DataFile {
+                path: f.path.clone(),
+                rows: f.rows,
+                bytes: f.bytes,
+                deletes: None,
+                generated: f.generated.clone(),
+            });
+        }
         let base_manifest = self.base.manifest();
         let version = base_manifest.version + 1;
         let manifest = Manifest {

@@ -209,6 +209,7 @@ impl RollingWriter {
                 path: name,
                 rows: rows as u64,
                 bytes,
+                generated: None,
             });
         }
         Ok(())

@@ -252,7 +252,7 @@ impl Engine {
         let (table, schema) = self.connector_table(&name, create).await?;
         let stored = self.inner.catalog.create_connector_table(&name, schema, text).await?;
         if let Some(source) = &table.source {
-            self.inner.streams.follow(&name, source.clone(), stored);
+            self.open_source(&name, source, stored);
         }
         self.inner.streams.insert(&name, table);
         Ok(())
@@ -273,13 +273,22 @@ impl Engine {
             match restored.await {
                 Ok((table, _)) => {
                     if let (Some(source), Ok(stored)) = (&table.source, self.inner.catalog.table(name)) {
-                        self.inner.streams.follow(name, source.clone(), stored);
+                        self.open_source(name, source, stored);
                     }
                     self.inner.streams.insert(name, table);
                 }
                 Err(e) => tracing::warn!(table = %name, error = %e, "connector table cannot be restored"),
             }
         }
+    }
+
+    /// Connects a source to its table: the table's generated rows are made by it, and an
+    /// unbounded source is followed.
+    fn open_source(&self, name: &str, source: &Arc<Source>, table: Arc<freshet_storage::Table>) {
+        if source.makes_rows_on_read() {
+            table.set_generator(source.clone());
+        }
+        self.inner.streams.follow(name, source.clone(), table);
     }
 
     /// The runtime side of a connector table and its columns.
@@ -358,6 +367,7 @@ impl Engine {
         let mut sources = Vec::new();
         let mut next_physical = 0;
         let normalize = self.normalizes_identifiers();
+        let mut volatile = false;
         for column in &create.columns {
             match &column.kind {
                 ColumnKind::Physical { .. } => {
@@ -383,6 +393,7 @@ impl Engine {
                             FreshetError::from(e)
                                 .context(format!("table \"{name}\": computed column \"{column_name}\""))
                         })?;
+                    volatile |= logical.is_volatile();
                     let (_, field) = logical.to_field(&df_physical)?;
                     let (data_type, nullable) = (field.data_type().clone(), field.is_nullable());
                     let physical = state.create_physical_expr(logical, &df_physical)?;
@@ -427,6 +438,17 @@ impl Engine {
                 schema.clone(),
                 self.inner.materialized.clock.clone(),
             )?;
+            let declared: Vec<String> = create
+                .columns
+                .iter()
+                .map(|column| match &column.kind {
+                    ColumnKind::Physical { data_type, not_null } => {
+                        format!("{} {data_type}{}", column.name, if *not_null { " NOT NULL" } else { "" })
+                    }
+                    ColumnKind::Computed(expr) => format!("{} AS {expr}", column.name),
+                })
+                .collect();
+            let source = source.with_rows_made_on_read((!volatile).then(|| declared.join(", ")).as_deref());
             Some(Arc::new(match event_time {
                 Some(event_time) => source.with_event_time(event_time),
                 None => source,
