@@ -204,7 +204,10 @@ impl Table {
                     bytes += file.bytes;
                     rows += file.rows;
                     let file_read = (file.path.as_str(), file.bytes, file.generated.as_ref());
-                    files.push((self.files.file_read(file_read, file.rows, version_schema.clone()), weight));
+                    files.push((
+                        self.files.file_read(file_read, file.rows, version_schema.clone()),
+                        weight,
+                    ));
                 }
             }
         }

@@ -153,7 +153,14 @@ async fn generated_rows_are_made_on_every_read_and_never_written() {
         (2, 3, (1000..1500).map(|i| i * 3).collect()),
         (4, 5, (1500..1520).map(|i| i * 3).collect()),
     ] {
-        let changes: Vec<_> = table.changes(from, to).await.unwrap().stream().try_collect().await.unwrap();
+        let changes: Vec<_> = table
+            .changes(from, to)
+            .await
+            .unwrap()
+            .stream()
+            .try_collect()
+            .await
+            .unwrap();
         let data: Vec<RecordBatch> = changes.iter().map(|c| c.data()).collect();
         assert_eq!(values(&data, 0), expected, "changes {from}..{to}");
         assert!(changes.iter().all(|c| c.weights().values().iter().all(|&w| w == 1)));
@@ -162,7 +169,14 @@ async fn generated_rows_are_made_on_every_read_and_never_written() {
     // Compaction rewrites no generated rows, and VACUUM deletes nothing they need.
     table.compact().await.unwrap();
     assert!(
-        table.snapshot().manifest().files.iter().filter(|f| f.generated.is_some()).count() == 2,
+        table
+            .snapshot()
+            .manifest()
+            .files
+            .iter()
+            .filter(|f| f.generated.is_some())
+            .count()
+            == 2,
         "{:?}",
         table.snapshot().manifest().files
     );

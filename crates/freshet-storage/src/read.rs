@@ -149,7 +149,10 @@ const GENERATED_CHUNK_ROWS: u64 = 1 << 16;
 fn read_generated(read: &FileRead, generated: &GeneratedRead) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let first = generated.rows.first;
     let error = {
-        let (table, at) = (generated.table.clone(), format!("generated rows {first}..{}", first + generated.count));
+        let (table, at) = (
+            generated.table.clone(),
+            format!("generated rows {first}..{}", first + generated.count),
+        );
         move |reason: String| FreshetError::BadSourceData {
             table: table.clone(),
             at: at.clone(),
@@ -157,7 +160,10 @@ fn read_generated(read: &FileRead, generated: &GeneratedRead) -> Result<BoxStrea
         }
     };
     let generator = generated.generator.clone().ok_or_else(|| {
-        error("the table's generator is not open (its connector table was not restored), so its rows cannot be made".into())
+        error(
+            "the table's generator is not open (its connector table was not restored), so its rows cannot be made"
+                .into(),
+        )
     })?;
     if generator.describe() != generated.rows.generator {
         return Err(error(format!(

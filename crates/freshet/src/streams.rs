@@ -443,7 +443,11 @@ impl Engine {
                 .iter()
                 .map(|column| match &column.kind {
                     ColumnKind::Physical { data_type, not_null } => {
-                        format!("{} {data_type}{}", column.name, if *not_null { " NOT NULL" } else { "" })
+                        format!(
+                            "{} {data_type}{}",
+                            column.name,
+                            if *not_null { " NOT NULL" } else { "" }
+                        )
                     }
                     ColumnKind::Computed(expr) => format!("{} AS {expr}", column.name),
                 })
