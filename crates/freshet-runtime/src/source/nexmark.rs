@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, Int32Array, Int64Builder, StringBuilder, StructArray, TimestampMillisecondBuilder,
+    ArrayRef, Int32Array, Int64Builder, StringViewBuilder, StructArray, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
@@ -138,20 +138,25 @@ impl Rng {
                 text.push((b'a' + self.below(26) as u8) as char);
             }
         }
-        text.trim().to_string()
+        let trimmed = text.trim();
+        if trimmed.len() == text.len() {
+            text
+        } else {
+            trimmed.to_string()
+        }
     }
 
     /// Padding that brings a row to about `average` bytes (±20 %).
-    fn extra(&mut self, current: u64, average: u64) -> String {
+    fn extra(&mut self, current: u64, average: u64) -> &'static str {
         if current > average {
-            return String::new();
+            return "";
         }
         let wanted = average - current;
         let delta = (wanted as f64 * 0.2).round() as u64;
         let size = wanted - delta + if delta == 0 { 0 } else { self.below(2 * delta) };
         let pool = padding();
         let offset = self.below((pool.len() - size as usize) as u64) as usize;
-        pool[offset..offset + size as usize].to_string()
+        &pool[offset..offset + size as usize]
     }
 
     /// A price: 10^(0..6) dollars, in cents.
@@ -206,12 +211,16 @@ fn channels() -> &'static ChannelUrls {
     })
 }
 
-/// Builders of one kind of event's columns.
+/// Builders of one kind of event's columns. Texts are built as views (what `VARCHAR` columns
+/// are; others are cast), so that a text is copied once, or not at all when it is short.
 #[derive(Default)]
 struct Columns {
     longs: Vec<Int64Builder>,
-    strings: Vec<StringBuilder>,
+    strings: Vec<StringViewBuilder>,
     times: Vec<TimestampMillisecondBuilder>,
+    /// Events of other kinds since the last of this kind: NULL rows not appended yet, so that
+    /// a run of them is appended at once.
+    nulls: usize,
 }
 
 impl Nexmark {
@@ -355,7 +364,7 @@ impl Nexmark {
                 let state = US_STATES[rng.below(US_STATES.len() as u64) as usize];
                 let size = 8 + name.len() + email.len() + card.len() + city.len() + state.len();
                 let extra = rng.extra(size as u64, person_size);
-                person.row(&[id], &[&name, &email, &card, city, state, &extra], &[time]);
+                person.row(&[id], &[&name, &email, &card, city, state, extra], &[time]);
                 auction.null();
                 bid.null();
             } else if rem < persons + auctions {
@@ -378,7 +387,7 @@ impl Nexmark {
                 let extra = rng.extra(size as u64, auction_size);
                 auction.row(
                     &[id, initial_bid, reserve, seller, category],
-                    &[&item, &description, &extra],
+                    &[&item, &description, extra],
                     &[time, expires],
                 );
                 person.null();
@@ -404,7 +413,7 @@ impl Nexmark {
                     (c.as_str(), u.as_str())
                 };
                 let extra = rng.extra(32, bid_size);
-                bid.row(&[auction_id, bidder, price], &[channel, url, &extra], &[time]);
+                bid.row(&[auction_id, bidder, price], &[channel, url, extra], &[time]);
                 person.null();
                 auction.null();
             }
@@ -484,7 +493,7 @@ impl Columns {
         for (_, kind) in fields {
             match kind {
                 Kind::Long => columns.longs.push(Int64Builder::new()),
-                Kind::Text => columns.strings.push(StringBuilder::new()),
+                Kind::Text => columns.strings.push(StringViewBuilder::new()),
                 Kind::Time => columns.times.push(TimestampMillisecondBuilder::new()),
             }
         }
@@ -493,6 +502,7 @@ impl Columns {
 
     /// One event: its numbers, texts and times, each in field order.
     fn row(&mut self, longs: &[i64], texts: &[&str], times: &[i64]) {
+        self.append_nulls();
         for (b, v) in self.longs.iter_mut().zip(longs) {
             b.append_value(*v);
         }
@@ -506,9 +516,17 @@ impl Columns {
 
     /// An event of another kind: this ROW is NULL.
     fn null(&mut self) {
-        self.longs.iter_mut().for_each(|b| b.append_null());
-        self.strings.iter_mut().for_each(|b| b.append_null());
-        self.times.iter_mut().for_each(|b| b.append_null());
+        self.nulls += 1;
+    }
+
+    /// Appends the NULL rows counted since the last row.
+    fn append_nulls(&mut self) {
+        let n = std::mem::take(&mut self.nulls);
+        if n > 0 {
+            self.longs.iter_mut().for_each(|b| b.append_nulls(n));
+            self.strings.iter_mut().for_each(|b| (0..n).for_each(|_| b.append_null()));
+            self.times.iter_mut().for_each(|b| b.append_nulls(n));
+        }
     }
 
     /// The ROW column with the declared fields (by name, in the declared order and types).
@@ -516,6 +534,7 @@ impl Columns {
         let DataType::Struct(declared) = declared else {
             return Err(FreshetError::Internal("a nexmark ROW column is not a struct".into()));
         };
+        self.append_nulls();
         let (mut l, mut s, mut t) = (0, 0, 0);
         let mut built: Vec<(&str, ArrayRef)> = Vec::new();
         for (name, kind) in fields {
