@@ -192,22 +192,21 @@ impl Table {
                 };
                 bytes += file.bytes;
                 rows += file.live_rows();
-                let read = self.files.file_read(
-                    (&file.path, file.bytes, file.generated.as_ref()),
-                    file.rows,
-                    version_schema.clone(),
-                );
+                let schema = version_schema.clone();
+                let read = self
+                    .files
+                    .file_read(&file.path, file.bytes, file.rows, file.generated.as_ref(), schema);
                 files.push((FileRead { deletes, ..read }, -1));
             }
             for (list, weight) in [(&changes.inserted, 1), (&changes.retracted, -1)] {
                 for file in list {
                     bytes += file.bytes;
                     rows += file.rows;
-                    let file_read = (file.path.as_str(), file.bytes, file.generated.as_ref());
-                    files.push((
-                        self.files.file_read(file_read, file.rows, version_schema.clone()),
-                        weight,
-                    ));
+                    let schema = version_schema.clone();
+                    let read = self
+                        .files
+                        .file_read(&file.path, file.bytes, file.rows, file.generated.as_ref(), schema);
+                    files.push((read, weight));
                 }
             }
         }

@@ -43,15 +43,16 @@ impl TableFiles {
         }
     }
 
-    /// How to read `rows` rows listed as `file` (a data or change file's path and size, and
-    /// whether the table's generator makes them), with the table's (projected) `schema`.
+    /// How to read the `rows` rows a manifest lists at `path` (a data or change file of
+    /// `bytes` bytes, or rows the table's generator makes), with the table's (projected) `schema`.
     pub(crate) fn file_read(
         &self,
-        file: (&str, u64, Option<&GeneratedRows>),
+        path: &str,
+        bytes: u64,
         rows: u64,
+        generated: Option<&GeneratedRows>,
         schema: SchemaRef,
     ) -> FileRead {
-        let (path, bytes, generated) = file;
         FileRead {
             path: table_file(&self.dir, path),
             bytes,
@@ -211,7 +212,7 @@ impl Snapshot {
                         pruning,
                         ..snapshot
                             .files
-                            .file_read((&file.path, file.bytes, file.generated.as_ref()), file.rows, schema)
+                            .file_read(&file.path, file.bytes, file.rows, file.generated.as_ref(), schema)
                     };
                     read_file(snapshot.files.store.clone(), read).await
                 }

@@ -524,7 +524,9 @@ impl Columns {
         let n = std::mem::take(&mut self.nulls);
         if n > 0 {
             self.longs.iter_mut().for_each(|b| b.append_nulls(n));
-            self.strings.iter_mut().for_each(|b| (0..n).for_each(|_| b.append_null()));
+            self.strings
+                .iter_mut()
+                .for_each(|b| (0..n).for_each(|_| b.append_null()));
             self.times.iter_mut().for_each(|b| b.append_nulls(n));
         }
     }
