@@ -691,7 +691,10 @@ fn aggregate(
         group_types.push(expr.get_type(input_schema)?);
     }
     let output = arrow_schema(plan.schema());
-    let specs = aggregate_specs(aggr_expr, input_schema, &output, group_expr.len())?;
+    let mut specs = aggregate_specs(aggr_expr, input_schema, &output, group_expr.len())?;
+    if only_inserts(input_plan, input.as_ref(), cx) {
+        keep_extremes_only(&mut specs);
+    }
     let aggregate = Aggregate::new(input, groups, group_types, specs, output.clone(), parallelism)?;
     let Some(closing) = crate::event_time::window_closing(input_plan, group_expr, cx.resolve, cx.event_times) else {
         return Ok(Box::new(match cx.state_ttl_ms {
@@ -713,6 +716,18 @@ fn aggregate(
         }
         None => aggregate,
     })
+}
+
+/// Marks the MIN and MAX of `specs` as taking inserted rows only (the caller knows that its
+/// input never retracts a row): they keep the extreme alone instead of every value.
+pub(super) fn keep_extremes_only(specs: &mut [AggregateSpec]) {
+    for spec in specs
+        .iter_mut()
+        .filter(|s| matches!(s.kind, AggregateKind::Min | AggregateKind::Max))
+    {
+        spec.of_inserts = true;
+        spec.display.push_str(" of inserts");
+    }
 }
 
 /// The aggregates `aggr_expr` over rows of `input_schema`, as the output columns after `groups`
@@ -758,6 +773,7 @@ pub(super) fn aggregate_specs(
             .transpose()?;
         specs.push(AggregateSpec {
             kind,
+            of_inserts: false,
             counts_rows: kind == AggregateKind::Count && filter.is_none() && never_null(arg, input_schema)?,
             arg: Compiled::new(arg, input_schema)?,
             filter,

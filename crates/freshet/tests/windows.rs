@@ -5,7 +5,7 @@
 use freshet::Engine;
 use proptest::prelude::*;
 
-use crate::incremental::{check, create_corpus};
+use crate::incremental::{check, create_corpus, multiset};
 
 const CORPUS: &[(&str, &str)] = &[
     (
@@ -616,6 +616,13 @@ proptest! {
                   RANGE BETWEEN INTERVAL '1' SECOND PRECEDING AND CURRENT ROW) AS recent, \
                   max(v) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '300' MILLISECOND PRECEDING \
                   AND CURRENT ROW) AS top FROM ev"),
+                // MIN and MAX over rows only inserted keep the extreme alone: texts, floats and
+                // NULLs, in windows and in groups that never close.
+                ("extremes", "SELECT k, window_end, min(CAST(v AS VARCHAR)) AS low_text, \
+                  max(CASE WHEN v > 3 THEN v END) AS top_big, max(CAST(v AS DOUBLE) / 3) AS top_ratio \
+                  FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_start, window_end"),
+                ("extremes_ever", "SELECT k, min(ts) AS first_ts, max(ts) AS last_ts, max(v) AS top, \
+                  min(CASE WHEN v < 0 THEN CAST(v AS VARCHAR) END) AS low_negative FROM ev GROUP BY k"),
                 // Nexmark q5's shape: the busiest keys of each window (a semi join on the window).
                 ("busiest", "SELECT c.k, c.window_end, c.n FROM \
                   (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
@@ -626,6 +633,9 @@ proptest! {
                   ON c.window_start = m.window_start AND c.window_end = m.window_end AND c.n >= m.top"),
             ];
             create_corpus(&engine, &corpus).await;
+            let explained =
+                multiset(&engine.sql("EXPLAIN MATERIALIZED TABLE extremes_ever").await.unwrap()).join("\n");
+            assert!(explained.contains("max(ev.v) of inserts"), "{explained}");
             for (i, events) in files.iter().enumerate() {
                 let lines: String = events
                     .iter()

@@ -34,6 +34,8 @@ pub(crate) use accumulator::AggregateKind;
 /// One aggregate of the operator.
 pub(crate) struct AggregateSpec {
     pub kind: AggregateKind,
+    /// A MIN or MAX whose input only inserts rows: it keeps the extreme alone.
+    pub of_inserts: bool,
     /// A COUNT of an argument that is never NULL, without FILTER: the group's row count.
     pub counts_rows: bool,
     /// The argument (`count(*)` counts a non-null literal).
@@ -837,7 +839,7 @@ impl Operator for Aggregate {
     }
 
     fn state_kind(&self) -> &'static str {
-        if self.specs.iter().any(|s| s.kind.keeps_values()) {
+        if self.specs.iter().any(|s| s.kind.keeps_values() && !s.of_inserts) {
             "per group: row count, accumulators and the multiset of MIN/MAX/DISTINCT values"
         } else {
             "per group: row count and accumulators"

@@ -31,7 +31,9 @@ use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, logical_plan};
 
 use freshet_common::{HopBound, HopWindow};
 
-use super::{BuildError, Context, aggregate_specs, arrow_schema, build, internal, unalias};
+use super::{
+    BuildError, Context, aggregate_specs, arrow_schema, build, internal, keep_extremes_only, only_inserts, unalias,
+};
 use crate::event_time::{WINDOW_BOUND, WINDOW_HOP};
 use crate::operator::{
     Aggregate, AggregateKind, AggregateSpec, Compiled, HopWindows, Operator, WINDOW_COLUMNS, WindowClosing,
@@ -96,7 +98,7 @@ pub(super) fn sliced(
         return Ok(None);
     }
     let output = arrow_schema(plan.schema());
-    let specs = aggregate_specs(&agg.aggr_expr, input_schema, &output, groups.len())?;
+    let mut specs = aggregate_specs(&agg.aggr_expr, input_schema, &output, groups.len())?;
     if specs.iter().any(|s| combined(s.kind).is_none()) || agg.aggr_expr.iter().any(reads_bound) {
         return Ok(None);
     }
@@ -125,6 +127,9 @@ pub(super) fn sliced(
     // 1. Each row once, by its keys and its slide's end (its window 0's end less the windows
     //    after its slide).
     let input = build(union.first, cx)?;
+    if only_inserts(union.first, input.as_ref(), cx) {
+        keep_extremes_only(&mut specs);
+    }
     let keys: Vec<&Expr> = agg
         .group_expr
         .iter()
@@ -216,12 +221,13 @@ pub(super) fn sliced(
         window_groups.push(Compiled::new(&column(at), &windows_schema)?);
         window_types.push(expr.get_type(input_schema)?);
     }
-    let window_specs = window_aggregates
+    let mut window_specs = window_aggregates
         .into_iter()
         .enumerate()
         .map(|(i, (kind, output_type, display))| {
             Ok(AggregateSpec {
                 kind: combined(kind).ok_or_else(|| internal("an aggregate slides cannot combine"))?,
+                of_inserts: false,
                 counts_rows: false,
                 arg: Compiled::new(&column(slide_columns + i), &windows_schema)?,
                 filter: None,
@@ -231,6 +237,10 @@ pub(super) fn sliced(
             })
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
+    // The slides' rows are final: each is inserted once into each of its windows.
+    if only_inserts(union.first, &windows, cx) {
+        keep_extremes_only(&mut window_specs);
+    }
     let combined = Aggregate::new(
         Box::new(windows),
         window_groups,

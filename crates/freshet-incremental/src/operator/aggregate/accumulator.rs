@@ -92,6 +92,13 @@ pub(crate) enum Accumulators {
         sets: Vec<BTreeMap<RowKey, i64>>,
         bytes: usize,
     },
+    /// A MIN or MAX over rows that are only ever inserted: no value can leave, so the extreme
+    /// alone (row-encoded), and the memory the values hold.
+    Extreme {
+        max: bool,
+        extremes: Vec<Option<RowKey>>,
+        bytes: usize,
+    },
     /// Trues and falses counted.
     Bools(Vec<Truths>),
 }
@@ -124,6 +131,11 @@ impl Accumulators {
                 Accumulators::Float(FloatSums::new())
             }
             AggregateKind::Sum | AggregateKind::Avg => Accumulators::Exact(Vec::new()),
+            AggregateKind::Min | AggregateKind::Max if spec.of_inserts => Accumulators::Extreme {
+                max: spec.kind == AggregateKind::Max,
+                extremes: Vec::new(),
+                bytes: 0,
+            },
             AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => Accumulators::Values {
                 sets: Vec::new(),
                 bytes: 0,
@@ -140,6 +152,7 @@ impl Accumulators {
             Accumulators::Exact(tallies) => tallies.push(Tally::default()),
             Accumulators::Float(sums) => sums.push(),
             Accumulators::Values { sets, .. } => sets.push(BTreeMap::new()),
+            Accumulators::Extreme { extremes, .. } => extremes.push(None),
             Accumulators::Bools(truths) => truths.push(Truths::default()),
         }
     }
@@ -154,6 +167,11 @@ impl Accumulators {
             Accumulators::Values { sets, bytes } => {
                 let set = std::mem::take(&mut sets[slot]);
                 *bytes = bytes.saturating_sub(set.keys().map(value_bytes).sum());
+            }
+            Accumulators::Extreme { extremes, bytes, .. } => {
+                if let Some(value) = extremes[slot].take() {
+                    *bytes = bytes.saturating_sub(value.heap_bytes());
+                }
             }
             Accumulators::Bools(truths) => truths[slot] = Truths::default(),
         }
@@ -175,6 +193,13 @@ impl Accumulators {
                 out.i64(sets[slot].len() as i64);
                 for (value, n) in &sets[slot] {
                     out.bytes(value.as_bytes()).i64(*n);
+                }
+            }
+            // As a multiset of the one value (so either kind reads the other's).
+            Accumulators::Extreme { extremes, .. } => {
+                out.i64(i64::from(extremes[slot].is_some()));
+                if let Some(value) = &extremes[slot] {
+                    out.bytes(value.as_bytes()).i64(1);
                 }
             }
             Accumulators::Bools(truths) => {
@@ -202,6 +227,13 @@ impl Accumulators {
                     sets[slot].insert(value, n);
                 }
             }
+            Accumulators::Extreme { max, extremes, bytes } => {
+                for _ in 0..input.i64()? {
+                    let value = input.bytes()?;
+                    input.i64()?;
+                    offer(*max, &mut extremes[slot], value, bytes);
+                }
+            }
             Accumulators::Bools(truths) => {
                 let (trues, falses) = (input.i64()?, input.i64()?);
                 truths[slot] = Truths { trues, falses };
@@ -219,6 +251,7 @@ impl Accumulators {
             Accumulators::Float(sums) => sums.bytes(slots),
             Accumulators::Bools(_) => slots * 16,
             Accumulators::Values { bytes, .. } => slots * 24 + bytes,
+            Accumulators::Extreme { bytes, .. } => slots * size_of::<Option<RowKey>>() + bytes,
         }
     }
 
@@ -274,6 +307,14 @@ impl Accumulators {
                     }
                 }
             }
+            (Values::Rows(values), Accumulators::Extreme { max, extremes, bytes }) => {
+                for row in rows {
+                    if weights[row] < 0 {
+                        return Err(internal("a row was retracted from a MIN/MAX of inserted rows only"));
+                    }
+                    offer(*max, &mut extremes[slots[row] as usize], values.row(row).data(), bytes);
+                }
+            }
             (Values::Bools(values), Accumulators::Bools(truths)) => {
                 for row in rows {
                     let truths = &mut truths[slots[row] as usize];
@@ -327,21 +368,20 @@ impl Accumulators {
                     .iter()
                     .map(|&s| (tallies[s as usize].sum, tallies[s as usize].count)),
             ),
-            (AggregateKind::Min | AggregateKind::Max, Accumulators::Values { sets, .. }) => {
-                let codec = codec.ok_or_else(|| internal("no value codec"))?;
-                let null_value = codec.encode(&[new_null_array(&spec.arg_type, 1)], 1)?;
-                let parser = codec.parser();
-                let rows = slots.iter().map(|&s| {
+            (AggregateKind::Min | AggregateKind::Max, Accumulators::Values { sets, .. }) => decode_extremes(
+                spec,
+                codec,
+                slots.iter().map(|&s| {
                     let values = &sets[s as usize];
-                    let extreme = if spec.kind == AggregateKind::Min {
+                    if spec.kind == AggregateKind::Min {
                         values.keys().next()
                     } else {
                         values.keys().next_back()
-                    };
-                    extreme.map_or_else(|| null_value.row(0), |r| parser.parse(r.as_bytes()))
-                });
-                let mut columns = codec.decode(rows)?;
-                columns.pop().ok_or_else(|| internal("no MIN/MAX column"))
+                    }
+                }),
+            ),
+            (AggregateKind::Min | AggregateKind::Max, Accumulators::Extreme { extremes, .. }) => {
+                decode_extremes(spec, codec, slots.iter().map(|&s| extremes[s as usize].as_ref()))
             }
             (AggregateKind::BoolAnd | AggregateKind::BoolOr, Accumulators::Bools(truths)) => {
                 let and = spec.kind == AggregateKind::BoolAnd;
@@ -358,6 +398,36 @@ impl Accumulators {
             _ => Err(mismatch()),
         }
     }
+}
+
+/// Keeps `value` (row-encoded) in `extreme` if it is beyond it: greater for a MAX, less for a
+/// MIN (row encoding orders as the values do).
+fn offer(max: bool, extreme: &mut Option<RowKey>, value: &[u8], bytes: &mut usize) {
+    let beyond = extreme.as_ref().is_none_or(|current| {
+        let current = current.as_bytes();
+        if max { value > current } else { value < current }
+    });
+    if beyond {
+        let value = RowKey::from(value);
+        *bytes += value.heap_bytes();
+        if let Some(old) = extreme.replace(value) {
+            *bytes = bytes.saturating_sub(old.heap_bytes());
+        }
+    }
+}
+
+/// The values of MIN or MAX from each group's extreme (row-encoded; NULL where none).
+fn decode_extremes<'a>(
+    spec: &AggregateSpec,
+    codec: Option<&RowCodec>,
+    extremes: impl Iterator<Item = Option<&'a RowKey>>,
+) -> Result<ArrayRef> {
+    let codec = codec.ok_or_else(|| internal("no value codec"))?;
+    let null_value = codec.encode(&[new_null_array(&spec.arg_type, 1)], 1)?;
+    let parser = codec.parser();
+    let rows = extremes.map(|extreme| extreme.map_or_else(|| null_value.row(0), |r| parser.parse(r.as_bytes())));
+    let mut columns = codec.decode(rows)?;
+    columns.pop().ok_or_else(|| internal("no MIN/MAX column"))
 }
 
 fn value_bytes(key: &RowKey) -> usize {
