@@ -84,8 +84,34 @@ fn trace(
         LogicalPlan::Projection(projection) => {
             let expr = unalias(projection.expr.get(index)?);
             match expr {
-                Expr::ScalarFunction(function) if !bound && function.func.name() == WINDOW_BOUND => {
+                // A window's end; as a time (`bound`: windows over a window aggregate's rows,
+                // Flink's cascading windows), one that closes with the row time it was
+                // computed from: the window aggregate's rows ending at or before an outer
+                // window's end come before the watermark passes that end.
+                Expr::ScalarFunction(function) if function.func.name() == WINDOW_BOUND => {
                     child(&projection.input, function.args.get(1)?, true)
+                }
+                Expr::ScalarFunction(function) if bound && function.func.name() == WINDOW_HOP => {
+                    let bound_name = match function.args.last().map(unalias) {
+                        Some(Expr::Literal(datafusion::common::ScalarValue::Utf8(Some(name)), _)) => name.as_str(),
+                        _ => return None,
+                    };
+                    if !matches!(bound_name, "end" | "time") {
+                        return None;
+                    }
+                    child(&projection.input, function.args.first()?, true)
+                }
+                // `window_time`: a window's end less a millisecond, the last instant in it.
+                Expr::BinaryExpr(binary)
+                    if bound && binary.op == Operator::Minus && is_one_millisecond(&binary.right) =>
+                {
+                    match unalias(&binary.left) {
+                        Expr::ScalarFunction(function) if function.func.name() == WINDOW_BOUND => {
+                            child(&projection.input, function.args.get(1)?, true)
+                        }
+                        end @ Expr::Column(_) => child(&projection.input, end, false),
+                        _ => None,
+                    }
                 }
                 _ => child(&projection.input, expr, bound),
             }
@@ -502,6 +528,18 @@ fn matching_expiries(
 fn inserts_only(join_type: datafusion::logical_expr::JoinType) -> bool {
     use datafusion::logical_expr::JoinType;
     matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
+}
+
+/// Whether `expr` is an interval of exactly one millisecond.
+fn is_one_millisecond(expr: &Expr) -> bool {
+    use datafusion::common::ScalarValue;
+    match unalias(expr) {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) => {
+            v.months == 0 && v.days == 0 && v.nanoseconds == 1_000_000
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => v.days == 0 && v.milliseconds == 1,
+        _ => false,
+    }
 }
 
 /// An interval literal in milliseconds (days and smaller units only).

@@ -334,7 +334,9 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
         )
     };
     let select = |start: String, end: String, filter: Option<String>| {
-        let window_time = format!("{end} - INTERVAL '1 milliseconds'");
+        // Marked too, so that windows over it (cascading windows) close with the source's
+        // watermark.
+        let window_time = format!("window_bound({end}, {column}) - INTERVAL '1 milliseconds'");
         select_timed(start, end, window_time, filter)
     };
     let size = call.duration("SIZE").unwrap_or(0);
@@ -400,7 +402,7 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
             Ok(format!(
                 "SELECT * EXCLUDE (__window_start, __window_end), __window_start AS window_start, \
                    window_bound(__window_end, {ts}) AS window_end, \
-                   __window_end - INTERVAL '1 milliseconds' AS window_time \
+                   window_bound(__window_end, {ts}) - INTERVAL '1 milliseconds' AS window_time \
                  FROM (SELECT __window_input.*, \
                          window_session_start({time}, {gap}) {over} AS __window_start, \
                          window_session_end({time}, {gap}) {over} AS __window_end \

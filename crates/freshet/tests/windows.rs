@@ -329,6 +329,83 @@ async fn a_job_writes_each_window_once_when_it_closes() {
     engine.close().await;
 }
 
+/// Flink's cascading window aggregation: a job's windows over the rows of a window aggregate
+/// (by its `window_time`) close with the source's watermark, so an append-only sink takes them,
+/// each once, equal to the same query in batch over the windows closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascading_windows_close_in_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = engine_in(dir.path()).await;
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE VIEW per_key AS SELECT k, window_start AS s, window_end AS e, window_time AS rowtime, \
+             sum(v) AS partial FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
+             GROUP BY k, window_start, window_end, window_time",
+        )
+        .await
+        .unwrap();
+    engine
+        .sql(&format!(
+            "CREATE TABLE out (window_end TIMESTAMP(3), total BIGINT, keys BIGINT) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
+            dir.path().join("out").display()
+        ))
+        .await
+        .unwrap();
+    let query = "SELECT window_end, sum(partial) AS total, count(*) AS keys \
+                 FROM TABLE(TUMBLE(TABLE per_key, DESCRIPTOR(rowtime), INTERVAL '4' SECOND)) \
+                 GROUP BY window_start, window_end";
+    engine.sql(&format!("INSERT INTO out {query}")).await.unwrap();
+    let id = engine.jobs()[0].id.clone();
+    let job = engine.job(&id).unwrap();
+    for second in 0..12i64 {
+        let lines: String = (0..6i64)
+            .map(|i| {
+                format!(
+                    "{{\"k\": {}, \"ts\": \"2024-01-01 00:00:{second:02}.{:03}\", \"v\": {}}}\n",
+                    i % 3,
+                    i * 150,
+                    second * 10 + i
+                )
+            })
+            .collect();
+        let hidden = input.join(format!(".part-{second}.json"));
+        std::fs::write(&hidden, lines).unwrap();
+        std::fs::rename(&hidden, input.join(format!("part-{second}.json"))).unwrap();
+        // The watermark is at second + 0.75 - 1: outer windows ending at or before it are closed.
+        let closed = (second - 1).max(0) / 4;
+        job.subscribe()
+            .wait_for(|info| info.rows_out >= closed as u64)
+            .await
+            .unwrap();
+    }
+    // The watermark reaches 10.75 s: the windows ending at 4 and 8 s are written, each once.
+    job.subscribe().wait_for(|info| info.rows_out >= 2).await.unwrap();
+    engine.sql(&format!("STOP JOB '{id}'")).await.unwrap();
+    let written = multiset(&engine.sql("SELECT * FROM out").await.unwrap());
+    let expected = multiset(
+        &engine
+            .sql(&format!(
+                "SELECT * FROM ({query}) WHERE window_end <= TIMESTAMP '2024-01-01 00:00:10.750'"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(written, expected);
+    assert_eq!(written.len(), 2);
+    engine.close().await;
+}
+
 /// A windowed job stopped by the engine closing twice comes back from its checkpoint (the
 /// windows it had open, the rows waiting for the watermark) and still writes each window once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,6 +700,13 @@ proptest! {
                   FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_start, window_end"),
                 ("extremes_ever", "SELECT k, min(ts) AS first_ts, max(ts) AS last_ts, max(v) AS top, \
                   min(CASE WHEN v < 0 THEN CAST(v AS VARCHAR) END) AS low_negative FROM ev GROUP BY k"),
+                // Flink's cascading windows: windows over a window aggregate's window_time.
+                ("cascade", "SELECT window_start, window_end, sum(partial) AS total, sum(n) AS n, max(top) AS top \
+                  FROM TABLE(TUMBLE(TABLE per_key, DESCRIPTOR(rowtime), INTERVAL '2' SECOND)) \
+                  GROUP BY window_start, window_end"),
+                ("cascade_hop", "SELECT window_end, count(*) AS windows, sum(n) AS n \
+                  FROM TABLE(TUMBLE(TABLE sliding, DESCRIPTOR(rowtime), INTERVAL '1' SECOND)) \
+                  GROUP BY window_start, window_end"),
                 // Nexmark q5's shape: the busiest keys of each window (a semi join on the window).
                 ("busiest", "SELECT c.k, c.window_end, c.n FROM \
                   (SELECT k, window_start, window_end, count(*) AS n FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
@@ -632,7 +716,24 @@ proptest! {
                    GROUP BY window_start, window_end) m \
                   ON c.window_start = m.window_start AND c.window_end = m.window_end AND c.n >= m.top"),
             ];
+            engine
+                .sql("CREATE VIEW per_key AS SELECT k, window_start AS s, window_time AS rowtime, sum(v) AS partial, \
+                      count(*) AS n, max(v) AS top FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '500' MILLISECOND)) \
+                      GROUP BY k, window_start, window_end, window_time")
+                .await
+                .unwrap();
+            engine
+                .sql("CREATE VIEW sliding AS SELECT window_end AS e, window_time AS rowtime, count(*) AS n \
+                      FROM TABLE(HOP(TABLE ev, DESCRIPTOR(ts), INTERVAL '250' MILLISECOND, INTERVAL '500' MILLISECOND)) \
+                      GROUP BY window_start, window_end, window_time")
+                .await
+                .unwrap();
             create_corpus(&engine, &corpus).await;
+            for cascade in ["cascade", "cascade_hop"] {
+                let explained =
+                    multiset(&engine.sql(&format!("EXPLAIN MATERIALIZED TABLE {cascade}")).await.unwrap()).join("\n");
+                assert_eq!(explained.matches("closing windows by").count(), 2, "{explained}");
+            }
             let explained =
                 multiset(&engine.sql("EXPLAIN MATERIALIZED TABLE extremes_ever").await.unwrap()).join("\n");
             assert!(explained.contains("max(ev.v) of inserts"), "{explained}");
