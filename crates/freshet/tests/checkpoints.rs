@@ -198,6 +198,70 @@ async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_in
     engine.close().await;
 }
 
+/// A large state's first checkpoint is written after its refresh returned, and committed as a
+/// version of its own that changes no row; the next refresh builds on it, and a restart
+/// restores from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_states_first_checkpoint_lands_after_its_refresh_as_a_version_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = setup(dir.path(), &clock, &instruments).await;
+    engine
+        .sql("SET 'materialized-table.checkpoint.background-rows' = '0'")
+        .await
+        .unwrap();
+    round(&engine, 1).await;
+    for (name, _) in TABLES {
+        engine.wait_for_materialized_state(name).await;
+        let snapshot = engine.table(name).unwrap().snapshot();
+        let manifest = snapshot.manifest();
+        assert_eq!(manifest.operation, "CHECKPOINT", "{name}");
+        assert!(manifest.state.is_some(), "{name}: no checkpoint");
+        assert!(
+            manifest.changes.inserted.is_empty() && manifest.changes.retracted.is_empty(),
+            "{name}"
+        );
+        // The refresh before it: its record stays the table's.
+        let refreshed = engine
+            .table(name)
+            .unwrap()
+            .snapshot_at(snapshot.version() - 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            freshet::RefreshRecord::of(&snapshot),
+            freshet::RefreshRecord::of(&refreshed),
+            "{name}"
+        );
+    }
+    assert_equal_batch(&engine).await;
+    round(&engine, 2).await;
+    assert_equal_batch(&engine).await;
+    for (name, _) in TABLES {
+        engine.wait_for_materialized_state(name).await;
+        // Later checkpoints go with their refresh (deltas over the first, or none).
+        assert_ne!(
+            engine.table(name).unwrap().snapshot().manifest().operation,
+            "CHECKPOINT",
+            "{name}"
+        );
+    }
+    engine.close().await;
+
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine
+        .sql("INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late')")
+        .await
+        .unwrap();
+    for (name, _) in TABLES {
+        refresh_restored(&engine, name).await;
+    }
+    round(&engine, 3).await;
+    assert_equal_batch(&engine).await;
+    engine.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_that_cannot_be_read_falls_back_to_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();

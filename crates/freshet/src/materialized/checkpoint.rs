@@ -144,6 +144,38 @@ pub(super) async fn write_checkpoint(
     Ok(true)
 }
 
+/// Writes the whole checkpoint a refresh left for after it returned (`state.checkpoint_after`,
+/// taken at `at_ms`) and commits it as a version of its own that changes no row — when the
+/// table's last refresh is still the one `state` reflects (a compaction may have come
+/// between). Returns whether it was committed; the state then keeps its changes from here.
+/// Until then a restart rebuilds the state from the inputs, as without a checkpoint.
+pub(super) async fn checkpoint_after_refresh(
+    table: &Arc<Table>,
+    state: &mut IncrementalState,
+    at_ms: i64,
+) -> Result<bool> {
+    let mut txn = table.begin("CHECKPOINT").await?;
+    let reflected = RefreshRecord::of(txn.base())
+        .is_some_and(|record| record.inputs == state.inputs && record.algorithm == "incremental");
+    if !reflected {
+        return Ok(false);
+    }
+    let inputs = state.inputs.clone();
+    if !write_checkpoint(&mut txn, table, state, &inputs, at_ms).await? {
+        return Ok(false);
+    }
+    match txn.commit().await {
+        Ok(_) => {
+            state.since_checkpoint = Some((0, at_ms));
+            Ok(true)
+        }
+        Err(e) => {
+            state.checkpoint = None;
+            Err(e)
+        }
+    }
+}
+
 /// The input versions the table's checkpoint reflects, if it has one.
 pub(crate) fn checkpoint_inputs(table: &Table) -> Option<BTreeMap<String, u64>> {
     let state = table.snapshot().manifest().state.clone()?;
@@ -273,6 +305,7 @@ impl Engine {
             memory,
             since_checkpoint: Some((replayed, meta.at_ms)),
             checkpoint: Some(checkpoint_kept),
+            checkpoint_after: None,
         };
         state.account(name)?;
         tracing::debug!(table = name, replayed, "operator state restored from its checkpoint");

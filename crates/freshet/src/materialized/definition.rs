@@ -26,6 +26,11 @@ pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
 /// that no buffer the size of the inputs is ever allocated.
 pub const STATE_BUILD_EPOCH_ROWS: &str = "materialized-table.state-build.epoch-rows";
 
+/// Setting: an operator state of at least this many rows writes its first checkpoint after its
+/// refresh returned, as a version of its own, instead of within the refresh (Freshet's own; 0:
+/// every state). Until it lands, a restart rebuilds the state from the inputs.
+pub const CHECKPOINT_BACKGROUND_ROWS: &str = "materialized-table.checkpoint.background-rows";
+
 /// Setting: how long VACUUM keeps a file that no manifest names (a failed write's, or one of a
 /// transaction still under way, of this engine or of another sharing the store); `0 s` removes
 /// them at once.
@@ -66,6 +71,8 @@ pub struct MaterializedSettings {
     pub state_build_epoch_rows: usize,
     /// Longest time between checkpoints of operator state while inputs change.
     pub checkpoint_interval: Freshness,
+    /// [`CHECKPOINT_BACKGROUND_ROWS`].
+    pub checkpoint_background_rows: u64,
     /// How long VACUUM keeps files no manifest names.
     pub vacuum_orphan_grace: std::time::Duration,
     /// How long tables keep their versions unless they say otherwise.
@@ -83,6 +90,7 @@ impl Default for MaterializedSettings {
             row_index_max_rows: 4_000_000,
             state_build_epoch_rows: 1 << 20,
             checkpoint_interval: Freshness::new(1, FreshnessUnit::Minute),
+            checkpoint_background_rows: 1_000_000,
             vacuum_orphan_grace: freshet_storage::DEFAULT_ORPHAN_GRACE,
             retention: DEFAULT_RETENTION,
             vacuum_interval: Some(std::time::Duration::from_secs(3_600)),
@@ -120,6 +128,10 @@ impl MaterializedSettings {
             self.row_index_max_rows = rows()?;
             return Ok(true);
         }
+        if key == CHECKPOINT_BACKGROUND_ROWS {
+            self.checkpoint_background_rows = rows()?;
+            return Ok(true);
+        }
         if key == STATE_BUILD_EPOCH_ROWS {
             self.state_build_epoch_rows = usize::try_from(rows()?).unwrap_or(usize::MAX).max(1);
             return Ok(true);
@@ -147,6 +159,7 @@ impl MaterializedSettings {
             (ROW_INDEX_MAX_ROWS, self.row_index_max_rows.to_string()),
             (STATE_BUILD_EPOCH_ROWS, self.state_build_epoch_rows.to_string()),
             (CHECKPOINT_INTERVAL, self.checkpoint_interval.to_string()),
+            (CHECKPOINT_BACKGROUND_ROWS, self.checkpoint_background_rows.to_string()),
             (VACUUM_ORPHAN_GRACE, format!("{} s", self.vacuum_orphan_grace.as_secs())),
             (RETENTION, format_duration(self.retention)),
             (

@@ -25,7 +25,7 @@ use freshet_sql::RefreshMode;
 use freshet_storage::{ChangeSet, MovesListener, SnapshotTable, StateCheckpoint, Table, Transaction, delete_matching};
 
 use super::RefreshCosts;
-use super::checkpoint::{checkpoint_due, write_checkpoint};
+use super::checkpoint::{checkpoint_after_refresh, checkpoint_due, write_checkpoint};
 use super::correction::drifted_rows;
 use super::definition::MaterializedDefinition;
 use super::refresh::{PinnedQuery, RefreshJob, RefreshOutcome, RefreshRecord, Trigger, table_schema};
@@ -61,6 +61,10 @@ pub(crate) struct IncrementalState {
     /// The table's checkpoint this state was restored from or last wrote, over which the
     /// pipeline keeps the changes for a delta (`None`: the state was rebuilt from the inputs).
     pub(super) checkpoint: Option<StateCheckpoint>,
+    /// A whole checkpoint due at this refresh (its time, ms), left to be written once the
+    /// refresh returned: a large state's first
+    /// ([`super::definition::CHECKPOINT_BACKGROUND_ROWS`]).
+    pub(super) checkpoint_after: Option<i64>,
 }
 
 impl IncrementalState {
@@ -396,6 +400,7 @@ impl Engine {
             memory,
             since_checkpoint: None,
             checkpoint: None,
+            checkpoint_after: None,
         };
         state.account(name)?;
         let spent = u64::try_from(timer.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -499,8 +504,14 @@ impl Engine {
         };
         let interval = self.inner.materialized.settings().checkpoint_interval.duration();
         let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        let written = checkpoint_due(&state, input_changes, started, interval_ms)
-            && write_checkpoint(&mut txn, table, &mut state, &pinned.inputs, started).await?;
+        let due = checkpoint_due(&state, input_changes, started, interval_ms);
+        // A large state's first checkpoint (every operator's whole state, the build's cost
+        // several times over) is written after the refresh returned, on the task below.
+        let after = due
+            && state.checkpoint.is_none()
+            && state.pipeline.state_size().rows >= self.inner.materialized.settings().checkpoint_background_rows;
+        state.checkpoint_after = after.then_some(started);
+        let written = due && !after && write_checkpoint(&mut txn, table, &mut state, &pinned.inputs, started).await?;
         if written {
             state.since_checkpoint = Some((0, started));
         } else if let Some((since, _)) = &mut state.since_checkpoint {
@@ -543,6 +554,18 @@ impl Engine {
                         .await
                 }
                 None => return,
+            };
+            let kept = match kept {
+                Ok(mut state) => match state.checkpoint_after.take() {
+                    Some(at_ms) => {
+                        if let Err(e) = checkpoint_after_refresh(&table, &mut state, at_ms).await {
+                            tracing::warn!(table = name, error = %e, "the operator state's checkpoint was not written; the next refresh writes one");
+                        }
+                        Ok(state)
+                    }
+                    None => Ok(state),
+                },
+                Err(e) => Err(e),
             };
             match kept {
                 Ok(state) => *slot = Some(state),

@@ -89,6 +89,15 @@ impl Engine {
         runtime.state_bytes.load(Ordering::Relaxed)
     }
 
+    /// Waits until the work a refresh of materialized table `name` left for after it returned
+    /// is done: its operator state kept for the next refresh (the row index brought up to
+    /// date, a large state's first checkpoint written and committed).
+    pub async fn wait_for_materialized_state(&self, name: &str) {
+        if let Some(runtime) = self.inner.materialized.existing_runtime(name) {
+            drop(runtime.incremental.lock().await);
+        }
+    }
+
     /// Bytes the engine's queries and operator states hold in its memory pool now.
     pub fn memory_reserved(&self) -> u64 {
         self.inner.ctx.runtime_env().memory_pool.reserved() as u64
