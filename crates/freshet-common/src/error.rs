@@ -238,10 +238,35 @@ fn datafusion_domain(e: &DataFusionError) -> ErrorDomain {
     }
 }
 
+/// The alias under which a window table function's rewrite (`freshet-sql`) reads its table.
+pub const WINDOW_INPUT: &str = "__window_input";
+
+/// The error for a window table function over a table that already has a column it adds:
+/// DataFusion's ambiguity between the table's column and the added one, said as Flink does.
+fn window_column_taken(e: &DataFusionError) -> Option<FreshetError> {
+    let DataFusionError::SchemaError(schema, _) = e.find_root() else {
+        return None;
+    };
+    let datafusion::common::SchemaError::AmbiguousReference { field } = schema.as_ref() else {
+        return None;
+    };
+    (field.relation.as_ref()?.table() == WINDOW_INPUT).then(|| {
+        FreshetError::InvalidStatement(format!(
+            "a window table function (TUMBLE, HOP, CUMULATE, SESSION) adds the columns window_start, window_end \
+             and window_time to its table's, which already has a column {}: select it under another name \
+             (window_start AS inner_start), as Flink requires",
+            field.name
+        ))
+    })
+}
+
 /// Freshet errors travel through DataFusion (from a table provider or a sink) boxed in
 /// `DataFusionError::External`; this unboxes them again so callers see the typed error.
 impl From<DataFusionError> for FreshetError {
     fn from(e: DataFusionError) -> Self {
+        if let Some(taken) = window_column_taken(&e) {
+            return taken;
+        }
         match e {
             DataFusionError::External(inner) => match inner.downcast::<FreshetError>() {
                 Ok(f) => *f,

@@ -24,7 +24,7 @@ mod row_key;
 pub use change::{ChangeBatch, WEIGHT_COLUMN, consolidate};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use durations::intervals_as_durations;
-pub use error::{ErrorDomain, FreshetError, Result};
+pub use error::{ErrorDomain, FreshetError, Result, WINDOW_INPUT};
 pub use hop::{HopBound, HopWindow};
 pub use key_map::{Key, KeyCodec, KeyMap, Keys, Probe};
 pub use parallel::{PARALLEL_MIN_ROWS, by_part, part_of, run_parts, run_parts_by_key};

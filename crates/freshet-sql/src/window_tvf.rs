@@ -29,6 +29,9 @@ use crate::dialect::FreshetDialect;
 
 mod group_windows;
 
+/// The alias of a window call's table in its rewrite (the engine names it in errors).
+const INPUT: &str = freshet_common::WINDOW_INPUT;
+
 /// The function name under which the dialect parses `TABLE t` (a window function's argument).
 pub(crate) const TABLE_ARGUMENT: &str = "__freshet_table_argument";
 
@@ -316,7 +319,7 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
     let offset = call.duration("OFFSET").unwrap_or(0);
     let table = &call.table;
     // Checked to be a timestamp when planned (the engine's `window_time_column`).
-    let time = format!("window_time_column(__window_input.{})", call.time);
+    let time = format!("window_time_column({INPUT}.{})", call.time);
     let bin = |stride: i64| {
         format!(
             "date_bin(INTERVAL '{stride} milliseconds', {time}, TIMESTAMP '1970-01-01 00:00:00' + INTERVAL '{offset} milliseconds')"
@@ -325,11 +328,11 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
     // `window_bound(end, ts)` is `end`, and tells incremental maintenance that the column is a
     // window's end after the row's time: once the watermark of `ts`'s source passes it, the
     // window is final and its state can go.
-    let column = format!("__window_input.{}", call.time);
+    let column = format!("{INPUT}.{}", call.time);
     let select_timed = |start: String, end: String, window_time: String, filter: Option<String>| {
         format!(
-            "SELECT __window_input.*, {start} AS window_start, window_bound({end}, {column}) AS window_end, \
-             {window_time} AS window_time FROM {table} AS __window_input{}",
+            "SELECT {INPUT}.*, {start} AS window_start, window_bound({end}, {column}) AS window_end, \
+             {window_time} AS window_time FROM {table} AS {INPUT}{}",
             filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
         )
     };
@@ -403,10 +406,10 @@ fn window_table(kind: WindowKind, function: &Function) -> Result<String> {
                 "SELECT * EXCLUDE (__window_start, __window_end), __window_start AS window_start, \
                    window_bound(__window_end, {ts}) AS window_end, \
                    window_bound(__window_end, {ts}) - INTERVAL '1 milliseconds' AS window_time \
-                 FROM (SELECT __window_input.*, \
+                 FROM (SELECT {INPUT}.*, \
                          window_session_start({time}, {gap}) {over} AS __window_start, \
                          window_session_end({time}, {gap}) {over} AS __window_end \
-                       FROM {table} AS __window_input) AS __window_sessions"
+                       FROM {table} AS {INPUT}) AS __window_sessions"
             ))
         }
     }
