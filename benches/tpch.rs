@@ -69,6 +69,9 @@ struct Figures {
     /// From the first incremental refresh's return to its state's first checkpoint committed
     /// (written after the refresh for a large state).
     first_checkpoint: Duration,
+    /// The incremental table's operator state after the rounds in one engine (before any
+    /// reopening drops it from memory).
+    state: String,
     incremental: BTreeMap<String, Vec<Duration>>,
     full: BTreeMap<String, Vec<Duration>>,
 }
@@ -149,6 +152,10 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
         .await
         .unwrap();
     let full_fallbacks: usize = algorithms.iter().map(|b| b.num_rows()).sum();
+    for (name, _) in &corpus {
+        let state = state_of(&engine, &format!("{name}_inc")).await;
+        figures.get_mut(name).unwrap().state = state;
+    }
     // As from the command line: a new engine for every refresh.
     let mut labels: Vec<String> = shares.iter().map(|s| format!("{}%", s * 100.0)).collect();
     let (mut restored, mut refreshed) = (0, 0);
@@ -225,7 +232,7 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
             seconds(f.first_incremental),
             seconds(f.first_checkpoint),
             seconds(f.first_full),
-            state_of(&engine, &format!("{name}_inc")).await
+            f.state
         ));
         println!("{line}");
     }
