@@ -88,6 +88,35 @@ async fn setup(dir: &std::path::Path, clock: &ManualClock, instruments: &Instrum
     engine
 }
 
+/// A new location with [`setup`]'s tables, on a manual clock and an instrumented store, after
+/// running `settings` (SQL; may be empty).
+async fn fresh(settings: &str) -> (tempfile::TempDir, ManualClock, Instruments, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let instruments = Instruments::new();
+    let engine = setup(dir.path(), &clock, &instruments).await;
+    if !settings.is_empty() {
+        engine.sql(settings).await.unwrap();
+    }
+    (dir, clock, instruments, engine)
+}
+
+/// Opens the location again, runs `changes`, and refreshes every table, each of which must
+/// restore its state from its checkpoint.
+async fn reopen_restored(
+    dir: &std::path::Path,
+    clock: &ManualClock,
+    instruments: &Instruments,
+    changes: &str,
+) -> Engine {
+    let engine = open(dir, clock, instruments).await;
+    engine.sql(changes).await.unwrap();
+    for (name, _) in TABLES {
+        refresh_restored(&engine, name).await;
+    }
+    engine
+}
+
 async fn round(engine: &Engine, round: i64) {
     engine
         .sql(&format!(
@@ -133,10 +162,7 @@ async fn assert_equal_batch(engine: &Engine) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_inputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START_MS);
-    let instruments = Instruments::new();
-    let engine = setup(dir.path(), &clock, &instruments).await;
+    let (dir, clock, instruments, engine) = fresh("").await;
     // The first incremental refresh builds the state and checkpoints it; the next few change
     // too little of it to be worth another checkpoint.
     for r in 1..=4 {
@@ -203,14 +229,7 @@ async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_in
 /// restores from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_states_first_checkpoint_lands_after_its_refresh_as_a_version_of_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START_MS);
-    let instruments = Instruments::new();
-    let engine = setup(dir.path(), &clock, &instruments).await;
-    engine
-        .sql("SET 'materialized-table.checkpoint.background-rows' = '0'")
-        .await
-        .unwrap();
+    let (dir, clock, instruments, engine) = fresh("SET 'materialized-table.checkpoint.background-rows' = '0'").await;
     round(&engine, 1).await;
     for (name, _) in TABLES {
         engine.wait_for_materialized_state(name).await;
@@ -249,14 +268,13 @@ async fn a_large_states_first_checkpoint_lands_after_its_refresh_as_a_version_of
     }
     engine.close().await;
 
-    let engine = open(dir.path(), &clock, &instruments).await;
-    engine
-        .sql("INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late')")
-        .await
-        .unwrap();
-    for (name, _) in TABLES {
-        refresh_restored(&engine, name).await;
-    }
+    let engine = reopen_restored(
+        dir.path(),
+        &clock,
+        &instruments,
+        "INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late')",
+    )
+    .await;
     round(&engine, 3).await;
     assert_equal_batch(&engine).await;
     engine.close().await;
@@ -264,10 +282,7 @@ async fn a_large_states_first_checkpoint_lands_after_its_refresh_as_a_version_of
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_that_cannot_be_read_falls_back_to_a_rebuild() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START_MS);
-    let instruments = Instruments::new();
-    let engine = setup(dir.path(), &clock, &instruments).await;
+    let (dir, clock, instruments, engine) = fresh("").await;
     round(&engine, 1).await;
     let mut damaged = Vec::new();
     for (name, _) in TABLES {
@@ -303,14 +318,7 @@ async fn a_checkpoint_that_cannot_be_read_falls_back_to_a_rebuild() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applies_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START_MS);
-    let instruments = Instruments::new();
-    let engine = setup(dir.path(), &clock, &instruments).await;
-    engine
-        .sql("SET 'execution.checkpointing.interval' = '1 s'")
-        .await
-        .unwrap();
+    let (dir, clock, instruments, engine) = fresh("SET 'execution.checkpointing.interval' = '1 s'").await;
     // Every refresh is a second after the last checkpoint: each one writes a checkpoint.
     for r in 1..=6 {
         clock.advance(std::time::Duration::from_secs(2));
@@ -352,17 +360,14 @@ async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applie
 
     // Restored: each operator takes its whole state and applies its deltas in order (groups
     // gone since the whole state stay gone: orders for their customers start them again).
-    let engine = open(dir.path(), &clock, &instruments).await;
-    engine
-        .sql(
-            "INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late'), (200001, 91, 6, 2.5, 'back'), \
-               (200002, 96, 7, 3.5, 'back'); DELETE FROM customers WHERE id = 3",
-        )
-        .await
-        .unwrap();
-    for (name, _) in TABLES {
-        refresh_restored(&engine, name).await;
-    }
+    let engine = reopen_restored(
+        dir.path(),
+        &clock,
+        &instruments,
+        "INSERT INTO orders VALUES (200000, 7, 5, 2.5, 'late'), (200001, 91, 6, 2.5, 'back'), \
+           (200002, 96, 7, 3.5, 'back'); DELETE FROM customers WHERE id = 3",
+    )
+    .await;
     assert_equal_batch(&engine).await;
     // And goes on adding deltas to the chain it was restored from.
     engine

@@ -169,6 +169,29 @@ pub(crate) async fn engine_in(dir: &std::path::Path) -> Engine {
         .unwrap()
 }
 
+/// An engine over a new directory (see [`engine_in`]) with the JSON-lines source `ev` (of
+/// `columns`) reading the directory's `in`, followed every 10 ms when `follow`; the directory
+/// and `in` with it.
+async fn stream_of(columns: &str, follow: bool) -> (tempfile::TempDir, std::path::PathBuf, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let engine = engine_in(dir.path()).await;
+    let monitor = if follow {
+        ", 'source.monitor-interval' = '10 ms'"
+    } else {
+        ""
+    };
+    engine
+        .sql(&format!(
+            "CREATE TABLE ev ({columns}) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json'{monitor})",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    (dir, input, engine)
+}
+
 /// `ms` after 2024-01-01 00:00:00 as JSON's timestamp text (within the hour).
 pub(crate) fn at(ms: i64) -> String {
     format!(
@@ -196,18 +219,11 @@ async fn state_entries(engine: &Engine, name: &str) -> u64 {
 /// window and equals the query evaluated in batch, late rows dropped alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_windows_leave_the_state_and_the_result_equals_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let engine = engine_in(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
-             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    let (_dir, input, engine) = stream_of(
+        "k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND",
+        false,
+    )
+    .await;
     let query = "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total \
                  FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY k, window_start, window_end";
     engine
@@ -265,18 +281,11 @@ async fn closed_windows_leave_the_state_and_the_result_equals_batch() {
 /// end, into an append-only table: what it has written equals the query's closed windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_writes_each_window_once_when_it_closes() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let engine = engine_in(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    let (_dir, input, engine) = stream_of(
+        "k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND",
+        true,
+    )
+    .await;
     engine
         .sql("CREATE TABLE out (k BIGINT, window_end TIMESTAMP(3), n BIGINT)")
         .await
@@ -334,18 +343,11 @@ async fn a_job_writes_each_window_once_when_it_closes() {
 /// each once, equal to the same query in batch over the windows closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cascading_windows_close_in_a_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let engine = engine_in(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    let (dir, input, engine) = stream_of(
+        "k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND",
+        true,
+    )
+    .await;
     engine
         .sql(
             "CREATE VIEW per_key AS SELECT k, window_start AS s, window_end AS e, window_time AS rowtime, \
@@ -757,18 +759,11 @@ proptest! {
 /// sessions and windows still reach — a few seconds' worth, not the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_and_session_state_stays_bounded_on_a_long_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let engine = engine_in(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    let (_dir, input, engine) = stream_of(
+        "k BIGINT, ts TIMESTAMP(3), v BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND",
+        false,
+    )
+    .await;
     let corpus = [
         (
             "over_range",
@@ -824,18 +819,11 @@ async fn over_and_session_state_stays_bounded_on_a_long_stream() {
 /// the watermark has passed its time, into an append-only table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_writes_over_rows_once_the_watermark_passes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let engine = engine_in(dir.path()).await;
-    engine
-        .sql(&format!(
-            "CREATE TABLE ev (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'source.monitor-interval' = '10 ms')",
-            input.display()
-        ))
-        .await
-        .unwrap();
+    let (_dir, input, engine) = stream_of(
+        "k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND",
+        true,
+    )
+    .await;
     engine
         .sql("CREATE TABLE out (k BIGINT, ts TIMESTAMP(3), n BIGINT)")
         .await
