@@ -162,6 +162,7 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
     if let (Some(&share), true) = (shares.last(), restarts > 0) {
         let every = (1.0 / share).round() as i64;
         let label = format!("{}% reopened", share * 100.0);
+        println!("{label}: the engine is opened again before every refresh");
         for _ in 0..restarts {
             r += 1;
             for statement in data::round(r % every, every) {

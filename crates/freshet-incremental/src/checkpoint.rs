@@ -11,9 +11,14 @@
 //! Accumulators that are not plain numbers (a float sum kept exactly, a MIN/MAX multiset) are
 //! written as one binary value per group with [`StateWriter`] and read with [`StateReader`].
 
+use std::sync::Arc;
+
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::convert::fb_to_schema;
+use datafusion::arrow::ipc::reader::{FileDecoder, FileReader, read_footer_length};
 use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::arrow::ipc::{Block, root_as_footer};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use freshet_common::{FreshetError, Result};
@@ -134,19 +139,18 @@ impl PipelineState {
     }
 
     /// Reads back what [`PipelineState::encode`] wrote; a range outside the bytes or a batch
-    /// that does not decode is an error (a corrupt checkpoint).
-    pub fn decode(fingerprint: String, bytes: &[u8], operators: &[Vec<(usize, usize)>]) -> Result<Self> {
+    /// that does not decode is an error (a corrupt checkpoint). A batch whose schema carries
+    /// [`READ_IN_PLACE`] is decoded without copying (its arrays keep `bytes`); the others are
+    /// copied out, so that no small state holds a large file's memory.
+    pub fn decode(fingerprint: String, bytes: &Buffer, operators: &[Vec<(usize, usize)>]) -> Result<Self> {
         let mut states = Vec::with_capacity(operators.len());
         for ranges in operators {
             let mut batches = Vec::with_capacity(ranges.len());
             for &(start, end) in ranges {
-                let Some(slice) = bytes.get(start..end) else {
+                if start > end || end > bytes.len() {
                     return Err(mismatch("a range is outside the checkpoint's bytes"));
-                };
-                let reader = FileReader::try_new(std::io::Cursor::new(slice), None).map_err(ipc_error)?;
-                let schema = reader.schema();
-                let parts = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(ipc_error)?;
-                batches.push(concat_batches(&schema, &parts).map_err(ipc_error)?);
+                }
+                batches.push(decode_file(&bytes.slice_with_length(start, end - start))?);
             }
             states.push(batches);
         }
@@ -155,6 +159,52 @@ impl PipelineState {
             operators: states,
             deltas: Vec::new(),
         })
+    }
+}
+
+/// The metadata key of a saved batch to be read in place (see [`PipelineState::decode`]): the
+/// rows a join keeps as they were saved, which make most of a join's checkpoint.
+pub(crate) const READ_IN_PLACE: &str = "freshet.state.read_in_place";
+
+/// One Arrow IPC file's batches, as one.
+fn decode_file(file: &Buffer) -> Result<RecordBatch> {
+    let corrupt = || mismatch("an operator's state is not an Arrow IPC file");
+    let trailer = file.len().checked_sub(10).ok_or_else(corrupt)?;
+    let footer_length: [u8; 10] = file[trailer..].try_into().map_err(|_| corrupt())?;
+    let footer_length = read_footer_length(footer_length).map_err(ipc_error)?;
+    let footer_start = trailer.checked_sub(footer_length).ok_or_else(corrupt)?;
+    let footer = root_as_footer(&file[footer_start..trailer]).map_err(|e| mismatch(format!("its footer: {e}")))?;
+    let schema = footer.schema().ok_or_else(corrupt)?;
+    let schema = Arc::new(fb_to_schema(schema));
+    if !schema.metadata().contains_key(READ_IN_PLACE) {
+        let reader = FileReader::try_new(std::io::Cursor::new(file.as_slice()), None).map_err(ipc_error)?;
+        let parts = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(ipc_error)?;
+        return concat_batches(&schema, &parts).map_err(ipc_error);
+    }
+    let mut decoder = FileDecoder::new(schema.clone(), footer.version());
+    let block = |block: &Block| -> Result<Buffer> {
+        let offset = usize::try_from(block.offset()).map_err(|_| corrupt())?;
+        let length = usize::try_from(block.bodyLength()).map_err(|_| corrupt())?
+            + usize::try_from(block.metaDataLength()).map_err(|_| corrupt())?;
+        if offset.checked_add(length).is_none_or(|end| end > footer_start) {
+            return Err(corrupt());
+        }
+        Ok(file.slice_with_length(offset, length))
+    };
+    for dictionary in footer.dictionaries().iter().flatten() {
+        decoder
+            .read_dictionary(dictionary, &block(dictionary)?)
+            .map_err(ipc_error)?;
+    }
+    let mut parts = Vec::new();
+    for batch in footer.recordBatches().iter().flatten() {
+        if let Some(batch) = decoder.read_record_batch(batch, &block(batch)?).map_err(ipc_error)? {
+            parts.push(batch);
+        }
+    }
+    match <[RecordBatch; 1]>::try_from(parts) {
+        Ok([one]) => Ok(one),
+        Err(parts) => concat_batches(&schema, &parts).map_err(ipc_error),
     }
 }
 
@@ -263,12 +313,14 @@ mod tests {
             deltas: Vec::new(),
         };
         let (bytes, ranges) = state.encode().unwrap();
+        let bytes = Buffer::from_vec(bytes);
         let back = PipelineState::decode("f".into(), &bytes, &ranges).unwrap();
         assert_eq!(back.operators, state.operators);
         let mut outside = ranges.clone();
         outside[2][0].1 = bytes.len() + 1;
         assert!(PipelineState::decode("f".into(), &bytes, &outside).is_err());
-        assert!(PipelineState::decode("f".into(), &bytes[..bytes.len() / 2], &ranges).is_err());
+        let half = bytes.slice_with_length(0, bytes.len() / 2);
+        assert!(PipelineState::decode("f".into(), &half, &ranges).is_err());
     }
 
     #[test]

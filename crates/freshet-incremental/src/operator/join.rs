@@ -8,6 +8,7 @@
 
 mod arrangement;
 mod checkpoint;
+mod frozen;
 
 use std::sync::Arc;
 

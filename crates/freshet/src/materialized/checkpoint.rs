@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use datafusion::arrow::buffer::Buffer;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -277,7 +278,7 @@ impl Engine {
         }
         let mut chain = Vec::with_capacity(checkpoint.files.len());
         for (n, file) in checkpoint.files.iter().enumerate() {
-            let bytes = table.read_state_file(file).await?;
+            let bytes = Buffer::from(table.read_state_file(file).await?);
             let layer = match n.checked_sub(1).map(|d| &meta.deltas[d]) {
                 None => PipelineState::decode(meta.fingerprint.clone(), &bytes, &meta.operators)?,
                 Some(delta) => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
@@ -355,12 +356,13 @@ impl Engine {
         let bytes = self.inner.catalog.read_job_state(id, &checkpoint.file).await?;
         chain.push(PipelineState::decode(
             checkpoint.fingerprint.clone(),
-            &bytes,
+            &Buffer::from(bytes),
             &checkpoint.operators,
         )?);
         for (file, layer) in &checkpoint.deltas {
             let bytes = self.inner.catalog.read_job_state(id, file).await?;
-            let mut delta = PipelineState::decode(checkpoint.fingerprint.clone(), &bytes, &layer.operators)?;
+            let mut delta =
+                PipelineState::decode(checkpoint.fingerprint.clone(), &Buffer::from(bytes), &layer.operators)?;
             delta.deltas = layer.deltas.clone();
             chain.push(delta);
         }

@@ -25,6 +25,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use foldhash::{HashMap, HashMapExt};
 use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Probe, Result};
 
+use super::frozen::Frozen;
+use crate::checkpoint::mismatch;
 use crate::delta::internal;
 use crate::rows::RowCodec;
 
@@ -58,6 +60,9 @@ struct Chain {
     weight: i64,
     /// Listed for consolidation at the end of this `apply`.
     due: bool,
+    /// The key's rows in the frozen rows (see [`Frozen`]) are in the chain's entries, or were
+    /// consolidated away: the frozen ones are not looked at.
+    shadows: bool,
 }
 
 /// The rows of the small kept batches a checkpoint concatenates into one (larger ones go as
@@ -85,6 +90,13 @@ pub(super) struct Arrangement {
     expiry: Option<Expiry>,
     /// With a state TTL: rows are forgotten once they have been kept that long.
     ttl: Option<Ttl>,
+    /// Rows a checkpoint saved with their index, taken back as they are: the first
+    /// `frozen_batches` batches, their keys found in the saved index rather than in `chains`
+    /// (unless a chain shadows them).
+    frozen: Option<Frozen>,
+    frozen_batches: usize,
+    /// Frozen rows of keys no chain shadows.
+    frozen_live: u64,
 }
 
 /// Rows that can never match again, by time (see [`Arrangement::expire`]).
@@ -121,7 +133,127 @@ impl Arrangement {
             batch_bytes: 0,
             expiry: None,
             ttl: None,
+            frozen: None,
+            frozen_batches: 0,
+            frozen_live: 0,
         })
+    }
+
+    /// An arrangement of the rows a checkpoint saved (`batches`, without weights) and their
+    /// index, taken as they are: no row is indexed again (see [`Frozen`]). `bytes` is their
+    /// memory (the batches may share buffers, whose capacity arrays would each report).
+    pub(super) fn with_frozen(
+        schema: &SchemaRef,
+        keys: &KeyCodec,
+        batches: Vec<RecordBatch>,
+        frozen: Frozen,
+        bytes: u64,
+    ) -> Result<Self> {
+        let mut arrangement = Self::new(schema, keys)?;
+        for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            arrangement.starts.push(arrangement.stored);
+            arrangement.stored += batch.num_rows() as u64;
+            arrangement.batches.push(batch);
+        }
+        if arrangement.stored != frozen.rows() {
+            return Err(mismatch("a join index does not cover its rows"));
+        }
+        arrangement.batch_bytes = bytes;
+        arrangement.frozen_batches = arrangement.batches.len();
+        arrangement.frozen_live = frozen.rows();
+        arrangement.frozen = Some(frozen);
+        Ok(arrangement)
+    }
+
+    /// Indexes the frozen rows no chain shadows into the chains, as if applied, and drops the
+    /// frozen index: before any pass over every row (expiry, TTL, garbage collection).
+    fn thaw(&mut self) -> Result<()> {
+        let Some(frozen) = self.frozen.take() else {
+            return Ok(());
+        };
+        for (key, rows) in frozen.keys() {
+            let shadowed = self.chains.get(key).is_some_and(|chain| chain.shadows);
+            if shadowed || rows.is_empty() {
+                continue;
+            }
+            let mut chain = self.chains.get(key).copied().unwrap_or(Chain {
+                head: NIL,
+                len: 0,
+                negatives: 0,
+                weight: 0,
+                due: false,
+                shadows: false,
+            });
+            for &row in rows {
+                let row = u64::from(row);
+                let weight = frozen.weight(row);
+                let index = u32::try_from(self.entries.len())
+                    .ok()
+                    .filter(|&index| index != NIL)
+                    .ok_or_else(|| internal("a join input holds more than 4 billion entries"))?;
+                self.entries.push(Entry {
+                    row,
+                    weight,
+                    next: chain.head,
+                });
+                if let Some(ttl) = &mut self.ttl {
+                    ttl.born.push(ttl.now_ms);
+                }
+                chain.head = index;
+                chain.len += 1;
+                chain.weight += weight;
+                chain.negatives += u32::from(weight < 0);
+                self.live += 1;
+            }
+            self.chains.insert(key, chain);
+        }
+        self.frozen_live = 0;
+        self.frozen_batches = 0;
+        self.chains.retain(|chain| {
+            chain.shadows = false;
+            chain.len > 0
+        });
+        Ok(())
+    }
+
+    /// Takes `key`'s frozen rows into its chain as entries and marks the chain as shadowing
+    /// them (before the chain is consolidated).
+    fn shadow(&mut self, key: Key<'_>) -> Result<()> {
+        let Some(frozen) = &self.frozen else {
+            return Ok(());
+        };
+        if self.chains.get(key).is_some_and(|chain| chain.shadows) {
+            return Ok(());
+        }
+        let rows: Vec<(u64, i64)> = frozen.entries(key).collect();
+        let mut chain = self.chains.get(key).copied().unwrap_or(Chain {
+            head: NIL,
+            len: 0,
+            negatives: 0,
+            weight: 0,
+            due: false,
+            shadows: false,
+        });
+        for (row, weight) in rows {
+            let index = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&index| index != NIL)
+                .ok_or_else(|| internal("a join input holds more than 4 billion entries"))?;
+            self.entries.push(Entry {
+                row,
+                weight,
+                next: chain.head,
+            });
+            chain.head = index;
+            chain.len += 1;
+            chain.weight += weight;
+            chain.negatives += u32::from(weight < 0);
+            self.live += 1;
+            self.frozen_live -= 1;
+        }
+        chain.shadows = true;
+        self.chains.insert(key, chain);
+        Ok(())
     }
 
     /// Rows kept for longer than `ttl_ms` (by the times given to [`Arrangement::forget_old`])
@@ -138,6 +270,7 @@ impl Arrangement {
     /// Rows applied from now on come at `now_ms`; drops the rows that came more than the TTL
     /// before it, in a pass over the rows at most every half TTL.
     pub(super) fn forget_old(&mut self, now_ms: i64) -> Result<()> {
+        self.thaw()?;
         let Some(ttl) = &mut self.ttl else {
             return Ok(());
         };
@@ -172,6 +305,7 @@ impl Arrangement {
         let Some(expiry) = self.expiry else {
             return Ok(());
         };
+        self.thaw()?;
         if bound <= expiry.next_pass || self.live == 0 {
             return Ok(());
         }
@@ -234,8 +368,9 @@ impl Arrangement {
                 negatives,
                 weight,
                 due: false,
+                shadows: chain.shadows,
             };
-            len > 0
+            len > 0 || chain.shadows
         });
         self.live -= dropped;
     }
@@ -252,41 +387,66 @@ impl Arrangement {
 
     /// Entries kept (distinct rows, once consolidated).
     pub(super) fn len(&self) -> u64 {
-        self.live
+        self.live + self.frozen_live
     }
 
     /// Memory of the rows and the index, approximately.
     pub(super) fn bytes(&self) -> u64 {
-        self.batch_bytes + (self.entries.len() * size_of::<Entry>() + self.chains.bytes()) as u64
+        self.batch_bytes
+            + (self.entries.len() * size_of::<Entry>() + self.chains.bytes()) as u64
+            + self.frozen.as_ref().map_or(0, Frozen::bytes)
     }
 
     /// The number of rows at `key`, with multiplicity.
     pub(super) fn weight(&self, key: Key<'_>) -> i64 {
-        self.chains.get(key).map_or(0, |chain| chain.weight)
+        let chain = self.chains.get(key);
+        chain.map_or(0, |chain| chain.weight) + self.frozen_of(key, chain).map(|(_, w)| w).sum::<i64>()
     }
 
     /// Every key with rows.
     pub(super) fn keys(&self) -> impl Iterator<Item = Key<'_>> {
-        self.chains.iter().map(|(key, _)| key)
+        let frozen = self.frozen.iter().flat_map(|frozen| {
+            frozen
+                .keys()
+                .filter(|(key, _)| self.chains.get(*key).is_none())
+                .map(|(key, _)| key)
+        });
+        self.chains
+            .iter()
+            .filter(|(_, chain)| chain.len > 0)
+            .map(|(key, _)| key)
+            .chain(frozen)
     }
 
     /// The entries at `key`: global row numbers and weights.
     pub(super) fn entries(&self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + '_ {
-        self.chain_entries(self.chains.get(key))
+        self.chain_entries(key, self.chains.get(key))
     }
 
     /// [`Arrangement::entries`] of a key whose hash `probe` gave (see [`Arrangement::probe`]).
     pub(super) fn entries_hashed(&self, key: Key<'_>, hash: u64) -> impl Iterator<Item = (u64, i64)> + '_ {
-        self.chain_entries(self.chains.get_hashed(key, hash))
+        self.chain_entries(key, self.chains.get_hashed(key, hash))
     }
 
-    fn chain_entries(&self, chain: Option<&Chain>) -> impl Iterator<Item = (u64, i64)> + '_ {
+    fn chain_entries<'a>(&'a self, key: Key<'_>, chain: Option<&Chain>) -> impl Iterator<Item = (u64, i64)> + use<'a> {
         let mut next = chain.map_or(NIL, |chain| chain.head);
         std::iter::from_fn(move || {
             let entry = self.entries.get(next as usize)?;
             next = entry.next;
             Some((entry.row, entry.weight))
         })
+        .chain(self.frozen_of(key, chain))
+    }
+
+    /// The frozen rows of `key` unless its chain shadows them.
+    fn frozen_of<'a>(&'a self, key: Key<'_>, chain: Option<&Chain>) -> impl Iterator<Item = (u64, i64)> + use<'a> {
+        let shadowed = chain.is_some_and(|chain| chain.shadows);
+        self.frozen
+            .as_ref()
+            .filter(|_| !shadowed)
+            .map(|frozen| frozen.entries(key))
+            .into_iter()
+            .flatten()
     }
 
     /// The multiset of rows kept, each row with its weight, in the order they were kept (for a
@@ -303,6 +463,18 @@ impl Arrangement {
         let stored = usize::try_from(self.stored).map_err(internal)?;
         let mut weight_of = vec![0i64; stored];
         let mut born_of = self.ttl.as_ref().map(|_| vec![i64::MIN; stored]);
+        if let Some(frozen) = &self.frozen {
+            // The frozen rows count as saved, but for the keys whose chains shadow them (their
+            // rows are among the entries below, or consolidated away).
+            for (weight, saved) in weight_of.iter_mut().zip(frozen.all_weights()) {
+                *weight = saved;
+            }
+            for (key, _) in self.chains.iter().filter(|(_, chain)| chain.shadows) {
+                for (row, _) in frozen.entries(key) {
+                    weight_of[row as usize] = 0;
+                }
+            }
+        }
         let mut add = |index: u32, entry: &Entry| {
             weight_of[entry.row as usize] += entry.weight;
             if let (Some(born_of), Some(ttl)) = (&mut born_of, &self.ttl) {
@@ -459,6 +631,7 @@ impl Arrangement {
                             negatives: 0,
                             weight: 0,
                             due: false,
+                            shadows: false,
                         },
                     );
                     self.chains
@@ -501,6 +674,7 @@ impl Arrangement {
         // the one before it (as a binary counter carries), so that a row is copied a
         // logarithmic number of times and small epochs leave a logarithmic number of batches.
         while let [.., before, last] = self.batches.as_slice()
+            && self.batches.len() >= self.frozen_batches + 2
             && before.num_rows() < MERGE_ROWS
             && last.num_rows() * 2 >= before.num_rows()
         {
@@ -522,6 +696,10 @@ impl Arrangement {
     fn consolidate(&mut self, keys: Vec<Key<'_>>) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
+        }
+        // A key's frozen rows are consolidated with its entries.
+        for &key in &keys {
+            self.shadow(key)?;
         }
         // The entries of every chain, one after the other, and where each chain's start.
         let mut members: Vec<u32> = Vec::new();
@@ -569,7 +747,9 @@ impl Arrangement {
                 }
             }
             self.live -= (group.len() - len as usize) as u64;
-            if len == 0 {
+            // A chain shadowing frozen rows stays, empty, for as long as they are kept.
+            let shadows = self.chains.get(key).is_some_and(|chain| chain.shadows);
+            if len == 0 && !shadows {
                 self.chains.remove(key);
             } else if let Some(chain) = self.chains.get_mut(key) {
                 *chain = Chain {
@@ -578,6 +758,7 @@ impl Arrangement {
                     negatives: 0,
                     weight: total,
                     due: false,
+                    shadows,
                 };
             }
         }
@@ -587,11 +768,12 @@ impl Arrangement {
     /// Copies the live rows into new batches when the rows no entry refers to are as many as
     /// them, or the entries out of chains are.
     fn collect_garbage(&mut self) -> Result<()> {
-        let dead_rows = self.stored - self.live;
+        let dead_rows = self.stored - self.len();
         let dead_entries = self.entries.len() as u64 - self.live;
-        if dead_rows.max(dead_entries) < GARBAGE_ROWS.max(self.live) {
+        if dead_rows.max(dead_entries) < GARBAGE_ROWS.max(self.len()) {
             return Ok(());
         }
+        self.thaw()?;
         let mut entries = Vec::with_capacity(self.live as usize);
         let mut rows = Vec::with_capacity(self.live as usize);
         let mut born = Vec::new();
@@ -726,11 +908,41 @@ mod tests {
 
     use super::*;
 
+    /// Keys of one or two columns (an integer key, or a row-format one), of the key column.
+    struct Codec {
+        codec: KeyCodec,
+        two_columns: bool,
+    }
+
+    impl Codec {
+        fn new(two_columns: bool) -> Self {
+            let types = if two_columns {
+                vec![DataType::Int32, DataType::Int32]
+            } else {
+                vec![DataType::Int32]
+            };
+            Self {
+                codec: KeyCodec::new(&types).unwrap(),
+                two_columns,
+            }
+        }
+
+        fn encode(&self, column: &ArrayRef) -> Keys {
+            let columns = if self.two_columns {
+                vec![column.clone(), column.clone()]
+            } else {
+                vec![column.clone()]
+            };
+            self.codec.encode(&columns).unwrap()
+        }
+    }
+
     /// The multiset kept at each key, from the entries: (key, text) → weight.
-    fn contents(arrangement: &Arrangement, keys: &[i32]) -> BTreeMap<(i32, Option<String>), i64> {
+    fn contents(arrangement: &Arrangement, codec: &Codec, keys: &[i32]) -> BTreeMap<(i32, Option<String>), i64> {
         let mut out = BTreeMap::new();
         for &key in keys {
-            let (rows, weights): (Vec<u64>, Vec<i64>) = arrangement.entries(Key::Int(Some(key.into()))).unzip();
+            let encoded = codec.encode(&(Arc::new(Int32Array::from(vec![key])) as ArrayRef));
+            let (rows, weights): (Vec<u64>, Vec<i64>) = arrangement.entries(encoded.key(0)).unzip();
             let columns = arrangement.gather(&rows).unwrap();
             let Some(texts) = columns.get(1) else { continue };
             let texts = texts.as_any().downcast_ref::<StringArray>().unwrap();
@@ -740,7 +952,7 @@ mod tests {
                 *out.entry((key, text)).or_default() += weight;
                 total += weight;
             }
-            assert_eq!(arrangement.weight(Key::Int(Some(key.into()))), total);
+            assert_eq!(arrangement.weight(encoded.key(0)), total);
         }
         out.retain(|_, weight| *weight != 0);
         out
@@ -762,25 +974,37 @@ mod tests {
         out
     }
 
+    /// The arrangement as a checkpoint saves it with its index and a restore takes it back.
+    fn refrozen(arrangement: &Arrangement, codec: &Codec) -> Arrangement {
+        let (changes, _) = arrangement.contents().unwrap();
+        let keys: Vec<Keys> = changes.iter().map(|c| codec.encode(c.data().column(0))).collect();
+        let (index, positions) = super::super::frozen::build_index(&keys).unwrap();
+        let weights = changes.iter().map(|c| c.weights().clone()).collect();
+        let frozen = Frozen::new(&index, &positions, weights).unwrap();
+        let data = changes.iter().map(ChangeBatch::data).collect();
+        Arrangement::with_frozen(&arrangement.schema, &codec.codec, data, frozen, 0).unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// Epochs of inserts and deletes of a few keys' rows: the entries always sum to the
         /// multiset inserted minus the one deleted, through consolidation, batch merging and
-        /// rewriting.
+        /// rewriting, and through saving with an index and taking the rows back frozen after
+        /// some epochs (integer and row-format keys).
         #[test]
-        fn entries_sum_to_the_multiset(epochs in prop::collection::vec(
+        fn entries_sum_to_the_multiset(epochs in prop::collection::vec((
             prop::collection::vec((0..4i32, prop::option::of(0..3u8), 1..3i64, any::<bool>()), 0..20),
-            1..40,
-        )) {
+            any::<bool>(),
+        ), 1..40), two_columns in any::<bool>()) {
             let schema = Arc::new(Schema::new(vec![
                 Field::new("k", DataType::Int32, false),
                 Field::new("v", DataType::Utf8, true),
             ]));
-            let codec = KeyCodec::new(&[DataType::Int32]).unwrap();
-            let mut arrangement = Arrangement::new(&schema, &codec).unwrap();
+            let codec = Codec::new(two_columns);
+            let mut arrangement = Arrangement::new(&schema, &codec.codec).unwrap();
             let mut expected: BTreeMap<(i32, Option<String>), i64> = BTreeMap::new();
-            for epoch in epochs {
+            for (epoch, freeze) in epochs {
                 // A deletion takes away what is there, never more.
                 let mut rows = Vec::new();
                 let mut pending = expected.clone();
@@ -796,13 +1020,21 @@ mod tests {
                     Arc::new(StringArray::from_iter(rows.iter().map(|((_, t), _)| t.clone()))),
                 ]).unwrap();
                 let weights = Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w));
-                let keys = codec.encode(&[data.column(0).clone()]).unwrap();
+                let keys = codec.encode(data.column(0));
                 arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()]).unwrap();
                 pending.retain(|_, weight| *weight != 0);
                 expected = pending;
-                prop_assert_eq!(&contents(&arrangement, &[0, 1, 2, 3]), &expected);
+                prop_assert_eq!(&contents(&arrangement, &codec, &[0, 1, 2, 3]), &expected);
                 prop_assert_eq!(&saved(&arrangement), &expected);
-                prop_assert!(arrangement.stored >= arrangement.live);
+                prop_assert!(arrangement.stored >= arrangement.len());
+                let keys: BTreeMap<i32, ()> = expected.keys().map(|(k, _)| (*k, ())).collect();
+                let listed = arrangement.keys().filter(|&key| arrangement.weight(key) != 0).count();
+                prop_assert_eq!(listed, keys.len());
+                if freeze {
+                    arrangement = refrozen(&arrangement, &codec);
+                    prop_assert_eq!(&contents(&arrangement, &codec, &[0, 1, 2, 3]), &expected);
+                    prop_assert_eq!(&saved(&arrangement), &expected);
+                }
             }
         }
     }

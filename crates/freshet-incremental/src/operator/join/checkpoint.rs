@@ -2,15 +2,21 @@
 //! the left rows with NULL keys among the left ones and the right side's counts in the right
 //! batch's metadata); under a state TTL two more batches, when each row came. A delta is each
 //! side's change rows since the last checkpoint, in the same layout, applied as an epoch would.
+//!
+//! A whole state of a join without expiry, TTL or `NOT IN` is saved part by part (each batch
+//! names its part in [`PART`]), each part's side with its index (`left_index` and
+//! `left_positions`, `right_index` and `right_positions`; see [`super::frozen`]): restored
+//! into as many parts, each side's rows are taken with their index as they are. Otherwise (or
+//! into another number of parts, or under another index hash) the rows are indexed again.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array};
 
 use freshet_common::{ChangeBatch, PARALLEL_MIN_ROWS, Result, run_parts};
 
 use super::{Encoded, Join, Part, Side};
-use crate::checkpoint::{SavedState, mismatch};
+use crate::checkpoint::{READ_IN_PLACE, SavedState, mismatch};
 use crate::delta::{Delta, internal};
 
 /// Keys of a `NOT IN` join's saved state (the right side's batch's metadata).
@@ -20,12 +26,19 @@ const RIGHT_NULL_COUNT: &str = "right_null_count";
 /// `right_born`): a side's rows may be several batches. A state without it (written before)
 /// is two batches, or four with the times, in that order.
 const PART_OF: &str = "freshet.join.part_of";
+/// The metadata key naming the part a batch of a whole state belongs to (with its index).
+const PART: &str = "freshet.join.part";
+/// The metadata key of an index batch holding the number of parts the state was saved in.
+const PARTS: &str = "freshet.join.parts";
 
 impl Join {
     /// Both sides' rows, consolidated, each with its weight; for `NOT IN`, the left side's rows
     /// with NULL keys too, and the right side's counts in its batch's metadata. With a state
     /// TTL, two more batches: when each row of either side came (`born`, ms).
     pub(super) fn save(&self) -> Result<SavedState> {
+        if self.frozen_saving() {
+            return self.save_indexed();
+        }
         let mut left = Vec::with_capacity(self.parts.len() + 1);
         let mut right = Vec::with_capacity(self.parts.len());
         let (mut left_born, mut right_born) = (Vec::new(), Vec::new());
@@ -99,7 +112,115 @@ impl Join {
         Ok(Some(batches))
     }
 
+    /// Whether a whole state is saved with its index (see the module's documentation).
+    fn frozen_saving(&self) -> bool {
+        !self.spec.null_aware && self.state_ttl_ms.is_none() && self.expiry.iter().all(Option::is_none)
+    }
+
+    /// Each part's sides' rows, then their index, named by side and part.
+    fn save_indexed(&self) -> Result<SavedState> {
+        let mut batches = Vec::new();
+        let check = super::frozen::hash_check();
+        for (p, part) in self.parts.iter().enumerate() {
+            for (side, rows, schema) in [
+                (Side::Left, &part.left_rows, &self.spec.left_schema),
+                (Side::Right, &part.right_rows, &self.spec.right_schema),
+            ] {
+                let name = side_name(side);
+                let (changes, _) = rows.contents()?;
+                let mut keys = Vec::with_capacity(changes.len());
+                for change in &changes {
+                    let delta =
+                        Delta::from_columns(schema, change.data().columns().to_vec(), change.weights().clone())?;
+                    keys.push(self.encode(delta, side)?.keys);
+                }
+                let (index, positions) = super::frozen::build_index(&keys)?;
+                // Read in place when restored: they are kept as they are.
+                let in_place = [(READ_IN_PLACE, "true")];
+                for change in changes {
+                    batches.push(tagged_part(change.into_batch(), name, p, &in_place)?);
+                }
+                let parts = self.parts.len().to_string();
+                let meta = [
+                    (PARTS, parts.as_str()),
+                    (super::frozen::HASH_CHECK, check.as_str()),
+                    in_place[0],
+                ];
+                batches.push(tagged_part(index, &format!("{name}_index"), p, &meta)?);
+                batches.push(tagged_part(positions, &format!("{name}_positions"), p, &in_place)?);
+            }
+        }
+        Ok(SavedState::Batches(batches))
+    }
+
+    /// Takes back a state [`Join::save_indexed`] wrote into as many parts, each side's rows
+    /// with their index; `Ok(false)` when it cannot (the rows are then indexed again).
+    fn restore_indexed(&mut self, batches: &[RecordBatch]) -> Result<bool> {
+        let parts = self.parts.len();
+        let check = super::frozen::hash_check();
+        let fits = self.frozen_saving()
+            && self.parts.iter().all(|p| p.left_rows.len() + p.right_rows.len() == 0)
+            && (0..parts).all(|p| {
+                ["left_index", "right_index"].iter().all(|name| {
+                    of_part_number(batches, name, p).first().is_some_and(|b| {
+                        let meta = b.schema().metadata().clone();
+                        meta.get(PARTS) == Some(&parts.to_string())
+                            && meta.get(super::frozen::HASH_CHECK) == Some(&check)
+                    })
+                })
+            });
+        if !fits {
+            return Ok(false);
+        }
+        for p in 0..parts {
+            for side in [Side::Left, Side::Right] {
+                let name = side_name(side);
+                let index = of_part_number(batches, &format!("{name}_index"), p);
+                let positions = of_part_number(batches, &format!("{name}_positions"), p);
+                let (Some(index), Some(positions)) = (index.first(), positions.first()) else {
+                    return Err(mismatch("a join part's index without its positions"));
+                };
+                let mut data = Vec::new();
+                let mut weights = Vec::new();
+                let mut bytes = 0u64;
+                for batch in of_part_number(batches, name, p) {
+                    let change = ChangeBatch::try_new(batch)?;
+                    let rows = change.data();
+                    for column in rows.columns() {
+                        bytes += column.to_data().get_slice_memory_size().map_err(internal)? as u64;
+                    }
+                    weights.push(change.weights().clone());
+                    data.push(rows);
+                }
+                let frozen = super::frozen::Frozen::new(index, positions, weights)?;
+                let schema = match side {
+                    Side::Left => &self.spec.left_schema,
+                    Side::Right => &self.spec.right_schema,
+                };
+                let data = data
+                    .into_iter()
+                    .map(|batch| {
+                        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                        RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
+                            .map_err(|e| mismatch(format!("a join's saved rows: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let arrangement =
+                    super::arrangement::Arrangement::with_frozen(schema, &self.keys, data, frozen, bytes)?;
+                let part = &mut self.parts[p];
+                match side {
+                    Side::Left => part.left_rows = arrangement,
+                    Side::Right => part.right_rows = arrangement,
+                }
+            }
+        }
+        Ok(true)
+    }
+
     pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        if batches.iter().any(|b| b.schema().metadata().contains_key(PART)) && self.restore_indexed(&batches)? {
+            return Ok(());
+        }
         let ttl = self.state_ttl_ms.is_some() && !self.spec.null_aware;
         let batches = match batches.iter().any(|b| b.schema().metadata().contains_key(PART_OF)) {
             false => batches,
@@ -221,6 +342,39 @@ fn tagged(batch: RecordBatch, part_of: &str) -> Result<RecordBatch> {
     metadata.insert(PART_OF.to_string(), part_of.to_string());
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
     batch.with_schema(schema).map_err(internal)
+}
+
+/// `batch` with [`PART_OF`] naming what it holds, [`PART`] its part, and more metadata.
+fn tagged_part(batch: RecordBatch, part_of: &str, part: usize, more: &[(&str, &str)]) -> Result<RecordBatch> {
+    let mut metadata = batch.schema().metadata().clone();
+    metadata.insert(PART_OF.to_string(), part_of.to_string());
+    metadata.insert(PART.to_string(), part.to_string());
+    for (key, value) in more {
+        metadata.insert(key.to_string(), value.to_string());
+    }
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+    batch.with_schema(schema).map_err(internal)
+}
+
+/// The batches of a whole state that hold `part_of` of part `part`.
+fn of_part_number(batches: &[RecordBatch], part_of: &str, part: usize) -> Vec<RecordBatch> {
+    let part = part.to_string();
+    batches
+        .iter()
+        .filter(|b| {
+            let schema = b.schema();
+            let meta = schema.metadata();
+            meta.get(PART_OF).map(String::as_str) == Some(part_of) && meta.get(PART) == Some(&part)
+        })
+        .cloned()
+        .collect()
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Left => "left",
+        Side::Right => "right",
+    }
 }
 
 /// The batches of a whole state that hold `part_of` (see [`PART_OF`]), without the name.
