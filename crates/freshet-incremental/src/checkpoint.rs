@@ -126,6 +126,9 @@ impl PipelineState {
         for batches in &self.operators {
             let mut ranges = Vec::with_capacity(batches.len());
             for batch in batches {
+                // Each file starts 64-byte aligned, as its buffers within it are: read in
+                // place (see [`PipelineState::decode`]), no buffer must be copied to align it.
+                bytes.resize(bytes.len().next_multiple_of(64), 0);
                 let start = bytes.len();
                 let mut writer = FileWriter::try_new(&mut bytes, &batch.schema()).map_err(ipc_error)?;
                 writer.write(batch).map_err(ipc_error)?;

@@ -331,10 +331,17 @@ impl Engine {
         for (_, table) in self.inner.catalog.tables() {
             table.wait_for_background_work().await;
         }
-        // A refresh's state is brought up to date on a task holding the table's state lock.
+        // A refresh's state is brought up to date on a task holding the table's state lock;
+        // then what it changed since its checkpoint is written as a delta.
         for name in self.materialized_names() {
             let runtime = self.inner.materialized.runtime(&name);
-            drop(runtime.incremental.lock().await);
+            let mut slot = runtime.incremental.lock().await;
+            if let (Some(state), Ok(table)) = (slot.as_mut(), self.inner.catalog.table(&name)) {
+                let now = self.inner.materialized.clock.now_ms();
+                if let Err(e) = crate::materialized::checkpoint_at_close(&table, state, now).await {
+                    tracing::warn!(table = name, error = %e, "the operator state's changes were not checkpointed at close; the next refresh replays them");
+                }
+            }
         }
     }
 

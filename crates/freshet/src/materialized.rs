@@ -30,6 +30,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use freshet_common::SharedClock;
 
+pub(crate) use checkpoint::checkpoint_at_close;
 pub use definition::{EffectiveMode, MaterializedDefinition, MaterializedSettings, Status};
 pub(crate) use incremental::{operator_lines, scan_table_name};
 pub use refresh::{RefreshOutcome, RefreshRecord, Trigger};

@@ -177,6 +177,29 @@ pub(super) async fn checkpoint_after_refresh(
     }
 }
 
+/// At the engine's close: writes the changes `state` processed since the table's checkpoint
+/// as a delta over it and commits it as a version of its own, so that the next process
+/// restores the state without replaying them (one process per statement, from the command
+/// line, replayed each statement's changes in the next). Only a delta that fits
+/// ([`freshet_incremental::delta_fits`]): a whole state is left for the next refresh to write.
+/// Returns whether one was committed.
+pub(crate) async fn checkpoint_at_close(table: &Arc<Table>, state: &mut IncrementalState, at_ms: i64) -> Result<bool> {
+    if !matches!(state.since_checkpoint, Some((since, _)) if since > 0) {
+        return Ok(false);
+    }
+    let fits = match (&state.checkpoint, table.snapshot().manifest().state.clone()) {
+        (Some(ours), Some(current)) if *ours == current => serde_json::from_value::<CheckpointMeta>(current.meta)
+            .ok()
+            .filter(|meta| meta.format == CHECKPOINT_FORMAT)
+            .is_some_and(|meta| freshet_incremental::delta_fits(meta.rows, &meta.deltas, state.pipeline.delta_rows())),
+        _ => false,
+    };
+    if !fits {
+        return Ok(false);
+    }
+    checkpoint_after_refresh(table, state, at_ms).await
+}
+
 /// The input versions the table's checkpoint reflects, if it has one.
 pub(crate) fn checkpoint_inputs(table: &Table) -> Option<BTreeMap<String, u64>> {
     let state = table.snapshot().manifest().state.clone()?;

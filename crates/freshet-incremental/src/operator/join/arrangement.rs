@@ -653,7 +653,14 @@ impl Arrangement {
             self.live += 1;
             if weight < 0 {
                 chain.negatives += 1;
-                if !chain.due && u64::from(chain.negatives) * 4 >= u64::from(chain.len) {
+                // A key's frozen rows count in its chain's length (unless shadowed): taking
+                // them in at its first deletion would gather every touched key's rows.
+                if !chain.due
+                    && u64::from(chain.negatives) * 4 >= u64::from(chain.len)
+                    && (chain.shadows
+                        || u64::from(chain.negatives) * 4
+                            >= u64::from(chain.len) + self.frozen.as_ref().map_or(0, |f| f.count(key)) as u64)
+                {
                     chain.due = true;
                     due.push(i);
                 }

@@ -314,6 +314,11 @@ impl Frozen {
         }
     }
 
+    /// How many saved rows `key` has.
+    pub(super) fn count(&self, key: Key<'_>) -> usize {
+        self.find(key).len()
+    }
+
     /// `key`'s saved rows: their numbers and weights.
     pub(super) fn entries<'a>(&'a self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + use<'a> {
         let range = self.find(key);
