@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, LargeBinaryBuilder, RecordBatch, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::row::SortField;
+use datafusion::arrow::row::{Rows, SortField};
 
 use freshet_common::{Result, RowKey};
 
@@ -98,23 +98,49 @@ pub(super) fn save_ordered(
     touched_at: impl Fn(&RowKey) -> Option<i64>,
     metadata: std::collections::HashMap<String, String>,
 ) -> Result<RecordBatch> {
-    let rows = usize::try_from(rows).unwrap_or(0);
+    let entries = groups.iter().flat_map(|(key, ranked)| {
+        let (group_end, group_touched) = (end_of(key), touched_at(key));
+        ranked.iter().map(move |((sort_key, row_key), n)| OrderedEntry {
+            group: key.as_bytes(),
+            sort: sort_key.as_bytes(),
+            row: row_key.as_bytes(),
+            count: *n,
+            end: group_end,
+            touched_at: group_touched,
+        })
+    });
+    ordered_batch(entries, usize::try_from(rows).unwrap_or(0), metadata)
+}
+
+/// One row of [`ordered_batch`].
+struct OrderedEntry<'a> {
+    group: &'a [u8],
+    sort: &'a [u8],
+    row: &'a [u8],
+    count: i64,
+    end: Option<i64>,
+    touched_at: Option<i64>,
+}
+
+/// The layout [`save_ordered`] saves, of `entries` (about `rows` of them).
+fn ordered_batch<'a>(
+    entries: impl Iterator<Item = OrderedEntry<'a>>,
+    rows: usize,
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<RecordBatch> {
     let mut group = LargeBinaryBuilder::new();
     let mut sort = LargeBinaryBuilder::new();
     let mut row = LargeBinaryBuilder::new();
     let mut count = Vec::with_capacity(rows);
     let mut end = Vec::with_capacity(rows);
     let mut touched = Vec::with_capacity(rows);
-    for (key, ranked) in groups {
-        let (group_end, group_touched) = (end_of(key), touched_at(key));
-        for ((sort_key, row_key), n) in ranked {
-            group.append_value(key.as_bytes());
-            sort.append_value(sort_key.as_bytes());
-            row.append_value(row_key.as_bytes());
-            count.push(*n);
-            end.push(group_end);
-            touched.push(group_touched);
-        }
+    for entry in entries {
+        group.append_value(entry.group);
+        sort.append_value(entry.sort);
+        row.append_value(entry.row);
+        count.push(entry.count);
+        end.push(entry.end);
+        touched.push(entry.touched_at);
     }
     let schema = Arc::new(Schema::new_with_metadata(
         vec![
@@ -223,6 +249,25 @@ pub(crate) struct TopN {
     late_rows: u64,
     /// With `table.exec.state.ttl`: groups forgotten once idle for that long.
     idle: Option<super::idle::IdleGroups>,
+    /// The changes applied to the groups since the state was last saved or restored, for a
+    /// delta checkpoint: each epoch's rows (group, sort key, row, encoded) and weights. `None`
+    /// until then, and where groups are also cut or forgotten (windows, a TTL, an input that
+    /// only inserts), which save their whole state.
+    changes: Option<Vec<LoggedChanges>>,
+}
+
+/// One epoch's changes to a top-N's groups.
+struct LoggedChanges {
+    groups: Rows,
+    sort_keys: Rows,
+    rows: Rows,
+    weights: Int64Array,
+}
+
+impl LoggedChanges {
+    fn bytes(&self) -> u64 {
+        (self.groups.size() + self.sort_keys.size() + self.rows.size() + self.weights.len() * 8) as u64
+    }
 }
 
 impl TopN {
@@ -241,6 +286,7 @@ impl TopN {
             closed_up_to: None,
             late_rows: 0,
             idle: None,
+            changes: None,
         })
     }
 
@@ -427,6 +473,14 @@ impl TopN {
             self.top(group, &mut after);
         }
         let inserted = self.emit(&after, 1)?;
+        if let Some(log) = &mut self.changes {
+            log.push(LoggedChanges {
+                groups,
+                sort_keys,
+                rows,
+                weights: delta.weights.clone(),
+            });
+        }
         Ok((Delta::concat(&self.spec.schema, &[retracted, inserted])?, touched))
     }
 }
@@ -476,9 +530,10 @@ impl Operator for TopN {
     }
 
     fn state_size(&self) -> StateSize {
+        let logged: u64 = self.changes.iter().flatten().map(LoggedChanges::bytes).sum();
         StateSize {
             rows: self.rows,
-            bytes: self.bytes,
+            bytes: self.bytes + logged,
         }
     }
 
@@ -514,6 +569,55 @@ impl Operator for TopN {
             metadata,
         )?;
         Ok(SavedState::Batches(vec![batch]))
+    }
+
+    /// The rows each epoch since the last checkpoint applied to the groups, with their
+    /// weights as counts, in [`save_ordered`]'s layout.
+    fn save_delta(&self) -> Result<Option<Vec<RecordBatch>>> {
+        let Some(log) = &self.changes else {
+            return Ok(None);
+        };
+        let rows = log.iter().map(|l| l.weights.len()).sum();
+        let entries = log.iter().flat_map(|l| {
+            (0..l.weights.len()).map(move |i| OrderedEntry {
+                group: l.groups.row(i).data(),
+                sort: l.sort_keys.row(i).data(),
+                row: l.rows.row(i).data(),
+                count: l.weights.value(i),
+                end: None,
+                touched_at: None,
+            })
+        });
+        let batch = ordered_batch(entries, rows, std::collections::HashMap::new())?;
+        Ok(Some(vec![batch]))
+    }
+
+    fn delta_rows(&self) -> u64 {
+        self.changes.iter().flatten().map(|l| l.weights.len() as u64).sum()
+    }
+
+    fn track_changes(&mut self) {
+        if self.closing.is_none() && self.idle.is_none() && !self.spec.top_only {
+            self.changes = Some(Vec::new());
+        }
+    }
+
+    /// Adds the saved rows' counts to their groups, as the epochs did.
+    fn apply_delta(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        if self.closing.is_some() || self.idle.is_some() || self.spec.top_only {
+            return Err(mismatch("this top-N saves its whole state"));
+        }
+        let [batch] = <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("a top-N's delta is one batch"))?;
+        for saved in restore_ordered(&batch)? {
+            let ranked = self.groups.entry(saved.group.clone()).or_default();
+            let (entries, size) = add_ordered(ranked, (saved.sort, saved.row), saved.count);
+            self.rows = self.rows.wrapping_add_signed(entries);
+            self.bytes = self.bytes.wrapping_add_signed(size);
+            if ranked.is_empty() {
+                self.groups.remove(&saved.group);
+            }
+        }
+        Ok(())
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
