@@ -839,7 +839,7 @@ impl Arrangement {
 /// copies the list of the buffers it refers to, so that gathering a few rows from a column of
 /// thousands of buffers — the concatenated output of many epochs — costs thousands, and a
 /// column of a few rows left referring to a whole input's buffers keeps them in memory.
-fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+pub(super) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
     fn wasteful(buffers: &[datafusion::arrow::buffer::Buffer], used: usize) -> bool {
         let held: usize = buffers.iter().map(|b| b.capacity()).sum();
         buffers.len() > 8 || (buffers.len() > 1 && held > 2 * used + (1 << 16)) || held > 4 * used + (1 << 20)
