@@ -270,6 +270,9 @@ impl Arrangement {
     /// Rows applied from now on come at `now_ms`; drops the rows that came more than the TTL
     /// before it, in a pass over the rows at most every half TTL.
     pub(super) fn forget_old(&mut self, now_ms: i64) -> Result<()> {
+        if self.ttl.is_none() {
+            return Ok(());
+        }
         self.thaw()?;
         let Some(ttl) = &mut self.ttl else {
             return Ok(());
