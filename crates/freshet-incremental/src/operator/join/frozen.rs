@@ -293,17 +293,22 @@ impl Frozen {
         let mut first = lo + hashes[lo..hi].partition_point(|&h| h < hash);
         while first < n && hashes[first] == hash {
             if self.key_is(first, key) {
-                let start = self.starts.value(first) as usize;
-                let end = self
-                    .starts
-                    .values()
-                    .get(first + 1)
-                    .map_or(self.positions.len(), |&s| s as usize);
-                return start..end;
+                return self.rows_of(first);
             }
             first += 1;
         }
         0..0
+    }
+
+    /// The places in [`Frozen::positions`] of the rows of the `index`-th key.
+    fn rows_of(&self, index: usize) -> Range<usize> {
+        let start = self.starts.value(index) as usize;
+        let end = self
+            .starts
+            .values()
+            .get(index + 1)
+            .map_or(self.positions.len(), |&s| s as usize);
+        start..end
     }
 
     fn key_is(&self, index: usize, key: Key<'_>) -> bool {
@@ -335,13 +340,7 @@ impl Frozen {
                 FrozenKeys::Int(ints) => Key::Int(ints.is_valid(i).then(|| ints.value(i))),
                 FrozenKeys::Rows(rows) => Key::Row(rows.value(i)),
             };
-            let start = self.starts.value(i) as usize;
-            let end = self
-                .starts
-                .values()
-                .get(i + 1)
-                .map_or(self.positions.len(), |&s| s as usize);
-            (key, &self.positions.values()[start..end])
+            (key, &self.positions.values()[self.rows_of(i)])
         })
     }
 }
