@@ -94,16 +94,7 @@ pub(super) async fn write_checkpoint(
     if pipeline.checkpoint_blocker().is_some() {
         return Ok(false);
     }
-    let current = table.snapshot().manifest().state.clone();
-    let chain = match (&state.checkpoint, current) {
-        (Some(ours), Some(current)) if *ours == current => {
-            serde_json::from_value::<CheckpointMeta>(current.meta.clone())
-                .ok()
-                .filter(|meta| meta.format == CHECKPOINT_FORMAT)
-                .map(|meta| (current.files, meta))
-        }
-        _ => None,
-    };
+    let chain = chain_of(table, state);
     let Ok(saved) = pipeline.save_checkpoint(chain.as_ref().map(|(_, meta)| (meta.rows, meta.deltas.as_slice())))?
     else {
         return Ok(false);
@@ -143,6 +134,19 @@ pub(super) async fn write_checkpoint(
     state.checkpoint = Some(checkpoint);
     state.pipeline.checkpoint_taken();
     Ok(true)
+}
+
+/// The table's checkpoint — its files and document — when it is the one `state` keeps its
+/// changes over (so a delta may follow it).
+fn chain_of(table: &Table, state: &IncrementalState) -> Option<(Vec<freshet_storage::StateFile>, CheckpointMeta)> {
+    let current = table.snapshot().manifest().state.clone()?;
+    if state.checkpoint.as_ref() != Some(&current) {
+        return None;
+    }
+    serde_json::from_value::<CheckpointMeta>(current.meta)
+        .ok()
+        .filter(|meta| meta.format == CHECKPOINT_FORMAT)
+        .map(|meta| (current.files, meta))
 }
 
 /// Writes the whole checkpoint a refresh left for after it returned (`state.checkpoint_after`,
@@ -187,13 +191,8 @@ pub(crate) async fn checkpoint_at_close(table: &Arc<Table>, state: &mut Incremen
     if !matches!(state.since_checkpoint, Some((since, _)) if since > 0) {
         return Ok(false);
     }
-    let fits = match (&state.checkpoint, table.snapshot().manifest().state.clone()) {
-        (Some(ours), Some(current)) if *ours == current => serde_json::from_value::<CheckpointMeta>(current.meta)
-            .ok()
-            .filter(|meta| meta.format == CHECKPOINT_FORMAT)
-            .is_some_and(|meta| freshet_incremental::delta_fits(meta.rows, &meta.deltas, state.pipeline.delta_rows())),
-        _ => false,
-    };
+    let fits = chain_of(table, state)
+        .is_some_and(|(_, meta)| freshet_incremental::delta_fits(meta.rows, &meta.deltas, state.pipeline.delta_rows()));
     if !fits {
         return Ok(false);
     }
