@@ -85,6 +85,16 @@ async fn open(dir: &tempfile::TempDir) -> Engine {
         .unwrap()
 }
 
+/// Waits for the compactions the last commits started, so that they do not share the machine
+/// with the refreshes timed next (they would slow whichever table refreshes first).
+async fn settle(engine: &Engine) {
+    for table in [
+        "lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region",
+    ] {
+        engine.table(table).unwrap().wait_for_background_work().await;
+    }
+}
+
 async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[String]) {
     let data_dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
@@ -118,6 +128,7 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
     for statement in data::round(r, 10_000) {
         engine.sql(&statement).await.unwrap();
     }
+    settle(&engine).await;
     for (name, _) in &corpus {
         let f = figures.entry(name.clone()).or_default();
         f.first_incremental = timed(&engine, &format!("ALTER MATERIALIZED TABLE {name}_inc REFRESH")).await;
@@ -139,6 +150,7 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
                 "{label} round {r}: changes committed in {:.2} s",
                 start.elapsed().as_secs_f64()
             );
+            settle(&engine).await;
             for (name, _) in &corpus {
                 let inc = timed(&engine, &format!("ALTER MATERIALIZED TABLE {name}_inc REFRESH")).await;
                 let full = timed(&engine, &format!("ALTER MATERIALIZED TABLE {name}_full REFRESH")).await;

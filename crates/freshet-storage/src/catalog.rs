@@ -187,15 +187,7 @@ impl Catalog {
         let mut tables = HashMap::new();
         for (name, entry) in &manifest.entries {
             if let Some(id) = entry.table_id() {
-                let slot = match Table::open(
-                    location.store().clone(),
-                    location.root(),
-                    id.to_string(),
-                    name.clone(),
-                    options.clone(),
-                )
-                .await
-                {
+                let slot = match Table::open(&location, id.to_string(), name.clone(), options.clone()).await {
                     Ok(table) => TableSlot::Open(table),
                     Err(e) => {
                         tracing::warn!(table = %name, error = %e, "table cannot be opened");
@@ -301,8 +293,7 @@ impl Catalog {
         crate::write::check_storable(name, &schema)?;
         let id = uuid::Uuid::new_v4().to_string();
         let table = Table::create(
-            self.location.store().clone(),
-            self.location.root(),
+            &self.location,
             id.clone(),
             name.into(),
             schema,
@@ -388,7 +379,8 @@ impl Catalog {
     /// Reads back a checkpoint of a job's operator state, checked against its size and hash.
     pub async fn read_job_state(&self, id: &str, file: &StateFile) -> Result<bytes::Bytes> {
         let location = table_file(&job_dir(self.location.root(), id), &file.path);
-        file.read(self.location.store().as_ref(), &location).await
+        let local = self.location.local_path(&location);
+        file.read(self.location.store().as_ref(), &location, local).await
     }
 
     /// Deletes a job's checkpoint files other than `keep` (those its saved progress names).

@@ -26,6 +26,7 @@ mod location;
 mod log;
 mod maintenance;
 mod manifest;
+mod mapped;
 mod moves;
 mod provider;
 mod prune;

@@ -2,6 +2,7 @@
 //! directories) an exclusive lock that keeps a second engine out.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::object_store::ObjectStore;
@@ -19,6 +20,9 @@ pub struct Location {
     store: Arc<dyn ObjectStore>,
     root: Path,
     display: String,
+    /// The directory of a local location, whose state files are mapped rather than read
+    /// through the store ([`crate::mapped`]).
+    local: Option<PathBuf>,
     /// Held for the lifetime of the location; the OS releases it if the process dies.
     _lock: Option<File>,
 }
@@ -125,6 +129,7 @@ impl Location {
             store,
             root: Path::default(),
             display: dir_path.display().to_string(),
+            local: Some(dir_path),
             _lock: Some(lock),
         })
     }
@@ -137,11 +142,13 @@ impl Location {
             store,
             root,
             display: display.into(),
+            local: None,
             _lock: None,
         }
     }
 
-    /// Puts a layer around the store (metrics, caching, failure injection in tests).
+    /// Puts a layer around the store (metrics, caching, failure injection in tests). A local
+    /// location's state files are mapped from the file system, not read through the layers.
     pub fn layer(mut self, layer: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Self {
         self.store = layer(self.store);
         self
@@ -155,6 +162,14 @@ impl Location {
     /// The top directory inside the store.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The file-system path of `path` (a path in the store) when the location is a local
+    /// directory.
+    pub(crate) fn local_path(&self, path: &Path) -> Option<PathBuf> {
+        self.local
+            .as_ref()
+            .map(|dir| path.parts().fold(dir.clone(), |p, part| p.join(part.as_ref())))
     }
 
     /// The location as the user gave it.

@@ -89,13 +89,26 @@ impl StateFile {
         }
     }
 
-    /// Reads this file from `location` in `store`, checked against its size and hash.
+    /// Reads this file from `location` in `store`, checked against its size and hash. In a
+    /// local location (`local`: the file's path on the file system) it is mapped rather than
+    /// read ([`crate::mapped`]), and checked on a blocking thread.
     pub(crate) async fn read(
         &self,
         store: &dyn datafusion::object_store::ObjectStore,
         location: &datafusion::object_store::path::Path,
+        local: Option<std::path::PathBuf>,
     ) -> Result<bytes::Bytes> {
         use datafusion::object_store::ObjectStoreExt;
+        if let Some(path) = local {
+            let (file, at) = (self.clone(), location.clone());
+            return tokio::task::spawn_blocking(move || {
+                let bytes = crate::mapped::map(&path).map_err(|e| crate::mapped::error(&at, e))?;
+                file.verify(&at, &bytes)?;
+                Ok(bytes)
+            })
+            .await
+            .map_err(|e| FreshetError::Internal(format!("reading {location}: {e}")))?;
+        }
         let bytes = store
             .get(location)
             .await

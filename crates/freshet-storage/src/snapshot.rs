@@ -29,16 +29,25 @@ pub(crate) struct TableFiles {
     pub store: Arc<dyn ObjectStore>,
     pub dir: Path,
     pub name: String,
+    /// The local directory of the table's location, if it is one: state files are mapped
+    /// from there ([`crate::mapped`]).
+    pub local: Option<std::path::PathBuf>,
     /// What makes the table's generated rows ([`crate::GeneratedRows`]), once registered.
     pub generator: std::sync::RwLock<Option<Arc<dyn RowGenerator>>>,
 }
 
 impl TableFiles {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, dir: Path, name: String) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        dir: Path,
+        name: String,
+        location: &crate::location::Location,
+    ) -> Self {
         Self {
             store,
             dir,
             name,
+            local: location.local_path(&Path::default()),
             generator: std::sync::RwLock::new(None),
         }
     }

@@ -3,7 +3,6 @@
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
 use datafusion::parquet::arrow::ArrowSchemaConverter;
 use datafusion::parquet::basic::Compression;
@@ -17,6 +16,7 @@ use freshet_common::{FreshetError, Result, SharedClock, SystemClock};
 use crate::keys::KeyIndex;
 use crate::layout::FileKind;
 use crate::layout::{manifest_dir, table_dir};
+use crate::location::Location;
 use crate::log::{Created, VersionLog};
 use crate::maintenance::{COMPACT, Compaction};
 use crate::manifest::{Changes, FORMAT_VERSION, Manifest, SchemaDef};
@@ -106,15 +106,14 @@ pub struct Table {
 impl Table {
     /// Creates a new, empty table (version 1) in its own directory.
     pub(crate) async fn create(
-        store: Arc<dyn ObjectStore>,
-        root: &Path,
+        location: &Location,
         id: String,
         name: String,
         schema: SchemaRef,
         primary_key: Vec<String>,
         options: WriteOptions,
     ) -> Result<Arc<Self>> {
-        let dir = table_dir(root, &id);
+        let (store, dir) = (location.store().clone(), table_dir(location.root(), &id));
         let log = VersionLog::new(store.clone(), manifest_dir(&dir));
         let manifest = Manifest {
             format: FORMAT_VERSION,
@@ -133,19 +132,18 @@ impl Table {
         if let Created::AlreadyExists = log.create(1, &manifest).await? {
             return Err(FreshetError::Internal(format!("table directory {dir} already exists")));
         }
-        let files = Arc::new(TableFiles::new(store, dir, name));
+        let files = Arc::new(TableFiles::new(store, dir, name, location));
         Ok(Arc::new(Self::from_parts(files, id, log, manifest, schema, options)))
     }
 
     /// Opens an existing table at its newest version.
     pub(crate) async fn open(
-        store: Arc<dyn ObjectStore>,
-        root: &Path,
+        location: &Location,
         id: String,
         name: String,
         options: WriteOptions,
     ) -> Result<Arc<Self>> {
-        let dir = table_dir(root, &id);
+        let (store, dir) = (location.store().clone(), table_dir(location.root(), &id));
         let log = VersionLog::new(store.clone(), manifest_dir(&dir));
         let latest = log
             .latest()
@@ -157,7 +155,7 @@ impl Table {
             .ok_or_else(|| FreshetError::corrupt(log.path(latest), "the manifest disappeared while opening"))?;
         check_manifest(&log.path(latest), &manifest, &id, latest)?;
         let schema = manifest.schema.to_arrow(log.path(latest).as_ref())?;
-        let files = Arc::new(TableFiles::new(store, dir, name));
+        let files = Arc::new(TableFiles::new(store, dir, name, location));
         Ok(Arc::new(Self::from_parts(files, id, log, manifest, schema, options)))
     }
 
@@ -351,7 +349,8 @@ impl Table {
     /// Reads a file of a checkpoint of operator state.
     pub async fn read_state_file(&self, file: &crate::manifest::StateFile) -> Result<bytes::Bytes> {
         let location = crate::layout::table_file(&self.files.dir, &file.path);
-        file.read(self.files.store.as_ref(), &location).await
+        let local = self.files.local.as_ref().map(|dir| dir.join(location.as_ref()));
+        file.read(self.files.store.as_ref(), &location, local).await
     }
 
     /// Makes this table's compactions write the fast codec of fresh files (LZ4) instead of the

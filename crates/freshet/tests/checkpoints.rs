@@ -12,9 +12,10 @@ use crate::incremental::{last_refresh, multiset};
 /// 2026-11-20 00:00:00 UTC.
 const START_MS: i64 = 1_795_132_800_000;
 
-/// Aggregates of every kind of accumulator, a join, a top-N, a NOT IN, an outer join and a
-/// query reading one aggregate twice (shared), each with its query.
-const TABLES: [(&str, &str); 7] = [
+/// Aggregates of every kind of accumulator, one with enough groups to be restored on both
+/// cores, a join, a top-N, a NOT IN, an outer join and a query reading one aggregate twice
+/// (shared), each with its query.
+const TABLES: [(&str, &str); 8] = [
     (
         "totals",
         "SELECT customer, count(*) AS n, sum(amount) AS total, avg(price) AS mean_price FROM orders GROUP BY customer",
@@ -24,6 +25,10 @@ const TABLES: [(&str, &str); 7] = [
         "SELECT customer, count(*) AS n, sum(amount) AS total, min(amount) AS low, max(note) AS last_note, \
          avg(price) AS mean_price, count(DISTINCT amount % 7) AS kinds, bool_or(amount > 990) AS big \
          FROM orders GROUP BY customer",
+    ),
+    (
+        "by_tenth",
+        "SELECT id % 20000 AS tenth, count(*) AS n, sum(amount) AS total FROM orders GROUP BY id % 20000",
     ),
     (
         "by_region",

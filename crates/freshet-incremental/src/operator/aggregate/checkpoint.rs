@@ -13,10 +13,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
-use freshet_common::{Key, Result, part_of};
+use freshet_common::{Key, Result, run_parts_by_key};
 
 use super::{Aggregate, Groups};
-use crate::checkpoint::{SavedState, StateReader, StateWriter, mismatch};
+use crate::checkpoint::{READ_IN_PLACE, SavedState, StateReader, StateWriter, mismatch};
 use crate::delta::internal;
 
 const STARTED: &str = "started";
@@ -209,6 +209,8 @@ impl Aggregate {
             columns.push(Arc::new(column.finish()));
         }
         let mut metadata = HashMap::new();
+        // Read in place when restored: its groups are loaded from it and it is dropped.
+        metadata.insert(READ_IN_PLACE.to_string(), "true".to_string());
         metadata.insert(STARTED.to_string(), self.started.to_string());
         metadata.insert(LATE_ROWS.to_string(), self.late_rows.to_string());
         if let Some(bound) = self.closed_up_to {
@@ -273,55 +275,98 @@ impl Aggregate {
                 .as_binary_opt::<i32>()
                 .ok_or_else(|| mismatch("an aggregate's state column is not binary"))
         };
-        let (key_int, key_row) = (int64(0)?, binary(1)?);
-        let (rows, ends, touched_at) = (int64(2)?, int64(3)?, int64(4)?);
-        let accumulators = (0..self.specs.len())
-            .map(|i| binary(5 + i))
-            .collect::<Result<Vec<_>>>()?;
-        let global = self.is_global();
-        if global && batch.num_rows() != 1 {
-            return Err(mismatch("a global aggregate's state is one group"));
-        }
-        let parts = self.parts.len();
-        for row in 0..batch.num_rows() {
-            let key = if key_row.is_valid(row) {
-                Key::Row(key_row.value(row))
-            } else {
-                Key::Int(key_int.is_valid(row).then(|| key_int.value(row)))
-            };
-            let groups = &mut self.parts[if global { 0 } else { part_of(key, parts) }];
-            let slot = if global {
-                0
-            } else {
-                if replace && let Some(&slot) = groups.slots.get(key) {
-                    groups.release(key, slot);
-                }
-                if rows.value(row) == 0 {
-                    if replace {
-                        continue;
-                    }
-                    return Err(mismatch("a saved group has no rows"));
-                }
-                let slot = groups.allocate();
-                if groups.slots.insert(key, slot).is_some() {
-                    return Err(mismatch("a group is saved twice"));
-                }
-                slot
-            };
-            let index = slot as usize;
-            groups.marks[index].rows = rows.value(row);
-            groups.touched_at[index] = touched_at.value(row);
-            let end = ends.value(row);
-            groups.ends[index] = end;
-            if end != i64::MAX {
-                *groups.open_windows.entry(end).or_default() += 1;
+        let saved = SavedColumns {
+            key_int: int64(0)?,
+            key_row: binary(1)?,
+            rows: int64(2)?,
+            ends: int64(3)?,
+            touched_at: int64(4)?,
+            accumulators: (0..self.specs.len())
+                .map(|i| binary(5 + i))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if self.is_global() {
+            if batch.num_rows() != 1 {
+                return Err(mismatch("a global aggregate's state is one group"));
             }
-            for (accumulator, column) in groups.accumulators.iter_mut().zip(&accumulators) {
-                let mut reader = StateReader::new(column.value(row));
-                accumulator.restore_slot(index, &mut reader)?;
-                if !reader.is_empty() {
-                    return Err(mismatch("an accumulator's state is longer than its kind's"));
+            return self.parts[0].load_group(&saved, 0, 0);
+        }
+        // Each part loads its groups on a thread of its own (a million groups' keys are
+        // hashed and inserted into the parts' maps).
+        let loaded = run_parts_by_key(
+            &mut self.parts,
+            batch.num_rows(),
+            |row| saved.key(row),
+            |_, groups, rows| groups.load(&saved, rows, replace),
+        );
+        loaded.into_iter().collect()
+    }
+}
+
+/// The columns of a saved state (see [`Aggregate::save`]).
+struct SavedColumns<'a> {
+    key_int: &'a Int64Array,
+    key_row: &'a BinaryArray,
+    rows: &'a Int64Array,
+    ends: &'a Int64Array,
+    touched_at: &'a Int64Array,
+    accumulators: Vec<&'a BinaryArray>,
+}
+
+impl SavedColumns<'_> {
+    fn key(&self, row: usize) -> Key<'_> {
+        if self.key_row.is_valid(row) {
+            Key::Row(self.key_row.value(row))
+        } else {
+            Key::Int(self.key_int.is_valid(row).then(|| self.key_int.value(row)))
+        }
+    }
+}
+
+impl Groups {
+    /// Loads the saved groups at `rows` (all of this part's keys): into an empty state, or
+    /// (`replace`) over one, replacing groups.
+    fn load(&mut self, saved: &SavedColumns<'_>, rows: &[u32], replace: bool) -> Result<()> {
+        if !replace {
+            self.slots.reserve(rows.len());
+            self.marks.reserve(rows.len());
+        }
+        for &row in rows {
+            let row = row as usize;
+            let key = saved.key(row);
+            if replace && let Some(&slot) = self.slots.get(key) {
+                self.release(key, slot);
+            }
+            if saved.rows.value(row) == 0 {
+                if replace {
+                    continue;
                 }
+                return Err(mismatch("a saved group has no rows"));
+            }
+            let slot = self.allocate();
+            if self.slots.insert(key, slot).is_some() {
+                return Err(mismatch("a group is saved twice"));
+            }
+            self.load_group(saved, row, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the saved group at `row` into `slot`.
+    fn load_group(&mut self, saved: &SavedColumns<'_>, row: usize, slot: u32) -> Result<()> {
+        let index = slot as usize;
+        self.marks[index].rows = saved.rows.value(row);
+        self.touched_at[index] = saved.touched_at.value(row);
+        let end = saved.ends.value(row);
+        self.ends[index] = end;
+        if end != i64::MAX {
+            *self.open_windows.entry(end).or_default() += 1;
+        }
+        for (accumulator, column) in self.accumulators.iter_mut().zip(&saved.accumulators) {
+            let mut reader = StateReader::new(column.value(row));
+            accumulator.restore_slot(index, &mut reader)?;
+            if !reader.is_empty() {
+                return Err(mismatch("an accumulator's state is longer than its kind's"));
             }
         }
         Ok(())

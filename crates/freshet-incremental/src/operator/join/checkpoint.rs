@@ -101,9 +101,9 @@ impl Join {
             let all = Delta::concat(schema, &deltas)?;
             // String views keep every buffer of the epochs they came from, which a checkpoint
             // would write whole: a TPC-H delta of 80,000 rows was 78 MB.
-            batches.push(super::arrangement::compact_views(
-                all.into_change_batch()?.into_batch(),
-            )?);
+            let batch = super::arrangement::compact_views(all.into_change_batch()?.into_batch())?;
+            // Read in place when restored, as the whole state's rows.
+            batches.push(with_metadata(batch, &[(READ_IN_PLACE, "true")])?);
             let born: Vec<i64> = logged
                 .iter()
                 .flat_map(|(delta, at)| std::iter::repeat_n(*at, delta.len()))
@@ -342,18 +342,19 @@ impl Join {
 
 /// `batch` with [`PART_OF`] naming what it holds.
 fn tagged(batch: RecordBatch, part_of: &str) -> Result<RecordBatch> {
-    let mut metadata = batch.schema().metadata().clone();
-    metadata.insert(PART_OF.to_string(), part_of.to_string());
-    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
-    batch.with_schema(schema).map_err(internal)
+    with_metadata(batch, &[(PART_OF, part_of)])
 }
 
 /// `batch` with [`PART_OF`] naming what it holds, [`PART`] its part, and more metadata.
 fn tagged_part(batch: RecordBatch, part_of: &str, part: usize, more: &[(&str, &str)]) -> Result<RecordBatch> {
+    let part = part.to_string();
+    with_metadata(batch, &[&[(PART_OF, part_of), (PART, part.as_str())], more].concat())
+}
+
+/// `batch` with the metadata `tags` added.
+fn with_metadata(batch: RecordBatch, tags: &[(&str, &str)]) -> Result<RecordBatch> {
     let mut metadata = batch.schema().metadata().clone();
-    metadata.insert(PART_OF.to_string(), part_of.to_string());
-    metadata.insert(PART.to_string(), part.to_string());
-    for (key, value) in more {
+    for (key, value) in tags {
         metadata.insert(key.to_string(), value.to_string());
     }
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
