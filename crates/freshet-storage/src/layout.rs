@@ -73,6 +73,18 @@ pub(crate) fn new_file_name(kind: FileKind) -> String {
     }
 }
 
+/// Whether `path` is a file of a table's operator state (`tables/<id>/state/<uuid>.arrow`): a
+/// materialized table's checkpoint, which a restore checks against its hash and, if it is
+/// damaged, rebuilds from the inputs instead.
+pub(crate) fn is_table_state_file(path: &Path) -> bool {
+    let parts: Vec<_> = path.parts().collect();
+    matches!(
+        parts.as_slice(),
+        [.., tables, _, state, file]
+            if tables.as_ref() == "tables" && state.as_ref() == "state" && file.as_ref().ends_with(".arrow")
+    )
+}
+
 /// The absolute path of a file named relative to its table directory.
 pub(crate) fn table_file(table_dir: &Path, relative: &str) -> Path {
     let mut path = table_dir.clone();
@@ -85,6 +97,22 @@ pub(crate) fn table_file(table_dir: &Path, relative: &str) -> Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_state_files_are_told_apart() {
+        let table = table_dir(&Path::default(), "t1");
+        assert!(is_table_state_file(&table_file(
+            &table,
+            &new_file_name(FileKind::State)
+        )));
+        assert!(!is_table_state_file(&table_file(
+            &table,
+            &new_file_name(FileKind::Data)
+        )));
+        assert!(!is_table_state_file(&version_file(&manifest_dir(&table), 3)));
+        let job = job_dir(&Path::default(), "j1");
+        assert!(!is_table_state_file(&table_file(&job, &new_file_name(FileKind::State))));
+    }
 
     #[test]
     fn version_files_round_trip_and_sort() {
