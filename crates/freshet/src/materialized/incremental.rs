@@ -328,7 +328,8 @@ impl Engine {
         // At the time the table's contents were computed, which `now()` read.
         let time = previous.started_at_ms;
         let epoch_rows = self.inner.materialized.settings().state_build_epoch_rows;
-        let mut scans = Vec::new();
+        let mut outputs: Vec<ChangeBatch> = Vec::new();
+        let mut epoch = Epoch::at(time);
         for source in pipeline.sources().clone() {
             let Some(&version) = previous.inputs.get(&source) else {
                 return Ok(Err(format!("the last refresh did not read \"{source}\"")));
@@ -343,26 +344,19 @@ impl Engine {
                 }
             };
             let columns = pipeline.source_columns(&source).map(<[usize]>::to_vec);
-            scans.push((source, snapshot.scan(columns, false)));
-        }
-        // The inputs are read (their Parquet decoded) on a task of their own while the pipeline
-        // steps through what was read: one after the other, the scan was a third of a
-        // single-table aggregate's build.
-        let mut rows = read_ahead(scans);
-        let mut outputs: Vec<ChangeBatch> = Vec::new();
-        let mut epoch = Epoch::at(time);
-        while let Some(read) = rows.recv().await {
-            let (source, batch) = read?;
-            let mut offset = 0;
-            while offset < batch.num_rows() {
-                let take = (epoch_rows - epoch.rows()).min(batch.num_rows() - offset);
-                epoch.add(&source, ChangeBatch::with_weight(&batch.slice(offset, take), 1)?);
-                offset += take;
-                if epoch.rows() >= epoch_rows {
-                    // More rows may follow: a building epoch (if none do, the next is empty).
-                    self.set_watermarks(&mut epoch, &previous.inputs).await?;
-                    let full = std::mem::replace(&mut epoch, Epoch::at(time));
-                    outputs.extend(pipeline.step(&full.building())?);
+            let mut rows = snapshot.scan(columns, false);
+            while let Some(batch) = rows.try_next().await? {
+                let mut offset = 0;
+                while offset < batch.num_rows() {
+                    let take = (epoch_rows - epoch.rows()).min(batch.num_rows() - offset);
+                    epoch.add(&source, ChangeBatch::with_weight(&batch.slice(offset, take), 1)?);
+                    offset += take;
+                    if epoch.rows() >= epoch_rows {
+                        // More rows may follow: a building epoch (if none do, the next is empty).
+                        self.set_watermarks(&mut epoch, &previous.inputs).await?;
+                        let full = std::mem::replace(&mut epoch, Epoch::at(time));
+                        outputs.extend(pipeline.step(&full.building())?);
+                    }
                 }
             }
         }
@@ -665,31 +659,6 @@ struct Applied {
     keys: Option<Keys>,
     /// The change row of each inserted row, in insertion order.
     inserted: UInt32Array,
-}
-
-/// Reads each scan's batches in turn on a task of its own, a few batches ahead of the
-/// receiver, each with its source's name; stops at the first error (sent as the last item) or
-/// when the receiver is dropped.
-fn read_ahead(
-    scans: Vec<(String, futures::stream::BoxStream<'static, Result<RecordBatch>>)>,
-) -> tokio::sync::mpsc::Receiver<Result<(String, RecordBatch)>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        for (source, mut rows) in scans {
-            loop {
-                let read = match rows.try_next().await {
-                    Ok(Some(batch)) => Ok((source.clone(), batch)),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-                let failed = read.is_err();
-                if sender.send(read).await.is_err() || failed {
-                    return;
-                }
-            }
-        }
-    });
-    receiver
 }
 
 /// Applies a consolidated change batch to a table: each row of weight −n deletes n equal
