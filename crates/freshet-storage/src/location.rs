@@ -167,13 +167,18 @@ impl Location {
     /// The file-system path of `path` (a path in the store) when the location is a local
     /// directory.
     pub(crate) fn local_path(&self, path: &Path) -> Option<PathBuf> {
-        self.local
-            .as_ref()
-            .map(|dir| path.parts().fold(dir.clone(), |p, part| p.join(part.as_ref())))
+        self.local.as_deref().map(|dir| local_file(dir, path))
     }
 
     /// The location as the user gave it.
     pub fn display(&self) -> &str {
         &self.display
     }
+}
+
+/// The file-system path of `path` (a path in a local location's store) below the location's
+/// directory `dir`.
+pub(crate) fn local_file(dir: &std::path::Path, path: &Path) -> PathBuf {
+    path.parts()
+        .fold(dir.to_path_buf(), |file, part| file.join(part.as_ref()))
 }

@@ -349,7 +349,11 @@ impl Table {
     /// Reads a file of a checkpoint of operator state.
     pub async fn read_state_file(&self, file: &crate::manifest::StateFile) -> Result<bytes::Bytes> {
         let location = crate::layout::table_file(&self.files.dir, &file.path);
-        let local = self.files.local.as_ref().map(|dir| dir.join(location.as_ref()));
+        let local = self
+            .files
+            .local
+            .as_deref()
+            .map(|dir| crate::location::local_file(dir, &location));
         file.read(self.files.store.as_ref(), &location, local).await
     }
 
