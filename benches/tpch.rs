@@ -200,6 +200,11 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
                     process.close().await;
                     times.push(start.elapsed());
                 }
+                println!(
+                    "{label} {name}: incremental {} s, full {} s",
+                    seconds(times[0]),
+                    seconds(times[1])
+                );
                 let record = records.swap_remove(0);
                 refreshed += 1;
                 if record
