@@ -867,7 +867,7 @@ impl Operator for Join {
         if self.spec.null_aware {
             return Err(mismatch("a NOT IN join saves its whole state"));
         }
-        self.apply_changes(batches)
+        self.restore(batches)
     }
 
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {

@@ -93,28 +93,6 @@ fn push_entry(entries: &mut Vec<Entry>, chain: &mut Chain, row: u64, weight: i64
     Ok(())
 }
 
-/// A key kept apart from the index it was read from.
-enum OwnedKey {
-    Int(Option<i64>),
-    Row(Vec<u8>),
-}
-
-impl OwnedKey {
-    fn of(key: Key<'_>) -> Self {
-        match key {
-            Key::Int(int) => Self::Int(int),
-            Key::Row(row) => Self::Row(row.to_vec()),
-        }
-    }
-
-    fn key(&self) -> Key<'_> {
-        match self {
-            Self::Int(int) => Key::Int(*int),
-            Self::Row(row) => Key::Row(row),
-        }
-    }
-}
-
 /// The rows of the small kept batches a checkpoint concatenates into one (larger ones go as
 /// they are; see [`Arrangement::contents`]).
 const SAVED_BATCH_ROWS: usize = 1 << 16;
@@ -140,11 +118,10 @@ pub(super) struct Arrangement {
     expiry: Option<Expiry>,
     /// With a state TTL: rows are forgotten once they have been kept that long.
     ttl: Option<Ttl>,
-    /// Rows checkpoints saved with their index, taken back as they are, in layers (a whole
-    /// state's, then deltas' — see [`Arrangement::add_frozen`]): the first `frozen_batches`
-    /// batches, their keys found in the saved indexes rather than in `chains` (unless a chain
-    /// shadows them: it then holds the key's rows of every layer).
-    frozen: Vec<Frozen>,
+    /// Rows a checkpoint saved with their index, taken back as they are: the first
+    /// `frozen_batches` batches, their keys found in the saved index rather than in `chains`
+    /// (unless a chain shadows them).
+    frozen: Option<Frozen>,
     frozen_batches: usize,
     /// Frozen rows of keys no chain shadows.
     frozen_live: u64,
@@ -184,7 +161,7 @@ impl Arrangement {
             batch_bytes: 0,
             expiry: None,
             ttl: None,
-            frozen: Vec::new(),
+            frozen: None,
             frozen_batches: 0,
             frozen_live: 0,
         })
@@ -201,86 +178,28 @@ impl Arrangement {
         bytes: u64,
     ) -> Result<Self> {
         let mut arrangement = Self::new(schema, keys)?;
-        arrangement.add_frozen(batches, frozen, bytes)?;
-        Ok(arrangement)
-    }
-
-    /// Whether [`Arrangement::add_frozen`] can take a layer: no rows were applied since the
-    /// layers (every row kept is a layer's, and the only chains are those that took a key's
-    /// frozen rows in to consolidate them).
-    pub(super) fn takes_layers(&self) -> bool {
-        self.stored == self.frozen_rows() && self.chains.iter().all(|(_, chain)| chain.shadows)
-    }
-
-    fn frozen_rows(&self) -> u64 {
-        self.frozen.iter().map(Frozen::rows).sum()
-    }
-
-    /// Takes saved rows and their index as one more layer (a delta's over a whole state's),
-    /// numbered after the rows kept; only while [`Arrangement::takes_layers`]. A key whose
-    /// chain shadows the layers takes the new layer's rows in as entries too. The keys where
-    /// deletions make up a quarter of their rows are consolidated at once, as an epoch applying
-    /// them would (else a row and its deletion would both be kept for good).
-    pub(super) fn add_frozen(&mut self, batches: Vec<RecordBatch>, frozen: Frozen, bytes: u64) -> Result<()> {
-        if !self.takes_layers() {
-            return Err(internal("a frozen layer over rows applied since"));
+        for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            arrangement.starts.push(arrangement.stored);
+            arrangement.stored += batch.num_rows() as u64;
+            arrangement.batches.push(batch);
         }
-        let first = self.stored;
-        let added: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if added != frozen.rows() {
+        if arrangement.stored != frozen.rows() {
             return Err(mismatch("a join index does not cover its rows"));
         }
-        for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
-            self.starts.push(self.stored);
-            self.stored += batch.num_rows() as u64;
-            self.batches.push(batch);
-        }
-        self.batch_bytes += bytes;
-        self.frozen_batches = self.batches.len();
-        self.frozen_live += frozen.rows();
-        let frozen = frozen.starting_at(first);
-        // A whole state's layer (the first) is taken as it is; its keys are consolidated when
-        // rows come, as before layers.
-        let mut due = Vec::new();
-        if !self.frozen.is_empty() {
-            for (key, rows) in frozen.keys() {
-                if let Some(chain) = self.chains.get_mut(key).filter(|chain| chain.shadows) {
-                    for &row in rows {
-                        let weight = frozen.weight(u64::from(row));
-                        push_entry(&mut self.entries, chain, frozen.first() + u64::from(row), weight)?;
-                        chain.negatives += u32::from(weight < 0);
-                        self.live += 1;
-                        self.frozen_live -= 1;
-                    }
-                    if !chain.due && chain.negatives > 0 && u64::from(chain.negatives) * 4 >= u64::from(chain.len) {
-                        chain.due = true;
-                        due.push(OwnedKey::of(key));
-                    }
-                    continue;
-                }
-                let here = rows.iter().filter(|&&row| frozen.weight(u64::from(row)) < 0).count();
-                if here == 0 {
-                    continue;
-                }
-                let deletions = here + self.frozen.iter().map(|f| f.deletions(key)).sum::<usize>();
-                let count = rows.len() + self.frozen.iter().map(|f| f.count(key)).sum::<usize>();
-                if deletions * 4 >= count {
-                    due.push(OwnedKey::of(key));
-                }
-            }
-        }
-        self.frozen.push(frozen);
-        self.consolidate(due.iter().map(OwnedKey::key).collect())
+        arrangement.batch_bytes = bytes;
+        arrangement.frozen_batches = arrangement.batches.len();
+        arrangement.frozen_live = frozen.rows();
+        arrangement.frozen = Some(frozen);
+        Ok(arrangement)
     }
 
     /// Indexes the frozen rows no chain shadows into the chains, as if applied, and drops the
     /// frozen index: before any pass over every row (expiry, TTL, garbage collection).
     fn thaw(&mut self) -> Result<()> {
-        let layers = std::mem::take(&mut self.frozen);
-        if layers.is_empty() {
+        let Some(frozen) = self.frozen.take() else {
             return Ok(());
-        }
-        for (frozen, (key, rows)) in layers.iter().flat_map(|frozen| frozen.keys().map(move |k| (frozen, k))) {
+        };
+        for (key, rows) in frozen.keys() {
             let shadowed = self.chains.get(key).is_some_and(|chain| chain.shadows);
             if shadowed || rows.is_empty() {
                 continue;
@@ -289,7 +208,7 @@ impl Arrangement {
             for &row in rows {
                 let row = u64::from(row);
                 let weight = frozen.weight(row);
-                push_entry(&mut self.entries, &mut chain, frozen.first() + row, weight)?;
+                push_entry(&mut self.entries, &mut chain, row, weight)?;
                 if let Some(ttl) = &mut self.ttl {
                     ttl.born.push(ttl.now_ms);
                 }
@@ -310,10 +229,13 @@ impl Arrangement {
     /// Takes `key`'s frozen rows into its chain as entries and marks the chain as shadowing
     /// them (before the chain is consolidated).
     fn shadow(&mut self, key: Key<'_>) -> Result<()> {
-        if self.frozen.is_empty() || self.chains.get(key).is_some_and(|chain| chain.shadows) {
+        let Some(frozen) = &self.frozen else {
+            return Ok(());
+        };
+        if self.chains.get(key).is_some_and(|chain| chain.shadows) {
             return Ok(());
         }
-        let rows: Vec<(u64, i64)> = self.frozen.iter().flat_map(|frozen| frozen.entries(key)).collect();
+        let rows: Vec<(u64, i64)> = frozen.entries(key).collect();
         let mut chain = self.chains.get(key).copied().unwrap_or(Chain::EMPTY);
         for (row, weight) in rows {
             push_entry(&mut self.entries, &mut chain, row, weight)?;
@@ -467,7 +389,7 @@ impl Arrangement {
     pub(super) fn bytes(&self) -> u64 {
         self.batch_bytes
             + (self.entries.len() * size_of::<Entry>() + self.chains.bytes()) as u64
-            + self.frozen.iter().map(Frozen::bytes).sum::<u64>()
+            + self.frozen.as_ref().map_or(0, Frozen::bytes)
     }
 
     /// The number of rows at `key`, with multiplicity.
@@ -478,13 +400,10 @@ impl Arrangement {
 
     /// Every key with rows.
     pub(super) fn keys(&self) -> impl Iterator<Item = Key<'_>> {
-        // A key in several layers is listed at the first.
-        let frozen = self.frozen.iter().enumerate().flat_map(move |(i, frozen)| {
+        let frozen = self.frozen.iter().flat_map(|frozen| {
             frozen
                 .keys()
-                .filter(move |(key, _)| {
-                    self.chains.get(*key).is_none() && self.frozen[..i].iter().all(|before| before.count(*key) == 0)
-                })
+                .filter(|(key, _)| self.chains.get(*key).is_none())
                 .map(|(key, _)| key)
         });
         self.chains
@@ -517,17 +436,12 @@ impl Arrangement {
     /// The frozen rows of `key` unless its chain shadows them.
     fn frozen_of<'a>(&'a self, key: Key<'_>, chain: Option<&Chain>) -> impl Iterator<Item = (u64, i64)> + use<'a> {
         let shadowed = chain.is_some_and(|chain| chain.shadows);
-        let layers = if shadowed { &[][..] } else { &self.frozen[..] };
-        // Each layer's rows of the key found now (the key is not kept); no allocation with one.
-        let (first, rest) = layers
-            .split_first()
-            .map_or((None, &[][..]), |(first, rest)| (Some(first), rest));
-        let rest: Vec<_> = rest.iter().map(|frozen| frozen.entries(key)).collect();
-        first
+        self.frozen
+            .as_ref()
+            .filter(|_| !shadowed)
             .map(|frozen| frozen.entries(key))
             .into_iter()
             .flatten()
-            .chain(rest.into_iter().flatten())
     }
 
     /// The multiset of rows kept, each row with its weight, in the order they were kept (for a
@@ -544,18 +458,16 @@ impl Arrangement {
         let stored = usize::try_from(self.stored).map_err(internal)?;
         let mut weight_of = vec![0i64; stored];
         let mut born_of = self.ttl.as_ref().map(|_| vec![i64::MIN; stored]);
-        // The frozen rows count as saved (the layers' rows come first, in order), but for the
-        // keys whose chains shadow them (their rows are among the entries below, or
-        // consolidated away).
-        for (weight, saved) in weight_of
-            .iter_mut()
-            .zip(self.frozen.iter().flat_map(Frozen::all_weights))
-        {
-            *weight = saved;
-        }
-        for (key, _) in self.chains.iter().filter(|(_, chain)| chain.shadows) {
-            for (row, _) in self.frozen.iter().flat_map(|frozen| frozen.entries(key)) {
-                weight_of[row as usize] = 0;
+        if let Some(frozen) = &self.frozen {
+            // The frozen rows count as saved, but for the keys whose chains shadow them (their
+            // rows are among the entries below, or consolidated away).
+            for (weight, saved) in weight_of.iter_mut().zip(frozen.all_weights()) {
+                *weight = saved;
+            }
+            for (key, _) in self.chains.iter().filter(|(_, chain)| chain.shadows) {
+                for (row, _) in frozen.entries(key) {
+                    weight_of[row as usize] = 0;
+                }
             }
         }
         let mut add = |index: u32, entry: &Entry| {
@@ -720,7 +632,7 @@ impl Arrangement {
                     && u64::from(chain.negatives) * 4 >= u64::from(chain.len)
                     && (chain.shadows
                         || u64::from(chain.negatives) * 4
-                            >= u64::from(chain.len) + self.frozen.iter().map(|f| f.count(key) as u64).sum::<u64>())
+                            >= u64::from(chain.len) + self.frozen.as_ref().map_or(0, |f| f.count(key)) as u64)
                 {
                     chain.due = true;
                     due.push(i);

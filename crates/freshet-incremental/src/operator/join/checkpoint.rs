@@ -94,9 +94,6 @@ impl Join {
         let Some(sides) = &self.changes else {
             return Ok(None);
         };
-        if self.frozen_saving() {
-            return self.save_changes_indexed(sides).map(Some);
-        }
         let mut batches = Vec::with_capacity(4);
         let mut borns = Vec::with_capacity(2);
         for (logged, schema) in sides.iter().zip([&self.spec.left_schema, &self.spec.right_schema]) {
@@ -122,56 +119,6 @@ impl Join {
     /// Whether a whole state is saved with its index (see the module's documentation).
     fn frozen_saving(&self) -> bool {
         !self.spec.null_aware && self.state_ttl_ms.is_none() && self.expiry.iter().all(Option::is_none)
-    }
-
-    /// The changes as [`Join::save_indexed`] lays out a whole state — each part's sides'
-    /// changed rows (those an arrangement keeps: a key that can match, a weight) with their
-    /// index — so that a restore takes them as one more frozen layer rather than applying them
-    /// row by row: from the command line every process restored every delta since the last
-    /// whole checkpoint (TPC-H Q18's sixth process in a row took 3.0 s, its first 1.0 s).
-    fn save_changes_indexed(&self, sides: &[Vec<(Delta, i64)>; 2]) -> Result<Vec<RecordBatch>> {
-        let check = super::frozen::hash_check();
-        let parts = self.parts.len().to_string();
-        let in_place = [(READ_IN_PLACE, "true")];
-        let mut batches = Vec::new();
-        for ((logged, schema), side) in sides
-            .iter()
-            .zip([&self.spec.left_schema, &self.spec.right_schema])
-            .zip([Side::Left, Side::Right])
-        {
-            let name = side_name(side);
-            let deltas: Vec<Delta> = logged.iter().map(|(delta, _)| delta.clone()).collect();
-            let encoded = self.encode(Delta::concat(schema, &deltas)?, side)?;
-            let kept: Vec<u32> = (0..encoded.delta.len())
-                .filter(|&i| encoded.matchable[i] && encoded.delta.weights.value(i) != 0)
-                .map(|i| i as u32)
-                .collect();
-            let encoded = encoded.take(&self.keys, &kept)?;
-            for (p, part) in self.deal(encoded)?.into_iter().enumerate() {
-                let (index, positions) = super::frozen::build_index(std::slice::from_ref(&part.keys))?;
-                // String views would keep every buffer of the epochs they came from.
-                let rows = super::arrangement::compact_views(part.delta.into_change_batch()?.into_batch())?;
-                batches.push(tagged_part(rows, name, p, &in_place)?);
-                let meta = [
-                    (PARTS, parts.as_str()),
-                    (super::frozen::HASH_CHECK, check.as_str()),
-                    in_place[0],
-                ];
-                batches.push(tagged_part(index, &format!("{name}_index"), p, &meta)?);
-                batches.push(tagged_part(positions, &format!("{name}_positions"), p, &in_place)?);
-            }
-        }
-        Ok(batches)
-    }
-
-    /// Applies what [`Join::save_changes`] saved over the restored state: as one more frozen
-    /// layer of each side where it was saved with its index and the sides take layers, else
-    /// row by row as an epoch's changes.
-    pub(super) fn apply_changes(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
-        if batches.iter().any(|b| b.schema().metadata().contains_key(PART)) && self.restore_indexed(&batches, true)? {
-            return Ok(());
-        }
-        self.restore(batches)
     }
 
     /// Each part's sides' rows, then their index, named by side and part.
@@ -211,17 +158,12 @@ impl Join {
     }
 
     /// Takes back a state [`Join::save_indexed`] wrote into as many parts, each side's rows
-    /// with their index — or (`layer`) a delta [`Join::save_changes`] wrote so, as one more
-    /// frozen layer of each side; `Ok(false)` when it cannot (the rows are then indexed again,
-    /// or applied as an epoch's).
-    fn restore_indexed(&mut self, batches: &[RecordBatch], layer: bool) -> Result<bool> {
+    /// with their index; `Ok(false)` when it cannot (the rows are then indexed again).
+    fn restore_indexed(&mut self, batches: &[RecordBatch]) -> Result<bool> {
         let parts = self.parts.len();
         let check = super::frozen::hash_check();
         let fits = self.frozen_saving()
-            && self.parts.iter().all(|p| match layer {
-                true => p.left_rows.takes_layers() && p.right_rows.takes_layers(),
-                false => p.left_rows.len() + p.right_rows.len() == 0,
-            })
+            && self.parts.iter().all(|p| p.left_rows.len() + p.right_rows.len() == 0)
             && (0..parts).all(|p| {
                 ["left_index", "right_index"].iter().all(|name| {
                     of_part_number(batches, name, p).first().is_some_and(|b| {
@@ -267,16 +209,12 @@ impl Join {
                             .map_err(|e| mismatch(format!("a join's saved rows: {e}")))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let arrangement =
+                    super::arrangement::Arrangement::with_frozen(schema, &self.keys, data, frozen, bytes)?;
                 let part = &mut self.parts[p];
-                let rows = match side {
-                    Side::Left => &mut part.left_rows,
-                    Side::Right => &mut part.right_rows,
-                };
-                match layer {
-                    true => rows.add_frozen(data, frozen, bytes)?,
-                    false => {
-                        *rows = super::arrangement::Arrangement::with_frozen(schema, &self.keys, data, frozen, bytes)?
-                    }
+                match side {
+                    Side::Left => part.left_rows = arrangement,
+                    Side::Right => part.right_rows = arrangement,
                 }
             }
         }
@@ -284,7 +222,7 @@ impl Join {
     }
 
     pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
-        if batches.iter().any(|b| b.schema().metadata().contains_key(PART)) && self.restore_indexed(&batches, false)? {
+        if batches.iter().any(|b| b.schema().metadata().contains_key(PART)) && self.restore_indexed(&batches)? {
             return Ok(());
         }
         let ttl = self.state_ttl_ms.is_some() && !self.spec.null_aware;

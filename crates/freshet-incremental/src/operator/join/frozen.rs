@@ -154,9 +154,6 @@ pub(super) struct Frozen {
     /// Each saved batch's weights, and the number of its first row.
     weights: Vec<Int64Array>,
     batch_starts: Vec<u64>,
-    /// The arrangement's number of the first saved row: the layer's rows follow those of the
-    /// layers before it (see [`Frozen::starting_at`]).
-    first: u64,
 }
 
 impl Frozen {
@@ -214,20 +211,7 @@ impl Frozen {
             positions,
             weights,
             batch_starts,
-            first: 0,
         })
-    }
-
-    /// The index, its rows numbered from `first` in the arrangement (a layer restored over
-    /// others: a delta's rows after the whole state's).
-    pub(super) fn starting_at(mut self, first: u64) -> Self {
-        self.first = first;
-        self
-    }
-
-    /// The arrangement's number of the first saved row.
-    pub(super) fn first(&self) -> u64 {
-        self.first
     }
 
     /// Rows indexed.
@@ -244,7 +228,7 @@ impl Frozen {
         (self.hashes.len() * 12 + self.positions.len() * 4 + keys.unwrap_or(0)) as u64
     }
 
-    /// The weight of saved row `row` (numbered from 0 in this index).
+    /// The weight of saved row `row`.
     pub(super) fn weight(&self, row: u64) -> i64 {
         let batch = self
             .batch_starts
@@ -340,21 +324,16 @@ impl Frozen {
         self.find(key).len()
     }
 
-    /// `key`'s saved rows: their numbers in the arrangement and weights.
+    /// `key`'s saved rows: their numbers and weights.
     pub(super) fn entries<'a>(&'a self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + use<'a> {
         let range = self.find(key);
         self.positions.values()[range].iter().map(move |&row| {
             let row = u64::from(row);
-            (self.first + row, self.weight(row))
+            (row, self.weight(row))
         })
     }
 
-    /// How many of `key`'s saved rows are deletions (a negative weight).
-    pub(super) fn deletions(&self, key: Key<'_>) -> usize {
-        self.entries(key).filter(|&(_, weight)| weight < 0).count()
-    }
-
-    /// Every key with saved rows, and their numbers (from 0 in this index).
+    /// Every key with saved rows, and their numbers.
     pub(super) fn keys(&self) -> impl Iterator<Item = (Key<'_>, &[u32])> + '_ {
         (0..self.hashes.len()).map(move |i| {
             let key = match &self.keys {
