@@ -18,6 +18,7 @@ mod catalog;
 mod changes;
 #[cfg(test)]
 mod generated_tests;
+mod hash;
 mod held;
 pub mod instrumented;
 mod keys;

@@ -85,7 +85,7 @@ impl StateFile {
         Self {
             path,
             bytes: bytes.len() as u64,
-            blake3: blake3::hash(bytes).to_hex().to_string(),
+            blake3: crate::hash::hash(bytes).to_hex().to_string(),
         }
     }
 
@@ -128,7 +128,7 @@ impl StateFile {
                 format!("{} bytes, the manifest says {}", bytes.len(), self.bytes),
             ));
         }
-        if blake3::hash(bytes).to_hex().as_str() != self.blake3 {
+        if crate::hash::hash(bytes).to_hex().as_str() != self.blake3 {
             return Err(FreshetError::corrupt(
                 location,
                 "its contents do not hash to what the manifest says",
