@@ -31,14 +31,20 @@ fn hash_from(bytes: &[u8], parallel: usize) -> blake3::Hash {
     if rest.len() * 2 >= left {
         let (a, b) = std::thread::scope(|scope| {
             let b = scope.spawn(|| subtree(rest, left));
-            (subtree(first, 0), b.join().expect("a hashing thread panicked"))
+            (
+                subtree(first, 0),
+                b.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
         });
         return merge_subtrees_root(&a, &b, Mode::Hash);
     }
     let half = left / 2;
     let (a, b) = std::thread::scope(|scope| {
         let b = scope.spawn(|| subtree(&first[half..], half));
-        (subtree(&first[..half], 0), b.join().expect("a hashing thread panicked"))
+        (
+            subtree(&first[..half], 0),
+            b.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        )
     });
     let first = merge_subtrees_non_root(&a, &b, Mode::Hash);
     merge_subtrees_root(&first, &subtree(rest, left), Mode::Hash)
