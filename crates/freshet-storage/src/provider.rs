@@ -228,7 +228,7 @@ fn pruning_predicate(state: &dyn Session, schema: &SchemaRef, filters: &[Expr]) 
 
 /// The pruning predicate of a physical predicate over the table's columns, unless it keeps
 /// every row group.
-fn pruning_of(schema: &SchemaRef, predicate: Arc<dyn PhysicalExpr>) -> Option<Arc<PruningPredicate>> {
+pub(crate) fn pruning_of(schema: &SchemaRef, predicate: Arc<dyn PhysicalExpr>) -> Option<Arc<PruningPredicate>> {
     let pruning = PruningPredicateBuilder::new()
         .with_file_schema(schema.clone())
         .try_build(predicate)

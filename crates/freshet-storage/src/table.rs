@@ -67,6 +67,9 @@ impl Default for WriteOptions {
 pub(crate) struct WriterState {
     /// Keys of the newest version, built on the first write that needs them.
     pub keys: Option<KeyIndex>,
+    /// Transactions that looked their keys up in the table since the index was last built
+    /// (see [`crate::keys::PROBE_MAX_ROWS`]).
+    pub probes: u32,
 }
 
 /// A durable, versioned table.

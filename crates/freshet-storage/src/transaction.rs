@@ -52,6 +52,9 @@ pub struct Transaction {
     retractions: Option<ParallelWriter>,
     deletes: BTreeMap<usize, RoaringTreemap>,
     keys: Option<(KeyEncoder, KeyDelta)>,
+    /// Rows whose keys were looked up in the table rather than in its index (see
+    /// [`crate::keys::PROBE_MAX_ROWS`]).
+    probed: usize,
     /// Every data file of the base version is dropped whole.
     removed_all: bool,
     /// The table's new columns, when the transaction replaces every row and the schema.
@@ -155,6 +158,7 @@ impl Transaction {
             retractions: None,
             deletes: BTreeMap::new(),
             keys: None,
+            probed: 0,
             removed_all: false,
             new_schema: None,
             refresh: None,
@@ -188,14 +192,24 @@ impl Transaction {
         }
         let batch = self.conform(batch)?;
         if !self.base.primary_key().is_empty() {
-            self.ensure_key_index().await?;
-            let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
-            let index = self.writer.keys.as_ref();
-            if index.is_none() && !delta.cleared {
-                return Err(missing_index());
-            }
-            let rows = encoder.encode(&batch)?;
-            if let Some(row) = delta.add(index, &rows) {
+            let duplicate = match self.probes(batch.num_rows())? {
+                true => {
+                    let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
+                    let found = crate::keys::probe(&self.base, encoder, &batch, |key| delta.removed(key)).await?;
+                    delta.add_probed(&found, &encoder.encode(&batch)?)
+                }
+                false => {
+                    self.ensure_key_index().await?;
+                    let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
+                    let index = self.writer.keys.as_ref();
+                    if index.is_none() && !delta.cleared {
+                        return Err(missing_index());
+                    }
+                    delta.add(index, &encoder.encode(&batch)?)
+                }
+            };
+            if let Some(row) = duplicate {
+                let (encoder, _) = self.keys.as_ref().ok_or_else(missing_index)?;
                 return Err(FreshetError::DuplicateKey {
                     table: self.table.name().into(),
                     columns: self.base.primary_key().join(", "),
@@ -320,7 +334,12 @@ impl Transaction {
         }
         let rows = self.conform(rows)?;
         if !self.base.primary_key().is_empty() {
-            self.ensure_key_index().await?;
+            // Deleting needs no index: the keys are recorded, and a current index (if any)
+            // takes them at the commit; a stale one is dropped, not built for this.
+            self.key_delta()?;
+            if !self.index_current() {
+                self.writer.keys = None;
+            }
             let (encoder, delta) = self.keys.as_mut().ok_or_else(missing_index)?;
             delta.remove(&encoder.encode(&rows)?);
         }
@@ -593,24 +612,55 @@ impl Transaction {
             .map_err(|e| FreshetError::Internal(format!("a commit's task failed: {e}")))?
     }
 
-    async fn ensure_key_index(&mut self) -> Result<()> {
+    /// The key encoder and the keys this transaction changed, made on first use.
+    fn key_delta(&mut self) -> Result<()> {
         if self.keys.is_none() {
             self.keys = Some((KeyEncoder::new(&self.base)?, KeyDelta::default()));
         }
+        Ok(())
+    }
+
+    /// Whether the table's key index is that of the base version.
+    fn index_current(&self) -> bool {
+        self.writer
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.version == self.base.version())
+    }
+
+    /// Whether an insert of `rows` rows looks its keys up in the table rather than in the
+    /// index ([`crate::keys::PROBE_MAX_ROWS`]): the index is not built, the transaction's
+    /// inserts stay few, and the writers since the index was last built have not done so too
+    /// often. A stale index is then dropped (the commit must not bring it forward).
+    fn probes(&mut self, rows: usize) -> Result<bool> {
+        self.key_delta()?;
+        let cleared = self.keys.as_ref().is_some_and(|(_, delta)| delta.cleared);
+        if cleared || self.index_current() || self.probed + rows > crate::keys::PROBE_MAX_ROWS {
+            return Ok(false);
+        }
+        if self.probed == 0 {
+            if self.writer.probes >= crate::keys::PROBES_BEFORE_INDEX {
+                return Ok(false);
+            }
+            self.writer.probes += 1;
+            self.writer.keys = None;
+        }
+        self.probed += rows;
+        Ok(true)
+    }
+
+    async fn ensure_key_index(&mut self) -> Result<()> {
+        self.key_delta()?;
         if self.keys.as_ref().is_some_and(|(_, delta)| delta.cleared) {
             return Ok(());
         }
-        let current = self
-            .writer
-            .keys
-            .as_ref()
-            .is_some_and(|k| k.version == self.base.version());
-        if !current {
+        if !self.index_current() {
             let (encoder, _) = self.keys.as_ref().ok_or_else(missing_index)?;
             // The old index goes first: its memory is not held twice.
             self.writer.keys = None;
             let pool = self.table.options.memory_pool.as_ref();
             self.writer.keys = Some(KeyIndex::build(&self.base, encoder, pool).await?);
+            self.writer.probes = 0;
         }
         Ok(())
     }
