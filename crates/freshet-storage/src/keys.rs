@@ -258,8 +258,10 @@ pub(crate) async fn probe(
     Ok(found)
 }
 
-/// The pruning predicate `key IN (the batch's keys)` over the table's columns (for a key of
-/// several columns, one conjunction per row), when statistics can decide it.
+/// The pruning predicate `key IN (the batch's keys)` over the table's columns — of the key's
+/// first column, for a key of several: a disjunction of a conjunction per row would be a tree
+/// as deep as the batch is long, which planning it recurses through (a stack overflow at a
+/// few hundred rows), and the first column rules out about as many row groups.
 fn key_pruning(
     snapshot: &Snapshot,
     encoder: &KeyEncoder,
@@ -267,32 +269,25 @@ fn key_pruning(
 ) -> Option<Arc<datafusion::physical_optimizer::pruning::PruningPredicate>> {
     use datafusion::common::{Column, DFSchema, ScalarValue};
     use datafusion::logical_expr::{Expr, lit};
+    // Statistics decide `IN` lists of at most this many values (DataFusion's pruning rewrites
+    // longer ones into nothing it can use).
+    if batch.num_rows() > datafusion::physical_optimizer::pruning::MAX_IN_LIST_SIZE {
+        return None;
+    }
     let schema = snapshot.schema();
-    let columns: Vec<Expr> = encoder
-        .indices
-        .iter()
-        .map(|&i| Expr::Column(Column::new_unqualified(schema.field(i).name())))
-        .collect();
-    let value = |index: usize, row: usize| ScalarValue::try_from_array(batch.column(index), row).ok().map(lit);
-    let predicate = match columns.as_slice() {
-        [column] => {
-            let values = (0..batch.num_rows())
-                .map(|row| value(encoder.indices[0], row))
-                .collect::<Option<Vec<_>>>()?;
-            column.clone().in_list(values, false)
-        }
-        _ => (0..batch.num_rows())
-            .map(|row| {
-                columns
-                    .iter()
-                    .zip(&encoder.indices)
-                    .map(|(column, &index)| value(index, row).map(|v| column.clone().eq(v)))
-                    .collect::<Option<Vec<_>>>()
-                    .and_then(datafusion::logical_expr::utils::conjunction)
-            })
-            .collect::<Option<Vec<_>>>()
-            .and_then(datafusion::logical_expr::utils::disjunction)?,
-    };
+    let first = *encoder.indices.first()?;
+    let column = Expr::Column(Column::new_unqualified(schema.field(first).name()));
+    // A NULL key equals no value, so statistics could rule out the row groups that hold
+    // another NULL: no pruning then (the keys found are compared as rows either way).
+    let values = (0..batch.num_rows())
+        .map(|row| {
+            ScalarValue::try_from_array(batch.column(first), row)
+                .ok()
+                .filter(|value| !value.is_null())
+                .map(lit)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let predicate = column.in_list(values, false);
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
     let props = datafusion::execution::context::ExecutionProps::new();
     let physical =
