@@ -159,6 +159,18 @@ async fn refresh_restored(engine: &Engine, name: &str) {
     );
 }
 
+/// The table's checkpoint of its operator state (it must have one).
+fn checkpoint_of(engine: &Engine, name: &str) -> freshet::storage::StateCheckpoint {
+    engine
+        .table(name)
+        .unwrap()
+        .snapshot()
+        .manifest()
+        .state
+        .clone()
+        .expect("a checkpoint")
+}
+
 async fn assert_equal_batch(engine: &Engine) {
     for (name, query) in TABLES {
         let maintained = multiset(&engine.sql(&format!("SELECT * FROM {name}")).await.unwrap());
@@ -312,14 +324,7 @@ async fn a_state_restores_under_another_parallelism() {
     // A delta too (a customer's orders all deleted, customers moved), applied into two parts.
     clock.advance(std::time::Duration::from_secs(2));
     round(&engine, 2).await;
-    let checkpoint = engine
-        .table("by_region")
-        .unwrap()
-        .snapshot()
-        .manifest()
-        .state
-        .clone()
-        .unwrap();
+    let checkpoint = checkpoint_of(&engine, "by_region");
     assert!(
         checkpoint.meta["deltas"].as_array().is_some_and(|d| !d.is_empty()),
         "{}",
@@ -369,14 +374,7 @@ async fn processes_one_after_another_each_restore_the_deltas_of_those_before() {
         engine.close().await;
     }
     let engine = open(dir.path(), &clock, &instruments).await;
-    let checkpoint = engine
-        .table("by_region")
-        .unwrap()
-        .snapshot()
-        .manifest()
-        .state
-        .clone()
-        .unwrap();
+    let checkpoint = checkpoint_of(&engine, "by_region");
     assert_eq!(
         checkpoint.meta["deltas"].as_array().map_or(0, Vec::len),
         4,
@@ -463,14 +461,7 @@ async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applie
         "unmatched",
         "busiest_customers",
     ] {
-        let checkpoint = engine
-            .table(name)
-            .unwrap()
-            .snapshot()
-            .manifest()
-            .state
-            .clone()
-            .expect("a checkpoint");
+        let checkpoint = checkpoint_of(&engine, name);
         let deltas = checkpoint.meta["deltas"].as_array().map_or(0, Vec::len);
         assert_eq!(deltas, 5, "{name}: a delta per refresh after the first");
         assert_eq!(checkpoint.files.len(), deltas + 1, "{name}");
@@ -517,14 +508,7 @@ async fn checkpoints_after_the_first_write_only_the_changes_and_a_restart_applie
         let (_, algorithm, reason) = last_refresh(&engine, name).await;
         assert_eq!(algorithm, "incremental", "{name}: {reason}");
     }
-    let checkpoint = engine
-        .table("by_region")
-        .unwrap()
-        .snapshot()
-        .manifest()
-        .state
-        .clone()
-        .unwrap();
+    let checkpoint = checkpoint_of(&engine, "by_region");
     assert_eq!(checkpoint.files.len(), 7, "the whole state and six deltas");
     let drifted = engine
         .sql("SELECT name FROM freshet.refreshes WHERE corrected_rows > 0")
