@@ -9,6 +9,7 @@ mod durability;
 mod floats;
 mod hop_jobs;
 mod incremental;
+mod keys;
 mod materialized;
 mod nexmark;
 mod properties;
