@@ -24,7 +24,7 @@ use super::{Compiled, Epoch, Operator, StateSize};
 use crate::checkpoint::{SavedState, mismatch};
 use crate::delta::{Delta, internal, multiply};
 use crate::rows::RowCodec;
-use arrangement::Arrangement;
+use arrangement::{Arrangement, Consolidate};
 
 /// Pairs whose residual condition is evaluated at once when looking for a row's matches.
 const PAIR_BATCH: usize = 8_192;
@@ -331,7 +331,7 @@ impl Part {
         }
     }
 
-    fn apply(&mut self, changes: &Encoded, side: Side) -> Result<()> {
+    fn apply(&mut self, changes: &Encoded, side: Side, consolidate: Consolidate) -> Result<()> {
         let rows = match side {
             Side::Left => &mut self.left_rows,
             Side::Right => &mut self.right_rows,
@@ -341,6 +341,7 @@ impl Part {
             &changes.delta.weights,
             &changes.keys,
             &changes.matchable,
+            consolidate,
         )
     }
 
@@ -613,8 +614,8 @@ impl Part {
     }
 
     fn apply_not_in(&mut self, left: &Encoded, right: &Encoded, rows: i64, null_rows: i64) -> Result<()> {
-        self.apply(left, Side::Left)?;
-        self.apply(right, Side::Right)?;
+        self.apply(left, Side::Left, Consolidate::Due)?;
+        self.apply(right, Side::Right, Consolidate::Due)?;
         if left.matchable.iter().any(|&m| !m) {
             let encoded = self.left_codec.encode(left.delta.data.columns(), left.delta.len())?;
             for (i, &matchable) in left.matchable.iter().enumerate() {
@@ -732,11 +733,11 @@ impl Part {
         if self.spec.kind.pairs() {
             pairs.push(self.pairs(&left, Side::Left)?);
         }
-        self.apply(&left, Side::Left)?;
+        self.apply(&left, Side::Left, Consolidate::Due)?;
         if self.spec.kind.pairs() {
             pairs.push(self.pairs(&right, Side::Right)?);
         }
-        self.apply(&right, Side::Right)?;
+        self.apply(&right, Side::Right, Consolidate::Due)?;
         for pair in pairs {
             parts.push(pair.with_schema(&self.spec.schema)?);
         }

@@ -76,6 +76,22 @@ impl Chain {
     };
 }
 
+/// Whether [`Arrangement::apply`] consolidates the chains its deletions make due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Consolidate {
+    /// As an epoch does: a chain whose deletions reach a quarter of its entries (with its
+    /// frozen rows) is consolidated before `apply` returns.
+    Due,
+    /// Only once a later epoch deletes at the key (replaying a checkpoint's delta, which the
+    /// process that saved it consolidated already). Most keys a delta deleted at are never
+    /// touched again — a TPC-H order deleted with its line items — and consolidating them
+    /// at every restore (looking their frozen rows up, gathering and comparing them) was two
+    /// thirds of replaying a delta. Until then a key's deleted rows and the negative entries
+    /// that delete them both stay, which lookups pair as they are (the pairs cancel) and a
+    /// checkpoint saves as they are (as it saves any chain not consolidated yet).
+    Later,
+}
+
 /// Adds an entry for row `row` of weight `weight` at the head of `chain`.
 fn push_entry(entries: &mut Vec<Entry>, chain: &mut Chain, row: u64, weight: i64) -> Result<()> {
     let index = u32::try_from(entries.len())
@@ -576,6 +592,7 @@ impl Arrangement {
         weights: &Int64Array,
         keys: &Keys,
         matchable: &[bool],
+        consolidate: Consolidate,
     ) -> Result<()> {
         let probe = self.probe((0..data.num_rows()).map(|i| keys.key(i)));
         let rows: Vec<u32> = probe
@@ -626,6 +643,9 @@ impl Arrangement {
             self.live += 1;
             if weight < 0 {
                 chain.negatives += 1;
+                if consolidate == Consolidate::Later {
+                    continue;
+                }
                 // A key's frozen rows count in its chain's length (unless shadowed): taking
                 // them in at its first deletion would gather every touched key's rows.
                 if !chain.due

@@ -15,7 +15,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, RecordB
 
 use freshet_common::{ChangeBatch, PARALLEL_MIN_ROWS, Result, run_parts};
 
-use super::{Encoded, Join, Part, Side};
+use super::{Consolidate, Encoded, Join, Part, Side};
 use crate::checkpoint::{READ_IN_PLACE, SavedState, mismatch};
 use crate::delta::{Delta, internal};
 
@@ -273,7 +273,7 @@ impl Join {
                     for (part, changes) in self.parts.iter_mut().zip(dealt) {
                         part.left_rows.set_born(time);
                         part.right_rows.set_born(time);
-                        part.apply(&changes, side)?;
+                        part.apply(&changes, side, Consolidate::Due)?;
                     }
                 }
             }
@@ -330,7 +330,7 @@ impl Join {
                 let dealt = self.deal(self.encode(delta, side)?)?;
                 let mut work: Vec<(&mut Part, Encoded)> = self.parts.iter_mut().zip(dealt).collect();
                 run_parts(&mut work, rows >= PARALLEL_MIN_ROWS, |_, (part, changes)| {
-                    part.apply(changes, side)
+                    part.apply(changes, side, Consolidate::Later)
                 })
                 .into_iter()
                 .collect::<Result<()>>()?;

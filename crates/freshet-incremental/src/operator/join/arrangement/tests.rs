@@ -89,12 +89,14 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Epochs of inserts and deletes of a few keys' rows: the entries always sum to the
-    /// multiset inserted minus the one deleted, through consolidation, batch merging and
-    /// rewriting, and through saving with an index and taking the rows back frozen after
-    /// some epochs (integer and row-format keys).
+    /// multiset inserted minus the one deleted, through consolidation (at once, or left to a
+    /// later epoch as a replayed delta leaves it), batch merging and rewriting, and through
+    /// saving with an index and taking the rows back frozen after some epochs (integer and
+    /// row-format keys).
     #[test]
     fn entries_sum_to_the_multiset(epochs in prop::collection::vec((
         prop::collection::vec((0..4i32, prop::option::of(0..3u8), 1..3i64, any::<bool>()), 0..20),
+        any::<bool>(),
         any::<bool>(),
     ), 1..40), two_columns in any::<bool>()) {
         let schema = Arc::new(Schema::new(vec![
@@ -104,7 +106,7 @@ proptest! {
         let codec = Codec::new(two_columns);
         let mut arrangement = Arrangement::new(&schema, &codec.codec).unwrap();
         let mut expected: BTreeMap<(i32, Option<String>), i64> = BTreeMap::new();
-        for (epoch, freeze) in epochs {
+        for (epoch, freeze, later) in epochs {
             // A deletion takes away what is there, never more.
             let mut rows = Vec::new();
             let mut pending = expected.clone();
@@ -121,7 +123,8 @@ proptest! {
             ]).unwrap();
             let weights = Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w));
             let keys = codec.encode(data.column(0));
-            arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()]).unwrap();
+            let consolidate = if later { Consolidate::Later } else { Consolidate::Due };
+            arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()], consolidate).unwrap();
             pending.retain(|_, weight| *weight != 0);
             expected = pending;
             prop_assert_eq!(&contents(&arrangement, &codec, &[0, 1, 2, 3]), &expected);
@@ -147,7 +150,7 @@ fn deleting_a_row_never_inserted_is_an_internal_error() {
     let data = RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![7]))]).unwrap();
     let keys = codec.encode(&[data.column(0).clone()]).unwrap();
     let error = arrangement
-        .apply(&data, &Int64Array::from(vec![-1]), &keys, &[true])
+        .apply(&data, &Int64Array::from(vec![-1]), &keys, &[true], Consolidate::Due)
         .unwrap_err();
     assert!(error.to_string().contains("deleted a row it never had"), "{error}");
 }
