@@ -693,7 +693,13 @@ impl Arrangement {
 
     /// Sums the weights of equal rows in the chains of `keys`, dropping the rows whose weights
     /// sum to zero.
-    fn consolidate(&mut self, keys: Vec<Key<'_>>) -> Result<()> {
+    ///
+    /// A key whose weights sum to zero keeps no row: no row is ever deleted more often than it
+    /// was inserted (what comparing the rows checks), so each row's weights sum to zero too.
+    /// Its entries are dropped (and its frozen rows shadowed) without a row gathered or
+    /// compared — the keys a TPC-H round deletes whole orders at, most of its consolidations.
+    fn consolidate(&mut self, mut keys: Vec<Key<'_>>) -> Result<()> {
+        keys.retain(|&key| !self.drop_if_cancelled(key));
         if keys.is_empty() {
             return Ok(());
         }
@@ -763,6 +769,37 @@ impl Arrangement {
             }
         }
         Ok(())
+    }
+
+    /// Drops `key`'s entries, and shadows its frozen rows, when their weights sum to zero (see
+    /// [`Arrangement::consolidate`]); whether it did.
+    fn drop_if_cancelled(&mut self, key: Key<'_>) -> bool {
+        let Some(chain) = self.chains.get(key).copied() else {
+            return false;
+        };
+        let (frozen_rows, frozen_weight) = match &self.frozen {
+            Some(frozen) if !chain.shadows => frozen
+                .entries(key)
+                .fold((0u64, 0i64), |(rows, sum), (_, weight)| (rows + 1, sum + weight)),
+            _ => (0, 0),
+        };
+        if chain.weight + frozen_weight != 0 {
+            return false;
+        }
+        self.live -= u64::from(chain.len);
+        self.frozen_live -= frozen_rows;
+        if chain.shadows || frozen_rows > 0 {
+            self.chains.insert(
+                key,
+                Chain {
+                    shadows: true,
+                    ..Chain::EMPTY
+                },
+            );
+        } else {
+            self.chains.remove(key);
+        }
+        true
     }
 
     /// Copies the live rows into new batches when the rows no entry refers to are as many as
