@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat, concat_batches, filter, filter_record_batch, take_record_batch};
+use datafusion::arrow::compute::{concat, concat_batches, filter, filter_record_batch, take_arrays, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::hash_utils::{RandomState, create_hashes};
 
 use freshet_common::{ChangeBatch, FreshetError, Result};
+
+use crate::rows::RowCodec;
 
 /// Rows with weights, the data and the weights kept apart so that operators can evaluate
 /// expressions over the data as it is. The data's schema is the schema of the plan node that
@@ -135,6 +138,60 @@ impl Delta {
         }
     }
 
+    /// The delta without its changes that cancel: a row deleted and inserted again as it was —
+    /// an UPDATE of columns the query does not read, which the scan's projection makes equal.
+    /// Rows of equal hashes with weights of both signs are compared exactly (row-encoded) and
+    /// an equal row's weights summed into its first place (dropped when they sum to zero);
+    /// every other row stays as it is, in its order. A delta of one sign, or whose rows of
+    /// opposite signs all differ, is given back as it is after one vectorized hash per row.
+    pub fn without_cancelled(self) -> Result<Self> {
+        let weights = self.weights.values();
+        let both_signs = weights.iter().any(|&w| w < 0) && weights.iter().any(|&w| w > 0);
+        if !both_signs || self.data.num_columns() == 0 {
+            return Ok(self);
+        }
+        let mut hashes = vec![0u64; self.len()];
+        create_hashes(self.data.columns(), &RandomState::default(), &mut hashes).map_err(internal)?;
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| hashes[i as usize]);
+        let mut candidates: Vec<u32> = Vec::new();
+        for run in order.chunk_by(|&a, &b| hashes[a as usize] == hashes[b as usize]) {
+            if run.iter().any(|&i| weights[i as usize] < 0) && run.iter().any(|&i| weights[i as usize] > 0) {
+                candidates.extend_from_slice(run);
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(self);
+        }
+        let columns =
+            take_arrays(self.data.columns(), &UInt32Array::from(candidates.clone()), None).map_err(internal)?;
+        let codec = RowCodec::new(self.data.schema().fields().iter().map(|f| f.data_type().clone()))?;
+        let rows = codec.encode(&columns, candidates.len())?;
+        let mut keep = vec![true; self.len()];
+        let mut summed = weights.to_vec();
+        let mut first: foldhash::HashMap<&[u8], u32> = foldhash::HashMap::default();
+        for (j, &i) in candidates.iter().enumerate() {
+            keep[i as usize] = false;
+            match first.get(rows.row(j).data()) {
+                Some(&at) => summed[at as usize] += weights[i as usize],
+                None => {
+                    first.insert(rows.row(j).data(), i);
+                    summed[i as usize] = weights[i as usize];
+                }
+            }
+        }
+        for &at in first.values() {
+            keep[at as usize] = summed[at as usize] != 0;
+        }
+        if keep.iter().all(|&k| k) {
+            return Ok(self);
+        }
+        let mask = BooleanArray::from(keep);
+        let data = filter_record_batch(&self.data, &mask).map_err(internal)?;
+        let weights = filter(&Int64Array::from(summed), &mask).map_err(internal)?;
+        Self::new(data, downcast_weights(&weights)?)
+    }
+
     /// As a change batch (weight column last).
     pub fn into_change_batch(self) -> Result<ChangeBatch> {
         ChangeBatch::from_parts(&self.data, Arc::new(self.weights))
@@ -160,4 +217,67 @@ fn downcast_weights(array: &ArrayRef) -> Result<Int64Array> {
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> FreshetError {
     FreshetError::Internal(format!("incremental maintenance: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn delta(rows: &[(i32, Option<&str>, i64)]) -> Delta {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let data = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        Delta::new(data, Int64Array::from_iter_values(rows.iter().map(|r| r.2))).unwrap()
+    }
+
+    fn rows(delta: &Delta) -> Vec<(i32, Option<String>, i64)> {
+        let keys = delta.data.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+        let values = delta.data.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        (0..delta.len())
+            .map(|i| {
+                let value = values.is_valid(i).then(|| values.value(i).to_string());
+                (keys.value(i), value, delta.weights.value(i))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_deleted_and_inserted_unchanged_cancel_and_the_others_stay_in_order() {
+        let changes = delta(&[
+            (1, Some("a"), -1),
+            (2, Some("b"), 1),
+            (1, Some("a"), 1),
+            (3, None, -1),
+            (3, None, 2),
+            (4, Some("x"), -1),
+            (4, Some("y"), 1),
+            (5, Some("c"), 1),
+            (5, Some("c"), 1),
+        ]);
+        let kept = changes.without_cancelled().unwrap();
+        let expected = vec![
+            (2, Some("b".to_string()), 1),
+            (3, None, 1),
+            (4, Some("x".to_string()), -1),
+            (4, Some("y".to_string()), 1),
+            (5, Some("c".to_string()), 1),
+            (5, Some("c".to_string()), 1),
+        ];
+        assert_eq!(rows(&kept), expected);
+        // Of one sign: as it is.
+        let inserts = delta(&[(1, Some("a"), 1), (1, Some("a"), 1)]);
+        assert_eq!(rows(&inserts.clone().without_cancelled().unwrap()), rows(&inserts));
+    }
 }

@@ -71,7 +71,9 @@ impl Operator for Scan {
             };
             parts.push(Delta::from_columns(&self.schema, columns, delta.weights)?);
         }
-        Delta::concat(&self.schema, &parts)
+        // An update of columns the query does not read deletes and inserts equal rows here:
+        // they go no further (every operator above would carry and cancel them).
+        Delta::concat(&self.schema, &parts)?.without_cancelled()
     }
 
     fn describe(&self) -> String {
