@@ -163,8 +163,8 @@ impl Delta {
         if candidates.is_empty() {
             return Ok(self);
         }
-        let columns =
-            take_arrays(self.data.columns(), &UInt32Array::from(candidates.clone()), None).map_err(internal)?;
+        let indices = UInt32Array::from_iter_values(candidates.iter().copied());
+        let columns = take_arrays(self.data.columns(), &indices, None).map_err(internal)?;
         let codec = RowCodec::new(self.data.schema().fields().iter().map(|f| f.data_type().clone()))?;
         let rows = codec.encode(&columns, candidates.len())?;
         let mut keep = vec![true; self.len()];
@@ -172,12 +172,9 @@ impl Delta {
         let mut first: foldhash::HashMap<&[u8], u32> = foldhash::HashMap::default();
         for (j, &i) in candidates.iter().enumerate() {
             keep[i as usize] = false;
-            match first.get(rows.row(j).data()) {
-                Some(&at) => summed[at as usize] += weights[i as usize],
-                None => {
-                    first.insert(rows.row(j).data(), i);
-                    summed[i as usize] = weights[i as usize];
-                }
+            let at = *first.entry(rows.row(j).data()).or_insert(i);
+            if at != i {
+                summed[at as usize] += weights[i as usize];
             }
         }
         for &at in first.values() {

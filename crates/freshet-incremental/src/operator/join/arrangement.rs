@@ -643,12 +643,10 @@ impl Arrangement {
             self.live += 1;
             if weight < 0 {
                 chain.negatives += 1;
-                if consolidate == Consolidate::Later {
-                    continue;
-                }
                 // A key's frozen rows count in its chain's length (unless shadowed): taking
                 // them in at its first deletion would gather every touched key's rows.
-                if !chain.due
+                if consolidate == Consolidate::Due
+                    && !chain.due
                     && u64::from(chain.negatives) * 4 >= u64::from(chain.len)
                     && (chain.shadows
                         || u64::from(chain.negatives) * 4
@@ -697,7 +695,7 @@ impl Arrangement {
     /// A key whose weights sum to zero keeps no row: no row is ever deleted more often than it
     /// was inserted (what comparing the rows checks), so each row's weights sum to zero too.
     /// Its entries are dropped (and its frozen rows shadowed) without a row gathered or
-    /// compared — the keys a TPC-H round deletes whole orders at, most of its consolidations.
+    /// compared — the line items of a deleted order, say.
     fn consolidate(&mut self, mut keys: Vec<Key<'_>>) -> Result<()> {
         keys.retain(|&key| !self.drop_if_cancelled(key));
         if keys.is_empty() {
