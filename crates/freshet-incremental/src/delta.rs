@@ -143,7 +143,8 @@ impl Delta {
     /// Rows of equal hashes with weights of both signs are compared exactly (row-encoded) and
     /// an equal row's weights summed into its first place (dropped when they sum to zero);
     /// every other row stays as it is, in its order. A delta of one sign, or whose rows of
-    /// opposite signs all differ, is given back as it is after one vectorized hash per row.
+    /// opposite signs all differ, is given back as it is after one vectorized hash per row
+    /// and a set of the deleted rows' hashes.
     pub fn without_cancelled(self) -> Result<Self> {
         let weights = self.weights.values();
         let both_signs = weights.iter().any(|&w| w < 0) && weights.iter().any(|&w| w > 0);
@@ -152,14 +153,19 @@ impl Delta {
         }
         let mut hashes = vec![0u64; self.len()];
         create_hashes(self.data.columns(), &RandomState::default(), &mut hashes).map_err(internal)?;
-        let mut order: Vec<u32> = (0..self.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| hashes[i as usize]);
-        let mut candidates: Vec<u32> = Vec::new();
-        for run in order.chunk_by(|&a, &b| hashes[a as usize] == hashes[b as usize]) {
-            if run.iter().any(|&i| weights[i as usize] < 0) && run.iter().any(|&i| weights[i as usize] > 0) {
-                candidates.extend_from_slice(run);
-            }
-        }
+        // Only rows whose hash rows of the other sign share can cancel.
+        let signed = |positive: bool| {
+            hashes
+                .iter()
+                .zip(weights)
+                .filter(move |&(_, &w)| (w > 0) == positive && w != 0)
+                .map(|(&h, _)| h)
+        };
+        let deleted: foldhash::HashSet<u64> = signed(false).collect();
+        let shared: foldhash::HashSet<u64> = signed(true).filter(|h| deleted.contains(h)).collect();
+        let candidates: Vec<u32> = (0..self.len() as u32)
+            .filter(|&i| shared.contains(&hashes[i as usize]))
+            .collect();
         if candidates.is_empty() {
             return Ok(self);
         }
