@@ -180,7 +180,9 @@ impl Delta {
             keep[i as usize] = false;
             let at = *first.entry(rows.row(j).data()).or_insert(i);
             if at != i {
-                summed[at as usize] += weights[i as usize];
+                summed[at as usize] = summed[at as usize]
+                    .checked_add(weights[i as usize])
+                    .ok_or_else(weight_overflow)?;
             }
         }
         for &at in first.values() {
