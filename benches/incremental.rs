@@ -457,6 +457,7 @@ async fn latency_part(rate: usize, txn: usize, seconds: usize) {
 }
 
 fn main() {
+    support::allocator::configure();
     let parts = std::env::var("PARTS").unwrap_or_else(|_| "refresh,throughput,latency".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

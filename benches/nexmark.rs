@@ -87,6 +87,7 @@ fn human(bytes: u64) -> String {
 }
 
 fn main() {
+    support::allocator::configure();
     let events = env_usize("EVENTS", 1_000_000);
     let rate = env_usize("RATE", 10_000_000);
     let runs = env_usize("RUNS", 1).max(1);

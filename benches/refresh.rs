@@ -143,6 +143,7 @@ async fn run(rows: usize, runs: usize) {
 }
 
 fn main() {
+    support::allocator::configure();
     let rows = env_usize("ROWS", 10_000_000);
     let runs = env_usize("RUNS", 3).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -222,6 +222,7 @@ fn dir_size(path: &std::path::Path) -> u64 {
 }
 
 fn main() {
+    support::allocator::configure();
     let rows = env_usize("ROWS", 10_000_000);
     let runs = env_usize("RUNS", 3).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -284,6 +284,7 @@ async fn windowed_freshness_part(root: &std::path::Path) {
 }
 
 fn main() {
+    support::allocator::configure();
     let parts = std::env::var("PARTS").unwrap_or_else(|_| "ingest,freshness,windowed-freshness".into());
     let events = env_usize("EVENTS", 1_000_000);
     let runs = env_usize("RUNS", 3).max(1);

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-/// The allocator the `freshet` binary ships with, so that figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator the `freshet` binary ships with, set up as it is, so that figures are the
+/// binary's: each benchmark's `main` calls `support::allocator::configure()` first.
+#[path = "../crates/freshet-cli/src/allocator.rs"]
+pub mod allocator;
 
 /// A count from the environment (`ROWS=1_000_000`), or the default.
 pub fn env_usize(name: &str, default: usize) -> usize {

@@ -285,6 +285,7 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
 }
 
 fn main() {
+    support::allocator::configure();
     let sf: f64 = std::env::var("SF").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
     let shares: Vec<f64> = std::env::var("SHARES")
         .unwrap_or_else(|_| "0.001,0.01".into())

@@ -75,6 +75,7 @@ const QUERIES: [(&str, &str, &str); 4] = [
 ];
 
 fn main() {
+    support::allocator::configure();
     let events = env_usize("EVENTS", 2_000_000);
     let rate = env_usize("RATE", 10_000);
     let runs = env_usize("RUNS", 3).max(1);

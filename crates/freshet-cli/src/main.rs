@@ -4,6 +4,7 @@
 //! error, which goes to standard error). Without them, opens an interactive shell when standard
 //! input is a terminal, or runs standard input as a script when it is not.
 
+mod allocator;
 mod completion;
 mod connection;
 mod output;
@@ -23,12 +24,6 @@ use freshet::{DEFAULT_LOCATION, Engine, FreshetError};
 
 use crate::connection::Connection;
 use crate::output::{Format, Printer};
-
-/// mimalloc rather than the system's allocator: operator state and refreshes allocate and free
-/// buffers of hundreds of megabytes, which glibc hands back to the system and faults in again
-/// (see the workspace's Cargo.toml).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// One piece of SQL to run, from `-c` or `-f`, in command-line order.
 enum Source {
@@ -182,6 +177,7 @@ fn sources(matches: &clap::ArgMatches) -> Vec<Source> {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     let matches = command().get_matches();
     let location = if matches.get_flag("memory") {
         "memory://".to_string()

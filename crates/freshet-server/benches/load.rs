@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use freshet::Engine;
 use freshet_server::{Server, ServerOptions};
 
-/// The allocator the `freshet` binary ships with, so that figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator the `freshet` binary ships with, set up as it is, so that figures are the
+/// binary's.
+#[path = "../../freshet-cli/src/allocator.rs"]
+mod allocator;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -40,6 +41,7 @@ struct Latencies {
 }
 
 fn main() {
+    allocator::configure();
     let clients = env("CLIENTS", 16);
     let seconds = env("SECONDS", 60);
     let rows = env("ROWS", 100_000);
