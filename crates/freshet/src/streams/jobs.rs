@@ -353,18 +353,23 @@ impl Engine {
             }
         }
         let mut chain = Vec::with_capacity(1 + checkpoint.deltas.len());
-        let bytes = self.inner.catalog.read_job_state(id, &checkpoint.file).await?;
-        chain.push(PipelineState::decode(
-            checkpoint.fingerprint.clone(),
-            &Buffer::from(bytes),
-            &checkpoint.operators,
-        )?);
-        for (file, layer) in &checkpoint.deltas {
-            let bytes = self.inner.catalog.read_job_state(id, file).await?;
-            let mut delta =
-                PipelineState::decode(checkpoint.fingerprint.clone(), &Buffer::from(bytes), &layer.operators)?;
-            delta.deltas = layer.deltas.clone();
-            chain.push(delta);
+        let files = std::iter::once((&checkpoint.file, &checkpoint.operators, None)).chain(
+            checkpoint
+                .deltas
+                .iter()
+                .map(|(file, layer)| (file, &layer.operators, Some(&layer.deltas))),
+        );
+        for (file, operators, deltas) in files {
+            let bytes = Buffer::from(self.inner.catalog.read_job_state(id, file).await?);
+            // SAFETY: `read_job_state` gave the bytes only after checking them against the size
+            // and BLAKE3 hash recorded when they were written, from `PipelineState::encode`.
+            #[allow(unsafe_code)]
+            let mut layer =
+                unsafe { PipelineState::decode_unchecked(checkpoint.fingerprint.clone(), &bytes, operators) }?;
+            if let Some(deltas) = deltas {
+                layer.deltas = deltas.clone();
+            }
+            chain.push(layer);
         }
         pipeline.restore_chain(chain)?;
         let now = self.inner.materialized.clock.now_ms();
