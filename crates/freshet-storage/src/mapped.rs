@@ -6,7 +6,7 @@
 //! cache into them. Mapped, the file's pages are the page cache's own; a join's rows are then
 //! decoded in place from them (`freshet.state.read_in_place`) and paged in as they are used.
 //!
-//! This is one of the workspace's three `unsafe` calls (the lint is `deny`, allowed here). A
+//! This is one of the workspace's three uses of `unsafe` (the lint is `deny`, allowed here). A
 //! mapping is sound only while no one changes the file under it. Freshet never does: a state
 //! file is written once, under a new name, before the commit that names it, and is only ever
 //! deleted afterwards (unlinking a mapped file keeps its pages until the mapping goes). The
