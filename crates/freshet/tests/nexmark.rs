@@ -190,6 +190,18 @@ async fn every_query_over_json_lines_files_equals_its_batch_evaluation() {
 /// the output equals the batch evaluation, each row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_resumed_from_its_checkpoint_halfway_equals_its_batch_evaluation() {
+    resumed_halfway(false).await;
+}
+
+/// The same with every checkpoint lost: each stateful branch rebuilds its state from the
+/// inputs, in epochs of 1,000 rows (all but the last building ones), and the output still
+/// equals the batch evaluation, each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_rebuilt_from_its_inputs_halfway_equals_its_batch_evaluation() {
+    resumed_halfway(true).await;
+}
+
+async fn resumed_halfway(lose_checkpoints: bool) {
     let dir = tempfile::tempdir().unwrap();
     // On a manual clock from the events' base time: the generator's events come due as it
     // passes (500 a second; the whole run is 40 s).
@@ -199,6 +211,8 @@ async fn every_query_resumed_from_its_checkpoint_halfway_equals_its_batch_evalua
             .location(dir.path().join("data").display().to_string())
             .clock(std::sync::Arc::new(clock.clone()))
             .target_partitions(2)
+            .setting("materialized-table.state-build.epoch-rows", "1000")
+            .unwrap()
             .open()
             .await
             .unwrap()
@@ -243,9 +257,18 @@ async fn every_query_resumed_from_its_checkpoint_halfway_equals_its_batch_evalua
     }
     let ids: Vec<String> = engine.jobs().iter().map(|j| j.id.clone()).collect();
     engine.close().await;
+    if lose_checkpoints {
+        for id in &ids {
+            let state = dir.path().join("data/_freshet/jobs").join(id).join("state");
+            if state.exists() {
+                std::fs::remove_dir_all(state).unwrap();
+            }
+        }
+    }
 
     let engine = open().await;
     let mut failures = Vec::new();
+    let mut rebuilt_branches = 0;
     for id in &ids {
         let job = engine.job(id).expect("every job resumes");
         let info = job
@@ -255,11 +278,19 @@ async fn every_query_resumed_from_its_checkpoint_halfway_equals_its_batch_evalua
             .unwrap()
             .clone();
         let recovery = info.recovery.clone().unwrap_or_default();
-        if recovery.contains("rebuilt from the inputs") || info.status != freshet::JobStatus::Running {
+        let restored = recovery.contains("restored from its checkpoint");
+        let rebuilt = recovery.contains("rebuilt from the inputs");
+        rebuilt_branches += recovery.matches("rebuilt from the inputs").count();
+        if (if lose_checkpoints { restored } else { rebuilt }) || info.status != freshet::JobStatus::Running {
             failures.push(format!("{}: {recovery} {:?}", info.statement, info.error));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        rebuilt_branches > 0,
+        lose_checkpoints,
+        "branches rebuilt: {rebuilt_branches}"
+    );
     clock.advance(std::time::Duration::from_secs(60));
     for id in &ids {
         let info = engine.job(id).unwrap().wait().await;

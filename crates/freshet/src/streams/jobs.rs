@@ -162,7 +162,8 @@ impl Engine {
             [one] => one.clone(),
             _ => format!("EXECUTE STATEMENT SET BEGIN\n{};\nEND", texts.join(";\n")),
         };
-        let interval = self.inner.materialized.settings().checkpoint_interval.duration();
+        let settings = self.inner.materialized.settings();
+        let interval = settings.checkpoint_interval.duration();
         Ok(JobStart {
             id,
             statement,
@@ -170,6 +171,7 @@ impl Engine {
             branches,
             memory: self.job_memory(),
             checkpoint_interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            rebuild_epoch_rows: settings.state_build_epoch_rows,
         })
     }
 
