@@ -92,7 +92,8 @@ impl Epoch {
     /// Makes this one of the epochs that feed a new pipeline its inputs' contents in parts:
     /// aggregates take its changes without any output (which the next part would change
     /// again), and the first epoch after them that is not building — with or without changes
-    /// of its own — outputs each group's row once. Windows do not close while building.
+    /// of its own — outputs each group's row once. A building epoch has no watermark (see
+    /// [`Epoch::watermark`]): nothing closes or is forgotten by event time until the last.
     pub fn building(mut self) -> Self {
         self.building = true;
         self
@@ -120,8 +121,14 @@ impl Epoch {
     }
 
     /// The watermark of several sources combined, as Flink combines a job's inputs: the least
-    /// of theirs, leaving out idle ones unless all are; none while one of them has none.
+    /// of theirs, leaving out idle ones unless all are; none while one of them has none, and
+    /// none in a building epoch: a state built in parts must see every row before windows
+    /// close or joins forget rows by the watermark, as it would in one epoch (a join that
+    /// forgot a part's rows before the next part's arrived would miss their matches).
     pub(crate) fn watermark(&self, sources: &[String]) -> Option<i64> {
+        if self.building {
+            return None;
+        }
         let active: Vec<&String> = sources.iter().filter(|s| !self.idle.contains(*s)).collect();
         let counted: Vec<&String> = if active.is_empty() {
             sources.iter().collect()
@@ -341,5 +348,7 @@ mod tests {
         epoch.set_idle("b");
         assert_eq!(epoch.watermark(&sources(&["a", "b"])), Some(100));
         assert_eq!(epoch.watermark(&sources(&["b"])), Some(40));
+        // A building epoch has none.
+        assert_eq!(epoch.building().watermark(&sources(&["a", "b"])), None);
     }
 }

@@ -644,9 +644,7 @@ impl Aggregate {
         let Some(closing) = &self.closing else {
             return Ok(none());
         };
-        if epoch.is_building() {
-            return Ok(none());
-        }
+        // None in a building epoch: windows do not close while a state is built.
         let Some(watermark) = epoch.watermark(&closing.sources) else {
             return Ok(none());
         };
