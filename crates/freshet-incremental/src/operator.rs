@@ -157,6 +157,38 @@ impl Epoch {
     pub fn rows(&self) -> usize {
         self.changes.values().flatten().map(ChangeBatch::num_rows).sum()
     }
+
+    /// Adds the rows of `batch` (inserted, each weight 1) of a source in parts, for a state
+    /// built from the inputs: whenever the epoch holds `max_rows` rows (at least 1), it is
+    /// handed to `full` as a building epoch ([`Epoch::building`]) and an empty one at the same
+    /// time takes its place. The caller steps the last epoch, not building, itself. Returns
+    /// the rows added.
+    pub fn add_in_parts(
+        &mut self,
+        source: &str,
+        batch: &RecordBatch,
+        max_rows: usize,
+        mut full: impl FnMut(Epoch) -> Result<()>,
+    ) -> Result<usize> {
+        let max_rows = max_rows.max(1);
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = max_rows
+                .saturating_sub(self.rows())
+                .max(1)
+                .min(batch.num_rows() - offset);
+            self.add(source, ChangeBatch::with_weight(&batch.slice(offset, take), 1)?);
+            offset += take;
+            if self.rows() >= max_rows {
+                let next = Epoch {
+                    time_ns: self.time_ns,
+                    ..Epoch::default()
+                };
+                full(std::mem::replace(self, next).building())?;
+            }
+        }
+        Ok(batch.num_rows())
+    }
 }
 
 /// What an operator keeps between epochs.
@@ -350,5 +382,32 @@ mod tests {
         assert_eq!(epoch.watermark(&sources(&["b"])), Some(40));
         // A building epoch has none.
         assert_eq!(epoch.building().watermark(&sources(&["a", "b"])), None);
+    }
+
+    /// Rows added in parts fill building epochs of at most the given size, at the same time,
+    /// and leave the rest in the epoch.
+    #[test]
+    fn rows_added_in_parts_fill_building_epochs() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        let batch = |n: i64| {
+            datafusion::arrow::record_batch::RecordBatch::try_from_iter([(
+                "v",
+                std::sync::Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+            )])
+            .unwrap()
+        };
+        let mut epoch = Epoch::at(7);
+        let mut full = Vec::new();
+        let mut take = |e: Epoch| {
+            full.push((e.rows(), e.is_building(), e.time_ns()));
+            Ok(())
+        };
+        assert_eq!(epoch.add_in_parts("s", &batch(10), 4, &mut take).unwrap(), 10);
+        assert_eq!(epoch.add_in_parts("s", &batch(3), 4, &mut take).unwrap(), 3);
+        assert_eq!(full, vec![(4, true, Some(7_000_000)); 3]);
+        assert_eq!(
+            (epoch.rows(), epoch.is_building(), epoch.time_ns()),
+            (1, false, Some(7_000_000))
+        );
     }
 }

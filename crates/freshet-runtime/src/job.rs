@@ -640,19 +640,12 @@ impl Run {
                     .source_columns(&name)
                     .map(<[usize]>::to_vec);
                 let mut scan = snapshot.scan(columns, false);
+                let max_rows = self.rebuild_epoch_rows;
                 while let Some(batch) = scan.try_next().await? {
-                    let mut offset = 0;
-                    while offset < batch.num_rows() {
-                        let take = (self.rebuild_epoch_rows - epoch.rows()).min(batch.num_rows() - offset);
-                        epoch.add(&name, ChangeBatch::with_weight(&batch.slice(offset, take), 1)?);
-                        offset += take;
-                        rows += take;
-                        if epoch.rows() >= self.rebuild_epoch_rows {
-                            let full = std::mem::replace(&mut epoch, Epoch::at(now));
-                            self.branches[branch].pipeline.step(&full.building())?;
-                            self.account()?;
-                        }
-                    }
+                    rows += epoch.add_in_parts(&name, &batch, max_rows, |full| {
+                        self.branches[branch].pipeline.step(&full)?;
+                        self.account()
+                    })?;
                 }
             }
             if let Some(watermark) = input_watermark(&self.inputs[input], &snapshot, now) {

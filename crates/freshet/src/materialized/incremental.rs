@@ -346,18 +346,12 @@ impl Engine {
             let columns = pipeline.source_columns(&source).map(<[usize]>::to_vec);
             let mut rows = snapshot.scan(columns, false);
             while let Some(batch) = rows.try_next().await? {
-                let mut offset = 0;
-                while offset < batch.num_rows() {
-                    let take = (epoch_rows - epoch.rows()).min(batch.num_rows() - offset);
-                    epoch.add(&source, ChangeBatch::with_weight(&batch.slice(offset, take), 1)?);
-                    offset += take;
-                    if epoch.rows() >= epoch_rows {
-                        // More rows may follow: a building epoch (if none do, the next is empty).
-                        self.set_watermarks(&mut epoch, &previous.inputs).await?;
-                        let full = std::mem::replace(&mut epoch, Epoch::at(time));
-                        outputs.extend(pipeline.step(&full.building())?);
-                    }
-                }
+                // More rows may follow a full epoch: a building one (if none do, the last is
+                // empty). Building epochs have no watermark; the last has the inputs'.
+                epoch.add_in_parts(&source, &batch, epoch_rows, |full| {
+                    outputs.extend(pipeline.step(&full)?);
+                    Ok(())
+                })?;
             }
         }
         self.set_watermarks(&mut epoch, &previous.inputs).await?;
