@@ -385,7 +385,7 @@ impl Jobs {
                 progress: progress.clone(),
                 memory,
                 checkpoint_interval_ms,
-                rebuild_epoch_rows: rebuild_epoch_rows.max(1),
+                rebuild_epoch_rows,
             };
             let (status, error) = match run.run(resume).await {
                 Ok(status) => (status, None),
