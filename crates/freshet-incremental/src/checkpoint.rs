@@ -158,7 +158,7 @@ impl PipelineState {
     /// # Safety
     ///
     /// `bytes` must be what [`PipelineState::encode`] returned, unchanged — as a checkpoint
-    /// file read back and found to have the size and BLAKE3 hash recorded when it was written
+    /// file read back and found to have the size and checksum recorded when it was written
     /// is. Arrays of other bytes may point outside their buffers.
     #[allow(unsafe_code)]
     pub unsafe fn decode_unchecked(

@@ -74,9 +74,15 @@ pub struct StateFile {
     pub path: String,
     /// Size in bytes.
     pub bytes: u64,
-    /// The BLAKE3 hash of its contents, in hex: a checkpoint read back is checked whole, so
-    /// that a damaged one is refused rather than restored into wrong results.
-    pub blake3: String,
+    /// The checksum of its contents (XXH3-128 over its 16 MiB blocks' XXH3-128s, in hex:
+    /// `hash.rs`): a checkpoint read back is checked whole, so that a damaged one is refused
+    /// rather than restored into wrong results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
+    /// The BLAKE3 hash of its contents, in hex, which earlier versions recorded instead of
+    /// [`StateFile::xxh3`]; checked when that is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 impl StateFile {
@@ -85,12 +91,13 @@ impl StateFile {
         Self {
             path,
             bytes: bytes.len() as u64,
-            blake3: crate::hash::hash(bytes).to_hex().to_string(),
+            xxh3: Some(crate::hash::checksum(bytes)),
+            blake3: None,
         }
     }
 
-    /// Reads this file from `location` in `store`, checked against its size and hash. In a
-    /// local location (`local`: the file's path on the file system) it is mapped rather than
+    /// Reads this file from `location` in `store`, checked against its size and checksum. In
+    /// a local location (`local`: the file's path on the file system) it is mapped rather than
     /// read ([`crate::mapped`]), and checked on a blocking thread.
     pub(crate) async fn read(
         &self,
@@ -120,7 +127,8 @@ impl StateFile {
         Ok(bytes)
     }
 
-    /// Checks that `bytes`, read from `location`, are this file: its size and its hash.
+    /// Checks that `bytes`, read from `location`, are this file: its size and its checksum
+    /// (or, recorded by an earlier version, its BLAKE3 hash).
     fn verify(&self, location: &datafusion::object_store::path::Path, bytes: &[u8]) -> Result<()> {
         if bytes.len() as u64 != self.bytes {
             return Err(FreshetError::corrupt(
@@ -128,7 +136,17 @@ impl StateFile {
                 format!("{} bytes, the manifest says {}", bytes.len(), self.bytes),
             ));
         }
-        if crate::hash::hash(bytes).to_hex().as_str() != self.blake3 {
+        let matches = match (&self.xxh3, &self.blake3) {
+            (Some(xxh3), _) => crate::hash::checksum(bytes) == *xxh3,
+            (None, Some(blake3)) => crate::hash::blake3(bytes) == *blake3,
+            (None, None) => {
+                return Err(FreshetError::corrupt(
+                    location,
+                    "the manifest records no checksum for it",
+                ));
+            }
+        };
+        if !matches {
             return Err(FreshetError::corrupt(
                 location,
                 "its contents do not hash to what the manifest says",
@@ -303,6 +321,38 @@ impl SchemaDef {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
+
+    /// A state file is recorded with its XXH3 checksum; one recorded by an earlier version
+    /// with a BLAKE3 hash is checked against that; other bytes, or a record of neither, are
+    /// refused as damaged.
+    #[test]
+    fn state_files_are_checked_by_the_hash_they_were_recorded_with() {
+        let at = datafusion::object_store::path::Path::from("state/x.arrow");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let file = StateFile::of("state/x.arrow".into(), &bytes);
+        assert!(file.blake3.is_none());
+        let json = serde_json::to_value(&file).unwrap();
+        assert!(json.get("blake3").is_none() && json.get("xxh3").is_some(), "{json}");
+        file.verify(&at, &bytes).unwrap();
+        let mut changed = bytes.clone();
+        changed[77_777] ^= 0x10;
+        assert!(file.verify(&at, &changed).is_err());
+        assert!(file.verify(&at, &bytes[1..]).is_err());
+
+        let earlier: StateFile = serde_json::from_value(serde_json::json!({
+            "path": "state/x.arrow",
+            "bytes": bytes.len(),
+            "blake3": blake3::hash(&bytes).to_hex().to_string(),
+        }))
+        .unwrap();
+        earlier.verify(&at, &bytes).unwrap();
+        assert!(earlier.verify(&at, &changed).is_err());
+        let neither = StateFile {
+            blake3: None,
+            ..earlier
+        };
+        assert!(neither.verify(&at, &bytes).is_err());
+    }
 
     #[test]
     fn every_common_type_round_trips_through_its_name() {

@@ -304,7 +304,7 @@ impl Engine {
             let delta = n.checked_sub(1).map(|d| &meta.deltas[d]);
             let operators = delta.map_or(&meta.operators, |delta| &delta.operators);
             // SAFETY: `read_state_file` gave the bytes only after checking them against the
-            // size and BLAKE3 hash recorded when they were written, from `PipelineState::encode`.
+            // size and checksum recorded when they were written, from `PipelineState::encode`.
             #[allow(unsafe_code)]
             let mut layer = unsafe { PipelineState::decode_unchecked(meta.fingerprint.clone(), &bytes, operators) }?;
             if let Some(delta) = delta {

@@ -364,7 +364,7 @@ impl Engine {
         for (file, operators, deltas) in files {
             let bytes = Buffer::from(self.inner.catalog.read_job_state(id, file).await?);
             // SAFETY: `read_job_state` gave the bytes only after checking them against the size
-            // and BLAKE3 hash recorded when they were written, from `PipelineState::encode`.
+            // and checksum recorded when they were written, from `PipelineState::encode`.
             #[allow(unsafe_code)]
             let mut layer =
                 unsafe { PipelineState::decode_unchecked(checkpoint.fingerprint.clone(), &bytes, operators) }?;
