@@ -328,6 +328,11 @@ impl Table {
         }
     }
 
+    /// The retained versions, oldest first (one listing of the log, no manifest read).
+    pub async fn versions(&self) -> Result<Vec<u64>> {
+        self.log.versions().await
+    }
+
     /// The manifests of all retained versions, oldest first.
     pub async fn history(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();

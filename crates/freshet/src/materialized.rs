@@ -106,6 +106,10 @@ pub(crate) struct Runtime {
     pub incremental: Arc<tokio::sync::Mutex<Option<incremental::IncrementalState>>>,
     /// Its refreshes since the engine opened.
     pub statistics: Mutex<RefreshStatistics>,
+    /// The refreshes committed at versions of the table's log read for `freshet.refreshes`
+    /// (`None`: the version is no refresh), so that each manifest is read once.
+    pub logged: Mutex<std::collections::BTreeMap<u64, Option<RefreshAttempt>>>,
+
     /// Bytes of the operator state when last looked at (while a refresh holds the state, this
     /// is what it was before).
     pub state_bytes: AtomicU64,

@@ -84,6 +84,63 @@ async fn a_reopened_engine_catches_up_on_missed_refreshes() {
     engine.close().await;
 }
 
+/// `freshet.refreshes` as `name | trigger | algorithm | version`, in its order.
+async fn refresh_rows(engine: &Engine) -> Vec<String> {
+    let batches = engine
+        .sql(
+            "SELECT name || ' | ' || trigger || ' | ' || coalesce(algorithm, outcome) || ' | ' || \
+             coalesce(CAST(version AS VARCHAR), '-') FROM freshet.refreshes",
+        )
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        let column = freshet::datafusion::arrow::compute::cast(
+            batch.column(0),
+            &freshet::datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let column = column.as_any().downcast_ref::<StringArray>().unwrap();
+        rows.extend((0..column.len()).map(|i| column.value(i).to_string()));
+    }
+    rows
+}
+
+/// One process per statement (the command line) sees the refreshes committed by the processes
+/// before it: `freshet.refreshes` reads them from the tables' retained versions, each once,
+/// and this engine's own attempts follow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_history_outlives_the_engine_that_refreshed() {
+    let (dir, clock, instruments, engine) = fresh().await;
+    for statement in [
+        "CREATE TABLE t (v BIGINT); INSERT INTO t VALUES (1), (2);
+         CREATE MATERIALIZED TABLE sums FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL
+         AS SELECT sum(v) AS total FROM t",
+        "CREATE MATERIALIZED TABLE everything FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = FULL
+         AS SELECT v FROM t",
+        "INSERT INTO t VALUES (10); ALTER MATERIALIZED TABLE sums REFRESH; ALTER TABLE sums COMPACT",
+    ] {
+        engine.sql(statement).await.unwrap();
+        clock.advance(Duration::from_secs(1));
+    }
+    let before = refresh_rows(&engine).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    engine.close().await;
+
+    clock.advance(Duration::from_secs(60));
+    let engine = open(dir.path(), &clock, &instruments).await;
+    // The compaction's version carries the last refresh's record but is no refresh.
+    assert_eq!(refresh_rows(&engine).await, before);
+    engine.sql("INSERT INTO t VALUES (100)").await.unwrap();
+    engine.sql("ALTER MATERIALIZED TABLE sums REFRESH").await.unwrap();
+    let after = refresh_rows(&engine).await;
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert_eq!(after[..3], before[..]);
+    assert!(after[3].starts_with("sums | manual | incremental | "), "{after:?}");
+    assert_eq!(total(&engine).await, 113);
+    engine.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_keeps_the_old_contents_and_is_retried() {
     let (_dir, clock, instruments, engine) = fresh().await;

@@ -2,7 +2,7 @@
 //! for the embedding API, `DESCRIBE`/`SHOW`, and the system tables `freshet.materialized_tables`
 //! and `freshet.refreshes`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
@@ -17,8 +17,8 @@ use datafusion::error::Result as DfResult;
 use freshet_common::{FreshetError, Result};
 use freshet_sql::{Freshness, RefreshMode};
 
-use super::Status;
 use super::refresh::{RefreshRecord, Trigger};
+use super::{HISTORY_LENGTH, RefreshAttempt, Status};
 use crate::engine::{Engine, EngineInner};
 
 /// Name of the schema holding the system tables.
@@ -231,7 +231,7 @@ impl SchemaProvider for SystemSchema {
         };
         let batch = match name {
             MATERIALIZED_TABLES => materialized_tables_batch(&engine.materialized_tables().await?)?,
-            REFRESHES => refreshes_batch(&engine)?,
+            REFRESHES => refreshes_batch(&engine.refresh_history().await)?,
             JOBS => engine.jobs_batch(&engine.jobs()).await?,
             SOURCES => engine.sources_batch()?,
             RETENTION => engine.retention_batch()?,
@@ -334,8 +334,93 @@ fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBa
     RecordBatch::try_new(schema, columns).map_err(|e| FreshetError::Internal(e.to_string()))
 }
 
-fn refreshes_batch(engine: &Engine) -> Result<RecordBatch> {
-    let history = engine.inner.materialized.history();
+impl Engine {
+    /// What `freshet.refreshes` shows: per materialized table, the attempts this engine made
+    /// (kept in memory, skipped and failed ones included) and, before them, the refreshes
+    /// committed before it opened — a process per statement otherwise saw only its own. Those
+    /// come from the table's retained versions, whose manifests keep each refresh's record,
+    /// read newest first until the table has [`HISTORY_LENGTH`] attempts (each manifest once
+    /// per engine); their watermark and late rows are not recorded there and show as NULL.
+    /// Those first, in the order they ended, then this engine's (recorded as they ended).
+    pub(crate) async fn refresh_history(&self) -> Vec<RefreshAttempt> {
+        let history = self.inner.materialized.history();
+        let mut earlier = Vec::new();
+        for name in self.materialized_names() {
+            let Ok(table) = self.inner.catalog.table(&name) else {
+                continue;
+            };
+            let mine: BTreeSet<u64> = history
+                .iter()
+                .filter(|a| a.table == name)
+                .filter_map(|a| a.version)
+                .collect();
+            let wanted = HISTORY_LENGTH.saturating_sub(history.iter().filter(|a| a.table == name).count());
+            if wanted == 0 {
+                continue;
+            }
+            // A table whose log cannot be listed now shows only this engine's attempts.
+            let Ok(versions) = table.versions().await else {
+                continue;
+            };
+            let runtime = self.inner.materialized.runtime(&name);
+            let mut found = Vec::new();
+            for version in versions.into_iter().rev() {
+                if found.len() == wanted {
+                    break;
+                }
+                if mine.contains(&version) {
+                    continue;
+                }
+                let known = super::lock(&runtime.logged).get(&version).cloned();
+                let attempt = match known {
+                    Some(attempt) => attempt,
+                    None => {
+                        let Ok(snapshot) = table.snapshot_at(version).await else {
+                            // Removed by VACUUM meanwhile: so are the older ones.
+                            break;
+                        };
+                        let attempt = logged_refresh(&name, &snapshot);
+                        super::lock(&runtime.logged).insert(version, attempt.clone());
+                        attempt
+                    }
+                };
+                found.extend(attempt);
+            }
+            earlier.extend(found);
+        }
+        earlier.sort_by_key(|a| (a.started_at_ms + a.duration_ms, a.version));
+        earlier.extend(history);
+        earlier
+    }
+}
+
+/// The refresh that committed `snapshot`'s version, as an attempt of table `name`; `None` for
+/// any other commit (a compaction or a checkpoint carries the last refresh's record).
+fn logged_refresh(name: &str, snapshot: &freshet_storage::Snapshot) -> Option<RefreshAttempt> {
+    if snapshot.manifest().operation != "REFRESH" {
+        return None;
+    }
+    let record = RefreshRecord::of(snapshot)?;
+    Some(RefreshAttempt {
+        table: name.to_string(),
+        trigger: record.trigger,
+        started_at_ms: record.started_at_ms,
+        duration_ms: record.duration_ms,
+        partition: record.partition,
+        outcome: "committed".into(),
+        version: Some(snapshot.version()),
+        rows: record.rows,
+        algorithm: Some(record.algorithm),
+        reason: record.reason,
+        input_changes: record.input_changes,
+        corrected_rows: record.corrected_rows,
+        detail: None,
+        watermark_ms: None,
+        late_rows: None,
+    })
+}
+
+fn refreshes_batch(history: &[RefreshAttempt]) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("trigger", DataType::Utf8, false),
