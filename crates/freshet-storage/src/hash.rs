@@ -23,8 +23,13 @@ const MAX_THREADS: usize = 4;
 
 /// The checksum of `bytes`, as 32 hex digits.
 pub(crate) fn checksum(bytes: &[u8]) -> String {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    format!("{:032x}", checksum_with(bytes, BLOCK, threads.min(MAX_THREADS)))
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_THREADS)
+    });
+    format!("{:032x}", checksum_with(bytes, BLOCK, threads))
 }
 
 /// The checksum of `bytes` in blocks of `block` bytes, on up to `threads` threads.

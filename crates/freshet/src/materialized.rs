@@ -106,9 +106,9 @@ pub(crate) struct Runtime {
     pub incremental: Arc<tokio::sync::Mutex<Option<incremental::IncrementalState>>>,
     /// Its refreshes since the engine opened.
     pub statistics: Mutex<RefreshStatistics>,
-    /// The refreshes committed at versions of the table's log read for `freshet.refreshes`
-    /// (`None`: the version is no refresh), so that each manifest is read once.
-    pub logged: Mutex<std::collections::BTreeMap<u64, Option<RefreshAttempt>>>,
+    /// The refreshes committed at the table's retained versions, newest first, as
+    /// `freshet.refreshes` first read them from its log (once per engine).
+    pub logged: tokio::sync::OnceCell<Vec<RefreshAttempt>>,
 
     /// Bytes of the operator state when last looked at (while a refresh holds the state, this
     /// is what it was before).

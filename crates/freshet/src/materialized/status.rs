@@ -337,60 +337,55 @@ fn materialized_tables_batch(infos: &[MaterializedTableInfo]) -> Result<RecordBa
 impl Engine {
     /// What `freshet.refreshes` shows: per materialized table, the attempts this engine made
     /// (kept in memory, skipped and failed ones included) and, before them, the refreshes
-    /// committed before it opened — a process per statement otherwise saw only its own. Those
-    /// come from the table's retained versions, whose manifests keep each refresh's record,
-    /// read newest first until the table has [`HISTORY_LENGTH`] attempts (each manifest once
-    /// per engine); their watermark and late rows are not recorded there and show as NULL.
-    /// Those first, in the order they ended, then this engine's (recorded as they ended).
+    /// committed before it opened — a process per statement otherwise saw only its own — up
+    /// to [`HISTORY_LENGTH`] in all. Those come from the table's retained versions, whose
+    /// manifests keep each refresh's record, read once per engine at the first query that
+    /// wants them ([`Engine::logged_refreshes`]); their watermark and late rows are not
+    /// recorded there and show as NULL. Those first, in the order they ended, then this
+    /// engine's (recorded as they ended).
     pub(crate) async fn refresh_history(&self) -> Vec<RefreshAttempt> {
         let history = self.inner.materialized.history();
         let mut earlier = Vec::new();
         for name in self.materialized_names() {
-            let Ok(table) = self.inner.catalog.table(&name) else {
-                continue;
-            };
-            let mine: BTreeSet<u64> = history
-                .iter()
-                .filter(|a| a.table == name)
-                .filter_map(|a| a.version)
-                .collect();
-            let wanted = HISTORY_LENGTH.saturating_sub(history.iter().filter(|a| a.table == name).count());
+            let attempts = history.iter().filter(|a| a.table == name);
+            let wanted = HISTORY_LENGTH.saturating_sub(attempts.clone().count());
             if wanted == 0 {
                 continue;
             }
-            // A table whose log cannot be listed now shows only this engine's attempts.
-            let Ok(versions) = table.versions().await else {
+            let mine: BTreeSet<u64> = attempts.filter_map(|a| a.version).collect();
+            let runtime = self.inner.materialized.runtime(&name);
+            // A table whose log cannot be read now shows this engine's attempts alone, and is
+            // read again at the next query.
+            let Ok(logged) = runtime.logged.get_or_try_init(|| self.logged_refreshes(&name)).await else {
                 continue;
             };
-            let runtime = self.inner.materialized.runtime(&name);
-            let mut found = Vec::new();
-            for version in versions.into_iter().rev() {
-                if found.len() == wanted {
-                    break;
-                }
-                if mine.contains(&version) {
-                    continue;
-                }
-                let known = super::lock(&runtime.logged).get(&version).cloned();
-                let attempt = match known {
-                    Some(attempt) => attempt,
-                    None => {
-                        let Ok(snapshot) = table.snapshot_at(version).await else {
-                            // Removed by VACUUM meanwhile: so are the older ones.
-                            break;
-                        };
-                        let attempt = logged_refresh(&name, &snapshot);
-                        super::lock(&runtime.logged).insert(version, attempt.clone());
-                        attempt
-                    }
-                };
-                found.extend(attempt);
-            }
-            earlier.extend(found);
+            let found = logged
+                .iter()
+                .filter(|a| a.version.is_none_or(|v| !mine.contains(&v)))
+                .take(wanted);
+            earlier.extend(found.cloned());
         }
         earlier.sort_by_key(|a| (a.started_at_ms + a.duration_ms, a.version));
         earlier.extend(history);
         earlier
+    }
+
+    /// The newest [`HISTORY_LENGTH`] refreshes committed at table `name`'s retained versions,
+    /// newest first: its log listed once, manifests read back from the newest.
+    async fn logged_refreshes(&self, name: &str) -> Result<Vec<RefreshAttempt>> {
+        let table = self.inner.catalog.table(name)?;
+        let mut found = Vec::new();
+        for version in table.versions().await?.into_iter().rev() {
+            if found.len() == HISTORY_LENGTH {
+                break;
+            }
+            // Removed by VACUUM meanwhile: so are the older ones.
+            let Ok(snapshot) = table.snapshot_at(version).await else {
+                break;
+            };
+            found.extend(logged_refresh(name, &snapshot));
+        }
+        Ok(found)
     }
 }
 
