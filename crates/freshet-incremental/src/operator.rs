@@ -273,6 +273,13 @@ pub(crate) trait Operator: Send {
     fn output_consolidated(&self) -> bool {
         false
     }
+    /// Whether an epoch's output deletes only rows output in earlier epochs, never one it
+    /// inserts too: true of a consolidated output, and of a filter or projection of one (a row
+    /// deleted maps to a row output before). A join's side that does can have a key's rows
+    /// replaced whole without comparing them (see `Consolidate::DueReplacing`).
+    fn deletes_only_earlier_rows(&self) -> bool {
+        self.output_consolidated()
+    }
     /// Output columns whose values identify an output row: no two rows the operator's output
     /// holds at one time agree on them (`None` when the operator knows no such columns).
     fn unique_key(&self) -> Option<Vec<usize>> {

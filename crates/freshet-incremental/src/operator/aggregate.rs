@@ -285,6 +285,18 @@ impl Groups {
         }
     }
 
+    /// Makes room for `more` groups beyond those held: every per-slot column at once, so that
+    /// loading a million groups does not grow each column by doubling.
+    fn reserve(&mut self, more: usize) {
+        self.slots.reserve(more);
+        self.marks.reserve(more);
+        self.ends.reserve(more);
+        self.touched_at.reserve(more);
+        for accumulators in &mut self.accumulators {
+            accumulators.reserve(more);
+        }
+    }
+
     /// A slot with an empty state.
     fn allocate(&mut self) -> u32 {
         if let Some(slot) = self.free.pop() {

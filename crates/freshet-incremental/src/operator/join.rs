@@ -147,6 +147,8 @@ pub(crate) struct Join {
 /// The rows of both sides at the keys of one part, and what is computed from them.
 struct Part {
     spec: Arc<JoinSpec>,
+    /// How an epoch's changes of each side (left, right) consolidate.
+    due: [Consolidate; 2],
     left_rows: Arrangement,
     right_rows: Arrangement,
     /// `NOT IN`: the left rows with a NULL key (encoded with `left_codec`), and the right side's
@@ -209,7 +211,13 @@ impl Join {
         let spec = Arc::new(spec);
         let parts = if spec.null_aware { 1 } else { parts.max(1) };
         let parts = (0..parts)
-            .map(|_| Part::new(&spec, &keys))
+            .map(|_| {
+                Part::new(
+                    &spec,
+                    &keys,
+                    [left.deletes_only_earlier_rows(), right.deletes_only_earlier_rows()],
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             keys,
@@ -312,8 +320,15 @@ impl Join {
 }
 
 impl Part {
-    fn new(spec: &Arc<JoinSpec>, keys: &KeyCodec) -> Result<Self> {
+    /// A part of a join whose inputs delete only rows of earlier epochs or not (`replacing`:
+    /// left, right; see [`Operator::deletes_only_earlier_rows`]).
+    fn new(spec: &Arc<JoinSpec>, keys: &KeyCodec, replacing: [bool; 2]) -> Result<Self> {
+        let due = replacing.map(|replacing| match replacing {
+            true => Consolidate::DueReplacing,
+            false => Consolidate::Due,
+        });
         Ok(Self {
+            due,
             spec: spec.clone(),
             left_rows: Arrangement::new(&spec.left_schema, keys)?,
             right_rows: Arrangement::new(&spec.right_schema, keys)?,
@@ -614,8 +629,8 @@ impl Part {
     }
 
     fn apply_not_in(&mut self, left: &Encoded, right: &Encoded, rows: i64, null_rows: i64) -> Result<()> {
-        self.apply(left, Side::Left, Consolidate::Due)?;
-        self.apply(right, Side::Right, Consolidate::Due)?;
+        self.apply(left, Side::Left, self.due[Side::Left as usize])?;
+        self.apply(right, Side::Right, self.due[Side::Right as usize])?;
         if left.matchable.iter().any(|&m| !m) {
             let encoded = self.left_codec.encode(left.delta.data.columns(), left.delta.len())?;
             for (i, &matchable) in left.matchable.iter().enumerate() {
@@ -733,11 +748,11 @@ impl Part {
         if self.spec.kind.pairs() {
             pairs.push(self.pairs(&left, Side::Left)?);
         }
-        self.apply(&left, Side::Left, Consolidate::Due)?;
+        self.apply(&left, Side::Left, self.due[Side::Left as usize])?;
         if self.spec.kind.pairs() {
             pairs.push(self.pairs(&right, Side::Right)?);
         }
-        self.apply(&right, Side::Right, Consolidate::Due)?;
+        self.apply(&right, Side::Right, self.due[Side::Right as usize])?;
         for pair in pairs {
             parts.push(pair.with_schema(&self.spec.schema)?);
         }

@@ -47,6 +47,10 @@ impl Operator for Filter {
         self.input.output_consolidated()
     }
 
+    fn deletes_only_earlier_rows(&self) -> bool {
+        self.input.deletes_only_earlier_rows()
+    }
+
     fn unique_key(&self) -> Option<Vec<usize>> {
         self.input.unique_key()
     }
@@ -104,6 +108,10 @@ impl Operator for Project {
 
     fn output_consolidated(&self) -> bool {
         self.keeps_every_column && self.input.output_consolidated()
+    }
+
+    fn deletes_only_earlier_rows(&self) -> bool {
+        self.input.deletes_only_earlier_rows()
     }
 
     /// The input's key, when every column of it is an output column as it is.

@@ -144,6 +144,19 @@ impl Accumulators {
         }
     }
 
+    /// Makes room for `more` slots beyond those held.
+    pub(crate) fn reserve(&mut self, more: usize) {
+        match self {
+            Accumulators::Rows => {}
+            Accumulators::Count(counts) => counts.reserve(more),
+            Accumulators::Exact(tallies) => tallies.reserve(more),
+            Accumulators::Float(sums) => sums.reserve(more),
+            Accumulators::Values { sets, .. } => sets.reserve(more),
+            Accumulators::Extreme { extremes, .. } => extremes.reserve(more),
+            Accumulators::Bools(truths) => truths.reserve(more),
+        }
+    }
+
     /// Adds a slot holding an empty state.
     pub(crate) fn push(&mut self) {
         match self {

@@ -328,8 +328,7 @@ impl Groups {
     /// (`replace`) over one, replacing groups.
     fn load(&mut self, saved: &SavedColumns<'_>, rows: &[u32], replace: bool) -> Result<()> {
         if !replace {
-            self.slots.reserve(rows.len());
-            self.marks.reserve(rows.len());
+            self.reserve(rows.len());
         }
         for &row in rows {
             let row = row as usize;

@@ -53,6 +53,11 @@ impl FloatSums {
         }
     }
 
+    /// Makes room for `more` slots beyond those held.
+    pub(crate) fn reserve(&mut self, more: usize) {
+        self.tallies.reserve(more);
+    }
+
     /// Adds a slot holding an empty sum.
     pub(crate) fn push(&mut self) {
         self.tallies.push(FloatTally::default());

@@ -90,6 +90,12 @@ pub(super) enum Consolidate {
     /// that delete them both stay, which lookups pair as they are (the pairs cancel) and a
     /// checkpoint saves as they are (as it saves any chain not consolidated yet).
     Later,
+    /// As `Due`, for a delta whose deletions take only rows held before it (an input whose
+    /// epochs delete only rows of earlier ones: an aggregate's output, a projection of it): a
+    /// due key whose deletions take as many rows as it held before the epoch has lost all of
+    /// them, so it keeps the epoch's insertions as they are — no row gathered, encoded or
+    /// compared. An aggregate's output replaces its groups' rows this way.
+    DueReplacing,
 }
 
 /// Adds an entry for row `row` of weight `weight` at the head of `chain`.
@@ -621,6 +627,7 @@ impl Arrangement {
         if let Some(ttl) = &mut self.ttl {
             ttl.born.reserve(rows.len());
         }
+        let epoch_start = self.entries.len();
         let mut due = Vec::new();
         for i in rows {
             let i = i as usize;
@@ -645,7 +652,7 @@ impl Arrangement {
                 chain.negatives += 1;
                 // A key's frozen rows count in its chain's length (unless shadowed): taking
                 // them in at its first deletion would gather every touched key's rows.
-                if consolidate == Consolidate::Due
+                if consolidate != Consolidate::Later
                     && !chain.due
                     && u64::from(chain.negatives) * 4 >= u64::from(chain.len)
                     && (chain.shadows
@@ -657,7 +664,8 @@ impl Arrangement {
                 }
             }
         }
-        self.consolidate(due.iter().map(|&i| keys.key(i)).collect())?;
+        let replaced_from = (consolidate == Consolidate::DueReplacing).then_some(epoch_start);
+        self.consolidate(due.iter().map(|&i| keys.key(i)).collect(), replaced_from)?;
         self.collect_garbage()
     }
 
@@ -696,8 +704,15 @@ impl Arrangement {
     /// was inserted (what comparing the rows checks), so each row's weights sum to zero too.
     /// Its entries are dropped (and its frozen rows shadowed) without a row gathered or
     /// compared — the line items of a deleted order, say.
-    fn consolidate(&mut self, mut keys: Vec<Key<'_>>) -> Result<()> {
+    ///
+    /// With `replaced_from` (the first entry of an epoch whose deletions take only rows held
+    /// before it), a key whose rows before the epoch were all deleted keeps the epoch's insertions
+    /// (see [`Arrangement::replace_if_all_deleted`]).
+    fn consolidate(&mut self, mut keys: Vec<Key<'_>>, replaced_from: Option<usize>) -> Result<()> {
         keys.retain(|&key| !self.drop_if_cancelled(key));
+        if let Some(start) = replaced_from {
+            keys.retain(|&key| !self.replace_if_all_deleted(key, start));
+        }
         if keys.is_empty() {
             return Ok(());
         }
@@ -767,6 +782,65 @@ impl Arrangement {
             }
         }
         Ok(())
+    }
+
+    /// Keeps only the insertions of the epoch whose first entry is `start` at `key` (and
+    /// shadows its frozen rows) when the epoch's deletions there take as many rows as the key
+    /// held before it; whether it did. Every deletion of the epoch takes a row held before it
+    /// (see [`Consolidate::DueReplacing`]), so as many as there were take them all. The
+    /// insertions are kept as entries as they came (equal ones are summed by lookups, and by a
+    /// later consolidation).
+    fn replace_if_all_deleted(&mut self, key: Key<'_>, start: usize) -> bool {
+        let Some(chain) = self.chains.get(key).copied() else {
+            return false;
+        };
+        let (frozen_rows, mut before) = match &self.frozen {
+            Some(frozen) if !chain.shadows => frozen
+                .entries(key)
+                .fold((0u64, 0i64), |(rows, sum), (_, weight)| (rows + 1, sum + weight)),
+            _ => (0, 0),
+        };
+        let mut deleted = 0i64;
+        let mut inserted = Vec::new();
+        let mut next = chain.head;
+        while let Some(entry) = self.entries.get(next as usize) {
+            match (next as usize) < start {
+                true => before += entry.weight,
+                false if entry.weight < 0 => deleted -= entry.weight,
+                false => inserted.push(next),
+            }
+            next = entry.next;
+        }
+        if before <= 0 || deleted != before {
+            return false;
+        }
+        let (mut head, mut weight) = (NIL, 0);
+        for &member in inserted.iter().rev() {
+            let entry = &mut self.entries[member as usize];
+            entry.next = head;
+            head = member;
+            weight += entry.weight;
+        }
+        let len = inserted.len() as u32;
+        self.live -= u64::from(chain.len - len);
+        self.frozen_live -= frozen_rows;
+        let shadows = chain.shadows || frozen_rows > 0;
+        if len == 0 && !shadows {
+            self.chains.remove(key);
+        } else {
+            self.chains.insert(
+                key,
+                Chain {
+                    head,
+                    len,
+                    negatives: 0,
+                    weight,
+                    due: false,
+                    shadows,
+                },
+            );
+        }
+        true
     }
 
     /// Drops `key`'s entries, and shadows its frozen rows, when their weights sum to zero (see

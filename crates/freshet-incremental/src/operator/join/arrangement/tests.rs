@@ -89,13 +89,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Epochs of inserts and deletes of a few keys' rows: the entries always sum to the
-    /// multiset inserted minus the one deleted, through consolidation (at once, or left to a
-    /// later epoch as a replayed delta leaves it), batch merging and rewriting, and through
-    /// saving with an index and taking the rows back frozen after some epochs (integer and
-    /// row-format keys).
+    /// multiset inserted minus the one deleted, through consolidation (at once — of any delta,
+    /// or of one deleting only rows held before it, whose keys can be replaced whole — or left
+    /// to a later epoch as a replayed delta leaves it), batch merging and rewriting, and
+    /// through saving with an index and taking the rows back frozen after some epochs (integer
+    /// and row-format keys).
     #[test]
     fn entries_sum_to_the_multiset(epochs in prop::collection::vec((
         prop::collection::vec((0..4i32, prop::option::of(0..3u8), 1..3i64, any::<bool>()), 0..20),
+        any::<bool>(),
         any::<bool>(),
         any::<bool>(),
     ), 1..40), two_columns in any::<bool>()) {
@@ -106,15 +108,23 @@ proptest! {
         let codec = Codec::new(two_columns);
         let mut arrangement = Arrangement::new(&schema, &codec.codec).unwrap();
         let mut expected: BTreeMap<(i32, Option<String>), i64> = BTreeMap::new();
-        for (epoch, freeze, later) in epochs {
-            // A deletion takes away what is there, never more.
+        for (epoch, freeze, later, replacing) in epochs {
+            // A deletion takes away what is there, never more; with `replacing`, only what was
+            // there before the epoch (as an aggregate's output, or a projection of it, deletes).
             let mut rows = Vec::new();
             let mut pending = expected.clone();
+            let mut earlier = expected.clone();
             for (key, text, weight, delete) in epoch {
                 let row = (key, text.map(|t| format!("text {t}")));
-                let have = pending.entry(row.clone()).or_default();
-                let weight = if delete { -weight.min(*have) } else { weight };
-                *have += weight;
+                let have = match replacing {
+                    true => *earlier.get(&row).unwrap_or(&0),
+                    false => *pending.get(&row).unwrap_or(&0),
+                };
+                let weight = if delete { -weight.min(have) } else { weight };
+                if weight < 0 {
+                    *earlier.entry(row.clone()).or_default() += weight;
+                }
+                *pending.entry(row.clone()).or_default() += weight;
                 rows.push((row, weight));
             }
             let data = RecordBatch::try_new(schema.clone(), vec![
@@ -123,7 +133,11 @@ proptest! {
             ]).unwrap();
             let weights = Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w));
             let keys = codec.encode(data.column(0));
-            let consolidate = if later { Consolidate::Later } else { Consolidate::Due };
+            let consolidate = match (later, replacing) {
+                (true, _) => Consolidate::Later,
+                (false, true) => Consolidate::DueReplacing,
+                (false, false) => Consolidate::Due,
+            };
             arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()], consolidate).unwrap();
             pending.retain(|_, weight| *weight != 0);
             expected = pending;
@@ -153,4 +167,82 @@ fn deleting_a_row_never_inserted_is_an_internal_error() {
         .apply(&data, &Int64Array::from(vec![-1]), &keys, &[true], Consolidate::Due)
         .unwrap_err();
     assert!(error.to_string().contains("deleted a row it never had"), "{error}");
+}
+
+/// An epoch deleting only rows held before it, and every row of a key it inserts at (an
+/// aggregate replacing its groups' rows), keeps the insertions without looking at the rows:
+/// frozen ones shadowed, no row gathered, and the same multiset as a consolidation by
+/// comparing rows.
+#[test]
+fn an_epoch_deleting_earlier_rows_replaces_whole_keys() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int32, false),
+        Field::new("v", DataType::Utf8, true),
+    ]));
+    let codec = Codec::new(true);
+    let batch = |rows: &[(i32, &str, i64)]| {
+        let data = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        let weights = Int64Array::from_iter_values(rows.iter().map(|r| r.2));
+        (data, weights)
+    };
+    let apply = |arrangement: &mut Arrangement, rows: &[(i32, &str, i64)], consolidate: Consolidate| {
+        let (data, weights) = batch(rows);
+        let keys = codec.encode(data.column(0));
+        arrangement
+            .apply(&data, &weights, &keys, &vec![true; rows.len()], consolidate)
+            .unwrap();
+    };
+    let expected: BTreeMap<(i32, Option<String>), i64> = [
+        ((0, Some("new".to_string())), 1),
+        ((1, Some("kept".to_string())), 2),
+        ((1, Some("new".to_string())), 1),
+        ((2, Some("new".to_string())), 3),
+    ]
+    .into_iter()
+    .collect();
+    for (frozen, consolidate) in [
+        (false, Consolidate::DueReplacing),
+        (true, Consolidate::DueReplacing),
+        (false, Consolidate::Due),
+        (true, Consolidate::Due),
+    ] {
+        let mut arrangement = Arrangement::new(&schema, &codec.codec).unwrap();
+        // Key 0 one row, key 1 two rows (one of them twice), key 2 one row twice.
+        let first = [(0, "old", 1), (1, "old", 1), (1, "kept", 2), (2, "old", 2)];
+        apply(&mut arrangement, &first, Consolidate::Due);
+        if frozen {
+            arrangement = refrozen(&arrangement, &codec);
+        }
+        // Key 0 and 2 replaced whole; key 1 loses one row of three (not whole).
+        let second = [
+            (0, "old", -1),
+            (0, "new", 1),
+            (1, "old", -1),
+            (1, "new", 1),
+            (2, "old", -2),
+            (2, "new", 3),
+        ];
+        apply(&mut arrangement, &second, consolidate);
+        assert_eq!(
+            contents(&arrangement, &codec, &[0, 1, 2]),
+            expected,
+            "{frozen} {consolidate:?}"
+        );
+        assert_eq!(saved(&arrangement), expected, "{frozen} {consolidate:?}");
+        assert_eq!(arrangement.len(), 4, "{frozen} {consolidate:?}");
+        if consolidate == Consolidate::DueReplacing {
+            for key in [0, 2] {
+                let keys = codec.encode(&(Arc::new(Int32Array::from(vec![key])) as ArrayRef));
+                let entries: Vec<(u64, i64)> = arrangement.entries(keys.key(0)).collect();
+                assert_eq!(entries.len(), 1, "key {key}: the insertion alone ({frozen})");
+            }
+        }
+    }
 }
