@@ -9,6 +9,7 @@
 mod arrangement;
 mod checkpoint;
 mod frozen;
+mod views;
 
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array, new_empty_array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array, new_empty_array,
 };
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave, take_arrays};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -26,6 +26,7 @@ use foldhash::{HashMap, HashMapExt};
 use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Probe, Result};
 
 use super::frozen::Frozen;
+pub(super) use super::views::compact_views;
 use crate::checkpoint::mismatch;
 use crate::delta::internal;
 use crate::rows::RowCodec;
@@ -934,38 +935,6 @@ impl Arrangement {
         }
         Ok(())
     }
-}
-
-/// The batch with its string and binary view columns copied into one buffer each when they
-/// refer to many buffers or to buffers mostly unused: a gather (`take`) of a view column
-/// copies the list of the buffers it refers to, so that gathering a few rows from a column of
-/// thousands of buffers — the concatenated output of many epochs — costs thousands, and a
-/// column of a few rows left referring to a whole input's buffers keeps them in memory.
-pub(super) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
-    fn wasteful(buffers: &[datafusion::arrow::buffer::Buffer], used: usize) -> bool {
-        let held: usize = buffers.iter().map(|b| b.capacity()).sum();
-        buffers.len() > 8 || (buffers.len() > 1 && held > 2 * used + (1 << 16)) || held > 4 * used + (1 << 20)
-    }
-    let mut columns = batch.columns().to_vec();
-    let mut changed = false;
-    for column in &mut columns {
-        if let Some(strings) = column.as_string_view_opt() {
-            if wasteful(strings.data_buffers(), strings.total_buffer_bytes_used()) {
-                *column = Arc::new(strings.gc());
-                changed = true;
-            }
-        } else if let Some(binaries) = column.as_binary_view_opt()
-            && wasteful(binaries.data_buffers(), binaries.total_buffer_bytes_used())
-        {
-            *column = Arc::new(binaries.gc());
-            changed = true;
-        }
-    }
-    if !changed {
-        return Ok(batch);
-    }
-    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    RecordBatch::try_new_with_options(batch.schema(), columns, &options).map_err(internal)
 }
 
 /// Rows by global number from `batches` (whose first rows have the numbers `starts`).
