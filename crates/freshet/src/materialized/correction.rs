@@ -16,7 +16,11 @@ use datafusion::arrow::row::{RowConverter, SortField};
 
 use freshet_common::{ChangeBatch, FreshetError, Result};
 
-/// Relative difference under which two floats are the same value rounded differently.
+/// Difference under which two floats are the same value rounded differently: relative to the
+/// larger, but never finer than this much absolute. A sum whose terms cancel is exact in the
+/// pipeline and carries the rounding of its largest terms in batch evaluation (1.5 − 3.0 + 1.5
+/// + 1e-300 is 1e-300 exactly and 0 in batch), so below magnitude one the bound is absolute:
+/// a smaller difference between small values is not reported as drift (it is still corrected).
 const ROUNDING: f64 = 1e-9;
 
 /// The rows of a correction that are not float re-roundings: a retracted and an inserted row
@@ -77,7 +81,9 @@ pub(crate) fn drifted_rows(correction: &ChangeBatch) -> Result<u64> {
 fn agree(a: Option<f64>, b: Option<f64>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= ROUNDING * a.abs().max(b.abs()),
+        (Some(a), Some(b)) => {
+            a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= ROUNDING * a.abs().max(b.abs()).max(1.0)
+        }
         _ => false,
     }
 }
@@ -138,9 +144,16 @@ mod tests {
     #[test]
     fn re_rounded_floats_are_not_drift() {
         let rounded = correction(
-            vec!["a", "a", "b", "b"],
-            vec![Some(0.30000000000000004), Some(0.3), Some(f64::NAN), Some(f64::NAN)],
-            vec![1, -1, 1, -1],
+            vec!["a", "a", "b", "b", "c", "c"],
+            vec![
+                Some(0.30000000000000004),
+                Some(0.3),
+                Some(f64::NAN),
+                Some(f64::NAN),
+                Some(1e-300),
+                Some(0.0),
+            ],
+            vec![1, -1, 1, -1, 1, -1],
         );
         assert_eq!(drifted_rows(&rounded).unwrap(), 0);
     }
