@@ -99,6 +99,15 @@ pub(super) enum Consolidate {
     DueReplacing,
 }
 
+/// A key listed for consolidation by [`Arrangement::apply`]: its hash in the chains' map, and
+/// the places of its frozen rows (see [`Frozen::find`]; empty when its chain shadows them), found
+/// once for the due check and used by every step after it.
+struct Due<'k> {
+    key: Key<'k>,
+    hash: u64,
+    frozen: std::ops::Range<usize>,
+}
+
 /// Adds an entry for row `row` of weight `weight` at the head of `chain`.
 fn push_entry(entries: &mut Vec<Entry>, chain: &mut Chain, row: u64, weight: i64) -> Result<()> {
     let index = u32::try_from(entries.len())
@@ -249,17 +258,18 @@ impl Arrangement {
         Ok(())
     }
 
-    /// Takes `key`'s frozen rows into its chain as entries and marks the chain as shadowing
-    /// them (before the chain is consolidated).
-    fn shadow(&mut self, key: Key<'_>) -> Result<()> {
+    /// Takes a due key's frozen rows into its chain as entries and marks the chain as
+    /// shadowing them (before the chain is consolidated).
+    fn shadow(&mut self, due: &Due<'_>) -> Result<()> {
+        let Due { key, hash, .. } = *due;
         let Some(frozen) = &self.frozen else {
             return Ok(());
         };
-        if self.chains.get(key).is_some_and(|chain| chain.shadows) {
+        if self.chains.get_hashed(key, hash).is_some_and(|chain| chain.shadows) {
             return Ok(());
         }
-        let rows: Vec<(u64, i64)> = frozen.entries(key).collect();
-        let mut chain = self.chains.get(key).copied().unwrap_or(Chain::EMPTY);
+        let rows: Vec<(u64, i64)> = frozen.rows_at(due.frozen.clone()).collect();
+        let mut chain = self.chains.get_hashed(key, hash).copied().unwrap_or(Chain::EMPTY);
         for (row, weight) in rows {
             push_entry(&mut self.entries, &mut chain, row, weight)?;
             chain.negatives += u32::from(weight < 0);
@@ -267,7 +277,7 @@ impl Arrangement {
             self.frozen_live -= 1;
         }
         chain.shadows = true;
-        self.chains.insert(key, chain);
+        self.chains.insert_hashed(key, hash, chain);
         Ok(())
     }
 
@@ -629,7 +639,7 @@ impl Arrangement {
             ttl.born.reserve(rows.len());
         }
         let epoch_start = self.entries.len();
-        let mut due = Vec::new();
+        let mut due: Vec<Due<'_>> = Vec::new();
         for i in rows {
             let i = i as usize;
             let key = keys.key(i);
@@ -656,17 +666,20 @@ impl Arrangement {
                 if consolidate != Consolidate::Later
                     && !chain.due
                     && u64::from(chain.negatives) * 4 >= u64::from(chain.len)
-                    && (chain.shadows
-                        || u64::from(chain.negatives) * 4
-                            >= u64::from(chain.len) + self.frozen.as_ref().map_or(0, |f| f.count(key)) as u64)
                 {
-                    chain.due = true;
-                    due.push(i);
+                    let frozen = match &self.frozen {
+                        Some(frozen) if !chain.shadows => frozen.find(key),
+                        _ => 0..0,
+                    };
+                    if u64::from(chain.negatives) * 4 >= u64::from(chain.len) + frozen.len() as u64 {
+                        chain.due = true;
+                        due.push(Due { key, hash, frozen });
+                    }
                 }
             }
         }
         let replaced_from = (consolidate == Consolidate::DueReplacing).then_some(epoch_start);
-        self.consolidate(due.iter().map(|&i| keys.key(i)).collect(), replaced_from)?;
+        self.consolidate(due, replaced_from)?;
         self.collect_garbage()
     }
 
@@ -709,23 +722,26 @@ impl Arrangement {
     /// With `replaced_from` (the first entry of an epoch whose deletions take only rows held
     /// before it), a key whose rows before the epoch were all deleted keeps the epoch's insertions
     /// (see [`Arrangement::replace_if_all_deleted`]).
-    fn consolidate(&mut self, mut keys: Vec<Key<'_>>, replaced_from: Option<usize>) -> Result<()> {
-        keys.retain(|&key| !self.drop_if_cancelled(key));
+    fn consolidate(&mut self, mut keys: Vec<Due<'_>>, replaced_from: Option<usize>) -> Result<()> {
+        keys.retain(|due| !self.drop_if_cancelled(due));
         if let Some(start) = replaced_from {
-            keys.retain(|&key| !self.replace_if_all_deleted(key, start));
+            keys.retain(|due| !self.replace_if_all_deleted(due, start));
         }
         if keys.is_empty() {
             return Ok(());
         }
         // A key's frozen rows are consolidated with its entries.
-        for &key in &keys {
-            self.shadow(key)?;
+        for due in &keys {
+            self.shadow(due)?;
         }
         // The entries of every chain, one after the other, and where each chain's start.
         let mut members: Vec<u32> = Vec::new();
         let mut bounds = vec![0];
-        for &key in &keys {
-            let mut next = self.chains.get(key).map_or(NIL, |chain| chain.head);
+        for due in &keys {
+            let mut next = self
+                .chains
+                .get_hashed(due.key, due.hash)
+                .map_or(NIL, |chain| chain.head);
             while let Some(entry) = self.entries.get(next as usize) {
                 members.push(next);
                 next = entry.next;
@@ -736,7 +752,7 @@ impl Arrangement {
         let columns = self.gather(&rows)?;
         let encoded = self.rows.encode(&columns, rows.len())?;
         let mut firsts: HashMap<&[u8], u32> = HashMap::new();
-        for (k, &key) in keys.iter().enumerate() {
+        for (k, &Due { key, hash, .. }) in keys.iter().enumerate() {
             firsts.clear();
             let group = &members[bounds[k]..bounds[k + 1]];
             let mut kept: Vec<u32> = Vec::new();
@@ -768,10 +784,10 @@ impl Arrangement {
             }
             self.live -= (group.len() - len as usize) as u64;
             // A chain shadowing frozen rows stays, empty, for as long as they are kept.
-            let shadows = self.chains.get(key).is_some_and(|chain| chain.shadows);
+            let shadows = self.chains.get_hashed(key, hash).is_some_and(|chain| chain.shadows);
             if len == 0 && !shadows {
                 self.chains.remove(key);
-            } else if let Some(chain) = self.chains.get_mut(key) {
+            } else if let Some(chain) = self.chains.get_mut_hashed(key, hash) {
                 *chain = Chain {
                     head,
                     len,
@@ -791,16 +807,12 @@ impl Arrangement {
     /// (see [`Consolidate::DueReplacing`]), so as many as there were take them all. The
     /// insertions are kept as entries as they came (equal ones are summed by lookups, and by a
     /// later consolidation).
-    fn replace_if_all_deleted(&mut self, key: Key<'_>, start: usize) -> bool {
-        let Some(chain) = self.chains.get(key).copied() else {
+    fn replace_if_all_deleted(&mut self, due: &Due<'_>, start: usize) -> bool {
+        let Due { key, hash, .. } = *due;
+        let Some(chain) = self.chains.get_hashed(key, hash).copied() else {
             return false;
         };
-        let (frozen_rows, mut before) = match &self.frozen {
-            Some(frozen) if !chain.shadows => frozen
-                .entries(key)
-                .fold((0u64, 0i64), |(rows, sum), (_, weight)| (rows + 1, sum + weight)),
-            _ => (0, 0),
-        };
+        let (frozen_rows, mut before) = self.frozen_weight(due, &chain);
         let mut deleted = 0i64;
         let mut inserted = Vec::new();
         let mut next = chain.head;
@@ -829,8 +841,9 @@ impl Arrangement {
         if len == 0 && !shadows {
             self.chains.remove(key);
         } else {
-            self.chains.insert(
+            self.chains.insert_hashed(
                 key,
+                hash,
                 Chain {
                     head,
                     len,
@@ -846,24 +859,21 @@ impl Arrangement {
 
     /// Drops `key`'s entries, and shadows its frozen rows, when their weights sum to zero (see
     /// [`Arrangement::consolidate`]); whether it did.
-    fn drop_if_cancelled(&mut self, key: Key<'_>) -> bool {
-        let Some(chain) = self.chains.get(key).copied() else {
+    fn drop_if_cancelled(&mut self, due: &Due<'_>) -> bool {
+        let Due { key, hash, .. } = *due;
+        let Some(chain) = self.chains.get_hashed(key, hash).copied() else {
             return false;
         };
-        let (frozen_rows, frozen_weight) = match &self.frozen {
-            Some(frozen) if !chain.shadows => frozen
-                .entries(key)
-                .fold((0u64, 0i64), |(rows, sum), (_, weight)| (rows + 1, sum + weight)),
-            _ => (0, 0),
-        };
+        let (frozen_rows, frozen_weight) = self.frozen_weight(due, &chain);
         if chain.weight + frozen_weight != 0 {
             return false;
         }
         self.live -= u64::from(chain.len);
         self.frozen_live -= frozen_rows;
         if chain.shadows || frozen_rows > 0 {
-            self.chains.insert(
+            self.chains.insert_hashed(
                 key,
+                hash,
                 Chain {
                     shadows: true,
                     ..Chain::EMPTY
@@ -873,6 +883,17 @@ impl Arrangement {
             self.chains.remove(key);
         }
         true
+    }
+
+    /// The number of a due key's frozen rows its chain does not shadow, and their weights'
+    /// sum.
+    fn frozen_weight(&self, due: &Due<'_>, chain: &Chain) -> (u64, i64) {
+        match &self.frozen {
+            Some(frozen) if !chain.shadows => frozen
+                .rows_at(due.frozen.clone())
+                .fold((0, 0), |(rows, sum), (_, weight)| (rows + 1, sum + weight)),
+            _ => (0, 0),
+        }
     }
 
     /// Copies the live rows into new batches when the rows no entry refers to are as many as

@@ -245,8 +245,9 @@ impl Frozen {
         self.weights.iter().flat_map(|w| w.values().iter().copied())
     }
 
-    /// The places in [`Frozen::positions`] of `key`'s rows (empty when it has none).
-    fn find(&self, key: Key<'_>) -> Range<usize> {
+    /// The places in [`Frozen::positions`] of `key`'s rows (empty when it has none): what
+    /// [`Frozen::rows_at`] takes, for a caller that looks at a key's rows more than once.
+    pub(super) fn find(&self, key: Key<'_>) -> Range<usize> {
         let hash = key_hash(key);
         let hashes = self.hashes.values();
         let n = hashes.len();
@@ -319,15 +320,15 @@ impl Frozen {
         }
     }
 
-    /// How many saved rows `key` has.
-    pub(super) fn count(&self, key: Key<'_>) -> usize {
-        self.find(key).len()
-    }
-
     /// `key`'s saved rows: their numbers and weights.
     pub(super) fn entries<'a>(&'a self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + use<'a> {
-        let range = self.find(key);
-        self.positions.values()[range].iter().map(move |&row| {
+        self.rows_at(self.find(key))
+    }
+
+    /// The saved rows at `places` (a key's, as [`Frozen::find`] gave them): their numbers and
+    /// weights.
+    pub(super) fn rows_at(&self, places: Range<usize>) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.positions.values()[places].iter().map(move |&row| {
             let row = u64::from(row);
             (row, self.weight(row))
         })
