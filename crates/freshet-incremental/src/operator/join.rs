@@ -7,9 +7,9 @@
 //! keys an epoch touches: their old output is retracted and their new output inserted.
 
 mod arrangement;
+mod batches;
 mod checkpoint;
 mod frozen;
-mod views;
 
 use std::sync::Arc;
 

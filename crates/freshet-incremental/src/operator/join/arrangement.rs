@@ -16,17 +16,16 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array, new_empty_array,
-};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave, take_arrays};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use foldhash::{HashMap, HashMapExt};
 use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Probe, Result};
 
+pub(super) use super::batches::compact_views;
+use super::batches::gather;
 use super::frozen::Frozen;
-pub(super) use super::views::compact_views;
 use crate::checkpoint::mismatch;
 use crate::delta::internal;
 use crate::rows::RowCodec;
@@ -956,45 +955,6 @@ impl Arrangement {
         }
         Ok(())
     }
-}
-
-/// Rows by global number from `batches` (whose first rows have the numbers `starts`).
-fn gather(batches: &[RecordBatch], starts: &[u64], rows: &[u64]) -> Result<Vec<ArrayRef>> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
-    };
-    let num_columns = first.num_columns();
-    if rows.is_empty() {
-        return Ok(first.columns().iter().map(|c| new_empty_array(c.data_type())).collect());
-    }
-    let batch_of = |row: u64| starts.partition_point(|&start| start <= row) - 1;
-    // Most gathers read one batch (the state built in one epoch, or a chain of one epoch).
-    let first = batch_of(rows[0]);
-    let (start, end) = (starts[first], starts.get(first + 1).copied().unwrap_or(u64::MAX));
-    if rows.iter().all(|&r| (start..end).contains(&r)) {
-        let indices = UInt64Array::from_iter_values(rows.iter().map(|&r| r - start));
-        return take_arrays(batches[first].columns(), &indices, None).map_err(internal);
-    }
-    // Only the batches referred to are handed to `interleave`.
-    let mut local = vec![usize::MAX; batches.len()];
-    let mut used = Vec::new();
-    let indices: Vec<(usize, usize)> = rows
-        .iter()
-        .map(|&r| {
-            let b = batch_of(r);
-            if local[b] == usize::MAX {
-                local[b] = used.len();
-                used.push(b);
-            }
-            (local[b], (r - starts[b]) as usize)
-        })
-        .collect();
-    (0..num_columns)
-        .map(|c| {
-            let arrays: Vec<&dyn Array> = used.iter().map(|&b| batches[b].column(c).as_ref()).collect();
-            interleave(&arrays, &indices).map_err(internal)
-        })
-        .collect()
 }
 
 #[cfg(test)]
