@@ -2,6 +2,7 @@
 //! of its output, keeping whatever state that needs.
 
 mod aggregate;
+mod hashed;
 mod hop;
 mod idle;
 mod join;

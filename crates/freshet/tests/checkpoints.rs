@@ -415,6 +415,56 @@ async fn processes_one_after_another_each_restore_the_deltas_of_those_before() {
     engine.close().await;
 }
 
+/// A restored aggregate keeps the groups no change has touched where its whole checkpoint
+/// saved them, loading each when a change first does. A whole checkpoint taken then copies
+/// the untouched ones from there: the next process restores every group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_checkpoint_of_a_restored_state_holds_the_groups_never_loaded() {
+    let (dir, clock, instruments, engine) = fresh("").await;
+    round(&engine, 1).await;
+    engine.close().await;
+    // Orders of 300 new customers: more groups changed than `totals` held (99), too many for
+    // a delta, so the next refresh writes the whole state, most old groups never loaded.
+    let many = format!(
+        "{}; INSERT INTO orders SELECT 200000 + value, CAST(1000 + value AS INT), value, 2.5, 'new' \
+         FROM generate_series(1, 300)",
+        changes(2)
+    );
+    let engine = open(dir.path(), &clock, &instruments).await;
+    engine
+        .sql(&format!("SET 'execution.checkpointing.interval' = '1 s'; {many}"))
+        .await
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(2));
+    for (name, _) in TABLES {
+        refresh_restored(&engine, name).await;
+    }
+    assert_equal_batch(&engine).await;
+    let checkpoint = checkpoint_of(&engine, "totals");
+    assert_eq!(
+        checkpoint.meta["deltas"].as_array().map_or(0, Vec::len),
+        0,
+        "a whole checkpoint: {}",
+        checkpoint.meta
+    );
+    assert!(
+        checkpoint.meta["rows"].as_u64().unwrap_or(0) > 300,
+        "{}",
+        checkpoint.meta
+    );
+    engine.close().await;
+    // Every group changed: one the whole checkpoint left out would be inserted again.
+    let engine = reopen_restored(
+        dir.path(),
+        &clock,
+        &instruments,
+        "UPDATE orders SET amount = amount + 1, price = price + 0.5",
+    )
+    .await;
+    assert_equal_batch(&engine).await;
+    engine.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_that_cannot_be_read_falls_back_to_a_rebuild() {
     let (dir, clock, instruments, engine) = fresh("").await;

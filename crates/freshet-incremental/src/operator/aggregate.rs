@@ -15,6 +15,7 @@
 mod accumulator;
 mod checkpoint;
 mod float_sum;
+mod frozen;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::or;
@@ -86,6 +87,9 @@ pub(crate) struct Aggregate {
     /// It has taken the changes of building epochs without output ([`Epoch::building`]): its
     /// next epoch outputs every group's row.
     built_quietly: bool,
+    /// The groups of the whole checkpoint restored, those no change has touched yet (see
+    /// [`frozen::FrozenGroups`]).
+    frozen: Option<frozen::FrozenGroups>,
 }
 
 /// Groups keyed by a window's end, closed by the watermark of the sources below.
@@ -159,6 +163,9 @@ struct Step<'a> {
     now_ms: Option<i64>,
     /// The groups' changes are output (else only their state is kept: final rows).
     emit: bool,
+    /// The saved groups a restore kept, and their columns: a group not in a slot is looked
+    /// for there.
+    frozen: Option<(&'a frozen::FrozenGroups, checkpoint::SavedColumns<'a>)>,
 }
 
 /// A group an epoch touched: its slot, the first row of the epoch's delta in it, whether it
@@ -234,6 +241,7 @@ impl Aggregate {
             forgotten_before: None,
             final_rows: false,
             built_quietly: false,
+            frozen: None,
         })
     }
 
@@ -408,7 +416,7 @@ impl Groups {
 
     /// The slot of each row's group among `rows` (all of the epoch's rows when `None`), the
     /// order to visit them in, and the groups touched.
-    fn assign(&mut self, step: &Step<'_>, rows: Option<&[u32]>) -> Assigned {
+    fn assign(&mut self, step: &Step<'_>, rows: Option<&[u32]>) -> Result<Assigned> {
         self.epoch += 1;
         let all = step.weights.len();
         let row_at = |i: usize| rows.map_or(i as u32, |rows| rows[i]);
@@ -420,11 +428,11 @@ impl Groups {
                 existed: step.started,
                 at: 0,
             };
-            return Assigned {
+            return Ok(Assigned {
                 slots: vec![0; all],
                 order: (0..all as u32).collect(),
                 touched: vec![touched],
-            };
+            });
         };
         // The groups of a map larger than the cache are found in the order of its buckets (it
         // would miss the cache at nearly every lookup in the rows' order).
@@ -440,12 +448,26 @@ impl Groups {
                 None => {
                     let slot = self.allocate();
                     self.slots.insert_hashed(key, hash, slot);
-                    created.insert(slot);
-                    if let Some(ends) = step.ends
-                        && ends[row] != i64::MAX
-                    {
-                        self.ends[slot as usize] = ends[row];
-                        *self.open_windows.entry(ends[row]).or_default() += 1;
+                    let saved = step
+                        .frozen
+                        .as_ref()
+                        .and_then(|(frozen, columns)| Some((columns, frozen.take(columns, key)?)));
+                    match saved {
+                        // A group the restore kept: loaded now, as it was, and listed as
+                        // changed when the epoch touches it (its slot may be a reused one).
+                        Some((columns, saved)) => {
+                            self.load_group(columns, saved, slot)?;
+                            self.marks[slot as usize].touched_in = 0;
+                        }
+                        None => {
+                            created.insert(slot);
+                            if let Some(ends) = step.ends
+                                && ends[row] != i64::MAX
+                            {
+                                self.ends[slot as usize] = ends[row];
+                                *self.open_windows.entry(ends[row]).or_default() += 1;
+                            }
+                        }
                     }
                     slot
                 }
@@ -488,14 +510,14 @@ impl Groups {
                 });
             }
         }
-        Assigned { slots, order, touched }
+        Ok(Assigned { slots, order, touched })
     }
 
     /// Steps this part's groups through the epoch's rows `rows` (all of them when `None`):
     /// returns the old rows of the groups touched (to retract) and their new rows (to insert),
     /// without the groups whose row did not change.
     fn step(&mut self, step: &Step<'_>, rows: Option<&[u32]>) -> Result<(Delta, Delta)> {
-        let Assigned { slots, order, touched } = self.assign(step, rows);
+        let Assigned { slots, order, touched } = self.assign(step, rows)?;
 
         let before: Vec<Touched> = touched.iter().filter(|t| t.existed).copied().collect();
         let retracted = match step.emit {
@@ -633,6 +655,12 @@ fn drop_unchanged(
 impl Aggregate {
     /// Every group's row (weight 1); a global aggregate's one row.
     fn all_rows(&self) -> Result<Delta> {
+        if self.frozen.is_some() {
+            // Only after building epochs, which a restored state never takes.
+            return Err(internal(
+                "every row of an aggregate whose saved groups are not all loaded",
+            ));
+        }
         let Some(codec) = &self.keys else {
             let groups = self
                 .parts
@@ -762,6 +790,11 @@ impl Operator for Aggregate {
             ends: ends.as_deref(),
             now_ms: self.state_ttl.and(epoch.time_ns()).map(|ns| ns.div_euclid(1_000_000)),
             emit: !self.final_rows && !epoch.is_building() && !self.built_quietly,
+            frozen: self
+                .frozen
+                .as_ref()
+                .map(|frozen| frozen.columns().map(|columns| (frozen, columns)))
+                .transpose()?,
         };
         let outputs = match (&keys, self.parts.len()) {
             (Some(keys), parts) if parts > 1 => run_parts_by_key(
@@ -857,12 +890,15 @@ impl Operator for Aggregate {
     }
 
     fn state_size(&self) -> StateSize {
+        let frozen = self.frozen.as_ref();
         let groups: usize = if self.is_global() {
             1
         } else {
-            self.parts.iter().map(|part| part.slots.len()).sum()
+            self.parts.iter().map(|part| part.slots.len()).sum::<usize>()
+                + frozen.map_or(0, frozen::FrozenGroups::remaining_count)
         };
-        let bytes: usize = self.parts.iter().map(|part| part.bytes()).sum();
+        let bytes: usize =
+            self.parts.iter().map(|part| part.bytes()).sum::<usize>() + frozen.map_or(0, frozen::FrozenGroups::bytes);
         StateSize {
             rows: groups as u64,
             bytes: bytes as u64,

@@ -4,20 +4,30 @@
 //! counters in the batch's metadata. Groups go back to the part their key hashes to, so a
 //! checkpoint taken with one number of parts restores into another.
 //!
+//! A whole state's groups are sorted by a fixed hash of their keys, the hashes in a last
+//! column (`hash`, with the hash's check in the metadata): a restore keeps them where they are
+//! and loads a group when a change first touches it (see `frozen.rs`). A state saved without
+//! them (an older checkpoint) is loaded group by group, as is one whose groups are forgotten by
+//! time (windows, a state TTL), which passes over all of them.
+//!
 //! A delta has the same layout, with the groups changed since the last checkpoint only (a
 //! group gone has a row count of zero).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int64Array, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int64Array, RecordBatch, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
 use freshet_common::{Key, Result, run_parts_by_key};
 
+use super::frozen::{FrozenGroups, HASH, HASH_CHECK};
 use super::{Aggregate, Groups};
 use crate::checkpoint::{READ_IN_PLACE, SavedState, StateReader, StateWriter, mismatch};
 use crate::delta::internal;
+use crate::operator::hashed::key_hash;
 
 const STARTED: &str = "started";
 const CLOSED_UP_TO: &str = "closed_up_to";
@@ -124,6 +134,17 @@ impl SavedGroups {
         }
     }
 
+    /// The saved group at `row` of `columns`, copied as it was saved.
+    fn copy(&mut self, columns: &SavedColumns<'_>, row: usize) {
+        self.key(Some(columns.key(row)));
+        self.rows.push(columns.rows.value(row));
+        self.ends.push(columns.ends.value(row));
+        self.touched_at.push(columns.touched_at.value(row));
+        for (column, saved) in self.accumulators.iter_mut().zip(&columns.accumulators) {
+            column.append_value(saved.value(row));
+        }
+    }
+
     /// The group `key`, gone: a row count of zero.
     fn removed(&mut self, key: Key<'_>) {
         self.key(Some(key));
@@ -137,19 +158,48 @@ impl SavedGroups {
 }
 
 impl Aggregate {
+    /// The whole state: a global aggregate's one group, or every group sorted by the hash of
+    /// its key, with the hashes (see [`FrozenGroups`]) — the groups in slots and those still
+    /// in the batch a restore kept.
     pub(super) fn save(&self) -> Result<SavedState> {
-        let groups: usize = self.parts.iter().map(|p| p.slots.len()).sum::<usize>().max(1);
-        let mut saved = SavedGroups::new(self.specs.len(), groups);
         if self.is_global() {
+            let mut saved = SavedGroups::new(self.specs.len(), 1);
             saved.group(&self.parts[0], None, 0);
-        } else {
-            for groups in &self.parts {
-                for (key, &slot) in groups.slots.iter() {
-                    saved.group(groups, Some(key), slot);
+            return Ok(SavedState::Batches(vec![self.batch(saved, None)?]));
+        }
+        /// Where a saved group comes from.
+        enum Source<'k> {
+            Slot { part: usize, key: Key<'k>, slot: u32 },
+            Frozen(usize),
+        }
+        let mut order: Vec<(u64, Source<'_>)> = Vec::new();
+        for (part, groups) in self.parts.iter().enumerate() {
+            for (key, &slot) in groups.slots.iter() {
+                order.push((key_hash(key), Source::Slot { part, key, slot }));
+            }
+        }
+        let frozen = self
+            .frozen
+            .as_ref()
+            .map(|f| f.columns().map(|columns| (f, columns)))
+            .transpose()?;
+        if let Some((frozen, _)) = &frozen {
+            order.extend(frozen.remaining().map(|(row, hash)| (hash, Source::Frozen(row))));
+        }
+        order.sort_unstable_by_key(|(hash, _)| *hash);
+        let mut saved = SavedGroups::new(self.specs.len(), order.len());
+        for (_, source) in &order {
+            match *source {
+                Source::Slot { part, key, slot } => saved.group(&self.parts[part], Some(key), slot),
+                Source::Frozen(row) => {
+                    if let Some((_, columns)) = &frozen {
+                        saved.copy(columns, row);
+                    }
                 }
             }
         }
-        Ok(SavedState::Batches(vec![self.batch(saved)?]))
+        let hashes = order.iter().map(|(hash, _)| *hash).collect();
+        Ok(SavedState::Batches(vec![self.batch(saved, Some(hashes))?]))
     }
 
     /// The groups changed since the state was saved or restored — each one's state, or a row
@@ -176,11 +226,12 @@ impl Aggregate {
                 }
             }
         }
-        Ok(Some(vec![self.batch(saved)?]))
+        Ok(Some(vec![self.batch(saved, None)?]))
     }
 
-    /// The saved groups as a batch, with the operator's counters in its metadata.
-    fn batch(&self, saved: SavedGroups) -> Result<RecordBatch> {
+    /// The saved groups as a batch, with the operator's counters in its metadata, and their
+    /// keys' hashes when sorted by them.
+    fn batch(&self, saved: SavedGroups, hashes: Option<Vec<u64>>) -> Result<RecordBatch> {
         let SavedGroups {
             key_int,
             key_row,
@@ -209,6 +260,11 @@ impl Aggregate {
             columns.push(Arc::new(column.finish()));
         }
         let mut metadata = HashMap::new();
+        if let Some(hashes) = hashes {
+            fields.push(Field::new(HASH, DataType::UInt64, false));
+            columns.push(Arc::new(UInt64Array::from(hashes)));
+            metadata.insert(HASH_CHECK.to_string(), crate::operator::hashed::hash_check());
+        }
         // Read in place when restored: its groups are loaded from it and it is dropped.
         metadata.insert(READ_IN_PLACE.to_string(), "true".to_string());
         metadata.insert(STARTED.to_string(), self.started.to_string());
@@ -249,9 +305,6 @@ impl Aggregate {
     fn load(&mut self, batches: Vec<RecordBatch>, replace: bool) -> Result<()> {
         let [batch] =
             <[RecordBatch; 1]>::try_from(batches).map_err(|_| mismatch("an aggregate's state is one batch"))?;
-        if batch.num_columns() != 5 + self.specs.len() {
-            return Err(mismatch("an aggregate's state has another number of aggregates"));
-        }
         let metadata = batch.schema().metadata().clone();
         let number = |key: &str| -> Result<Option<i64>> {
             metadata
@@ -263,48 +316,45 @@ impl Aggregate {
         self.late_rows = number(LATE_ROWS)?.unwrap_or(0).max(0) as u64;
         self.closed_up_to = number(CLOSED_UP_TO)?;
         self.forgotten_before = number(FORGOTTEN_BEFORE)?;
-        let int64 = |i: usize| -> Result<&Int64Array> {
-            batch
-                .column(i)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| mismatch("an aggregate's state column is not Int64"))
-        };
-        let binary = |i: usize| -> Result<&BinaryArray> {
-            batch
-                .column(i)
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| mismatch("an aggregate's state column is not binary"))
-        };
-        let saved = SavedColumns {
-            key_int: int64(0)?,
-            key_row: binary(1)?,
-            rows: int64(2)?,
-            ends: int64(3)?,
-            touched_at: int64(4)?,
-            accumulators: (0..self.specs.len())
-                .map(|i| binary(5 + i))
-                .collect::<Result<Vec<_>>>()?,
-        };
+        let saved = SavedColumns::of(&batch, self.specs.len())?;
         if self.is_global() {
             if batch.num_rows() != 1 {
                 return Err(mismatch("a global aggregate's state is one group"));
             }
             return self.parts[0].load_group(&saved, 0, 0);
         }
+        // A whole state saved sorted is kept as it is, its groups loaded as changes touch them
+        // — unless groups are forgotten by time (windows, TTL), which passes over all of them.
+        if !replace
+            && self.closing.is_none()
+            && self.state_ttl.is_none()
+            && self.frozen.is_none()
+            && self.parts.iter().all(|part| part.slots.is_empty())
+            && let Some(frozen) = FrozenGroups::of(&batch, self.specs.len())?
+        {
+            self.frozen = Some(frozen);
+            return Ok(());
+        }
+        let frozen = self
+            .frozen
+            .as_ref()
+            .map(|f| f.columns().map(|columns| (f, columns)))
+            .transpose()?;
+        let frozen = frozen.as_ref().map(|(f, columns)| (*f, columns));
         // Each part loads its groups on a thread of its own (a million groups' keys are
         // hashed and inserted into the parts' maps).
         let loaded = run_parts_by_key(
             &mut self.parts,
             batch.num_rows(),
             |row| saved.key(row),
-            |_, groups, rows| groups.load(&saved, rows, replace),
+            |_, groups, rows| groups.load(&saved, rows, replace, frozen),
         );
         loaded.into_iter().collect()
     }
 }
 
 /// The columns of a saved state (see [`Aggregate::save`]).
-struct SavedColumns<'a> {
+pub(super) struct SavedColumns<'a> {
     key_int: &'a Int64Array,
     key_row: &'a BinaryArray,
     rows: &'a Int64Array,
@@ -313,8 +363,37 @@ struct SavedColumns<'a> {
     accumulators: Vec<&'a BinaryArray>,
 }
 
-impl SavedColumns<'_> {
-    fn key(&self, row: usize) -> Key<'_> {
+impl<'a> SavedColumns<'a> {
+    /// The columns of `batch`, a saved state of an aggregate of `aggregates` aggregates (and
+    /// maybe its keys' hashes after them).
+    pub(super) fn of(batch: &'a RecordBatch, aggregates: usize) -> Result<Self> {
+        let hashed = batch.schema().fields().last().is_some_and(|f| f.name() == HASH);
+        if batch.num_columns() != 5 + aggregates + usize::from(hashed) {
+            return Err(mismatch("an aggregate's state has another number of aggregates"));
+        }
+        let int64 = |i: usize| -> Result<&'a Int64Array> {
+            batch
+                .column(i)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| mismatch("an aggregate's state column is not Int64"))
+        };
+        let binary = |i: usize| -> Result<&'a BinaryArray> {
+            batch
+                .column(i)
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| mismatch("an aggregate's state column is not binary"))
+        };
+        Ok(Self {
+            key_int: int64(0)?,
+            key_row: binary(1)?,
+            rows: int64(2)?,
+            ends: int64(3)?,
+            touched_at: int64(4)?,
+            accumulators: (0..aggregates).map(|i| binary(5 + i)).collect::<Result<Vec<_>>>()?,
+        })
+    }
+
+    pub(super) fn key(&self, row: usize) -> Key<'a> {
         if self.key_row.is_valid(row) {
             Key::Row(self.key_row.value(row))
         } else {
@@ -326,15 +405,31 @@ impl SavedColumns<'_> {
 impl Groups {
     /// Loads the saved groups at `rows` (all of this part's keys): into an empty state, or
     /// (`replace`) over one, replacing groups.
-    fn load(&mut self, saved: &SavedColumns<'_>, rows: &[u32], replace: bool) -> Result<()> {
+    ///
+    /// A group replaced that is still in the saved groups a restore kept (`frozen`) is marked
+    /// taken there.
+    fn load(
+        &mut self,
+        saved: &SavedColumns<'_>,
+        rows: &[u32],
+        replace: bool,
+        frozen: Option<(&FrozenGroups, &SavedColumns<'_>)>,
+    ) -> Result<()> {
         if !replace {
             self.reserve(rows.len());
         }
         for &row in rows {
             let row = row as usize;
             let key = saved.key(row);
-            if replace && let Some(&slot) = self.slots.get(key) {
-                self.release(key, slot);
+            if replace {
+                match self.slots.get(key) {
+                    Some(&slot) => self.release(key, slot),
+                    None => {
+                        if let Some((frozen, columns)) = frozen {
+                            frozen.take(columns, key);
+                        }
+                    }
+                }
             }
             if saved.rows.value(row) == 0 {
                 if replace {
@@ -352,7 +447,7 @@ impl Groups {
     }
 
     /// Loads the saved group at `row` into `slot`.
-    fn load_group(&mut self, saved: &SavedColumns<'_>, row: usize, slot: u32) -> Result<()> {
+    pub(super) fn load_group(&mut self, saved: &SavedColumns<'_>, row: usize, slot: u32) -> Result<()> {
         let index = slot as usize;
         self.marks[index].rows = saved.rows.value(row);
         self.touched_at[index] = saved.touched_at.value(row);

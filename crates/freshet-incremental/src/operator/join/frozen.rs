@@ -25,35 +25,12 @@ use freshet_common::{Key, Keys, Result};
 
 use crate::checkpoint::mismatch;
 use crate::delta::internal;
+pub(super) use crate::operator::hashed::hash_check;
+use crate::operator::hashed::{first_at_or_above, key_hash};
 
-/// Seeds the hash the index sorts keys by (any fixed value; [`HASH_CHECK`] guards against a
-/// hash that changed between the writing and the reading process).
-const INDEX_SEED: u64 = 0xf0e5_4e71_dec5_0001;
-
-/// The metadata key of an index batch holding the hashes of fixed values, compared when read.
+/// The metadata key of an index batch holding the hashes of fixed values, compared when read
+/// (see [`hash_check`]).
 pub(super) const HASH_CHECK: &str = "freshet.join.hash_check";
-
-/// The hash a key is indexed by.
-#[inline]
-fn key_hash(key: Key<'_>) -> u64 {
-    use std::hash::BuildHasher;
-    let hasher = foldhash::fast::FixedState::with_seed(INDEX_SEED);
-    match key {
-        Key::Int(Some(int)) => hasher.hash_one(int),
-        Key::Int(None) => hasher.hash_one(u64::MAX - 1) ^ 1,
-        Key::Row(row) => hasher.hash_one(row),
-    }
-}
-
-/// The hashes of fixed values, as written in [`HASH_CHECK`]: an index written under another
-/// hash is not used.
-pub(super) fn hash_check() -> String {
-    format!(
-        "{:x}.{:x}",
-        key_hash(Key::Int(Some(0x0123_4567_89ab_cdef))),
-        key_hash(Key::Row(b"freshet join index"))
-    )
-}
 
 /// The index of saved rows: their keys, `keys[i]` the keys of the `i`-th saved batch (each
 /// row one key). Returns the per-key batch and the positions batch.
@@ -250,49 +227,8 @@ impl Frozen {
     pub(super) fn find(&self, key: Key<'_>) -> Range<usize> {
         let hash = key_hash(key);
         let hashes = self.hashes.values();
-        let n = hashes.len();
-        if n == 0 {
-            return 0..0;
-        }
-        // The hashes are spread uniformly: the key's place is about hash / 2^64 of the way
-        // through; from there, steps doubling in length bracket it, and a binary search ends.
-        let guess = ((u128::from(hash) * n as u128) >> 64) as usize;
-        let (mut lo, mut hi);
-        if hashes[guess] < hash {
-            let mut step = 1;
-            lo = guess;
-            loop {
-                let next = guess.saturating_add(step);
-                if next >= n {
-                    hi = n;
-                    break;
-                }
-                if hashes[next] >= hash {
-                    hi = next;
-                    break;
-                }
-                lo = next;
-                step *= 2;
-            }
-            lo += 1;
-        } else {
-            let mut step = 1;
-            hi = guess;
-            loop {
-                let Some(next) = guess.checked_sub(step) else {
-                    lo = 0;
-                    break;
-                };
-                if hashes[next] < hash {
-                    lo = next + 1;
-                    break;
-                }
-                hi = next;
-                step *= 2;
-            }
-        }
-        let mut first = lo + hashes[lo..hi].partition_point(|&h| h < hash);
-        while first < n && hashes[first] == hash {
+        let mut first = first_at_or_above(hashes, hash);
+        while first < hashes.len() && hashes[first] == hash {
             if self.key_is(first, key) {
                 return self.rows_of(first);
             }
