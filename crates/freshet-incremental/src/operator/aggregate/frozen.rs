@@ -18,6 +18,7 @@ use freshet_common::{Key, Result};
 
 use super::checkpoint::SavedColumns;
 use crate::checkpoint::mismatch;
+use crate::delta::internal;
 use crate::operator::hashed::first_at_or_above;
 
 /// The name of the column of a whole state's key hashes.
@@ -28,6 +29,9 @@ pub(super) const HASH_CHECK: &str = "freshet.aggregate.hash_check";
 /// Saved groups sorted by key hash, and which of them have been taken.
 pub(super) struct FrozenGroups {
     batch: RecordBatch,
+    /// The batch's memory: its arrays' slices, which may share one buffer (the mapped file's),
+    /// whose capacity each would report.
+    bytes: usize,
     aggregates: usize,
     hashes: UInt64Array,
     /// A bit per saved group: loaded into a slot, or replaced. Parts take their own groups on
@@ -55,8 +59,13 @@ impl FrozenGroups {
         // Checked once here, so that taking a group cannot fail on its columns' types.
         SavedColumns::of(batch, aggregates)?;
         let taken = (0..batch.num_rows().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let mut bytes = 0;
+        for column in batch.columns() {
+            bytes += column.to_data().get_slice_memory_size().map_err(internal)?;
+        }
         Ok(Some(Self {
             batch: batch.clone(),
+            bytes,
             aggregates,
             hashes,
             taken,
@@ -107,6 +116,6 @@ impl FrozenGroups {
 
     /// Memory of the saved groups.
     pub(super) fn bytes(&self) -> usize {
-        self.batch.get_array_memory_size() + self.taken.len() * 8
+        self.bytes + self.taken.len() * 8
     }
 }
