@@ -265,7 +265,8 @@ impl Aggregate {
             columns.push(Arc::new(UInt64Array::from(hashes)));
             metadata.insert(HASH_CHECK.to_string(), crate::operator::hashed::hash_check());
         }
-        // Read in place when restored: its groups are loaded from it and it is dropped.
+        // Read in place when restored: its groups are loaded from it and it is dropped, or
+        // kept as it is (a whole state saved sorted, see `frozen.rs`).
         metadata.insert(READ_IN_PLACE.to_string(), "true".to_string());
         metadata.insert(STARTED.to_string(), self.started.to_string());
         metadata.insert(LATE_ROWS.to_string(), self.late_rows.to_string());
