@@ -18,9 +18,10 @@ use freshet_common::{ChangeBatch, FreshetError, Result};
 
 /// Difference under which two floats are the same value rounded differently: relative to the
 /// larger, but never finer than this much absolute. A sum whose terms cancel is exact in the
-/// pipeline and carries the rounding of its largest terms in batch evaluation (1.5 − 3.0 + 1.5
-/// + 1e-300 is 1e-300 exactly and 0 in batch), so below magnitude one the bound is absolute:
-/// a smaller difference between small values is not reported as drift (it is still corrected).
+/// pipeline and carries the rounding of its largest terms in batch evaluation (the sum of 1.5,
+/// −3.0, 1.5 and 1e-300 is 1e-300 exactly and 0 in batch), so below magnitude one the bound is
+/// absolute: a smaller difference between small values is not reported as drift (it is still
+/// corrected).
 const ROUNDING: f64 = 1e-9;
 
 /// The rows of a correction that are not float re-roundings: a retracted and an inserted row
