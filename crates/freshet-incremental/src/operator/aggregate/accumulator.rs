@@ -7,6 +7,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt64Array,
     new_null_array,
 };
+use datafusion::arrow::buffer::ScalarBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type};
 use datafusion::arrow::row::Rows;
@@ -286,8 +287,13 @@ impl Accumulators {
                 for row in rows {
                     let tally = &mut tallies[slots[row] as usize];
                     let weight = weights[row];
-                    tally.sum = values[row]
-                        .checked_mul(i128::from(weight))
+                    // Inserted and deleted rows (weights 1 and -1) without a 128-bit product.
+                    let change = match weight {
+                        1 => Some(values[row]),
+                        -1 => values[row].checked_neg(),
+                        _ => values[row].checked_mul(i128::from(weight)),
+                    };
+                    tally.sum = change
                         .and_then(|d| tally.sum.checked_add(d))
                         .ok_or_else(|| FreshetError::InvalidStatement("SUM overflowed 128 bits".into()))?;
                     tally.count += weight;
@@ -466,7 +472,8 @@ pub(crate) struct Arguments {
 enum Values {
     /// Only presence matters (COUNT).
     Present,
-    Exact(Vec<i128>),
+    /// A NULL's place holds any value (`valid` leaves it out).
+    Exact(ScalarBuffer<i128>),
     Float(Float64Array),
     Rows(Rows),
     Bools(BooleanArray),
@@ -504,19 +511,15 @@ impl Arguments {
                     let floats = cast(&array, &DataType::Float64).map_err(internal)?;
                     Values::Float(floats.as_primitive::<Float64Type>().clone())
                 }
-                DataType::Decimal128(_, _) => Values::Exact(
-                    array
-                        .as_primitive::<Decimal128Type>()
-                        .iter()
-                        .map(|v| v.unwrap_or(0))
-                        .collect(),
-                ),
+                // The values as they are, without a look at each one's validity.
+                DataType::Decimal128(_, _) => Values::Exact(array.as_primitive::<Decimal128Type>().values().clone()),
                 t if t.is_unsigned_integer() => {
                     let wide = cast(&array, &DataType::UInt64).map_err(internal)?;
                     Values::Exact(
                         wide.as_primitive::<UInt64Type>()
+                            .values()
                             .iter()
-                            .map(|v| i128::from(v.unwrap_or(0)))
+                            .map(|&v| i128::from(v))
                             .collect(),
                     )
                 }
@@ -524,8 +527,9 @@ impl Arguments {
                     let wide = cast(&array, &DataType::Int64).map_err(internal)?;
                     Values::Exact(
                         wide.as_primitive::<Int64Type>()
+                            .values()
                             .iter()
-                            .map(|v| i128::from(v.unwrap_or(0)))
+                            .map(|&v| i128::from(v))
                             .collect(),
                     )
                 }
