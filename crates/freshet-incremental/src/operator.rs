@@ -269,6 +269,15 @@ pub(crate) trait Operator: Send {
             self.describe()
         )))
     }
+    /// Applies the deltas [`Operator::save_delta`] gave since the whole state restored, in the
+    /// order they were saved: each with [`Operator::apply_delta`], unless the operator can take
+    /// them together.
+    fn apply_deltas(&mut self, deltas: Vec<Vec<RecordBatch>>) -> Result<()> {
+        for batches in deltas {
+            self.apply_delta(batches)?;
+        }
+        Ok(())
+    }
     /// Whether every output of an epoch is already consolidated: each row at most once, with a
     /// non-zero weight. The pipeline then need not consolidate it again.
     fn output_consolidated(&self) -> bool {

@@ -351,17 +351,20 @@ impl Pipeline {
                         .iter()
                         .rposition(|layer| !is_delta(layer))
                         .ok_or_else(|| mismatch("a chain without a whole state"))?;
-                    for (n, layer) in layers.iter_mut().enumerate().skip(whole) {
-                        let batches = layer
+                    let mut taken = layers.iter_mut().skip(whole).map(|layer| {
+                        layer
                             .0
                             .get_mut(i)
                             .and_then(Option::take)
-                            .ok_or_else(|| mismatch("fewer operator states than operators"))?;
-                        if n == whole {
-                            operator.restore_state(batches)?;
-                        } else {
-                            operator.apply_delta(batches)?;
-                        }
+                            .ok_or_else(|| mismatch("fewer operator states than operators"))
+                    });
+                    let state = taken
+                        .next()
+                        .ok_or_else(|| mismatch("a chain without a whole state"))??;
+                    let deltas = taken.collect::<Result<Vec<_>>>()?;
+                    operator.restore_state(state)?;
+                    if !deltas.is_empty() {
+                        operator.apply_deltas(deltas)?;
                     }
                 }
             }

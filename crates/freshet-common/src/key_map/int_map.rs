@@ -182,6 +182,36 @@ impl<V> IntMap<V> {
         }
     }
 
+    /// The value of `key`, set to `make()` first when it has none: one lookup, unless the map
+    /// changes form or a dense one grows (`None` only if the map lost the key it just set).
+    pub(crate) fn get_or_insert_with(&mut self, key: i64, make: impl FnOnce() -> V) -> Option<&mut V> {
+        let direct = match self {
+            IntMap::Hashed { map, low, high } => {
+                !dense_enough_to_switch(map.len() + 1, span((*low).min(key), (*high).max(key)))
+            }
+            IntMap::Dense(dense) => dense.index(key).is_some(),
+        };
+        if !direct {
+            if self.get(key).is_none() {
+                self.insert(key, make());
+            }
+            return self.get_mut(key);
+        }
+        match self {
+            IntMap::Hashed { map, low, high } => {
+                *low = (*low).min(key);
+                *high = (*high).max(key);
+                Some(map.entry(key).or_insert_with(make))
+            }
+            IntMap::Dense(dense) => {
+                let index = dense.index(key)?;
+                let slot = &mut dense.values[index];
+                dense.len += usize::from(slot.is_none());
+                Some(slot.get_or_insert_with(make))
+            }
+        }
+    }
+
     /// Removes `key`, returning its value.
     pub(crate) fn remove(&mut self, key: i64) -> Option<V> {
         match self {
@@ -348,7 +378,7 @@ mod tests {
         }
     }
 
-    /// Random inserts and removals, with keys now from a compact range and now from anywhere
+    /// Random inserts (or gets-or-inserts) and removals, with keys now from a compact range and now from anywhere
     /// (both ends of `i64` included), agree with a `HashMap` throughout, and the map is an array
     /// exactly when its keys were dense when it last changed form.
     #[test]
@@ -373,8 +403,15 @@ mod tests {
             };
             if removing {
                 assert_eq!(map.remove(key), model.remove(&key), "remove {key}");
-            } else {
+            } else if step % 2 == 0 {
                 assert_eq!(map.insert(key, step), model.insert(key, step), "insert {key}");
+            } else {
+                // Kept when there, else set; then changed in place.
+                let value = map.get_or_insert_with(key, || step).expect("just set");
+                let expected = model.entry(key).or_insert(step);
+                assert_eq!(*value, *expected, "get or insert {key}");
+                *value += 1;
+                *expected += 1;
             }
             assert_eq!(map.len(), model.len());
             was_dense |= map.is_dense();

@@ -887,6 +887,13 @@ impl Operator for Join {
         self.restore(batches)
     }
 
+    fn apply_deltas(&mut self, deltas: Vec<Vec<RecordBatch>>) -> Result<()> {
+        if self.spec.null_aware {
+            return Err(mismatch("a NOT IN join saves its whole state"));
+        }
+        self.restore_deltas(deltas)
+    }
+
     fn restore_state(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
         self.restore(batches)
     }

@@ -25,8 +25,7 @@ use freshet_common::{ChangeBatch, Key, KeyCodec, KeyMap, Keys, Probe, Result};
 
 pub(super) use super::batches::compact_views;
 use super::batches::gather;
-use super::frozen::Frozen;
-use crate::checkpoint::mismatch;
+use super::frozen::{Frozen, Places};
 use crate::delta::internal;
 use crate::rows::RowCodec;
 
@@ -104,7 +103,7 @@ pub(super) enum Consolidate {
 struct Due<'k> {
     key: Key<'k>,
     hash: u64,
-    frozen: std::ops::Range<usize>,
+    frozen: Places,
 }
 
 /// Adds an entry for row `row` of weight `weight` at the head of `chain`.
@@ -198,32 +197,6 @@ impl Arrangement {
         })
     }
 
-    /// An arrangement of the rows a checkpoint saved (`batches`, without weights) and their
-    /// index, taken as they are: no row is indexed again (see [`Frozen`]). `bytes` is their
-    /// memory (the batches may share buffers, whose capacity arrays would each report).
-    pub(super) fn with_frozen(
-        schema: &SchemaRef,
-        keys: &KeyCodec,
-        batches: Vec<RecordBatch>,
-        frozen: Frozen,
-        bytes: u64,
-    ) -> Result<Self> {
-        let mut arrangement = Self::new(schema, keys)?;
-        for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
-            arrangement.starts.push(arrangement.stored);
-            arrangement.stored += batch.num_rows() as u64;
-            arrangement.batches.push(batch);
-        }
-        if arrangement.stored != frozen.rows() {
-            return Err(mismatch("a join index does not cover its rows"));
-        }
-        arrangement.batch_bytes = bytes;
-        arrangement.frozen_batches = arrangement.batches.len();
-        arrangement.frozen_live = frozen.rows();
-        arrangement.frozen = Some(frozen);
-        Ok(arrangement)
-    }
-
     /// Indexes the frozen rows no chain shadows into the chains, as if applied, and drops the
     /// frozen index: before any pass over every row (expiry, TTL, garbage collection).
     fn thaw(&mut self) -> Result<()> {
@@ -231,13 +204,11 @@ impl Arrangement {
             return Ok(());
         };
         for (key, rows) in frozen.keys() {
-            let shadowed = self.chains.get(key).is_some_and(|chain| chain.shadows);
-            if shadowed || rows.is_empty() {
+            if self.chains.get(key).is_some_and(|chain| chain.shadows) {
                 continue;
             }
             let mut chain = self.chains.get(key).copied().unwrap_or(Chain::EMPTY);
-            for &row in rows {
-                let row = u64::from(row);
+            for row in rows {
                 let weight = frozen.weight(row);
                 push_entry(&mut self.entries, &mut chain, row, weight)?;
                 if let Some(ttl) = &mut self.ttl {
@@ -432,12 +403,10 @@ impl Arrangement {
 
     /// Every key with rows.
     pub(super) fn keys(&self) -> impl Iterator<Item = Key<'_>> {
-        let frozen = self.frozen.iter().flat_map(|frozen| {
-            frozen
-                .keys()
-                .filter(|(key, _)| self.chains.get(*key).is_none())
-                .map(|(key, _)| key)
-        });
+        let frozen = self
+            .frozen
+            .iter()
+            .flat_map(|frozen| frozen.distinct_keys().filter(|key| self.chains.get(*key).is_none()));
         self.chains
             .iter()
             .filter(|(_, chain)| chain.len > 0)
@@ -644,15 +613,10 @@ impl Arrangement {
             let key = keys.key(i);
             let weight = weights.value(i);
             let hash = probe.hash(i);
-            let chain = match self.chains.get_mut_hashed(key, hash) {
-                Some(chain) => chain,
-                None => {
-                    self.chains.insert_hashed(key, hash, Chain::EMPTY);
-                    self.chains
-                        .get_mut_hashed(key, hash)
-                        .ok_or_else(|| internal("a join key inserted is not found"))?
-                }
-            };
+            let chain = self
+                .chains
+                .get_or_insert_hashed(key, hash, || Chain::EMPTY)
+                .ok_or_else(|| internal("a join key inserted is not found"))?;
             push_entry(&mut self.entries, chain, start + i as u64, weight)?;
             if let Some(ttl) = &mut self.ttl {
                 ttl.born.push(ttl.now_ms);
@@ -668,7 +632,7 @@ impl Arrangement {
                 {
                     let frozen = match &self.frozen {
                         Some(frozen) if !chain.shadows => frozen.find(key),
-                        _ => 0..0,
+                        _ => Places::default(),
                     };
                     if u64::from(chain.negatives) * 4 >= u64::from(chain.len) + frozen.len() as u64 {
                         chain.due = true;
@@ -957,5 +921,6 @@ impl Arrangement {
     }
 }
 
+mod restored;
 #[cfg(test)]
 mod tests;

@@ -8,13 +8,18 @@
 //! `left_positions`, `right_index` and `right_positions`; see [`super::frozen`]): restored
 //! into as many parts, each side's rows are taken with their index as they are. Otherwise (or
 //! into another number of parts, or under another index hash) the rows are indexed again.
+//!
+//! Such a join's delta is saved in the same layout — each part's side's changed rows, then their
+//! index — and restored over a whole state taken with its index as one more layer of it (the
+//! deltas' indexes merged into one; see [`Join::restore_deltas`]).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array};
 
-use freshet_common::{ChangeBatch, PARALLEL_MIN_ROWS, Result, run_parts};
+use freshet_common::{ChangeBatch, Keys, PARALLEL_MIN_ROWS, Result, run_parts};
 
+use super::frozen::SavedIndex;
 use super::{Consolidate, Encoded, Join, Part, Side};
 use crate::checkpoint::{READ_IN_PLACE, SavedState, mismatch};
 use crate::delta::{Delta, internal};
@@ -94,6 +99,9 @@ impl Join {
         let Some(sides) = &self.changes else {
             return Ok(None);
         };
+        if self.frozen_saving() {
+            return self.save_changes_indexed(sides).map(Some);
+        }
         let mut batches = Vec::with_capacity(4);
         let mut borns = Vec::with_capacity(2);
         for (logged, schema) in sides.iter().zip([&self.spec.left_schema, &self.spec.right_schema]) {
@@ -116,6 +124,43 @@ impl Join {
         Ok(Some(batches))
     }
 
+    /// Each side's changes (`logged`) as a whole state with its index saves them, part by
+    /// part: the rows that reach the part's arrangement (a matchable key, a nonzero weight),
+    /// then their index — so that a restore takes them as they are (see
+    /// [`Join::restore_deltas`]).
+    fn save_changes_indexed(&self, logged: &[Vec<(Delta, i64)>; 2]) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::new();
+        let mut dealt = Vec::with_capacity(2);
+        for (logged, side, schema) in [
+            (&logged[0], Side::Left, &self.spec.left_schema),
+            (&logged[1], Side::Right, &self.spec.right_schema),
+        ] {
+            let deltas: Vec<Delta> = logged.iter().map(|(delta, _)| delta.clone()).collect();
+            let encoded = self.encode(Delta::concat(schema, &deltas)?, side)?;
+            let weights = &encoded.delta.weights;
+            let kept: Vec<u32> = (0..encoded.delta.len() as u32)
+                .filter(|&i| encoded.matchable[i as usize] && weights.value(i as usize) != 0)
+                .collect();
+            let encoded = match kept.len() == encoded.delta.len() {
+                true => encoded,
+                false => encoded.take(&self.keys, &kept)?,
+            };
+            dealt.push(self.deal(encoded)?);
+        }
+        let mut sides: Vec<_> = dealt.into_iter().map(Vec::into_iter).collect();
+        for p in 0..self.parts.len() {
+            for (side, of_side) in [Side::Left, Side::Right].into_iter().zip(sides.iter_mut()) {
+                let changes = of_side.next().ok_or_else(|| internal("a part without its changes"))?;
+                // String views keep every buffer of the epochs they came from, which a checkpoint
+                // would write whole: a TPC-H delta of 80,000 rows was 78 MB.
+                let Encoded { delta, keys, .. } = changes;
+                let batch = super::arrangement::compact_views(delta.into_change_batch()?.into_batch())?;
+                self.push_indexed(&mut batches, p, side, vec![ChangeBatch::try_new(batch)?], &[keys])?;
+            }
+        }
+        Ok(batches)
+    }
+
     /// Whether a whole state is saved with its index (see the module's documentation).
     fn frozen_saving(&self) -> bool {
         !self.spec.null_aware && self.state_ttl_ms.is_none() && self.expiry.iter().all(Option::is_none)
@@ -124,55 +169,61 @@ impl Join {
     /// Each part's sides' rows, then their index, named by side and part.
     fn save_indexed(&self) -> Result<SavedState> {
         let mut batches = Vec::new();
-        let check = super::frozen::hash_check();
         for (p, part) in self.parts.iter().enumerate() {
-            for (side, rows, schema) in [
-                (Side::Left, &part.left_rows, &self.spec.left_schema),
-                (Side::Right, &part.right_rows, &self.spec.right_schema),
-            ] {
-                let name = side_name(side);
+            for (side, rows) in [(Side::Left, &part.left_rows), (Side::Right, &part.right_rows)] {
                 let (changes, _) = rows.contents()?;
+                let schema = match side {
+                    Side::Left => &self.spec.left_schema,
+                    Side::Right => &self.spec.right_schema,
+                };
                 let mut keys = Vec::with_capacity(changes.len());
                 for change in &changes {
                     let delta =
                         Delta::from_columns(schema, change.data().columns().to_vec(), change.weights().clone())?;
                     keys.push(self.encode(delta, side)?.keys);
                 }
-                let (index, positions) = super::frozen::build_index(&keys)?;
-                // Read in place when restored: they are kept as they are.
-                let in_place = [(READ_IN_PLACE, "true")];
-                for change in changes {
-                    batches.push(tagged_part(change.into_batch(), name, p, &in_place)?);
-                }
-                let parts = self.parts.len().to_string();
-                let meta = [
-                    (PARTS, parts.as_str()),
-                    (super::frozen::HASH_CHECK, check.as_str()),
-                    in_place[0],
-                ];
-                batches.push(tagged_part(index, &format!("{name}_index"), p, &meta)?);
-                batches.push(tagged_part(positions, &format!("{name}_positions"), p, &in_place)?);
+                self.push_indexed(&mut batches, p, side, changes, &keys)?;
             }
         }
         Ok(SavedState::Batches(batches))
+    }
+
+    /// Pushes part `p`'s rows of `side` (`changes`, whose rows' keys are `keys`), then their
+    /// index, named by side and part.
+    fn push_indexed(
+        &self,
+        batches: &mut Vec<RecordBatch>,
+        p: usize,
+        side: Side,
+        changes: Vec<ChangeBatch>,
+        keys: &[Keys],
+    ) -> Result<()> {
+        let name = side_name(side);
+        let (index, positions) = super::frozen::build_index(keys)?;
+        // Read in place when restored: they are kept as they are.
+        let in_place = [(READ_IN_PLACE, "true")];
+        for change in changes {
+            batches.push(tagged_part(change.into_batch(), name, p, &in_place)?);
+        }
+        let parts = self.parts.len().to_string();
+        let check = super::frozen::hash_check();
+        let meta = [
+            (PARTS, parts.as_str()),
+            (super::frozen::HASH_CHECK, check.as_str()),
+            in_place[0],
+        ];
+        batches.push(tagged_part(index, &format!("{name}_index"), p, &meta)?);
+        batches.push(tagged_part(positions, &format!("{name}_positions"), p, &in_place)?);
+        Ok(())
     }
 
     /// Takes back a state [`Join::save_indexed`] wrote into as many parts, each side's rows
     /// with their index; `Ok(false)` when it cannot (the rows are then indexed again).
     fn restore_indexed(&mut self, batches: &[RecordBatch]) -> Result<bool> {
         let parts = self.parts.len();
-        let check = super::frozen::hash_check();
         let fits = self.frozen_saving()
             && self.parts.iter().all(|p| p.left_rows.len() + p.right_rows.len() == 0)
-            && (0..parts).all(|p| {
-                ["left_index", "right_index"].iter().all(|name| {
-                    of_part_number(batches, name, p).first().is_some_and(|b| {
-                        let meta = b.schema().metadata().clone();
-                        meta.get(PARTS) == Some(&parts.to_string())
-                            && meta.get(super::frozen::HASH_CHECK) == Some(&check)
-                    })
-                })
-            });
+            && self.indexed_for_parts(batches);
         if !fits {
             return Ok(false);
         }
@@ -184,31 +235,16 @@ impl Join {
                 let (Some(index), Some(positions)) = (index.first(), positions.first()) else {
                     return Err(mismatch("a join part's index without its positions"));
                 };
-                let mut data = Vec::new();
-                let mut weights = Vec::new();
+                let (data, weights) = self.saved_rows(batches, side, p)?;
                 let mut bytes = 0u64;
-                for batch in of_part_number(batches, name, p) {
-                    let change = ChangeBatch::try_new(batch)?;
-                    let rows = change.data();
-                    for column in rows.columns() {
-                        bytes += column.to_data().get_slice_memory_size().map_err(internal)? as u64;
-                    }
-                    weights.push(change.weights().clone());
-                    data.push(rows);
+                for column in data.iter().flat_map(RecordBatch::columns) {
+                    bytes += column.to_data().get_slice_memory_size().map_err(internal)? as u64;
                 }
                 let frozen = super::frozen::Frozen::new(index, positions, weights)?;
                 let schema = match side {
                     Side::Left => &self.spec.left_schema,
                     Side::Right => &self.spec.right_schema,
                 };
-                let data = data
-                    .into_iter()
-                    .map(|batch| {
-                        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-                        RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
-                            .map_err(|e| mismatch(format!("a join's saved rows: {e}")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
                 let arrangement =
                     super::arrangement::Arrangement::with_frozen(schema, &self.keys, data, frozen, bytes)?;
                 let part = &mut self.parts[p];
@@ -219,6 +255,42 @@ impl Join {
             }
         }
         Ok(true)
+    }
+
+    /// Whether `batches` hold every part's index of both sides, saved in as many parts and
+    /// under the index hash of this process.
+    fn indexed_for_parts(&self, batches: &[RecordBatch]) -> bool {
+        let parts = self.parts.len();
+        let check = super::frozen::hash_check();
+        (0..parts).all(|p| {
+            ["left_index", "right_index"].iter().all(|name| {
+                of_part_number(batches, name, p).first().is_some_and(|b| {
+                    let meta = b.schema_ref().metadata();
+                    meta.get(PARTS) == Some(&parts.to_string()) && meta.get(super::frozen::HASH_CHECK) == Some(&check)
+                })
+            })
+        })
+    }
+
+    /// Part `p`'s saved rows of `side` in `batches`, as batches of the side's schema, and their
+    /// weights.
+    fn saved_rows(&self, batches: &[RecordBatch], side: Side, p: usize) -> Result<(Vec<RecordBatch>, Vec<Int64Array>)> {
+        let schema = match side {
+            Side::Left => &self.spec.left_schema,
+            Side::Right => &self.spec.right_schema,
+        };
+        let mut data = Vec::new();
+        let mut weights = Vec::new();
+        for batch in of_part_number(batches, side_name(side), p) {
+            let change = ChangeBatch::try_new(batch)?;
+            let rows = change.data();
+            let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
+            let rows = RecordBatch::try_new_with_options(schema.clone(), rows.columns().to_vec(), &options)
+                .map_err(|e| mismatch(format!("a join's saved rows: {e}")))?;
+            weights.push(change.weights().clone());
+            data.push(rows);
+        }
+        Ok((data, weights))
     }
 
     pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
@@ -315,6 +387,62 @@ impl Join {
         })
         .into_iter()
         .collect()
+    }
+
+    /// Takes the deltas saved after the whole state, in order. Over a state restored with its
+    /// index, the deltas saved with their own (see [`Join::save_changes`]) are taken as they
+    /// are: their rows, and one index merged from theirs, become one more layer of each part's
+    /// arrangements (see [`super::arrangement::Arrangement::freeze_more`]). From the command
+    /// line — a delta per process — applying every delta as an epoch's changes, each row put
+    /// into a map, grew with every process until the next whole checkpoint. The deltas from the
+    /// first one saved without an index on are applied so.
+    pub(super) fn restore_deltas(&mut self, deltas: Vec<Vec<RecordBatch>>) -> Result<()> {
+        let room = self
+            .parts
+            .iter()
+            .flat_map(|part| [part.left_rows.layer_room(), part.right_rows.layer_room()])
+            .min()
+            .unwrap_or(0);
+        let layered = match self.frozen_saving() && room > 0 {
+            true => deltas.iter().take_while(|delta| self.indexed_for_parts(delta)).count(),
+            false => 0,
+        };
+        let mut deltas = deltas.into_iter();
+        let layers: Vec<Vec<RecordBatch>> = deltas.by_ref().take(layered).collect();
+        if !layers.is_empty() {
+            for p in 0..self.parts.len() {
+                for side in [Side::Left, Side::Right] {
+                    let name = side_name(side);
+                    let mut saved = Vec::with_capacity(layers.len());
+                    for delta in &layers {
+                        let index = of_part_number(delta, &format!("{name}_index"), p);
+                        let positions = of_part_number(delta, &format!("{name}_positions"), p);
+                        let (Some(per_key), Some(positions)) = (index.into_iter().next(), positions.into_iter().next())
+                        else {
+                            return Err(mismatch("a join delta's index without its positions"));
+                        };
+                        let (data, weights) = self.saved_rows(delta, side, p)?;
+                        saved.push((
+                            data,
+                            SavedIndex {
+                                per_key,
+                                positions,
+                                weights,
+                            },
+                        ));
+                    }
+                    let part = &mut self.parts[p];
+                    match side {
+                        Side::Left => part.left_rows.freeze_more(saved)?,
+                        Side::Right => part.right_rows.freeze_more(saved)?,
+                    }
+                }
+            }
+        }
+        for delta in deltas {
+            self.restore(delta)?;
+        }
+        Ok(())
     }
 
     /// Takes back each side's rows from several batches (of a whole state), a batch at a time

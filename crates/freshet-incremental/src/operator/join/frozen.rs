@@ -45,6 +45,9 @@ pub(super) fn build_index(keys: &[Keys]) -> Result<(RecordBatch, RecordBatch)> {
             at.push((batch as u32, row as u32));
         }
     }
+    if keys.iter().all(|k| matches!(k, Keys::Int(_))) {
+        return build_int_index(keys, rows);
+    }
     let key_of = |(batch, row): (u32, u32)| keys[batch as usize].key(row as usize);
     // Rows by hash, then by key where hashes collide, then by place: equal keys are adjacent.
     let mut order: Vec<(u64, u32)> = at
@@ -59,7 +62,9 @@ pub(super) fn build_index(keys: &[Keys]) -> Result<(RecordBatch, RecordBatch)> {
         while end < order.len() && order[end].0 == order[start].0 {
             end += 1;
         }
-        if end - start > 1 {
+        // Equal keys' rows are in place order already (a constant key's, all of a side's).
+        let first = key_of(at[order[start].1 as usize]);
+        if end - start > 1 && order[start + 1..end].iter().any(|o| key_of(at[o.1 as usize]) != first) {
             order[start..end]
                 .sort_by(|a, b| compare(key_of(at[a.1 as usize]), key_of(at[b.1 as usize])).then(a.1.cmp(&b.1)));
         }
@@ -106,6 +111,54 @@ pub(super) fn build_index(keys: &[Keys]) -> Result<(RecordBatch, RecordBatch)> {
     Ok((per_key, positions))
 }
 
+/// [`build_index`] of integer keys: each row's key sorted with its hash and place, so that
+/// finding where keys change reads no key again (a key of a row-format index is looked up at
+/// its row, a cache miss per row of a large part).
+fn build_int_index(keys: &[Keys], rows: usize) -> Result<(RecordBatch, RecordBatch)> {
+    // (hash, key is not NULL, key, position): equal keys adjacent, each key's rows in place order.
+    let mut order: Vec<(u64, bool, i64, u32)> = Vec::with_capacity(rows);
+    for ints in keys {
+        for row in 0..ints.len() {
+            let position = order.len() as u32;
+            let Key::Int(int) = ints.key(row) else {
+                return Err(internal("an integer join index of row keys"));
+            };
+            order.push((key_hash(Key::Int(int)), int.is_some(), int.unwrap_or(0), position));
+        }
+    }
+    order.sort_unstable();
+    let mut hashes = Vec::new();
+    let mut starts = Vec::new();
+    let mut firsts: Vec<Option<i64>> = Vec::new();
+    for (i, &(hash, valid, int, _)) in order.iter().enumerate() {
+        let new_key = match i.checked_sub(1).map(|before| order[before]) {
+            Some((h, v, k, _)) => (h, v, k) != (hash, valid, int),
+            None => true,
+        };
+        if new_key {
+            hashes.push(hash);
+            starts.push(i as u32);
+            firsts.push(valid.then_some(int));
+        }
+    }
+    let per_key = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("hash", DataType::UInt64, false),
+            Field::new("key", DataType::Int64, true),
+            Field::new("start", DataType::UInt32, false),
+        ])),
+        vec![
+            Arc::new(UInt64Array::from(hashes)),
+            Arc::new(Int64Array::from(firsts)),
+            Arc::new(UInt32Array::from(starts)),
+        ],
+    )
+    .map_err(internal)?;
+    let positions = UInt32Array::from_iter_values(order.iter().map(|&(.., position)| position));
+    let positions = RecordBatch::try_from_iter([("position", Arc::new(positions) as ArrayRef)]).map_err(internal)?;
+    Ok((per_key, positions))
+}
+
 fn compare(a: Key<'_>, b: Key<'_>) -> std::cmp::Ordering {
     match (a, b) {
         (Key::Int(a), Key::Int(b)) => a.cmp(&b),
@@ -121,22 +174,24 @@ enum FrozenKeys {
     Rows(BinaryArray),
 }
 
-/// Saved rows' index (see the module's documentation): rows are numbered across the saved
-/// batches in order, from 0.
-pub(super) struct Frozen {
+/// Layers a [`Frozen`] holds at most: the whole state's index and one of the deltas saved
+/// after it, merged (each layer is searched at every lookup: a layer per delta made the step
+/// slower with every delta).
+const LAYERS: usize = 2;
+
+/// One index over a run of frozen rows: the whole state's, or the deltas' (see [`Frozen`]).
+struct Layer {
     hashes: UInt64Array,
     keys: FrozenKeys,
     starts: UInt32Array,
     positions: UInt32Array,
-    /// Each saved batch's weights, and the number of its first row.
-    weights: Vec<Int64Array>,
-    batch_starts: Vec<u64>,
+    /// The number of the layer's first row among all frozen rows (its positions count from it).
+    first_row: u64,
 }
 
-impl Frozen {
-    /// The index read back, over saved batches of `rows` rows whose weights are `weights` (a
-    /// batch's each); checked so that no lookup can fall outside it.
-    pub(super) fn new(per_key: &RecordBatch, positions: &RecordBatch, weights: Vec<Int64Array>) -> Result<Self> {
+impl Layer {
+    /// The index read back, over `rows` rows; checked so that no lookup can fall outside it.
+    fn new(per_key: &RecordBatch, positions: &RecordBatch, rows: u64, first_row: u64) -> Result<Self> {
         let column = |batch: &RecordBatch, name: &str| {
             batch
                 .column_by_name(name)
@@ -161,12 +216,6 @@ impl Frozen {
             .as_primitive_opt::<UInt32Type>()
             .ok_or_else(|| mismatch("a join index's positions are not integers"))?
             .clone();
-        let mut batch_starts = Vec::with_capacity(weights.len());
-        let mut rows = 0u64;
-        for w in &weights {
-            batch_starts.push(rows);
-            rows += w.len() as u64;
-        }
         let sorted = hashes.values().windows(2).all(|w| w[0] <= w[1]);
         let starts_fit = starts.values().first().is_none_or(|&s| s == 0)
             && starts.values().windows(2).all(|w| w[0] < w[1])
@@ -177,6 +226,7 @@ impl Frozen {
             || starts.len() != hashes.len()
             || key.len() != hashes.len()
             || positions.len() as u64 != rows
+            || u32::try_from(positions.len()).is_err()
             || positions.values().iter().any(|&p| u64::from(p) >= rows)
         {
             return Err(mismatch("a join index does not fit its rows"));
@@ -186,23 +236,235 @@ impl Frozen {
             keys,
             starts,
             positions,
-            weights,
-            batch_starts,
+            first_row,
         })
     }
 
-    /// Rows indexed.
-    pub(super) fn rows(&self) -> u64 {
-        self.positions.len() as u64
+    /// The places in the layer's positions of the rows of the key hashed to `hash`.
+    fn find(&self, key: Key<'_>, hash: u64) -> Range<u32> {
+        let hashes = self.hashes.values();
+        let mut first = first_at_or_above(hashes, hash);
+        while first < hashes.len() && hashes[first] == hash {
+            if self.key_is(first, key) {
+                return self.rows_of(first);
+            }
+            first += 1;
+        }
+        0..0
     }
 
-    /// Memory of the index (not of the rows).
-    pub(super) fn bytes(&self) -> u64 {
+    /// The places in the layer's positions of the rows of the `index`-th key.
+    fn rows_of(&self, index: usize) -> Range<u32> {
+        let start = self.starts.value(index);
+        let end = self
+            .starts
+            .values()
+            .get(index + 1)
+            .map_or(self.positions.len() as u32, |&s| s);
+        start..end
+    }
+
+    fn key_is(&self, index: usize, key: Key<'_>) -> bool {
+        match (&self.keys, key) {
+            (FrozenKeys::Int(ints), Key::Int(int)) => ints.is_valid(index).then(|| ints.value(index)) == int,
+            (FrozenKeys::Rows(rows), Key::Row(row)) => rows.value(index) == row,
+            _ => false,
+        }
+    }
+
+    fn key(&self, index: usize) -> Key<'_> {
+        match &self.keys {
+            FrozenKeys::Int(ints) => Key::Int(ints.is_valid(index).then(|| ints.value(index))),
+            FrozenKeys::Rows(rows) => Key::Row(rows.value(index)),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
         let keys = match &self.keys {
             FrozenKeys::Int(ints) => ints.to_data().get_slice_memory_size(),
             FrozenKeys::Rows(rows) => rows.to_data().get_slice_memory_size(),
         };
         (self.hashes.len() * 12 + self.positions.len() * 4 + keys.unwrap_or(0)) as u64
+    }
+}
+
+/// A delta's index as saved (see [`build_index`]) and its rows' weights, batch by batch.
+pub(super) struct SavedIndex {
+    pub per_key: RecordBatch,
+    pub positions: RecordBatch,
+    pub weights: Vec<Int64Array>,
+}
+
+/// One layer indexing the rows of `layers` (numbered on from each other, from `first_row`), as
+/// [`build_index`] would have made of them all: a key's rows layer by layer. Each layer is
+/// sorted by hash already, so this is a merge of sorted runs, not a sort of the rows.
+fn merged(layers: Vec<Layer>, first_row: u64) -> Result<Layer> {
+    if let [layer] = layers.as_slice()
+        && layer.first_row == first_row
+    {
+        return layers.into_iter().next().ok_or_else(|| internal("a layer lost"));
+    }
+    let mut order: Vec<(u64, u32, u32)> = Vec::with_capacity(layers.iter().map(|l| l.hashes.len()).sum());
+    for (l, layer) in layers.iter().enumerate() {
+        order.extend(
+            layer
+                .hashes
+                .values()
+                .iter()
+                .enumerate()
+                .map(|(i, &hash)| (hash, l as u32, i as u32)),
+        );
+    }
+    // Stable and run-aware: the layers' sorted runs are merged.
+    order.sort();
+    let total: usize = layers.iter().map(|l| l.positions.len()).sum();
+    let mut hashes = Vec::new();
+    let mut starts = Vec::new();
+    let mut positions: Vec<u32> = Vec::with_capacity(total);
+    let mut firsts: Vec<(u32, u32)> = Vec::new();
+    let mut taken = vec![false; order.len()];
+    for a in 0..order.len() {
+        if taken[a] {
+            continue;
+        }
+        let (hash, l, i) = order[a];
+        let key = layers[l as usize].key(i as usize);
+        hashes.push(hash);
+        starts.push(u32::try_from(positions.len()).map_err(internal)?);
+        firsts.push((l, i));
+        // The same key's entries in later layers: among those of the same hash.
+        for b in a..order.len() {
+            let (other_hash, m, j) = order[b];
+            if other_hash != hash {
+                break;
+            }
+            if taken[b] || layers[m as usize].key(j as usize) != key {
+                continue;
+            }
+            taken[b] = true;
+            let layer = &layers[m as usize];
+            let offset = u32::try_from(layer.first_row - first_row).map_err(internal)?;
+            let range = layer.rows_of(j as usize);
+            for &position in &layer.positions.values()[range.start as usize..range.end as usize] {
+                positions.push(
+                    position
+                        .checked_add(offset)
+                        .ok_or_else(|| internal("a join layer past 4 billion rows"))?,
+                );
+            }
+        }
+    }
+    let keys = match layers.first().map(|l| &l.keys) {
+        Some(FrozenKeys::Rows(_)) => FrozenKeys::Rows(BinaryArray::from_iter_values(firsts.iter().map(|&(l, i)| {
+            match layers[l as usize].key(i as usize) {
+                Key::Row(row) => row,
+                Key::Int(_) => &[],
+            }
+        }))),
+        _ => FrozenKeys::Int(Int64Array::from_iter(firsts.iter().map(
+            |&(l, i)| match layers[l as usize].key(i as usize) {
+                Key::Int(int) => int,
+                Key::Row(_) => None,
+            },
+        ))),
+    };
+    if layers
+        .iter()
+        .any(|l| matches!(l.keys, FrozenKeys::Rows(_)) != matches!(keys, FrozenKeys::Rows(_)))
+    {
+        return Err(mismatch("join indexes of other key types"));
+    }
+    Ok(Layer {
+        hashes: UInt64Array::from(hashes),
+        keys,
+        starts: UInt32Array::from(starts),
+        positions: UInt32Array::from(positions),
+        first_row,
+    })
+}
+
+/// Where a key's rows are in each layer of a [`Frozen`] (see [`Frozen::find`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Places([Range<u32>; LAYERS]);
+
+impl Places {
+    /// The key's frozen rows.
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(|range| range.len()).sum()
+    }
+}
+
+/// Saved rows' index (see the module's documentation): rows are numbered across the saved
+/// batches in order, from 0. A first layer indexes the whole state's rows; each further one
+/// the rows of a delta saved after it, with the index the delta was saved with (see
+/// [`Frozen::add_layer`]).
+pub(super) struct Frozen {
+    layers: Vec<Layer>,
+    /// Each saved batch's weights, and the number of its first row.
+    weights: Vec<Int64Array>,
+    batch_starts: Vec<u64>,
+}
+
+impl Frozen {
+    /// The index read back, over saved batches whose weights are `weights` (a batch's each);
+    /// checked so that no lookup can fall outside it.
+    pub(super) fn new(per_key: &RecordBatch, positions: &RecordBatch, weights: Vec<Int64Array>) -> Result<Self> {
+        let mut frozen = Self {
+            layers: Vec::with_capacity(LAYERS),
+            weights: Vec::new(),
+            batch_starts: Vec::new(),
+        };
+        let rows: u64 = weights.iter().map(|w| w.len() as u64).sum();
+        frozen.layers.push(Layer::new(per_key, positions, rows, 0)?);
+        let mut start = 0;
+        for w in weights {
+            frozen.batch_starts.push(start);
+            start += w.len() as u64;
+            frozen.weights.push(w);
+        }
+        Ok(frozen)
+    }
+
+    /// Takes the rows of the deltas saved after the whole state, numbered after those indexed
+    /// already, with the index each was saved with — merged into one layer, so that a restore
+    /// puts no row into the chains' map and a lookup searches two layers. An error when the
+    /// layers are all taken (see [`Frozen::room`]).
+    pub(super) fn add_layer(&mut self, deltas: Vec<SavedIndex>) -> Result<()> {
+        if self.room() == 0 {
+            return Err(internal("a join index with more layers than it holds"));
+        }
+        let first_row = self.rows();
+        let mut layers = Vec::with_capacity(deltas.len());
+        let mut row = first_row;
+        for delta in &deltas {
+            let rows: u64 = delta.weights.iter().map(|w| w.len() as u64).sum();
+            layers.push(Layer::new(&delta.per_key, &delta.positions, rows, row)?);
+            row += rows;
+        }
+        let layer = merged(layers, first_row)?;
+        let mut start = first_row;
+        for w in deltas.into_iter().flat_map(|delta| delta.weights) {
+            self.batch_starts.push(start);
+            start += w.len() as u64;
+            self.weights.push(w);
+        }
+        self.layers.push(layer);
+        Ok(())
+    }
+
+    /// Layers that can still be added.
+    pub(super) fn room(&self) -> usize {
+        LAYERS - self.layers.len()
+    }
+
+    /// Rows indexed.
+    pub(super) fn rows(&self) -> u64 {
+        self.layers.iter().map(|l| l.positions.len() as u64).sum()
+    }
+
+    /// Memory of the index (not of the rows).
+    pub(super) fn bytes(&self) -> u64 {
+        self.layers.iter().map(Layer::bytes).sum()
     }
 
     /// The weight of saved row `row`.
@@ -222,38 +484,15 @@ impl Frozen {
         self.weights.iter().flat_map(|w| w.values().iter().copied())
     }
 
-    /// The places in [`Frozen::positions`] of `key`'s rows (empty when it has none): what
-    /// [`Frozen::rows_at`] takes, for a caller that looks at a key's rows more than once.
-    pub(super) fn find(&self, key: Key<'_>) -> Range<usize> {
+    /// Where `key`'s rows are (none when it has none): what [`Frozen::rows_at`] takes, for a
+    /// caller that looks at a key's rows more than once.
+    pub(super) fn find(&self, key: Key<'_>) -> Places {
         let hash = key_hash(key);
-        let hashes = self.hashes.values();
-        let mut first = first_at_or_above(hashes, hash);
-        while first < hashes.len() && hashes[first] == hash {
-            if self.key_is(first, key) {
-                return self.rows_of(first);
-            }
-            first += 1;
+        let mut places = Places::default();
+        for (layer, range) in self.layers.iter().zip(&mut places.0) {
+            *range = layer.find(key, hash);
         }
-        0..0
-    }
-
-    /// The places in [`Frozen::positions`] of the rows of the `index`-th key.
-    fn rows_of(&self, index: usize) -> Range<usize> {
-        let start = self.starts.value(index) as usize;
-        let end = self
-            .starts
-            .values()
-            .get(index + 1)
-            .map_or(self.positions.len(), |&s| s as usize);
-        start..end
-    }
-
-    fn key_is(&self, index: usize, key: Key<'_>) -> bool {
-        match (&self.keys, key) {
-            (FrozenKeys::Int(ints), Key::Int(int)) => ints.is_valid(index).then(|| ints.value(index)) == int,
-            (FrozenKeys::Rows(rows), Key::Row(row)) => rows.value(index) == row,
-            _ => false,
-        }
+        places
     }
 
     /// `key`'s saved rows: their numbers and weights.
@@ -263,21 +502,45 @@ impl Frozen {
 
     /// The saved rows at `places` (a key's, as [`Frozen::find`] gave them): their numbers and
     /// weights.
-    pub(super) fn rows_at(&self, places: Range<usize>) -> impl Iterator<Item = (u64, i64)> + '_ {
-        self.positions.values()[places].iter().map(move |&row| {
-            let row = u64::from(row);
-            (row, self.weight(row))
+    pub(super) fn rows_at(&self, places: Places) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.layers.iter().zip(places.0).flat_map(move |(layer, range)| {
+            layer.positions.values()[range.start as usize..range.end as usize]
+                .iter()
+                .map(move |&position| {
+                    let row = layer.first_row + u64::from(position);
+                    (row, self.weight(row))
+                })
         })
     }
 
-    /// Every key with saved rows, and their numbers.
-    pub(super) fn keys(&self) -> impl Iterator<Item = (Key<'_>, &[u32])> + '_ {
-        (0..self.hashes.len()).map(move |i| {
-            let key = match &self.keys {
-                FrozenKeys::Int(ints) => Key::Int(ints.is_valid(i).then(|| ints.value(i))),
-                FrozenKeys::Rows(rows) => Key::Row(rows.value(i)),
-            };
-            (key, &self.positions.values()[self.rows_of(i)])
+    /// Every key with saved rows and their numbers, layer by layer: a key with rows in two
+    /// layers comes twice.
+    pub(super) fn keys(&self) -> impl Iterator<Item = (Key<'_>, impl Iterator<Item = u64> + '_)> + '_ {
+        self.layers.iter().flat_map(|layer| {
+            (0..layer.hashes.len()).map(move |i| {
+                let range = layer.rows_of(i);
+                let rows = layer.positions.values()[range.start as usize..range.end as usize]
+                    .iter()
+                    .map(move |&position| layer.first_row + u64::from(position));
+                (layer.key(i), rows)
+            })
+        })
+    }
+
+    /// Whether `key` has rows in a layer before the `layer`-th.
+    fn in_layer_before(&self, key: Key<'_>, layer: usize) -> bool {
+        let hash = key_hash(key);
+        self.layers[..layer.min(self.layers.len())]
+            .iter()
+            .any(|l| !l.find(key, hash).is_empty())
+    }
+
+    /// Every key with saved rows, once.
+    pub(super) fn distinct_keys(&self) -> impl Iterator<Item = Key<'_>> + '_ {
+        self.layers.iter().enumerate().flat_map(move |(n, layer)| {
+            (0..layer.hashes.len())
+                .map(move |i| layer.key(i))
+                .filter(move |&key| !self.in_layer_before(key, n))
         })
     }
 }

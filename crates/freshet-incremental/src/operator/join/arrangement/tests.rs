@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, Int32Array, StringArray};
+use datafusion::arrow::array::{Array, Int32Array, StringArray, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use proptest::prelude::*;
 
 use super::*;
+use crate::operator::join::frozen::SavedIndex;
 
 /// Keys of one or two columns (an integer key, or a row-format one), of the key column.
 struct Codec {
@@ -92,11 +93,13 @@ proptest! {
     /// multiset inserted minus the one deleted, through consolidation (at once — of any delta,
     /// or of one deleting only rows held before it, whose keys can be replaced whole — or left
     /// to a later epoch as a replayed delta leaves it), batch merging and rewriting, and
-    /// through saving with an index and taking the rows back frozen after some epochs (integer
-    /// and row-format keys).
+    /// through saving with an index and taking the rows back frozen after some epochs — some
+    /// taken back as a whole state with the epoch after it as two deltas indexed beside it (see
+    /// [`Arrangement::freeze_more`]), which later epochs change — (integer and row-format keys).
     #[test]
     fn entries_sum_to_the_multiset(epochs in prop::collection::vec((
         prop::collection::vec((0..4i32, prop::option::of(0..3u8), 1..3i64, any::<bool>()), 0..20),
+        any::<bool>(),
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
@@ -108,7 +111,8 @@ proptest! {
         let codec = Codec::new(two_columns);
         let mut arrangement = Arrangement::new(&schema, &codec.codec).unwrap();
         let mut expected: BTreeMap<(i32, Option<String>), i64> = BTreeMap::new();
-        for (epoch, freeze, later, replacing) in epochs {
+        for (epoch, freeze, later, replacing, as_delta) in epochs {
+            let whole = as_delta.then(|| refrozen(&arrangement, &codec));
             // A deletion takes away what is there, never more; with `replacing`, only what was
             // there before the epoch (as an aggregate's output, or a projection of it, deletes).
             let mut rows = Vec::new();
@@ -147,7 +151,28 @@ proptest! {
             let keys: BTreeMap<i32, ()> = expected.keys().map(|(k, _)| (*k, ())).collect();
             let listed = arrangement.keys().filter(|&key| arrangement.weight(key) != 0).count();
             prop_assert_eq!(listed, keys.len());
-            if freeze {
+            if let Some(mut layered) = whole {
+                // The epoch's changed rows as two deltas, each saved with its index.
+                let changed: Vec<u32> = (0..rows.len() as u32).filter(|&i| weights.value(i as usize) != 0).collect();
+                let (first, second) = changed.split_at(changed.len() / 2);
+                prop_assert!(layered.layer_room() > 0);
+                let mut deltas = Vec::new();
+                for half in [first, second] {
+                    let half = UInt32Array::from(half.to_vec());
+                    let data = datafusion::arrow::compute::take_record_batch(&data, &half).unwrap();
+                    let weights = datafusion::arrow::compute::take(&weights, &half, None).unwrap();
+                    let weights = weights.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                    let delta_keys = codec.encode(data.column(0));
+                    let (per_key, positions) = super::super::frozen::build_index(&[delta_keys]).unwrap();
+                    deltas.push((vec![data], SavedIndex { per_key, positions, weights: vec![weights] }));
+                }
+                layered.freeze_more(deltas).unwrap();
+                prop_assert_eq!(&contents(&layered, &codec, &[0, 1, 2, 3]), &expected);
+                prop_assert_eq!(&saved(&layered), &expected);
+                let listed: Vec<Key<'_>> = layered.keys().filter(|&key| layered.weight(key) != 0).collect();
+                prop_assert_eq!(listed.len(), keys.len());
+                arrangement = layered;
+            } else if freeze {
                 arrangement = refrozen(&arrangement, &codec);
                 prop_assert_eq!(&contents(&arrangement, &codec, &[0, 1, 2, 3]), &expected);
                 prop_assert_eq!(&saved(&arrangement), &expected);
