@@ -19,7 +19,7 @@ use freshet_common::{Key, Result};
 use super::checkpoint::SavedColumns;
 use crate::checkpoint::mismatch;
 use crate::delta::internal;
-use crate::operator::hashed::first_at_or_above;
+use crate::operator::hashed::HashDirectory;
 
 /// The name of the column of a whole state's key hashes.
 pub(super) const HASH: &str = "hash";
@@ -34,6 +34,7 @@ pub(super) struct FrozenGroups {
     bytes: usize,
     aggregates: usize,
     hashes: UInt64Array,
+    directory: HashDirectory,
     /// A bit per saved group: loaded into a slot, or replaced. Parts take their own groups on
     /// threads of their own, so the bits are atomic (no two parts take one group).
     taken: Vec<AtomicU64>,
@@ -67,6 +68,7 @@ impl FrozenGroups {
             batch: batch.clone(),
             bytes,
             aggregates,
+            directory: HashDirectory::new(hashes.values()),
             hashes,
             taken,
         }))
@@ -82,7 +84,7 @@ impl FrozenGroups {
     pub(super) fn take(&self, columns: &SavedColumns<'_>, key: Key<'_>) -> Option<usize> {
         let hash = crate::operator::hashed::key_hash(key);
         let hashes = self.hashes.values();
-        let mut row = first_at_or_above(hashes, hash);
+        let mut row = self.directory.first_at_or_above(hashes, hash);
         while row < hashes.len() && hashes[row] == hash {
             if columns.key(row) == key {
                 let bit = 1u64 << (row % 64);
@@ -116,6 +118,6 @@ impl FrozenGroups {
 
     /// Memory of the saved groups.
     pub(super) fn bytes(&self) -> usize {
-        self.bytes + self.taken.len() * 8
+        self.bytes + self.taken.len() * 8 + self.directory.bytes()
     }
 }

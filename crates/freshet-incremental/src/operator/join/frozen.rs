@@ -10,8 +10,8 @@
 //! usual chains, which say where they override the saved rows.
 //!
 //! The index is two batches: `hash` (sorted), `key` and `start` per distinct key, and the rows'
-//! `position`s among the saved rows, key by key. A key is found by where its hash falls among
-//! the uniformly spread hashes and a short search around it.
+//! `position`s among the saved rows, key by key. A key is found through a directory of where
+//! each bucket of hashes starts, built when the index is read (see [`HashDirectory`]).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use freshet_common::{Key, Keys, Result};
 use crate::checkpoint::mismatch;
 use crate::delta::internal;
 pub(super) use crate::operator::hashed::hash_check;
-use crate::operator::hashed::{first_at_or_above, key_hash};
+use crate::operator::hashed::{HashDirectory, key_hash};
 
 /// The metadata key of an index batch holding the hashes of fixed values, compared when read
 /// (see [`hash_check`]).
@@ -187,6 +187,7 @@ struct Layer {
     positions: UInt32Array,
     /// The number of the layer's first row among all frozen rows (its positions count from it).
     first_row: u64,
+    directory: HashDirectory,
 }
 
 impl Layer {
@@ -231,19 +232,21 @@ impl Layer {
         {
             return Err(mismatch("a join index does not fit its rows"));
         }
+        let directory = HashDirectory::new(hashes.values());
         Ok(Self {
             hashes,
             keys,
             starts,
             positions,
             first_row,
+            directory,
         })
     }
 
     /// The places in the layer's positions of the rows of the key hashed to `hash`.
     fn find(&self, key: Key<'_>, hash: u64) -> Range<u32> {
         let hashes = self.hashes.values();
-        let mut first = first_at_or_above(hashes, hash);
+        let mut first = self.directory.first_at_or_above(hashes, hash);
         while first < hashes.len() && hashes[first] == hash {
             if self.key_is(first, key) {
                 return self.rows_of(first);
@@ -284,7 +287,7 @@ impl Layer {
             FrozenKeys::Int(ints) => ints.to_data().get_slice_memory_size(),
             FrozenKeys::Rows(rows) => rows.to_data().get_slice_memory_size(),
         };
-        (self.hashes.len() * 12 + self.positions.len() * 4 + keys.unwrap_or(0)) as u64
+        (self.hashes.len() * 12 + self.positions.len() * 4 + keys.unwrap_or(0) + self.directory.bytes()) as u64
     }
 }
 
@@ -374,12 +377,14 @@ fn merged(layers: Vec<Layer>, first_row: u64) -> Result<Layer> {
     {
         return Err(mismatch("join indexes of other key types"));
     }
+    let directory = HashDirectory::new(&hashes);
     Ok(Layer {
         hashes: UInt64Array::from(hashes),
         keys,
         starts: UInt32Array::from(starts),
         positions: UInt32Array::from(positions),
         first_row,
+        directory,
     })
 }
 
