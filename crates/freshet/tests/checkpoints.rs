@@ -267,13 +267,17 @@ async fn a_restart_restores_the_state_from_its_checkpoint_without_reading_the_in
     engine.close().await;
 }
 
-/// A large state's first checkpoint is written after its refresh returned, and committed as a
-/// version of its own that changes no row; the next refresh builds on it, and a restart
-/// restores from it.
+/// A large state's checkpoints are written after their refresh returned, and committed as
+/// versions of their own that change no row — the first (the whole state) and the deltas
+/// after it; the next refresh builds on them, and a restart restores from them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_states_first_checkpoint_lands_after_its_refresh_as_a_version_of_its_own() {
-    let (dir, clock, instruments, engine) = fresh("SET 'materialized-table.checkpoint.background-rows' = '0'").await;
+async fn a_large_states_checkpoints_land_after_their_refresh_as_versions_of_their_own() {
+    let (dir, clock, instruments, engine) = fresh(
+        "SET 'materialized-table.checkpoint.background-rows' = '0'; SET 'execution.checkpointing.interval' = '1 s'",
+    )
+    .await;
     round(&engine, 1).await;
+    let mut checkpointed = std::collections::HashMap::new();
     for (name, _) in TABLES {
         engine.wait_for_materialized_state(name).await;
         let snapshot = engine.table(name).unwrap().snapshot();
@@ -296,19 +300,39 @@ async fn a_large_states_first_checkpoint_lands_after_its_refresh_as_a_version_of
             freshet::RefreshRecord::of(&refreshed),
             "{name}"
         );
+        checkpointed.insert(name, manifest.state.clone());
     }
     assert_equal_batch(&engine).await;
+    // Due by the interval: a delta over the first, after its refresh too.
+    clock.advance(std::time::Duration::from_secs(2));
     round(&engine, 2).await;
     assert_equal_batch(&engine).await;
+    let mut deltas = 0;
     for (name, _) in TABLES {
         engine.wait_for_materialized_state(name).await;
-        // Later checkpoints go with their refresh (deltas over the first, or none).
-        assert_ne!(
-            engine.table(name).unwrap().snapshot().manifest().operation,
-            "CHECKPOINT",
+        let table = engine.table(name).unwrap();
+        let snapshot = table.snapshot();
+        let manifest = snapshot.manifest();
+        if manifest.operation != "CHECKPOINT" {
+            // Nothing changed at its inputs: no refresh, no checkpoint.
+            assert_eq!(manifest.state, checkpointed[name], "{name}");
+            continue;
+        }
+        let refreshed = table.snapshot_at(snapshot.version() - 1).await.unwrap();
+        assert_eq!(
+            freshet::RefreshRecord::of(&snapshot),
+            freshet::RefreshRecord::of(&refreshed),
             "{name}"
         );
+        assert_eq!(
+            refreshed.manifest().state,
+            checkpointed[name],
+            "{name}: written within its refresh"
+        );
+        // A delta when it fits over the first (else the whole state again).
+        deltas += usize::from(manifest.state.as_ref().is_some_and(|state| state.files.len() > 1));
     }
+    assert!(deltas > 0, "no checkpoint after the first was a delta");
     engine.close().await;
 
     let engine = reopen_restored(

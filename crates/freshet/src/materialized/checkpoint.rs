@@ -149,8 +149,8 @@ fn chain_of(table: &Table, state: &IncrementalState) -> Option<(Vec<freshet_stor
         .map(|meta| (current.files, meta))
 }
 
-/// Writes the whole checkpoint a refresh left for after it returned (`state.checkpoint_after`,
-/// taken at `at_ms`) and commits it as a version of its own that changes no row — when the
+/// Writes the checkpoint a refresh left for after it returned (`state.checkpoint_after`, taken
+/// at `at_ms`: a delta over the table's checkpoint when it fits, else the whole state) and commits it as a version of its own that changes no row — when the
 /// table's last refresh is still the one `state` reflects (a compaction may have come
 /// between). Returns whether it was committed; the state then keeps its changes from here.
 /// Until then a restart rebuilds the state from the inputs, as without a checkpoint.

@@ -26,9 +26,10 @@ pub const ROW_INDEX_MAX_ROWS: &str = "materialized-table.row-index.max-rows";
 /// that no buffer the size of the inputs is ever allocated.
 pub const STATE_BUILD_EPOCH_ROWS: &str = "materialized-table.state-build.epoch-rows";
 
-/// Setting: an operator state of at least this many rows writes its first checkpoint after its
-/// refresh returned, as a version of its own, instead of within the refresh (Freshet's own; 0:
-/// every state). Until it lands, a restart rebuilds the state from the inputs.
+/// Setting: an operator state of at least this many rows writes its checkpoints after their
+/// refresh returned, as versions of their own, instead of within the refresh (Freshet's own; 0:
+/// every state). Until one lands, a restart restores the checkpoint before it (or rebuilds the
+/// state from the inputs) and processes the changes since.
 pub const CHECKPOINT_BACKGROUND_ROWS: &str = "materialized-table.checkpoint.background-rows";
 
 /// Setting: how long VACUUM keeps a file that no manifest names (a failed write's, or one of a
