@@ -61,9 +61,9 @@ pub(crate) struct IncrementalState {
     /// The table's checkpoint this state was restored from or last wrote, over which the
     /// pipeline keeps the changes for a delta (`None`: the state was rebuilt from the inputs).
     pub(super) checkpoint: Option<StateCheckpoint>,
-    /// A whole checkpoint due at this refresh (its time, ms), left to be written once the
-    /// refresh returned: a large state's first
-    /// ([`super::definition::CHECKPOINT_BACKGROUND_ROWS`]).
+    /// A checkpoint due at this refresh (its time, ms), left to be written once the refresh
+    /// returned: any of a large state's ([`super::definition::CHECKPOINT_BACKGROUND_ROWS`]), a
+    /// delta when it fits, else the whole state.
     pub(super) checkpoint_after: Option<i64>,
 }
 

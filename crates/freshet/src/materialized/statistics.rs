@@ -91,7 +91,7 @@ impl Engine {
 
     /// Waits until the work a refresh of materialized table `name` left for after it returned
     /// is done: its operator state kept for the next refresh (the row index brought up to
-    /// date, a large state's first checkpoint written and committed).
+    /// date, a large state's checkpoint due written and committed).
     pub async fn wait_for_materialized_state(&self, name: &str) {
         if let Some(runtime) = self.inner.materialized.existing_runtime(name) {
             drop(runtime.incremental.lock().await);
