@@ -137,7 +137,7 @@ fn is_integer_like(data_type: &DataType) -> bool {
 }
 
 /// The keys of a batch's rows.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Keys {
     /// One integer column (NULLs included).
     Int(Int64Array),

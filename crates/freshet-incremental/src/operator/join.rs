@@ -347,12 +347,35 @@ impl Part {
         }
     }
 
-    fn apply(&mut self, changes: &Encoded, side: Side, consolidate: Consolidate) -> Result<()> {
-        let rows = match side {
+    fn has_deferred(&self) -> bool {
+        self.left_rows.deferred_rows() + self.right_rows.deferred_rows() > 0
+    }
+
+    fn rows_mut(&mut self, side: Side) -> &mut Arrangement {
+        match side {
             Side::Left => &mut self.left_rows,
             Side::Right => &mut self.right_rows,
-        };
-        rows.apply(
+        }
+    }
+
+    /// Keeps `changes` in the arrangement of `side`: deferred (see [`Arrangement::defer`])
+    /// when `defer` and it can take them, else indexed now.
+    fn keep(&mut self, changes: &Encoded, side: Side, defer: bool, codec: &KeyCodec) -> Result<()> {
+        let rows = self.rows_mut(side);
+        if defer && rows.can_defer() {
+            return rows.defer(
+                codec,
+                &changes.delta.data,
+                &changes.delta.weights,
+                &changes.keys,
+                &changes.matchable,
+            );
+        }
+        self.apply(changes, side, self.due[side as usize])
+    }
+
+    fn apply(&mut self, changes: &Encoded, side: Side, consolidate: Consolidate) -> Result<()> {
+        self.rows_mut(side).apply(
             &changes.delta.data,
             &changes.delta.weights,
             &changes.keys,
@@ -732,12 +755,41 @@ fn opposite(side: Side) -> Side {
 
 impl Part {
     /// One epoch of this part's keys: `left` and `right` are the changes at them.
-    fn step(&mut self, left: Encoded, right: Encoded) -> Result<Delta> {
+    ///
+    /// A join input that holds no rows yet defers indexing the rows it is given until they are
+    /// looked up, and then indexes them all at once (see [`Arrangement::defer`]): in a state
+    /// build, whose epochs (`building`) read the sources one after the other, most are not
+    /// looked up before the build's last epoch. No rows stay deferred after an epoch that is
+    /// not building.
+    fn step(&mut self, left: Encoded, right: Encoded, building: bool, codec: &KeyCodec) -> Result<Delta> {
+        let output = self.step_rows(left, right, codec);
+        if !building {
+            self.left_rows.settle()?;
+            self.right_rows.settle()?;
+        }
+        output
+    }
+
+    fn step_rows(&mut self, left: Encoded, right: Encoded, codec: &KeyCodec) -> Result<Delta> {
         if left.delta.is_empty() && right.delta.is_empty() {
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
         if self.spec.null_aware {
+            self.left_rows.settle()?;
+            self.right_rows.settle()?;
             return self.step_not_in(left, right);
+        }
+        // A side is looked up for the other side's changes, and for its own when the other
+        // side's output depends on its matches (its weight at their keys before the epoch).
+        // Such a side's changes are indexed now, the other's may be deferred.
+        let (changed_left, changed_right) = (!left.delta.is_empty(), !right.delta.is_empty());
+        let read_left = changed_right || (changed_left && self.spec.kind.by_match(Side::Right).is_some());
+        let read_right = changed_left || (changed_right && self.spec.kind.by_match(Side::Left).is_some());
+        if read_left {
+            self.left_rows.settle()?;
+        }
+        if read_right {
+            self.right_rows.settle()?;
         }
         let changes = MatchChanges::of(self, &left, &right);
 
@@ -746,14 +798,14 @@ impl Part {
             parts.push(old.negate()?);
         }
         let mut pairs = Vec::new();
-        if self.spec.kind.pairs() {
+        if self.spec.kind.pairs() && changed_left {
             pairs.push(self.pairs(&left, Side::Left)?);
         }
-        self.apply(&left, Side::Left, self.due[Side::Left as usize])?;
-        if self.spec.kind.pairs() {
+        self.keep(&left, Side::Left, !read_left, codec)?;
+        if self.spec.kind.pairs() && changed_right {
             pairs.push(self.pairs(&right, Side::Right)?);
         }
-        self.apply(&right, Side::Right, self.due[Side::Right as usize])?;
+        self.keep(&right, Side::Right, !read_right, codec)?;
         for pair in pairs {
             parts.push(pair.with_schema(&self.spec.schema)?);
         }
@@ -781,7 +833,10 @@ impl Operator for Join {
                 part.right_rows.forget_old(now)?;
             }
         }
-        if left.is_empty() && right.is_empty() {
+        let building = epoch.is_building();
+        // Rows deferred by the building epochs are indexed by the first one that is not.
+        let settling = !building && self.parts.iter().any(Part::has_deferred);
+        if left.is_empty() && right.is_empty() && !settling {
             self.expire(epoch)?;
             return Ok(Delta::empty(self.spec.schema.clone()));
         }
@@ -790,7 +845,7 @@ impl Operator for Join {
             lefts.push((left.clone(), self.now_ms));
             rights.push((right.clone(), self.now_ms));
         }
-        let parallel = left.len() + right.len() >= PARALLEL_MIN_ROWS;
+        let parallel = settling || left.len() + right.len() >= PARALLEL_MIN_ROWS;
         let left = self.deal(self.encode(left, Side::Left)?)?;
         let right = self.deal(self.encode(right, Side::Right)?)?;
         let mut work: Vec<(&mut Part, Option<(Encoded, Encoded)>)> = self
@@ -799,8 +854,9 @@ impl Operator for Join {
             .zip(left.into_iter().zip(right))
             .map(|(part, changes)| (part, Some(changes)))
             .collect();
+        let codec = &self.keys;
         let outputs = run_parts(&mut work, parallel, |_, (part, changes)| match changes.take() {
-            Some((left, right)) => part.step(left, right),
+            Some((left, right)) => part.step(left, right, building, codec),
             None => Err(internal("a join part stepped twice")),
         });
         let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;

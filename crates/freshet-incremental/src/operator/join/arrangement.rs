@@ -155,6 +155,8 @@ pub(super) struct Arrangement {
     frozen_batches: usize,
     /// Frozen rows of keys no chain shadows.
     frozen_live: u64,
+    /// Rows kept but not indexed yet: all of the arrangement's (see [`Arrangement::defer`]).
+    deferred: Option<deferred::Deferred>,
 }
 
 /// Rows that can never match again, by time (see [`Arrangement::expire`]).
@@ -194,6 +196,7 @@ impl Arrangement {
             frozen: None,
             frozen_batches: 0,
             frozen_live: 0,
+            deferred: None,
         })
     }
 
@@ -268,6 +271,7 @@ impl Arrangement {
         if self.ttl.is_none() {
             return Ok(());
         }
+        self.settle()?;
         self.thaw()?;
         let Some(ttl) = &mut self.ttl else {
             return Ok(());
@@ -303,6 +307,7 @@ impl Arrangement {
         let Some(expiry) = self.expiry else {
             return Ok(());
         };
+        self.settle()?;
         self.thaw()?;
         if bound <= expiry.next_pass || self.live == 0 {
             return Ok(());
@@ -385,7 +390,7 @@ impl Arrangement {
 
     /// Entries kept (distinct rows, once consolidated).
     pub(super) fn len(&self) -> u64 {
-        self.live + self.frozen_live
+        self.live + self.frozen_live + self.deferred_rows()
     }
 
     /// Memory of the rows and the index, approximately.
@@ -393,16 +398,19 @@ impl Arrangement {
         self.batch_bytes
             + (self.entries.len() * size_of::<Entry>() + self.chains.bytes()) as u64
             + self.frozen.as_ref().map_or(0, Frozen::bytes)
+            + self.deferred_bytes()
     }
 
     /// The number of rows at `key`, with multiplicity.
     pub(super) fn weight(&self, key: Key<'_>) -> i64 {
+        debug_assert!(self.deferred.is_none(), "a join input looked up with rows not indexed");
         let chain = self.chains.get(key);
         chain.map_or(0, |chain| chain.weight) + self.frozen_of(key, chain).map(|(_, w)| w).sum::<i64>()
     }
 
     /// Every key with rows.
     pub(super) fn keys(&self) -> impl Iterator<Item = Key<'_>> {
+        debug_assert!(self.deferred.is_none(), "a join input looked up with rows not indexed");
         let frozen = self
             .frozen
             .iter()
@@ -416,6 +424,7 @@ impl Arrangement {
 
     /// The entries at `key`: global row numbers and weights.
     pub(super) fn entries(&self, key: Key<'_>) -> impl Iterator<Item = (u64, i64)> + '_ {
+        debug_assert!(self.deferred.is_none(), "a join input looked up with rows not indexed");
         self.chain_entries(key, self.chains.get(key))
     }
 
@@ -456,6 +465,9 @@ impl Arrangement {
     ///
     /// With a TTL, also when each row came (ms), row by row.
     pub(super) fn contents(&self) -> Result<(Vec<ChangeBatch>, Option<Int64Array>)> {
+        if self.deferred.is_some() {
+            return Err(internal("a join input saved with rows not indexed yet"));
+        }
         let stored = usize::try_from(self.stored).map_err(internal)?;
         let mut weight_of = vec![0i64; stored];
         let mut born_of = self.ttl.as_ref().map(|_| vec![i64::MIN; stored]);
@@ -561,6 +573,7 @@ impl Arrangement {
     /// Looks up `keys` in the order that sweeps the index's memory, with their hashes (see
     /// `KeyMap::probe`).
     pub(super) fn probe<'k>(&self, keys: impl ExactSizeIterator<Item = Key<'k>>) -> Probe {
+        debug_assert!(self.deferred.is_none(), "a join input looked up with rows not indexed");
         self.chains.probe(keys)
     }
 
@@ -579,6 +592,7 @@ impl Arrangement {
         matchable: &[bool],
         consolidate: Consolidate,
     ) -> Result<()> {
+        self.settle()?;
         let probe = self.probe((0..data.num_rows()).map(|i| keys.key(i)));
         let rows: Vec<u32> = probe
             .order
@@ -921,6 +935,7 @@ impl Arrangement {
     }
 }
 
+mod deferred;
 mod restored;
 #[cfg(test)]
 mod tests;

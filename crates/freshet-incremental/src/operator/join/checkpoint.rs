@@ -172,6 +172,11 @@ impl Join {
         for (p, part) in self.parts.iter().enumerate() {
             for (side, rows) in [(Side::Left, &part.left_rows), (Side::Right, &part.right_rows)] {
                 let (changes, _) = rows.contents()?;
+                if let Some(index) = rows.saved_index()? {
+                    // One frozen layer and nothing else: its index is this state's as it is.
+                    self.push_with_index(&mut batches, p, side, changes, index)?;
+                    continue;
+                }
                 let schema = match side {
                     Side::Left => &self.spec.left_schema,
                     Side::Right => &self.spec.right_schema,
@@ -198,8 +203,20 @@ impl Join {
         changes: Vec<ChangeBatch>,
         keys: &[Keys],
     ) -> Result<()> {
+        let index = super::frozen::build_index(keys)?;
+        self.push_with_index(batches, p, side, changes, index)
+    }
+
+    /// [`Join::push_indexed`] with the rows' index made already.
+    fn push_with_index(
+        &self,
+        batches: &mut Vec<RecordBatch>,
+        p: usize,
+        side: Side,
+        changes: Vec<ChangeBatch>,
+        (index, positions): (RecordBatch, RecordBatch),
+    ) -> Result<()> {
         let name = side_name(side);
-        let (index, positions) = super::frozen::build_index(keys)?;
         // Read in place when restored: they are kept as they are.
         let in_place = [(READ_IN_PLACE, "true")];
         for change in changes {

@@ -93,20 +93,26 @@ pub(super) fn build_index(keys: &[Keys]) -> Result<(RecordBatch, RecordBatch)> {
             Key::Row(_) => None,
         }))),
     };
+    let positions = UInt32Array::from_iter_values(order.iter().map(|&(_, position)| position));
+    index_batches(UInt64Array::from(hashes), key_column, UInt32Array::from(starts), positions)
+}
+
+/// An index as saved: the per-key batch (`hash`, `key`, `start`) and the positions batch.
+fn index_batches(
+    hashes: UInt64Array,
+    keys: ArrayRef,
+    starts: UInt32Array,
+    positions: UInt32Array,
+) -> Result<(RecordBatch, RecordBatch)> {
     let per_key = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("hash", DataType::UInt64, false),
-            Field::new("key", key_column.data_type().clone(), true),
+            Field::new("key", keys.data_type().clone(), true),
             Field::new("start", DataType::UInt32, false),
         ])),
-        vec![
-            Arc::new(UInt64Array::from(hashes)),
-            key_column,
-            Arc::new(UInt32Array::from(starts)),
-        ],
+        vec![Arc::new(hashes), keys, Arc::new(starts)],
     )
     .map_err(internal)?;
-    let positions = UInt32Array::from_iter_values(order.iter().map(|&(_, position)| position));
     let positions = RecordBatch::try_from_iter([("position", Arc::new(positions) as ArrayRef)]).map_err(internal)?;
     Ok((per_key, positions))
 }
@@ -141,22 +147,13 @@ fn build_int_index(keys: &[Keys], rows: usize) -> Result<(RecordBatch, RecordBat
             firsts.push(valid.then_some(int));
         }
     }
-    let per_key = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("hash", DataType::UInt64, false),
-            Field::new("key", DataType::Int64, true),
-            Field::new("start", DataType::UInt32, false),
-        ])),
-        vec![
-            Arc::new(UInt64Array::from(hashes)),
-            Arc::new(Int64Array::from(firsts)),
-            Arc::new(UInt32Array::from(starts)),
-        ],
-    )
-    .map_err(internal)?;
     let positions = UInt32Array::from_iter_values(order.iter().map(|&(.., position)| position));
-    let positions = RecordBatch::try_from_iter([("position", Arc::new(positions) as ArrayRef)]).map_err(internal)?;
-    Ok((per_key, positions))
+    index_batches(
+        UInt64Array::from(hashes),
+        Arc::new(Int64Array::from(firsts)),
+        UInt32Array::from(starts),
+        positions,
+    )
 }
 
 fn compare(a: Key<'_>, b: Key<'_>) -> std::cmp::Ordering {
@@ -455,6 +452,22 @@ impl Frozen {
         }
         self.layers.push(layer);
         Ok(())
+    }
+
+    /// The index of rows numbered from 0 in one layer, as [`build_index`] makes it; `None`
+    /// when there are more layers.
+    pub(super) fn saved(&self) -> Result<Option<(RecordBatch, RecordBatch)>> {
+        let [layer] = self.layers.as_slice() else {
+            return Ok(None);
+        };
+        if layer.first_row != 0 {
+            return Ok(None);
+        }
+        let keys: ArrayRef = match &layer.keys {
+            FrozenKeys::Int(ints) => Arc::new(ints.clone()),
+            FrozenKeys::Rows(rows) => Arc::new(rows.clone()),
+        };
+        index_batches(layer.hashes.clone(), keys, layer.starts.clone(), layer.positions.clone()).map(Some)
     }
 
     /// Layers that can still be added.

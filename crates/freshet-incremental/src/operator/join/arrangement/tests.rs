@@ -95,10 +95,13 @@ proptest! {
     /// to a later epoch as a replayed delta leaves it), batch merging and rewriting, and
     /// through saving with an index and taking the rows back frozen after some epochs — some
     /// taken back as a whole state with the epoch after it as two deltas indexed beside it (see
-    /// [`Arrangement::freeze_more`]), which later epochs change — (integer and row-format keys).
+    /// [`Arrangement::freeze_more`]), which later epochs change — and through epochs deferred
+    /// while the arrangement held no other rows, indexed at once when settled (see
+    /// [`Arrangement::defer`]) (integer and row-format keys).
     #[test]
     fn entries_sum_to_the_multiset(epochs in prop::collection::vec((
         prop::collection::vec((0..4i32, prop::option::of(0..3u8), 1..3i64, any::<bool>()), 0..20),
+        any::<bool>(),
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
@@ -111,8 +114,13 @@ proptest! {
         let codec = Codec::new(two_columns);
         let mut arrangement = Arrangement::new(&schema, &codec.codec).unwrap();
         let mut expected: BTreeMap<(i32, Option<String>), i64> = BTreeMap::new();
-        for (epoch, freeze, later, replacing, as_delta) in epochs {
-            let whole = as_delta.then(|| refrozen(&arrangement, &codec));
+        let mut deferred = 0;
+        for (epoch, freeze, later, replacing, as_delta, defer) in epochs {
+            let deferring = defer && arrangement.can_defer();
+            if !deferring {
+                arrangement.settle().unwrap();
+            }
+            let whole = (as_delta && !deferring).then(|| refrozen(&arrangement, &codec));
             // A deletion takes away what is there, never more; with `replacing`, only what was
             // there before the epoch (as an aggregate's output, or a projection of it, deletes).
             let mut rows = Vec::new();
@@ -142,9 +150,16 @@ proptest! {
                 (false, true) => Consolidate::DueReplacing,
                 (false, false) => Consolidate::Due,
             };
-            arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()], consolidate).unwrap();
             pending.retain(|_, weight| *weight != 0);
             expected = pending;
+            if deferring {
+                arrangement.defer(&codec.codec, &data, &weights, &keys, &vec![true; rows.len()]).unwrap();
+                deferred += rows.iter().filter(|(_, w)| *w != 0).count() as u64;
+                prop_assert_eq!(arrangement.len(), deferred);
+                prop_assert_eq!(arrangement.contents().is_err(), deferred > 0, "saved with rows not indexed");
+                continue;
+            }
+            arrangement.apply(&data, &weights, &keys, &vec![true; rows.len()], consolidate).unwrap();
             prop_assert_eq!(&contents(&arrangement, &codec, &[0, 1, 2, 3]), &expected);
             prop_assert_eq!(&saved(&arrangement), &expected);
             prop_assert!(arrangement.stored >= arrangement.len());
@@ -178,6 +193,9 @@ proptest! {
                 prop_assert_eq!(&saved(&arrangement), &expected);
             }
         }
+        arrangement.settle().unwrap();
+        prop_assert_eq!(&contents(&arrangement, &codec, &[0, 1, 2, 3]), &expected);
+        prop_assert_eq!(&saved(&arrangement), &expected);
     }
 }
 
