@@ -94,7 +94,12 @@ pub(super) fn build_index(keys: &[Keys]) -> Result<(RecordBatch, RecordBatch)> {
         }))),
     };
     let positions = UInt32Array::from_iter_values(order.iter().map(|&(_, position)| position));
-    index_batches(UInt64Array::from(hashes), key_column, UInt32Array::from(starts), positions)
+    index_batches(
+        UInt64Array::from(hashes),
+        key_column,
+        UInt32Array::from(starts),
+        positions,
+    )
 }
 
 /// An index as saved: the per-key batch (`hash`, `key`, `start`) and the positions batch.
@@ -467,7 +472,13 @@ impl Frozen {
             FrozenKeys::Int(ints) => Arc::new(ints.clone()),
             FrozenKeys::Rows(rows) => Arc::new(rows.clone()),
         };
-        index_batches(layer.hashes.clone(), keys, layer.starts.clone(), layer.positions.clone()).map(Some)
+        index_batches(
+            layer.hashes.clone(),
+            keys,
+            layer.starts.clone(),
+            layer.positions.clone(),
+        )
+        .map(Some)
     }
 
     /// Layers that can still be added.
