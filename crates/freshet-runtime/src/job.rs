@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use futures::TryStreamExt;
 use futures::future::{self, Either};
+use futures::{FutureExt, TryStreamExt};
 use tokio::sync::{Notify, watch};
 
 use freshet_common::{ChangeBatch, FreshetError, Result, SharedClock};
@@ -387,11 +387,26 @@ impl Jobs {
                 checkpoint_interval_ms,
                 rebuild_epoch_rows,
             };
-            let (status, error) = match run.run(resume).await {
-                Ok(status) => (status, None),
-                Err(e) => {
+            // A panic (a bug) fails the job with what it said, rather than ending its task
+            // with the job still shown running and everyone waiting for it waiting forever.
+            let outcome = std::panic::AssertUnwindSafe(run.run(resume)).catch_unwind().await;
+            let (status, error) = match outcome {
+                Ok(Ok(status)) => (status, None),
+                Ok(Err(e)) => {
                     tracing::warn!(job = %id, error = %e, "job failed");
                     (JobStatus::Failed, Some(e.to_string()))
+                }
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|m| m.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".to_string());
+                    tracing::error!(job = %id, message, "job panicked");
+                    (
+                        JobStatus::Failed,
+                        Some(format!("internal error: the job panicked: {message}")),
+                    )
                 }
             };
             // Its inputs and sink are let go before it says it has ended, so that an engine
