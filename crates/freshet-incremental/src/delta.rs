@@ -212,7 +212,8 @@ pub(crate) fn weight_overflow() -> FreshetError {
     FreshetError::Internal("a row's multiplicity overflowed 64 bits".into())
 }
 
-fn downcast_weights(array: &ArrayRef) -> Result<Int64Array> {
+/// A weights column as computed (filtered, concatenated) back as `Int64`.
+pub(crate) fn downcast_weights(array: &ArrayRef) -> Result<Int64Array> {
     array
         .as_any()
         .downcast_ref::<Int64Array>()

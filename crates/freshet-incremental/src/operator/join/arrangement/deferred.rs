@@ -14,7 +14,7 @@ use datafusion::arrow::compute::{concat, concat_batches, filter_record_batch};
 use freshet_common::{KeyCodec, Keys, Result};
 
 use super::{Arrangement, compact_views};
-use crate::delta::internal;
+use crate::delta::{downcast_weights, internal};
 use crate::operator::join::frozen::{Frozen, build_index};
 
 /// Rows of at most this many a batch are concatenated with their neighbours when they are
@@ -67,12 +67,7 @@ impl Arrangement {
             let mask: BooleanArray = (0..data.num_rows())
                 .map(|i| Some(matchable[i] && weights.value(i) != 0))
                 .collect();
-            let weights = datafusion::arrow::compute::filter(weights, &mask).map_err(internal)?;
-            let weights = weights
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| internal("weights filtered into another type"))?
-                .clone();
+            let weights = downcast_weights(&datafusion::arrow::compute::filter(weights, &mask).map_err(internal)?)?;
             (
                 compact_views(filter_record_batch(data, &mask).map_err(internal)?)?,
                 weights,
@@ -143,12 +138,7 @@ impl Arrangement {
                     let schema = run[0].0.schema();
                     let data = concat_batches(&schema, run.iter().map(|(b, _)| b)).map_err(internal)?;
                     let arrays: Vec<&dyn Array> = run.iter().map(|(_, w)| w as &dyn Array).collect();
-                    let weights = concat(&arrays).map_err(internal)?;
-                    let weights = weights
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .ok_or_else(|| internal("weights concatenated into another type"))?
-                        .clone();
+                    let weights = downcast_weights(&concat(&arrays).map_err(internal)?)?;
                     merged.push(compact_views(data)?);
                     merged_weights.push(weights);
                     run.clear();
