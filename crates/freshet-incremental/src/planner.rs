@@ -223,14 +223,17 @@ fn build_node(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operat
                 ),
                 (projection, _) => projection.clone(),
             };
-            Box::new(Scan::new(
-                source,
-                filters,
-                projection,
-                read.map(|columns| (columns, table_schema.fields().len())),
-                read_schema,
-                schema,
-            ))
+            Box::new(
+                Scan::new(
+                    source,
+                    filters,
+                    projection,
+                    read.map(|columns| (columns, table_schema.fields().len())),
+                    read_schema,
+                    schema,
+                )
+                .with_parts(cx.parallelism),
+            )
         }
         LogicalPlan::Projection(projection) => {
             let input = build(&projection.input, cx)?;
@@ -239,12 +242,9 @@ fn build_node(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operat
                 .iter()
                 .map(|e| Compiled::new(e, projection.input.schema()))
                 .collect::<Result<_, _>>()?;
-            Box::new(Project::new(
-                input,
-                exprs,
-                projection.input.schema().fields().len(),
-                schema,
-            ))
+            Box::new(
+                Project::new(input, exprs, projection.input.schema().fields().len(), schema).with_parts(cx.parallelism),
+            )
         }
         LogicalPlan::Filter(filter) if matches!(filter.input.as_ref(), LogicalPlan::Window(_)) => {
             row_number_filter(filter, cx)?
@@ -312,12 +312,15 @@ fn build_node(plan: &LogicalPlan, cx: &mut Context<'_>) -> Result<Box<dyn Operat
                     .iter()
                     .map(|e| Compiled::new(e, projection.input.schema()))
                     .collect::<Result<_, _>>()?;
-                operator = Box::new(Project::new(
-                    operator,
-                    exprs,
-                    projection.input.schema().fields().len(),
-                    arrow_schema(&projection.schema),
-                ));
+                operator = Box::new(
+                    Project::new(
+                        operator,
+                        exprs,
+                        projection.input.schema().fields().len(),
+                        arrow_schema(&projection.schema),
+                    )
+                    .with_parts(cx.parallelism),
+                );
             }
             operator
         }

@@ -64,6 +64,8 @@ pub(crate) struct Project {
     /// Every one of the input's columns is among the outputs as it is, so distinct input rows
     /// give distinct output rows.
     keeps_every_column: bool,
+    /// How many threads may look for changes that cancel (see [`Delta::without_cancelled`]).
+    parts: usize,
 }
 
 impl Project {
@@ -75,7 +77,14 @@ impl Project {
             exprs,
             schema,
             keeps_every_column: kept.len() == input_columns,
+            parts: 1,
         }
+    }
+
+    /// Looks for changes that cancel on up to `parts` threads.
+    pub(crate) fn with_parts(mut self, parts: usize) -> Self {
+        self.parts = parts.max(1);
+        self
     }
 }
 
@@ -96,7 +105,7 @@ impl Operator for Project {
         // new value re-matches every row compared with it, and most rows pass both times).
         match self.keeps_every_column {
             true => Ok(projected),
-            false => projected.without_cancelled(),
+            false => projected.without_cancelled(self.parts),
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) struct Scan {
     /// The table's columns as the plan saw them, those of `read` only when given.
     table_schema: SchemaRef,
     schema: SchemaRef,
+    /// How many threads may look for changes that cancel (see [`Delta::without_cancelled`]).
+    parts: usize,
 }
 
 impl Scan {
@@ -37,7 +39,14 @@ impl Scan {
             read,
             table_schema,
             schema,
+            parts: 1,
         }
+    }
+
+    /// Looks for changes that cancel on up to `parts` threads.
+    pub(crate) fn with_parts(mut self, parts: usize) -> Self {
+        self.parts = parts.max(1);
+        self
     }
 }
 
@@ -73,7 +82,7 @@ impl Operator for Scan {
         }
         // An update of columns the query does not read deletes and inserts equal rows here:
         // they go no further (every operator above would carry and cancel them).
-        Delta::concat(&self.schema, &parts)?.without_cancelled()
+        Delta::concat(&self.schema, &parts)?.without_cancelled(self.parts)
     }
 
     fn describe(&self) -> String {

@@ -423,6 +423,8 @@ impl Engine {
             request,
             started,
         } = *job;
+        // Where the refresh's time went, for a debug log line after its commit.
+        let phases = std::time::Instant::now();
         let mut epoch = Epoch::at(started);
         for source in state.pipeline.sources() {
             let Some(read) = changes.get(source) else {
@@ -435,7 +437,9 @@ impl Engine {
         }
         self.set_watermarks(&mut epoch, &pinned.inputs).await?;
         let input_changes = epoch.rows() as u64;
+        let phase_read = phases.elapsed();
         let output = state.pipeline.step(&epoch)?;
+        let phase_step = phases.elapsed();
         state.account(name)?;
         let output = match (state.correction.take(), output) {
             (Some(correction), Some(output)) => consolidate(state.pipeline.schema(), &[correction, output])?,
@@ -482,6 +486,7 @@ impl Engine {
                 inserted: UInt32Array::from(Vec::<u32>::new()),
             },
         };
+        let phase_write = phases.elapsed();
         let record = RefreshRecord {
             query: definition.query.clone(),
             inputs: pinned.inputs.clone(),
@@ -513,6 +518,16 @@ impl Engine {
             *since += input_changes;
         }
         let committed = self.commit_refresh(name, txn, record).await?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            table = name,
+            input_changes,
+            read_ms = ms(phase_read),
+            step_ms = ms(phase_step - phase_read),
+            write_ms = ms(phase_write - phase_step),
+            commit_ms = ms(phases.elapsed() - phase_write),
+            "incremental refresh committed"
+        );
         let version = committed.version;
         *super::lock(&self.inner.materialized.runtime(name).time_change_ms) = state.pipeline.next_change_ms();
         // The refresh is committed and returns. A task keeps the state for the next one,
