@@ -7,6 +7,7 @@
 mod allocator;
 mod completion;
 mod connection;
+mod logging;
 mod output;
 mod remote;
 mod script;
@@ -178,6 +179,7 @@ fn sources(matches: &clap::ArgMatches) -> Vec<Source> {
 
 fn main() -> ExitCode {
     allocator::configure();
+    logging::init();
     let matches = command().get_matches();
     let location = if matches.get_flag("memory") {
         "memory://".to_string()

@@ -71,6 +71,9 @@ pub(crate) async fn run(connection: &Connection, mut printer: Printer) -> ExitCo
     if let Some(engine) = connection.engine() {
         report_refresh_failures(engine, &mut editor);
     }
+    if let Ok(out) = editor.create_external_printer() {
+        crate::logging::print_through(out);
+    }
     loop {
         if buffer.is_empty() {
             failed.report(connection).await;
@@ -107,6 +110,8 @@ pub(crate) async fn run(connection: &Connection, mut printer: Printer) -> ExitCo
             }
         }
     }
+    // The editor goes: what is logged from now on (the engine's close) goes to standard error.
+    crate::logging::print_to_stderr();
     if let Some(path) = &history
         && let Err(e) = editor.save_history(path)
     {
