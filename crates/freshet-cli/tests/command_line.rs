@@ -214,3 +214,49 @@ fn version_names_the_commit() {
     assert!(version.starts_with("freshet 0."), "{version}");
     assert!(version.contains('(') && version.contains(')'), "{version}");
 }
+
+/// The engine's warnings reach the user: a materialized table whose checkpoint is corrupt is
+/// refreshed from a rebuilt state, right, and standard error says why.
+#[test]
+fn an_unusable_checkpoint_is_a_warning_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let run = |sql: &str| {
+        Command::new(env!("CARGO_BIN_EXE_freshet"))
+            .args(["--data-dir", data_dir, "--format", "csv", "-c", sql])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("freshet runs")
+    };
+    let out = run(
+        "CREATE TABLE kv (k INT, v BIGINT); INSERT INTO kv VALUES (1, 10), (2, 20);
+         CREATE MATERIALIZED TABLE s FRESHNESS = INTERVAL '1' HOUR REFRESH_MODE = INCREMENTAL
+           AS SELECT k, SUM(v) AS t FROM kv GROUP BY k;
+         INSERT INTO kv VALUES (1, 5); ALTER MATERIALIZED TABLE s REFRESH",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "nothing to warn about yet");
+    let mut corrupted = 0;
+    for table in std::fs::read_dir(dir.path().join("tables")).unwrap() {
+        let Ok(states) = std::fs::read_dir(table.unwrap().path().join("state")) else {
+            continue;
+        };
+        for file in states {
+            let path = file.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            corrupted += 1;
+        }
+    }
+    assert!(corrupted > 0, "the refresh left a checkpoint");
+    let out = run("INSERT INTO kv VALUES (2, 2); ALTER MATERIALIZED TABLE s REFRESH; SELECT * FROM s ORDER BY k");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).ends_with("k,t\n1,15\n2,22\n"), "{}", stdout(&out));
+    let warning = stderr(&out);
+    assert!(
+        warning.contains("WARN") && warning.contains("checkpoint cannot be used") && warning.contains("rebuilt"),
+        "{warning}"
+    );
+}
