@@ -148,8 +148,8 @@ impl Delta {
     ///
     /// Rows cancel only within equal hashes: a large delta's rows are dealt into `parts` by
     /// hash and each part searched on a thread of its own (a scan's changes pass here before
-    /// any operator splits them, and a TPC-H round's line items took a tenth of the refresh on
-    /// one core).
+    /// any operator splits them; on one core, the search took a tenth of a TPC-H join query's
+    /// refresh after 1 % changes).
     pub fn without_cancelled(self, parts: usize) -> Result<Self> {
         let weights = self.weights.values();
         let both_signs = weights.iter().any(|&w| w < 0) && weights.iter().any(|&w| w > 0);
