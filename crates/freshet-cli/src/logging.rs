@@ -68,13 +68,12 @@ impl Drop for Event {
         if self.0.is_empty() {
             return;
         }
-        let text = String::from_utf8_lossy(&self.0).into_owned();
         if let Some(printer) = lock().as_mut()
-            && printer.print(text.clone()).is_ok()
+            && printer.print(String::from_utf8_lossy(&self.0).into_owned()).is_ok()
         {
             return;
         }
         // Nowhere else to report a failed write of the log.
-        let _ = std::io::stderr().write_all(text.as_bytes());
+        let _ = std::io::stderr().write_all(&self.0);
     }
 }

@@ -27,6 +27,6 @@ pub use durations::intervals_as_durations;
 pub use error::{ErrorDomain, FreshetError, Result, WINDOW_INPUT};
 pub use hop::{HopBound, HopWindow};
 pub use key_map::{Key, KeyCodec, KeyMap, Keys, Probe};
-pub use parallel::{PARALLEL_MIN_ROWS, by_part, part_of, run_parts, run_parts_by_key};
+pub use parallel::{PARALLEL_MIN_ROWS, by_part, part_of, part_of_hash, run_parts, run_parts_by_key};
 pub use probe_order::{CACHED_BYTES, sweep_order};
 pub use row_key::RowKey;

@@ -31,8 +31,13 @@ pub fn part_of(key: Key<'_>, parts: usize) -> usize {
         Key::Int(None) => 0,
         Key::Row(row) => hasher.hash_one(row),
     };
-    // The high bits (the low ones choose buckets in maps hashed the same way), scaled to the
-    // parts by a multiplication rather than a division.
+    part_of_hash(hash, parts)
+}
+
+/// The part among `parts` of something hashed to `hash` (a hash whose low bits choose buckets
+/// in maps): the high bits, scaled to the parts by a multiplication rather than a division.
+#[inline]
+pub fn part_of_hash(hash: u64, parts: usize) -> usize {
     (((hash >> 32) * parts as u64) >> 32) as usize
 }
 

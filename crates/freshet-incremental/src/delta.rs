@@ -7,7 +7,7 @@ use datafusion::arrow::compute::{concat, concat_batches, filter, filter_record_b
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
-use freshet_common::{ChangeBatch, FreshetError, PARALLEL_MIN_ROWS, Result, run_parts};
+use freshet_common::{ChangeBatch, FreshetError, PARALLEL_MIN_ROWS, Result, part_of_hash, run_parts};
 
 use crate::rows::RowCodec;
 
@@ -165,8 +165,7 @@ impl Delta {
         };
         let mut dealt: Vec<Vec<u32>> = vec![Vec::with_capacity(self.len() / parts + 1); parts];
         for (i, &hash) in hashes.iter().enumerate() {
-            // The high bits, scaled to the parts (the sets below bucket by the low ones).
-            dealt[(((hash >> 32) * parts as u64) >> 32) as usize].push(i as u32);
+            dealt[part_of_hash(hash, parts)].push(i as u32);
         }
         let columns = self.data.columns();
         let found = run_parts(&mut dealt, parts > 1, |_, rows| {
