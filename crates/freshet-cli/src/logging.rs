@@ -7,7 +7,8 @@
 //! (`RUST_LOG=freshet=debug` adds each incremental refresh's phases, say); by default the
 //! engine's warnings and errors, and nothing of the libraries under it. While the interactive
 //! shell reads a line, events go through its line editor (see [`print_through`]), which prints
-//! them above the prompt and keeps the line being typed intact.
+//! them above the prompt and keeps the line being typed intact; the shell's own notices of
+//! failed background refreshes stand for their warnings there.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -21,9 +22,14 @@ const DEFAULT_FILTER: &str = "freshet=warn";
 /// Where events go instead of standard error, while the shell is open.
 static PRINTER: Mutex<Option<Box<dyn ExternalPrinter + Send>>> = Mutex::new(None);
 
-/// Installs the log; called once, first thing in `main`.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+/// Installs the log; called once, early in `main`. The interactive `shell` reports failed
+/// background refreshes as notices of its own, and leaves their warnings out unless `RUST_LOG`
+/// asks for them.
+pub fn init(shell: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| match shell {
+        true => EnvFilter::new(format!("{DEFAULT_FILTER},{}=off", freshet::REFRESH_FAILED_TARGET)),
+        false => EnvFilter::new(DEFAULT_FILTER),
+    });
     // A second subscriber (none is set before this) would be refused; the log is then simply
     // the first one's.
     let _ = tracing_subscriber::fmt()

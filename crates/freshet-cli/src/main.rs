@@ -179,7 +179,6 @@ fn sources(matches: &clap::ArgMatches) -> Vec<Source> {
 
 fn main() -> ExitCode {
     allocator::configure();
-    logging::init();
     let matches = command().get_matches();
     let location = if matches.get_flag("memory") {
         "memory://".to_string()
@@ -191,6 +190,8 @@ fn main() -> ExitCode {
     };
     let format = matches.get_one::<Format>("format").copied().unwrap_or(Format::Table);
     let sources = sources(&matches);
+    let interactive = sources.is_empty() && std::io::stdin().is_terminal();
+    logging::init(interactive && matches.subcommand().is_none());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -207,7 +208,6 @@ fn main() -> ExitCode {
         Some(("serve", serve)) => return runtime.block_on(serve::run(&location, serve)),
         _ => {}
     }
-    let interactive = sources.is_empty() && std::io::stdin().is_terminal();
     if let Some(url) = matches.get_one::<String>("connect") {
         return runtime.block_on(async move {
             match remote::Remote::connect(url).await {

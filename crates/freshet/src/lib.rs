@@ -65,8 +65,8 @@ pub use freshet_sql::ParsedStatement as Statement;
 pub use freshet_sql::{Freshness, FreshnessUnit, RefreshMode};
 pub use freshet_storage::{ChangeSet, Snapshot, StorageStatistics, Table};
 pub use materialized::{
-    LastRefresh, MaterializedSettings, MaterializedTableInfo, REFRESH_DURATION_BUCKETS, RefreshOutcome, RefreshRecord,
-    RefreshStatistics, Status, Trigger,
+    LastRefresh, MaterializedSettings, MaterializedTableInfo, REFRESH_DURATION_BUCKETS, REFRESH_FAILED_TARGET,
+    RefreshOutcome, RefreshRecord, RefreshStatistics, Status, Trigger,
 };
 pub use progress::Progress;
 pub use schema::{CATALOG_NAME, SCHEMA_NAME};

@@ -34,6 +34,7 @@ pub(crate) use checkpoint::checkpoint_at_close;
 pub use definition::{EffectiveMode, MaterializedDefinition, MaterializedSettings, Status};
 pub(crate) use incremental::{operator_lines, scan_table_name};
 pub use refresh::{RefreshOutcome, RefreshRecord, Trigger};
+pub use scheduler::REFRESH_FAILED_TARGET;
 pub use statistics::{REFRESH_DURATION_BUCKETS, RefreshStatistics};
 pub(crate) use status::SystemSchema;
 pub use status::{LastRefresh, MaterializedTableInfo};

@@ -17,6 +17,9 @@ use crate::engine::{Engine, EngineInner};
 
 /// Consecutive failed refreshes after which a table goes to FAILED.
 pub const MAX_FAILURES: u32 = 5;
+/// The `tracing` target of a failed background refresh's warning (also in the refresh history
+/// and in [`Engine::refresh_attempts`]).
+pub const REFRESH_FAILED_TARGET: &str = "freshet::refresh_failed";
 /// The first retry comes this long after a failure; each further one waits twice as long
 /// (never longer than the table's freshness).
 const FIRST_RETRY_MS: i64 = 1_000;
@@ -257,7 +260,15 @@ impl Engine {
             Err(e) => {
                 definition.failures += 1;
                 definition.last_error = Some(e.to_string());
-                tracing::warn!(table = %name, failures = definition.failures, error = %e, "refresh failed");
+                // A target of its own: the interactive shell reports these as notices already
+                // (from `Engine::refresh_attempts`) and leaves them out of its log.
+                tracing::warn!(
+                    target: REFRESH_FAILED_TARGET,
+                    table = %name,
+                    failures = definition.failures,
+                    error = %e,
+                    "refresh failed"
+                );
                 if definition.failures >= MAX_FAILURES {
                     definition.status = Status::Failed;
                     materialized.set_next_due(name, None);
