@@ -203,26 +203,37 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
             engine.close().await;
             for (name, _) in &corpus {
                 let mut times = Vec::new();
+                let mut phases = Vec::new();
                 let mut records = Vec::new();
                 for suffix in ["inc", "full"] {
                     // One process: open, refresh, close (which checkpoints what the refresh
                     // changed).
                     let start = Instant::now();
                     let process = open(&dir).await;
+                    let opened = start.elapsed();
                     process
                         .sql(&format!("ALTER MATERIALIZED TABLE {name}_{suffix} REFRESH"))
                         .await
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    let refreshed = start.elapsed();
                     records.push(freshet::RefreshRecord::of(
                         &process.table(&format!("{name}_inc")).unwrap().snapshot(),
                     ));
                     process.close().await;
                     times.push(start.elapsed());
+                    phases.push(format!(
+                        "open {}, refresh {}, close {}",
+                        seconds(opened),
+                        seconds(refreshed - opened),
+                        seconds(start.elapsed() - refreshed)
+                    ));
                 }
                 println!(
-                    "{label} {name}: incremental {} s, full {} s",
+                    "{label} {name}: incremental {} s ({}), full {} s ({})",
                     seconds(times[0]),
-                    seconds(times[1])
+                    phases[0],
+                    seconds(times[1]),
+                    phases[1]
                 );
                 let record = records.swap_remove(0);
                 refreshed += 1;
