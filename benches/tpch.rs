@@ -13,7 +13,7 @@
 //! Then RESTARTS rounds (default 1) of the last share as from the command line, one process per
 //! statement: the engine is opened again before each refresh, so the incremental tables' state
 //! comes from their checkpoints (or is rebuilt), and each refresh's time includes the opening
-//! and the closing.
+//! and the closing (each process's time is printed in these three parts).
 //!
 //! Run: `cargo bench -p freshet --bench tpch` (env: SF, default 1; SHARES, default 0.001,0.01;
 //! ROUNDS, default 3; RESTARTS, default 1; ONLY=q03,q05 for some queries; SETTINGS, statements
@@ -220,12 +220,13 @@ async fn run(sf: f64, shares: &[f64], rounds: usize, restarts: usize, only: &[St
                         &process.table(&format!("{name}_inc")).unwrap().snapshot(),
                     ));
                     process.close().await;
-                    times.push(start.elapsed());
+                    let total = start.elapsed();
+                    times.push(total);
                     phases.push(format!(
                         "open {}, refresh {}, close {}",
                         seconds(opened),
                         seconds(refreshed - opened),
-                        seconds(start.elapsed() - refreshed)
+                        seconds(total - refreshed)
                     ));
                 }
                 println!(
