@@ -1,5 +1,6 @@
 //! The change batches that flow between operators.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
@@ -151,21 +152,34 @@ impl Delta {
     /// any operator splits them; on one core, the search took a tenth of a TPC-H join query's
     /// refresh after 1 % changes).
     pub fn without_cancelled(self, parts: usize) -> Result<Self> {
+        let all = 0..self.len();
+        self.without_cancelled_within(parts, &[all])
+    }
+
+    /// [`Delta::without_cancelled`] among the rows of the ranges `searched` only: a row
+    /// elsewhere stays as it is, whatever rows equal it.
+    pub fn without_cancelled_within(self, parts: usize, searched: &[Range<usize>]) -> Result<Self> {
         let weights = self.weights.values();
-        let both_signs = weights.iter().any(|&w| w < 0) && weights.iter().any(|&w| w > 0);
+        let searched_weights = || searched.iter().flat_map(|range| &weights[range.clone()]);
+        let both_signs = searched_weights().any(|&w| w < 0) && searched_weights().any(|&w| w > 0);
         if !both_signs || self.data.num_columns() == 0 {
             return Ok(self);
         }
         let mut hashes = vec![0u64; self.len()];
-        create_hashes(self.data.columns(), &RandomState::default(), &mut hashes).map_err(internal)?;
-        let parts = if self.len() >= PARALLEL_MIN_ROWS {
-            parts.max(1)
-        } else {
-            1
-        };
-        let mut dealt: Vec<Vec<u32>> = vec![Vec::with_capacity(self.len() / parts + 1); parts];
-        for (i, &hash) in hashes.iter().enumerate() {
-            dealt[part_of_hash(hash, parts)].push(i as u32);
+        for range in searched {
+            let columns: Vec<ArrayRef> = self
+                .data
+                .columns()
+                .iter()
+                .map(|c| c.slice(range.start, range.len()))
+                .collect();
+            create_hashes(&columns, &RandomState::default(), &mut hashes[range.clone()]).map_err(internal)?;
+        }
+        let rows: usize = searched.iter().map(ExactSizeIterator::len).sum();
+        let parts = if rows >= PARALLEL_MIN_ROWS { parts.max(1) } else { 1 };
+        let mut dealt: Vec<Vec<u32>> = vec![Vec::with_capacity(rows / parts + 1); parts];
+        for i in searched.iter().cloned().flatten() {
+            dealt[part_of_hash(hashes[i], parts)].push(i as u32);
         }
         let columns = self.data.columns();
         let found = run_parts(&mut dealt, parts > 1, |_, rows| {

@@ -48,7 +48,7 @@ pub struct Epoch {
     /// Tells epochs apart (unique in the process): an operator whose output several others
     /// read computes it once per epoch.
     id: u64,
-    changes: HashMap<String, Vec<ChangeBatch>>,
+    changes: HashMap<String, Vec<(ChangeBatch, bool)>>,
     /// The time the epoch is evaluated at (ns since the Unix epoch), for `now()`.
     time_ns: Option<i64>,
     /// The watermark (ms) of each source with one, at the versions whose changes the epoch
@@ -146,17 +146,30 @@ impl Epoch {
 
     /// Adds changes of a source table.
     pub fn add(&mut self, source: &str, changes: ChangeBatch) {
-        self.changes.entry(source.to_string()).or_default().push(changes);
+        self.changes
+            .entry(source.to_string())
+            .or_default()
+            .push((changes, false));
     }
 
-    /// The changes of a source.
-    pub(crate) fn changes(&self, source: &str) -> &[ChangeBatch] {
+    /// Adds changes of a source table made by an UPDATE of a column the pipeline reads (see
+    /// `ChangeSet::stream_read`): each row it deleted differs from the one it inserted, so
+    /// the scan does not look among them for rows that cancel.
+    pub fn add_updated(&mut self, source: &str, changes: ChangeBatch) {
+        self.changes
+            .entry(source.to_string())
+            .or_default()
+            .push((changes, true));
+    }
+
+    /// The changes of a source, each batch with whether it is an UPDATE's ([`Epoch::add_updated`]).
+    pub(crate) fn changes(&self, source: &str) -> &[(ChangeBatch, bool)] {
         self.changes.get(source).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// Rows changed, over all sources.
     pub fn rows(&self) -> usize {
-        self.changes.values().flatten().map(ChangeBatch::num_rows).sum()
+        self.changes.values().flatten().map(|(batch, _)| batch.num_rows()).sum()
     }
 
     /// Adds the rows of `batch` (inserted, each weight 1) of a source in parts, for a state

@@ -15,13 +15,23 @@ use crate::manifest::SchemaDef;
 use crate::read::{FileRead, read_deletes, read_file};
 use crate::table::Table;
 
+/// A change file to read.
+#[derive(Debug)]
+struct ChangeFileRead {
+    read: FileRead,
+    /// Of each of its rows.
+    weight: i64,
+    /// The columns its version's UPDATE set (see [`crate::manifest::Changes::updated`]).
+    updated: Option<Arc<[usize]>>,
+}
+
 /// The change files between two versions, ready to be read.
 #[derive(Debug)]
 pub struct ChangeSet {
     table: Arc<Table>,
     schema: SchemaRef,
-    /// (file, weight) in version order.
-    files: Vec<(FileRead, i64)>,
+    /// In version order.
+    files: Vec<ChangeFileRead>,
     /// Bytes of change files to read.
     bytes: u64,
     /// Rows of the change files (inserts plus deletes, before consolidation).
@@ -63,13 +73,42 @@ impl ChangeSet {
     /// [`ChangeSet::stream`] of some columns only (table column indices, ascending; `None`:
     /// all): the batches hold those columns, in that order, and the others are not decoded.
     pub fn stream_columns(&self, columns: Option<&[usize]>) -> BoxStream<'static, Result<ChangeBatch>> {
+        let files = self.files.iter().map(|f| (f.read.clone(), f.weight, false)).collect();
+        self.stream_files(files, columns).map_ok(|(batch, _)| batch).boxed()
+    }
+
+    /// The changes as a reader of the columns `columns` (as in
+    /// [`ChangeSet::stream_columns`]) needs them to follow the table: an UPDATE that set
+    /// none of those columns is left out (each row it deleted is one it inserted, as those
+    /// columns see it), and each batch says whether it holds an UPDATE's rows, which differ
+    /// from each other in a column read (`true`: no row of it cancels another of it, barring
+    /// an UPDATE that set a value it had).
+    pub fn stream_read(&self, columns: Option<&[usize]>) -> BoxStream<'static, Result<(ChangeBatch, bool)>> {
+        let reads = |updated: &[usize]| columns.is_none_or(|columns| updated.iter().any(|c| columns.contains(c)));
+        let files = self
+            .files
+            .iter()
+            .filter_map(|f| match &f.updated {
+                None => Some((f.read.clone(), f.weight, false)),
+                Some(updated) => reads(updated).then(|| (f.read.clone(), f.weight, true)),
+            })
+            .collect();
+        self.stream_files(files, columns)
+    }
+
+    /// The rows of `files` (each with its weight and a mark passed on with its batches), of
+    /// the columns `columns`.
+    fn stream_files(
+        &self,
+        files: Vec<(FileRead, i64, bool)>,
+        columns: Option<&[usize]>,
+    ) -> BoxStream<'static, Result<(ChangeBatch, bool)>> {
         let files = match columns {
-            None => self.files.clone(),
+            None => files,
             Some(columns) => {
-                let projected = self
-                    .files
-                    .iter()
-                    .map(|(read, weight)| {
+                let projected = files
+                    .into_iter()
+                    .map(|(read, weight, mark)| {
                         let schema = read
                             .schema
                             .project(columns)
@@ -77,9 +116,9 @@ impl ChangeSet {
                         let read = FileRead {
                             projection: Some(columns.to_vec()),
                             schema: Arc::new(schema),
-                            ..read.clone()
+                            ..read
                         };
-                        Ok((read, *weight))
+                        Ok((read, weight, mark))
                     })
                     .collect::<Result<Vec<_>>>();
                 match projected {
@@ -91,15 +130,17 @@ impl ChangeSet {
         let store = self.table.files.store.clone();
         let parallelism = self.table.options.write_parallelism.max(1);
         futures::stream::iter(files)
-            .map(move |(read, weight)| {
+            .map(move |(read, weight, mark)| {
                 let task = tokio::spawn(read_changes(store.clone(), read, weight));
                 async move {
-                    task.await
-                        .map_err(|e| FreshetError::Internal(format!("a change read stopped: {e}")))?
+                    let batches = task
+                        .await
+                        .map_err(|e| FreshetError::Internal(format!("a change read stopped: {e}")))??;
+                    Ok::<_, FreshetError>(batches.into_iter().map(move |batch| Ok((batch, mark))))
                 }
             })
             .buffered(parallelism)
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_ok(futures::stream::iter)
             .try_flatten()
             .boxed()
     }
@@ -183,6 +224,14 @@ impl Table {
                 }
             };
             let changes = manifest.changes;
+            // An UPDATE's columns, as indices (none when a name is unknown).
+            let updated: Option<Arc<[usize]>> = changes.updated.as_ref().and_then(|names| {
+                names
+                    .iter()
+                    .map(|name| version_schema.index_of(name).ok())
+                    .collect::<Option<Vec<usize>>>()
+                    .map(Into::into)
+            });
             for file in &changes.removed {
                 let deletes = match &file.deletes {
                     Some(dv) => Some(Arc::new(
@@ -196,7 +245,11 @@ impl Table {
                 let read = self
                     .files
                     .file_read(&file.path, file.bytes, file.rows, file.generated.as_ref(), schema);
-                files.push((FileRead { deletes, ..read }, -1));
+                files.push(ChangeFileRead {
+                    read: FileRead { deletes, ..read },
+                    weight: -1,
+                    updated: None,
+                });
             }
             for (list, weight) in [(&changes.inserted, 1), (&changes.retracted, -1)] {
                 for file in list {
@@ -206,7 +259,11 @@ impl Table {
                     let read = self
                         .files
                         .file_read(&file.path, file.bytes, file.rows, file.generated.as_ref(), schema);
-                    files.push((read, weight));
+                    files.push(ChangeFileRead {
+                        read,
+                        weight,
+                        updated: updated.clone(),
+                    });
                 }
             }
         }

@@ -206,6 +206,11 @@ pub struct Changes {
     /// vectors applied, are deleted (weight -1) without being copied to retraction files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<DataFile>,
+    /// Set by an UPDATE: its retracted rows are its inserted rows' old values, one for one,
+    /// and a pair differs in these columns only (by name). A reader of other columns sees
+    /// every pair cancel; a reader of one of them sees pairs that differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<Vec<String>>,
 }
 
 impl Changes {

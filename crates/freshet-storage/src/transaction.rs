@@ -72,6 +72,8 @@ pub struct Transaction {
     deleted: u64,
     /// Deleted rows whose values were given.
     retracted: u64,
+    /// The columns an UPDATE sets (see [`Transaction::updates_columns`]).
+    updated: Option<Vec<String>>,
 }
 
 /// Why positions cannot be deleted.
@@ -168,7 +170,18 @@ impl Transaction {
             generated: Vec::new(),
             deleted: 0,
             retracted: 0,
+            updated: None,
         }
+    }
+
+    /// Says that the transaction is an UPDATE setting the columns `columns` (indices): every
+    /// row it deletes by position is inserted again, with new values in those columns only.
+    /// Its version then says so ([`Changes::updated`]), and a change read of other columns
+    /// leaves its changes out ([`ChangeSet::stream_read`](crate::ChangeSet::stream_read)).
+    /// The version says nothing when the rows deleted and inserted are not as many.
+    pub fn updates_columns(&mut self, columns: &[usize]) {
+        let schema = self.base.schema();
+        self.updated = Some(columns.iter().map(|&i| schema.field(i).name().clone()).collect());
     }
 
     /// Writes the transaction's files without compression: faster to write and to read, larger
@@ -564,6 +577,9 @@ impl Transaction {
             primary_key: base_manifest.primary_key.clone(),
             files,
             changes: Changes {
+                updated: self.updated.take().filter(|_| {
+                    self.retracted == self.inserted && self.deleted == self.retracted && removed.is_empty()
+                }),
                 inserted: inserted_files,
                 retracted: retracted_files,
                 removed,

@@ -140,6 +140,7 @@ impl Engine {
         for batch in new_rows.batches() {
             txn.insert(batch).await?;
         }
+        txn.updates_columns(&targets);
         txn.commit().await?;
         single_count("count", updated)
     }

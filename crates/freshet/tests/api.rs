@@ -127,6 +127,63 @@ async fn change_reads_of_some_columns_decode_only_those() {
     );
 }
 
+/// A change read for a reader of some columns leaves out an UPDATE of other columns (its rows
+/// would cancel) and marks the rows of an UPDATE of a column read; inserts and deletes are
+/// read as they are, unmarked, all in version order.
+#[tokio::test]
+async fn change_reads_for_a_reader_leave_out_updates_of_other_columns() {
+    let (engine, _) = instrumented_engine(100_000).await;
+    engine
+        .sql(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT, note TEXT); \
+             INSERT INTO t SELECT value, value * 10, 'n' FROM generate_series(1, 100); \
+             UPDATE t SET note = 'm' WHERE id <= 30; \
+             UPDATE t SET v = v + 1 WHERE id <= 20; \
+             DELETE FROM t WHERE id = 100",
+        )
+        .await
+        .unwrap();
+    let changes = engine.changes("t", 1, 5).await.unwrap();
+    let read = |columns: &'static [usize]| {
+        let changes = &changes;
+        async move {
+            let read: Vec<(freshet::ChangeBatch, bool)> =
+                changes.stream_read(Some(columns)).try_collect().await.unwrap();
+            read.iter()
+                .map(|(batch, updated)| (weighted_values(std::slice::from_ref(batch), 0), *updated))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Of `v`: the inserts, the second UPDATE's rows (marked), the delete; not the first UPDATE.
+    let of_v = read(&[1]).await;
+    let unmarked: usize = of_v.iter().filter(|(_, u)| !u).map(|(rows, _)| rows.len()).sum();
+    let marked: Vec<(i64, i64)> = of_v
+        .iter()
+        .filter(|(_, u)| *u)
+        .flat_map(|(rows, _)| rows.clone())
+        .collect();
+    assert_eq!(unmarked, 101, "100 inserts and one delete");
+    assert_eq!(marked.len(), 40, "the second UPDATE's 20 rows, deleted and inserted");
+    assert!(marked.contains(&(11, 1)) && marked.contains(&(10, -1)), "{marked:?}");
+    // Of `id` alone, neither UPDATE is read.
+    let of_id = read(&[0]).await;
+    assert!(of_id.iter().all(|(_, u)| !u));
+    assert_eq!(of_id.iter().map(|(rows, _)| rows.len()).sum::<usize>(), 101);
+    // Of every column, both UPDATEs are read, marked.
+    let every: Vec<(freshet::ChangeBatch, bool)> = changes.stream_read(None).try_collect().await.unwrap();
+    assert_eq!(
+        every
+            .iter()
+            .filter(|(_, u)| *u)
+            .map(|(b, _)| b.num_rows())
+            .sum::<usize>(),
+        100
+    );
+    // The plain change read has every row, as before.
+    let all: Vec<_> = changes.stream().try_collect().await.unwrap();
+    assert_eq!(all.iter().map(freshet::ChangeBatch::num_rows).sum::<usize>(), 201);
+}
+
 #[tokio::test]
 async fn change_reads_cost_the_change_not_the_table() {
     let small = change_read_bytes(2_000).await;

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::arrow::buffer::Buffer;
 use datafusion::execution::memory_pool::MemoryConsumer;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use freshet_common::{FreshetError, Result};
@@ -355,10 +354,7 @@ impl Engine {
                 continue;
             }
             let changes = self.inner.catalog.table(input)?.changes(from, to).await?;
-            let mut stream = changes.stream_columns(pipeline.source_columns(input));
-            while let Some(batch) = stream.try_next().await? {
-                epoch.add(input, batch);
-            }
+            super::incremental::add_changes(&mut epoch, input, &changes, pipeline.source_columns(input)).await?;
         }
         let replayed = epoch.rows() as u64;
         self.set_watermarks(&mut epoch, to).await?;

@@ -430,10 +430,7 @@ impl Engine {
             let Some(read) = changes.get(source) else {
                 continue;
             };
-            let mut stream = read.stream_columns(state.pipeline.source_columns(source));
-            while let Some(batch) = stream.try_next().await? {
-                epoch.add(source, batch);
-            }
+            add_changes(&mut epoch, source, read, state.pipeline.source_columns(source)).await?;
         }
         self.set_watermarks(&mut epoch, &pinned.inputs).await?;
         let input_changes = epoch.rows() as u64;
@@ -659,6 +656,25 @@ impl Engine {
         state.inputs = inputs;
         Ok(state)
     }
+}
+
+/// Adds to `epoch` the changes `changes` of its source `source`, as a pipeline reading the
+/// columns `columns` of it needs them: an UPDATE of other columns left out, an UPDATE's rows
+/// marked (see [`ChangeSet::stream_read`]).
+pub(crate) async fn add_changes(
+    epoch: &mut Epoch,
+    source: &str,
+    changes: &ChangeSet,
+    columns: Option<&[usize]>,
+) -> Result<()> {
+    let mut stream = changes.stream_read(columns);
+    while let Some((batch, updated)) = stream.try_next().await? {
+        match updated {
+            true => epoch.add_updated(source, batch),
+            false => epoch.add(source, batch),
+        }
+    }
+    Ok(())
 }
 
 /// What [`apply`] did.
