@@ -296,6 +296,12 @@ pub(crate) trait Operator: Send {
     fn output_consolidated(&self) -> bool {
         false
     }
+    /// Stops looking for rows that cancel in its output, because the operator above looks for
+    /// them in every row of it, with fewer columns: true when this operator, or the row-wise
+    /// ones between it and a scan, did (see [`crate::delta::Delta::without_cancelled`]).
+    fn leave_cancelled(&mut self) -> bool {
+        false
+    }
     /// Whether an epoch's output deletes only rows output in earlier epochs, never one it
     /// inserts too: true of a consolidated output, and of a filter or projection of one (a row
     /// deleted maps to a row output before). A join's side that does can have a key's rows

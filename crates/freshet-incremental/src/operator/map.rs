@@ -47,6 +47,10 @@ impl Operator for Filter {
         self.input.output_consolidated()
     }
 
+    fn leave_cancelled(&mut self) -> bool {
+        self.input.leave_cancelled()
+    }
+
     fn deletes_only_earlier_rows(&self) -> bool {
         self.input.deletes_only_earlier_rows()
     }
@@ -70,13 +74,23 @@ pub(crate) struct Project {
 
 impl Project {
     /// A projection of an input with `input_columns` columns.
-    pub(crate) fn new(input: Box<dyn Operator>, exprs: Vec<Compiled>, input_columns: usize, schema: SchemaRef) -> Self {
+    pub(crate) fn new(
+        mut input: Box<dyn Operator>,
+        exprs: Vec<Compiled>,
+        input_columns: usize,
+        schema: SchemaRef,
+    ) -> Self {
         let kept: std::collections::BTreeSet<usize> = exprs.iter().filter_map(Compiled::column_index).collect();
+        let keeps_every_column = kept.len() == input_columns;
+        // Rows that cancel here cancel with fewer columns too: looked for once, here.
+        if !keeps_every_column {
+            input.leave_cancelled();
+        }
         Self {
             input,
             exprs,
             schema,
-            keeps_every_column: kept.len() == input_columns,
+            keeps_every_column,
             parts: 1,
         }
     }

@@ -21,6 +21,8 @@ pub(crate) struct Scan {
     schema: SchemaRef,
     /// How many threads may look for changes that cancel (see [`Delta::without_cancelled`]).
     parts: usize,
+    /// It looks for changes that cancel (else a projection above does).
+    searching: bool,
 }
 
 impl Scan {
@@ -40,6 +42,7 @@ impl Scan {
             table_schema,
             schema,
             parts: 1,
+            searching: true,
         }
     }
 
@@ -86,7 +89,7 @@ impl Operator for Scan {
             let range = rows..rows + delta.len();
             rows = range.end;
             match searched.last_mut() {
-                _ if *update => {}
+                _ if *update || !self.searching => {}
                 Some(last) if last.end == range.start => last.end = range.end,
                 _ => searched.push(range),
             }
@@ -97,6 +100,11 @@ impl Operator for Scan {
         // and cancel it. Hashing every row to find such rows is most of a scan's time, spent
         // only where rows can cancel.
         Delta::concat(&self.schema, &parts)?.without_cancelled_within(self.parts, &searched)
+    }
+
+    fn leave_cancelled(&mut self) -> bool {
+        self.searching = false;
+        true
     }
 
     fn describe(&self) -> String {
