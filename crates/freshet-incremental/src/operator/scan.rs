@@ -95,10 +95,11 @@ impl Operator for Scan {
             }
             parts.push(delta);
         }
-        // A row deleted and inserted as it was (an UPDATE of columns the query does not read,
-        // which the projection makes equal) goes no further: every operator above would carry
-        // and cancel it. Hashing every row to find such rows is most of a scan's time, spent
-        // only where rows can cancel.
+        // A row deleted and inserted as it was (equal rows deleted and inserted again, or an
+        // UPDATE of unread columns whose version does not say so, which the projection makes
+        // equal) goes no further: every operator above would carry and cancel it. Hashing
+        // every row to find such rows is most of a scan's time, spent only where rows can
+        // cancel (an UPDATE of unread columns that its version describes is not read at all).
         Delta::concat(&self.schema, &parts)?.without_cancelled_within(self.parts, &searched)
     }
 
